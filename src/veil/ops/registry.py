@@ -1,0 +1,88 @@
+"""The op registry: what a remote party may run on a node, and what each op does to privacy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from veil.errors import OpNotAllowed
+
+#: What an op does besides returning a value, so the node can keep the privacy rules:
+#: ``none``: pure; ``inplace``: mutates its first argument; ``backward``: fills ``.grad``
+#: of the autograd graph's leaves; ``step``: an optimizer updates its parameters;
+#: ``module_call``: a module's forward (may update buffers such as BatchNorm stats).
+Effect = Literal["none", "inplace", "backward", "step", "module_call"]
+
+
+@dataclass(frozen=True, slots=True)
+class OpSpec:
+    """One allowlisted operation.
+
+    Attributes:
+        name: the stable wire name, e.g. ``"torch.add"``, ``"Tensor.add_"``, ``"F.relu"``.
+        fn: the callable the node runs.
+        effect: side effects the node must account for (see :data:`Effect`).
+        alloc_check: run the op on the meta device first and refuse outputs over the
+            node's size limit (for ops whose output size is set by an argument).
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    effect: Effect = "none"
+    alloc_check: bool = False
+
+
+class OpRegistry:
+    """A name -> :class:`OpSpec` table that refuses duplicates.
+
+    Example:
+        >>> import torch
+        >>> reg = OpRegistry()
+        >>> reg.register(OpSpec("torch.add", torch.add))
+        >>> reg.get("torch.add").fn(torch.tensor(1), 2)
+        tensor(3)
+        >>> reg.get("os.system")
+        Traceback (most recent call last):
+        ...
+        veil.errors.OpNotAllowed: op 'os.system' is not on this node's allowlist; ...
+    """
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, OpSpec] = {}
+        self._by_fn: dict[Any, str] = {}
+
+    def register(self, spec: OpSpec) -> None:
+        if spec.name in self._by_name:
+            raise ValueError(f"op {spec.name!r} is already registered")
+        self._by_name[spec.name] = spec
+        try:
+            self._by_fn.setdefault(spec.fn, spec.name)
+        except TypeError:  # unhashable callables are only reachable by name
+            pass
+
+    def get(self, name: str) -> OpSpec:
+        spec = self._by_name.get(name)
+        if spec is None:
+            shown = name if len(name) <= 80 else name[:77] + "..."
+            raise OpNotAllowed(
+                f"op {shown!r} is not on this node's allowlist; see veil.ops.names() for "
+                "what a node runs, or compute it locally on data you may .get()"
+            )
+        return spec
+
+    def name_of(self, fn: Any) -> str | None:
+        """The wire name of a torch callable, or None if it is not allowlisted."""
+        try:
+            return self._by_fn.get(fn)
+        except TypeError:
+            return None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._by_name))
+
+    def __len__(self) -> int:
+        return len(self._by_name)

@@ -1,0 +1,10 @@
+"""Pointers to remote tensors, models and optimizers, and the torch entry points."""
+
+from __future__ import annotations
+
+from veil.pointers.hook import TorchHook, install
+from veil.pointers.module import PointerModule, RemoteOptimizer
+from veil.pointers.remote import Remote
+from veil.pointers.tensor import PointerTensor
+
+__all__ = ["PointerModule", "PointerTensor", "Remote", "RemoteOptimizer", "TorchHook", "install"]
