@@ -69,10 +69,11 @@ def tensor_to_data(tensor: torch.Tensor) -> TensorData:
     t = t.contiguous()
     name = dtype_name(t.dtype)
     shape = list(t.shape)
+    grad = tensor.requires_grad and tensor.is_leaf  # results of ops come back as plain values
     if t.numel() == 0:
-        return TensorData(name, shape, b"", tensor.requires_grad)
+        return TensorData(name, shape, memoryview(b""), grad)
     raw = t.reshape(-1).view(torch.uint8).numpy()  # shares memory with t
-    return TensorData(name, shape, memoryview(raw), tensor.requires_grad)
+    return TensorData(name, shape, memoryview(raw), grad)
 
 
 def tensor_from_data(data: TensorData, *, copy: bool = False) -> torch.Tensor:

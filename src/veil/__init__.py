@@ -1,0 +1,60 @@
+"""veil: compute on data you do not own and cannot see.
+
+Example:
+    >>> import torch, veil
+    >>> alice = veil.VirtualWorker("alice")
+    >>> x = torch.tensor([1.0, 2, 3, 4]).send(alice)
+    >>> (x * 2).sum().get()
+    tensor(20.)
+"""
+
+from __future__ import annotations
+
+from veil import errors, ops
+from veil.errors import (
+    BudgetExceeded,
+    ObjectNotFound,
+    OpNotAllowed,
+    PermissionDenied,
+    VeilError,
+)
+from veil.node import Dataset, Node, VirtualWorker, Worker
+from veil.pointers import PointerModule, PointerTensor, RemoteOptimizer, TorchHook, install
+from veil.version import WIRE_VERSION, __version__
+
+install()
+
+
+def connect(url: str, *, email: str, password: str, timeout: float = 60.0) -> Worker:
+    """Log in to a node server and return a client for it.
+
+    Example (needs a running node, so not run as a doctest)::
+
+        hospital = veil.connect("http://127.0.0.1:8765", email="ds@lab.org", password="...")
+        hospital.datasets["ct-scans"].private.mean(0)
+    """
+    from veil.node.client import NodeClient
+
+    return NodeClient(url, email=email, password=password, timeout=timeout)
+
+
+__all__ = [
+    "WIRE_VERSION",
+    "BudgetExceeded",
+    "Dataset",
+    "Node",
+    "ObjectNotFound",
+    "OpNotAllowed",
+    "PermissionDenied",
+    "PointerModule",
+    "PointerTensor",
+    "RemoteOptimizer",
+    "TorchHook",
+    "VeilError",
+    "VirtualWorker",
+    "Worker",
+    "__version__",
+    "connect",
+    "errors",
+    "ops",
+]

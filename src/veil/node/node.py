@@ -1,0 +1,694 @@
+"""Node: a data owner's object store, datasets, users, requests and audit log, behind one message API."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from veil.errors import (
+    AuthenticationError,
+    InvalidRequest,
+    ObjectNotFound,
+    PermissionDenied,
+    RemoteError,
+    SerdeError,
+    VeilError,
+)
+from veil.node.objects import (
+    ObjectRecord,
+    autograd_leaves,
+    kind_of,
+    storage_keys,
+    tensors_of,
+)
+from veil.node.store import (
+    AuditRow,
+    Batch,
+    DatasetRow,
+    MemoryStore,
+    ObjectRow,
+    RequestRow,
+    Store,
+    UserRow,
+)
+from veil.node.users import (
+    Session,
+    check_new_user,
+    hash_password,
+    new_token,
+    token_key,
+    verify_password,
+)
+from veil.ops import OpRegistry, OpSpec, default_registry
+from veil.serde import codec
+from veil.serde.messages import (
+    AssetInfo,
+    AuditEntry,
+    AuditLog,
+    Call,
+    ClearObjects,
+    CreateDataset,
+    CreateUser,
+    DatasetInfo,
+    DatasetList,
+    DecideRequest,
+    DeleteObjects,
+    Done,
+    ErrorReply,
+    GetAudit,
+    GetDataset,
+    GetInfo,
+    GetObject,
+    ListDatasets,
+    ListObjects,
+    ListRequests,
+    ListUsers,
+    ModuleSpec,
+    NodeInfo,
+    ObjectInfo,
+    ObjectList,
+    Reply,
+    RequestAccess,
+    RequestInfo,
+    RequestList,
+    Results,
+    RunOp,
+    SendObject,
+    TensorData,
+    UserInfo,
+    UserList,
+    Value,
+)
+from veil.serde.modules import module_to_spec, spec_to_module
+from veil.serde.tensors import tensor_from_data, tensor_to_data
+from veil.serde.values import from_arg
+from veil.version import WIRE_VERSION, __version__
+
+log = logging.getLogger("veil.node")
+
+TOKEN_TTL_S = 12 * 3600
+REQUEST_STATUSES = ("pending", "approved", "denied")
+
+
+@dataclass(slots=True)
+class _Dataset:
+    name: str
+    description: str
+    created: float
+    assets: list[tuple[str, int, TensorData, list[str], list[tuple[float, float]], str]]
+
+
+@dataclass(slots=True)
+class _User:
+    id: int
+    email: str
+    role: str
+    name: str
+    password_hash: str
+    created: float
+
+
+class Node:
+    """A data owner's node. Transports (in-process or server) call :meth:`handle_frame`.
+
+    Args:
+        name: the node's name.
+        store: where durable state goes (:class:`MemoryStore` by default).
+        owner_email / owner_password: the first user, created if the store has no users
+            (a random password is generated when none is given; see ``owner_password``).
+        registry: the op allowlist (``veil.ops.default_registry()``).
+        max_message_bytes: the largest frame the node accepts.
+        max_result_bytes: the largest tensor an op with a size argument may create.
+
+    Example:
+        >>> node = Node("clinic", owner_email="me@clinic.org", owner_password="s3cret-pass")
+        >>> node.login("me@clinic.org", "s3cret-pass").role
+        'owner'
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        store: Store | None = None,
+        owner_email: str | None = None,
+        owner_password: str | None = None,
+        registry: OpRegistry | None = None,
+        max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
+        max_result_bytes: int = 8 * 1024**3,
+    ) -> None:
+        self.name = name
+        self.store = store if store is not None else MemoryStore()
+        self.registry = registry or default_registry()
+        self.max_message_bytes = max_message_bytes
+        self.max_result_bytes = max_result_bytes
+        self._lock = threading.RLock()
+        self._objects: dict[int, ObjectRecord] = {}
+        self._users: dict[int, _User] = {}
+        self._tokens: dict[str, tuple[int, float]] = {}
+        self._datasets: dict[str, _Dataset] = {}
+        self._requests: dict[int, RequestRow] = {}
+        self._batch = Batch()
+        self._handlers: dict[type, Callable[[Session, Any], Reply]] = {
+            SendObject: self._send,
+            RunOp: self._run_op,
+            GetObject: self._get,
+            DeleteObjects: self._delete,
+            ClearObjects: self._clear,
+            ListObjects: self._list_objects,
+            RequestAccess: self._request_access,
+            ListRequests: self._list_requests,
+            DecideRequest: self._decide,
+            CreateDataset: self._create_dataset,
+            ListDatasets: self._list_datasets,
+            GetDataset: self._get_dataset,
+            CreateUser: self._create_user,
+            ListUsers: self._list_users,
+            GetAudit: self._audit,
+            GetInfo: self._info,
+        }
+        self._load()
+        #: The generated owner password, when the node created its owner without one.
+        self.owner_password: str | None = None
+        if not self._users:
+            email = owner_email or f"owner@{name}.local"
+            if owner_password is None:
+                owner_password = secrets.token_urlsafe(12)
+                self.owner_password = owner_password
+            self.create_user(email, owner_password, role="owner", name="owner")
+
+    # ------------------------------------------------------------------ persistence
+    def _load(self) -> None:
+        snap = self.store.load()
+        for u in snap.users:
+            self._users[u.id] = _User(u.id, u.email, u.role, u.name, u.password_hash, u.created)
+        for row in snap.objects:
+            reply = codec.decode_reply(row.payload)
+            if not isinstance(reply, Value):
+                raise SerdeError(f"stored object {row.id} is corrupt")
+            value = _value_from_wire(reply.value, copy=False)
+            self._objects[row.id] = ObjectRecord(
+                row.id, value, row.kind, row.owner, row.private, set(row.approved),
+                frozenset(row.sources), row.asset_of, row.description, row.created,
+            )  # fmt: skip
+        for d in snap.datasets:
+            assets = []
+            for aname, oid, mock, cols, bounds, desc in d.assets:
+                mock_reply = codec.decode_reply(mock)
+                assert isinstance(mock_reply, Value) and isinstance(mock_reply.value, TensorData)
+                assets.append((aname, oid, mock_reply.value, cols, [tuple(b) for b in bounds], desc))
+            self._datasets[d.name] = _Dataset(d.name, d.description, d.created, assets)  # type: ignore[arg-type]
+        for r in snap.requests:
+            self._requests[r.id] = r
+
+    def _persist(self, rec: ObjectRecord) -> None:
+        if not self.store.persistent or rec.kind == "optimizer":
+            return
+        payload = codec.encode(Value(_value_to_wire(rec.value)))
+        self._batch.objects[rec.id] = ObjectRow(
+            rec.id, rec.kind, rec.owner, rec.private, sorted(rec.approved), sorted(rec.sources),
+            rec.asset_of, rec.description, rec.created, payload,
+        )  # fmt: skip
+
+    def _audit_row(self, session: Session, action: str, detail: str = "",
+                   objects: list[int] | None = None, sources: Any = ()) -> None:  # fmt: skip
+        self._batch.audit.append(
+            AuditRow(time.time(), session.email, action, detail, objects or [], sorted(sources))
+        )
+
+    def _commit(self) -> None:
+        batch, self._batch = self._batch, Batch()
+        if batch:
+            self.store.write(batch)
+
+    # ------------------------------------------------------------------ users / sessions
+    def create_user(self, email: str, password: str, *, role: str = "data_scientist",
+                    name: str = "") -> UserInfo:  # fmt: skip
+        """Add a user (the Python API for owners; remote callers use ``CreateUser``)."""
+        with self._lock:
+            check_new_user(email, password, role)
+            if any(u.email == email for u in self._users.values()):
+                raise InvalidRequest(f"a user with email {email!r} already exists")
+            uid = max(self._users, default=0) + 1
+            user = _User(uid, email, role, name, hash_password(password), time.time())
+            self._users[uid] = user
+            self._batch.users.append(
+                UserRow(uid, email, role, name, user.password_hash, user.created)
+            )
+            self._commit()
+            return UserInfo(uid, email, role, name)
+
+    def authenticate(self, email: str, password: str) -> Session:
+        """Check a password and return the user's :class:`Session`.
+
+        Raises:
+            AuthenticationError: unknown email or wrong password (same message for both).
+        """
+        user = next((u for u in list(self._users.values()) if u.email == email), None)
+        stored = user.password_hash if user else hash_password("timing-equalizer")
+        if not verify_password(password, stored) or user is None:
+            raise AuthenticationError(f"wrong email or password for node {self.name!r}")
+        return Session(user.id, user.email, user.role)
+
+    def login(self, email: str, password: str) -> Session:
+        """Same as :meth:`authenticate`, and writes a ``login`` audit entry."""
+        session = self.authenticate(email, password)
+        with self._lock:
+            self._audit_row(session, "login")
+            self._commit()
+        return session
+
+    def issue_token(self, session: Session) -> str:
+        """A bearer token for network clients (valid for 12 hours)."""
+        token = new_token()
+        with self._lock:
+            now = time.time()
+            self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
+            self._tokens[token_key(token)] = (session.user_id, now + TOKEN_TTL_S)
+        return token
+
+    def session_for_token(self, token: str) -> Session:
+        """The session a bearer token stands for; :class:`AuthenticationError` if none."""
+        entry = self._tokens.get(token_key(token))
+        if entry is None or entry[1] < time.time() or entry[0] not in self._users:
+            raise AuthenticationError("invalid or expired token; log in again")
+        user = self._users[entry[0]]
+        return Session(user.id, user.email, user.role)
+
+    # ------------------------------------------------------------------ entry points
+    def handle_frame(self, session: Session, frame: bytes | bytearray | memoryview) -> bytearray:
+        """Decode one frame, run it, and encode the reply. Never raises: every failure
+        becomes an :class:`ErrorReply`, and the node's state is left as it was."""
+        try:
+            call = codec.decode_call(frame, max_bytes=self.max_message_bytes)
+        except VeilError as exc:
+            return codec.encode(ErrorReply(exc.code, str(exc)))
+        return codec.encode(self.handle(session, call))
+
+    def handle(self, session: Session, call: Call) -> Reply:
+        """Run one decoded call; errors are returned as :class:`ErrorReply`."""
+        with self._lock:
+            try:
+                if call.release:
+                    self._release(session, call.release)
+                handler = self._handlers[type(call.msg)]
+                reply = handler(session, call.msg)
+                self._commit()
+                return reply
+            except VeilError as exc:
+                self._batch = Batch()
+                return ErrorReply(exc.code, str(exc))
+            except Exception as exc:  # a bug or an unexpected library error: answer, keep serving
+                self._batch = Batch()
+                log.exception("internal error on node %s", self.name)
+                return ErrorReply("remote_error", f"internal error: {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ permissions
+    def _record(self, session: Session, obj_id: int) -> ObjectRecord:
+        """A record the session may compute with (its own, a dataset asset, or any for admins)."""
+        rec = self._objects.get(obj_id)
+        if rec is None or not (
+            session.is_admin or rec.owner == session.user_id or rec.asset_of is not None
+        ):
+            raise ObjectNotFound(
+                f"node {self.name!r} has no object {obj_id} that you can use; it was deleted, "
+                "or it belongs to another user"
+            )
+        return rec
+
+    def _check_mutable(self, session: Session, rec: ObjectRecord) -> None:
+        if session.is_admin:
+            return
+        if rec.asset_of is not None or rec.owner != session.user_id:
+            raise PermissionDenied(
+                f"object {rec.id} is data of dataset {rec.asset_of!r} and is read-only; "
+                "work on a copy: ptr.clone()"
+            )
+
+    def _check_readable(self, session: Session, rec: ObjectRecord) -> None:
+        if session.is_admin or not rec.private or session.user_id in rec.approved:
+            return
+        src = f" (derived from dataset {', '.join(sorted(rec.sources))})" if rec.sources else ""
+        raise PermissionDenied(
+            f"object {rec.id} on node {self.name!r} is private{src}; ask the data owner "
+            "with ptr.request('what it is for'), and .get() it once approved"
+        )
+
+    def _store(self, session: Session, value: Any, *, private: bool = False,
+               sources: frozenset[str] = frozenset(), description: str = "",
+               asset_of: str | None = None) -> ObjectRecord:  # fmt: skip
+        kind = kind_of(value)
+        if kind is None:
+            raise RemoteError(f"cannot store a {type(value).__name__} on a node")
+        oid = secrets.randbits(62)
+        while oid in self._objects:
+            oid = secrets.randbits(62)
+        rec = ObjectRecord(oid, value, kind, session.user_id, private, set(), sources, asset_of,
+                           description)  # fmt: skip
+        self._objects[oid] = rec
+        self._persist(rec)
+        return rec
+
+    def _email(self, user_id: int) -> str:
+        user = self._users.get(user_id)
+        return user.email if user else f"user#{user_id}"
+
+    def _info_of(self, rec: ObjectRecord) -> ObjectInfo:
+        return rec.info(self._email(rec.owner))
+
+    # ------------------------------------------------------------------ objects
+    def _send(self, session: Session, msg: SendObject) -> Reply:
+        if msg.private and not session.is_admin:
+            raise PermissionDenied(
+                "only the node's owner or admins upload private data; create a dataset instead"
+            )
+        value = _value_from_wire(msg.value, copy=False)
+        rec = self._store(session, value, private=msg.private, description=msg.description[:1000])
+        self._audit_row(session, "send", rec.kind, [rec.id])
+        return self._info_of(rec)
+
+    def _get(self, session: Session, msg: GetObject) -> Reply:
+        rec = self._record(session, msg.id)
+        self._check_readable(session, rec)
+        if rec.kind == "optimizer":
+            raise InvalidRequest("an optimizer cannot be fetched; fetch the model instead")
+        self._audit_row(session, "get", rec.kind, [rec.id], rec.sources)
+        return Value(_value_to_wire(rec.value))
+
+    def _release(self, session: Session, ids: list[int]) -> None:
+        for oid in ids:
+            rec = self._objects.get(oid)
+            if rec is None or rec.asset_of is not None:
+                continue
+            if rec.owner == session.user_id or session.is_admin:
+                del self._objects[oid]
+                if self.store.persistent:
+                    self._batch.deleted.add(oid)
+                    self._batch.objects.pop(oid, None)
+
+    def _delete(self, session: Session, msg: DeleteObjects) -> Reply:
+        self._release(session, msg.ids)
+        return Done()
+
+    def _clear(self, session: Session, msg: ClearObjects) -> Reply:
+        mine = [oid for oid, r in self._objects.items() if r.owner == session.user_id]
+        self._release(session, mine)
+        self._audit_row(session, "clear", f"{len(mine)} objects")
+        return Done()
+
+    def _list_objects(self, session: Session, msg: ListObjects) -> Reply:
+        recs = [r for r in self._objects.values() if session.is_admin or r.owner == session.user_id]
+        return ObjectList([self._info_of(r) for r in recs])
+
+    # ------------------------------------------------------------------ ops
+    def _run_op(self, session: Session, msg: RunOp) -> Reply:
+        spec = self.registry.get(msg.op)
+        inputs: list[ObjectRecord] = []
+
+        def resolve(oid: int) -> Any:
+            rec = self._record(session, oid)
+            inputs.append(rec)
+            return rec.value
+
+        args = [from_arg(a, resolve) for a in msg.args]
+        kwargs = {k: from_arg(v, resolve) for k, v in msg.kwargs.items()}
+        target = inputs[0] if inputs and args and args[0] is inputs[0].value else None
+        if spec.effect in ("inplace", "step") and target is not None:
+            self._check_mutable(session, target)
+        if spec.alloc_check:
+            self._check_alloc(spec, args, kwargs)
+        try:
+            result = spec.fn(*args, **kwargs)
+        except VeilError:
+            raise
+        except Exception as exc:
+            raise RemoteError(f"{msg.op} failed on node {self.name!r}: {type(exc).__name__}: {exc}") from None
+        private = any(r.private for r in inputs)
+        sources = frozenset().union(*(r.sources for r in inputs)) if inputs else frozenset()
+        self._apply_effects(spec, target, args, private, sources)
+        if inputs:
+            self._audit_row(session, "op", msg.op, [r.id for r in inputs], sources)
+        return self._wrap_result(session, result, target, private, sources)
+
+    def _check_alloc(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> None:
+        limit = self.max_result_bytes
+
+        def meta(x: Any) -> Any:
+            if isinstance(x, torch.Tensor):
+                return torch.empty_like(x, device="meta")
+            if isinstance(x, list | tuple):
+                return type(x)(meta(v) for v in x)
+            return x
+
+        try:
+            out = spec.fn(*[meta(a) for a in args], **{k: meta(v) for k, v in kwargs.items()})
+        except Exception:  # data-dependent output size: bound the size arguments instead
+            ints = [v for v in list(args) + list(kwargs.values()) if isinstance(v, int)]
+            if any(abs(v) > limit // 8 for v in ints):
+                raise InvalidRequest(f"{spec.name}: size argument over the node's limit") from None
+            return
+        outs = out if isinstance(out, list | tuple) else [out]
+        size = sum(t.numel() * t.element_size() for t in outs if isinstance(t, torch.Tensor))
+        if size > limit:
+            raise InvalidRequest(
+                f"{spec.name} would create {size} bytes, over this node's limit of {limit}"
+            )
+
+    def _apply_effects(self, spec: OpSpec, target: ObjectRecord | None, args: list[Any],
+                       private: bool, sources: frozenset[str]) -> None:  # fmt: skip
+        effect = spec.effect
+        if effect == "inplace" and target is not None:
+            if private:
+                self._taint(storage_keys(tensors_of(target.value)), sources)
+            self._persist(target)
+        elif effect == "backward" and args and isinstance(args[0], torch.Tensor):
+            leaves = autograd_leaves(args[0])
+            if private:
+                self._taint(storage_keys(leaves), sources)
+        elif effect == "step" and target is not None:
+            opt = target.value
+            keys = storage_keys(tensors_of(opt))
+            if target.private:
+                self._taint(keys, target.sources)
+            self._persist_storages(keys)
+        elif effect == "module_call" and target is not None and private:
+            module = target.value
+            if isinstance(module, nn.Module) and module.training and any(True for _ in module.buffers()):
+                self._taint(storage_keys(tensors_of(module)), sources)
+
+    def _taint(self, keys: set[int], sources: frozenset[str]) -> None:
+        """Mark private every object sharing storage with ``keys``; approvals lapse."""
+        if not keys:
+            return
+        for rec in self._objects.values():
+            if rec.asset_of is None and storage_keys(tensors_of(rec.value)) & keys:
+                rec.private = True
+                rec.sources = rec.sources | sources
+                rec.approved.clear()
+                self._persist(rec)
+
+    def _persist_storages(self, keys: set[int]) -> None:
+        if not self.store.persistent:
+            return
+        for rec in self._objects.values():
+            if rec.kind != "optimizer" and storage_keys(tensors_of(rec.value)) & keys:
+                self._persist(rec)
+
+    def _wrap_result(self, session: Session, result: Any, target: ObjectRecord | None,
+                     private: bool, sources: frozenset[str]) -> Reply:  # fmt: skip
+        if result is None:
+            return Done()
+        if target is not None and result is target.value:
+            return self._info_of(target)
+        if isinstance(result, list | tuple) and not isinstance(result, torch.Size):
+            items: list[ObjectInfo | None] = []
+            for item in result:
+                if item is None:
+                    items.append(None)
+                else:
+                    items.append(self._new_result(session, item, private, sources))
+            tname = "list" if isinstance(result, list) else ""
+            if type(result).__module__ == "torch.return_types":
+                tname = type(result).__name__
+            return Results(items, tname)
+        return self._new_result(session, result, private, sources)
+
+    def _new_result(self, session: Session, value: Any, private: bool,
+                    sources: frozenset[str]) -> ObjectInfo:  # fmt: skip
+        if isinstance(value, bool | int | float | torch.Size):
+            value = torch.tensor(value)
+        rec = self._store(session, value, private=private, sources=sources)
+        return self._info_of(rec)
+
+    # ------------------------------------------------------------------ requests
+    def _request_info(self, r: RequestRow) -> RequestInfo:
+        rec = self._objects.get(r.object_id)
+        decided = self._email(r.decided_by) if r.decided_by is not None else ""
+        return RequestInfo(
+            r.id, r.object_id, self._email(r.requester), r.reason, r.status, r.created,
+            decided, r.note, self._info_of(rec) if rec is not None else None,
+        )  # fmt: skip
+
+    def _request_access(self, session: Session, msg: RequestAccess) -> Reply:
+        rec = self._record(session, msg.id)
+        if not msg.reason.strip():
+            raise InvalidRequest("say why you need the data: ptr.request('reason')")
+        if rec.kind == "tensor" or rec.kind == "module":
+            self._persist(rec)  # a requested object must outlive a restart
+        rid = max(self._requests, default=0) + 1
+        row = RequestRow(rid, rec.id, session.user_id, msg.reason[:2000], "pending", time.time())
+        if not rec.private or session.is_admin:
+            row.status, row.note = "approved", "not private: no approval needed"
+        self._requests[rid] = row
+        self._batch.requests.append(row)
+        self._audit_row(session, "request", msg.reason[:200], [rec.id], rec.sources)
+        return self._request_info(row)
+
+    def _list_requests(self, session: Session, msg: ListRequests) -> Reply:
+        if msg.status is not None and msg.status not in REQUEST_STATUSES:
+            raise InvalidRequest(f"status must be one of {REQUEST_STATUSES}, got {msg.status!r}")
+        rows = [
+            r for r in self._requests.values()
+            if (session.is_admin or r.requester == session.user_id)
+            and (msg.status is None or r.status == msg.status)
+        ]  # fmt: skip
+        return RequestList([self._request_info(r) for r in rows])
+
+    def _decide(self, session: Session, msg: DecideRequest) -> Reply:
+        if not session.is_admin:
+            raise PermissionDenied("only the node's owner or admins decide requests")
+        row = self._requests.get(msg.id)
+        if row is None:
+            raise ObjectNotFound(f"no request {msg.id} on node {self.name!r}")
+        if row.status != "pending":
+            raise InvalidRequest(f"request {msg.id} was already {row.status}")
+        row.status = "approved" if msg.approve else "denied"
+        row.decided_by, row.note = session.user_id, msg.note[:2000]
+        rec = self._objects.get(row.object_id)
+        if msg.approve and rec is not None:
+            rec.approved.add(row.requester)
+            self._persist(rec)
+        self._batch.requests.append(row)
+        self._audit_row(session, row.status, f"request {row.id}", [row.object_id])
+        return self._request_info(row)
+
+    # ------------------------------------------------------------------ datasets
+    def _create_dataset(self, session: Session, msg: CreateDataset) -> Reply:
+        if not session.is_admin:
+            raise PermissionDenied("only the node's owner or admins create datasets")
+        problems = []
+        if not msg.name or len(msg.name) > 200:
+            problems.append("a dataset needs a name of 1-200 characters")
+        if msg.name in self._datasets:
+            problems.append(f"dataset {msg.name!r} already exists")
+        if not msg.assets:
+            problems.append("a dataset needs at least one asset")
+        for a in msg.assets:
+            if (a.private.shape, a.private.dtype) != (a.mock.shape, a.mock.dtype):
+                problems.append(
+                    f"asset {a.name!r}: the mock must have the private data's shape and dtype "
+                    f"({a.private.shape} {a.private.dtype}), got {a.mock.shape} {a.mock.dtype}"
+                )
+            ncols = a.private.shape[-1] if a.private.shape else 1
+            if a.columns and len(a.columns) != ncols:
+                problems.append(f"asset {a.name!r}: {len(a.columns)} column names for {ncols} columns")
+            if a.bounds and len(a.bounds) not in (1, ncols):
+                problems.append(f"asset {a.name!r}: give one (low, high) bound or one per column")
+            if any(lo > hi for lo, hi in a.bounds):
+                problems.append(f"asset {a.name!r}: a bound has low > high")
+        if problems:
+            raise InvalidRequest("; ".join(problems))
+        assets = []
+        for a in msg.assets:
+            value = tensor_from_data(a.private, copy=True)
+            rec = self._store(session, value, private=True, sources=frozenset({msg.name}),
+                              description=a.description, asset_of=msg.name)  # fmt: skip
+            mock = tensor_to_data(tensor_from_data(a.mock, copy=True))
+            assets.append((a.name, rec.id, mock, list(a.columns), list(a.bounds), a.description))
+        ds = _Dataset(msg.name, msg.description, time.time(), assets)
+        self._datasets[msg.name] = ds
+        if self.store.persistent:
+            self._batch.datasets.append(DatasetRow(ds.name, ds.description, ds.created, [
+                (n, oid, bytes(codec.encode(Value(m))), c, b, d) for n, oid, m, c, b, d in assets
+            ]))  # fmt: skip
+        self._audit_row(session, "create_dataset", msg.name, [a[1] for a in assets])
+        return self._dataset_info(ds)
+
+    def _dataset_info(self, ds: _Dataset) -> DatasetInfo:
+        assets = [
+            AssetInfo(n, self._info_of(self._objects[oid]), mock, cols, bounds, desc)
+            for n, oid, mock, cols, bounds, desc in ds.assets
+            if oid in self._objects
+        ]
+        return DatasetInfo(ds.name, ds.description, assets, ds.created)
+
+    def _list_datasets(self, session: Session, msg: ListDatasets) -> Reply:
+        return DatasetList([self._dataset_info(d) for d in self._datasets.values()])
+
+    def _get_dataset(self, session: Session, msg: GetDataset) -> Reply:
+        ds = self._datasets.get(msg.name)
+        if ds is None:
+            known = ", ".join(sorted(self._datasets)) or "none"
+            raise ObjectNotFound(f"node {self.name!r} has no dataset {msg.name!r} (it has: {known})")
+        return self._dataset_info(ds)
+
+    # ------------------------------------------------------------------ users, audit, info
+    def _create_user(self, session: Session, msg: CreateUser) -> Reply:
+        if not session.is_admin:
+            raise PermissionDenied("only the node's owner or admins create users")
+        if msg.role == "owner" and session.role != "owner":
+            raise PermissionDenied("only the owner can create another owner")
+        info = self.create_user(msg.email, msg.password, role=msg.role, name=msg.name)
+        self._audit_row(session, "create_user", f"{msg.email} ({msg.role})")
+        return info
+
+    def _list_users(self, session: Session, msg: ListUsers) -> Reply:
+        if not session.is_admin:
+            raise PermissionDenied("only the node's owner or admins list users")
+        return UserList([UserInfo(u.id, u.email, u.role, u.name) for u in self._users.values()])
+
+    def _audit(self, session: Session, msg: GetAudit) -> Reply:
+        if not session.is_admin:
+            raise PermissionDenied("only the node's owner or admins read the audit log")
+        self._commit()
+        rows = self.store.audit(max(0, min(msg.limit, 100_000)))
+        return AuditLog([AuditEntry(r.ts, r.user, r.action, r.detail, r.objects, r.sources) for r in rows])
+
+    def _info(self, session: Session, msg: GetInfo) -> Reply:
+        recs = [r for r in self._objects.values() if session.is_admin or r.owner == session.user_id]
+        return NodeInfo(
+            self.name, __version__, WIRE_VERSION, session.email, session.role, len(recs),
+            sum(r.nbytes() for r in recs),
+        )  # fmt: skip
+
+    def object_count(self) -> int:
+        """How many objects the node holds (for monitoring and tests)."""
+        return len(self._objects)
+
+    def close(self) -> None:
+        """Flush and close the store."""
+        with self._lock:
+            self._commit()
+            self.store.close()
+
+
+def _value_to_wire(value: Any) -> TensorData | ModuleSpec:
+    if isinstance(value, torch.Tensor):
+        return tensor_to_data(value)
+    if isinstance(value, nn.Module):
+        return module_to_spec(value)
+    raise InvalidRequest(f"a {type(value).__name__} cannot be sent")
+
+
+def _value_from_wire(value: TensorData | ModuleSpec, *, copy: bool) -> Any:
+    if isinstance(value, TensorData):
+        return tensor_from_data(value, copy=copy)
+    return spec_to_module(value)

@@ -1,0 +1,112 @@
+"""The Store ABC: durable state of a node, written through at the end of every message."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class UserRow:
+    id: int
+    email: str
+    role: str
+    name: str
+    password_hash: str
+    created: float
+
+
+@dataclass(slots=True)
+class ObjectRow:
+    id: int
+    kind: str
+    owner: int
+    private: bool
+    approved: list[int]
+    sources: list[str]
+    asset_of: str | None
+    description: str
+    created: float
+    payload: bytes | bytearray | memoryview  # an encoded serde frame (Value)
+
+
+@dataclass(slots=True)
+class DatasetRow:
+    name: str
+    description: str
+    created: float
+    #: asset name -> (object id, encoded mock frame, columns, bounds, description)
+    assets: list[tuple[str, int, bytes, list[str], list[tuple[float, float]], str]]
+
+
+@dataclass(slots=True)
+class RequestRow:
+    id: int
+    object_id: int
+    requester: int
+    reason: str
+    status: str
+    created: float
+    decided_by: int | None = None
+    note: str = ""
+
+
+@dataclass(slots=True)
+class AuditRow:
+    ts: float
+    user: str
+    action: str
+    detail: str = ""
+    objects: list[int] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one message changed; a store writes it atomically."""
+
+    objects: dict[int, ObjectRow] = field(default_factory=dict)
+    deleted: set[int] = field(default_factory=set)
+    users: list[UserRow] = field(default_factory=list)
+    datasets: list[DatasetRow] = field(default_factory=list)
+    requests: list[RequestRow] = field(default_factory=list)
+    audit: list[AuditRow] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.objects or self.deleted or self.users or self.datasets or self.requests or self.audit
+        )
+
+
+@dataclass(slots=True)
+class Snapshot:
+    users: list[UserRow]
+    objects: list[ObjectRow]
+    datasets: list[DatasetRow]
+    requests: list[RequestRow]
+
+
+class Store(ABC):
+    """Where a node keeps what must survive a restart.
+
+    The node holds live state in memory and hands each message's changes to
+    :meth:`write` before it answers, so everything a client saw acknowledged is durable.
+    """
+
+    #: False for stores that keep nothing (the node then skips encoding payloads).
+    persistent: bool = True
+
+    @abstractmethod
+    def load(self) -> Snapshot:
+        """Everything persisted, for a node starting up."""
+
+    @abstractmethod
+    def write(self, batch: Batch) -> None:
+        """Apply one message's changes atomically."""
+
+    @abstractmethod
+    def audit(self, limit: int) -> list[AuditRow]:
+        """The newest ``limit`` audit entries, newest first."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""

@@ -1,0 +1,302 @@
+"""Worker: the user's handle on a node (send, datasets, requests, users); VirtualWorker runs one in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from veil.errors import InvalidRequest
+from veil.node.node import Node
+from veil.node.users import Session
+from veil.pointers import PointerModule, PointerTensor, Remote
+from veil.pointers.hook import TorchHook
+from veil.serde.messages import (
+    AssetInfo,
+    AssetSpec,
+    AuditEntry,
+    AuditLog,
+    ClearObjects,
+    CreateDataset,
+    CreateUser,
+    DatasetInfo,
+    DatasetList,
+    DecideRequest,
+    DeleteObjects,
+    GetAudit,
+    GetDataset,
+    GetInfo,
+    ListDatasets,
+    ListObjects,
+    ListRequests,
+    ListUsers,
+    NodeInfo,
+    ObjectInfo,
+    ObjectList,
+    RequestInfo,
+    RequestList,
+    SendObject,
+    UserInfo,
+    UserList,
+)
+from veil.serde.tensors import tensor_from_data, tensor_to_data
+
+
+class Worker(Remote):
+    """What every node handle offers, in-process (:class:`VirtualWorker`) or remote
+    (:class:`~veil.node.client.NodeClient`)."""
+
+    def send(self, obj: torch.Tensor | nn.Module, *, description: str = "",
+             private: bool = False, mode: str = "auto") -> Any:  # fmt: skip
+        """Send a tensor or model to the node; returns a pointer to it.
+
+        Args:
+            obj: a tensor (-> :class:`PointerTensor`) or ``nn.Module`` (-> :class:`PointerModule`).
+            description: shown to the node's owner.
+            private: owners only: mark the uploaded tensor private.
+            mode: for models, see :meth:`PointerModule.send`.
+
+        Example:
+            >>> import torch, veil
+            >>> bob = veil.VirtualWorker("bob")
+            >>> bob.send(torch.zeros(2, 3))
+            PointerTensor(node='bob', id=..., shape=2x3, dtype=float32)
+        """
+        if isinstance(obj, nn.Module):
+            return PointerModule.send(obj, self, mode=mode)  # type: ignore[arg-type]
+        if isinstance(obj, PointerTensor):
+            return obj.move(self)
+        if not isinstance(obj, torch.Tensor):
+            raise TypeError(f"send() takes a tensor or an nn.Module, got {type(obj).__name__}")
+        info = self.call(SendObject(tensor_to_data(obj), description, private))
+        assert isinstance(info, ObjectInfo)
+        return PointerTensor(self, info)
+
+    # -- node state ---------------------------------------------------------------
+    def info(self) -> NodeInfo:
+        """Node name, versions, and the number/bytes of objects you hold there."""
+        reply = self.call(GetInfo())
+        assert isinstance(reply, NodeInfo)
+        return reply
+
+    def objects(self) -> list[ObjectInfo]:
+        """Your objects on the node (all objects, for owners)."""
+        reply = self.call(ListObjects())
+        assert isinstance(reply, ObjectList)
+        return reply.items
+
+    def clear(self) -> None:
+        """Delete every object you hold on the node (datasets are kept)."""
+        self.call(ClearObjects())
+
+    def flush(self) -> None:
+        """Send pending deletions of dropped pointers now (they also ride on the next call)."""
+        if self._released:
+            self.call(DeleteObjects([]))
+
+    @property
+    def datasets(self) -> Datasets:
+        """The node's datasets: ``worker.datasets["name"].private`` / ``.mock``."""
+        return Datasets(self)
+
+    @property
+    def requests(self) -> Requests:
+        """Access requests: yours, or all of them for the node's owner."""
+        return Requests(self)
+
+    def create_user(self, email: str, password: str, *, role: str = "data_scientist",
+                    name: str = "") -> UserInfo:  # fmt: skip
+        """Owners and admins: add a user to the node."""
+        reply = self.call(CreateUser(email, password, role, name))
+        assert isinstance(reply, UserInfo)
+        return reply
+
+    def users(self) -> list[UserInfo]:
+        reply = self.call(ListUsers())
+        assert isinstance(reply, UserList)
+        return reply.items
+
+    def audit(self, limit: int = 100) -> list[AuditEntry]:
+        """Owners and admins: the newest audit entries, newest first."""
+        reply = self.call(GetAudit(limit))
+        assert isinstance(reply, AuditLog)
+        return reply.items
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class Asset:
+    """One piece of a dataset: a pointer to the private data and the local mock."""
+
+    def __init__(self, worker: Worker, info: AssetInfo) -> None:
+        self.name = info.name
+        self.columns = list(info.columns)
+        self.bounds = [tuple(b) for b in info.bounds]
+        self.description = info.description
+        self.private = PointerTensor(worker, info.pointer, owned=False)
+        self.mock = tensor_from_data(info.mock, copy=True)
+
+    def __repr__(self) -> str:
+        return f"Asset({self.name!r}, private={self.private!r}, mock={tuple(self.mock.shape)})"
+
+
+class Dataset:
+    """A dataset on a node, as its users see it: pointers to private data plus mocks."""
+
+    def __init__(self, worker: Worker, info: DatasetInfo) -> None:
+        self.name = info.name
+        self.description = info.description
+        self.assets = {a.name: Asset(worker, a) for a in info.assets}
+
+    def __getitem__(self, name: str) -> Asset:
+        return self.assets[name]
+
+    @property
+    def _main(self) -> Asset:
+        return next(iter(self.assets.values()))
+
+    @property
+    def private(self) -> PointerTensor:
+        """Pointer to the (first asset's) private data: compute on it, you cannot get it."""
+        return self._main.private
+
+    @property
+    def mock(self) -> torch.Tensor:
+        """Local fake data of the same shape and dtype, to develop code against."""
+        return self._main.mock
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.name!r}, assets={list(self.assets)}, {self.description!r})"
+
+
+class Datasets:
+    """``worker.datasets``: list, look up and (owners) create datasets."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    def __getitem__(self, name: str) -> Dataset:
+        reply = self._worker.call(GetDataset(name))
+        assert isinstance(reply, DatasetInfo)
+        return Dataset(self._worker, reply)
+
+    def list(self) -> list[Dataset]:
+        reply = self._worker.call(ListDatasets())
+        assert isinstance(reply, DatasetList)
+        return [Dataset(self._worker, d) for d in reply.items]
+
+    def __iter__(self) -> Iterator[Dataset]:
+        return iter(self.list())
+
+    def __len__(self) -> int:
+        return len(self.list())
+
+    def create(self, name: str, *, private: torch.Tensor | dict[str, torch.Tensor],
+               mock: torch.Tensor | dict[str, torch.Tensor], description: str = "",
+               columns: list[str] | None = None,
+               bounds: list[tuple[float, float]] | tuple[float, float] | None = None) -> Dataset:  # fmt: skip
+        """Owners: publish a dataset of private data with a mock of the same shape.
+
+        Args:
+            private / mock: one tensor, or a dict asset name -> tensor (same keys).
+            columns: names of the last dimension's columns (single-asset datasets).
+            bounds: ``(low, high)`` for all values, or one per column; later used for
+                sensitivity in differentially private releases.
+
+        Example:
+            >>> import torch, veil
+            >>> node = veil.VirtualWorker("bank")
+            >>> ds = node.datasets.create("loans", private=torch.rand(5, 2),
+            ...     mock=torch.rand(5, 2), columns=["amount", "rate"], bounds=[(0, 1), (0, 1)])
+            >>> ds.private.shape
+            torch.Size([5, 2])
+        """
+        privs = private if isinstance(private, dict) else {"data": private}
+        mocks = mock if isinstance(mock, dict) else {"data": mock}
+        if set(privs) != set(mocks):
+            raise InvalidRequest(f"private and mock assets differ: {sorted(privs)} vs {sorted(mocks)}")
+        if bounds is not None and len(bounds) == 2 and not isinstance(bounds[0], list | tuple):
+            bounds = [bounds]  # type: ignore[list-item]
+        specs = [
+            AssetSpec(
+                n, tensor_to_data(privs[n]), tensor_to_data(mocks[n]), list(columns or []),
+                [(float(lo), float(hi)) for lo, hi in (bounds or [])],  # type: ignore[misc]
+            )  # fmt: skip
+            for n in privs
+        ]
+        reply = self._worker.call(CreateDataset(name, description, specs))
+        assert isinstance(reply, DatasetInfo)
+        return Dataset(self._worker, reply)
+
+
+class Requests:
+    """``worker.requests``: access requests (owners see and decide all of them)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    def list(self, status: str | None = None) -> list[RequestInfo]:
+        reply = self._worker.call(ListRequests(status))
+        assert isinstance(reply, RequestList)
+        return reply.items
+
+    def __iter__(self) -> Iterator[RequestInfo]:
+        return iter(self.list("pending"))
+
+    def approve(self, request_id: int, note: str = "") -> RequestInfo:
+        reply = self._worker.call(DecideRequest(request_id, True, note))
+        assert isinstance(reply, RequestInfo)
+        return reply
+
+    def deny(self, request_id: int, note: str = "") -> RequestInfo:
+        reply = self._worker.call(DecideRequest(request_id, False, note))
+        assert isinstance(reply, RequestInfo)
+        return reply
+
+
+class VirtualWorker(Worker):
+    """An in-process node, plus a client session on it (its owner's, unless logged in).
+
+    Every call still goes through the wire format, so what works on a VirtualWorker
+    works against a node server.
+
+    Args:
+        name: the node's name; ``VirtualWorker(hook, id="alice")`` (PySyft 0.2) also works.
+        node: an existing :class:`Node` to attach to (for tests and multi-user setups).
+
+    Example:
+        >>> import torch, veil
+        >>> alice = veil.VirtualWorker("alice")
+        >>> x = torch.tensor([1.0, 2, 3, 4]).send(alice)
+        >>> (x * 2).sum().get()
+        tensor(20.)
+    """
+
+    def __init__(self, name: Any = None, id: str | None = None, *, node: Node | None = None,  # noqa: A002
+                 session: Session | None = None, **node_options: Any) -> None:  # fmt: skip
+        if isinstance(name, TorchHook) or name is None:
+            name = id
+        if node is None:
+            if not isinstance(name, str) or not name:
+                raise ValueError("VirtualWorker needs a name: VirtualWorker('alice')")
+            node = Node(name, **node_options)
+        super().__init__(node.name)
+        self.node = node
+        self.id = node.name
+        if session is None:
+            owner = next(u for u in node._users.values() if u.role == "owner")
+            session = Session(owner.id, owner.email, owner.role)
+        self.session = session
+
+    def _roundtrip(self, frame: bytearray) -> bytearray:
+        return self.node.handle_frame(self.session, frame)
+
+    def login(self, email: str, password: str) -> VirtualWorker:
+        """Another client of the same node, as the given user."""
+        return VirtualWorker(node=self.node, session=self.node.login(email, password))
+
+    def __repr__(self) -> str:
+        return f"VirtualWorker({self.name!r}, user={self.session.email!r})"
