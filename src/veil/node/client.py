@@ -1,0 +1,174 @@
+"""NodeClient: a Worker for a node server (REST login, WebSocket op stream)."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from veil.errors import (
+    AuthenticationError,
+    ConnectError,
+    ConnectionLost,
+    Timeout,
+    TransportError,
+    VersionMismatch,
+    error_from_code,
+)
+from veil.node.framing import Assembler, split_frame
+from veil.node.worker import Worker
+from veil.serde import codec
+from veil.version import WIRE_VERSION
+
+# websockets >= 17 wants connect() used as a context manager unless legacy=True is passed.
+_CONNECT_EXTRA = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
+
+
+class NodeClient(Worker):
+    """A client of a node server, logged in as one user. Use :func:`veil.connect`.
+
+    Args:
+        url: the node's base URL (``http://127.0.0.1:8765``).
+        email / password: the user's credentials.
+        timeout: seconds to wait for any single reply.
+
+    The connection reconnects by itself on the next call after a drop; the call that
+    was in flight raises :class:`~veil.errors.ConnectionLost`.
+    """
+
+    def __init__(self, url: str, *, email: str, password: str, timeout: float = 60.0,
+                 chunk_bytes: int = codec.CHUNK_BYTES,
+                 max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES) -> None:  # fmt: skip
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.chunk_bytes = chunk_bytes
+        self.max_message_bytes = max_message_bytes
+        self._email, self._password = email, password
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._ws: ClientConnection | None = None
+        self._ws_lock = threading.Lock()
+        info = self._rest("GET", "/api/v1/info")
+        if info.get("wire_version") != WIRE_VERSION:
+            self._http.close()
+            raise VersionMismatch(
+                f"wire version mismatch: node {info.get('name')!r} at {self.url} speaks "
+                f"v{info.get('wire_version')} (veil {info.get('version')}), this client speaks "
+                f"v{WIRE_VERSION}; install the same veil version on both sides"
+            )
+        super().__init__(str(info["name"]))
+        self._token = ""
+        self._login()
+
+    # -- REST ----------------------------------------------------------------------
+    def _rest(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise Timeout(f"node at {self.url} did not answer {path} in {self.timeout}s") from exc
+        except httpx.HTTPError as exc:
+            raise ConnectError(
+                f"cannot reach a veil node at {self.url} ({exc}); is `veil node serve` running?"
+            ) from exc
+        if resp.status_code >= 400:
+            try:
+                err = resp.json()["error"]
+                raise error_from_code(err["code"], err["message"])
+            except (ValueError, KeyError, TypeError):
+                raise TransportError(f"{method} {path} failed: HTTP {resp.status_code}") from None
+        return resp.json()
+
+    def _login(self) -> None:
+        out = self._rest("POST", "/api/v1/login", json={"email": self._email, "password": self._password})
+        self._token = out["token"]
+        self.role = out["user"]["role"]
+
+    # -- WebSocket -------------------------------------------------------------------
+    def _ws_url(self) -> str:
+        parts = urlsplit(self.url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return urlunsplit((scheme, parts.netloc, parts.path + "/api/v1/ws", "", ""))
+
+    def _open(self) -> ClientConnection:
+        for attempt in range(2):
+            try:
+                return connect(
+                    self._ws_url(),
+                    additional_headers={"Authorization": f"Bearer {self._token}"},
+                    max_size=self.chunk_bytes + 64,
+                    compression=None,
+                    open_timeout=self.timeout,
+                    close_timeout=1,
+                    ping_interval=None,
+                    **_CONNECT_EXTRA,
+                )
+            except InvalidStatus as exc:
+                if attempt == 0 and exc.response.status_code in (401, 403):
+                    self._login()  # the token expired or the node restarted
+                    continue
+                raise AuthenticationError(f"node at {self.url} refused the connection: {exc}") from exc
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                raise ConnectError(f"cannot open the op stream to {self.url}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _roundtrip(self, frame: bytearray) -> bytearray:
+        with self._ws_lock:
+            if self._ws is None:
+                self._ws = self._open()
+            ws = self._ws
+            try:
+                for part in split_frame(frame, self.chunk_bytes):
+                    ws.send(part)
+                del frame
+                assembler = Assembler(self.max_message_bytes)
+                while True:
+                    message = ws.recv(timeout=self.timeout)
+                    if isinstance(message, str):
+                        raise TransportError("node sent a text message on the op stream")
+                    reply = assembler.feed(message)
+                    if reply is not None:
+                        return reply
+            except TimeoutError as exc:
+                self._drop()
+                raise Timeout(
+                    f"node {self.name!r} did not answer within {self.timeout}s; the call may "
+                    "still run there. Raise timeout= in veil.connect for long operations"
+                ) from exc
+            except (ConnectionClosed, OSError) as exc:
+                self._drop()
+                raise ConnectionLost(
+                    f"the connection to node {self.name!r} at {self.url} dropped during a call "
+                    f"({type(exc).__name__}); it may or may not have run on the node. The next "
+                    "call reconnects."
+                ) from exc
+
+    def _drop(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                ws.close()
+            except Exception:  # noqa: S110 - already broken
+                pass
+
+    def close(self) -> None:
+        """Flush pending deletions and close the connections."""
+        try:
+            if self._ws is not None:
+                self.flush()
+        except TransportError:
+            pass
+        self._drop()
+        self._http.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"NodeClient({self.name!r}, url={self.url!r}, user={self._email!r})"

@@ -1,0 +1,8 @@
+"""The node server (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+from veil.node.server.app import create_app
+from veil.node.server.runner import bind, serve, serve_in_thread
+
+__all__ = ["bind", "create_app", "serve", "serve_in_thread"]

@@ -1,0 +1,189 @@
+"""The node server: FastAPI app with REST (login, datasets, requests, users, audit) and a WebSocket op stream."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from veil.errors import AuthenticationError, VeilError
+from veil.node.framing import Assembler, split_frame
+from veil.node.node import Node
+from veil.node.users import Session
+from veil.serde import codec
+from veil.serde.messages import (
+    Call,
+    CreateUser,
+    DecideRequest,
+    ErrorReply,
+    GetAudit,
+    ListDatasets,
+    ListRequests,
+    ListUsers,
+    Reply,
+    Request,
+)
+from veil.version import WIRE_VERSION, __version__
+
+log = logging.getLogger("veil.server")
+
+#: Frames above this size are handled in a worker thread so the event loop keeps serving.
+INLINE_LIMIT = 1 << 20
+
+_STATUS = {
+    "authentication_failed": 401,
+    "permission_denied": 403,
+    "op_not_allowed": 403,
+    "budget_exceeded": 403,
+    "object_not_found": 404,
+    "invalid_request": 400,
+    "serde_error": 400,
+    "message_too_large": 413,
+    "version_mismatch": 400,
+}
+
+
+class LoginBody(BaseModel):
+    email: str = Field(max_length=254)
+    password: str = Field(max_length=1024)
+
+
+class DecisionBody(BaseModel):
+    note: str = Field(default="", max_length=2000)
+
+
+class UserBody(BaseModel):
+    email: str = Field(max_length=254)
+    password: str = Field(max_length=1024)
+    role: str = "data_scientist"
+    name: str = Field(default="", max_length=200)
+
+
+def _json(reply: Reply) -> Any:
+    if isinstance(reply, ErrorReply):
+        raise HTTPException(_STATUS.get(reply.code, 500), {"code": reply.code, "message": reply.message})
+    return msgspec.to_builtins(reply, enc_hook=lambda o: None)
+
+
+def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES) -> FastAPI:
+    """The ASGI app serving ``node``.
+
+    REST under ``/api/v1`` (JSON) for people and tools; ``/api/v1/ws`` carries veil
+    frames (the same messages a VirtualWorker exchanges) for the Python client.
+
+    Example:
+        >>> node = Node("n", owner_email="o@n.org", owner_password="password-1")
+        >>> create_app(node).title
+        'veil node n'
+    """
+    app = FastAPI(title=f"veil node {node.name}", version=__version__)
+    app.state.node = node
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Any, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, dict) else {"code": "error", "message": str(exc.detail)}
+        return JSONResponse({"error": detail}, status_code=exc.status_code)
+
+    def session(authorization: str = Header(default="")) -> Session:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(401, {"code": "authentication_failed",
+                                      "message": "missing 'Authorization: Bearer <token>'; POST /api/v1/login first"})  # fmt: skip
+        try:
+            return node.session_for_token(token)
+        except AuthenticationError as exc:
+            raise HTTPException(401, {"code": exc.code, "message": str(exc)}) from None
+
+    def run(s: Session, msg: Request) -> Any:
+        return _json(node.handle(s, Call(msg)))
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.get("/api/v1/info")
+    def info() -> dict[str, Any]:
+        return {"name": node.name, "version": __version__, "wire_version": WIRE_VERSION}
+
+    @app.post("/api/v1/login")
+    def login(body: LoginBody) -> dict[str, Any]:
+        try:
+            s = node.login(body.email, body.password)
+        except AuthenticationError as exc:
+            raise HTTPException(401, {"code": exc.code, "message": str(exc)}) from None
+        return {"token": node.issue_token(s), "user": {"email": s.email, "role": s.role}}
+
+    @app.get("/api/v1/datasets")
+    def datasets(s: Session = Depends(session)) -> Any:
+        out = run(s, ListDatasets())
+        for ds in out["items"]:
+            for asset in ds["assets"]:
+                mock = asset.pop("mock")
+                asset["shape"], asset["dtype"] = mock["shape"], mock["dtype"]
+        return out
+
+    @app.get("/api/v1/requests")
+    def requests(status: str | None = Query(default=None), s: Session = Depends(session)) -> Any:
+        return run(s, ListRequests(status))
+
+    @app.post("/api/v1/requests/{request_id}/approve")
+    def approve(request_id: int, body: DecisionBody | None = None, s: Session = Depends(session)) -> Any:
+        return run(s, DecideRequest(request_id, True, body.note if body else ""))
+
+    @app.post("/api/v1/requests/{request_id}/deny")
+    def deny(request_id: int, body: DecisionBody | None = None, s: Session = Depends(session)) -> Any:
+        return run(s, DecideRequest(request_id, False, body.note if body else ""))
+
+    @app.get("/api/v1/users")
+    def users(s: Session = Depends(session)) -> Any:
+        return run(s, ListUsers())
+
+    @app.post("/api/v1/users")
+    def create_user(body: UserBody, s: Session = Depends(session)) -> Any:
+        return run(s, CreateUser(body.email, body.password, body.role, body.name))
+
+    @app.get("/api/v1/audit")
+    def audit(limit: int = Query(default=100, ge=0, le=100_000), s: Session = Depends(session)) -> Any:
+        return run(s, GetAudit(limit))
+
+    @app.websocket("/api/v1/ws")
+    async def ws(websocket: WebSocket) -> None:
+        scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
+        try:
+            if scheme.lower() != "bearer":
+                raise AuthenticationError("missing bearer token")
+            s = node.session_for_token(token)
+        except AuthenticationError as exc:
+            await websocket.close(code=4401, reason=str(exc)[:120])
+            return
+        await websocket.accept()
+        assembler = Assembler(node.max_message_bytes)
+        try:
+            while True:
+                message = await websocket.receive_bytes()
+                try:
+                    frame = assembler.feed(message)
+                except VeilError as exc:  # broken framing: answer, then drop this connection
+                    await websocket.send_bytes(b"\x00" + codec.encode(ErrorReply(exc.code, str(exc))))
+                    await websocket.close(code=1008)
+                    return
+                if frame is None:
+                    continue
+                if len(frame) > INLINE_LIMIT:
+                    reply = await run_in_threadpool(node.handle_frame, s, frame)
+                else:
+                    reply = node.handle_frame(s, frame)
+                del frame
+                for part in split_frame(reply, chunk_bytes):
+                    await websocket.send_bytes(part)  # type: ignore[arg-type]
+        except WebSocketDisconnect:
+            return
+        except KeyError:  # a text message where bytes were expected
+            await websocket.close(code=1003)
+
+    return app

@@ -1,0 +1,81 @@
+"""Run a node server with uvicorn: blocking (``serve``) or in a background thread (``serve_in_thread``)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import uvicorn
+
+from veil.errors import ConnectError
+from veil.node.node import Node
+from veil.node.server.app import create_app
+from veil.serde import codec
+
+
+def _config(node: Node, chunk_bytes: int, log_level: str) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(node, chunk_bytes=chunk_bytes),
+        log_level=log_level,
+        lifespan="off",
+        ws_max_size=chunk_bytes + 64,
+        ws_ping_interval=None,
+        timeout_graceful_shutdown=2,
+    )
+
+
+def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening socket (``port=0`` picks a free port; read it with ``getsockname()``)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(node: Node, *, host: str = "127.0.0.1", port: int = 8765, sock: socket.socket | None = None,
+          chunk_bytes: int = codec.CHUNK_BYTES, log_level: str = "info") -> None:  # fmt: skip
+    """Serve ``node`` until interrupted (what ``veil node serve`` runs)."""
+    sock = sock or bind(host, port)
+    server = uvicorn.Server(_config(node, chunk_bytes, log_level))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        node.close()
+
+
+@contextlib.contextmanager
+def serve_in_thread(node: Node, *, host: str = "127.0.0.1", port: int = 0,
+                    chunk_bytes: int = codec.CHUNK_BYTES, log_level: str = "warning",
+                    startup_timeout: float = 20.0) -> Iterator[str]:  # fmt: skip
+    """Serve ``node`` on a free loopback port in a background thread; yields its URL.
+
+    Example:
+        >>> import veil
+        >>> node = Node("n", owner_email="o@n.org", owner_password="password-1")
+        >>> with serve_in_thread(node) as url:
+        ...     client = veil.connect(url, email="o@n.org", password="password-1")
+        ...     print(client.info().name)
+        ...     client.close()
+        n
+    """
+    sock = bind(host, port)
+    bound_port = sock.getsockname()[1]
+    server = uvicorn.Server(_config(node, chunk_bytes, log_level))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise ConnectError(f"node server did not start on {host}:{bound_port}")
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
