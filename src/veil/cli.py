@@ -1,0 +1,198 @@
+"""The ``veil`` command: run a node server, manage users and access requests, run the demo."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from veil.errors import VeilError
+from veil.version import WIRE_VERSION, __version__
+
+app = typer.Typer(help="veil: compute on data you do not own and cannot see.", no_args_is_help=True)
+node_app = typer.Typer(help="Run a data owner's node server.", no_args_is_help=True)
+user_app = typer.Typer(help="Manage a node's users.", no_args_is_help=True)
+requests_app = typer.Typer(help="List and decide data access requests.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+app.add_typer(user_app, name="user")
+app.add_typer(requests_app, name="requests")
+console = Console()
+
+Url = Annotated[str, typer.Option(help="Base URL of a running node.", envvar="VEIL_URL")]
+Email = Annotated[str, typer.Option(help="Your login email on the node.", envvar="VEIL_EMAIL")]
+Password = Annotated[
+    str, typer.Option(help="Your password (or set VEIL_PASSWORD).", envvar="VEIL_PASSWORD", prompt=True, hide_input=True)
+]
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(1)
+
+
+def _client(url: str, email: str, password: str) -> Any:
+    from veil.node.client import NodeClient
+
+    try:
+        return NodeClient(url, email=email, password=password)
+    except VeilError as exc:
+        _fail(exc)
+
+
+@app.command()
+def version() -> None:
+    """Print veil's version and wire-format version."""
+    console.print(f"veil {__version__} (wire format v{WIRE_VERSION})")
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="Keep the demo's temporary node directory.")] = False,
+) -> None:
+    """Run the end-to-end tour: a data owner's node, a data scientist, a request, an approval."""
+    from veil.demo import run_demo
+
+    sys.exit(run_demo(keep=keep))
+
+
+@node_app.command("serve")
+def node_serve(
+    name: Annotated[str, typer.Option(help="The node's name, shown to its users.")] = "node",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8765,
+    db: Annotated[
+        str, typer.Option(help="Database URL: sqlite:///node.db (default) or postgresql+psycopg://...")
+    ] = "sqlite:///veil-node.db",
+    blob_dir: Annotated[str | None, typer.Option(help="Directory for large objects.")] = None,
+    owner_email: Annotated[str, typer.Option(help="Owner account created on first start.")] = "owner@localhost",
+    owner_password: Annotated[
+        str | None, typer.Option(help="Owner password on first start (or VEIL_OWNER_PASSWORD).", envvar="VEIL_OWNER_PASSWORD")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve a node: REST + WebSocket API on HOST:PORT, state persisted in DB."""
+    from veil.node.node import Node
+    from veil.node.server import bind, serve
+    from veil.node.store import open_store
+
+    try:
+        store = open_store(db, blob_dir=blob_dir)
+        fresh = not store.load().users
+        generated = owner_password is None and fresh
+        password = owner_password or (secrets.token_urlsafe(12) if generated else None)
+        node = Node(name, store=store, owner_email=owner_email, owner_password=password)
+        sock = bind(host, port)
+    except (VeilError, OSError) as exc:
+        _fail(exc)
+    if generated:
+        console.print(f"created owner [bold]{owner_email}[/bold] with password [bold]{password}[/bold] (shown once)")
+    url = f"http://{host}:{sock.getsockname()[1]}"
+    print(f"veil node {name!r} serving on {url} (db: {db})", flush=True)
+    serve(node, sock=sock, log_level=log_level)
+
+
+@user_app.command("create")
+def user_create(
+    new_email: Annotated[str, typer.Option("--new-email", help="Email of the user to create.")],
+    new_password: Annotated[
+        str, typer.Option("--new-password", help="Their password.", prompt=True, hide_input=True, confirmation_prompt=True)
+    ],
+    role: Annotated[str, typer.Option(help="owner, admin or data_scientist.")] = "data_scientist",
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Create a user on a running node (you must be its owner or an admin)."""
+    client = _client(url, email, password)
+    try:
+        info = client.create_user(new_email, new_password, role=role)
+    except VeilError as exc:
+        _fail(exc)
+    finally:
+        client.close()
+    console.print(f"created user {info.email} ({info.role})")
+
+
+@user_app.command("list")
+def user_list(url: Url = "http://127.0.0.1:8765", email: Email = "owner@localhost", password: Password = "") -> None:
+    """List a node's users."""
+    client = _client(url, email, password)
+    try:
+        users = client.users()
+    except VeilError as exc:
+        _fail(exc)
+    finally:
+        client.close()
+    table = Table("id", "email", "role")
+    for u in users:
+        table.add_row(str(u.id), u.email, u.role)
+    console.print(table)
+
+
+@requests_app.command("list")
+def requests_list(
+    status: Annotated[str | None, typer.Option(help="pending, approved or denied (default: all).")] = None,
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """List access requests (all of them for the owner, your own otherwise)."""
+    client = _client(url, email, password)
+    try:
+        items = client.requests.list(status)
+    except VeilError as exc:
+        _fail(exc)
+    finally:
+        client.close()
+    table = Table("id", "status", "requester", "object", "derived from", "reason", title="access requests")
+    for r in items:
+        obj = r.object
+        what = f"{obj.kind} {'x'.join(map(str, obj.shape)) or 'scalar'}" if obj else f"#{r.object_id} (deleted)"
+        table.add_row(str(r.id), r.status, r.requester, what, ", ".join(obj.sources) if obj else "", r.reason)
+    console.print(table)
+
+
+def _decide(request_id: int, approve: bool, note: str, url: str, email: str, password: str) -> None:
+    client = _client(url, email, password)
+    try:
+        r = client.requests.approve(request_id, note) if approve else client.requests.deny(request_id, note)
+    except VeilError as exc:
+        _fail(exc)
+    finally:
+        client.close()
+    console.print(f"request {r.id} from {r.requester}: [bold]{r.status}[/bold]")
+
+
+@requests_app.command("approve")
+def requests_approve(
+    request_id: Annotated[int, typer.Argument(help="The request's id (see `veil requests list`).")],
+    note: Annotated[str, typer.Option(help="A note for the requester.")] = "",
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Approve a request: its requester may then fetch that one object."""
+    _decide(request_id, True, note, url, email, password)
+
+
+@requests_app.command("deny")
+def requests_deny(
+    request_id: Annotated[int, typer.Argument(help="The request's id (see `veil requests list`).")],
+    note: Annotated[str, typer.Option(help="Why, for the requester.")] = "",
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Deny a request."""
+    _decide(request_id, False, note, url, email, password)
+
+
+def main() -> None:
+    """Entry point of the ``veil`` console script."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
