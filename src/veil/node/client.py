@@ -15,6 +15,7 @@ from veil.errors import (
     AuthenticationError,
     ConnectError,
     ConnectionLost,
+    MessageTooLarge,
     Timeout,
     TransportError,
     VersionMismatch,
@@ -61,6 +62,8 @@ class NodeClient(Worker):
                 f"v{WIRE_VERSION}; install the same veil version on both sides"
             )
         super().__init__(str(info["name"]))
+        #: The largest frame the node accepts; bigger sends fail here, before any byte goes out.
+        self.node_max_message_bytes = int(info.get("max_message_bytes", max_message_bytes))
         self._token = ""
         self._login()
 
@@ -116,6 +119,12 @@ class NodeClient(Worker):
         raise AssertionError("unreachable")
 
     def _roundtrip(self, frame: bytearray) -> bytearray:
+        if len(frame) > self.node_max_message_bytes:
+            raise MessageTooLarge(
+                f"this message is {len(frame)} bytes, over the limit of node {self.name!r} "
+                f"({self.node_max_message_bytes} bytes); send smaller pieces or ask the owner "
+                "to raise the node's max message size"
+            )
         with self._ws_lock:
             if self._ws is None:
                 self._ws = self._open()

@@ -108,7 +108,12 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES) -> FastAPI:
 
     @app.get("/api/v1/info")
     def info() -> dict[str, Any]:
-        return {"name": node.name, "version": __version__, "wire_version": WIRE_VERSION}
+        return {
+            "name": node.name,
+            "version": __version__,
+            "wire_version": WIRE_VERSION,
+            "max_message_bytes": node.max_message_bytes,
+        }
 
     @app.post("/api/v1/login")
     def login(body: LoginBody) -> dict[str, Any]:
