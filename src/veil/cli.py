@@ -26,7 +26,13 @@ console = Console()
 Url = Annotated[str, typer.Option(help="Base URL of a running node.", envvar="VEIL_URL")]
 Email = Annotated[str, typer.Option(help="Your login email on the node.", envvar="VEIL_EMAIL")]
 Password = Annotated[
-    str, typer.Option(help="Your password (or set VEIL_PASSWORD).", envvar="VEIL_PASSWORD", prompt=True, hide_input=True)
+    str,
+    typer.Option(
+        help="Your password (or set VEIL_PASSWORD).",
+        envvar="VEIL_PASSWORD",
+        prompt=True,
+        hide_input=True,
+    ),
 ]
 
 
@@ -66,12 +72,19 @@ def node_serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8765,
     db: Annotated[
-        str, typer.Option(help="Database URL: sqlite:///node.db (default) or postgresql+psycopg://...")
+        str,
+        typer.Option(help="Database URL: sqlite:///node.db (default) or postgresql+psycopg://..."),
     ] = "sqlite:///veil-node.db",
     blob_dir: Annotated[str | None, typer.Option(help="Directory for large objects.")] = None,
-    owner_email: Annotated[str, typer.Option(help="Owner account created on first start.")] = "owner@localhost",
+    owner_email: Annotated[
+        str, typer.Option(help="Owner account created on first start.")
+    ] = "owner@localhost",
     owner_password: Annotated[
-        str | None, typer.Option(help="Owner password on first start (or VEIL_OWNER_PASSWORD).", envvar="VEIL_OWNER_PASSWORD")
+        str | None,
+        typer.Option(
+            help="Owner password on first start (or VEIL_OWNER_PASSWORD).",
+            envvar="VEIL_OWNER_PASSWORD",
+        ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
@@ -90,7 +103,9 @@ def node_serve(
     except (VeilError, OSError) as exc:
         _fail(exc)
     if generated:
-        console.print(f"created owner [bold]{owner_email}[/bold] with password [bold]{password}[/bold] (shown once)")
+        console.print(
+            f"created owner [bold]{owner_email}[/bold] with password [bold]{password}[/bold] (shown once)"
+        )
     url = f"http://{host}:{sock.getsockname()[1]}"
     print(f"veil node {name!r} serving on {url} (db: {db})", flush=True)
     serve(node, sock=sock, log_level=log_level)
@@ -100,7 +115,14 @@ def node_serve(
 def user_create(
     new_email: Annotated[str, typer.Option("--new-email", help="Email of the user to create.")],
     new_password: Annotated[
-        str, typer.Option("--new-password", help="Their password.", prompt=True, hide_input=True, confirmation_prompt=True)
+        str,
+        typer.Option(
+            "--new-password",
+            help="Their password.",
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+        ),
     ],
     role: Annotated[str, typer.Option(help="owner, admin or data_scientist.")] = "data_scientist",
     url: Url = "http://127.0.0.1:8765",
@@ -119,7 +141,9 @@ def user_create(
 
 
 @user_app.command("list")
-def user_list(url: Url = "http://127.0.0.1:8765", email: Email = "owner@localhost", password: Password = "") -> None:
+def user_list(
+    url: Url = "http://127.0.0.1:8765", email: Email = "owner@localhost", password: Password = ""
+) -> None:
     """List a node's users."""
     client = _client(url, email, password)
     try:
@@ -136,7 +160,9 @@ def user_list(url: Url = "http://127.0.0.1:8765", email: Email = "owner@localhos
 
 @requests_app.command("list")
 def requests_list(
-    status: Annotated[str | None, typer.Option(help="pending, approved or denied (default: all).")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="pending, approved or denied (default: all).")
+    ] = None,
     url: Url = "http://127.0.0.1:8765",
     email: Email = "owner@localhost",
     password: Password = "",
@@ -149,18 +175,30 @@ def requests_list(
         _fail(exc)
     finally:
         client.close()
-    table = Table("id", "status", "requester", "object", "derived from", "reason", title="access requests")
+    table = Table(
+        "id", "status", "requester", "object", "derived from", "reason", title="access requests"
+    )
     for r in items:
         obj = r.object
-        what = f"{obj.kind} {'x'.join(map(str, obj.shape)) or 'scalar'}" if obj else f"#{r.object_id} (deleted)"
-        table.add_row(str(r.id), r.status, r.requester, what, ", ".join(obj.sources) if obj else "", r.reason)
+        what = (
+            f"{obj.kind} {'x'.join(map(str, obj.shape)) or 'scalar'}"
+            if obj
+            else f"#{r.object_id} (deleted)"
+        )
+        table.add_row(
+            str(r.id), r.status, r.requester, what, ", ".join(obj.sources) if obj else "", r.reason
+        )
     console.print(table)
 
 
 def _decide(request_id: int, approve: bool, note: str, url: str, email: str, password: str) -> None:
     client = _client(url, email, password)
     try:
-        r = client.requests.approve(request_id, note) if approve else client.requests.deny(request_id, note)
+        r = (
+            client.requests.approve(request_id, note)
+            if approve
+            else client.requests.deny(request_id, note)
+        )
     except VeilError as exc:
         _fail(exc)
     finally:

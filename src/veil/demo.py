@@ -49,7 +49,9 @@ def start_node(workdir: Path) -> tuple[subprocess.Popen[str], str]:
         sys.executable, "-m", "veil", "node", "serve", "--name", "st-mary-hospital", "--port", "0",
         "--db", f"sqlite:///{workdir / 'hospital.db'}", "--owner-email", OWNER[0],
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
     seen: list[str] = []
@@ -60,7 +62,9 @@ def start_node(workdir: Path) -> tuple[subprocess.Popen[str], str]:
             tail = "".join(seen[-20:])
             raise RuntimeError(f"node server exited with code {proc.returncode}:\n{tail}")
         if "serving on " in line:
-            console.print(f"  [dim]$ veil node serve --name st-mary-hospital --port 0 --db sqlite:///…/hospital.db[/dim]")
+            console.print(
+                "  [dim]$ veil node serve --name st-mary-hospital --port 0 --db sqlite:///…/hospital.db[/dim]"
+            )
             console.print(f"  {line.strip()}")
             return proc, line.split("serving on ")[1].split()[0]
     proc.kill()
@@ -71,13 +75,17 @@ def cli(*args: str) -> None:
     """Run a ``veil`` CLI command as the owner would, echoing it."""
     env = dict(os.environ, VEIL_EMAIL=OWNER[0], VEIL_PASSWORD=OWNER[1])
     console.print(f"  [dim]$ veil {' '.join(args)}[/dim]")
-    out = subprocess.run([sys.executable, "-m", "veil", *args], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "veil", *args], env=env, capture_output=True, text=True, check=True
+    )
     console.print(out.stdout.rstrip())
 
 
 def run_demo(*, keep: bool = False) -> int:
     """Run the tour; returns a process exit code (0 when every step behaved)."""
-    console.print(Panel.fit("[bold]veil[/bold] — compute on data you do not own and cannot see", style="cyan"))
+    console.print(
+        Panel.fit("[bold]veil[/bold] — compute on data you do not own and cannot see", style="cyan")
+    )
     workdir = Path(tempfile.mkdtemp(prefix="veil-demo-"))
     proc: subprocess.Popen[str] | None = None
     try:
@@ -94,7 +102,9 @@ def run_demo(*, keep: bool = False) -> int:
             description="400 cardiology patients, 2019-2024", columns=None,
         )  # fmt: skip
         owner.create_user(*SCIENTIST, role="data_scientist")
-        console.print(f"  dataset 'patients' published; data scientist account {SCIENTIST[0]} created")
+        console.print(
+            f"  dataset 'patients' published; data scientist account {SCIENTIST[0]} created"
+        )
 
         step("3. A data scientist connects; she sees metadata and mock data, never the records")
         ada: Any = veil.connect(url, email=SCIENTIST[0], password=SCIENTIST[1])
@@ -124,18 +134,20 @@ def run_demo(*, keep: bool = False) -> int:
 
         step("7. The scientist fetches exactly the approved object")
         got = means.get()
-        console.print("  " + ", ".join(f"{c}={v:.1f}" for c, v in zip(COLUMNS, got.tolist(), strict=True)))
+        console.print(
+            "  " + ", ".join(f"{c}={v:.1f}" for c, v in zip(COLUMNS, got.tolist(), strict=True))
+        )
         if not torch.allclose(got, x.mean(0), rtol=1e-5):
             console.print("[red]  result does not match the private data's true means[/red]")
             return 1
         console.print("  [green]matches the hospital's true column means[/green]")
 
         step("8. She trains a model where the data lives; the trained weights stay private too")
-        model = torch.nn.Sequential(torch.nn.Linear(4, 1)).send(ada)
+        model: Any = ada.send(torch.nn.Sequential(torch.nn.Linear(4, 1)))
         opt = veil.RemoteOptimizer(torch.optim.SGD, model.parameters(), lr=0.5)
         xs = (feats - feats.mean(0)) / feats.std(0)
         target = diag.float().unsqueeze(1)
-        for epoch in range(30):
+        for _epoch in range(30):
             opt.zero_grad()
             loss = F.binary_cross_entropy_with_logits(model(xs), target)
             loss.backward()
@@ -151,10 +163,14 @@ def run_demo(*, keep: bool = False) -> int:
 
         step("9. Everything the scientist did is in the owner's audit log")
         for entry in owner.audit(limit=200)[::-1][-6:]:
-            console.print(f"  {time.strftime('%H:%M:%S', time.localtime(entry.ts))} {entry.user:<26} {entry.action:<8} {entry.detail}")
+            console.print(
+                f"  {time.strftime('%H:%M:%S', time.localtime(entry.ts))} {entry.user:<26} {entry.action:<8} {entry.detail}"
+            )
         ada.close()
         owner.close()
-        console.print("\n[bold green]Demo complete.[/bold green] Next: README.md's tour, and `veil --help`.")
+        console.print(
+            "\n[bold green]Demo complete.[/bold green] Next: README.md's tour, and `veil --help`."
+        )
         return 0
     finally:
         if proc is not None:

@@ -92,15 +92,24 @@ def test_client_of_another_wire_version_gets_an_error_naming_both(
     _alive(url)
 
 
-def test_frame_of_another_wire_version_is_answered_with_both_versions(server: tuple[Node, str]) -> None:
+def test_frame_of_another_wire_version_is_answered_with_both_versions(
+    server: tuple[Node, str],
+) -> None:
     _, url = server
-    token = httpx.post(url + "/api/v1/login", json={"email": EMAIL, "password": PASSWORD}).json()["token"]
-    ws = ws_connect(_ws_url(url), additional_headers={"Authorization": f"Bearer {token}"}, **_LEGACY)
+    token = httpx.post(url + "/api/v1/login", json={"email": EMAIL, "password": PASSWORD}).json()[
+        "token"
+    ]
+    ws = ws_connect(
+        _ws_url(url), additional_headers={"Authorization": f"Bearer {token}"}, **_LEGACY
+    )
     try:
         ws.send(bytes([0]) + codec.encode(Call(GetInfo()), version=codec.WIRE_VERSION + 7))
         reply = codec.decode_reply(ws.recv(timeout=10)[1:])
         assert isinstance(reply, ErrorReply) and reply.code == "version_mismatch"
-        assert f"v{codec.WIRE_VERSION + 7}" in reply.message and f"v{codec.WIRE_VERSION}" in reply.message
+        assert (
+            f"v{codec.WIRE_VERSION + 7}" in reply.message
+            and f"v{codec.WIRE_VERSION}" in reply.message
+        )
         ws.send(bytes([0]) + b"\x80\x04garbage-pickle")  # the same connection keeps working
         assert isinstance(codec.decode_reply(ws.recv(timeout=10)[1:]), ErrorReply)
         ws.send(bytes([0]) + codec.encode(Call(GetInfo())))
@@ -117,8 +126,12 @@ def test_oversized_message_is_refused_and_the_node_keeps_serving() -> None:
             with pytest.raises(MessageTooLarge, match="over the limit"):
                 c.send(torch.zeros(1 << 19))  # 2 MB > 1 MB
             assert torch.equal(c.send(torch.ones(3)).get(), torch.ones(3))  # reconnects
-        token = httpx.post(url + "/api/v1/login", json={"email": EMAIL, "password": PASSWORD}).json()["token"]
-        ws = ws_connect(_ws_url(url), additional_headers={"Authorization": f"Bearer {token}"}, **_LEGACY)
+        token = httpx.post(
+            url + "/api/v1/login", json={"email": EMAIL, "password": PASSWORD}
+        ).json()["token"]
+        ws = ws_connect(
+            _ws_url(url), additional_headers={"Authorization": f"Bearer {token}"}, **_LEGACY
+        )
         try:  # a single transport message above the server's frame limit: connection closed
             ws.send(b"\x00" + bytes(1 << 17))
             with pytest.raises(Exception):  # noqa: B017 - any close/err is fine; the node must survive
@@ -132,9 +145,18 @@ def test_oversized_message_is_refused_and_the_node_keeps_serving() -> None:
 
 def test_broken_chunk_stream_is_refused(server: tuple[Node, str]) -> None:
     _, url = server
-    token = httpx.post(url + "/api/v1/login", json={"email": EMAIL, "password": PASSWORD}).json()["token"]
-    for bad in (b"\x02orphan-part", b"\x01\x00\x00", b"\x09what", b"\x01" + (2**63).to_bytes(8, "big")):
-        ws = ws_connect(_ws_url(url), additional_headers={"Authorization": f"Bearer {token}"}, **_LEGACY)
+    token = httpx.post(url + "/api/v1/login", json={"email": EMAIL, "password": PASSWORD}).json()[
+        "token"
+    ]
+    for bad in (
+        b"\x02orphan-part",
+        b"\x01\x00\x00",
+        b"\x09what",
+        b"\x01" + (2**63).to_bytes(8, "big"),
+    ):
+        ws = ws_connect(
+            _ws_url(url), additional_headers={"Authorization": f"Bearer {token}"}, **_LEGACY
+        )
         try:
             ws.send(bad)
             reply = codec.decode_reply(ws.recv(timeout=10)[1:])
@@ -192,7 +214,9 @@ def test_dropped_connection_mid_op_gives_a_clear_error_and_node_keeps_serving(
     node, url = server
     proxy = CutProxy(int(url.rsplit(":", 1)[1]))
     try:
-        c = veil.connect(f"http://127.0.0.1:{proxy.port}", email=EMAIL, password=PASSWORD, timeout=20)
+        c = veil.connect(
+            f"http://127.0.0.1:{proxy.port}", email=EMAIL, password=PASSWORD, timeout=20
+        )
         x = torch.arange(4.0).send(c)
         proxy.cut_next.set()
         with pytest.raises(ConnectionLost, match="dropped during a call"):

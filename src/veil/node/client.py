@@ -27,7 +27,7 @@ from veil.serde import codec
 from veil.version import WIRE_VERSION
 
 # websockets >= 17 wants connect() used as a context manager unless legacy=True is passed.
-_CONNECT_EXTRA = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
+_CONNECT_EXTRA: dict[str, Any] = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
 
 
 class NodeClient(Worker):
@@ -86,7 +86,9 @@ class NodeClient(Worker):
         return resp.json()
 
     def _login(self) -> None:
-        out = self._rest("POST", "/api/v1/login", json={"email": self._email, "password": self._password})
+        out = self._rest(
+            "POST", "/api/v1/login", json={"email": self._email, "password": self._password}
+        )
         self._token = out["token"]
         self.role = out["user"]["role"]
 
@@ -99,7 +101,7 @@ class NodeClient(Worker):
     def _open(self) -> ClientConnection:
         for attempt in range(2):
             try:
-                return connect(
+                return connect(  # type: ignore[no-any-return,call-overload]
                     self._ws_url(),
                     additional_headers={"Authorization": f"Bearer {self._token}"},
                     max_size=self.chunk_bytes + 64,
@@ -113,7 +115,9 @@ class NodeClient(Worker):
                 if attempt == 0 and exc.response.status_code in (401, 403):
                     self._login()  # the token expired or the node restarted
                     continue
-                raise AuthenticationError(f"node at {self.url} refused the connection: {exc}") from exc
+                raise AuthenticationError(
+                    f"node at {self.url} refused the connection: {exc}"
+                ) from exc
             except (OSError, InvalidHandshake, TimeoutError) as exc:
                 raise ConnectError(f"cannot open the op stream to {self.url}: {exc}") from exc
         raise AssertionError("unreachable")

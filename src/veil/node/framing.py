@@ -20,7 +20,9 @@ WHOLE, BEGIN, PART = 0, 1, 2
 _LEN = struct.Struct(">Q")
 
 
-def split_frame(frame: bytes | bytearray | memoryview, chunk_bytes: int) -> list[bytes | memoryview]:
+def split_frame(
+    frame: bytes | bytearray | memoryview, chunk_bytes: int
+) -> list[bytes | memoryview]:
     """Transport messages for one frame (the parts are views, not copies, after the prefix).
 
     Example:
@@ -63,7 +65,9 @@ class Assembler:
             if self._buf is not None:
                 raise SerdeError("a whole frame arrived in the middle of a chunked one")
             if len(body) > self.max_bytes:
-                raise MessageTooLarge(f"frame of {len(body)} bytes is over the limit of {self.max_bytes}")
+                raise MessageTooLarge(
+                    f"frame of {len(body)} bytes is over the limit of {self.max_bytes}"
+                )
             return bytearray(body)
         if kind == BEGIN:
             if self._buf is not None or len(body) != _LEN.size:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import secrets
 import threading
@@ -332,6 +334,24 @@ class Node:
                 f"object {rec.id} is data of dataset {rec.asset_of!r} and is read-only; "
                 "work on a copy: ptr.clone()"
             )
+        shared = storage_keys(tensors_of(rec.value)) & self._asset_storages()
+        if shared:  # a view (x[0], x.T, x.data...) of a dataset's data writes into the data
+            names = sorted({n for n, keys in self._asset_keys_by_dataset().items() if keys & shared})
+            raise PermissionDenied(
+                f"object {rec.id} is a view of dataset {', '.join(names)}'s data and is "
+                "read-only; work on a copy: ptr.clone()"
+            )
+
+    def _asset_keys_by_dataset(self) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = {}
+        for ds in self._datasets.values():
+            recs = [self._objects.get(a[1]) for a in ds.assets]
+            out[ds.name] = storage_keys(t for r in recs if r is not None for t in tensors_of(r.value))
+        return out
+
+    def _asset_storages(self) -> set[int]:
+        """Storage addresses of every dataset's private data (never freed while the node runs)."""
+        return set().union(*self._asset_keys_by_dataset().values())
 
     def _check_readable(self, session: Session, rec: ObjectRecord) -> None:
         if session.is_admin or not rec.private or session.user_id in rec.approved:
@@ -420,11 +440,18 @@ class Node:
 
         args = [from_arg(a, resolve) for a in msg.args]
         kwargs = {k: from_arg(v, resolve) for k, v in msg.kwargs.items()}
+        if "out" in kwargs:  # would write into an object behind the privacy bookkeeping
+            raise InvalidRequest(f"{msg.op}: out= is not supported on a node; use the result")
         target = inputs[0] if inputs and args and args[0] is inputs[0].value else None
         if spec.effect in ("inplace", "step") and target is not None:
             self._check_mutable(session, target)
-        if spec.alloc_check:
+        for written in _written_args(spec, args, kwargs):
+            for rec in inputs:
+                if rec.value is written:
+                    self._check_mutable(session, rec)
+        if spec.alloc_check or (spec.bound_check and self._may_exceed(args, kwargs)):
             self._check_alloc(spec, args, kwargs)
+        before = [_versions(r.value) for r in inputs]
         try:
             result = spec.fn(*args, **kwargs)
         except VeilError:
@@ -434,9 +461,24 @@ class Node:
         private = any(r.private for r in inputs)
         sources = frozenset().union(*(r.sources for r in inputs)) if inputs else frozenset()
         self._apply_effects(spec, target, args, private, sources)
+        if private:  # any input the op wrote into (e.g. batch-norm running stats) is tainted
+            written_to = [r for r, v in zip(inputs, before) if _versions(r.value) != v]
+            if written_to:
+                self._taint(storage_keys(t for r in written_to for t in tensors_of(r.value)), sources)
         if inputs:
             self._audit_row(session, "op", msg.op, [r.id for r in inputs], sources)
         return self._wrap_result(session, result, target, private, sources)
+
+    def _may_exceed(self, args: list[Any], kwargs: dict[str, Any]) -> bool:
+        """Could an op whose output is at most the product of its inputs' sizes pass the limit?"""
+        bound = 16  # bytes per element of the widest dtype
+        for v in [*args, *kwargs.values()]:
+            for t in v if isinstance(v, list | tuple) else (v,):
+                if isinstance(t, torch.Tensor):
+                    bound *= max(1, t.numel())
+                    if bound > self.max_result_bytes:
+                        return True
+        return False
 
     def _check_alloc(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> None:
         limit = self.max_result_bytes
@@ -678,6 +720,51 @@ class Node:
         with self._lock:
             self._commit()
             self.store.close()
+
+
+def _versions(value: Any) -> list[int]:
+    """Version counters of an object's tensors (torch bumps them on every in-place write)."""
+    return [t._version for t in tensors_of(value)]
+
+
+#: Functions that write into an argument other than through an in-place method:
+#: op name -> (written parameters, the parameter that switches the write on).
+_WRITES: dict[str, tuple[tuple[str, ...], str]] = {
+    "F.batch_norm": (("running_mean", "running_var"), "training"),
+    "F.instance_norm": (("running_mean", "running_var"), "use_input_stats"),
+    "F.embedding": (("weight",), "max_norm"),
+    "F.embedding_bag": (("weight",), "max_norm"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(fn: Any) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
+def _written_args(spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> list[Any]:
+    """Arguments ``spec`` will write into besides its declared effect (``inplace=True``...)."""
+    if spec.name in _WRITES:
+        params, switch = _WRITES[spec.name]
+    elif spec.name.startswith("F."):
+        params, switch = ("input",), "inplace"
+    else:
+        return []
+    sig = _signature(spec.fn)
+    if sig is None or switch not in sig.parameters:
+        return []
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError:
+        return []  # the call itself will fail with torch's own message
+    bound.apply_defaults()
+    on = bound.arguments.get(switch)
+    if on is None or on is False:
+        return []
+    return [bound.arguments[p] for p in params if bound.arguments.get(p) is not None]
 
 
 def _value_to_wire(value: Any) -> TensorData | ModuleSpec:

@@ -115,5 +115,5 @@ def autograd_leaves(root: torch.Tensor) -> list[torch.Tensor]:
             out.append(var)
             if var.grad is not None:
                 out.append(var.grad)
-        stack.extend(nxt for nxt, _ in fn.next_functions)
+        stack.extend(nxt for nxt, _ in fn.next_functions if nxt is not None)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator
 from typing import Any
 
@@ -183,7 +184,7 @@ class Datasets:
         assert isinstance(reply, DatasetInfo)
         return Dataset(self._worker, reply)
 
-    def list(self) -> list[Dataset]:
+    def list(self) -> builtins.list[Dataset]:
         reply = self._worker.call(ListDatasets())
         assert isinstance(reply, DatasetList)
         return [Dataset(self._worker, d) for d in reply.items]
@@ -196,8 +197,8 @@ class Datasets:
 
     def create(self, name: str, *, private: torch.Tensor | dict[str, torch.Tensor],
                mock: torch.Tensor | dict[str, torch.Tensor], description: str = "",
-               columns: list[str] | None = None,
-               bounds: list[tuple[float, float]] | tuple[float, float] | None = None) -> Dataset:  # fmt: skip
+               columns: builtins.list[str] | None = None,
+               bounds: builtins.list[tuple[float, float]] | tuple[float, float] | None = None) -> Dataset:  # fmt: skip
         """Owners: publish a dataset of private data with a mock of the same shape.
 
         Args:
@@ -217,12 +218,17 @@ class Datasets:
         privs = private if isinstance(private, dict) else {"data": private}
         mocks = mock if isinstance(mock, dict) else {"data": mock}
         if set(privs) != set(mocks):
-            raise InvalidRequest(f"private and mock assets differ: {sorted(privs)} vs {sorted(mocks)}")
+            raise InvalidRequest(
+                f"private and mock assets differ: {sorted(privs)} vs {sorted(mocks)}"
+            )
         if bounds is not None and len(bounds) == 2 and not isinstance(bounds[0], list | tuple):
             bounds = [bounds]  # type: ignore[list-item]
         specs = [
             AssetSpec(
-                n, tensor_to_data(privs[n]), tensor_to_data(mocks[n]), list(columns or []),
+                n,
+                tensor_to_data(privs[n]),
+                tensor_to_data(mocks[n]),
+                list(columns or []),
                 [(float(lo), float(hi)) for lo, hi in (bounds or [])],  # type: ignore[misc]
             )  # fmt: skip
             for n in privs
@@ -238,7 +244,7 @@ class Requests:
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
 
-    def list(self, status: str | None = None) -> list[RequestInfo]:
+    def list(self, status: str | None = None) -> builtins.list[RequestInfo]:
         reply = self._worker.call(ListRequests(status))
         assert isinstance(reply, RequestList)
         return reply.items

@@ -73,7 +73,7 @@ def tensor_to_data(tensor: torch.Tensor) -> TensorData:
     if t.numel() == 0:
         return TensorData(name, shape, memoryview(b""), grad)
     raw = t.reshape(-1).view(torch.uint8).numpy()  # shares memory with t
-    return TensorData(name, shape, memoryview(raw), grad)
+    return TensorData(name, shape, memoryview(raw), grad)  # type: ignore[arg-type]
 
 
 def tensor_from_data(data: TensorData, *, copy: bool = False) -> torch.Tensor:
@@ -101,7 +101,7 @@ def tensor_from_data(data: TensorData, *, copy: bool = False) -> torch.Tensor:
     if numel == 0:
         out = torch.empty(shape, dtype=dtype)
     else:
-        buf = data.data
+        buf: memoryview | bytearray = data.data
         writable = isinstance(buf, memoryview) and not buf.readonly
         if copy or not writable:
             buf = bytearray(buf)

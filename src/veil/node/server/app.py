@@ -66,7 +66,9 @@ class UserBody(BaseModel):
 
 def _json(reply: Reply) -> Any:
     if isinstance(reply, ErrorReply):
-        raise HTTPException(_STATUS.get(reply.code, 500), {"code": reply.code, "message": reply.message})
+        raise HTTPException(
+            _STATUS.get(reply.code, 500), {"code": reply.code, "message": reply.message}
+        )
     return msgspec.to_builtins(reply, enc_hook=lambda o: None)
 
 
@@ -86,7 +88,11 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http_error(_request: Any, exc: HTTPException) -> JSONResponse:
-        detail = exc.detail if isinstance(exc.detail, dict) else {"code": "error", "message": str(exc.detail)}
+        detail = (
+            exc.detail
+            if isinstance(exc.detail, dict)
+            else {"code": "error", "message": str(exc.detail)}
+        )
         return JSONResponse({"error": detail}, status_code=exc.status_code)
 
     def session(authorization: str = Header(default="")) -> Session:
@@ -137,11 +143,15 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES) -> FastAPI:
         return run(s, ListRequests(status))
 
     @app.post("/api/v1/requests/{request_id}/approve")
-    def approve(request_id: int, body: DecisionBody | None = None, s: Session = Depends(session)) -> Any:
+    def approve(
+        request_id: int, body: DecisionBody | None = None, s: Session = Depends(session)
+    ) -> Any:
         return run(s, DecideRequest(request_id, True, body.note if body else ""))
 
     @app.post("/api/v1/requests/{request_id}/deny")
-    def deny(request_id: int, body: DecisionBody | None = None, s: Session = Depends(session)) -> Any:
+    def deny(
+        request_id: int, body: DecisionBody | None = None, s: Session = Depends(session)
+    ) -> Any:
         return run(s, DecideRequest(request_id, False, body.note if body else ""))
 
     @app.get("/api/v1/users")
@@ -153,7 +163,9 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES) -> FastAPI:
         return run(s, CreateUser(body.email, body.password, body.role, body.name))
 
     @app.get("/api/v1/audit")
-    def audit(limit: int = Query(default=100, ge=0, le=100_000), s: Session = Depends(session)) -> Any:
+    def audit(
+        limit: int = Query(default=100, ge=0, le=100_000), s: Session = Depends(session)
+    ) -> Any:
         return run(s, GetAudit(limit))
 
     @app.websocket("/api/v1/ws")
@@ -174,7 +186,9 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES) -> FastAPI:
                 try:
                     frame = assembler.feed(message)
                 except VeilError as exc:  # broken framing: answer, then drop this connection
-                    await websocket.send_bytes(b"\x00" + codec.encode(ErrorReply(exc.code, str(exc))))
+                    await websocket.send_bytes(
+                        b"\x00" + codec.encode(ErrorReply(exc.code, str(exc)))
+                    )
                     await websocket.close(code=1008)
                     return
                 if frame is None:

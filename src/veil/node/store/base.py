@@ -74,7 +74,12 @@ class Batch:
 
     def __bool__(self) -> bool:
         return bool(
-            self.objects or self.deleted or self.users or self.datasets or self.requests or self.audit
+            self.objects
+            or self.deleted
+            or self.users
+            or self.datasets
+            or self.requests
+            or self.audit
         )
 
 
