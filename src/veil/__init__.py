@@ -39,7 +39,6 @@ def connect(url: str, *, email: str, password: str, timeout: float = 60.0) -> Wo
 
 
 __all__ = [
-    "WIRE_VERSION",
     "BudgetExceeded",
     "Dataset",
     "Node",
@@ -52,6 +51,7 @@ __all__ = [
     "TorchHook",
     "VeilError",
     "VirtualWorker",
+    "WIRE_VERSION",
     "Worker",
     "__version__",
     "connect",

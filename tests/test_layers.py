@@ -1,0 +1,79 @@
+"""Imports point downward only: ops < serde < pointers < node < cli/demo (CONVENTIONS.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import veil
+
+SRC = Path(veil.__file__).parent
+#: Layer of each top-level part of the package; a module may import only its own layer or lower.
+LAYERS = {
+    "errors": 0, "types": 0, "version": 0,
+    "ops": 1,
+    "serde": 2,
+    "pointers": 3,
+    "node": 4,
+    "cli": 5, "demo": 5, "__main__": 5, "__init__": 5,
+}  # fmt: skip
+
+
+def _part(path: Path) -> str:
+    rel = path.relative_to(SRC).parts
+    return rel[0].removesuffix(".py")
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("veil."):
+            out.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("veil."))
+    return out
+
+
+def test_every_part_of_the_package_has_a_layer() -> None:
+    parts = {_part(p) for p in SRC.rglob("*.py")}
+    assert parts <= set(LAYERS), f"give these a layer in tests/test_layers.py: {parts - set(LAYERS)}"
+
+
+def test_imports_point_downward_only() -> None:
+    bad = []
+    for path in SRC.rglob("*.py"):
+        mine = LAYERS[_part(path)]
+        for imported in _imports(path):
+            if imported in LAYERS and LAYERS[imported] > mine:
+                bad.append(f"{path.relative_to(SRC)} imports veil.{imported}")
+    assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path: Path) -> None:
+    fake = tmp_path / "x.py"
+    fake.write_text("from veil.node import Node\nimport veil.pointers.tensor\n")
+    assert _imports(fake) == {"node", "pointers"}
+
+
+def test_public_surface_is_deliberate() -> None:
+    assert veil.__all__ == sorted(veil.__all__)
+    assert set(veil.__all__) == {
+        "WIRE_VERSION", "BudgetExceeded", "Dataset", "Node", "ObjectNotFound", "OpNotAllowed",
+        "PermissionDenied", "PointerModule", "PointerTensor", "RemoteOptimizer", "TorchHook",
+        "VeilError", "VirtualWorker", "Worker", "__version__", "connect", "errors", "ops",
+    }  # fmt: skip
+    for name in veil.__all__:
+        assert hasattr(veil, name), name
+
+
+def test_no_pickle_eval_or_exec_in_the_package() -> None:
+    import re
+
+    banned = re.compile(r"import pickle|pickle\.loads?\(|(?<![.\w])(eval|exec)\(|import dill|cloudpickle")
+    for path in SRC.rglob("*.py"):
+        text = path.read_text()
+        hit = banned.search(text)
+        assert hit is None, f"{path.relative_to(SRC)} contains {hit.group(0) if hit else ''!r}"
+        if "torch.load(" in text:
+            assert "weights_only=True" in text, path
