@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from veil.errors import InvalidRequest
+from veil.errors import InvalidRequest, ObjectNotFound
 from veil.node.node import Node
 from veil.node.users import Session
 from veil.pointers import PointerModule, PointerTensor, Remote
@@ -87,6 +87,27 @@ class Worker(Remote):
         reply = self.call(ListObjects())
         assert isinstance(reply, ObjectList)
         return reply.items
+
+    def pointer(self, obj_id: int) -> Any:
+        """A pointer to one of your existing objects on the node (e.g. after reconnecting).
+
+        The pointer does not own the object: dropping it does not delete it.
+
+        Example:
+            >>> import torch, veil
+            >>> bob = veil.VirtualWorker("bob")
+            >>> x = bob.send(torch.ones(2))
+            >>> bob.pointer(x.id).get()
+            tensor([1., 1.])
+        """
+        for info in self.objects():
+            if info.id == obj_id:
+                if info.kind == "tensor":
+                    return PointerTensor(self, info, owned=False)
+                ptr = self._wrap(info)
+                ptr._owned = False
+                return ptr
+        raise ObjectNotFound(f"you hold no object {obj_id} on node {self.name!r}")
 
     def clear(self) -> None:
         """Delete every object you hold on the node (datasets are kept)."""
