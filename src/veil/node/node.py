@@ -299,8 +299,9 @@ class Node:
         """Run one decoded call; errors are returned as :class:`ErrorReply`."""
         with self._lock:
             try:
-                if call.release:
+                if call.release:  # committed on their own: a failing request keeps them
                     self._release(session, call.release)
+                    self._commit()
                 handler = self._handlers[type(call.msg)]
                 reply = handler(session, call.msg)
                 self._commit()
@@ -336,7 +337,8 @@ class Node:
             )
         shared = storage_keys(tensors_of(rec.value)) & self._asset_storages()
         if shared:  # a view (x[0], x.T, x.data...) of a dataset's data writes into the data
-            names = sorted({n for n, keys in self._asset_keys_by_dataset().items() if keys & shared})
+            by_ds = self._asset_keys_by_dataset()
+            names = sorted(n for n, keys in by_ds.items() if keys & shared)
             raise PermissionDenied(
                 f"object {rec.id} is a view of dataset {', '.join(names)}'s data and is "
                 "read-only; work on a copy: ptr.clone()"
@@ -346,7 +348,7 @@ class Node:
         out: dict[str, set[int]] = {}
         for ds in self._datasets.values():
             recs = [self._objects.get(a[1]) for a in ds.assets]
-            out[ds.name] = storage_keys(t for r in recs if r is not None for t in tensors_of(r.value))
+            out[ds.name] = storage_keys(t for r in recs if r for t in tensors_of(r.value))
         return out
 
     def _asset_storages(self) -> set[int]:
@@ -415,6 +417,15 @@ class Node:
                     self._batch.objects.pop(oid, None)
 
     def _delete(self, session: Session, msg: DeleteObjects) -> Reply:
+        for oid in msg.ids:  # named explicitly (unlike piggybacked releases): all or nothing
+            rec = self._objects.get(oid)
+            if rec is None or not (session.is_admin or rec.owner == session.user_id):
+                raise ObjectNotFound(
+                    f"node {self.name!r} has no object {oid} that you can delete; it was "
+                    "deleted, or it belongs to another user"
+                )
+            if rec.asset_of is not None:
+                raise PermissionDenied(f"object {oid} is data of dataset {rec.asset_of!r}")
         self._release(session, msg.ids)
         return Done()
 
@@ -440,15 +451,14 @@ class Node:
 
         args = [from_arg(a, resolve) for a in msg.args]
         kwargs = {k: from_arg(v, resolve) for k, v in msg.kwargs.items()}
-        if "out" in kwargs:  # would write into an object behind the privacy bookkeeping
+        if kwargs.get("out") is not None:  # would write behind the privacy bookkeeping
             raise InvalidRequest(f"{msg.op}: out= is not supported on a node; use the result")
         target = inputs[0] if inputs and args and args[0] is inputs[0].value else None
         if spec.effect in ("inplace", "step") and target is not None:
             self._check_mutable(session, target)
-        for written in _written_args(spec, args, kwargs):
-            for rec in inputs:
-                if rec.value is written:
-                    self._check_mutable(session, rec)
+        declared = [r for w in _written_args(spec, args, kwargs) for r in inputs if r.value is w]
+        for rec in declared:
+            self._check_mutable(session, rec)
         if spec.alloc_check or (spec.bound_check and self._may_exceed(args, kwargs)):
             self._check_alloc(spec, args, kwargs)
         before = [_versions(r.value) for r in inputs]
@@ -462,9 +472,9 @@ class Node:
         sources = frozenset().union(*(r.sources for r in inputs)) if inputs else frozenset()
         self._apply_effects(spec, target, args, private, sources)
         if private:  # any input the op wrote into (e.g. batch-norm running stats) is tainted
-            written_to = [r for r, v in zip(inputs, before) if _versions(r.value) != v]
-            if written_to:
-                self._taint(storage_keys(t for r in written_to for t in tensors_of(r.value)), sources)
+            written = declared + [r for r, v in zip(inputs, before) if _versions(r.value) != v]
+            if written:
+                self._taint(storage_keys(t for r in written for t in tensors_of(r.value)), sources)
         if inputs:
             self._audit_row(session, "op", msg.op, [r.id for r in inputs], sources)
         return self._wrap_result(session, result, target, private, sources)
@@ -737,7 +747,7 @@ _WRITES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _signature(fn: Any) -> inspect.Signature | None:
     try:
         return inspect.signature(fn)

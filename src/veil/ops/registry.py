@@ -25,12 +25,16 @@ class OpSpec:
         effect: side effects the node must account for (see :data:`Effect`).
         alloc_check: run the op on the meta device first and refuse outputs over the
             node's size limit (for ops whose output size is set by an argument).
+        bound_check: the output is at most the product of the inputs' sizes (broadcasting,
+            matrix products); the node runs the meta check only when that product could
+            pass its size limit, so ``x.view(n, 1) * x.view(1, n)`` cannot exhaust memory.
     """
 
     name: str
     fn: Callable[..., Any]
     effect: Effect = "none"
     alloc_check: bool = False
+    bound_check: bool = False
 
 
 class OpRegistry:

@@ -30,7 +30,7 @@ REDUCTIONS = """
 sum mean nansum nanmean prod std var std_mean var_mean max min amax amin aminmax argmax argmin
 norm logsumexp cumsum cumprod cummax cummin logcumsumexp median nanmedian quantile nanquantile
 mode count_nonzero all any topk sort argsort msort kthvalue unique unique_consecutive histc
-bincount diff trace dist renorm equal allclose
+bincount diff trace dist renorm equal allclose softmax log_softmax
 """.split()
 
 LINALG = """
@@ -69,8 +69,10 @@ __eq__ __ne__ __lt__ __le__ __gt__ __ge__ __getitem__ __setitem__
 
 FUNCTIONAL = """
 linear bilinear conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d
-max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d
-adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d lp_pool1d
+max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices
+max_pool3d_with_indices adaptive_max_pool1d_with_indices adaptive_max_pool2d_with_indices
+adaptive_max_pool3d_with_indices adaptive_max_pool3d avg_pool1d avg_pool2d avg_pool3d
+adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d lp_pool1d
 lp_pool2d relu relu6 elu selu celu gelu silu mish leaky_relu prelu rrelu hardtanh hardswish
 hardsigmoid softplus softsign tanhshrink softshrink hardshrink threshold glu logsigmoid
 sigmoid tanh softmax log_softmax softmin dropout dropout1d dropout2d dropout3d alpha_dropout
@@ -101,6 +103,21 @@ ALLOC_CHECKED = {
 }
 
 
+#: Ops whose output can be larger than every input (broadcasting, products of matrices):
+#: bounded by the product of the inputs' sizes, checked when that bound passes the limit.
+BOUND_CHECKED = (
+    set(BINARY)
+    | set(REDUCTIONS) & {"dist", "renorm"}
+    | set(LINALG)
+    | set(SHAPE) & {"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack",
+                    "column_stack", "row_stack", "broadcast_tensors", "where"}
+    | {"linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+       "conv_transpose2d", "conv_transpose3d", "pairwise_distance", "cosine_similarity",
+       "scaled_dot_product_attention", "multi_dot", "solve", "lstsq", "vecdot"}
+    | set(OPERATORS) - {"__getitem__", "__setitem__", "__neg__", "__pos__", "__abs__", "__invert__"}
+)
+
+
 def _get_attr(tensor: torch.Tensor, name: str) -> Any:
     if name not in ATTRIBUTES:
         raise AttributeError(name)
@@ -113,7 +130,10 @@ def _backward(tensor: torch.Tensor, gradient: Any = None, retain_graph: Any = No
 
 def _add(reg: OpRegistry, name: str, fn: Any, effect: Any = "none", base: str = "") -> None:
     if name not in reg:
-        reg.register(OpSpec(name, fn, effect=effect, alloc_check=base in ALLOC_CHECKED))
+        reg.register(
+            OpSpec(name, fn, effect=effect, alloc_check=base in ALLOC_CHECKED,
+                   bound_check=base in BOUND_CHECKED)  # fmt: skip
+        )
 
 
 def register_torch_ops(reg: OpRegistry) -> None:
@@ -140,7 +160,7 @@ def register_torch_ops(reg: OpRegistry) -> None:
         fn = getattr(torch.Tensor, op, None)
         if callable(fn):
             inplace = op.startswith("__i") or op == "__setitem__"
-            _add(reg, f"Tensor.{op}", fn, "inplace" if inplace else "none")
+            _add(reg, f"Tensor.{op}", fn, "inplace" if inplace else "none", base=op)
     for base in FUNCTIONAL:
         fn = getattr(F, base, None)
         if callable(fn):
@@ -148,6 +168,6 @@ def register_torch_ops(reg: OpRegistry) -> None:
     for base in LINALG_MODULE:
         fn = getattr(torch.linalg, base, None)
         if callable(fn):
-            _add(reg, f"linalg.{base}", fn)
+            _add(reg, f"linalg.{base}", fn, base=base)
     _add(reg, "Tensor.backward", _backward, "backward")
     _add(reg, "Tensor.__getattr__", _get_attr)

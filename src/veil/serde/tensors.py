@@ -72,7 +72,10 @@ def tensor_to_data(tensor: torch.Tensor) -> TensorData:
     grad = tensor.requires_grad and tensor.is_leaf  # results of ops come back as plain values
     if t.numel() == 0:
         return TensorData(name, shape, memoryview(b""), grad)
-    raw = t.reshape(-1).view(torch.uint8).numpy()  # shares memory with t
+    flat = t.reshape(-1)
+    if flat.stride(0) != 1:  # "contiguous" with an odd stride on a size-1 dim (x[..., ::2])
+        flat = flat.clone(memory_format=torch.contiguous_format)
+    raw = flat.view(torch.uint8).numpy()  # shares memory with t
     return TensorData(name, shape, memoryview(raw), grad)  # type: ignore[arg-type]
 
 
