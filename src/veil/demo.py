@@ -112,7 +112,8 @@ def run_demo(*, keep: bool = False) -> int:
         feats, diag = ds["features"].private, ds["diagnosis"].private
         console.print(f"  {ds!r}")
         console.print(f"  pointer: {feats!r}")
-        console.print(f"  mock row: {ds['features'].mock[0].round(decimals=1).tolist()}")
+        mock_row = ", ".join(f"{c}={v:.1f}" for c, v in zip(COLUMNS, ds["features"].mock[0].tolist(), strict=True))
+        console.print(f"  mock row: {mock_row}")
 
         step("4. She computes on the pointer: the work runs on the hospital's machine")
         means = feats.mean(0)
@@ -155,6 +156,8 @@ def run_demo(*, keep: bool = False) -> int:
         acc = ((model(xs) > 0).float() == target).float().mean()
         try:
             model.get()
+            console.print("[red]  the node released a model trained on private data![/red]")
+            return 1
         except PermissionDenied:
             console.print("  model.get() -> PermissionDenied (trained on private data)")
         acc_req = acc.request("training accuracy of our risk model")
