@@ -757,6 +757,12 @@ def _signature(fn: Any) -> inspect.Signature | None:
 
 def _written_args(spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> list[Any]:
     """Arguments ``spec`` will write into besides its declared effect (``inplace=True``...)."""
+    if spec.name.startswith("optim.") and args:  # an optimizer steps its parameters later
+        out: list[Any] = []
+        for group in args[0] if isinstance(args[0], list | tuple) else [args[0]]:
+            params = group.get("params", []) if isinstance(group, dict) else group
+            out.extend(params if isinstance(params, list | tuple) else [params])
+        return out
     if spec.name in _WRITES:
         params, switch = _WRITES[spec.name]
     elif spec.name.startswith("F."):
