@@ -293,7 +293,14 @@ class Node:
             call = codec.decode_call(frame, max_bytes=self.max_message_bytes)
         except VeilError as exc:
             return codec.encode(ErrorReply(exc.code, str(exc)))
-        return codec.encode(self.handle(session, call))
+        except Exception as exc:  # a decoder bug must not take the connection down
+            log.exception("undecodable frame on node %s", self.name)
+            return codec.encode(ErrorReply("serde_error", f"malformed message: {type(exc).__name__}"))
+        reply = self.handle(session, call)
+        try:
+            return codec.encode(reply)
+        except VeilError as exc:
+            return codec.encode(ErrorReply(exc.code, f"the reply could not be encoded: {exc}"[:2000]))
 
     def handle(self, session: Session, call: Call) -> Reply:
         """Run one decoded call; errors are returned as :class:`ErrorReply`."""

@@ -79,6 +79,8 @@ def _decode(
         raise SerdeError(f"malformed message: {exc}") from exc
     except RecursionError as exc:
         raise SerdeError("malformed message: nested too deeply") from exc
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a string that is not UTF-8
+        raise SerdeError(f"malformed message: {type(exc).__name__}: {exc}") from exc
 
 
 def decode_call(
