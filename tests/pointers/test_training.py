@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,6 +12,17 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 import veil
+
+
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread() -> Iterator[None]:
+    """Tiny ops gain nothing from intra-op threads, and two test workers on two cores
+    oversubscribe OpenMP (10x slower loops); restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 STEPS = 8
 

@@ -52,6 +52,18 @@ FUZZ = settings(
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread() -> Iterator[None]:
+    """Tiny ops gain nothing from intra-op threads, and two test workers on two cores
+    oversubscribe OpenMP (10x slower loops); restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 HEADER = struct.pack(">2sH", b"VL", WIRE_VERSION)
 
 
