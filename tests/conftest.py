@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +82,61 @@ def _server_available() -> bool:
 
 
 DEPLOYMENTS = ["virtual", "server"] if _server_available() else ["virtual"]
+
+
+def _start_postgres(tmp: Path) -> tuple[str, Callable[[], None]] | str:
+    """Start a throwaway PostgreSQL cluster; returns (url, stop) or why it cannot."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not (initdb and pg_ctl):
+        return "PostgreSQL server binaries (initdb, pg_ctl) are not installed"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "the PostgreSQL driver is missing: pip install 'veil[postgres]'"
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        if not shutil.which("runuser"):
+            return "running as root without runuser to start PostgreSQL as another user"
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no 'postgres' user to run the server"
+        prefix = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(tmp, "postgres")
+    data = tmp / "data"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = lambda *a: subprocess.run([*prefix, *a], check=True, capture_output=True, timeout=120)  # noqa: E731
+    try:
+        run(initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        opts = f"-p {port} -k {tmp} -h 127.0.0.1 -c fsync=off"
+        run(pg_ctl, "-D", str(data), "-o", opts, "-l", str(tmp / "log"), "-w", "start")
+    except subprocess.CalledProcessError as exc:
+        return f"could not start PostgreSQL: {exc.stderr.decode(errors='replace')[-300:]}"
+    return (
+        f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres",
+        lambda: run(pg_ctl, "-D", str(data), "-m", "immediate", "stop"),
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A scratch PostgreSQL database: ``VEIL_TEST_POSTGRES_URL`` if set, else a throwaway
+    cluster started for this test session (skipped, with the reason, if that cannot run)."""
+    if url := os.environ.get("VEIL_TEST_POSTGRES_URL"):
+        yield url
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="veil-pg-"))  # not under pytest's 0700 root: postgres must enter
+    started = _start_postgres(tmp)
+    if isinstance(started, str):
+        pytest.skip(started)
+    url, stop = started
+    try:
+        yield url
+    finally:
+        stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(params=DEPLOYMENTS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 from typing import Annotated, Any
 
@@ -95,16 +94,13 @@ def node_serve(
 
     try:
         store = open_store(db, blob_dir=blob_dir)
-        fresh = not store.load().users
-        generated = owner_password is None and fresh
-        password = owner_password or (secrets.token_urlsafe(12) if generated else None)
-        node = Node(name, store=store, owner_email=owner_email, owner_password=password)
+        node = Node(name, store=store, owner_email=owner_email, owner_password=owner_password)
         sock = bind(host, port)
-    except (VeilError, OSError) as exc:
+    except (VeilError, OSError, ValueError, ImportError) as exc:
         _fail(exc)
-    if generated:
+    if node.owner_password is not None:  # generated on first start
         console.print(
-            f"created owner [bold]{owner_email}[/bold] with password [bold]{password}[/bold] (shown once)"
+            f"created owner [bold]{owner_email}[/bold] with password [bold]{node.owner_password}[/bold] (shown once)"
         )
     url = f"http://{host}:{sock.getsockname()[1]}"
     print(f"veil node {name!r} serving on {url} (db: {db})", flush=True)

@@ -13,6 +13,7 @@
     ├── SerdeError              (also ValueError)        a message that cannot be decoded
     │   ├── MessageTooLarge                               over the configured size limit
     │   └── VersionMismatch                               peers speak different wire versions
+    ├── StorageError                                      the node's store refused a write
     ├── TransportError          (also ConnectionError)   the link to a node failed
     │   ├── ConnectError                                  could not reach the node
     │   ├── ConnectionLost                                the link dropped mid-call
@@ -42,6 +43,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "SerdeError",
+    "StorageError",
     "Timeout",
     "TransportError",
     "UnsupportedError",
@@ -119,6 +121,12 @@ class VersionMismatch(SerdeError):
     """The two peers speak different wire-format versions."""
 
     code = "version_mismatch"
+
+
+class StorageError(VeilError):
+    """The node could not persist a change; it rolled back to its last durable state."""
+
+    code = "storage_error"
 
 
 class TransportError(VeilError, ConnectionError):

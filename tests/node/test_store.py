@@ -32,7 +32,6 @@ from veil.node.store.sql import SCHEMA_VERSION, SQLStore
 OWNER, OWNER_PW = "owner@store.test", "owner-password-7"
 SCI, SCI_PW = "sci@store.test", "sci-password-7"
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-PG_URL = os.environ.get("VEIL_TEST_POSTGRES_URL")  # e.g. postgresql+psycopg://u:p@host/db
 
 
 def _obj(oid: int, payload: bytes | bytearray | memoryview, **kw: object) -> ObjectRow:
@@ -54,17 +53,16 @@ def _url(tmp_path: Path, name: str = "node.db") -> str:
 @pytest.fixture(params=["sqlite", "sqlite-core", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLStore]:
     """A fresh store with a small inline limit: SQLite through the sqlite3 fast path, SQLite
-    through SQLAlchemy Core (the path other databases take), and PostgreSQL when
-    ``VEIL_TEST_POSTGRES_URL`` names a scratch database."""
+    through SQLAlchemy Core (the path other databases take), and PostgreSQL (a throwaway
+    cluster, or ``VEIL_TEST_POSTGRES_URL``; see tests/conftest.py)."""
     if request.param == "postgresql":
-        if not PG_URL:
-            pytest.skip("set VEIL_TEST_POSTGRES_URL to a scratch PostgreSQL database")
+        pg_url = request.getfixturevalue("postgres_url")
         from veil.node.store.sql import metadata
 
-        engine = sa.create_engine(PG_URL)
+        engine = sa.create_engine(pg_url)
         metadata.drop_all(engine)
         engine.dispose()
-        s = SQLStore(PG_URL, blob_dir=str(tmp_path / "blobs"), inline_limit=64)
+        s = SQLStore(pg_url, blob_dir=str(tmp_path / "blobs"), inline_limit=64)
     else:
         s = SQLStore(_url(tmp_path), inline_limit=64)
         s._fast = request.param == "sqlite"

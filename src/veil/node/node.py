@@ -22,6 +22,7 @@ from veil.errors import (
     PermissionDenied,
     RemoteError,
     SerdeError,
+    StorageError,
     VeilError,
 )
 from veil.node.objects import (
@@ -205,7 +206,8 @@ class Node:
             assets = []
             for aname, oid, mock, cols, bounds, desc in d.assets:
                 mock_reply = codec.decode_reply(mock)
-                assert isinstance(mock_reply, Value) and isinstance(mock_reply.value, TensorData)
+                if not (isinstance(mock_reply, Value) and isinstance(mock_reply.value, TensorData)):
+                    raise SerdeError(f"stored mock of dataset {d.name!r} is corrupt")
                 assets.append((aname, oid, mock_reply.value, cols, [tuple(b) for b in bounds], desc))
             self._datasets[d.name] = _Dataset(d.name, d.description, d.created, assets)  # type: ignore[arg-type]
         for r in snap.requests:
@@ -228,25 +230,44 @@ class Node:
 
     def _commit(self) -> None:
         batch, self._batch = self._batch, Batch()
-        if batch:
+        if not batch:
+            return
+        try:
             self.store.write(batch)
+        except Exception as exc:
+            # Memory already holds the change the store refused: go back to the durable state.
+            log.exception("store write failed on node %s; reloading durable state", self.name)
+            self._reload()
+            raise StorageError(
+                f"node {self.name!r} could not persist this change ({type(exc).__name__}: {exc}); "
+                "it rolled back to its last durable state. Retry, or tell the node's owner"
+            ) from exc
+
+    def _reload(self) -> None:
+        self._objects.clear()
+        self._users.clear()
+        self._datasets.clear()
+        self._requests.clear()
+        self._load()
 
     # ------------------------------------------------------------------ users / sessions
     def create_user(self, email: str, password: str, *, role: str = "data_scientist",
                     name: str = "") -> UserInfo:  # fmt: skip
         """Add a user (the Python API for owners; remote callers use ``CreateUser``)."""
         with self._lock:
-            check_new_user(email, password, role)
-            if any(u.email == email for u in self._users.values()):
-                raise InvalidRequest(f"a user with email {email!r} already exists")
-            uid = max(self._users, default=0) + 1
-            user = _User(uid, email, role, name, hash_password(password), time.time())
-            self._users[uid] = user
-            self._batch.users.append(
-                UserRow(uid, email, role, name, user.password_hash, user.created)
-            )
+            info = self._add_user(email, password, role=role, name=name)
             self._commit()
-            return UserInfo(uid, email, role, name)
+            return info
+
+    def _add_user(self, email: str, password: str, *, role: str, name: str) -> UserInfo:
+        check_new_user(email, password, role)
+        if any(u.email == email for u in self._users.values()):
+            raise InvalidRequest(f"a user with email {email!r} already exists")
+        uid = max(self._users, default=0) + 1
+        user = _User(uid, email, role, name, hash_password(password), time.time())
+        self._users[uid] = user
+        self._batch.users.append(UserRow(uid, email, role, name, user.password_hash, user.created))
+        return UserInfo(uid, email, role, name)
 
     def authenticate(self, email: str, password: str) -> Session:
         """Check a password and return the user's :class:`Session`.
@@ -705,7 +726,7 @@ class Node:
             raise PermissionDenied("only the node's owner or admins create users")
         if msg.role == "owner" and session.role != "owner":
             raise PermissionDenied("only the owner can create another owner")
-        info = self.create_user(msg.email, msg.password, role=msg.role, name=msg.name)
+        info = self._add_user(msg.email, msg.password, role=msg.role, name=msg.name)
         self._audit_row(session, "create_user", f"{msg.email} ({msg.role})")
         return info
 
