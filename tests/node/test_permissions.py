@@ -45,6 +45,7 @@ from veil.serde.messages import (
     TensorData,
     Value,
 )
+from veil.serde.modules import module_to_spec
 from veil.version import WIRE_VERSION
 
 DATASET = "patients"
@@ -714,6 +715,32 @@ def test_module_descriptions_cannot_name_arbitrary_classes(setup: Any) -> None:
         sci.call(SendObject(ModuleSpec(cls="Sequential", children=[("../x", ModuleSpec("ReLU"))])))
     with pytest.raises(VeilError):  # state that does not fit the module
         sci.call(SendObject(ModuleSpec(cls="Linear", config={"in_features": 2, "out_features": 2})))
+    _alive(sci)
+
+
+def test_module_config_cannot_make_the_node_allocate(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw, sci, priv = setup
+    initialized: list[str] = []
+    real_reset = nn.Linear.reset_parameters
+
+    def spy(self: nn.Linear) -> None:
+        initialized.append(self.weight.device.type)
+        real_reset(self)
+
+    monkeypatch.setattr(nn.Linear, "reset_parameters", spy)
+    declared = {"in_features": 20_000, "out_features": 20_000}  # 1.6 GB if built for real
+
+    with pytest.raises(InvalidRequest, match="state"):
+        sci.call(SendObject(ModuleSpec(cls="Linear", config=declared)))
+    spec = module_to_spec(nn.Linear(3, 2))
+    info = sci.call(SendObject(ModuleSpec("Linear", {"in_features": 3, "out_features": 2},
+                                          state=spec.state)))  # fmt: skip
+
+    assert set(initialized) <= {"meta", "cpu"} and "meta" in initialized
+    assert initialized.count("cpu") == 1  # only the local nn.Linear(3, 2) above
+    assert isinstance(info, ObjectInfo) and info.kind == "module"
     _alive(sci)
 
 

@@ -141,12 +141,16 @@ def spec_to_module(spec: ModuleSpec) -> nn.Module:
         >>> torch.equal(m2[0].weight, m[0].weight)
         True
     """
-    module = _build(spec, 0)
+    with torch.device("meta"):  # no memory for (or initialization of) what the config
+        module = _build(spec, 0)  # declares: only the state actually sent is materialized
     tensors = {k: tensor_from_data(v, copy=True) for k, v in spec.state.items()}
     try:
-        module.load_state_dict(tensors, strict=True)
+        module.load_state_dict(tensors, strict=True, assign=True)
     except Exception as exc:
         raise InvalidRequest(f"module state does not fit {spec.cls}: {exc}") from exc
+    missing = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if missing:
+        raise InvalidRequest(f"module state of {spec.cls} is missing {', '.join(missing)[:200]}")
     for name, p in module.named_parameters():
         if name in tensors:
             p.requires_grad_(tensors[name].requires_grad)
