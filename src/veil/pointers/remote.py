@@ -25,6 +25,20 @@ from veil.serde.messages import (
 from veil.serde.values import to_arg
 
 
+_POINTER_TYPES: tuple[type, ...] = ()
+
+
+def _pointer_types() -> tuple[type, ...]:
+    """(PointerTensor, PointerModule, RemoteOptimizer), imported once on first use."""
+    global _POINTER_TYPES
+    if not _POINTER_TYPES:
+        from veil.pointers.module import PointerModule, RemoteOptimizer
+        from veil.pointers.tensor import PointerTensor
+
+        _POINTER_TYPES = (PointerTensor, PointerModule, RemoteOptimizer)
+    return _POINTER_TYPES
+
+
 class Remote(ABC):
     """A connection to one node, as one user. Subclasses supply the byte transport.
 
@@ -66,10 +80,7 @@ class Remote(ABC):
 
     # -- pointers ----------------------------------------------------------------
     def _ref(self, obj: Any) -> Ref | None:
-        from veil.pointers.module import PointerModule, RemoteOptimizer
-        from veil.pointers.tensor import PointerTensor
-
-        if isinstance(obj, PointerTensor | PointerModule | RemoteOptimizer):
+        if isinstance(obj, _pointer_types()):
             if obj.location is not self:
                 raise WorkerMismatch(
                     f"an operation on {self.name!r} got a pointer to {obj.location.name!r}; "
@@ -88,14 +99,14 @@ class Remote(ABC):
 
     def _wrap(self, info: ObjectInfo, inputs: tuple[Any, ...] = ()) -> Any:
         from veil.pointers.module import PointerModule, RemoteOptimizer
-        from veil.pointers.tensor import PointerTensor
 
+        pointer_tensor = _pointer_types()[0]
         for obj in inputs:  # an in-place op answers with its input's own object
-            if isinstance(obj, PointerTensor) and obj.id == info.id:
+            if type(obj) is pointer_tensor and obj.id == info.id:
                 obj._update(info)
                 return obj
         if info.kind == "tensor":
-            return PointerTensor(self, info)
+            return pointer_tensor(self, info)
         if info.kind == "module":
             return PointerModule._from_info(self, info)
         if info.kind == "optimizer":

@@ -25,6 +25,7 @@ from veil.serde.tensors import DTYPES, dtype_name, tensor_from_data, tensor_to_d
 MAX_DEPTH = 32
 
 _SCALARS = (bool, int, float, str, type(None))
+_SCALAR_TYPES = frozenset(_SCALARS)
 
 
 def to_arg(obj: Any, ref: Callable[[Any], Ref | None], _depth: int = 0) -> Any:
@@ -34,6 +35,8 @@ def to_arg(obj: Any, ref: Callable[[Any], Ref | None], _depth: int = 0) -> Any:
         >>> to_arg((1, slice(None, 2), ...), lambda o: None)
         TupleArg(items=[1, SliceArg(start=None, stop=2, step=None), EllipsisArg()])
     """
+    if type(obj) in _SCALAR_TYPES:  # the common case first: no pointer check needed
+        return obj
     if _depth > MAX_DEPTH:
         raise UnsupportedError(f"argument nested deeper than {MAX_DEPTH} levels")
     r = ref(obj)
