@@ -388,6 +388,11 @@ MUTATIONS: dict[str, Callable[[Any, Any], Any]] = {
         torch.randn(8, 4).send(w), x[0], x[1], training=True
     ),
     "embedding_max_norm": lambda x, w: F.embedding(torch.tensor([0, 1]).send(w), x, max_norm=0.1),
+    "module_inplace_relu": lambda x, w: nn.Sequential(nn.ReLU(inplace=True)).send(w)(x),
+    "module_view_then_inplace": lambda x, w: nn.Sequential(
+        nn.Identity(), nn.Sequential(nn.Flatten(0)), nn.Dropout(0.5, inplace=True)
+    ).send(w)(x),
+    "module_inplace_on_view": lambda x, w: nn.ELU(inplace=True).send(w)(x[2]),
     "optimizer_over_data": lambda x, w: veil.RemoteOptimizer(torch.optim.SGD, [x], lr=1.0),
     "optimizer_over_view": lambda x, w: veil.RemoteOptimizer(torch.optim.SGD, [x[0]], lr=1.0),
 }
@@ -400,6 +405,17 @@ def test_dataset_data_is_read_only(setup: Any, deployment: Any) -> None:
 
         _asset_intact(deployment, raw)
     _alive(sci)
+
+
+def test_models_with_inplace_layers_after_the_first_still_run_on_private_data(setup: Any) -> None:
+    raw, sci, priv = setup
+    local = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(inplace=True), nn.Linear(3, 1))
+    model = copy.deepcopy(local).send(sci)
+
+    out = model(priv)
+
+    assert out.shape == torch.Size([16, 1]) and out.private
+    _denied(out)
 
 
 def test_owner_may_still_work_on_a_copy(setup: Any) -> None:

@@ -783,6 +783,30 @@ def _signature(fn: Any) -> inspect.Signature | None:
         return None
 
 
+#: Modules whose output may be their input itself or a view of it.
+_PASS_THROUGH = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+                 nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)  # fmt: skip
+
+
+def _writes_its_input(module: Any) -> bool:
+    """Does calling ``module`` write into its input (``ReLU(inplace=True)`` first, or after
+    layers that pass the input through)?"""
+    return _input_effect(module) == "writes"
+
+
+def _input_effect(module: Any) -> str:
+    """"writes" into its input, "passes" it (or a view) on, or makes a "new" tensor."""
+    if isinstance(module, nn.Sequential):
+        for m in module:
+            effect = _input_effect(m)
+            if effect != "passes":
+                return effect
+        return "passes"
+    if getattr(module, "inplace", False) is True:
+        return "writes"
+    return "passes" if isinstance(module, _PASS_THROUGH) else "new"
+
+
 def _written_args(spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> list[Any]:
     """Arguments ``spec`` will write into besides its declared effect (``inplace=True``...)."""
     if spec.name.startswith("optim.") and args:  # an optimizer steps its parameters later
@@ -791,6 +815,8 @@ def _written_args(spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> list
             params = group.get("params", []) if isinstance(group, dict) else group
             out.extend(params if isinstance(params, list | tuple) else [params])
         return out
+    if spec.name == "Module.__call__" and args and _writes_its_input(args[0]):
+        return [a for a in [*args[1:], *kwargs.values()] if isinstance(a, torch.Tensor)]
     if spec.name in _WRITES:
         params, switch = _WRITES[spec.name]
     elif spec.name.startswith("F."):
