@@ -1,13 +1,12 @@
 """Chunked framing of veil frames over a message transport (WebSocket messages).
 
-Each transport message starts with one type byte:
+A frame of at most ``chunk_bytes`` travels as one message: type byte ``0x00`` + frame.
+A larger frame travels as a start message, type byte ``0x01`` + its length as 8 bytes
+big-endian, followed by raw parts (no prefix, so each part is a slice of the frame and
+nothing is copied to build it) until that many bytes have arrived.
 
-* ``0x00`` + frame: a whole frame (at most ``chunk_bytes``).
-* ``0x01`` + 8-byte big-endian length: a large frame follows in parts.
-* ``0x02`` + bytes: the next part of a large frame.
-
-The receiver preallocates the declared length (after checking it against its limit), so
-a 1 GB tensor streams through in chunks with one copy and no "message too big".
+The receiver checks the announced length against its limit, then preallocates it, so a
+1 GB tensor streams through in chunks with one copy and no "message too big".
 """
 
 from __future__ import annotations
@@ -16,27 +15,24 @@ import struct
 
 from veil.errors import MessageTooLarge, SerdeError
 
-WHOLE, BEGIN, PART = 0, 1, 2
+WHOLE, BEGIN = 0, 1
 _LEN = struct.Struct(">Q")
 
 
-def split_frame(
-    frame: bytes | bytearray | memoryview, chunk_bytes: int
-) -> list[bytes | memoryview]:
-    """Transport messages for one frame (the parts are views, not copies, after the prefix).
+def split_frame(frame: bytes | bytearray | memoryview, chunk_bytes: int) -> list[bytes | memoryview]:
+    """Transport messages for one frame; the parts are views of ``frame``, not copies.
 
     Example:
         >>> [bytes(m) for m in split_frame(b"abc", 8)]
         [b'\\x00abc']
         >>> [bytes(m) for m in split_frame(b"abcdef", 4)]
-        [b'\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x06', b'\\x02abcd', b'\\x02ef']
+        [b'\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x06', b'abcd', b'ef']
     """
     view = memoryview(frame)
     if len(view) <= chunk_bytes:
         return [bytes([WHOLE]) + view]
     out: list[bytes | memoryview] = [bytes([BEGIN]) + _LEN.pack(len(view))]
-    for start in range(0, len(view), chunk_bytes):
-        out.append(bytes([PART]) + view[start : start + chunk_bytes])
+    out.extend(view[start : start + chunk_bytes] for start in range(0, len(view), chunk_bytes))
     return out
 
 
@@ -45,8 +41,7 @@ class Assembler:
 
     Example:
         >>> a = Assembler(max_bytes=100)
-        >>> msgs = split_frame(b"abcdef", 4)
-        >>> [a.feed(bytes(m)) for m in msgs]
+        >>> [a.feed(bytes(m)) for m in split_frame(b"abcdef", 4)]
         [None, None, bytearray(b'abcdef')]
     """
 
@@ -57,20 +52,27 @@ class Assembler:
 
     def feed(self, message: bytes | bytearray | memoryview) -> bytearray | None:
         """Take one transport message; return a complete frame when one is done."""
+        if self._buf is not None:  # a raw part of a chunked frame
+            end = self._filled + len(message)
+            if end > len(self._buf):
+                self._buf = None
+                raise SerdeError("frame parts exceed the announced length")
+            self._buf[self._filled : end] = message
+            self._filled = end
+            if end == len(self._buf):
+                done, self._buf = self._buf, None
+                return done
+            return None
         if not message:
             raise SerdeError("empty transport message")
         kind = message[0]
         body = memoryview(message)[1:]
         if kind == WHOLE:
-            if self._buf is not None:
-                raise SerdeError("a whole frame arrived in the middle of a chunked one")
             if len(body) > self.max_bytes:
-                raise MessageTooLarge(
-                    f"frame of {len(body)} bytes is over the limit of {self.max_bytes}"
-                )
+                raise MessageTooLarge(f"frame of {len(body)} bytes is over the limit of {self.max_bytes}")
             return bytearray(body)
         if kind == BEGIN:
-            if self._buf is not None or len(body) != _LEN.size:
+            if len(body) != _LEN.size:
                 raise SerdeError("malformed start of a chunked frame")
             (total,) = _LEN.unpack(body)
             if total > self.max_bytes:
@@ -80,18 +82,5 @@ class Assembler:
                 )
             self._buf = bytearray(total)
             self._filled = 0
-            return None
-        if kind == PART:
-            if self._buf is None:
-                raise SerdeError("a frame part arrived without a start")
-            end = self._filled + len(body)
-            if end > len(self._buf):
-                self._buf = None
-                raise SerdeError("frame parts exceed the announced length")
-            self._buf[self._filled : end] = body
-            self._filled = end
-            if end == len(self._buf):
-                done, self._buf = self._buf, None
-                return done
             return None
         raise SerdeError(f"unknown transport message type {kind}")
