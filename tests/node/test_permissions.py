@@ -126,7 +126,8 @@ DERIVED: dict[str, Callable[[Any, Any], Any]] = {
     "reflected": lambda x, own: 1 - x,
     "index": lambda x, own: x[0],
     "slice": lambda x, own: x[:, 1:],
-    "bool_index": lambda x, own: x[x > 0],
+    "public_mask_index": lambda x, own: x[torch.tensor([True, False] * 8)],
+    "int_index": lambda x, own: x[(x[:, 0] > 0).long()],
     "view": lambda x, own: x.view(-1),
     "reshape": lambda x, own: x.reshape(4, 16),
     "transpose": lambda x, own: x.T,
@@ -209,6 +210,81 @@ def test_scientist_cannot_upload_private_data(setup: Any, deployment: Any) -> No
         sci.send(torch.ones(3), private=True)
 
     assert deployment.node.object_count() == before
+    _alive(sci)
+
+
+SHAPE_LEAKS: dict[str, Callable[[Any, Any], Any]] = {
+    "bool_mask": lambda x, w: x[x > 0],
+    "bool_scalar_index": lambda x, w: x[x[0, 0] > 0],
+    "masked_select": lambda x, w: torch.masked_select(x, x > 0),
+    "public_masked_by_private": lambda x, w: torch.masked_select(torch.ones(4).send(w), x[0] > 0),
+    "nonzero": lambda x, w: (x > 0).nonzero(),
+    "argwhere": lambda x, w: torch.argwhere(x),
+    "where_one_arg": lambda x, w: torch.where(x > 0),
+    "unique": lambda x, w: torch.unique(x),
+    "unique_consecutive": lambda x, w: x.round().unique_consecutive(),
+    "bincount": lambda x, w: torch.bincount((x[:, 0] > 0).long()),
+    "one_hot_inferred": lambda x, w: F.one_hot((x[:, 0] > 0).long()),
+    "repeat_interleave": lambda x, w: (
+        torch.ones(2).send(w).repeat_interleave((x[0, :2] > 0).long())
+    ),
+    "repeat_by_private_count": lambda x, w: torch.ones(1).send(w).repeat((x > 0).sum()),
+    "expand_by_private_count": lambda x, w: torch.ones(1).send(w).expand((x > 0).sum()),
+    "narrow_by_private_count": lambda x, w: torch.ones(64).send(w).narrow(0, 0, (x > 0).sum()),
+    "pad_by_private_count": lambda x, w: F.pad(torch.ones(1).send(w), (0, (x > 0).sum())),
+    "topk_by_private_k": lambda x, w: torch.ones(64).send(w).topk((x > 0).sum()),
+    "tensor_split_private": lambda x, w: torch.ones(64).send(w).tensor_split((x > 0).sum()),
+}
+
+
+def test_result_shapes_cannot_depend_on_private_values(setup: Any, deployment: Any) -> None:
+    """A pointer's shape is public, so x[x > t].shape (a count) or ones(1).repeat(k) would
+    reveal private values; a search over t recovers any value exactly."""
+    raw, sci, priv = setup
+    for name, leak in SHAPE_LEAKS.items():
+        try:
+            result = leak(priv, sci)
+        except PermissionDenied as err:
+            assert "shape" in str(err), name
+        else:
+            pytest.fail(f"{name}: allowed, result shape {tuple(result.shape)}")
+    _alive(sci)
+
+    owner_priv = deployment.owner.datasets[DATASET].private  # the owner may do anything
+    assert owner_priv[owner_priv > 0].shape == raw[raw > 0].shape
+
+
+def test_fixed_shape_alternatives_still_work(setup: Any, deployment: Any) -> None:
+    raw, sci, priv = setup
+    mask = priv > 0
+    count = mask.sum()
+
+    masked_mean = (priv * mask).sum() / count
+    clipped = torch.where(mask, priv, 0.0)
+    labels = (priv[:, 0] > 0).long()
+    one_hot = F.one_hot(labels, 2)
+    picked = priv[labels]
+
+    assert (count.shape, masked_mean.shape, clipped.shape) == ((), (), (16, 4))
+    assert one_hot.shape == (16, 2) and picked.shape == (16, 4)
+    req = masked_mean.request("mean of the positive values")
+    deployment.owner.requests.approve(req.id)
+    torch.testing.assert_close(masked_mean.get(), raw[raw > 0].mean())
+
+
+def test_errors_on_private_data_do_not_quote_it(setup: Any, deployment: Any) -> None:
+    raw, sci, priv = setup
+    own = torch.zeros(2).send(sci)
+    secret = int(raw[0, 0].abs() * 1e6) + 10
+    index = (priv[0, 0].abs() * 1e6).long() + 10  # out of bounds: torch names the index
+
+    for attempt in (lambda: own[index], lambda: torch.gather(own, 0, index.view(1))):
+        with pytest.raises(VeilError) as err:
+            attempt()
+        assert str(secret) not in str(err.value) and "withheld" in str(err.value)
+    with pytest.raises(VeilError, match=str(secret)):  # the owner sees the full message
+        owner_index = _forge(deployment.owner, index.id, ())
+        torch.zeros(2).send(deployment.owner)[owner_index]
     _alive(sci)
 
 

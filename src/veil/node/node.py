@@ -487,6 +487,9 @@ class Node:
         declared = [r for w in _written_args(spec, args, kwargs) for r in inputs if r.value is w]
         for rec in declared:
             self._check_mutable(session, rec)
+        private = any(r.private for r in inputs)
+        if private and not session.is_admin:
+            self._check_shape_leak(spec, args, kwargs, inputs)
         if spec.alloc_check or (spec.bound_check and self._may_exceed(args, kwargs)):
             self._check_alloc(spec, args, kwargs)
         before = [_versions(r.value) for r in inputs]
@@ -495,8 +498,13 @@ class Node:
         except VeilError:
             raise
         except Exception as exc:
+            if private and not session.is_admin:  # torch's message may quote private values
+                raise RemoteError(
+                    f"{msg.op} failed on node {self.name!r} ({type(exc).__name__}); the message "
+                    "is withheld because it could quote private data: try the same code on the "
+                    "dataset's mock to see it"
+                ) from None
             raise RemoteError(f"{msg.op} failed on node {self.name!r}: {type(exc).__name__}: {exc}") from None
-        private = any(r.private for r in inputs)
         sources = frozenset().union(*(r.sources for r in inputs)) if inputs else frozenset()
         self._apply_effects(spec, target, args, private, sources)
         if private:  # any input the op wrote into (e.g. batch-norm running stats) is tainted
@@ -506,6 +514,53 @@ class Node:
         if inputs:
             self._audit_row(session, "op", msg.op, [r.id for r in inputs], sources)
         return self._wrap_result(session, result, target, private, sources)
+
+    def _check_shape_leak(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any],
+                          inputs: list[ObjectRecord]) -> None:  # fmt: skip
+        """Refuse an op whose result *shape* would depend on private values: a pointer's
+        shape is public, so ``x[x > t].shape`` or ``ones(1).repeat(k)`` would leak them."""
+        ids = {id(r.value) for r in inputs if r.private}
+
+        def private(x: Any) -> bool:
+            return isinstance(x, torch.Tensor) and id(x) in ids
+
+        flat = [
+            v for a in [*args, *kwargs.values()] for v in (a if isinstance(a, list | tuple) else [a])
+        ]
+        base = spec.name.rsplit(".", 1)[-1]
+        first = args[0] if args else None
+        second = args[1] if len(args) > 1 else kwargs.get("mask", kwargs.get("repeats"))
+        leak = (
+            (base in _VALUE_SHAPED and private(first))
+            or (base == "masked_select" and private(second))
+            or (base == "where" and len(args) == 1 and not kwargs and private(first))
+            or (base == "one_hot" and private(first)
+                and (args[1] if len(args) > 1 else kwargs.get("num_classes", -1)) == -1)
+            or (base in ("repeat_interleave", "tensor_split") and any(private(a) for a in flat[1:]))
+            or (base == "repeat_interleave" and len(flat) == 1 and private(first))
+            or (base == "__getitem__" and any(
+                private(t) and t.dtype in (torch.bool, torch.uint8) for t in flat[1:]))
+        )  # fmt: skip
+        indexing = base in ("__getitem__", "__setitem__")  # an integer index keeps the shape
+        if not leak and not indexing and any(  # a private count read as a size: repeat(k)
+            private(t) and not (t.is_floating_point() or t.is_complex()) and t.numel() == 1
+            for t in flat
+        ):
+            def meta(x: Any) -> Any:
+                if isinstance(x, torch.Tensor):
+                    return torch.empty_like(x, device="meta")
+                return type(x)(meta(v) for v in x) if isinstance(x, list | tuple) else x
+
+            try:  # meta tensors have no values: a size taken from one fails here
+                spec.fn(*[meta(a) for a in args], **{k: meta(v) for k, v in kwargs.items()})
+            except Exception:
+                leak = True
+        if leak:
+            raise PermissionDenied(
+                f"{spec.name} on private data is refused: the shape of its result would depend "
+                "on private values, and shapes are public. Keep shapes fixed instead, e.g. "
+                "torch.where(mask, x, 0) or (x * mask).sum() / mask.sum() for a masked mean"
+            )
 
     def _may_exceed(self, args: list[Any], kwargs: dict[str, Any]) -> bool:
         """Could an op whose output is at most the product of its inputs' sizes pass the limit?"""
@@ -782,6 +837,9 @@ def _signature(fn: Any) -> inspect.Signature | None:
     except (TypeError, ValueError):
         return None
 
+
+#: Ops whose result size is set by the values of their first argument.
+_VALUE_SHAPED = {"nonzero", "argwhere", "unique", "unique_consecutive", "bincount"}
 
 #: Modules whose output may be their input itself or a view of it.
 _PASS_THROUGH = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
