@@ -853,7 +853,8 @@ def _writes_its_input(module: Any) -> bool:
 
 
 def _input_effect(module: Any) -> str:
-    """"writes" into its input, "passes" it (or a view) on, or makes a "new" tensor."""
+    """Whether a module "writes" into its input, "passes" it (or a view) on, or makes a
+    "new" tensor."""
     if isinstance(module, nn.Sequential):
         for m in module:
             effect = _input_effect(m)
