@@ -15,9 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import torch
 
 import veil
 from veil.node import Node
+
+# Test workers run two at a time on two cores: one intra-op thread each avoids OpenMP
+# oversubscription (which made loop-heavy tests ~30x slower).
+torch.set_num_threads(1)
 
 OWNER_EMAIL = "owner@test.local"
 OWNER_PASSWORD = "owner-password-1"

@@ -644,17 +644,25 @@ class Node:
         if target is not None and result is target.value:
             return self._info_of(target)
         if isinstance(result, list | tuple) and not isinstance(result, torch.Size):
-            items: list[ObjectInfo | None] = []
-            for item in result:
-                if item is None:
-                    items.append(None)
-                else:
-                    items.append(self._new_result(session, item, private, sources))
-            tname = "list" if isinstance(result, list) else ""
-            if type(result).__module__ == "torch.return_types":
-                tname = type(result).__name__
-            return Results(items, tname)
+            return self._results(session, result, private, sources, 0)
         return self._new_result(session, result, private, sources)
+
+    def _results(self, session: Session, result: list[Any] | tuple[Any, ...], private: bool,
+                 sources: frozenset[str], depth: int) -> Results:  # fmt: skip
+        if depth > 8:
+            raise RemoteError("op returned results nested too deeply")
+        items: list[ObjectInfo | Results | None] = []
+        for item in result:
+            if item is None:
+                items.append(None)
+            elif isinstance(item, list | tuple) and not isinstance(item, torch.Size):
+                items.append(self._results(session, item, private, sources, depth + 1))
+            else:
+                items.append(self._new_result(session, item, private, sources))
+        tname = "list" if isinstance(result, list) else ""
+        if type(result).__module__ == "torch.return_types":
+            tname = type(result).__name__
+        return Results(items, tname)
 
     def _new_result(self, session: Session, value: Any, private: bool,
                     sources: frozenset[str]) -> ObjectInfo:  # fmt: skip

@@ -81,14 +81,15 @@ class Remote(ABC):
     # -- pointers ----------------------------------------------------------------
     def _ref(self, obj: Any) -> Ref | None:
         if isinstance(obj, _pointer_types()):
-            if obj.location is not self:
+            ptr: Any = obj
+            if ptr.location is not self:
                 raise WorkerMismatch(
-                    f"an operation on {self.name!r} got a pointer to {obj.location.name!r}; "
+                    f"an operation on {self.name!r} got a pointer to {ptr.location.name!r}; "
                     f"bring both to one node first, e.g. ptr.move({self.name}_worker)"
                 )
-            if obj.id is None:
-                raise InvalidRequest(f"{obj!r} has no single remote object to pass")
-            return Ref(obj.id)
+            if ptr.id is None:
+                raise InvalidRequest(f"{ptr!r} has no single remote object to pass")
+            return Ref(ptr.id)
         return None
 
     def _encode_args(self, args: Any, kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
@@ -100,7 +101,8 @@ class Remote(ABC):
     def _wrap(self, info: ObjectInfo, inputs: tuple[Any, ...] = ()) -> Any:
         from veil.pointers.module import PointerModule, RemoteOptimizer
 
-        pointer_tensor = _pointer_types()[0]
+        pointer_tensor: Any = _pointer_types()[0]
+        obj: Any
         for obj in inputs:  # an in-place op answers with its input's own object
             if type(obj) is pointer_tensor and obj.id == info.id:
                 obj._update(info)
@@ -132,7 +134,7 @@ class Remote(ABC):
         if isinstance(reply, ObjectInfo):
             return self._wrap(reply, inputs)
         if isinstance(reply, Results):
-            items = [None if i is None else self._wrap(i, inputs) for i in reply.items]
+            items = [None if i is None else self._unwrap(i, inputs) for i in reply.items]
             if reply.tuple_type == "list":
                 return items
             rt = getattr(torch.return_types, reply.tuple_type, None) if reply.tuple_type else None

@@ -214,7 +214,7 @@ class ObjectInfo(msgspec.Struct, tag="object", frozen=True):
 class Results(msgspec.Struct, tag="results", frozen=True):
     """Several objects returned by one op (``torch.max(x, 0)``, ``split``...)."""
 
-    items: list[ObjectInfo | None]
+    items: list[ObjectInfo | Results | None]  # nested for (output, (h, c)) style results
     tuple_type: str = ""  # name of a torch.return_types namedtuple, if any
 
 

@@ -45,6 +45,14 @@ def _config(module: nn.Module) -> dict[str, Any]:
         return {}
     config: dict[str, Any] = {}
     sig = inspect.signature(type(module).__init__)
+    if isinstance(module, nn.RNNBase):  # LSTM/GRU/RNN take *args; their base names them
+        params = dict(inspect.signature(nn.RNNBase.__init__).parameters)
+        params.pop("mode")
+        if not isinstance(module, nn.LSTM):
+            params.pop("proj_size")
+        if isinstance(module, nn.RNN):
+            config["nonlinearity"] = module.nonlinearity
+        sig = sig.replace(parameters=list(params.values()))
     for pname, param in sig.parameters.items():
         if pname in _SKIP_PARAMS or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
