@@ -229,9 +229,10 @@ class Node:
         )
 
     def _commit(self) -> None:
-        batch, self._batch = self._batch, Batch()
+        batch = self._batch
         if not batch:
             return
+        self._batch = Batch()
         try:
             self.store.write(batch)
         except Exception as exc:
@@ -492,7 +493,7 @@ class Node:
             self._check_shape_leak(spec, args, kwargs, inputs)
         if spec.alloc_check or (spec.bound_check and self._may_exceed(args, kwargs)):
             self._check_alloc(spec, args, kwargs)
-        before = [_versions(r.value) for r in inputs]
+        before = [_versions(r.value) for r in inputs] if private else []
         try:
             result = spec.fn(*args, **kwargs)
         except VeilError:
@@ -511,7 +512,7 @@ class Node:
             written = declared + [r for r, v in zip(inputs, before) if _versions(r.value) != v]
             if written:
                 self._taint(storage_keys(t for r in written for t in tensors_of(r.value)), sources)
-        if inputs:
+        if sources:  # ops on dataset-derived data are audited (uploads, gets and requests always)
             self._audit_row(session, "op", msg.op, [r.id for r in inputs], sources)
         return self._wrap_result(session, result, target, private, sources)
 
@@ -564,13 +565,16 @@ class Node:
 
     def _may_exceed(self, args: list[Any], kwargs: dict[str, Any]) -> bool:
         """Could an op whose output is at most the product of its inputs' sizes pass the limit?"""
-        bound = 16  # bytes per element of the widest dtype
-        for v in [*args, *kwargs.values()]:
-            for t in v if isinstance(v, list | tuple) else (v,):
-                if isinstance(t, torch.Tensor):
-                    bound *= max(1, t.numel())
-                    if bound > self.max_result_bytes:
-                        return True
+        bound, limit = 16, self.max_result_bytes  # 16: bytes per element of the widest dtype
+        for v in (*args, *kwargs.values()) if kwargs else args:
+            if isinstance(v, torch.Tensor):
+                bound *= v.numel() or 1
+            elif isinstance(v, list | tuple):
+                for t in v:
+                    if isinstance(t, torch.Tensor):
+                        bound *= t.numel() or 1
+            if bound > limit:
+                return True
         return False
 
     def _check_alloc(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> None:

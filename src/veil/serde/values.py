@@ -35,10 +35,10 @@ def to_arg(obj: Any, ref: Callable[[Any], Ref | None], _depth: int = 0) -> Any:
         >>> to_arg((1, slice(None, 2), ...), lambda o: None)
         TupleArg(items=[1, SliceArg(start=None, stop=2, step=None), EllipsisArg()])
     """
-    if type(obj) in _SCALAR_TYPES:  # the common case first: no pointer check needed
-        return obj
     if _depth > MAX_DEPTH:
         raise UnsupportedError(f"argument nested deeper than {MAX_DEPTH} levels")
+    if type(obj) in _SCALAR_TYPES:  # the common case first: no pointer check needed
+        return obj
     r = ref(obj)
     if r is not None:
         return r
@@ -77,6 +77,10 @@ def from_arg(arg: Any, resolve: Callable[[int], Any], _depth: int = 0) -> Any:
     """
     if _depth > MAX_DEPTH:
         raise SerdeError(f"argument nested deeper than {MAX_DEPTH} levels")
+    if type(arg) in _SCALAR_TYPES:
+        return arg
+    if type(arg) is Ref:
+        return resolve(arg.id)
     if isinstance(arg, _SCALARS):
         return arg
     if isinstance(arg, Ref):
