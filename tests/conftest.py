@@ -10,8 +10,8 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -132,7 +132,9 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url := os.environ.get("VEIL_TEST_POSTGRES_URL"):
         yield url
         return
-    tmp = Path(tempfile.mkdtemp(prefix="veil-pg-"))  # not under pytest's 0700 root: postgres must enter
+    tmp = Path(
+        tempfile.mkdtemp(prefix="veil-pg-")
+    )  # not under pytest's 0700 root: postgres must enter
     started = _start_postgres(tmp)
     if isinstance(started, str):
         pytest.skip(started)

@@ -37,7 +37,9 @@ def _imports(path: Path) -> set[str]:
 
 def test_every_part_of_the_package_has_a_layer() -> None:
     parts = {_part(p) for p in SRC.rglob("*.py")}
-    assert parts <= set(LAYERS), f"give these a layer in tests/test_layers.py: {parts - set(LAYERS)}"
+    assert parts <= set(LAYERS), (
+        f"give these a layer in tests/test_layers.py: {parts - set(LAYERS)}"
+    )
 
 
 def test_imports_point_downward_only() -> None:
@@ -70,7 +72,9 @@ def test_public_surface_is_deliberate() -> None:
 def test_no_pickle_eval_or_exec_in_the_package() -> None:
     import re
 
-    banned = re.compile(r"import pickle|pickle\.loads?\(|(?<!def )(?<![.\w])(eval|exec)\(|import dill|cloudpickle")
+    banned = re.compile(
+        r"import pickle|pickle\.loads?\(|(?<!def )(?<![.\w])(eval|exec)\(|import dill|cloudpickle"
+    )
     for path in SRC.rglob("*.py"):
         text = path.read_text()
         hit = banned.search(text)

@@ -112,7 +112,9 @@ def run_demo(*, keep: bool = False) -> int:
         feats, diag = ds["features"].private, ds["diagnosis"].private
         console.print(f"  {ds!r}")
         console.print(f"  pointer: {feats!r}")
-        mock_row = ", ".join(f"{c}={v:.1f}" for c, v in zip(COLUMNS, ds["features"].mock[0].tolist(), strict=True))
+        mock_row = ", ".join(
+            f"{c}={v:.1f}" for c, v in zip(COLUMNS, ds["features"].mock[0].tolist(), strict=True)
+        )
         console.print(f"  mock row: {mock_row}")
 
         step("4. She computes on the pointer: the work runs on the hospital's machine")

@@ -34,7 +34,12 @@ def test_help_of_every_command_explains_it() -> None:
     assert "serve" in _run("--help") or "node" in _run("--help")
     out = _run("node", "serve", "--help")
     assert "--db" in out and "--port" in out and "--name" in out
-    for sub in (("user", "create"), ("requests", "list"), ("requests", "approve"), ("requests", "deny")):
+    for sub in (
+        ("user", "create"),
+        ("requests", "list"),
+        ("requests", "approve"),
+        ("requests", "deny"),
+    ):
         assert "--url" in _run(*sub, "--help")
 
 
@@ -43,7 +48,16 @@ def test_version() -> None:
 
 
 def test_user_create_and_list(url: str) -> None:
-    _run("user", "create", "--url", url, "--new-email", "ds@cli.test", "--new-password", "ds-password-1")
+    _run(
+        "user",
+        "create",
+        "--url",
+        url,
+        "--new-email",
+        "ds@cli.test",
+        "--new-password",
+        "ds-password-1",
+    )
     out = _run("user", "list", "--url", url)
     assert "ds@cli.test" in out and "data_scientist" in out
     with veil.connect(url, email="ds@cli.test", password="ds-password-1") as c:
@@ -70,11 +84,15 @@ def test_requests_list_approve_and_deny(url: str) -> None:
 
 def test_errors_are_reported_without_a_traceback(url: str) -> None:
     result = runner.invoke(
-        app, ["requests", "approve", "999", "--url", url], env={"VEIL_EMAIL": EMAIL, "VEIL_PASSWORD": PASSWORD}
+        app,
+        ["requests", "approve", "999", "--url", url],
+        env={"VEIL_EMAIL": EMAIL, "VEIL_PASSWORD": PASSWORD},
     )
     assert result.exit_code == 1
     assert "no request 999" in result.output and "Traceback" not in result.output
     result = runner.invoke(
-        app, ["requests", "list", "--url", url], env={"VEIL_EMAIL": EMAIL, "VEIL_PASSWORD": "wrong-one"}
+        app,
+        ["requests", "list", "--url", url],
+        env={"VEIL_EMAIL": EMAIL, "VEIL_PASSWORD": "wrong-one"},
     )
     assert result.exit_code == 1 and "wrong email or password" in result.output

@@ -16,8 +16,15 @@ from veil.node.store.sql import SQLStore, metadata
 EMAIL, PASSWORD = "owner@dur.test", "owner-password-3"
 
 
-def test_a_failed_store_write_rolls_the_node_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    node = Node("n", store=SQLStore(f"sqlite:///{tmp_path / 'n.db'}"), owner_email=EMAIL, owner_password=PASSWORD)
+def test_a_failed_store_write_rolls_the_node_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = Node(
+        "n",
+        store=SQLStore(f"sqlite:///{tmp_path / 'n.db'}"),
+        owner_email=EMAIL,
+        owner_password=PASSWORD,
+    )
     owner = veil.VirtualWorker(node=node)
     kept = owner.send(torch.arange(3.0))
     before = node.object_count()
@@ -43,7 +50,12 @@ def test_node_state_survives_a_restart_on_postgresql(postgres_url: str, tmp_path
     metadata.drop_all(engine)
     engine.dispose()
     blobs = str(tmp_path / "blobs")
-    node = Node("pg", store=SQLStore(postgres_url, blob_dir=blobs), owner_email=EMAIL, owner_password=PASSWORD)
+    node = Node(
+        "pg",
+        store=SQLStore(postgres_url, blob_dir=blobs),
+        owner_email=EMAIL,
+        owner_password=PASSWORD,
+    )
     owner = veil.VirtualWorker(node=node)
     owner.datasets.create("d", private=torch.arange(10.0), mock=torch.zeros(10), bounds=(0, 10))
     owner.create_user("sci@dur.test", "sci-password-1")

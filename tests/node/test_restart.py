@@ -21,7 +21,9 @@ def _start(db: str) -> tuple[subprocess.Popen[str], str]:
     env = dict(os.environ, VEIL_OWNER_PASSWORD=PASSWORD, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "veil", "node", "serve", "--name", "phoenix", "--port", "0",
            "--db", db, "--owner-email", EMAIL]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
     lines = []

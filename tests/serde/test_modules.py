@@ -33,7 +33,9 @@ def test_module_round_trips_and_runs_remotely(make: object, shape: tuple[int, ..
     args = (x, x, x) if isinstance(model, nn.MultiheadAttention) else (x,)
     rebuilt = spec_to_module(module_to_spec(model))
     assert type(rebuilt) is type(model)
-    for (n1, t1), (n2, t2) in zip(model.state_dict().items(), rebuilt.state_dict().items(), strict=True):
+    for (n1, t1), (n2, t2) in zip(
+        model.state_dict().items(), rebuilt.state_dict().items(), strict=True
+    ):
         assert n1 == n2 and torch.equal(t1, t2)
     with torch.no_grad():
         expected = _first(model(*args))

@@ -27,7 +27,9 @@ from veil.serde import codec
 from veil.version import WIRE_VERSION
 
 # websockets >= 17 wants connect() used as a context manager unless legacy=True is passed.
-_CONNECT_EXTRA: dict[str, Any] = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
+_CONNECT_EXTRA: dict[str, Any] = (
+    {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
+)
 
 
 class NodeClient(Worker):

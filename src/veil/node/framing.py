@@ -19,7 +19,9 @@ WHOLE, BEGIN = 0, 1
 _LEN = struct.Struct(">Q")
 
 
-def split_frame(frame: bytes | bytearray | memoryview, chunk_bytes: int) -> list[bytes | memoryview]:
+def split_frame(
+    frame: bytes | bytearray | memoryview, chunk_bytes: int
+) -> list[bytes | memoryview]:
     """Transport messages for one frame; the parts are views of ``frame``, not copies.
 
     Example:
@@ -69,7 +71,9 @@ class Assembler:
         body = memoryview(message)[1:]
         if kind == WHOLE:
             if len(body) > self.max_bytes:
-                raise MessageTooLarge(f"frame of {len(body)} bytes is over the limit of {self.max_bytes}")
+                raise MessageTooLarge(
+                    f"frame of {len(body)} bytes is over the limit of {self.max_bytes}"
+                )
             return bytearray(body)
         if kind == BEGIN:
             if len(body) != _LEN.size:

@@ -208,7 +208,9 @@ class Node:
                 mock_reply = codec.decode_reply(mock)
                 if not (isinstance(mock_reply, Value) and isinstance(mock_reply.value, TensorData)):
                     raise SerdeError(f"stored mock of dataset {d.name!r} is corrupt")
-                assets.append((aname, oid, mock_reply.value, cols, [tuple(b) for b in bounds], desc))
+                assets.append(
+                    (aname, oid, mock_reply.value, cols, [tuple(b) for b in bounds], desc)
+                )
             self._datasets[d.name] = _Dataset(d.name, d.description, d.created, assets)  # type: ignore[arg-type]
         for r in snap.requests:
             self._requests[r.id] = r
@@ -317,12 +319,16 @@ class Node:
             return codec.encode(ErrorReply(exc.code, str(exc)))
         except Exception as exc:  # a decoder bug must not take the connection down
             log.exception("undecodable frame on node %s", self.name)
-            return codec.encode(ErrorReply("serde_error", f"malformed message: {type(exc).__name__}"))
+            return codec.encode(
+                ErrorReply("serde_error", f"malformed message: {type(exc).__name__}")
+            )
         reply = self.handle(session, call)
         try:
             return codec.encode(reply)
         except VeilError as exc:
-            return codec.encode(ErrorReply(exc.code, f"the reply could not be encoded: {exc}"[:2000]))
+            return codec.encode(
+                ErrorReply(exc.code, f"the reply could not be encoded: {exc}"[:2000])
+            )
 
     def handle(self, session: Session, call: Call) -> Reply:
         """Run one decoded call; errors are returned as :class:`ErrorReply`."""
@@ -505,7 +511,9 @@ class Node:
                     "is withheld because it could quote private data: try the same code on the "
                     "dataset's mock to see it"
                 ) from None
-            raise RemoteError(f"{msg.op} failed on node {self.name!r}: {type(exc).__name__}: {exc}") from None
+            raise RemoteError(
+                f"{msg.op} failed on node {self.name!r}: {type(exc).__name__}: {exc}"
+            ) from None
         sources = frozenset().union(*(r.sources for r in inputs)) if inputs else frozenset()
         self._apply_effects(spec, target, args, private, sources)
         if private:  # any input the op wrote into (e.g. batch-norm running stats) is tainted
@@ -526,7 +534,9 @@ class Node:
             return isinstance(x, torch.Tensor) and id(x) in ids
 
         flat = [
-            v for a in [*args, *kwargs.values()] for v in (a if isinstance(a, list | tuple) else [a])
+            v
+            for a in [*args, *kwargs.values()]
+            for v in (a if isinstance(a, list | tuple) else [a])
         ]
         base = spec.name.rsplit(".", 1)[-1]
         first = args[0] if args else None
@@ -543,10 +553,15 @@ class Node:
                 private(t) and t.dtype in (torch.bool, torch.uint8) for t in flat[1:]))
         )  # fmt: skip
         indexing = base in ("__getitem__", "__setitem__")  # an integer index keeps the shape
-        if not leak and not indexing and any(  # a private count read as a size: repeat(k)
-            private(t) and not (t.is_floating_point() or t.is_complex()) and t.numel() == 1
-            for t in flat
+        if (
+            not leak
+            and not indexing
+            and any(  # a private count read as a size: repeat(k)
+                private(t) and not (t.is_floating_point() or t.is_complex()) and t.numel() == 1
+                for t in flat
+            )
         ):
+
             def meta(x: Any) -> Any:
                 if isinstance(x, torch.Tensor):
                     return torch.empty_like(x, device="meta")
@@ -620,7 +635,11 @@ class Node:
             self._persist_storages(keys)
         elif effect == "module_call" and target is not None and private:
             module = target.value
-            if isinstance(module, nn.Module) and module.training and any(True for _ in module.buffers()):
+            if (
+                isinstance(module, nn.Module)
+                and module.training
+                and any(True for _ in module.buffers())
+            ):
                 self._taint(storage_keys(tensors_of(module)), sources)
 
     def _taint(self, keys: set[int], sources: frozenset[str]) -> None:
@@ -746,7 +765,9 @@ class Node:
                 )
             ncols = a.private.shape[-1] if a.private.shape else 1
             if a.columns and len(a.columns) != ncols:
-                problems.append(f"asset {a.name!r}: {len(a.columns)} column names for {ncols} columns")
+                problems.append(
+                    f"asset {a.name!r}: {len(a.columns)} column names for {ncols} columns"
+                )
             if a.bounds and len(a.bounds) not in (1, ncols):
                 problems.append(f"asset {a.name!r}: give one (low, high) bound or one per column")
             if any(lo > hi for lo, hi in a.bounds):
@@ -784,7 +805,9 @@ class Node:
         ds = self._datasets.get(msg.name)
         if ds is None:
             known = ", ".join(sorted(self._datasets)) or "none"
-            raise ObjectNotFound(f"node {self.name!r} has no dataset {msg.name!r} (it has: {known})")
+            raise ObjectNotFound(
+                f"node {self.name!r} has no dataset {msg.name!r} (it has: {known})"
+            )
         return self._dataset_info(ds)
 
     # ------------------------------------------------------------------ users, audit, info
@@ -807,7 +830,9 @@ class Node:
             raise PermissionDenied("only the node's owner or admins read the audit log")
         self._commit()
         rows = self.store.audit(max(0, min(msg.limit, 100_000)))
-        return AuditLog([AuditEntry(r.ts, r.user, r.action, r.detail, r.objects, r.sources) for r in rows])
+        return AuditLog(
+            [AuditEntry(r.ts, r.user, r.action, r.detail, r.objects, r.sources) for r in rows]
+        )
 
     def _info(self, session: Session, msg: GetInfo) -> Reply:
         recs = [r for r in self._objects.values() if session.is_admin or r.owner == session.user_id]

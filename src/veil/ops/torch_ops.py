@@ -96,10 +96,35 @@ ATTRIBUTES = ["grad", "data", "T", "mT", "H", "mH", "real", "imag"]
 
 #: Ops whose output size is chosen by an argument: checked on the meta device first.
 ALLOC_CHECKED = {
-    "repeat", "tile", "repeat_interleave", "expand", "broadcast_to", "pad", "interpolate",
-    "upsample", "kron", "cartesian_prod", "block_diag", "diag_embed", "diagflat", "outer",
-    "ger", "cdist", "full_like", "zeros_like", "ones_like", "rand_like", "randn_like",
-    "randint_like", "histc", "one_hot", "bincount", "unfold", "fold", "einsum", "tensordot",
+    "repeat",
+    "tile",
+    "repeat_interleave",
+    "expand",
+    "broadcast_to",
+    "pad",
+    "interpolate",
+    "upsample",
+    "kron",
+    "cartesian_prod",
+    "block_diag",
+    "diag_embed",
+    "diagflat",
+    "outer",
+    "ger",
+    "cdist",
+    "full_like",
+    "zeros_like",
+    "ones_like",
+    "rand_like",
+    "randn_like",
+    "randint_like",
+    "histc",
+    "one_hot",
+    "bincount",
+    "unfold",
+    "fold",
+    "einsum",
+    "tensordot",
 }
 
 
@@ -109,11 +134,37 @@ BOUND_CHECKED = (
     set(BINARY)
     | set(REDUCTIONS) & {"dist", "renorm"}
     | set(LINALG)
-    | set(SHAPE) & {"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack",
-                    "column_stack", "row_stack", "broadcast_tensors", "where"}
-    | {"linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
-       "conv_transpose2d", "conv_transpose3d", "pairwise_distance", "cosine_similarity",
-       "scaled_dot_product_attention", "multi_dot", "solve", "lstsq", "vecdot"}
+    | set(SHAPE)
+    & {
+        "cat",
+        "concat",
+        "concatenate",
+        "stack",
+        "hstack",
+        "vstack",
+        "dstack",
+        "column_stack",
+        "row_stack",
+        "broadcast_tensors",
+        "where",
+    }
+    | {
+        "linear",
+        "bilinear",
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "conv_transpose1d",
+        "conv_transpose2d",
+        "conv_transpose3d",
+        "pairwise_distance",
+        "cosine_similarity",
+        "scaled_dot_product_attention",
+        "multi_dot",
+        "solve",
+        "lstsq",
+        "vecdot",
+    }
     | set(OPERATORS) - {"__getitem__", "__setitem__", "__neg__", "__pos__", "__abs__", "__invert__"}
 )
 
@@ -131,8 +182,13 @@ def _backward(tensor: torch.Tensor, gradient: Any = None, retain_graph: Any = No
 def _add(reg: OpRegistry, name: str, fn: Any, effect: Any = "none", base: str = "") -> None:
     if name not in reg:
         reg.register(
-            OpSpec(name, fn, effect=effect, alloc_check=base in ALLOC_CHECKED,
-                   bound_check=base in BOUND_CHECKED)  # fmt: skip
+            OpSpec(
+                name,
+                fn,
+                effect=effect,
+                alloc_check=base in ALLOC_CHECKED,
+                bound_check=base in BOUND_CHECKED,
+            )  # fmt: skip
         )
 
 

@@ -212,7 +212,9 @@ class RemoteOptimizer:
         params: Any,
         **options: Any,
     ) -> None:
-        name = optimizer_cls if isinstance(optimizer_cls, str) else OPTIMIZER_NAMES.get(optimizer_cls)
+        name = (
+            optimizer_cls if isinstance(optimizer_cls, str) else OPTIMIZER_NAMES.get(optimizer_cls)
+        )
         if name is None:
             raise UnsupportedError(
                 f"{optimizer_cls} is not an allowlisted optimizer; use one of "

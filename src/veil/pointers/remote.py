@@ -24,7 +24,6 @@ from veil.serde.messages import (
 )
 from veil.serde.values import to_arg
 
-
 _POINTER_TYPES: tuple[type, ...] = ()
 
 
