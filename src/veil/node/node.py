@@ -109,16 +109,6 @@ class _Dataset:
     assets: list[tuple[str, int, TensorData, list[str], list[tuple[float, float]], str]]
 
 
-@dataclass(slots=True)
-class _User:
-    id: int
-    email: str
-    role: str
-    name: str
-    password_hash: str
-    created: float
-
-
 class Node:
     """A data owner's node. Transports (in-process or server) call :meth:`handle_frame`.
 
@@ -155,7 +145,7 @@ class Node:
         self.max_result_bytes = max_result_bytes
         self._lock = threading.RLock()
         self._objects: dict[int, ObjectRecord] = {}
-        self._users: dict[int, _User] = {}
+        self._users: dict[int, UserRow] = {}
         self._tokens: dict[str, tuple[int, float]] = {}
         self._datasets: dict[str, _Dataset] = {}
         self._requests: dict[int, RequestRow] = {}
@@ -192,7 +182,7 @@ class Node:
     def _load(self) -> None:
         snap = self.store.load()
         for u in snap.users:
-            self._users[u.id] = _User(u.id, u.email, u.role, u.name, u.password_hash, u.created)
+            self._users[u.id] = u
         for row in snap.objects:
             reply = codec.decode_reply(row.payload)
             if not isinstance(reply, Value):
@@ -267,9 +257,9 @@ class Node:
         if any(u.email == email for u in self._users.values()):
             raise InvalidRequest(f"a user with email {email!r} already exists")
         uid = max(self._users, default=0) + 1
-        user = _User(uid, email, role, name, hash_password(password), time.time())
+        user = UserRow(uid, email, role, name, hash_password(password), time.time())
         self._users[uid] = user
-        self._batch.users.append(UserRow(uid, email, role, name, user.password_hash, user.created))
+        self._batch.users.append(user)
         return UserInfo(uid, email, role, name)
 
     def authenticate(self, email: str, password: str) -> Session:

@@ -139,8 +139,10 @@ class PointerModule:
         self.training = bool(mode)
         return self
 
-    def eval(self) -> PointerModule:
+    def _eval_mode(self) -> PointerModule:
         return self.train(False)
+
+    eval = _eval_mode  #: ``model.eval()``, as on ``nn.Module``
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if self._shell is not None:
