@@ -124,7 +124,7 @@ class NodeClient(Worker):
                 raise ConnectError(f"cannot open the op stream to {self.url}: {exc}") from exc
         raise AssertionError("unreachable")
 
-    def _roundtrip(self, frame: bytearray) -> bytearray:
+    def _roundtrip(self, frame: bytearray) -> bytearray | memoryview:
         if len(frame) > self.node_max_message_bytes:
             raise MessageTooLarge(
                 f"this message is {len(frame)} bytes, over the limit of node {self.name!r} "

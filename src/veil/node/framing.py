@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from veil.errors import MessageTooLarge, SerdeError
 
 WHOLE, BEGIN = 0, 1
@@ -43,16 +45,16 @@ class Assembler:
 
     Example:
         >>> a = Assembler(max_bytes=100)
-        >>> [a.feed(bytes(m)) for m in split_frame(b"abcdef", 4)]
-        [None, None, bytearray(b'abcdef')]
+        >>> [None if f is None else bytes(f) for f in map(a.feed, split_frame(b"abcdef", 4))]
+        [None, None, b'abcdef']
     """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._buf: bytearray | None = None
+        self._buf: memoryview | None = None
         self._filled = 0
 
-    def feed(self, message: bytes | bytearray | memoryview) -> bytearray | None:
+    def feed(self, message: bytes | bytearray | memoryview) -> bytearray | memoryview | None:
         """Take one transport message; return a complete frame when one is done."""
         if self._buf is not None:  # a raw part of a chunked frame
             end = self._filled + len(message)
@@ -84,7 +86,9 @@ class Assembler:
                     f"announced frame of {total} bytes is over the limit of {self.max_bytes} "
                     "bytes; raise max_message_bytes on both sides or send smaller objects"
                 )
-            self._buf = bytearray(total)
+            # np.empty: no zero-fill and (for large sizes) huge pages; the memoryview is
+            # writable, so tensors decoded from the frame share it without another copy.
+            self._buf = memoryview(np.empty(total, dtype=np.uint8)).cast("B")  # type: ignore[arg-type]
             self._filled = 0
             return None
         raise SerdeError(f"unknown transport message type {kind}")

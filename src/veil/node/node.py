@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 import secrets
 import threading
@@ -145,6 +146,9 @@ class Node:
         self.max_result_bytes = max_result_bytes
         self._lock = threading.RLock()
         self._objects: dict[int, ObjectRecord] = {}
+        # Ids count up from a random start: unique without a syscall per object. They need
+        # not be secret: every use of an id is checked against the caller's permissions.
+        self._ids = itertools.count(secrets.randbits(61))
         self._users: dict[int, UserRow] = {}
         self._tokens: dict[str, tuple[int, float]] = {}
         self._datasets: dict[str, _Dataset] = {}
@@ -395,9 +399,9 @@ class Node:
         kind = kind_of(value)
         if kind is None:
             raise RemoteError(f"cannot store a {type(value).__name__} on a node")
-        oid = secrets.randbits(62)
+        oid = next(self._ids)
         while oid in self._objects:
-            oid = secrets.randbits(62)
+            oid = next(self._ids)
         rec = ObjectRecord(oid, value, kind, session.user_id, private, set(), sources, asset_of,
                            description)  # fmt: skip
         self._objects[oid] = rec

@@ -17,7 +17,7 @@ HEADER = struct.Struct(">2sH")
 #: by network transports, and reassembled up to this size).
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024**3 + 1024**2
 #: Largest single transport chunk.
-CHUNK_BYTES = 8 * 1024**2
+CHUNK_BYTES = 1024**2  # measured faster than 8 MiB and 256 KiB, and lower peak memory
 
 T = TypeVar("T")
 
