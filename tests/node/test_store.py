@@ -418,7 +418,13 @@ def test_a_killed_process_keeps_everything_it_acknowledged(tmp_path: Path) -> No
             lines.append(proc.stdout.readline())
     finally:
         proc.kill()  # SIGKILL: no cleanup runs
-        rest, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+    # Read what is left through proc.stdout itself: communicate() would read the raw pipe and
+    # drop lines readline() had already buffered (e.g. the last "deleting" acknowledgement).
+    rest = proc.stdout.read()
+    proc.stdout.close()
+    if proc.stderr is not None:
+        proc.stderr.close()
     acks = []
     for line in [*lines, *rest.splitlines()]:
         try:
