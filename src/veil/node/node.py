@@ -93,7 +93,7 @@ from veil.serde.messages import (
 )
 from veil.serde.modules import module_to_spec, spec_to_module
 from veil.serde.tensors import tensor_from_data, tensor_to_data
-from veil.serde.values import from_arg
+from veil.serde.values import SCALAR_TYPES, from_arg
 from veil.version import WIRE_VERSION, __version__
 
 log = logging.getLogger("veil.node")
@@ -330,7 +330,8 @@ class Node:
             try:
                 if call.release:  # committed on their own: a failing request keeps them
                     self._release(session, call.release)
-                    self._commit()
+                    if self.store.persistent:
+                        self._commit()
                 handler = self._handlers[type(call.msg)]
                 reply = handler(session, call.msg)
                 self._commit()
@@ -405,7 +406,8 @@ class Node:
         rec = ObjectRecord(oid, value, kind, session.user_id, private, set(), sources, asset_of,
                            description)  # fmt: skip
         self._objects[oid] = rec
-        self._persist(rec)
+        if self.store.persistent:
+            self._persist(rec)
         return rec
 
     def _email(self, user_id: int) -> str:
@@ -478,14 +480,18 @@ class Node:
             inputs.append(rec)
             return rec.value
 
-        args = [from_arg(a, resolve) for a in msg.args]
-        kwargs = {k: from_arg(v, resolve) for k, v in msg.kwargs.items()}
+        args = [a if type(a) in SCALAR_TYPES else from_arg(a, resolve) for a in msg.args]
+        kwargs = {k: from_arg(v, resolve) for k, v in msg.kwargs.items()} if msg.kwargs else {}
         if kwargs.get("out") is not None:  # would write behind the privacy bookkeeping
             raise InvalidRequest(f"{msg.op}: out= is not supported on a node; use the result")
         target = inputs[0] if inputs and args and args[0] is inputs[0].value else None
         if spec.effect in ("inplace", "step") and target is not None:
             self._check_mutable(session, target)
-        declared = [r for w in _written_args(spec, args, kwargs) for r in inputs if r.value is w]
+        declared = (
+            [r for w in _written_args(spec, args, kwargs) for r in inputs if r.value is w]
+            if _may_write(spec.name)
+            else []
+        )
         for rec in declared:
             self._check_mutable(session, rec)
         private = any(r.private for r in inputs)
@@ -508,8 +514,12 @@ class Node:
             raise RemoteError(
                 f"{msg.op} failed on node {self.name!r}: {type(exc).__name__}: {exc}"
             ) from None
-        sources = frozenset().union(*(r.sources for r in inputs)) if inputs else frozenset()
-        self._apply_effects(spec, target, args, private, sources)
+        if len(inputs) == 1:
+            sources = inputs[0].sources
+        else:
+            sources = frozenset().union(*(r.sources for r in inputs)) if inputs else frozenset()
+        if spec.effect != "none":
+            self._apply_effects(spec, target, args, private, sources)
         if private:  # any input the op wrote into (e.g. batch-norm running stats) is tainted
             written = declared + [r for r, v in zip(inputs, before) if _versions(r.value) != v]
             if written:
@@ -576,6 +586,8 @@ class Node:
         """Could an op whose output is at most the product of its inputs' sizes pass the limit?"""
         bound, limit = 16, self.max_result_bytes  # 16: bytes per element of the widest dtype
         for v in (*args, *kwargs.values()) if kwargs else args:
+            if type(v) in SCALAR_TYPES:
+                continue
             if isinstance(v, torch.Tensor):
                 bound *= v.numel() or 1
             elif isinstance(v, list | tuple):
@@ -686,7 +698,7 @@ class Node:
         if isinstance(value, bool | int | float | torch.Size):
             value = torch.tensor(value)
         rec = self._store(session, value, private=private, sources=sources)
-        return self._info_of(rec)
+        return rec.info(session.email)  # the caller owns what its op created
 
     # ------------------------------------------------------------------ requests
     def _request_info(self, r: RequestRow) -> RequestInfo:
@@ -895,6 +907,16 @@ def _input_effect(module: Any) -> str:
     if getattr(module, "inplace", False) is True:
         return "writes"
     return "passes" if isinstance(module, _PASS_THROUGH) else "new"
+
+
+@functools.cache
+def _may_write(name: str) -> bool:
+    """Can op ``name`` write into an argument other than through its declared effect?"""
+    return (
+        name.startswith(("optim.", "F."))
+        or name == "Module.__call__"
+        or name in _WRITES
+    )
 
 
 def _written_args(spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> list[Any]:

@@ -22,7 +22,7 @@ from veil.serde.messages import (
     Results,
     RunOp,
 )
-from veil.serde.values import to_arg
+from veil.serde.values import SCALAR_TYPES, to_arg
 
 _POINTER_TYPES: tuple[type, ...] = ()
 
@@ -92,15 +92,14 @@ class Remote(ABC):
         return None
 
     def _encode_args(self, args: Any, kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        ref = self._ref
         return (
-            [to_arg(a, self._ref) for a in args],
-            {k: to_arg(v, self._ref) for k, v in kwargs.items()},
+            [a if type(a) in SCALAR_TYPES else to_arg(a, ref) for a in args],
+            {k: to_arg(v, ref) for k, v in kwargs.items()} if kwargs else {},
         )
 
     def _wrap(self, info: ObjectInfo, inputs: tuple[Any, ...] = ()) -> Any:
-        from veil.pointers.module import PointerModule, RemoteOptimizer
-
-        pointer_tensor: Any = _pointer_types()[0]
+        pointer_tensor, pointer_module, remote_optimizer = _pointer_types()
         obj: Any
         for obj in inputs:  # an in-place op answers with its input's own object
             if type(obj) is pointer_tensor and obj.id == info.id:
@@ -109,9 +108,9 @@ class Remote(ABC):
         if info.kind == "tensor":
             return pointer_tensor(self, info)
         if info.kind == "module":
-            return PointerModule._from_info(self, info)
+            return pointer_module._from_info(self, info)
         if info.kind == "optimizer":
-            return RemoteOptimizer._from_info(self, info)
+            return remote_optimizer._from_info(self, info)
         raise RemoteError(f"node returned an object of unknown kind {info.kind!r}")
 
     def run_op(self, op: str, *args: Any, **kwargs: Any) -> Any:
@@ -125,8 +124,14 @@ class Remote(ABC):
             tensor([2., 3.])
         """
         default_registry().get(op)  # refuse unknown ops before a round trip
+        return self._run(op, args, kwargs)
+
+    def _run(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """:meth:`run_op` for callers that took ``op`` from the registry already."""
         enc_args, enc_kwargs = self._encode_args(args, kwargs)
         reply = self.call(RunOp(op, enc_args, enc_kwargs))
+        if type(reply) is ObjectInfo:
+            return self._wrap(reply, args)
         return self._unwrap(reply, args)
 
     def _unwrap(self, reply: Reply, inputs: tuple[Any, ...]) -> Any:

@@ -10,7 +10,7 @@ import torch
 from veil.errors import OpNotAllowed, UnsupportedError
 from veil.ops import default_registry
 from veil.serde.messages import GetObject, ObjectInfo, RequestAccess, RequestInfo, Value
-from veil.serde.tensors import dtype_from_name, tensor_from_data
+from veil.serde.tensors import DTYPES, dtype_from_name, tensor_from_data
 
 if TYPE_CHECKING:
     from veil.pointers.remote import Remote
@@ -77,7 +77,7 @@ class PointerTensor:
 
     def _update(self, info: ObjectInfo) -> None:
         self.shape = torch.Size(info.shape)
-        self.dtype = dtype_from_name(info.dtype)
+        self.dtype = DTYPES.get(info.dtype) or dtype_from_name(info.dtype)
         self.requires_grad = info.requires_grad
         self.private = info.private
         self.sources = tuple(info.sources)
@@ -116,7 +116,7 @@ class PointerTensor:
             )
         location = _find_location(args, kwargs)
         assert location is not None  # torch only dispatches here when a pointer is an argument
-        return location.run_op(name, *args, **kwargs)
+        return location._run(name, args, kwargs)
 
     def _op(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return self.location.run_op(name, self, *args, **kwargs)
@@ -132,7 +132,7 @@ class PointerTensor:
             )
 
         def method(*args: Any, **kwargs: Any) -> Any:
-            return self.location.run_op(op, self, *args, **kwargs)
+            return self.location._run(op, (self, *args), kwargs)
 
         method.__name__ = name
         return method
@@ -287,7 +287,7 @@ def _binary(name: str) -> Any:
     op = f"Tensor.{name}"
 
     def fn(self: PointerTensor, *args: Any) -> Any:
-        return self.location.run_op(op, self, *args)
+        return self.location._run(op, (self, *args), {})
 
     fn.__name__ = name
     return fn

@@ -87,7 +87,7 @@ class SendObject(msgspec.Struct, tag="send", frozen=True):
     private: bool = False
 
 
-class RunOp(msgspec.Struct, tag="op", frozen=True):
+class RunOp(msgspec.Struct, tag="op", frozen=True, omit_defaults=True):
     op: str
     args: list[Arg] = []
     kwargs: dict[str, Arg] = {}
@@ -186,7 +186,7 @@ Request = Union[  # noqa: UP007
 ]
 
 
-class Call(msgspec.Struct, frozen=True):
+class Call(msgspec.Struct, frozen=True, omit_defaults=True):
     """One client -> node message: a request plus ids of pointers the client dropped."""
 
     msg: Request
@@ -196,7 +196,7 @@ class Call(msgspec.Struct, frozen=True):
 # ---------------------------------------------------------------------------- replies
 
 
-class ObjectInfo(msgspec.Struct, tag="object", frozen=True):
+class ObjectInfo(msgspec.Struct, tag="object", frozen=True, omit_defaults=True):
     """What a pointer knows about its remote object without fetching it."""
 
     id: int

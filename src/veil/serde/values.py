@@ -25,7 +25,9 @@ from veil.serde.tensors import DTYPES, dtype_name, tensor_from_data, tensor_to_d
 MAX_DEPTH = 32
 
 _SCALARS = (bool, int, float, str, type(None))
-_SCALAR_TYPES = frozenset(_SCALARS)
+#: Types passed through as themselves (checked by exact type: the fast path).
+SCALAR_TYPES = frozenset(_SCALARS)
+_SCALAR_TYPES = SCALAR_TYPES
 
 
 def to_arg(obj: Any, ref: Callable[[Any], Ref | None], _depth: int = 0) -> Any:
