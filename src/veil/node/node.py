@@ -912,11 +912,7 @@ def _input_effect(module: Any) -> str:
 @functools.cache
 def _may_write(name: str) -> bool:
     """Can op ``name`` write into an argument other than through its declared effect?"""
-    return (
-        name.startswith(("optim.", "F."))
-        or name == "Module.__call__"
-        or name in _WRITES
-    )
+    return name.startswith(("optim.", "F.")) or name == "Module.__call__" or name in _WRITES
 
 
 def _written_args(spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> list[Any]:

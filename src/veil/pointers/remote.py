@@ -99,6 +99,9 @@ class Remote(ABC):
         )
 
     def _wrap(self, info: ObjectInfo, inputs: tuple[Any, ...] = ()) -> Any:
+        pointer_tensor: Any
+        pointer_module: Any
+        remote_optimizer: Any
         pointer_tensor, pointer_module, remote_optimizer = _pointer_types()
         obj: Any
         for obj in inputs:  # an in-place op answers with its input's own object
