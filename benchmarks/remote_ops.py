@@ -314,8 +314,8 @@ def frame_sizes(worker: Any, fn: Callable[[], Any]) -> tuple[int, int]:
     sizes: list[tuple[int, int]] = []
     orig = worker._roundtrip
 
-    def record(frame: bytearray) -> Any:
-        reply = orig(frame)
+    def record(frame: bytearray, expect_bytes: int = 0) -> Any:
+        reply = orig(frame, expect_bytes)
         sizes.append((len(frame), len(reply)))
         return reply
 

@@ -86,6 +86,10 @@ def node_serve(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    bulk_port: Annotated[
+        int,
+        typer.Option(help="TCP port of the bulk lane for large tensors (0: a free one, -1: off)."),
+    ] = 0,
 ) -> None:
     """Serve a node: REST + WebSocket API on HOST:PORT, state persisted in DB."""
     from veil.node.node import Node
@@ -104,7 +108,7 @@ def node_serve(
         )
     url = f"http://{host}:{sock.getsockname()[1]}"
     print(f"veil node {name!r} serving on {url} (db: {db})", flush=True)
-    serve(node, sock=sock, log_level=log_level)
+    serve(node, sock=sock, log_level=log_level, bulk_port=None if bulk_port < 0 else bulk_port)
 
 
 @user_app.command("create")

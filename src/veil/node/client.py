@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import socket
 import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,9 +23,18 @@ from veil.errors import (
     VersionMismatch,
     error_from_code,
 )
-from veil.node.framing import Assembler, split_frame
+from veil.node.framing import (
+    BULK_MIN_BYTES,
+    Assembler,
+    bulk_hello,
+    recv_frame,
+    send_frame,
+    split_frame,
+    tune,
+)
 from veil.node.worker import Worker
 from veil.serde import codec
+from veil.serde.messages import Done, ErrorReply
 from veil.version import WIRE_VERSION
 
 # websockets >= 17 wants connect() used as a context manager unless legacy=True is passed.
@@ -66,6 +77,9 @@ class NodeClient(Worker):
         super().__init__(str(info["name"]))
         #: The largest frame the node accepts; bigger sends fail here, before any byte goes out.
         self.node_max_message_bytes = int(info.get("max_message_bytes", max_message_bytes))
+        #: The node's bulk lane for frames of BULK_MIN_BYTES or more (None: WebSocket only).
+        self.bulk_port: int | None = info.get("bulk_port")
+        self._bulk: socket.socket | None = None
         self._token = ""
         self._login()
 
@@ -124,29 +138,26 @@ class NodeClient(Worker):
                 raise ConnectError(f"cannot open the op stream to {self.url}: {exc}") from exc
         raise AssertionError("unreachable")
 
-    def _roundtrip(self, frame: bytearray) -> bytearray | memoryview:
-        if len(frame) > self.node_max_message_bytes:
+    _scatter = True
+
+    def _roundtrip(self, frame: bytearray, expect_bytes: int = 0) -> bytearray | memoryview:
+        return self._roundtrip_parts([frame], expect_bytes)
+
+    def _roundtrip_parts(
+        self, parts: list[bytes | bytearray | memoryview], expect_bytes: int = 0
+    ) -> bytearray | memoryview:
+        size = sum(len(p) for p in parts)
+        if size > self.node_max_message_bytes:
             raise MessageTooLarge(
-                f"this message is {len(frame)} bytes, over the limit of node {self.name!r} "
+                f"this message is {size} bytes, over the limit of node {self.name!r} "
                 f"({self.node_max_message_bytes} bytes); send smaller pieces or ask the owner "
                 "to raise the node's max message size"
             )
         with self._ws_lock:
-            if self._ws is None:
-                self._ws = self._open()
-            ws = self._ws
             try:
-                for part in split_frame(frame, self.chunk_bytes):
-                    ws.send(part)
-                del frame
-                assembler = Assembler(self.max_message_bytes)
-                while True:
-                    message = ws.recv(timeout=self.timeout)
-                    if isinstance(message, str):
-                        raise TransportError("node sent a text message on the op stream")
-                    reply = assembler.feed(message)
-                    if reply is not None:
-                        return reply
+                if self.bulk_port is not None and max(size, expect_bytes) >= BULK_MIN_BYTES:
+                    return self._bulk_roundtrip(parts)
+                return self._ws_roundtrip(parts[0] if len(parts) == 1 else b"".join(parts))
             except TimeoutError as exc:
                 self._drop()
                 raise Timeout(
@@ -161,7 +172,60 @@ class NodeClient(Worker):
                     "call reconnects."
                 ) from exc
 
+    def _ws_roundtrip(self, frame: bytes | bytearray | memoryview) -> bytearray | memoryview:
+        if self._ws is None:
+            self._ws = self._open()
+        ws = self._ws
+        for part in split_frame(frame, self.chunk_bytes):
+            ws.send(part)
+        del frame
+        assembler = Assembler(self.max_message_bytes)
+        while True:
+            message = ws.recv(timeout=self.timeout)
+            if isinstance(message, str):
+                raise TransportError("node sent a text message on the op stream")
+            reply = assembler.feed(message)
+            if reply is not None:
+                return reply
+
+    def _bulk_roundtrip(self, parts: list[bytes | bytearray | memoryview]) -> memoryview:
+        """One call over the bulk lane: the parts go out as they are (a tensor's own memory),
+        and the reply is read into one buffer that decoded tensors share."""
+        if self._bulk is None:
+            self._bulk = self._open_bulk()
+        send_frame(self._bulk, *parts)
+        del parts
+        return recv_frame(self._bulk, self.max_message_bytes)
+
+    def _open_bulk(self) -> socket.socket:
+        host = urlsplit(self.url).hostname or "127.0.0.1"
+        for attempt in range(2):
+            try:
+                sock = socket.create_connection((host, self.bulk_port), timeout=self.timeout)
+            except OSError as exc:
+                raise ConnectError(
+                    f"cannot open the bulk lane to {host}:{self.bulk_port} ({exc}); connect "
+                    "with the node's firewall open to that port, or ask the owner to serve "
+                    "with --bulk-port -1 so everything goes over the WebSocket"
+                ) from exc
+            tune(sock)
+            sock.sendall(bulk_hello(self._token))
+            answer = codec.decode_reply(recv_frame(sock, 1024**2))
+            if isinstance(answer, Done):
+                return sock
+            sock.close()
+            assert isinstance(answer, ErrorReply)
+            if attempt == 0 and answer.code == "authentication_failed":
+                self._login()  # the token expired or the node restarted
+                continue
+            raise error_from_code(answer.code, answer.message)
+        raise AssertionError("unreachable")
+
     def _drop(self) -> None:
+        bulk, self._bulk = self._bulk, None
+        if bulk is not None:
+            with contextlib.suppress(OSError):
+                bulk.close()
         ws, self._ws = self._ws, None
         if ws is not None:
             try:

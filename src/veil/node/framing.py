@@ -11,11 +11,14 @@ The receiver checks the announced length against its limit, then preallocates it
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import struct
 
 import numpy as np
 
 from veil.errors import MessageTooLarge, SerdeError
+from veil.version import WIRE_VERSION
 
 WHOLE, BEGIN = 0, 1
 _LEN = struct.Struct(">Q")
@@ -92,3 +95,60 @@ class Assembler:
             self._filled = 0
             return None
         raise SerdeError(f"unknown transport message type {kind}")
+
+
+# ----------------------------------------------------------------------------- bulk lane
+# Length-prefixed frames on a plain TCP connection (see veil.node.server.bulk).
+BULK_MAGIC = b"VLBK"
+BULK_HELLO = struct.Struct(">4sHH")
+#: Frames at least this large go over the bulk lane when a node offers one.
+BULK_MIN_BYTES = 4 * 1024**2
+_SOCK_BUF = 4 * 1024**2
+
+
+def tune(sock: socket.socket) -> None:
+    """No Nagle delay and large kernel buffers (what a bulk copy wants)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, opt, _SOCK_BUF)
+
+
+def recv_exact(sock: socket.socket, n: int) -> memoryview:
+    """Read exactly ``n`` bytes into a new writable buffer (no zero-fill, no copies).
+
+    Raises:
+        ConnectionError: the peer closed the connection first.
+    """
+    buf = memoryview(np.empty(n, dtype=np.uint8)).cast("B")  # type: ignore[arg-type]
+    got = 0
+    while got < n:
+        k = sock.recv_into(buf[got:], n - got)
+        if k == 0:
+            raise ConnectionError(f"connection closed after {got} of {n} bytes")
+        got += k
+    return buf
+
+
+def send_frame(sock: socket.socket, *parts: bytes | bytearray | memoryview) -> None:
+    """Send one length-prefixed frame, given as one or more buffers (sent without joining)."""
+    sock.sendall(_LEN.pack(sum(len(p) for p in parts)))
+    for part in parts:
+        sock.sendall(part)
+
+
+def recv_frame(sock: socket.socket, max_bytes: int) -> memoryview:
+    """Receive one length-prefixed frame, refusing one over ``max_bytes`` before reading it."""
+    (n,) = _LEN.unpack(recv_exact(sock, _LEN.size))
+    if n > max_bytes:
+        raise MessageTooLarge(
+            f"announced frame of {n} bytes is over the limit of {max_bytes} bytes; raise "
+            "max_message_bytes on both sides or send smaller objects"
+        )
+    return recv_exact(sock, n)
+
+
+def bulk_hello(token: str) -> bytes:
+    """The first bytes a client sends on a bulk connection."""
+    raw = token.encode()
+    return BULK_HELLO.pack(BULK_MAGIC, WIRE_VERSION, len(raw)) + raw

@@ -307,22 +307,36 @@ class Node:
     def handle_frame(self, session: Session, frame: bytes | bytearray | memoryview) -> bytearray:
         """Decode one frame, run it, and encode the reply. Never raises: every failure
         becomes an :class:`ErrorReply`, and the node's state is left as it was."""
-        try:
-            call = codec.decode_call(frame, max_bytes=self.max_message_bytes)
-        except VeilError as exc:
-            return codec.encode(ErrorReply(exc.code, str(exc)))
-        except Exception as exc:  # a decoder bug must not take the connection down
-            log.exception("undecodable frame on node %s", self.name)
-            return codec.encode(
-                ErrorReply("serde_error", f"malformed message: {type(exc).__name__}")
-            )
-        reply = self.handle(session, call)
+        reply = self._reply_to(session, frame)
         try:
             return codec.encode(reply)
         except VeilError as exc:
             return codec.encode(
                 ErrorReply(exc.code, f"the reply could not be encoded: {exc}"[:2000])
             )
+
+    def handle_frame_parts(
+        self, session: Session, frame: bytes | bytearray | memoryview
+    ) -> list[bytes | bytearray | memoryview]:
+        """:meth:`handle_frame` for transports that send several buffers as one: a large
+        tensor in the reply stays where it is (:func:`veil.serde.codec.encode_parts`)."""
+        reply = self._reply_to(session, frame)
+        try:
+            return codec.encode_parts(reply)
+        except VeilError as exc:
+            return [
+                codec.encode(ErrorReply(exc.code, f"the reply could not be encoded: {exc}"[:2000]))
+            ]
+
+    def _reply_to(self, session: Session, frame: bytes | bytearray | memoryview) -> Reply:
+        try:
+            call = codec.decode_call(frame, max_bytes=self.max_message_bytes)
+        except VeilError as exc:
+            return ErrorReply(exc.code, str(exc))
+        except Exception as exc:  # a decoder bug must not take the connection down
+            log.exception("undecodable frame on node %s", self.name)
+            return ErrorReply("serde_error", f"malformed message: {type(exc).__name__}")
+        return self.handle(session, call)
 
     def handle(self, session: Session, call: Call) -> Reply:
         """Run one decoded call; errors are returned as :class:`ErrorReply`."""

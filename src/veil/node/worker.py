@@ -318,7 +318,7 @@ class VirtualWorker(Worker):
             session = Session(owner.id, owner.email, owner.role)
         self.session = session
 
-    def _roundtrip(self, frame: bytearray) -> bytearray:
+    def _roundtrip(self, frame: bytearray, expect_bytes: int = 0) -> bytearray:
         return self.node.handle_frame(self.session, frame)
 
     def login(self, email: str, password: str) -> VirtualWorker:

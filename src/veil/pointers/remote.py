@@ -56,19 +56,35 @@ class Remote(ABC):
 
     # -- transport ---------------------------------------------------------------
     @abstractmethod
-    def _roundtrip(self, frame: bytearray) -> bytes | bytearray | memoryview:
-        """Send one encoded frame and return the encoded reply frame."""
+    def _roundtrip(self, frame: bytearray, expect_bytes: int = 0) -> bytes | bytearray | memoryview:
+        """Send one encoded frame and return the encoded reply frame (``expect_bytes``: the
+        size of the reply, when the caller knows it is large)."""
 
-    def call(self, msg: Request) -> Reply:
+    #: Transports that send a list of buffers as one frame set this and implement
+    #: :meth:`_roundtrip_parts`, so large tensors go out without being copied.
+    _scatter = False
+
+    def _roundtrip_parts(
+        self, parts: list[bytes | bytearray | memoryview], expect_bytes: int = 0
+    ) -> bytes | bytearray | memoryview:
+        raise NotImplementedError
+
+    def call(self, msg: Request, *, expect_bytes: int = 0) -> Reply:
         """Send one request and return its reply; a node-side error is raised here.
+
+        ``expect_bytes`` tells the transport a large reply is coming (a ``get`` of a big
+        tensor), so a network client can take its bulk lane.
 
         Raises:
             VeilError: the subclass the node raised (same ``code``), or a transport error.
         """
         with self._lock:
             released, self._released = self._released, []
-            frame = codec.encode(Call(msg, released))
-            reply = codec.decode_reply(self._roundtrip(frame))
+            if self._scatter:
+                raw = self._roundtrip_parts(codec.encode_parts(Call(msg, released)), expect_bytes)
+            else:
+                raw = self._roundtrip(codec.encode(Call(msg, released)), expect_bytes)
+            reply = codec.decode_reply(raw)
         if isinstance(reply, ErrorReply):
             raise error_from_code(reply.code, reply.message)
         return reply

@@ -216,7 +216,8 @@ class PointerTensor:
             PermissionDenied: the tensor is (derived from) private data and no request for
                 it was approved. Ask with ``ptr.request("reason")``.
         """
-        reply = self.location.call(GetObject(self.id))
+        nbytes = self.shape.numel() * self.dtype.itemsize
+        reply = self.location.call(GetObject(self.id), expect_bytes=nbytes)
         assert isinstance(reply, Value)
         return tensor_from_data(reply.value)  # type: ignore[arg-type]
 

@@ -44,6 +44,54 @@ def encode(message: Any, *, version: int = WIRE_VERSION) -> bytearray:
     return buf
 
 
+#: A tensor at least this large is kept out of line by :func:`encode_parts`.
+OUT_OF_LINE_BYTES = 1024**2
+_EMPTY_DATA = b"\xa4data\xc4\x00"  # msgpack: the key "data", then an empty bin
+
+
+def encode_parts(message: Any) -> list[bytes | bytearray | memoryview]:
+    """Encode a message as buffers whose concatenation is :func:`encode`'s frame, with a
+    large tensor's bytes left where they are (a view of the tensor, not a copy).
+
+    Only the one tensor of a ``SendObject`` call or a ``Value`` reply goes out of line;
+    anything else is a single buffer. A transport that can send several buffers as one
+    (``socket.sendall`` each in turn) then sends a 100 MB tensor without copying it.
+
+    Example:
+        >>> import torch
+        >>> from veil.serde.messages import SendObject
+        >>> from veil.serde.tensors import tensor_to_data
+        >>> msg = Call(SendObject(tensor_to_data(torch.zeros(2**19))))
+        >>> parts = encode_parts(msg)
+        >>> len(parts), b"".join(parts) == encode(msg)
+        (3, True)
+    """
+    from veil.serde.messages import SendObject, TensorData, Value
+
+    inner: Any = message.msg if isinstance(message, Call) else message
+    if not isinstance(inner, SendObject | Value) or not isinstance(inner.value, TensorData):
+        return [encode(message)]
+    data = inner.value.data
+    n = len(data)
+    if n < OUT_OF_LINE_BYTES or n >= 2**32:
+        return [encode(message)]
+    hollow_inner = msgspec.structs.replace(
+        inner, value=msgspec.structs.replace(inner.value, data=memoryview(b""))
+    )
+    hollow = (
+        msgspec.structs.replace(message, msg=hollow_inner)
+        if isinstance(message, Call)
+        else hollow_inner
+    )
+    frame = encode(hollow)
+    at = frame.find(_EMPTY_DATA)  # once: other fields are numbers or valid UTF-8
+    if at < 0:
+        return [encode(message)]
+    cut = at + len(_EMPTY_DATA) - 2
+    head = frame[:cut] + b"\xc6" + n.to_bytes(4, "big")  # bin 32 header
+    return [head, data, frame[cut + 2 :]]
+
+
 def peek_version(frame: bytes | bytearray | memoryview) -> int:
     """The wire version a frame claims; raises :class:`SerdeError` if it is not a veil frame."""
     if len(frame) < HEADER.size:

@@ -72,11 +72,13 @@ def _json(reply: Reply) -> Any:
     return msgspec.to_builtins(reply, enc_hook=lambda o: None)
 
 
-def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES) -> FastAPI:
+def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES,
+               bulk_port: int | None = None) -> FastAPI:  # fmt: skip
     """The ASGI app serving ``node``.
 
     REST under ``/api/v1`` (JSON) for people and tools; ``/api/v1/ws`` carries veil
-    frames (the same messages a VirtualWorker exchanges) for the Python client.
+    frames (the same messages a VirtualWorker exchanges) for the Python client;
+    ``bulk_port``, when given, is advertised for large frames (:mod:`.bulk`).
 
     Example:
         >>> node = Node("n", owner_email="o@n.org", owner_password="password-1")
@@ -119,6 +121,7 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES) -> FastAPI:
             "version": __version__,
             "wire_version": WIRE_VERSION,
             "max_message_bytes": node.max_message_bytes,
+            "bulk_port": bulk_port,
         }
 
     @app.post("/api/v1/login")

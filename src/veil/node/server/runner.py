@@ -13,12 +13,14 @@ import uvicorn
 from veil.errors import ConnectError
 from veil.node.node import Node
 from veil.node.server.app import create_app
+from veil.node.server.bulk import BulkServer
 from veil.serde import codec
 
 
-def _config(node: Node, chunk_bytes: int, log_level: str) -> uvicorn.Config:
+def _config(node: Node, chunk_bytes: int, log_level: str,
+            bulk: BulkServer | None) -> uvicorn.Config:  # fmt: skip
     return uvicorn.Config(
-        create_app(node, chunk_bytes=chunk_bytes),
+        create_app(node, chunk_bytes=chunk_bytes, bulk_port=bulk.port if bulk else None),
         log_level=log_level,
         lifespan="off",
         ws_max_size=chunk_bytes + 64,
@@ -38,20 +40,29 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 
 def serve(node: Node, *, host: str = "127.0.0.1", port: int = 8765, sock: socket.socket | None = None,
-          chunk_bytes: int = codec.CHUNK_BYTES, log_level: str = "info") -> None:  # fmt: skip
-    """Serve ``node`` until interrupted (what ``veil node serve`` runs)."""
+          chunk_bytes: int = codec.CHUNK_BYTES, log_level: str = "info",
+          bulk_port: int | None = 0) -> None:  # fmt: skip
+    """Serve ``node`` until interrupted (what ``veil node serve`` runs).
+
+    ``bulk_port``: the TCP port of the bulk lane for large frames (0 picks a free one,
+    None turns it off; see :mod:`veil.node.server.bulk`).
+    """
     sock = sock or bind(host, port)
-    server = uvicorn.Server(_config(node, chunk_bytes, log_level))
+    bulk = None if bulk_port is None else BulkServer(node, sock.getsockname()[0], bulk_port)
+    server = uvicorn.Server(_config(node, chunk_bytes, log_level, bulk))
     try:
         server.run(sockets=[sock])
     finally:
+        if bulk is not None:
+            bulk.close()
         node.close()
 
 
 @contextlib.contextmanager
 def serve_in_thread(node: Node, *, host: str = "127.0.0.1", port: int = 0,
                     chunk_bytes: int = codec.CHUNK_BYTES, log_level: str = "warning",
-                    startup_timeout: float = 20.0) -> Iterator[str]:  # fmt: skip
+                    startup_timeout: float = 20.0,
+                    bulk_port: int | None = 0) -> Iterator[str]:  # fmt: skip
     """Serve ``node`` on a free loopback port in a background thread; yields its URL.
 
     Example:
@@ -65,7 +76,8 @@ def serve_in_thread(node: Node, *, host: str = "127.0.0.1", port: int = 0,
     """
     sock = bind(host, port)
     bound_port = sock.getsockname()[1]
-    server = uvicorn.Server(_config(node, chunk_bytes, log_level))
+    bulk = None if bulk_port is None else BulkServer(node, host, bulk_port)
+    server = uvicorn.Server(_config(node, chunk_bytes, log_level, bulk))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout
@@ -79,3 +91,5 @@ def serve_in_thread(node: Node, *, host: str = "127.0.0.1", port: int = 0,
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+        if bulk is not None:
+            bulk.close()

@@ -1,0 +1,143 @@
+"""The bulk lane: large frames over plain TCP beside the WebSocket, and attacks on it."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import torch
+
+import veil
+from veil.node import Node
+from veil.node.framing import BULK_HELLO, BULK_MAGIC, bulk_hello, recv_frame, send_frame
+from veil.node.server import bulk as bulk_module
+from veil.node.server import serve_in_thread
+from veil.serde import codec
+from veil.serde.messages import Call, Done, ErrorReply, GetInfo, NodeInfo
+from veil.version import WIRE_VERSION
+
+EMAIL, PASSWORD = "owner@bulk.test", "owner-password-9"
+BIG = 2**21  # 8 MiB of float32: over the lane's threshold
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[Node, str]]:
+    node = Node("bulk", owner_email=EMAIL, owner_password=PASSWORD)
+    with serve_in_thread(node) as url:
+        yield node, url
+
+
+def _port(url: str) -> int:
+    port = httpx.get(url + "/api/v1/info").json()["bulk_port"]
+    assert isinstance(port, int)
+    return port
+
+
+def _alive(url: str) -> None:
+    with veil.connect(url, email=EMAIL, password=PASSWORD) as c:
+        x = torch.arange(float(BIG)).send(c)
+        assert torch.equal(x.get()[-3:], torch.tensor([BIG - 3.0, BIG - 2.0, BIG - 1.0]))
+
+
+def test_large_tensors_take_the_bulk_lane_and_arrive_exactly(server: tuple[Node, str]) -> None:
+    node, url = server
+    t = torch.randn(BIG)
+    with veil.connect(url, email=EMAIL, password=PASSWORD) as c:
+        assert c.bulk_port == _port(url)
+        small = torch.ones(3).send(c)
+        assert c._bulk is None  # small frames stay on the WebSocket
+        ptr = t.send(c)
+        assert c._bulk is not None
+        assert torch.equal(node._objects[ptr.id].value, t)
+        back = ptr.get()
+        assert torch.equal(back, t)
+        back += 1  # the fetched tensor owns a writable buffer
+        assert torch.equal(small.get(), torch.ones(3))
+
+
+def test_without_a_bulk_lane_everything_goes_over_the_websocket() -> None:
+    node = Node("ws-only", owner_email=EMAIL, owner_password=PASSWORD)
+    with serve_in_thread(node, bulk_port=None) as url:
+        assert httpx.get(url + "/api/v1/info").json()["bulk_port"] is None
+        t = torch.randn(BIG)
+        with veil.connect(url, email=EMAIL, password=PASSWORD) as c:
+            assert torch.equal(t.send(c).get(), t)
+            assert c._bulk is None
+
+
+def _raw(url: str) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", _port(url)), timeout=10)
+
+
+@pytest.mark.parametrize(
+    "first_bytes",
+    [
+        bulk_hello("not-a-token"),
+        BULK_HELLO.pack(b"HTTP", WIRE_VERSION, 0),
+        BULK_HELLO.pack(BULK_MAGIC, WIRE_VERSION + 1, 0),
+    ],
+    ids=["bad-token", "bad-magic", "other-version"],
+)
+def test_a_connection_without_a_valid_hello_is_refused(
+    server: tuple[Node, str], first_bytes: bytes
+) -> None:
+    _, url = server
+    with _raw(url) as sock:
+        sock.sendall(first_bytes)
+        reply = codec.decode_reply(recv_frame(sock, 2**20))
+        assert isinstance(reply, ErrorReply)
+        assert reply.code in ("authentication_failed", "version_mismatch")
+        with pytest.raises((ConnectionError, OSError)):  # no op runs on a refused connection
+            send_frame(sock, codec.encode(Call(GetInfo())))
+            if not sock.recv(1):
+                raise ConnectionError("closed")
+    _alive(url)
+
+
+def _token(url: str) -> str:
+    r = httpx.post(url + "/api/v1/login", json={"email": EMAIL, "password": PASSWORD})
+    return str(r.json()["token"])
+
+
+def test_an_oversized_announced_frame_is_refused_before_any_allocation(
+    server: tuple[Node, str],
+) -> None:
+    node, url = server
+    with _raw(url) as sock:
+        sock.sendall(bulk_hello(_token(url)))
+        assert isinstance(codec.decode_reply(recv_frame(sock, 2**20)), Done)
+        sock.sendall(struct.pack(">Q", node.max_message_bytes + 1))
+        reply = codec.decode_reply(recv_frame(sock, 2**20))
+        assert isinstance(reply, ErrorReply) and reply.code == "message_too_large"
+    _alive(url)
+
+
+def test_garbage_and_truncated_frames_get_clean_errors(server: tuple[Node, str]) -> None:
+    _, url = server
+    with _raw(url) as sock:
+        sock.sendall(bulk_hello(_token(url)))
+        assert isinstance(codec.decode_reply(recv_frame(sock, 2**20)), Done)
+        send_frame(sock, b"\x80\x03garbage-not-a-frame")
+        reply = codec.decode_reply(recv_frame(sock, 2**20))
+        assert isinstance(reply, ErrorReply) and reply.code == "serde_error"
+        send_frame(sock, codec.encode(Call(GetInfo())))  # the connection still works
+        assert isinstance(codec.decode_reply(recv_frame(sock, 2**20)), NodeInfo)
+    with _raw(url) as sock:  # a frame cut short by a dropped connection
+        sock.sendall(bulk_hello(_token(url)))
+        recv_frame(sock, 2**20)
+        sock.sendall(struct.pack(">Q", 1000) + b"VL")
+    _alive(url)
+
+
+def test_a_silent_peer_is_dropped_after_the_handshake_timeout(
+    server: tuple[Node, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, url = server
+    monkeypatch.setattr(bulk_module, "HANDSHAKE_TIMEOUT_S", 0.2)
+    with _raw(url) as sock:
+        sock.settimeout(30)
+        assert sock.recv(1) == b""  # the node closed it: no thread is held forever
+    _alive(url)
