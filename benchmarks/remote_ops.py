@@ -312,19 +312,21 @@ def _malloc_trim() -> None:
 def frame_sizes(worker: Any, fn: Callable[[], Any]) -> tuple[int, int]:
     """Sizes (bytes) of the request and reply frames one call of ``fn`` puts on the wire."""
     sizes: list[tuple[int, int]] = []
-    orig = worker._roundtrip
+    attr = "_roundtrip_parts" if worker._scatter else "_roundtrip"
+    orig = getattr(worker, attr)
 
-    def record(frame: bytearray, expect_bytes: int = 0) -> Any:
+    def record(frame: Any, expect_bytes: int = 0) -> Any:
         reply = orig(frame, expect_bytes)
-        sizes.append((len(frame), len(reply)))
+        size = sum(len(p) for p in frame) if worker._scatter else len(frame)
+        sizes.append((size, len(reply)))
         return reply
 
-    worker._roundtrip = record
+    setattr(worker, attr, record)
     try:
         fn()
         fn()  # the second call carries the first result's release, as in steady state
     finally:
-        del worker._roundtrip
+        delattr(worker, attr)
     return sizes[-1]
 
 
