@@ -79,6 +79,7 @@ from veil.serde.messages import (
     NodeInfo,
     ObjectInfo,
     ObjectList,
+    Ref,
     Reply,
     RequestAccess,
     RequestInfo,
@@ -494,7 +495,14 @@ class Node:
             inputs.append(rec)
             return rec.value
 
-        args = [a if type(a) in SCALAR_TYPES else from_arg(a, resolve) for a in msg.args]
+        args = [
+            resolve(a.id)
+            if type(a) is Ref
+            else a
+            if type(a) in SCALAR_TYPES
+            else from_arg(a, resolve)
+            for a in msg.args
+        ]
         kwargs = {k: from_arg(v, resolve) for k, v in msg.kwargs.items()} if msg.kwargs else {}
         if kwargs.get("out") is not None:  # would write behind the privacy bookkeeping
             raise InvalidRequest(f"{msg.op}: out= is not supported on a node; use the result")
@@ -508,7 +516,11 @@ class Node:
         )
         for rec in declared:
             self._check_mutable(session, rec)
-        private = any(r.private for r in inputs)
+        private = False
+        for r in inputs:
+            if r.private:
+                private = True
+                break
         if private and not session.is_admin:
             self._check_shape_leak(spec, args, kwargs, inputs)
         if spec.alloc_check or (spec.bound_check and self._may_exceed(args, kwargs)):
@@ -682,6 +694,10 @@ class Node:
 
     def _wrap_result(self, session: Session, result: Any, target: ObjectRecord | None,
                      private: bool, sources: frozenset[str]) -> Reply:  # fmt: skip
+        if type(result) is torch.Tensor and (target is None or result is not target.value):
+            return self._store(session, result, private=private, sources=sources).info(
+                session.email
+            )
         if result is None:
             return Done()
         if target is not None and result is target.value:
