@@ -25,8 +25,13 @@ from veil.version import WIRE_VERSION, __version__
 install()
 
 
-def connect(url: str, *, email: str, password: str, timeout: float = 60.0) -> Worker:
+def connect(url: str, *, email: str, password: str, timeout: float = 60.0,
+            pipeline: bool = True) -> Worker:  # fmt: skip
     """Log in to a node server and return a client for it.
+
+    ``pipeline``: queue ops whose result can be predicted and send them with the next
+    call that needs an answer (fewer round trips; a refused queued op raises from that
+    call, naming the line that issued it). ``pipeline=False`` sends each op at once.
 
     Example (needs a running node, so not run as a doctest)::
 
@@ -35,7 +40,7 @@ def connect(url: str, *, email: str, password: str, timeout: float = 60.0) -> Wo
     """
     from veil.node.client import NodeClient
 
-    return NodeClient(url, email=email, password=password, timeout=timeout)
+    return NodeClient(url, email=email, password=password, timeout=timeout, pipeline=pipeline)
 
 
 __all__ = [

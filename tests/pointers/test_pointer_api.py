@@ -155,6 +155,7 @@ def test_dropping_the_last_pointer_releases_the_remote_object(deployment: Any) -
 
     y = x + 1
     z = y * 2
+    w.flush()  # a pipelining client sends queued ops with its next call
     assert node.object_count() == base + 2
     y_id = y.id
 

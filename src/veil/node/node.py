@@ -54,6 +54,7 @@ from veil.node.users import (
 from veil.ops import OpRegistry, OpSpec, default_registry
 from veil.serde import codec
 from veil.serde.messages import (
+    CLIENT_IDS,
     AssetInfo,
     AuditEntry,
     AuditLog,
@@ -340,24 +341,36 @@ class Node:
         return self.handle(session, call)
 
     def handle(self, session: Session, call: Call) -> Reply:
-        """Run one decoded call; errors are returned as :class:`ErrorReply`."""
+        """Run one decoded call; errors are returned as :class:`ErrorReply`.
+
+        Order: the deferred ops in ``call.before`` (each committed on its own; the first
+        failure stops the call and names its index), then the releases, then the request.
+        """
         with self._lock:
-            try:
-                if call.release:  # committed on their own: a failing request keeps them
-                    self._release(session, call.release)
-                    if self.store.persistent:
-                        self._commit()
-                handler = self._handlers[type(call.msg)]
-                reply = handler(session, call.msg)
-                self._commit()
-                return reply
-            except VeilError as exc:
-                self._batch = Batch()
-                return ErrorReply(exc.code, str(exc))
-            except Exception as exc:  # a bug or an unexpected library error: answer, keep serving
-                self._batch = Batch()
-                log.exception("internal error on node %s", self.name)
-                return ErrorReply("remote_error", f"internal error: {type(exc).__name__}: {exc}")
+            for i, op in enumerate(call.before):
+                error = self._guarded(session, self._run_op, op)
+                if isinstance(error, ErrorReply):
+                    return ErrorReply(error.code, error.message, deferred=i)
+            if call.release:  # committed on their own: a failing request keeps them
+                self._release(session, call.release)
+                if self.store.persistent:
+                    self._commit()
+            return self._guarded(session, self._handlers[type(call.msg)], call.msg)
+
+    def _guarded(self, session: Session, handler: Callable[[Session, Any], Reply],
+                 msg: Any) -> Reply:  # fmt: skip
+        """Run a handler and commit; on failure, drop its changes and answer the error."""
+        try:
+            reply = handler(session, msg)
+            self._commit()
+            return reply
+        except VeilError as exc:
+            self._batch = Batch()
+            return ErrorReply(exc.code, str(exc))
+        except Exception as exc:  # a bug or an unexpected library error: answer, keep serving
+            self._batch = Batch()
+            log.exception("internal error on node %s", self.name)
+            return ErrorReply("remote_error", f"internal error: {type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------ permissions
     def _record(self, session: Session, obj_id: int) -> ObjectRecord:
@@ -411,13 +424,14 @@ class Node:
 
     def _store(self, session: Session, value: Any, *, private: bool = False,
                sources: frozenset[str] = frozenset(), description: str = "",
-               asset_of: str | None = None) -> ObjectRecord:  # fmt: skip
+               asset_of: str | None = None, oid: int | None = None) -> ObjectRecord:  # fmt: skip
         kind = kind_of(value)
         if kind is None:
             raise RemoteError(f"cannot store a {type(value).__name__} on a node")
-        oid = next(self._ids)
-        while oid in self._objects:
+        if oid is None:
             oid = next(self._ids)
+            while oid in self._objects:
+                oid = next(self._ids)
         rec = ObjectRecord(oid, value, kind, session.user_id, private, set(), sources, asset_of,
                            description)  # fmt: skip
         self._objects[oid] = rec
@@ -488,6 +502,11 @@ class Node:
     # ------------------------------------------------------------------ ops
     def _run_op(self, session: Session, msg: RunOp) -> Reply:
         spec = self.registry.get(msg.op)
+        if msg.out and (msg.out not in CLIENT_IDS or msg.out in self._objects):
+            raise InvalidRequest(
+                f"{msg.op}: result id {msg.out} is not free; a client names results only with "
+                f"ids in [2**62, 2**63) that it has not used (veil's client does this itself)"
+            )
         inputs: list[ObjectRecord] = []
 
         def resolve(oid: int) -> Any:
@@ -552,7 +571,25 @@ class Node:
                 self._taint(storage_keys(t for r in written for t in tensors_of(r.value)), sources)
         if sources:  # ops on dataset-derived data are audited (uploads, gets and requests always)
             self._audit_row(session, "op", msg.op, [r.id for r in inputs], sources)
+        if msg.out:
+            return self._named_result(session, msg, result, private, sources)
         return self._wrap_result(session, result, target, private, sources)
+
+    def _named_result(self, session: Session, msg: RunOp, result: Any, private: bool,
+                      sources: frozenset[str]) -> Reply:  # fmt: skip
+        """Store a pipelined op's result under the id its client chose."""
+        if result is None:
+            return Done()
+        if isinstance(result, bool | int | float | torch.Size):
+            result = torch.tensor(result)
+        if kind_of(result) is None:  # several objects: the client predicted one
+            raise InvalidRequest(
+                f"{msg.op} returned a {type(result).__name__}, not the single object its "
+                "pipelined call expected; run it with the pipeline off (worker.flush() first)"
+            )
+        return self._store(session, result, private=private, sources=sources, oid=msg.out).info(
+            session.email
+        )
 
     def _check_shape_leak(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any],
                           inputs: list[ObjectRecord]) -> None:  # fmt: skip

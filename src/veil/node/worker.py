@@ -25,7 +25,6 @@ from veil.serde.messages import (
     DatasetInfo,
     DatasetList,
     DecideRequest,
-    DeleteObjects,
     GetAudit,
     GetDataset,
     GetInfo,
@@ -114,9 +113,9 @@ class Worker(Remote):
         self.call(ClearObjects())
 
     def flush(self) -> None:
-        """Send pending deletions of dropped pointers now (they also ride on the next call)."""
-        if self._released:
-            self.call(DeleteObjects([]))
+        """Send pipelined ops and deletions of dropped pointers now (they also ride on the
+        next call); raises the error of a pipelined op that failed."""
+        self._flush()
 
     @property
     def datasets(self) -> Datasets:

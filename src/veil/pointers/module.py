@@ -20,7 +20,7 @@ from veil.serde.messages import (
     SendObject,
     Value,
 )
-from veil.serde.modules import module_to_spec, spec_to_module, unsupported_modules
+from veil.serde.modules import meta_module, module_to_spec, spec_to_module, unsupported_modules
 
 if TYPE_CHECKING:
     from veil.pointers.remote import Remote
@@ -65,6 +65,8 @@ class PointerModule:
         self._owned = owned and info is not None
         self._params: list[PointerTensor] | None = None
         self.training = True
+        #: The model on the meta device (no data): lets a pipelining client predict outputs.
+        self._meta: nn.Module | None = None
 
     @property
     def _remote_ref(self) -> bool:
@@ -82,10 +84,13 @@ class PointerModule:
         if mode == "auto":
             mode = "params" if unsupported_modules(module) else "module"
         if mode == "module":
-            reply = location.call(SendObject(module_to_spec(module)))
+            spec = module_to_spec(module)
+            reply = location.call(SendObject(spec))
             assert isinstance(reply, ObjectInfo)
             ptr = cls(location, info=reply)
             ptr.training = module.training
+            if location.pipeline:
+                ptr._meta = meta_module(spec)
             return ptr
         memo: dict[int, Any] = {}
         for tensor in list(module.parameters()) + list(module.buffers()):
@@ -136,6 +141,8 @@ class PointerModule:
             self._shell.train(mode)
         else:
             self.location.run_op("Module.train", self, bool(mode))
+            if self._meta is not None:
+                self._meta.train(mode)
         self.training = bool(mode)
         return self
 

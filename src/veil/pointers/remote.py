@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
 
-from veil.errors import InvalidRequest, RemoteError, WorkerMismatch, error_from_code
+from veil.errors import InvalidRequest, RemoteError, VeilError, WorkerMismatch, error_from_code
 from veil.ops import default_registry
+from veil.pointers import pipeline
 from veil.serde import codec
 from veil.serde.messages import (
+    CLIENT_IDS,
     Call,
+    DeleteObjects,
     Done,
     ErrorReply,
     ObjectInfo,
@@ -49,10 +53,18 @@ class Remote(ABC):
     #: The node's name, used in reprs and error messages.
     name: str
 
+    #: Queue ops whose result can be predicted and send them with the next call
+    #: (:mod:`veil.pointers.pipeline`); network clients turn this on.
+    pipeline = False
+
     def __init__(self, name: str) -> None:
         self.name = name
         self._released: list[int] = []
         self._lock = threading.RLock()
+        self._deferred: list[RunOp] = []
+        #: (weak pointer to the result or None, op name, call site) per deferred op.
+        self._pending: list[tuple[Any, str, str]] = []
+        self._next_id = CLIENT_IDS.start + secrets.randbits(60)
 
     # -- transport ---------------------------------------------------------------
     @abstractmethod
@@ -80,14 +92,35 @@ class Remote(ABC):
         """
         with self._lock:
             released, self._released = self._released, []
-            if self._scatter:
-                raw = self._roundtrip_parts(codec.encode_parts(Call(msg, released)), expect_bytes)
-            else:
-                raw = self._roundtrip(codec.encode(Call(msg, released)), expect_bytes)
-            reply = codec.decode_reply(raw)
+            before, self._deferred = self._deferred, []
+            pending, self._pending = self._pending, []
+            call = Call(msg, released, before)
+            try:
+                if self._scatter:
+                    raw = self._roundtrip_parts(codec.encode_parts(call), expect_bytes)
+                else:
+                    raw = self._roundtrip(codec.encode(call), expect_bytes)
+                reply = codec.decode_reply(raw)
+            except VeilError as exc:  # the deferred ops' fate is unknown: their results too
+                _break(pending, 0, exc)
+                raise
         if isinstance(reply, ErrorReply):
+            if 0 <= reply.deferred < len(pending):
+                _, op, site = pending[reply.deferred]
+                failed = error_from_code(
+                    reply.code,
+                    f"{reply.message} [raised by {op}, called at {site} and run pipelined; "
+                    "the ops after it did not run]",
+                )
+                _break(pending, reply.deferred, failed)
+                raise failed
             raise error_from_code(reply.code, reply.message)
         return reply
+
+    def _flush(self) -> None:
+        """Send deferred ops and pending deletions now (both also ride on the next call)."""
+        if self._deferred or self._released:
+            self.call(DeleteObjects([]))
 
     def _release(self, obj_id: int) -> None:
         """Queue a remote object for deletion (called when its last pointer is dropped)."""
@@ -104,6 +137,9 @@ class Remote(ABC):
                 )
             if ptr.id is None:
                 raise InvalidRequest(f"{ptr!r} has no single remote object to pass")
+            error = getattr(ptr, "_error", None)
+            if error is not None:  # its pipelined op failed
+                raise error
             return Ref(ptr.id)
         return None
 
@@ -147,6 +183,10 @@ class Remote(ABC):
 
     def _run(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """:meth:`run_op` for callers that took ``op`` from the registry already."""
+        if self.pipeline:
+            out = pipeline.try_defer(self, op, args, kwargs)
+            if out is not pipeline.NOT_QUEUED:
+                return out
         enc_args, enc_kwargs = self._encode_args(args, kwargs)
         reply = self.call(RunOp(op, enc_args, enc_kwargs))
         if type(reply) is ObjectInfo:
@@ -165,3 +205,11 @@ class Remote(ABC):
         if isinstance(reply, Done):
             return None
         raise RemoteError(f"unexpected reply {type(reply).__name__} to an op")
+
+
+def _break(pending: list[tuple[Any, str, str]], start: int, exc: VeilError) -> None:
+    """Mark the results of deferred ops from ``start`` on as failed with ``exc``."""
+    for ref, _, _ in pending[start:]:
+        ptr = ref() if ref is not None else None
+        if ptr is not None:
+            ptr._error = exc

@@ -57,6 +57,7 @@ class PointerTensor:
         "private",
         "sources",
         "_owned",
+        "_error",
         "__weakref__",
     )
 
@@ -68,11 +69,13 @@ class PointerTensor:
     private: bool
     sources: tuple[str, ...]
     _owned: bool
+    _error: Exception | None  # set when the pipelined op that makes it failed
 
     def __init__(self, location: Remote, info: ObjectInfo, *, owned: bool = True) -> None:
         self.location = location
         self.id = info.id
         self._owned = owned
+        self._error = None
         self._update(info)
 
     def _update(self, info: ObjectInfo) -> None:
@@ -216,6 +219,8 @@ class PointerTensor:
             PermissionDenied: the tensor is (derived from) private data and no request for
                 it was approved. Ask with ``ptr.request("reason")``.
         """
+        if self._error is not None:
+            raise self._error
         nbytes = self.shape.numel() * self.dtype.itemsize
         reply = self.location.call(GetObject(self.id), expect_bytes=nbytes)
         assert isinstance(reply, Value)

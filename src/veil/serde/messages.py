@@ -88,9 +88,17 @@ class SendObject(msgspec.Struct, tag="send", frozen=True):
 
 
 class RunOp(msgspec.Struct, tag="op", frozen=True, omit_defaults=True):
+    """Run an allowlisted op. ``out``: the id the (single) result must get, chosen by a
+    client that pipelines ops (0: the node picks; see ``CLIENT_IDS``)."""
+
     op: str
     args: list[Arg] = []
     kwargs: dict[str, Arg] = {}
+    out: int = 0
+
+
+#: Ids a client may choose for results (``RunOp.out``); a node never assigns these itself.
+CLIENT_IDS = range(2**62, 2**63)
 
 
 class GetObject(msgspec.Struct, tag="get", frozen=True):
@@ -187,10 +195,12 @@ Request = Union[  # noqa: UP007
 
 
 class Call(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One client -> node message: a request plus ids of pointers the client dropped."""
+    """One client -> node message: ops the client deferred (run first, in order), ids of
+    pointers the client dropped (released next), then the request."""
 
     msg: Request
     release: list[int] = []
+    before: list[RunOp] = []
 
 
 # ---------------------------------------------------------------------------- replies
@@ -300,9 +310,13 @@ class NodeInfo(msgspec.Struct, tag="node_info", frozen=True):
     object_bytes: int = 0
 
 
-class ErrorReply(msgspec.Struct, tag="error", frozen=True):
+class ErrorReply(msgspec.Struct, tag="error", frozen=True, omit_defaults=True):
+    """A failure. ``deferred``: the index in ``Call.before`` of the deferred op that
+    failed (the ops after it and the request did not run); -1: the request failed."""
+
     code: str
     message: str
+    deferred: int = -1
 
 
 Reply = Union[  # noqa: UP007

@@ -163,3 +163,20 @@ def spec_to_module(spec: ModuleSpec) -> nn.Module:
         if name in tensors:
             p.requires_grad_(tensors[name].requires_grad)
     return module
+
+
+def meta_module(spec: ModuleSpec) -> nn.Module:
+    """The module a :class:`ModuleSpec` describes, on the meta device (shapes, no data):
+    enough to predict what its forward returns.
+
+    Example:
+        >>> m = meta_module(module_to_spec(nn.Sequential(nn.Linear(3, 2), nn.ReLU())))
+        >>> m(torch.empty(5, 3, device="meta")).shape
+        torch.Size([5, 2])
+    """
+    with torch.device("meta"):
+        module = _build(spec, 0)
+    for name, p in module.named_parameters():
+        if name in spec.state:
+            p.requires_grad_(spec.state[name].requires_grad)
+    return module
