@@ -347,10 +347,11 @@ class Node:
         failure stops the call and names its index), then the releases, then the request.
         """
         with self._lock:
-            for i, op in enumerate(call.before):
-                error = self._guarded(session, self._run_op, op)
-                if isinstance(error, ErrorReply):
-                    return ErrorReply(error.code, error.message, deferred=i)
+            if call.before:
+                for i, op in enumerate(call.before):
+                    error = self._guarded(session, self._run_op, op)
+                    if isinstance(error, ErrorReply):
+                        return ErrorReply(error.code, error.message, deferred=i)
             if call.release:  # committed on their own: a failing request keeps them
                 self._release(session, call.release)
                 if self.store.persistent:

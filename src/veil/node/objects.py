@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from veil.serde.messages import ObjectInfo
-from veil.serde.tensors import dtype_name
+from veil.serde.tensors import DTYPE_NAMES, dtype_name
 
 
 @dataclass(slots=True, eq=False)
@@ -43,11 +43,11 @@ class ObjectRecord:
                 self.id,
                 "tensor",
                 list(v.shape),
-                dtype_name(v.dtype),
-                bool(v.requires_grad),
+                DTYPE_NAMES.get(v.dtype) or dtype_name(v.dtype),
+                v.requires_grad,
                 self.private,
                 owner_email,
-                sorted(self.sources),
+                sorted(self.sources) if self.sources else [],
                 description=self.description,
             )
         names = [n for n, _ in v.named_parameters()] if self.kind == "module" else []

@@ -36,7 +36,7 @@ def encode(message: Any, *, version: int = WIRE_VERSION) -> bytearray:
         >>> bytes(frame[:2]), decode_call(frame).msg
         (b'VL', GetInfo())
     """
-    buf = bytearray(HEADER.pack(MAGIC, version))
+    buf = bytearray(_HEAD if version == WIRE_VERSION else HEADER.pack(MAGIC, version))
     try:
         _encoder.encode_into(message, buf, HEADER.size)
     except (TypeError, ValueError, OverflowError) as exc:

@@ -9,7 +9,7 @@ import msgspec
 # ----------------------------------------------------------------------------- values
 
 
-class TensorData(msgspec.Struct, tag="tensor", frozen=True):
+class TensorData(msgspec.Struct, tag="tensor", frozen=True, gc=False):
     """A tensor as dtype name + shape + raw little-endian bytes (C order)."""
 
     dtype: str
@@ -18,39 +18,39 @@ class TensorData(msgspec.Struct, tag="tensor", frozen=True):
     requires_grad: bool = False
 
 
-class Ref(msgspec.Struct, tag="ref", frozen=True):
+class Ref(msgspec.Struct, tag="ref", frozen=True, gc=False):
     """A reference to an object in the receiving node's store."""
 
     id: int
 
 
-class SliceArg(msgspec.Struct, tag="slice", frozen=True):
+class SliceArg(msgspec.Struct, tag="slice", frozen=True, gc=False):
     start: int | Ref | None = None
     stop: int | Ref | None = None
     step: int | Ref | None = None
 
 
-class EllipsisArg(msgspec.Struct, tag="ellipsis", frozen=True):
+class EllipsisArg(msgspec.Struct, tag="ellipsis", frozen=True, gc=False):
     pass
 
 
-class DTypeArg(msgspec.Struct, tag="dtype", frozen=True):
+class DTypeArg(msgspec.Struct, tag="dtype", frozen=True, gc=False):
     name: str
 
 
-class ListArg(msgspec.Struct, tag="list", frozen=True):
+class ListArg(msgspec.Struct, tag="list", frozen=True, gc=False):
     items: list[Arg]
 
 
-class TupleArg(msgspec.Struct, tag="tuple", frozen=True):
+class TupleArg(msgspec.Struct, tag="tuple", frozen=True, gc=False):
     items: list[Arg]
 
 
-class DictArg(msgspec.Struct, tag="dict", frozen=True):
+class DictArg(msgspec.Struct, tag="dict", frozen=True, gc=False):
     items: dict[str, Arg]
 
 
-class ModuleSpec(msgspec.Struct, tag="module", frozen=True):
+class ModuleSpec(msgspec.Struct, tag="module", frozen=True, gc=False):
     """An ``nn.Module`` tree of allowlisted classes: class name, constructor config,
     children, and its state (parameters and buffers)."""
 
@@ -81,13 +81,13 @@ Arg = Union[  # noqa: UP007 - msgspec needs a runtime Union here
 # --------------------------------------------------------------------------- requests
 
 
-class SendObject(msgspec.Struct, tag="send", frozen=True):
+class SendObject(msgspec.Struct, tag="send", frozen=True, gc=False):
     value: TensorData | ModuleSpec
     description: str = ""
     private: bool = False
 
 
-class RunOp(msgspec.Struct, tag="op", frozen=True, omit_defaults=True):
+class RunOp(msgspec.Struct, tag="op", frozen=True, omit_defaults=True, gc=False):
     """Run an allowlisted op. ``out``: the id the (single) result must get, chosen by a
     client that pipelines ops (0: the node picks; see ``CLIENT_IDS``)."""
 
@@ -101,38 +101,38 @@ class RunOp(msgspec.Struct, tag="op", frozen=True, omit_defaults=True):
 CLIENT_IDS = range(2**62, 2**63)
 
 
-class GetObject(msgspec.Struct, tag="get", frozen=True):
+class GetObject(msgspec.Struct, tag="get", frozen=True, gc=False):
     id: int
 
 
-class DeleteObjects(msgspec.Struct, tag="delete", frozen=True):
+class DeleteObjects(msgspec.Struct, tag="delete", frozen=True, gc=False):
     ids: list[int]
 
 
-class ClearObjects(msgspec.Struct, tag="clear", frozen=True):
+class ClearObjects(msgspec.Struct, tag="clear", frozen=True, gc=False):
     pass
 
 
-class ListObjects(msgspec.Struct, tag="list_objects", frozen=True):
+class ListObjects(msgspec.Struct, tag="list_objects", frozen=True, gc=False):
     pass
 
 
-class RequestAccess(msgspec.Struct, tag="request", frozen=True):
+class RequestAccess(msgspec.Struct, tag="request", frozen=True, gc=False):
     id: int
     reason: str
 
 
-class ListRequests(msgspec.Struct, tag="list_requests", frozen=True):
+class ListRequests(msgspec.Struct, tag="list_requests", frozen=True, gc=False):
     status: str | None = None
 
 
-class DecideRequest(msgspec.Struct, tag="decide", frozen=True):
+class DecideRequest(msgspec.Struct, tag="decide", frozen=True, gc=False):
     id: int
     approve: bool
     note: str = ""
 
 
-class AssetSpec(msgspec.Struct, frozen=True):
+class AssetSpec(msgspec.Struct, frozen=True, gc=False):
     name: str
     private: TensorData
     mock: TensorData
@@ -141,36 +141,36 @@ class AssetSpec(msgspec.Struct, frozen=True):
     description: str = ""
 
 
-class CreateDataset(msgspec.Struct, tag="create_dataset", frozen=True):
+class CreateDataset(msgspec.Struct, tag="create_dataset", frozen=True, gc=False):
     name: str
     description: str
     assets: list[AssetSpec]
 
 
-class ListDatasets(msgspec.Struct, tag="list_datasets", frozen=True):
+class ListDatasets(msgspec.Struct, tag="list_datasets", frozen=True, gc=False):
     pass
 
 
-class GetDataset(msgspec.Struct, tag="get_dataset", frozen=True):
+class GetDataset(msgspec.Struct, tag="get_dataset", frozen=True, gc=False):
     name: str
 
 
-class CreateUser(msgspec.Struct, tag="create_user", frozen=True):
+class CreateUser(msgspec.Struct, tag="create_user", frozen=True, gc=False):
     email: str
     password: str
     role: str = "data_scientist"
     name: str = ""
 
 
-class ListUsers(msgspec.Struct, tag="list_users", frozen=True):
+class ListUsers(msgspec.Struct, tag="list_users", frozen=True, gc=False):
     pass
 
 
-class GetAudit(msgspec.Struct, tag="audit", frozen=True):
+class GetAudit(msgspec.Struct, tag="audit", frozen=True, gc=False):
     limit: int = 100
 
 
-class GetInfo(msgspec.Struct, tag="info", frozen=True):
+class GetInfo(msgspec.Struct, tag="info", frozen=True, gc=False):
     pass
 
 
@@ -194,7 +194,7 @@ Request = Union[  # noqa: UP007
 ]
 
 
-class Call(msgspec.Struct, frozen=True, omit_defaults=True):
+class Call(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """One client -> node message: ops the client deferred (run first, in order), ids of
     pointers the client dropped (released next), then the request."""
 
@@ -206,7 +206,7 @@ class Call(msgspec.Struct, frozen=True, omit_defaults=True):
 # ---------------------------------------------------------------------------- replies
 
 
-class ObjectInfo(msgspec.Struct, tag="object", frozen=True, omit_defaults=True):
+class ObjectInfo(msgspec.Struct, tag="object", frozen=True, omit_defaults=True, gc=False):
     """What a pointer knows about its remote object without fetching it."""
 
     id: int
@@ -221,26 +221,26 @@ class ObjectInfo(msgspec.Struct, tag="object", frozen=True, omit_defaults=True):
     description: str = ""
 
 
-class Results(msgspec.Struct, tag="results", frozen=True):
+class Results(msgspec.Struct, tag="results", frozen=True, gc=False):
     """Several objects returned by one op (``torch.max(x, 0)``, ``split``...)."""
 
     items: list[ObjectInfo | Results | None]  # nested for (output, (h, c)) style results
     tuple_type: str = ""  # name of a torch.return_types namedtuple, if any
 
 
-class Done(msgspec.Struct, tag="done", frozen=True):
+class Done(msgspec.Struct, tag="done", frozen=True, gc=False):
     pass
 
 
-class Value(msgspec.Struct, tag="value", frozen=True):
+class Value(msgspec.Struct, tag="value", frozen=True, gc=False):
     value: TensorData | ModuleSpec
 
 
-class ObjectList(msgspec.Struct, tag="objects", frozen=True):
+class ObjectList(msgspec.Struct, tag="objects", frozen=True, gc=False):
     items: list[ObjectInfo]
 
 
-class RequestInfo(msgspec.Struct, tag="request_info", frozen=True):
+class RequestInfo(msgspec.Struct, tag="request_info", frozen=True, gc=False):
     id: int
     object_id: int
     requester: str
@@ -252,11 +252,11 @@ class RequestInfo(msgspec.Struct, tag="request_info", frozen=True):
     object: ObjectInfo | None = None
 
 
-class RequestList(msgspec.Struct, tag="requests", frozen=True):
+class RequestList(msgspec.Struct, tag="requests", frozen=True, gc=False):
     items: list[RequestInfo]
 
 
-class AssetInfo(msgspec.Struct, frozen=True):
+class AssetInfo(msgspec.Struct, frozen=True, gc=False):
     name: str
     pointer: ObjectInfo
     mock: TensorData
@@ -265,29 +265,29 @@ class AssetInfo(msgspec.Struct, frozen=True):
     description: str = ""
 
 
-class DatasetInfo(msgspec.Struct, tag="dataset", frozen=True):
+class DatasetInfo(msgspec.Struct, tag="dataset", frozen=True, gc=False):
     name: str
     description: str
     assets: list[AssetInfo]
     created: float = 0.0
 
 
-class DatasetList(msgspec.Struct, tag="datasets", frozen=True):
+class DatasetList(msgspec.Struct, tag="datasets", frozen=True, gc=False):
     items: list[DatasetInfo]
 
 
-class UserInfo(msgspec.Struct, tag="user", frozen=True):
+class UserInfo(msgspec.Struct, tag="user", frozen=True, gc=False):
     id: int
     email: str
     role: str
     name: str = ""
 
 
-class UserList(msgspec.Struct, tag="users", frozen=True):
+class UserList(msgspec.Struct, tag="users", frozen=True, gc=False):
     items: list[UserInfo]
 
 
-class AuditEntry(msgspec.Struct, frozen=True):
+class AuditEntry(msgspec.Struct, frozen=True, gc=False):
     ts: float
     user: str
     action: str
@@ -296,11 +296,11 @@ class AuditEntry(msgspec.Struct, frozen=True):
     sources: list[str] = []
 
 
-class AuditLog(msgspec.Struct, tag="audit_log", frozen=True):
+class AuditLog(msgspec.Struct, tag="audit_log", frozen=True, gc=False):
     items: list[AuditEntry]
 
 
-class NodeInfo(msgspec.Struct, tag="node_info", frozen=True):
+class NodeInfo(msgspec.Struct, tag="node_info", frozen=True, gc=False):
     name: str
     version: str
     wire_version: int
@@ -310,7 +310,7 @@ class NodeInfo(msgspec.Struct, tag="node_info", frozen=True):
     object_bytes: int = 0
 
 
-class ErrorReply(msgspec.Struct, tag="error", frozen=True, omit_defaults=True):
+class ErrorReply(msgspec.Struct, tag="error", frozen=True, omit_defaults=True, gc=False):
     """A failure. ``deferred``: the index in ``Call.before`` of the deferred op that
     failed (the ops after it and the request did not run); -1: the request failed."""
 
