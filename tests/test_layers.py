@@ -15,6 +15,7 @@ LAYERS = {
     "serde": 2,
     "pointers": 3,
     "node": 4,
+    "he": 5,
     "cli": 5, "demo": 5, "__main__": 5, "__init__": 5,
 }  # fmt: skip
 

@@ -1,0 +1,21 @@
+"""Shared HE fixtures: keys are slow to make, so one per session (they hold no state)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("gmpy2", reason="Paillier needs gmpy2: pip install 'veil[he]'")
+
+
+@pytest.fixture(scope="session")
+def paillier_keys():
+    from veil.he import paillier
+
+    return paillier.keygen(512, force=True)
+
+
+@pytest.fixture(scope="session")
+def other_paillier_keys():
+    from veil.he import paillier
+
+    return paillier.keygen(512, force=True)
