@@ -19,3 +19,19 @@ def other_paillier_keys():
     from veil.he import paillier
 
     return paillier.keygen(512, force=True)
+
+
+@pytest.fixture(scope="session")
+def ckks_ctx():
+    pytest.importorskip("tenseal", reason="CKKS needs TenSEAL: pip install 'veil[he]'")
+    from veil.he import ckks
+
+    return ckks.context()
+
+
+@pytest.fixture(scope="session")
+def other_ckks_ctx():
+    pytest.importorskip("tenseal", reason="CKKS needs TenSEAL: pip install 'veil[he]'")
+    from veil.he import ckks
+
+    return ckks.context(galois_keys=False)
