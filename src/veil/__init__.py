@@ -24,6 +24,8 @@ from veil.version import WIRE_VERSION, __version__
 
 install()
 
+from veil import he  # noqa: E402 - registers encrypted tensors with nodes and pointers
+
 
 def connect(url: str, *, email: str, password: str, timeout: float = 60.0) -> Worker:
     """Log in to a node server and return a client for it.
@@ -56,5 +58,6 @@ __all__ = [
     "__version__",
     "connect",
     "errors",
+    "he",
     "ops",
 ]

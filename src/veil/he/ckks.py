@@ -722,6 +722,11 @@ class CKKSTensor:
         """Send to a node (``worker.send(self)``): returns an :class:`~veil.he.EncryptedPointer`."""
         return worker.send(self, **kwargs)
 
+    def __veil_send__(self, worker: Any, *, description: str = "") -> Any:
+        from veil.he.remote import send  # the node-facing half lives above this module
+
+        return send(self, worker, description=description)
+
 
 def encrypt(x: Any, ctx: CKKSContext, *, replicate: bool = False) -> CKKSTensor:
     """Encrypt a real tensor (any shape) under ``ctx``.

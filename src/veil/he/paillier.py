@@ -66,7 +66,7 @@ class PublicKey:
         n: the modulus, a product of two large primes.
     """
 
-    __slots__ = ("n", "nsq", "bits", "fingerprint")
+    __slots__ = ("n", "nsq", "bits", "fingerprint", "__weakref__")
 
     def __init__(self, n: int) -> None:
         gmpy2 = _deps.gmpy2()
@@ -631,6 +631,11 @@ class EncryptedTensor:
     def send(self, worker: Any, **kwargs: Any) -> Any:
         """Send to a node (``worker.send(self)``): returns an :class:`~veil.he.EncryptedPointer`."""
         return worker.send(self, **kwargs)
+
+    def __veil_send__(self, worker: Any, *, description: str = "") -> Any:
+        from veil.he.remote import send  # the node-facing half lives above this module
+
+        return send(self, worker, description=description)
 
 
 _TAMPERED = (

@@ -1,0 +1,238 @@
+"""Encrypted tensors and public contexts <-> veil's wire Structs (never pickle).
+
+Ciphertexts travel in their library's own serialization (TenSEAL ``serialize()`` for
+CKKS, fixed-width big-endian integers for Paillier) inside msgpack
+:class:`~veil.serde.messages.EncryptedData`; public contexts inside
+:class:`~veil.serde.messages.EncryptionContextData`. Secret keys have no wire form:
+:meth:`CKKSContext.serialize` never includes one, a receiver refuses a context that
+carries one, and a Paillier :class:`~veil.he.paillier.PrivateKey` is not encodable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from veil.he import _deps
+from veil.he.ckks import CKKSContext, CKKSTensor
+from veil.he.paillier import EncryptedTensor, Packing, PublicKey
+from veil.serde.messages import EncryptedData, EncryptionContextData
+from veil.serde.tensors import tensor_from_data, tensor_to_data
+
+#: Largest Paillier modulus a receiver accepts (bits): bounds the work a peer can cause.
+MAX_PAILLIER_BITS = 16384
+#: Most elements in one received encrypted tensor.
+MAX_ELEMENTS = 1 << 24
+
+Encrypted = EncryptedTensor | CKKSTensor
+Context = PublicKey | CKKSContext
+
+# Public contexts already loaded, by content hash (a restarted node loads each once).
+_LOADED: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+
+def scheme_of(value: Encrypted | Context) -> str:
+    return "paillier" if isinstance(value, EncryptedTensor | PublicKey) else "ckks"
+
+
+def context_of(value: Encrypted) -> Context:
+    return value.public_key if isinstance(value, EncryptedTensor) else value.context
+
+
+def fingerprint(ctx: Context) -> str:
+    return ctx.fingerprint
+
+
+# ------------------------------------------------------------------------- contexts
+
+
+def context_to_wire(ctx: Context) -> EncryptionContextData:
+    """The public part of a context (refuses nothing: there is no secret part to send)."""
+    if isinstance(ctx, PublicKey):
+        return EncryptionContextData("paillier", memoryview(ctx.to_bytes()))
+    if isinstance(ctx, CKKSContext):
+        return EncryptionContextData("ckks", memoryview(ctx.serialize()))
+    raise TypeError(
+        f"only public keys and contexts travel, not a {type(ctx).__name__}; secret keys never "
+        "leave their owner"
+    )
+
+
+def context_from_wire(data: EncryptionContextData) -> Context:
+    raw = bytes(data.data)
+    digest = hashlib.sha256(data.scheme.encode() + b"\0" + raw).hexdigest()
+    cached = _LOADED.get(digest)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    ctx: Context
+    if data.scheme == "paillier":
+        if len(raw) * 8 > MAX_PAILLIER_BITS:
+            raise ValueError(f"a Paillier modulus over {MAX_PAILLIER_BITS} bits is refused")
+        ctx = PublicKey.from_bytes(raw)
+        if ctx.bits < 256:
+            raise ValueError("a Paillier modulus under 256 bits is refused")
+    elif data.scheme == "ckks":
+        ctx = CKKSContext.from_bytes(raw)
+    else:
+        raise ValueError(f"unknown encryption scheme {data.scheme[:40]!r}")
+    _LOADED[digest] = ctx
+    return ctx
+
+
+# -------------------------------------------------------------------------- tensors
+
+
+def to_wire(
+    value: Encrypted, *, context: int | None = None, storage: bool = False
+) -> EncryptedData:
+    """An encrypted tensor as a wire Struct.
+
+    Args:
+        context: node object id of its public context (what a client sends).
+        storage: carry the public context inline (a node's own store: self-contained).
+    """
+    ctx = context_of(value)
+    inline = memoryview(context_to_wire(ctx).data) if storage else None
+    meta: dict[str, int | float | str | bool] = {"context_fp": ctx.fingerprint}
+    if isinstance(value, EncryptedTensor):
+        pk = value.public_key
+        width = 2 * ((pk.bits + 7) // 8)
+        blob = b"".join(int(c).to_bytes(width, "big") for c in value._data.reshape(-1))
+        meta.update(exponent=value.exponent, bound=str(value.bound), offsets=str(value.offsets))
+        if value.packing is not None:
+            meta.update(slot_bits=value.packing.slot_bits, value_bits=value.packing.value_bits)
+        return EncryptedData("paillier", list(value.shape), [memoryview(blob)], meta, None,
+                             context, inline)  # fmt: skip
+    layout = np.stack([value._ct, value._slot], axis=-1).astype(np.int64)
+    meta.update(tile=value.tile, block=value.block, level=value.level)
+    parts = [memoryview(v.serialize()) for v in value._cts]
+    return EncryptedData("ckks", list(value.shape), parts, meta,
+                         tensor_to_data(torch.from_numpy(layout)), context, inline)  # fmt: skip
+
+
+def _int_meta(meta: dict[str, Any], key: str, default: int | None = None, *, lo: int = 0,
+              hi: int | None = None) -> int:  # fmt: skip
+    v = meta.get(key, default)
+    if isinstance(v, str) and v.isdigit() and len(v) < 5000:
+        v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+        raise ValueError(f"bad {key!r} in encrypted tensor metadata")
+    return v
+
+
+def from_wire(data: EncryptedData, resolve: Callable[[int], Any] | None = None,
+              local: Context | None = None) -> Encrypted:  # fmt: skip
+    """Rebuild an encrypted tensor, linked to a context: ``local`` (a client decoding a
+    reply with its own context), the inline one (storage), or ``resolve(data.context)``
+    (a node receiving it)."""
+    ctx: Any
+    if local is not None:
+        ctx = local
+    elif data.context_data is not None:
+        ctx = context_from_wire(EncryptionContextData(data.scheme, data.context_data))
+    elif data.context is not None and resolve is not None:
+        ctx = resolve(data.context)
+    else:
+        raise ValueError("an encrypted tensor arrived without its public context; send it first")
+    if scheme_of(ctx) != data.scheme or not isinstance(ctx, PublicKey | CKKSContext):
+        raise ValueError(f"object {data.context} is not a {data.scheme} context")
+    fp = data.meta.get("context_fp")
+    if fp is not None and fp != ctx.fingerprint:
+        raise ValueError(
+            f"this ciphertext belongs to context {str(fp)[:16]!r}, not {ctx.fingerprint!r}: "
+            "a mismatched context cannot read it"
+        )
+    shape = [int(d) for d in data.shape]
+    if any(d < 0 for d in shape) or math.prod(shape) > MAX_ELEMENTS:
+        raise ValueError(f"encrypted tensor shape {shape[:8]} is invalid or over the limit")
+    numel = math.prod(shape)
+    if isinstance(ctx, PublicKey):
+        return _paillier_from_wire(data, ctx, shape, numel)
+    return _ckks_from_wire(data, ctx, shape, numel)
+
+
+def _paillier_from_wire(data: EncryptedData, pk: PublicKey, shape: list[int],
+                        numel: int) -> EncryptedTensor:  # fmt: skip
+    gmpy2 = _deps.gmpy2()
+    meta = data.meta
+    packing = None
+    count = numel
+    if "slot_bits" in meta:
+        packing = Packing(_int_meta(meta, "slot_bits", lo=10, hi=pk.bits),
+                          _int_meta(meta, "value_bits", lo=8, hi=pk.bits))  # fmt: skip
+        slots = packing.slots(pk.bits)
+        if slots < 1:
+            raise ValueError("packing slots wider than the key")
+        count = -(-numel // slots)
+    width = 2 * ((pk.bits + 7) // 8)
+    if len(data.parts) != 1 or len(data.parts[0]) != count * width:
+        raise ValueError(f"expected {count} ciphertexts of {width} bytes")
+    blob = bytes(data.parts[0])
+    nsq = pk.nsq
+    cs = [gmpy2.mpz(int.from_bytes(blob[i : i + width], "big")) for i in range(0, len(blob), width)]
+    if any(c <= 0 or c >= nsq for c in cs):
+        raise ValueError("a Paillier ciphertext is outside (0, n^2): corrupted or tampered")
+    arr = np.empty(count, dtype=object)
+    arr[:] = cs
+    if packing is None:
+        arr = arr.reshape(tuple(shape))
+    return EncryptedTensor(
+        pk, arr, shape, exponent=_int_meta(meta, "exponent", hi=4096),
+        bound=_int_meta(meta, "bound"), packing=packing, offsets=_int_meta(meta, "offsets", 0),
+    )  # fmt: skip
+
+
+def _ckks_from_wire(data: EncryptedData, ctx: CKKSContext, shape: list[int],
+                    numel: int) -> CKKSTensor:  # fmt: skip
+    ts = _deps.tenseal()
+    meta = data.meta
+    if data.layout is None:
+        raise ValueError("a CKKS tensor needs its slot layout")
+    layout = tensor_from_data(data.layout, copy=True).numpy()
+    if layout.dtype != np.int64 or list(layout.shape) != [*shape, 2]:
+        raise ValueError("CKKS slot layout does not match the shape")
+    nct = len(data.parts)
+    if nct > MAX_ELEMENTS // max(1, ctx.slots) + 1 or (numel and nct == 0):
+        raise ValueError("wrong number of CKKS ciphertexts")
+    cts_idx, slot_idx = layout[..., 0], layout[..., 1]
+    if numel and (cts_idx.min() < 0 or cts_idx.max() >= nct or slot_idx.min() < 0
+                  or slot_idx.max() >= ctx.slots):  # fmt: skip
+        raise ValueError("CKKS slot layout points outside the ciphertexts")
+    tile = _int_meta(meta, "tile", 1, lo=1, hi=ctx.slots)
+    block = _int_meta(meta, "block", 0, hi=ctx.slots)
+    if tile > 1 and (
+        len(shape) != 1 or block < 1 or block & (block - 1) or tile * block > ctx.slots
+    ):
+        raise ValueError("bad replicated layout")
+    level = _int_meta(meta, "level", 0, hi=ctx.depth)
+    try:
+        cts = [ts.ckks_vector_from(ctx.raw, bytes(p)) for p in data.parts]
+    except Exception as exc:
+        raise ValueError(
+            f"a CKKS ciphertext failed to load (corrupted, or another context): {exc}"
+        ) from None
+    return CKKSTensor(ctx, cts, np.ascontiguousarray(cts_idx), np.ascontiguousarray(slot_idx),
+                      tile=tile, block=block, level=level)  # fmt: skip
+
+
+def nbytes(value: Encrypted | Context) -> int:
+    """Memory held, estimated without serializing (CKKS: 2 polynomials of N coefficients
+    per remaining prime)."""
+    if isinstance(value, EncryptedTensor):
+        return value.ciphertexts * 2 * ((value.public_key.bits + 7) // 8)
+    if isinstance(value, CKKSTensor):
+        ctx = value.context
+        primes = max(1, len(ctx.coeff_mod_bit_sizes) - 1 - value.level)
+        return len(value._cts) * 2 * ctx.poly_modulus_degree * primes * 8
+    if isinstance(value, PublicKey):
+        return (value.bits + 7) // 8
+    size = value.__dict__.get("_nbytes")
+    if size is None:
+        size = value.__dict__["_nbytes"] = len(value.serialize())
+    return int(size)

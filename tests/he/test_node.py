@@ -1,0 +1,212 @@
+"""Encrypted tensors on nodes: send, compute, get; privacy of results; no secret key ever
+reaches a node (checked by inspecting every frame it receives and everything it stores)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import veil
+from veil.errors import InvalidRequest, PermissionDenied
+from veil.he import EncryptedPointer, ckks, paillier
+from veil.node import Node
+from veil.node.store.sql import SQLStore
+from veil.serde import codec
+from veil.serde.messages import EncryptedData, EncryptionContextData, SendObject
+
+pytest.importorskip("tenseal", reason="CKKS needs TenSEAL: pip install 'veil[he]'")
+
+
+def test_ckks_ops_run_on_the_node_and_decrypt_locally(deployment, ckks_ctx) -> None:
+    ds = deployment.scientist()
+    x = torch.tensor([[1.0, -2.0, 3.0], [0.5, 0.0, -1.0]])
+    w = torch.tensor([[1.0, 0.5], [2.0, -1.0], [0.0, 1.0]])
+    ptr = ckks.encrypt(x, ckks_ctx).send(ds)
+    assert isinstance(ptr, EncryptedPointer) and ptr.shape == (2, 3)
+    y = ((ptr - 1) @ w).square() + torch.tensor([1.0, 0.0])
+    assert y.shape == (2, 2) and not y.private
+    ref = ((x - 1) @ w) ** 2 + torch.tensor([1.0, 0.0])
+    assert torch.allclose(y.decrypt(), ref.double(), atol=1e-2)
+    with pytest.raises(veil.errors.RemoteError, match="depth=3"):
+        y.square()
+    w_ptr = ds.send(w)
+    z = ptr @ w_ptr  # a plaintext operand that lives on the node
+    assert torch.allclose(z.decrypt(), x.double() @ w.double(), atol=1e-3)
+    assert torch.allclose((ptr.sum()).decrypt(), x.sum().double(), atol=1e-3)
+
+
+def test_paillier_ops_run_on_the_node(deployment, paillier_keys) -> None:
+    pk, sk = paillier_keys
+    ds = deployment.scientist()
+    x = torch.tensor([1.5, -2.0, 4.0])
+    ptr = paillier.encrypt(x, pk).send(ds)
+    out = (ptr * torch.tensor([2.0, 1.0, -0.5]) + 1).sum()
+    assert torch.allclose(
+        out.decrypt(sk), ((x * torch.tensor([2.0, 1.0, -0.5]) + 1).sum()).double()
+    )
+    packed = paillier.encrypt(x, pk, pack=True).send(ds)
+    assert torch.allclose((packed + packed - x).decrypt(sk), x.double())
+    with pytest.raises(TypeError, match="PrivateKey"):
+        ptr.decrypt()
+
+
+def test_the_context_travels_once_per_node(virtual, ckks_ctx) -> None:
+    ds = virtual.scientist()
+    before = virtual.node.object_count()
+    a = ckks.encrypt(torch.ones(3), ckks_ctx).send(ds)
+    b = ckks.encrypt(torch.ones(3), ckks_ctx).send(ds)
+    assert virtual.node.object_count() == before + 3  # one context, two tensors
+    assert torch.allclose((a + b).decrypt(), torch.full((3,), 2.0, dtype=torch.float64))
+    ds.clear()  # the node forgets the context: the next send puts it back
+    c = ckks.encrypt(torch.ones(3), ckks_ctx).send(ds)
+    assert torch.allclose(c.decrypt(), torch.ones(3, dtype=torch.float64), atol=1e-4)
+
+
+class Recorder:
+    """Wraps a node's frame handler and keeps every frame it receives."""
+
+    def __init__(self, node: Node) -> None:
+        self.frames: list[bytes] = []
+        self._inner = node.handle_frame
+        node.handle_frame = self  # type: ignore[method-assign]
+
+    def __call__(self, session, frame):  # noqa: ANN001, ANN204
+        self.frames.append(bytes(frame))
+        return self._inner(session, frame)
+
+
+def _secret_key_bytes(ctx: ckks.CKKSContext) -> bytes:
+    """The SEAL secret key as serialized inside a private TenSEAL context."""
+    full = ctx.raw.serialize(save_public_key=False, save_secret_key=True,
+                             save_galois_keys=False, save_relin_keys=False)  # fmt: skip
+    public = ctx.raw.serialize(save_public_key=False, save_secret_key=False,
+                               save_galois_keys=False, save_relin_keys=False)  # fmt: skip
+    assert len(full) > len(public) + 1000
+    # The secret key's bytes are what the private serialization adds at its end: a run of
+    # 256 of them cannot appear by chance in other data.
+    assert full.startswith(public[:64])
+    return full[len(public) + 64 : len(public) + 64 + 256]
+
+
+def test_node_never_receives_or_stores_a_secret_key(tmp_path, ckks_ctx, paillier_keys) -> None:
+    node = Node("n", store=SQLStore(f"sqlite:///{tmp_path / 'n.db'}"),
+                owner_email="o@x.org", owner_password="owner-pass-1")  # fmt: skip
+    rec = Recorder(node)
+    owner = veil.VirtualWorker(node=node)
+    pk, sk = paillier_keys
+    enc = ckks.encrypt(torch.arange(4.0), ckks_ctx).send(owner)
+    (enc * enc).sum()
+    p = paillier.encrypt(torch.arange(4.0), pk).send(owner)
+    (p + 1).sum()
+    secret = _secret_key_bytes(ckks_ctx)
+    p_bytes = int(sk._p).to_bytes((int(sk._p).bit_length() + 7) // 8, "big")
+    q_bytes = int(sk._q).to_bytes((int(sk._q).bit_length() + 7) // 8, "big")
+    assert rec.frames
+    for frame in rec.frames:
+        assert secret not in frame and p_bytes not in frame and q_bytes not in frame
+        call = codec.decode_call(frame)
+        if isinstance(call.msg, SendObject) and isinstance(call.msg.value, EncryptionContextData):
+            if call.msg.value.scheme == "ckks":
+                assert not ckks.CKKSContext.from_bytes(call.msg.value.data).is_private
+    node.close()
+    db = (tmp_path / "n.db").read_bytes() + b"".join(
+        f.read_bytes() for f in tmp_path.rglob("*") if f.is_file() and f.name != "n.db"
+    )
+    assert secret not in db and p_bytes not in db and q_bytes not in db
+    for value in (r.value for r in node._objects.values()):
+        if isinstance(value, ckks.CKKSContext | ckks.CKKSTensor):
+            ctx = value if isinstance(value, ckks.CKKSContext) else value.context
+            assert not ctx.is_private
+
+
+def test_a_node_refuses_a_context_carrying_a_secret_key(virtual, ckks_ctx) -> None:
+    ds = virtual.scientist()
+    leaked = ckks_ctx.raw.serialize(save_secret_key=True)
+    with pytest.raises(InvalidRequest, match="secret key"):
+        ds.call(SendObject(EncryptionContextData("ckks", memoryview(leaked))))
+    with pytest.raises(TypeError):
+        ds.send(paillier_private_key_stub())
+
+
+def paillier_private_key_stub():  # a private key is not something send() accepts
+    _, sk = paillier.keygen(256, force=True)
+    return sk
+
+
+def test_encrypted_results_from_private_data_need_approval(deployment, ckks_ctx) -> None:
+    """Attack: encrypt unit vectors, multiply by a dataset's private data, decrypt the
+    rows. The node marks the encrypted result private: no get without approval."""
+    owner = deployment.owner
+    secret = torch.tensor([[3.0, 1.0], [4.0, 1.5], [5.0, 9.0]])
+    owner.datasets.create("records", private=secret, mock=torch.zeros(3, 2))
+    ds = deployment.scientist()
+    private = ds.datasets["records"].private
+    probe = ckks.encrypt(torch.tensor([1.0, 0.0, 0.0]), ckks_ctx).send(ds)
+    leak = probe @ private
+    assert leak.private and "records" in leak.sources
+    with pytest.raises(PermissionDenied):
+        leak.get()
+    with pytest.raises(PermissionDenied):
+        (private @ probe.reshape(3, 1)).get() if False else (probe * 1.0 + private[:, 0]).get()
+    req = leak.request("scores for my own query vector")
+    owner.requests.approve(req.id)
+    assert torch.allclose(leak.decrypt(), secret[0].double(), atol=1e-3)
+
+
+def test_ciphertexts_from_another_context_or_tampered_are_refused(virtual, ckks_ctx,
+                                                                  paillier_keys) -> None:  # fmt: skip
+    ds = virtual.scientist()
+    enc = ckks.encrypt(torch.ones(3), ckks_ctx)
+    good = ckks.encrypt(torch.ones(3), ckks_ctx).send(ds)
+    other = ckks.context(galois_keys=False)
+    foreign = ckks.encrypt(torch.ones(3), other).send(ds)
+    with pytest.raises(veil.errors.RemoteError, match="different CKKS contexts"):
+        good + foreign
+    from veil.he import wire
+    from veil.he.remote import _SENT
+
+    ctx_id = _SENT[ds][ckks_ctx.fingerprint].id
+    data = wire.to_wire(enc, context=ctx_id)
+    broken = bytearray(data.parts[0])
+    broken[len(broken) // 2 : len(broken) // 2 + 64] = b"\xff" * 64
+    bad = EncryptedData(data.scheme, data.shape, [memoryview(bytes(broken))], data.meta,
+                        data.layout, ctx_id)  # fmt: skip
+    with pytest.raises(InvalidRequest, match="failed to load|invalid"):
+        ds.call(SendObject(bad))
+    wrong_ctx = EncryptedData(data.scheme, data.shape, data.parts,
+                              {**data.meta, "context_fp": other.fingerprint}, data.layout, ctx_id)  # fmt: skip
+    with pytest.raises(InvalidRequest, match="mismatched context"):
+        ds.call(SendObject(wrong_ctx))
+    pk, _ = paillier_keys
+    p = wire.to_wire(paillier.encrypt(torch.ones(2), pk), context=ctx_id)
+    with pytest.raises(InvalidRequest, match="not a paillier context"):
+        ds.call(SendObject(p))
+    assert torch.allclose(good.decrypt(), torch.ones(3, dtype=torch.float64), atol=1e-4)
+
+
+def test_ops_refuse_non_encrypted_inputs(virtual) -> None:
+    ds = virtual.scientist()
+    x = ds.send(torch.ones(3))
+    with pytest.raises(InvalidRequest, match="encrypted tensor first"):
+        ds.run_op("he.add", x, 1)
+
+
+def test_encrypted_objects_survive_a_restart(tmp_path, ckks_ctx, paillier_keys) -> None:
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    node = Node("n", store=SQLStore(url), owner_email="o@x.org", owner_password="owner-pass-1")
+    owner = veil.VirtualWorker(node=node)
+    pk, sk = paillier_keys
+    c = ckks.encrypt(torch.tensor([1.0, 2.0]), ckks_ctx).send(owner) * 3
+    p = paillier.encrypt(torch.tensor([1.0, 2.0]), pk, pack=True).send(owner) + 1
+    c._owned = p._owned = False
+    ids = c.id, p.id
+    node.close()
+    node2 = Node("n", store=SQLStore(url))
+    owner2 = veil.VirtualWorker(node=node2).login("o@x.org", "owner-pass-1")
+    c2, p2 = owner2.pointer(ids[0]), owner2.pointer(ids[1])
+    c2._local, p2._local = ckks_ctx, pk
+    assert torch.allclose(c2.decrypt(), torch.tensor([3.0, 6.0], dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(p2.decrypt(sk), torch.tensor([2.0, 3.0], dtype=torch.float64))
+    assert torch.allclose((c2 + 1).decrypt(), torch.tensor([4.0, 7.0], dtype=torch.float64),
+                          atol=1e-3)  # fmt: skip
+    node2.close()
