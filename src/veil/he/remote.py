@@ -187,18 +187,29 @@ class EncryptedPointer:
         return self._op("getitem", index)
 
     # -- fetching --------------------------------------------------------------------
-    def get(self) -> wire.Encrypted:
-        """The ciphertext, linked to the local context (the node's privacy rules apply:
-        a result derived from private data needs the data owner's approval)."""
+    def get(self, context: wire.Context | None = None) -> wire.Encrypted:
+        """The ciphertext, linked to a local context: ``context`` (a Paillier public key or
+        a CKKS context), default the one it was sent with. The node's privacy rules
+        apply: a result derived from private data needs the data owner's approval.
+        """
+        local = context if context is not None else self._local
+        if local is None:
+            raise ValueError(
+                "this pointer was not created from a local encrypted tensor: pass the public key "
+                "or context it is encrypted under, ptr.get(context=...)"
+            )
         reply = self.location.call(GetObject(self.id))
         if not (isinstance(reply, Value) and isinstance(reply.value, EncryptedData)):
             raise InvalidRequest(f"object {self.id} is not an encrypted tensor")
-        return wire.from_wire(reply.value, local=self._local)
+        return wire.from_wire(reply.value, local=local)
 
     def decrypt(self, key: PrivateKey | CKKSContext | None = None) -> torch.Tensor:
         """``get()`` and decrypt locally (Paillier: pass the private key; CKKS: the private
         context, default the one that encrypted the tensor)."""
-        enc = self.get()
+        if isinstance(key, PrivateKey):
+            enc = self.get(self._local or key.public_key)
+        else:
+            enc = self.get(self._local or key)
         if isinstance(enc, EncryptedTensor):
             if not isinstance(key, PrivateKey):
                 raise TypeError("decrypting a Paillier tensor needs its paillier.PrivateKey")
