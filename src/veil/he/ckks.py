@@ -467,11 +467,23 @@ class CKKSTensor:
         return [grid[i, :n].tolist() for i, n in enumerate(sizes)]
 
     def _check_other(self, other: CKKSTensor) -> None:
-        if other.context.fingerprint != self.context.fingerprint:
+        if (
+            other.context is not self.context
+            and other.context.fingerprint != self.context.fingerprint
+        ):
             raise ValueError(
                 f"cannot combine tensors under different CKKS contexts ({self.context.fingerprint!r} "
                 f"and {other.context.fingerprint!r}); encrypt both with one context"
             )
+        if other._ct is self._ct and other._slot is self._slot and other.tile == self.tile:
+            return  # derived from one another: the same layout
+        if (
+            len(other._cts) == len(self._cts) == 1
+            and self._ct.shape == other._ct.shape
+            and self.__dict__.get("_contiguous")
+            and other.__dict__.get("_contiguous")
+        ):
+            return  # one contiguous ciphertext each, same shape: the same layout
         if (
             other.shape != self.shape
             or len(other._cts) != len(self._cts)
@@ -576,6 +588,18 @@ class CKKSTensor:
         """One ciphertext holding ``sum(weights * self)`` in slot 0 (weights default 1)."""
         ts_size = self.context.slots
         flat_w = np.ones(self.numel()) if weights is None else weights.reshape(-1)
+        if self._contiguous:  # unused slots are zero: sum each ciphertext over its own size
+            total = None
+            for vec, chunk in zip(
+                self._cts, self._plain_chunks(torch.from_numpy(flat_w.reshape(tuple(self.shape))))
+            ):
+                if total is not None and not any(chunk):
+                    continue
+                s = _ts_call(lambda a, c: a.dot(c), vec, chunk)
+                total = s if total is None else total + s
+            if total is None:
+                raise ValueError("sum of an empty encrypted tensor")
+            return total
         acc = None
         for i, vec in enumerate(self._cts):
             sel = self._ct.reshape(-1) == i

@@ -57,7 +57,10 @@ def context_to_wire(ctx: Context) -> EncryptionContextData:
     if isinstance(ctx, PublicKey):
         return EncryptionContextData("paillier", memoryview(ctx.to_bytes()))
     if isinstance(ctx, CKKSContext):
-        return EncryptionContextData("ckks", memoryview(ctx.serialize()))
+        data = ctx.__dict__.get("_public_bytes")  # serializing Galois keys takes seconds
+        if data is None:
+            data = ctx.__dict__["_public_bytes"] = ctx.serialize()
+        return EncryptionContextData("ckks", memoryview(data))
     raise TypeError(
         f"only public keys and contexts travel, not a {type(ctx).__name__}; secret keys never "
         "leave their owner"
@@ -79,6 +82,7 @@ def context_from_wire(data: EncryptionContextData) -> Context:
             raise ValueError("a Paillier modulus under 256 bits is refused")
     elif data.scheme == "ckks":
         ctx = CKKSContext.from_bytes(raw)
+        ctx.__dict__["_public_bytes"] = raw  # what it came as is what it would go as
     else:
         raise ValueError(f"unknown encryption scheme {data.scheme[:40]!r}")
     _LOADED[digest] = ctx
@@ -232,7 +236,4 @@ def nbytes(value: Encrypted | Context) -> int:
         return len(value._cts) * 2 * ctx.poly_modulus_degree * primes * 8
     if isinstance(value, PublicKey):
         return (value.bits + 7) // 8
-    size = value.__dict__.get("_nbytes")
-    if size is None:
-        size = value.__dict__["_nbytes"] = len(value.serialize())
-    return int(size)
+    return len(context_to_wire(value).data)
