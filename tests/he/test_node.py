@@ -210,3 +210,25 @@ def test_encrypted_objects_survive_a_restart(tmp_path, ckks_ctx, paillier_keys) 
     assert torch.allclose((c2 + 1).decrypt(), torch.tensor([4.0, 7.0], dtype=torch.float64),
                           atol=1e-3)  # fmt: skip
     node2.close()
+
+
+def test_private_values_cannot_shape_an_encrypted_result(virtual, ckks_ctx) -> None:
+    """Attack: index with a mask of private data, or reshape by a private count: the
+    result's public shape would reveal them. Both are refused."""
+    owner = virtual.owner
+    owner.datasets.create("d", private=torch.tensor([1.0, 0.0, 1.0, 1.0]), mock=torch.zeros(4))
+    ds = virtual.scientist()
+    private = ds.datasets["d"].private
+    enc = ckks.encrypt(torch.arange(4.0), ckks_ctx).send(ds)
+    mask = private > 0.5
+    with pytest.raises(InvalidRequest, match="no tensor indices"):
+        ds.run_op("he.getitem", enc, mask)
+    count = private.sum().long()  # refused by the node's shape-leak check, or by he.* itself
+    with pytest.raises((PermissionDenied, InvalidRequest), match="shape|plain integers"):
+        ds.run_op("he.reshape", enc, [count, -1])
+    with pytest.raises((PermissionDenied, InvalidRequest), match="shape|plain integers"):
+        ds.run_op("he.sum", enc, count)
+    own = ds.send(torch.tensor(2))  # not private: still no tensor as a size
+    with pytest.raises(InvalidRequest, match="plain integers"):
+        ds.run_op("he.reshape", enc, [own, -1])
+    assert enc[1:3].shape == (2,)  # plain slices are fine

@@ -323,8 +323,17 @@ def _rmatmul(a: Any, w: Any) -> Any:
     return _rerandomized(a.__rmatmul__(w))
 
 
+def _int_arg(v: Any, op: str) -> int:
+    # Sizes and dimensions must be plain numbers from the caller: a value read from a
+    # tensor (a pointer to private data) would make the public result shape depend on it.
+    if type(v) is not int:
+        raise InvalidRequest(f"he.{op}: dimensions and sizes must be plain integers")
+    return v
+
+
 def _sum(a: Any, dim: int | None = None) -> Any:
-    return _enc(a, "sum").sum(dim) if dim is not None else _enc(a, "sum").sum()
+    a = _enc(a, "sum")
+    return a.sum() if dim is None else a.sum(_int_arg(dim, "sum"))
 
 
 def _dot(a: Any, b: Any) -> Any:
@@ -339,6 +348,8 @@ def _polyval(a: Any, coefficients: list[float]) -> Any:
         )
     if not isinstance(coefficients, list | tuple) or not 1 <= len(coefficients) <= 32:
         raise InvalidRequest("he.polyval takes 1-32 coefficients")
+    if any(type(c) not in (int, float) for c in coefficients):
+        raise InvalidRequest("he.polyval coefficients are plain numbers")
     return a.polyval([float(c) for c in coefficients])
 
 
@@ -350,13 +361,26 @@ def _square(a: Any) -> Any:
 
 
 def _reshape(a: Any, shape: list[int]) -> Any:
-    return _enc(a, "reshape").reshape(tuple(int(d) for d in shape))
+    if not isinstance(shape, list | tuple):
+        raise InvalidRequest("he.reshape takes a list of plain integers")
+    return _enc(a, "reshape").reshape(tuple(_int_arg(d, "reshape") for d in shape))
+
+
+def _transpose(a: Any, dim0: Any, dim1: Any) -> Any:
+    return _enc(a, "transpose").transpose(_int_arg(dim0, "transpose"), _int_arg(dim1, "transpose"))
 
 
 def _getitem(a: Any, index: Any) -> Any:
     a = _enc(a, "getitem")
-    if isinstance(index, torch.Tensor):
-        index = index.numpy()
+    items = index if isinstance(index, tuple) else (index,)
+    for item in items:  # a tensor index (a mask of private data...) could shape the result
+        if not (type(item) is int or item is None or item is Ellipsis or (
+            isinstance(item, slice) and all(type(v) in (int, type(None))
+                                            for v in (item.start, item.stop, item.step)))):  # fmt: skip
+            raise InvalidRequest(
+                "he.getitem takes integers, slices, None and ... only (no tensor indices: a "
+                "mask would make the result's public shape depend on its values)"
+            )
     return a[index]
 
 
@@ -375,7 +399,7 @@ def _ops() -> list[OpSpec]:
         OpSpec("he.square", _square),
         OpSpec("he.polyval", _polyval),
         OpSpec("he.reshape", _reshape),
-        _unary("transpose", lambda a, d0, d1: a.transpose(int(d0), int(d1))),
+        OpSpec("he.transpose", _transpose),
         OpSpec("he.getitem", _getitem),
         _unary("rerandomize", lambda a: a.rerandomize() if isinstance(a, EncryptedTensor) else a),
     ]
