@@ -148,8 +148,27 @@ def test_mismatched_contexts_and_keys_give_clear_errors(ckks_ctx, other_ckks_ctx
         ckks.encrypt(x, public).decrypt()
     with pytest.raises(ValueError, match="same shape and layout"):
         a + ckks.encrypt(torch.ones(4), ckks_ctx)
-    with pytest.raises(ValueError, match="Galois keys"):
-        b.sum()
+    b.sum()  # the key owner rotates locally with keys made on demand
+    no_keys = ckks.encrypt(x, other_ckks_ctx.public())
+    with pytest.raises(ValueError, match=r"Galois keys allow none.*galois_keys=True"):
+        no_keys.sum()
+
+
+def test_only_the_galois_keys_needed_travel(ckks_ctx) -> None:
+    full = len(ckks_ctx.serialize())
+    bare = len(ckks_ctx.serialize(galois_keys=False))
+    small = ckks.context(galois_keys=1024)
+    assert ckks_ctx.public().rotation_span == ckks_ctx.slots
+    public_small = small.public()
+    assert public_small.rotation_span == 1024 and not public_small.is_private
+    assert bare < len(small.serialize()) < full
+    x = torch.rand(784, dtype=torch.float64)
+    w = torch.rand(784, 10, dtype=torch.float64)
+    fast = ckks.encrypt(x, public_small, replicate=True) @ w  # blocks of 1024: enough keys
+    fast.context = small  # decrypt with the owner's context (same keys)
+    assert torch.allclose(fast.decrypt(), x @ w, atol=1e-3)
+    with pytest.raises(ValueError, match="rotates over 4096 slots.*at most 1024"):
+        ckks.encrypt(torch.ones(4000), public_small).sum()
 
 
 def test_contexts_never_serialize_their_secret_key(ckks_ctx) -> None:

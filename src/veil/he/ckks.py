@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
@@ -65,11 +67,13 @@ class CKKSContext:
     """
 
     def __init__(self, raw: Any, *, poly_modulus_degree: int, coeff_mod_bit_sizes: Sequence[int],
-                 scale_bits: int) -> None:  # fmt: skip
+                 scale_bits: int, galois_span: int | None = None) -> None:  # fmt: skip
         self.raw = raw
         self.poly_modulus_degree = int(poly_modulus_degree)
         self.coeff_mod_bit_sizes = [int(b) for b in coeff_mod_bit_sizes]
         self.scale_bits = int(scale_bits)
+        if galois_span is not None:
+            self.__dict__["rotation_span"] = int(galois_span)
 
     @property
     def slots(self) -> int:
@@ -86,9 +90,46 @@ class CKKSContext:
         """Holds the secret key (can decrypt)."""
         return bool(self.raw.is_private())
 
+    @cached_property
+    def rotation_span(self) -> int:
+        """Sums over up to this many slots are possible where this context is sent: its
+        Galois keys rotate by 1, 2, 4, ... ``rotation_span / 2`` (0: no keys)."""
+        if not self.raw.has_galois_keys():
+            return 0
+        keys = self.raw.galois_keys().data
+        span, step = 1, 1
+        while step < self.slots and keys.has_key(pow(3, step, 2 * self.poly_modulus_degree)):
+            span, step = step * 2, step * 2
+        return span
+
     @property
     def has_galois_keys(self) -> bool:
-        return bool(self.raw.has_galois_keys())
+        return self.rotation_span > 0
+
+    def _galois_bytes(self) -> bytes:
+        """Galois keys for rotations by 1, 2, 4, ... < rotation_span only (SEAL format), made
+        with the secret key and kept: TenSEAL's own generator makes every power of two in
+        both directions, twice the size."""
+        data = self.__dict__.get("_galois")
+        if data is None:
+            ts = _deps.tenseal()
+            elts = [pow(3, 1 << i, 2 * self.poly_modulus_degree)
+                    for i in range(max(0, self.rotation_span - 1).bit_length())]  # fmt: skip
+            gen = ts._ts_cpp.KeyGenerator(self.raw.data.seal_context(), self.raw.data.secret_key())
+            keys = ts._ts_cpp.GaloisKeys()
+            gen.create_galois_keys(elts, keys)
+            with tempfile.TemporaryDirectory() as tmp:  # public material only
+                path = os.path.join(tmp, "galois")
+                keys.save(path)
+                with open(path, "rb") as f:
+                    data = f.read()
+            self.__dict__["_galois"] = data
+        return data  # type: ignore[no-any-return]
+
+    def _local_rotations(self) -> None:
+        """Rotations on the key owner's machine use TenSEAL's full key set (made on demand)."""
+        if self.is_private and not self.raw.has_galois_keys():
+            self.raw.generate_galois_keys()
 
     @cached_property
     def fingerprint(self) -> str:
@@ -114,11 +155,27 @@ class CKKSContext:
     def serialize(self, *, galois_keys: bool = True) -> bytes:
         """The public context (public, relinearization and, if asked, Galois keys): TenSEAL's
         own serialization, never with the secret key."""
-        data: bytes = self.raw.serialize(
-            save_public_key=True, save_secret_key=False,
-            save_galois_keys=galois_keys and self.has_galois_keys, save_relin_keys=True,
+        with_keys = galois_keys and self.rotation_span > 0
+        if with_keys and not self.is_private:
+            data: bytes = self.raw.serialize(
+                save_public_key=True, save_secret_key=False, save_galois_keys=True,
+                save_relin_keys=True,
+            )  # fmt: skip
+            return data
+        data = self.raw.serialize(
+            save_public_key=True, save_secret_key=False, save_galois_keys=False,
+            save_relin_keys=True,
         )  # fmt: skip
-        return data
+        if not with_keys:
+            return data
+        # TenSEALContextProto field 2 (TenSEALPublicProto) gets field 5 (galois_keys):
+        # tenseal/proto/tensealcontext.proto.
+        fields = _proto_fields(data)
+        out = b"".join(
+            _proto_field(f, wt, v + _proto_field(5, 2, self._galois_bytes()) if f == 2 else v)
+            for f, wt, v in fields
+        )
+        return out
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview) -> CKKSContext:
@@ -146,7 +203,7 @@ class CKKSContext:
         return (
             f"CKKSContext(N={self.poly_modulus_degree}, coeff_mod_bit_sizes="
             f"{self.coeff_mod_bit_sizes}, scale=2**{self.scale_bits}, depth={self.depth}, "
-            f"{kind}, galois_keys={self.has_galois_keys})"
+            f"{kind}, rotation_span={self.rotation_span})"
         )
 
 
@@ -216,7 +273,7 @@ def check_parameters(poly_modulus_degree: int, coeff_mod_bit_sizes: Sequence[int
 
 def context(poly_modulus_degree: int = DEFAULT_POLY_MODULUS_DEGREE,
             coeff_mod_bit_sizes: Sequence[int] | None = None, *, scale_bits: int = DEFAULT_SCALE_BITS,
-            depth: int | None = None, galois_keys: bool = True) -> CKKSContext:  # fmt: skip
+            depth: int | None = None, galois_keys: bool | int = True) -> CKKSContext:  # fmt: skip
     """A CKKS context with a fresh key pair.
 
     Defaults: ``N = 8192`` (4096 slots), ``coeff_mod_bit_sizes = [60, 40, 40, 60]``
@@ -230,8 +287,13 @@ def context(poly_modulus_degree: int = DEFAULT_POLY_MODULUS_DEGREE,
         scale_bits: ``log2`` of the encoding scale.
         depth: multiplications to support (sets the chain when ``coeff_mod_bit_sizes``
             is not given; default 2).
-        galois_keys: generate rotation keys (needed by sum, dot and matmul; they take the
-            public context from ~2 MB to ~35 MB at N=8192).
+        galois_keys: rotation keys sent with the public context, needed where it is sent by
+            ``sum``, ``dot`` and ``@``: ``True`` for sums over any number of slots (rotations
+            by 1, 2, 4, ... slots/2: a 1.8 MiB context becomes ~18 MiB at N=8192, half of
+            TenSEAL's default key set), an int ``n`` for sums over at most ``n`` slots
+            (``log2(n)`` keys; ``galois_keys=1024`` serves a 784-input ``x @ W`` on a
+            replicated vector), ``False`` for none. The key owner's own context makes
+            rotation keys on demand for local computations.
 
     Parameters below 128-bit security are refused, with no override: SEAL (inside
     TenSEAL) enforces the same HomomorphicEncryption.org bound and cannot be told
@@ -265,10 +327,18 @@ def context(poly_modulus_degree: int = DEFAULT_POLY_MODULUS_DEGREE,
     raw = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=poly_modulus_degree,
                      coeff_mod_bit_sizes=list(coeff_mod_bit_sizes))  # fmt: skip
     raw.global_scale = 2.0**scale_bits
-    if galois_keys:
-        raw.generate_galois_keys()
+    slots = poly_modulus_degree // 2
+    if galois_keys is True:
+        span = slots
+    elif galois_keys is False:
+        span = 0
+    elif isinstance(galois_keys, int) and 2 <= galois_keys <= slots:
+        span = 1 << (galois_keys - 1).bit_length()
+    else:
+        raise ValueError(f"galois_keys is True, False or a number of slots in 2..{slots}")
     return CKKSContext(raw, poly_modulus_degree=poly_modulus_degree,
-                       coeff_mod_bit_sizes=coeff_mod_bit_sizes, scale_bits=scale_bits)  # fmt: skip
+                       coeff_mod_bit_sizes=coeff_mod_bit_sizes, scale_bits=scale_bits,
+                       galois_span=span)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -281,6 +351,47 @@ def _varint(n: int) -> bytes:
         out.append(c | 0x80 if n else c)
         if not n:
             return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        c = data[pos]
+        pos += 1
+        value |= (c & 0x7F) << shift
+        shift += 7
+        if c < 0x80:
+            return value, pos
+
+
+def _proto_fields(data: bytes) -> list[tuple[int, int, Any]]:
+    """Top-level (field, wire type, value) of a protobuf message (varint, 64-bit, bytes)."""
+    out: list[tuple[int, int, Any]] = []
+    pos = 0
+    while pos < len(data):
+        tag, pos = _read_varint(data, pos)
+        field, wt = tag >> 3, tag & 7
+        value: Any
+        if wt == 0:
+            value, pos = _read_varint(data, pos)
+        elif wt == 1:
+            value, pos = data[pos : pos + 8], pos + 8
+        elif wt == 2:
+            n, pos = _read_varint(data, pos)
+            value, pos = data[pos : pos + n], pos + n
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wt}")
+        out.append((field, wt, value))
+    return out
+
+
+def _proto_field(field: int, wt: int, value: Any) -> bytes:
+    head = _varint((field << 3) | wt)
+    if wt == 0:
+        return head + _varint(value)
+    if wt == 1:
+        return head + bytes(value)
+    return head + _varint(len(value)) + bytes(value)
 
 
 def _resized(vec: Any, size: int, raw_ctx: Any) -> Any:
@@ -648,12 +759,28 @@ class CKKSTensor:
             cts.append(moved._masked_total(np.ascontiguousarray(w)))
         return self._from_scalars(cts, out_shape, self.level + 1)
 
-    def _need_galois(self) -> None:
-        if not self.context.has_galois_keys:
+    def _need_galois(self, span: int | None = None) -> None:
+        """Check the rotations a sum over ``span`` slots needs (default: this layout's)."""
+        ctx = self.context
+        if ctx.is_private:
+            ctx._local_rotations()
+            return
+        if span is None:
+            span = self._rotation_need()
+        if span > ctx.rotation_span:
+            have = f"sums over at most {ctx.rotation_span} slots" if ctx.rotation_span else "none"
             raise ValueError(
-                "sum, dot and matmul rotate slots and need Galois keys: build the context with "
-                "ckks.context(..., galois_keys=True) and send it again"
+                f"this rotates over {span} slots, but the context's Galois keys allow {have}: "
+                f"create it with ckks.context(..., galois_keys=True) (or >= {span}) and send "
+                "it again"
             )
+
+    def _rotation_need(self) -> int:
+        if self.tile > 1:
+            return self.context.slots  # sums of a replicated vector mask and sum every slot
+        if self._contiguous:
+            return 1 << (max([v.size() for v in self._cts] + [1]) - 1).bit_length()
+        return self.context.slots
 
     def dot(self, other: Any) -> CKKSTensor:
         """Dot product of 1-d tensors (with a plain vector or an encrypted one)."""
@@ -673,7 +800,8 @@ class CKKSTensor:
         """
         if isinstance(other, CKKSTensor):
             raise TypeError("matmul of two ciphertexts is not supported; one side must be plain")
-        self._need_galois()
+        if not (self.tile > 1 and self.ndim == 1):
+            self._need_galois()
         w = _as_plain(other)
         if w.ndim not in (1, 2) or self.ndim not in (1, 2) or w.shape[0] != self.shape[-1]:
             raise ValueError(
@@ -682,6 +810,7 @@ class CKKSTensor:
             )
         self._need_level()
         if self.tile > 1 and self.ndim == 1:
+            self._need_galois(self.block)
             out = self._replicated_matmul(w if w.ndim == 2 else w[:, None])
             return out.reshape(()) if w.ndim == 1 else out
         wn = w.numpy() if w.ndim == 2 else w.numpy()[:, None]
