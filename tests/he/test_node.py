@@ -232,3 +232,17 @@ def test_private_values_cannot_shape_an_encrypted_result(virtual, ckks_ctx) -> N
     with pytest.raises(InvalidRequest, match="plain integers"):
         ds.run_op("he.reshape", enc, [own, -1])
     assert enc[1:3].shape == (2,)  # plain slices are fine
+
+
+def test_scheme_registry_refuses_duplicates_and_unknown_schemes(virtual) -> None:
+    from veil.he import register_scheme, scheme_for, schemes
+    from veil.he.wire import PaillierScheme
+
+    assert schemes() == ["ckks", "paillier"]
+    with pytest.raises(ValueError, match="already registered"):
+        register_scheme(PaillierScheme())
+    with pytest.raises(TypeError, match="not an encrypted tensor"):
+        scheme_for(torch.ones(1))
+    ds = virtual.scientist()
+    with pytest.raises(InvalidRequest, match="unknown encryption scheme"):
+        ds.call(SendObject(EncryptionContextData("rot13", memoryview(b"x"))))

@@ -176,3 +176,13 @@ def test_rerandomize_changes_ciphertexts_not_values(paillier_keys) -> None:
     r = e.rerandomize()
     assert not any(a == b for a, b in zip(e._data, r._data))
     assert torch.equal(r.decrypt(sk), e.decrypt(sk))
+
+
+def test_tensor_encrypt_entry_point(paillier_keys, ckks_ctx) -> None:
+    pk, sk = paillier_keys
+    x = torch.tensor([1.0, -2.0])
+    assert torch.equal(x.encrypt(pk).decrypt(sk), x.double())
+    assert x.encrypt(pk, pack=True).packed
+    assert torch.allclose(x.encrypt(ckks_ctx).decrypt(), x.double(), atol=1e-4)
+    with pytest.raises(TypeError, match="PublicKey or a ckks.CKKSContext"):
+        x.encrypt("key")

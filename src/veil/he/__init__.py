@@ -24,6 +24,7 @@ from veil.he import ckks, paillier
 from veil.he.ckks import CKKSContext, CKKSTensor, DepthExceeded
 from veil.he.paillier import EncryptedTensor, Packing, PrivateKey, PublicKey
 from veil.he.remote import ContextPointer, EncryptedPointer, register
+from veil.he.scheme import HEScheme, register_scheme, scheme_for, schemes
 
 __all__ = [
     "CKKSContext",
@@ -32,25 +33,29 @@ __all__ = [
     "DepthExceeded",
     "EncryptedPointer",
     "EncryptedTensor",
+    "HEScheme",
     "Packing",
     "PrivateKey",
     "PublicKey",
     "ckks",
     "encrypt",
     "paillier",
+    "register_scheme",
+    "scheme_for",
+    "schemes",
 ]
 
 
 def encrypt(x: Any, key: PublicKey | CKKSContext, **kwargs: Any) -> EncryptedTensor | CKKSTensor:
     """Encrypt ``x`` under a Paillier public key or a CKKS context (keyword arguments go
     to :func:`paillier.encrypt` / :func:`ckks.encrypt`)."""
-    if isinstance(key, PublicKey):
-        return paillier.encrypt(x, key, **kwargs)
-    if isinstance(key, CKKSContext):
-        return ckks.encrypt(x, key, **kwargs)
-    raise TypeError(
-        f"encrypt() needs a paillier.PublicKey or a ckks.CKKSContext, got {type(key).__name__}"
-    )
+    try:
+        scheme = scheme_for(key)
+    except TypeError:
+        raise TypeError(
+            f"encrypt() needs a paillier.PublicKey or a ckks.CKKSContext, got {type(key).__name__}"
+        ) from None
+    return scheme.encrypt(x, key, **kwargs)  # type: ignore[no-any-return]
 
 
 register()

@@ -446,6 +446,14 @@ def _wrap_context(remote: Remote, info: ObjectInfo, inputs: tuple[Any, ...]) -> 
     return ContextPointer(remote, info)
 
 
+def _tensor_encrypt(self: torch.Tensor, key: Any, **kwargs: Any) -> wire.Encrypted:
+    """``x.encrypt(key)``: encrypt this tensor under a Paillier public key or a CKKS context
+    (same as ``veil.he.encrypt(x, key, **kwargs)``)."""
+    from veil.he import encrypt
+
+    return encrypt(self, key, **kwargs)
+
+
 _REGISTERED = False
 
 
@@ -470,3 +478,5 @@ def register() -> None:
     reg = default_registry()
     for spec in _ops():
         reg.register(spec)
+    # The one entry point HE adds to torch, next to Tensor.send (veil.pointers.hook).
+    torch.Tensor.encrypt = _tensor_encrypt  # type: ignore[attr-defined]
