@@ -100,8 +100,7 @@ def test_polynomials_and_sigmoid(ckks_ctx) -> None:
     x = torch.linspace(-4, 4, 9, dtype=torch.float64)
     e = ckks.encrypt(x, ckks_ctx)
     assert close(e.polyval([1.0, -2.0, 0.5]), 1 - 2 * x + 0.5 * x**2, 1e-2)
-    deep = ckks.context(16384, depth=3, galois_keys=False)
-    approx = ckks.sigmoid(ckks.encrypt(x, deep), degree=3, interval=(-5, 5))
+    approx = ckks.sigmoid(ckks.encrypt(x, ckks_ctx), degree=3, interval=(-5, 5))  # depth 2
     assert torch.allclose(approx.decrypt(), torch.sigmoid(x), atol=0.061)
     coeffs = ckks.sigmoid_coefficients(3, (-5, 5))
     ref = sum(c * x**i for i, c in enumerate(coeffs))
@@ -112,8 +111,10 @@ def test_depth_exceeded_says_what_to_change(ckks_ctx) -> None:
     e = ckks.encrypt(torch.ones(3), ckks_ctx)
     with pytest.raises(DepthExceeded, match="depth=3"):
         e.square().square().square()
-    with pytest.raises(DepthExceeded, match="depth"):
-        e.polyval([0, 0, 0, 0, 0, 1])
+    with pytest.raises(DepthExceeded, match="depth=3"):
+        e.polyval([0, 0, 0, 0, 1])  # degree 4: three levels
+    with pytest.raises(DepthExceeded, match="depth=3"):
+        e.square().polyval([0, 1, 1])
 
 
 def test_security_check_refuses_weak_parameters() -> None:

@@ -681,7 +681,8 @@ class CKKSTensor:
     def polyval(self, coefficients: Sequence[float]) -> CKKSTensor:
         """``c0 + c1 x + c2 x**2 + ...`` elementwise (lowest degree first).
 
-        Uses ``ceil(log2(degree)) + 1`` levels (TenSEAL's power tree).
+        Uses ``floor(log2(degree)) + 1`` levels (TenSEAL's power tree): degree 3 (the
+        usual sigmoid approximation) fits the default depth-2 context.
         """
         coeffs = [float(c) for c in coefficients]
         while len(coeffs) > 1 and coeffs[-1] == 0.0:
@@ -689,7 +690,7 @@ class CKKSTensor:
         degree = len(coeffs) - 1
         if degree < 1:
             return self * 0.0 + coeffs[0] if coeffs else self * 0.0
-        need = math.ceil(math.log2(degree)) + 1 if degree > 1 else 1
+        need = degree.bit_length()
         self._need_level(need)
         return self._like([_ts_call(lambda v: v.polyval(coeffs), v) for v in self._cts],
                           level=self.level + need)  # fmt: skip
@@ -929,7 +930,6 @@ def encrypt(x: Any, ctx: CKKSContext, *, replicate: bool = False) -> CKKSTensor:
     return out
 
 
-#: Least-squares fits of the sigmoid on [-8, 8] (lowest degree first), by degree.
 def sigmoid_coefficients(
     degree: int = 3, interval: tuple[float, float] = (-8.0, 8.0)
 ) -> list[float]:
