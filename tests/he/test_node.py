@@ -246,3 +246,18 @@ def test_scheme_registry_refuses_duplicates_and_unknown_schemes(virtual) -> None
     ds = virtual.scientist()
     with pytest.raises(InvalidRequest, match="unknown encryption scheme"):
         ds.call(SendObject(EncryptionContextData("rot13", memoryview(b"x"))))
+
+
+def test_move_between_nodes_and_delete(ckks_ctx, paillier_keys) -> None:
+    pk, sk = paillier_keys
+    a, b = veil.VirtualWorker("a"), veil.VirtualWorker("b")
+    x = torch.tensor([1.0, 2.0])
+    p = paillier.encrypt(x, pk, pack=True).send(a)
+    moved = (p + p).move(b)
+    assert moved.location is b and torch.equal(moved.decrypt(sk), 2 * x.double())
+    c = ckks.encrypt(x, ckks_ctx).send(a).move(b)
+    assert torch.allclose(c.decrypt(), x.double(), atol=1e-4)
+    a.flush()  # pending releases of dropped pointers go first
+    count = a.node.object_count()
+    p.delete()
+    assert a.node.object_count() == count - 1

@@ -37,6 +37,7 @@ from veil.node.objects import ValueKind, register_kind
 from veil.ops import OpSpec, default_registry
 from veil.pointers.remote import Remote, register_pointer_kind
 from veil.serde.messages import (
+    DeleteObjects,
     EncryptedData,
     EncryptionContextData,
     GetObject,
@@ -217,6 +218,16 @@ class EncryptedPointer:
         if key is not None and not isinstance(key, CKKSContext):
             raise TypeError("decrypting a CKKS tensor needs its private ckks.CKKSContext")
         return enc.decrypt(key)
+
+    def move(self, destination: Remote) -> EncryptedPointer:
+        """Copy the ciphertext to another node (through this client: ``get`` then ``send``,
+        so the source node's privacy rules apply) and return a pointer there."""
+        return send(self.get(), destination)
+
+    def delete(self) -> None:
+        """Delete the object on the node now (dropping the last pointer does it too)."""
+        self.location.call(DeleteObjects([self.id]))
+        self._owned = False
 
     def request(self, reason: str) -> RequestInfo:
         """Ask the node's owner to approve fetching this object."""
