@@ -3,6 +3,8 @@ reaches a node (checked by inspecting every frame it receives and everything it 
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -165,7 +167,7 @@ def test_ciphertexts_from_another_context_or_tampered_are_refused(virtual, ckks_
     from veil.he import wire
     from veil.he.remote import _SENT
 
-    ctx_id = _SENT[ds][ckks_ctx.fingerprint].id
+    ctx_id = _SENT[ds][ckks_ctx.fingerprint]
     data = wire.to_wire(enc, context=ctx_id)
     broken = bytearray(data.parts[0])
     broken[len(broken) // 2 : len(broken) // 2 + 64] = b"\xff" * 64
@@ -209,7 +211,42 @@ def test_encrypted_objects_survive_a_restart(tmp_path, ckks_ctx, paillier_keys) 
     assert torch.allclose(p2.decrypt(sk), torch.tensor([2.0, 3.0], dtype=torch.float64))
     assert torch.allclose((c2 + 1).decrypt(), torch.tensor([4.0, 7.0], dtype=torch.float64),
                           atol=1e-3)  # fmt: skip
+    assert torch.allclose(c2.sum().decrypt(), torch.tensor(9.0, dtype=torch.float64), atol=1e-3)
     node2.close()
+
+
+def test_stored_ciphertexts_do_not_each_carry_galois_keys(tmp_path) -> None:
+    ckks_ctx = ckks.context()  # its own: no other test's node may hold its public context
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    node = Node("n", store=SQLStore(url), owner_email="o@x.org", owner_password="owner-pass-1")
+    owner = veil.VirtualWorker(node=node)
+    ptrs = [ckks.encrypt(torch.tensor([float(i)]), ckks_ctx).send(owner) * 2 for i in range(4)]
+    for ptr in ptrs:
+        ptr._owned = False
+    last = ptrs[-1].id
+    node.close()
+    del node, owner, ptrs, ptr
+    stored = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())
+    with_keys = len(ckks_ctx.serialize())
+    without = len(ckks_ctx.serialize(galois_keys=False))
+    assert stored < with_keys + 4 * (without + 400_000) + 4 * 400_000  # one full context
+    # The context object deleted: ciphertexts still load (on their stored public context).
+    node2 = Node("n", store=SQLStore(url))
+    owner2 = veil.VirtualWorker(node=node2).login("o@x.org", "owner-pass-1")
+    for info in owner2.objects():
+        if info.kind == "he_context":
+            owner2.call(veil.serde.messages.DeleteObjects([info.id]))
+    node2.close()
+    del node2, owner2
+    gc.collect()  # nothing in this process holds the full context any more
+    node3 = Node("n", store=SQLStore(url))
+    owner3 = veil.VirtualWorker(node=node3).login("o@x.org", "owner-pass-1")
+    p = owner3.pointer(last)
+    p._local = ckks_ctx
+    assert torch.allclose(p.decrypt(), torch.tensor([6.0], dtype=torch.float64), atol=1e-3)
+    with pytest.raises(veil.errors.RemoteError, match="galois_keys=True"):
+        (p + p).reshape(1, 1).sum(0)
+    node3.close()
 
 
 def test_private_values_cannot_shape_an_encrypted_result(virtual, ckks_ctx) -> None:

@@ -52,7 +52,9 @@ from veil.serde.messages import (
 MAX_RESULT_ELEMENTS = 1 << 22
 
 # Per connection: the node object holding each public context already sent (by fingerprint).
-_SENT: weakref.WeakKeyDictionary[Remote, dict[str, ContextPointer]] = weakref.WeakKeyDictionary()
+# Values are object ids, not pointers: a pointer would hold its connection (the weak key)
+# alive. The context object stays on the node for the session (``clear()`` removes it).
+_SENT: weakref.WeakKeyDictionary[Remote, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
 class ContextPointer:
@@ -239,24 +241,24 @@ class EncryptedPointer:
 # --------------------------------------------------------------------------- sending
 
 
-def _context_pointer(worker: Remote, ctx: wire.Context, *, fresh: bool = False) -> ContextPointer:
+def _context_id(worker: Remote, ctx: wire.Context, *, fresh: bool = False) -> int:
+    """The node object holding this public context, sent first if needed."""
     sent = _SENT.setdefault(worker, {})
     if not fresh and ctx.fingerprint in sent:
         return sent[ctx.fingerprint]
     info = worker.call(SendObject(wire.context_to_wire(ctx), "public encryption context"))
     assert isinstance(info, ObjectInfo)
-    ptr = ContextPointer(worker, info)
-    sent[ctx.fingerprint] = ptr
-    return ptr
+    sent[ctx.fingerprint] = info.id
+    return info.id
 
 
 def send(value: wire.Encrypted, worker: Remote, *, description: str = "") -> EncryptedPointer:
     """Store an encrypted tensor on a node (its public context goes first, once)."""
     ctx = wire.context_of(value)
     for attempt in (0, 1):
-        ctx_ptr = _context_pointer(worker, ctx, fresh=attempt == 1)
+        ctx_id = _context_id(worker, ctx, fresh=attempt == 1)
         try:
-            info = worker.call(SendObject(wire.to_wire(value, context=ctx_ptr.id), description))
+            info = worker.call(SendObject(wire.to_wire(value, context=ctx_id), description))
             break
         except ObjectNotFound:  # the node lost our context (cleared): send it again once
             if attempt:
@@ -477,12 +479,12 @@ def register() -> None:
     register_kind(ValueKind(
         "encrypted", (EncryptedTensor, CKKSTensor), (EncryptedData,),
         lambda v, storage: wire.to_wire(v, storage=storage), _encrypted_from_wire,
-        _describe_encrypted, wire.nbytes,
+        _describe_encrypted, wire.nbytes, load_order=1,
     ))  # fmt: skip
     register_kind(ValueKind(
         "he_context", (PublicKey, CKKSContext), (EncryptionContextData,),
         lambda v, storage: wire.context_to_wire(v), _context_from_wire, _describe_context,
-        wire.nbytes,
+        wire.nbytes, load_order=0,
     ))  # fmt: skip
     register_pointer_kind("encrypted", EncryptedPointer, _wrap_encrypted)
     register_pointer_kind("he_context", ContextPointer, _wrap_context)

@@ -38,6 +38,21 @@ Context = PublicKey | CKKSContext
 _LOADED: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
+def _digest(scheme: str, data: bytes) -> str:
+    return hashlib.sha256(scheme.encode() + b"\0" + data).hexdigest()
+
+
+def context_digest(ctx: Context) -> str:
+    """Content hash of a context's public bytes (what ``context_to_wire`` sends)."""
+    digest = ctx.__dict__.get("_digest") if hasattr(ctx, "__dict__") else None
+    if digest is None:
+        wire = context_to_wire(ctx)
+        digest = _digest(wire.scheme, bytes(wire.data))
+        if hasattr(ctx, "__dict__"):
+            ctx.__dict__["_digest"] = digest
+    return digest  # type: ignore[no-any-return]
+
+
 def scheme_of(value: Encrypted | Context) -> str:
     return scheme_for(value).name
 
@@ -153,6 +168,14 @@ class CKKSScheme(HEScheme):
             data = ctx.__dict__["_public_bytes"] = ctx.serialize()
         return data  # type: ignore[no-any-return]
 
+    def context_storage_bytes(self, ctx: Any) -> bytes:
+        # Without Galois keys (~10x smaller): a stored ciphertext rebinds to the full
+        # context when the node still holds it, and keeps this one as a fallback.
+        data = ctx.__dict__.get("_storage_bytes")
+        if data is None:
+            data = ctx.__dict__["_storage_bytes"] = ctx.serialize(galois_keys=False)
+        return data  # type: ignore[no-any-return]
+
     def context_from_bytes(self, data: bytes) -> CKKSContext:
         ctx = CKKSContext.from_bytes(data)
         ctx.__dict__["_public_bytes"] = data  # what it came as is what it would go as
@@ -227,12 +250,14 @@ def context_to_wire(ctx: Context) -> EncryptionContextData:
 def context_from_wire(data: EncryptionContextData) -> Context:
     scheme = scheme_named(data.scheme)
     raw = bytes(data.data)
-    digest = hashlib.sha256(data.scheme.encode() + b"\0" + raw).hexdigest()
+    digest = _digest(data.scheme, raw)
     cached = _LOADED.get(digest)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
     ctx = scheme.context_from_bytes(raw)
     _LOADED[digest] = ctx
+    if hasattr(ctx, "__dict__"):
+        ctx.__dict__["_digest"] = digest
     return ctx  # type: ignore[no-any-return]
 
 
@@ -250,9 +275,13 @@ def to_wire(
     """
     scheme = scheme_for(value)
     ctx = scheme.context_of(value)
-    inline = memoryview(context_to_wire(ctx).data) if storage else None
+    inline = None
     parts, meta, layout = scheme.tensor_to_parts(value)
     meta = {"context_fp": ctx.fingerprint, **meta}
+    if storage:
+        store = getattr(scheme, "context_storage_bytes", scheme.context_to_bytes)
+        inline = memoryview(store(ctx))
+        meta["context_digest"] = context_digest(ctx)
     return EncryptedData(scheme.name, list(value.shape), [memoryview(p) for p in parts], meta,
                          layout, context, inline)  # fmt: skip
 
@@ -266,8 +295,11 @@ def from_wire(data: EncryptedData, resolve: Callable[[int], Any] | None = None,
     ctx: Any
     if local is not None:
         ctx = local
-    elif data.context_data is not None:
-        ctx = context_from_wire(EncryptionContextData(data.scheme, data.context_data))
+    elif data.context_data is not None:  # from a node's store: the exact context it was
+        digest = data.meta.get("context_digest")  # bound to, if the node still holds it
+        ctx = _LOADED.get(digest) if isinstance(digest, str) else None
+        if ctx is None:
+            ctx = context_from_wire(EncryptionContextData(data.scheme, data.context_data))
     elif data.context is not None and resolve is not None:
         ctx = resolve(data.context)
     else:

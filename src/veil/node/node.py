@@ -31,6 +31,7 @@ from veil.node.objects import (
     autograd_leaves,
     extension_for,
     kind_of,
+    load_order,
     storage_keys,
     tensors_of,
 )
@@ -188,7 +189,7 @@ class Node:
         snap = self.store.load()
         for u in snap.users:
             self._users[u.id] = u
-        for row in snap.objects:
+        for row in sorted(snap.objects, key=lambda r: load_order(r.kind)):
             reply = codec.decode_reply(row.payload)
             if not isinstance(reply, Value):
                 raise SerdeError(f"stored object {row.id} is corrupt")

@@ -108,6 +108,8 @@ class ValueKind:
             the sender may use (None when loading from the store).
         describe: ``value -> (shape, dtype text)`` for :class:`ObjectInfo`.
         nbytes: ``value -> bytes held``.
+        load_order: stored objects load in ascending order of this (objects that others
+            refer to, such as public contexts, first).
     """
 
     kind: str
@@ -117,6 +119,7 @@ class ValueKind:
     from_wire: Callable[[Any, Callable[[int], Any] | None], Any]
     describe: Callable[[Any], tuple[list[int], str]]
     nbytes: Callable[[Any], int]
+    load_order: int = 0
 
 
 _EXTENSIONS: dict[str, ValueKind] = {}
@@ -127,6 +130,12 @@ def register_kind(ext: ValueKind) -> None:
     if ext.kind in _EXTENSIONS or ext.kind in ("tensor", "module", "optimizer"):
         raise ValueError(f"object kind {ext.kind!r} is already registered")
     _EXTENSIONS[ext.kind] = ext
+
+
+def load_order(kind: str) -> int:
+    """Where objects of ``kind`` come when a node loads its store (tensors, modules: 0)."""
+    ext = _EXTENSIONS.get(kind)
+    return ext.load_order if ext is not None else 0
 
 
 def extension_for(value: Any) -> ValueKind | None:
