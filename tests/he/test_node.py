@@ -4,9 +4,12 @@ reaches a node (checked by inspecting every frame it receives and everything it 
 from __future__ import annotations
 
 import gc
+import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import veil
 from veil.errors import InvalidRequest, PermissionDenied
@@ -298,3 +301,45 @@ def test_move_between_nodes_and_delete(ckks_ctx, paillier_keys) -> None:
     count = a.node.object_count()
     p.delete()
     assert a.node.object_count() == count - 1
+
+
+def test_products_with_plaintexts_come_back_rerandomized(virtual, paillier_keys) -> None:
+    """The key holder must not be able to relate a returned ciphertext's randomness to
+    the plaintext it was multiplied by: the node rerandomizes products."""
+    pk, sk = paillier_keys
+    ds = virtual.scientist()
+    enc = paillier.encrypt(torch.tensor([1.0, 2.0, 3.0]), pk)
+    w = torch.tensor([3.0, -1.0, 2.0])
+    remote = (enc.send(ds) * w).get(context=pk)
+    local = enc * w  # the deterministic c ** w
+    assert not any(a == b for a, b in zip(remote._data, local._data))
+    assert torch.equal(remote.decrypt(sk), local.decrypt(sk))
+    dot = (enc.send(ds) @ w).get(context=pk)
+    assert dot._data.reshape(-1)[0] != (enc @ w)._data.reshape(-1)[0]
+
+
+@settings(max_examples=15, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(blob=st.binary(max_size=4096), scheme=st.sampled_from(["ckks", "paillier"]),
+       shape=st.lists(st.integers(-2, 70000), max_size=3))  # fmt: skip
+def test_garbage_ciphertexts_are_refused_and_the_node_keeps_serving(
+    virtual, ckks_ctx, paillier_keys, blob, scheme, shape
+) -> None:
+    ds = virtual.scientist()
+    ctx = ckks_ctx if scheme == "ckks" else paillier_keys[0]
+    good = (ckks.encrypt(torch.ones(2), ctx) if scheme == "ckks"
+            else paillier.encrypt(torch.ones(2), ctx)).send(ds)  # fmt: skip
+    from veil.he.remote import _SENT
+
+    ctx_id = _SENT[ds][ctx.fingerprint]
+    bad = EncryptedData(scheme, shape, [memoryview(blob)], {"exponent": 24, "bound": "5"},
+                        None, ctx_id)  # fmt: skip
+    try:
+        ds.call(SendObject(bad))
+    except InvalidRequest:
+        pass
+    else:  # only a well-formed Paillier payload can pass: the right size, in range
+        width = 2 * ((ctx.bits + 7) // 8) if scheme == "paillier" else -1
+        assert all(d >= 0 for d in shape) and len(blob) == width * math.prod(shape)
+    out = (good + 1).decrypt(ckks_ctx) if scheme == "ckks" else (good + 1).decrypt(paillier_keys[1])
+    assert torch.allclose(out, torch.full((2,), 2.0, dtype=torch.float64), atol=1e-3)
