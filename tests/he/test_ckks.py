@@ -181,3 +181,18 @@ def test_contexts_never_serialize_their_secret_key(ckks_ctx) -> None:
     private_bytes = ckks_ctx.raw.serialize(save_secret_key=True)
     with pytest.raises(ValueError, match="secret key"):
         ckks.CKKSContext.from_bytes(private_bytes)
+
+
+def test_views_of_a_replicated_vector_keep_the_fast_matmul_right(ckks_ctx) -> None:
+    x = torch.arange(10.0, dtype=torch.float64)
+    w = torch.randn(3, 4, dtype=torch.float64)
+    fast = ckks.encrypt(x, ckks_ctx, replicate=True)
+    assert close(fast[2:5] @ w, x[2:5] @ w, 1e-2)
+    assert close(fast[[7, 1, 4]] @ w, x[[7, 1, 4]] @ w, 1e-2)
+    assert close(fast[[1, 1, 2]] @ w, x[[1, 1, 2]] @ w, 1e-2)
+    assert close(fast[[1, 1, 2]] * 3.0, x[[1, 1, 2]] * 3.0, 1e-2)
+    assert close(fast[[1, 1, 2]].sum(), x[[1, 1, 2]].sum(), 1e-2)
+    assert close(ckks.encrypt(x, ckks_ctx)[[3, 3]].sum(), x[[3, 3]].sum(), 1e-2)
+    with pytest.raises(ValueError, match="several times"):
+        fast[[1, 1, 2]] * torch.tensor([1.0, 2.0, 3.0])
+    assert close((fast * 2 + 1)[::3][:3] @ w, (x * 2 + 1)[::3][:3] @ w, 1e-2)

@@ -571,8 +571,18 @@ class CKKSTensor:
                 start += n
             return out
         sizes = [v.size() for v in self._cts]
+        cts, slots = self._ct.reshape(-1), self._slot.reshape(-1)
+        keys = cts * (max(sizes, default=0) + 1) + slots
+        order = np.argsort(keys, kind="stable")
+        same = keys[order][1:] == keys[order][:-1]
+        if same.any() and (flat[order][1:][same] != flat[order][:-1][same]).any():
+            raise ValueError(
+                "this view shows one encrypted element several times (e.g. x[[1, 1]]) and the "
+                "plaintext gives its copies different values: one slot cannot hold both; apply "
+                "the operation before indexing"
+            )
         grid = np.full((len(self._cts), max(sizes, default=0)), fill)
-        grid[self._ct.reshape(-1), self._slot.reshape(-1)] = flat
+        grid[cts, slots] = flat
         if self.tile > 1:  # keep every copy of a replicated vector identical
             grid[:, :] = np.tile(grid[:, : self.block], self.tile)[:, : grid.shape[1]]
         return [grid[i, :n].tolist() for i, n in enumerate(sizes)]
@@ -718,7 +728,7 @@ class CKKSTensor:
             if not sel.any():
                 continue
             mask = np.zeros(max(vec.size(), int(self._slot.reshape(-1)[sel].max()) + 1))
-            mask[self._slot.reshape(-1)[sel]] = flat_w[sel]
+            np.add.at(mask, self._slot.reshape(-1)[sel], flat_w[sel])  # repeated views add up
             v = vec if vec.size() >= len(mask) else _resized(vec, len(mask), self.context.raw)
             term = _ts_call(lambda a, m: a * m, v, mask[: v.size()].tolist())
             acc = term if acc is None else acc + term
@@ -841,7 +851,8 @@ class CKKSTensor:
         for g in range(0, m, tile):
             cols = min(tile, m - g)
             layout = np.zeros((tile, block))
-            layout[:cols, :k] = wn[:, g : g + cols].T
+            for c in range(cols):  # element i sits in slot[i] (views may repeat an element)
+                np.add.at(layout[c], self._slot, wn[:, g + c])
             prod = _ts_call(lambda a, p: a * p, vec, layout.reshape(-1)[: vec.size()].tolist())
             summed = _ts_call(lambda a: a.sum(), _resized(prod, block, self.context.raw))
             cts.append(_resized(summed, slots, self.context.raw))
