@@ -15,6 +15,7 @@ LAYERS = {
     "serde": 2,
     "pointers": 3,
     "node": 4,
+    "he": 5,
     "cli": 5, "demo": 5, "__main__": 5, "__init__": 5,
 }  # fmt: skip
 
@@ -63,7 +64,7 @@ def test_public_surface_is_deliberate() -> None:
     assert set(veil.__all__) == {
         "WIRE_VERSION", "BudgetExceeded", "Dataset", "Node", "ObjectNotFound", "OpNotAllowed",
         "PermissionDenied", "PointerModule", "PointerTensor", "RemoteOptimizer", "TorchHook",
-        "VeilError", "VirtualWorker", "Worker", "__version__", "connect", "errors", "ops",
+        "VeilError", "VirtualWorker", "Worker", "__version__", "connect", "errors", "he", "ops",
     }  # fmt: skip
     for name in veil.__all__:
         assert hasattr(veil, name), name

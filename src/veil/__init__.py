@@ -24,6 +24,8 @@ from veil.version import WIRE_VERSION, __version__
 
 install()
 
+from veil import he  # noqa: E402 - registers encrypted tensors with nodes and pointers
+
 
 def connect(url: str, *, email: str, password: str, timeout: float = 60.0,
             pipeline: bool = True) -> Worker:  # fmt: skip
@@ -61,5 +63,6 @@ __all__ = [
     "__version__",
     "connect",
     "errors",
+    "he",
     "ops",
 ]

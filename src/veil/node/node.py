@@ -29,7 +29,9 @@ from veil.errors import (
 from veil.node.objects import (
     ObjectRecord,
     autograd_leaves,
+    extension_for,
     kind_of,
+    load_order,
     storage_keys,
     tensors_of,
 )
@@ -189,7 +191,7 @@ class Node:
         snap = self.store.load()
         for u in snap.users:
             self._users[u.id] = u
-        for row in snap.objects:
+        for row in sorted(snap.objects, key=lambda r: load_order(r.kind)):
             reply = codec.decode_reply(row.payload)
             if not isinstance(reply, Value):
                 raise SerdeError(f"stored object {row.id} is corrupt")
@@ -453,7 +455,9 @@ class Node:
             raise PermissionDenied(
                 "only the node's owner or admins upload private data; create a dataset instead"
             )
-        value = _value_from_wire(msg.value, copy=False)
+        value = _value_from_wire(
+            msg.value, copy=False, resolve=lambda oid: self._record(session, oid).value
+        )
         rec = self._store(session, value, private=msg.private, description=msg.description[:1000])
         self._audit_row(session, "send", rec.kind, [rec.id])
         return self._info_of(rec)
@@ -464,7 +468,7 @@ class Node:
         if rec.kind == "optimizer":
             raise InvalidRequest("an optimizer cannot be fetched; fetch the model instead")
         self._audit_row(session, "get", rec.kind, [rec.id], rec.sources)
-        return Value(_value_to_wire(rec.value))
+        return Value(_value_to_wire(rec.value, storage=False))
 
     def _release(self, session: Session, ids: list[int]) -> None:
         for oid in ids:
@@ -781,7 +785,7 @@ class Node:
         rec = self._record(session, msg.id)
         if not msg.reason.strip():
             raise InvalidRequest("say why you need the data: ptr.request('reason')")
-        if rec.kind == "tensor" or rec.kind == "module":
+        if rec.kind != "optimizer":
             self._persist(rec)  # a requested object must outlive a restart
         rid = max(self._requests, default=0) + 1
         row = RequestRow(rid, rec.id, session.user_id, msg.reason[:2000], "pending", time.time())
@@ -1013,15 +1017,31 @@ def _written_args(spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> list
     return [bound.arguments[p] for p in params if bound.arguments.get(p) is not None]
 
 
-def _value_to_wire(value: Any) -> TensorData | ModuleSpec:
+def _value_to_wire(value: Any, *, storage: bool = True) -> Any:
     if isinstance(value, torch.Tensor):
         return tensor_to_data(value)
     if isinstance(value, nn.Module):
         return module_to_spec(value)
+    ext = extension_for(value)  # encrypted tensors and contexts (veil.he)
+    if ext is not None:
+        return ext.to_wire(value, storage)
     raise InvalidRequest(f"a {type(value).__name__} cannot be sent")
 
 
-def _value_from_wire(value: TensorData | ModuleSpec, *, copy: bool) -> Any:
+def _value_from_wire(value: Any, *, copy: bool, resolve: Callable[[int], Any] | None = None) -> Any:
     if isinstance(value, TensorData):
         return tensor_from_data(value, copy=copy)
-    return spec_to_module(value)
+    if isinstance(value, ModuleSpec):
+        return spec_to_module(value)
+    ext = extension_for(value)
+    if ext is None:
+        raise InvalidRequest(
+            f"this node cannot hold a {type(value).__name__}; its support is not installed "
+            "(for encrypted tensors: pip install 'veil[he]' on the node)"
+        )
+    try:
+        return ext.from_wire(value, resolve)
+    except VeilError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"invalid {ext.kind} object: {exc}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,13 @@ class ObjectRecord:
                 sorted(self.sources) if self.sources else [],
                 description=self.description,
             )
+        ext = _EXTENSIONS.get(self.kind)
+        if ext is not None:
+            shape, dtype = ext.describe(v)
+            return ObjectInfo(
+                self.id, self.kind, shape, dtype, False, self.private, owner_email,
+                sorted(self.sources), description=self.description,
+            )  # fmt: skip
         names = [n for n, _ in v.named_parameters()] if self.kind == "module" else []
         return ObjectInfo(
             self.id,
@@ -62,6 +70,9 @@ class ObjectRecord:
         )
 
     def nbytes(self) -> int:
+        ext = _EXTENSIONS.get(self.kind)
+        if ext is not None:
+            return ext.nbytes(self.value)
         return sum(t.numel() * t.element_size() for t in tensors_of(self.value))
 
 
@@ -72,6 +83,66 @@ def kind_of(value: Any) -> str | None:
         return "module"
     if isinstance(value, torch.optim.Optimizer):
         return "optimizer"
+    for ext in _EXTENSIONS.values():
+        if isinstance(value, ext.types):
+            return ext.kind
+    return None
+
+
+# ------------------------------------------------------------------ extension kinds
+# Objects other than tensors and modules (encrypted tensors, public encryption contexts)
+# are registered by the package that defines them (``veil.he``), which sits above the node.
+
+
+@dataclass(frozen=True, slots=True)
+class ValueKind:
+    """How a node stores, describes and ships one extra kind of object.
+
+    Attributes:
+        kind: the ``ObjectRecord.kind`` / ``ObjectInfo.kind`` name.
+        types: Python classes of the stored values.
+        wire_types: the serde Structs that carry it.
+        to_wire: ``(value, storage) -> Struct``; ``storage=True`` for the node's own store
+            (self-contained), False for a reply to a client.
+        from_wire: ``(struct, resolve) -> value``; ``resolve(id)`` returns another object
+            the sender may use (None when loading from the store).
+        describe: ``value -> (shape, dtype text)`` for :class:`ObjectInfo`.
+        nbytes: ``value -> bytes held``.
+        load_order: stored objects load in ascending order of this (objects that others
+            refer to, such as public contexts, first).
+    """
+
+    kind: str
+    types: tuple[type, ...]
+    wire_types: tuple[type, ...]
+    to_wire: Callable[[Any, bool], Any]
+    from_wire: Callable[[Any, Callable[[int], Any] | None], Any]
+    describe: Callable[[Any], tuple[list[int], str]]
+    nbytes: Callable[[Any], int]
+    load_order: int = 0
+
+
+_EXTENSIONS: dict[str, ValueKind] = {}
+
+
+def register_kind(ext: ValueKind) -> None:
+    """Teach nodes a new kind of object (refuses a second registration of a name)."""
+    if ext.kind in _EXTENSIONS or ext.kind in ("tensor", "module", "optimizer"):
+        raise ValueError(f"object kind {ext.kind!r} is already registered")
+    _EXTENSIONS[ext.kind] = ext
+
+
+def load_order(kind: str) -> int:
+    """Where objects of ``kind`` come when a node loads its store (tensors, modules: 0)."""
+    ext = _EXTENSIONS.get(kind)
+    return ext.load_order if ext is not None else 0
+
+
+def extension_for(value: Any) -> ValueKind | None:
+    """The registered kind of a stored value or of a wire Struct, if any."""
+    for ext in _EXTENSIONS.values():
+        if isinstance(value, ext.types) or isinstance(value, ext.wire_types):
+            return ext
     return None
 
 

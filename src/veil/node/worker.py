@@ -64,6 +64,9 @@ class Worker(Remote):
             >>> bob.send(torch.zeros(2, 3))
             PointerTensor(node='bob', id=..., shape=2x3, dtype=float32)
         """
+        send_hook = getattr(type(obj), "__veil_send__", None)
+        if send_hook is not None:  # encrypted tensors (veil.he) send themselves
+            return send_hook(obj, self, description=description)
         if isinstance(obj, nn.Module):
             return PointerModule.send(obj, self, mode=mode)  # type: ignore[arg-type]
         if isinstance(obj, PointerTensor):

@@ -1,8 +1,8 @@
 """The few entry points veil adds to torch, installed in one place.
 
 ``torch.Tensor.send(worker)`` and ``torch.nn.Module.send(worker)`` are the only
-additions; both just call ``worker.send(obj)``. They are installed when ``veil`` is
-imported. :class:`TorchHook` keeps the PySyft 0.2 spelling working and changes nothing.
+additions made here; both just call ``worker.send(obj)``. They are installed when ``veil`` is
+imported. (``veil.he`` adds ``torch.Tensor.encrypt(key)`` the same way, from its layer.) :class:`TorchHook` keeps the PySyft 0.2 spelling working and changes nothing.
 """
 
 from __future__ import annotations

@@ -30,15 +30,30 @@ from veil.serde.values import SCALAR_TYPES, to_arg
 
 _POINTER_TYPES: tuple[type, ...] = ()
 
+# Pointer classes for extension object kinds (encrypted tensors, contexts: veil.he),
+# registered by the package that defines them: kind -> (class, factory(remote, info, inputs)).
+_EXTRA_KINDS: dict[str, tuple[type, Any]] = {}
+
+
+def register_pointer_kind(kind: str, cls: type, factory: Any) -> None:
+    """Make ``Remote`` wrap objects of ``kind`` with ``factory(remote, info, inputs)`` and
+    pass ``cls`` instances to the node as references (refuses a second registration)."""
+    global _POINTER_TYPES
+    if kind in _EXTRA_KINDS or kind in ("tensor", "module", "optimizer"):
+        raise ValueError(f"pointer kind {kind!r} is already registered")
+    _EXTRA_KINDS[kind] = (cls, factory)
+    _POINTER_TYPES = ()
+
 
 def _pointer_types() -> tuple[type, ...]:
-    """(PointerTensor, PointerModule, RemoteOptimizer), imported once on first use."""
+    """(PointerTensor, PointerModule, RemoteOptimizer, extension pointers), imported once."""
     global _POINTER_TYPES
     if not _POINTER_TYPES:
         from veil.pointers.module import PointerModule, RemoteOptimizer
         from veil.pointers.tensor import PointerTensor
 
-        _POINTER_TYPES = (PointerTensor, PointerModule, RemoteOptimizer)
+        extra = tuple(cls for cls, _ in _EXTRA_KINDS.values())
+        _POINTER_TYPES = (PointerTensor, PointerModule, RemoteOptimizer, *extra)
     return _POINTER_TYPES
 
 
@@ -154,7 +169,7 @@ class Remote(ABC):
         pointer_tensor: Any
         pointer_module: Any
         remote_optimizer: Any
-        pointer_tensor, pointer_module, remote_optimizer = _pointer_types()
+        pointer_tensor, pointer_module, remote_optimizer = _pointer_types()[:3]
         obj: Any
         for obj in inputs:  # an in-place op answers with its input's own object
             if type(obj) is pointer_tensor and obj.id == info.id:
@@ -166,6 +181,8 @@ class Remote(ABC):
             return pointer_module._from_info(self, info)
         if info.kind == "optimizer":
             return remote_optimizer._from_info(self, info)
+        if info.kind in _EXTRA_KINDS:
+            return _EXTRA_KINDS[info.kind][1](self, info, inputs)
         raise RemoteError(f"node returned an object of unknown kind {info.kind!r}")
 
     def run_op(self, op: str, *args: Any, **kwargs: Any) -> Any:

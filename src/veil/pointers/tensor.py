@@ -293,6 +293,8 @@ def _binary(name: str) -> Any:
     op = f"Tensor.{name}"
 
     def fn(self: PointerTensor, *args: Any) -> Any:
+        if args and getattr(type(args[0]), "_veil_defer_operators", False):
+            return NotImplemented  # an encrypted pointer runs `ptr @ enc` itself (__rmatmul__)
         return self.location._run(op, (self, *args), {})
 
     fn.__name__ = name

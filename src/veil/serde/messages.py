@@ -61,6 +61,34 @@ class ModuleSpec(msgspec.Struct, tag="module", frozen=True, gc=False):
     training: bool = True
 
 
+# ---------------------------------------------------- homomorphic encryption (veil.he)
+
+
+class EncryptedData(msgspec.Struct, tag="encrypted", frozen=True, gc=False):
+    """A homomorphically encrypted tensor (veil.he): the scheme, its public shape, the
+    ciphertexts in the scheme library's own serialization, and layout metadata.
+
+    ``context`` names the node object holding its public context (client -> node);
+    ``context_data`` carries that public context inline (the node's own storage only).
+    """
+
+    scheme: str  # "paillier" | "ckks"
+    shape: list[int]
+    parts: list[memoryview]
+    meta: dict[str, int | float | str | bool] = {}
+    layout: TensorData | None = None
+    context: int | None = None
+    context_data: memoryview | None = None
+
+
+class EncryptionContextData(msgspec.Struct, tag="he_context", frozen=True, gc=False):
+    """A public encryption context (veil.he): a Paillier modulus or a TenSEAL context
+    serialized without its secret key."""
+
+    scheme: str
+    data: memoryview
+
+
 Arg = Union[  # noqa: UP007 - msgspec needs a runtime Union here
     None,
     bool,
@@ -82,7 +110,7 @@ Arg = Union[  # noqa: UP007 - msgspec needs a runtime Union here
 
 
 class SendObject(msgspec.Struct, tag="send", frozen=True, gc=False):
-    value: TensorData | ModuleSpec
+    value: TensorData | ModuleSpec | EncryptedData | EncryptionContextData
     description: str = ""
     private: bool = False
 
@@ -210,7 +238,7 @@ class ObjectInfo(msgspec.Struct, tag="object", frozen=True, omit_defaults=True, 
     """What a pointer knows about its remote object without fetching it."""
 
     id: int
-    kind: str  # "tensor" | "module" | "optimizer"
+    kind: str  # "tensor" | "module" | "optimizer" | extension kinds ("encrypted", "he_context")
     shape: list[int] = []
     dtype: str = ""
     requires_grad: bool = False
@@ -233,7 +261,7 @@ class Done(msgspec.Struct, tag="done", frozen=True, gc=False):
 
 
 class Value(msgspec.Struct, tag="value", frozen=True, gc=False):
-    value: TensorData | ModuleSpec
+    value: TensorData | ModuleSpec | EncryptedData | EncryptionContextData
 
 
 class ObjectList(msgspec.Struct, tag="objects", frozen=True, gc=False):

@@ -1,0 +1,61 @@
+"""Homomorphic encryption: Paillier and CKKS encrypted tensors, and their use on nodes.
+
+* :mod:`veil.he.paillier`: additively homomorphic, exact fixed point, slot packing
+  (:func:`paillier.keygen`, :func:`paillier.encrypt` -> :class:`EncryptedTensor`).
+* :mod:`veil.he.ckks`: approximate arithmetic with ciphertext products on TenSEAL
+  (:func:`ckks.context`, :func:`ckks.encrypt` -> :class:`CKKSTensor`).
+* ``enc.send(worker)`` -> :class:`EncryptedPointer`: compute on a node that holds no key.
+
+Both libraries are optional (``pip install 'veil[he]'``) and imported on first use.
+
+Example:
+    >>> import torch
+    >>> from veil import he
+    >>> pk, sk = he.paillier.keygen(512, force=True)
+    >>> he.encrypt(torch.tensor([1.0, 2.0]), pk).sum().decrypt(sk)
+    tensor(3., dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from veil.he import ckks, paillier
+from veil.he.ckks import CKKSContext, CKKSTensor, DepthExceeded
+from veil.he.paillier import EncryptedTensor, Packing, PrivateKey, PublicKey
+from veil.he.remote import ContextPointer, EncryptedPointer, register
+from veil.he.scheme import HEScheme, register_scheme, scheme_for, schemes
+
+__all__ = [
+    "CKKSContext",
+    "CKKSTensor",
+    "ContextPointer",
+    "DepthExceeded",
+    "EncryptedPointer",
+    "EncryptedTensor",
+    "HEScheme",
+    "Packing",
+    "PrivateKey",
+    "PublicKey",
+    "ckks",
+    "encrypt",
+    "paillier",
+    "register_scheme",
+    "scheme_for",
+    "schemes",
+]
+
+
+def encrypt(x: Any, key: PublicKey | CKKSContext, **kwargs: Any) -> EncryptedTensor | CKKSTensor:
+    """Encrypt ``x`` under a Paillier public key or a CKKS context (keyword arguments go
+    to :func:`paillier.encrypt` / :func:`ckks.encrypt`)."""
+    try:
+        scheme = scheme_for(key)
+    except TypeError:
+        raise TypeError(
+            f"encrypt() needs a paillier.PublicKey or a ckks.CKKSContext, got {type(key).__name__}"
+        ) from None
+    return scheme.encrypt(x, key, **kwargs)  # type: ignore[no-any-return]
+
+
+register()

@@ -1,0 +1,495 @@
+"""Encrypted tensors on nodes: the pointer, the allowlisted HE ops, and the node object kinds.
+
+``enc.send(worker)`` stores an encrypted tensor on a node (its public context travels
+once per node and key; the secret key never does) and returns an
+:class:`EncryptedPointer`. Operators on the pointer run on the node as allowlisted
+``he.*`` ops; plaintext operands may be local tensors or pointers to tensors on that
+node (a dataset's private data included: the node's privacy rules then make the
+encrypted result private, see docs/he.md). ``ptr.get()`` brings the ciphertext back,
+linked to the local context, and ``ptr.decrypt(key)`` decrypts it.
+
+Example:
+    >>> import torch, veil
+    >>> from veil.he import ckks
+    >>> ctx = ckks.context()
+    >>> alice = veil.VirtualWorker("alice")
+    >>> ptr = ckks.encrypt(torch.tensor([1.0, 2.0]), ctx).send(alice)
+    >>> ptr
+    EncryptedPointer(node='alice', id=..., scheme=ckks, shape=(2,))
+    >>> ((ptr * 3 + torch.tensor([1.0, 1.0])).decrypt()).round(decimals=3)
+    tensor([4., 7.], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from veil.errors import InvalidRequest, ObjectNotFound
+from veil.he import wire
+from veil.he.ckks import CKKSContext, CKKSTensor, sigmoid_coefficients
+from veil.he.paillier import EncryptedTensor, PrivateKey, PublicKey
+from veil.node.objects import ValueKind, register_kind
+from veil.ops import OpSpec, default_registry
+from veil.pointers.remote import Remote, register_pointer_kind
+from veil.serde.messages import (
+    DeleteObjects,
+    EncryptedData,
+    EncryptionContextData,
+    GetObject,
+    ObjectInfo,
+    RequestAccess,
+    RequestInfo,
+    SendObject,
+    Value,
+)
+
+#: Most output elements one HE op may produce on a node (bounds the work a caller causes).
+MAX_RESULT_ELEMENTS = 1 << 22
+
+# Per connection: the node object holding each public context already sent (by fingerprint).
+# Values are object ids, not pointers: a pointer would hold its connection (the weak key)
+# alive. The context object stays on the node for the session (``clear()`` removes it).
+_SENT: weakref.WeakKeyDictionary[Remote, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+class ContextPointer:
+    """A public encryption context (Paillier public key or TenSEAL public context) on a node."""
+
+    def __init__(self, location: Remote, info: ObjectInfo, *, owned: bool = True) -> None:
+        self.location = location
+        self.id = info.id
+        self.scheme = info.dtype
+        self._owned = owned
+
+    def __del__(self) -> None:
+        try:
+            if self._owned:
+                self.location._release(self.id)
+        except Exception:  # noqa: S110 - interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        return f"ContextPointer(node={self.location.name!r}, id={self.id}, scheme={self.scheme})"
+
+
+class EncryptedPointer:
+    """A pointer to an encrypted tensor held by a node.
+
+    Arithmetic runs on the node (``+ - * @``, ``sum``, ``dot``, ``square``, ``polyval``,
+    ``sigmoid``, shape changes); ``get()`` returns the ciphertext (never plaintext),
+    ``decrypt(key)`` gets and decrypts it locally.
+    """
+
+    _veil_defer_operators = True  # PointerTensor operators hand `x @ enc` over to us
+    __array_priority__ = 1000
+
+    def __init__(self, location: Remote, info: ObjectInfo, local: wire.Context | None, *,
+                 owned: bool = True) -> None:  # fmt: skip
+        self.location = location
+        self.id = info.id
+        self.scheme = info.dtype
+        self.shape = torch.Size(info.shape)
+        self.private = info.private
+        self.sources = tuple(info.sources)
+        self._local = local
+        self._owned = owned
+
+    def __del__(self) -> None:
+        try:
+            if self._owned:
+                self.location._release(self.id)
+        except Exception:  # noqa: S110 - interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        tags = ""
+        if self.private:
+            src = f" from {', '.join(self.sources)}" if self.sources else ""
+            tags = f", private{src}"
+        return (
+            f"EncryptedPointer(node={self.location.name!r}, id={self.id}, scheme={self.scheme}, "
+            f"shape={tuple(self.shape)}{tags})"
+        )
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def size(self, dim: int | None = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
+
+    # -- remote ops ------------------------------------------------------------------
+    def _op(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.location.run_op(f"he.{name}", self, *args, **kwargs)
+
+    def __add__(self, other: Any) -> Any:
+        return self._op("add", other)
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> Any:
+        return self._op("sub", other)
+
+    def __rsub__(self, other: Any) -> Any:
+        return self._op("rsub", other)
+
+    def __mul__(self, other: Any) -> Any:
+        return self._op("mul", other)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Any) -> Any:
+        return self._op("truediv", other)
+
+    def __neg__(self) -> Any:
+        return self._op("neg")
+
+    def __matmul__(self, other: Any) -> Any:
+        return self._op("matmul", other)
+
+    matmul = mm = __matmul__
+
+    def __rmatmul__(self, other: Any) -> Any:
+        return self._op("rmatmul", other)
+
+    def sum(self, dim: int | None = None) -> Any:
+        return self._op("sum", dim)
+
+    def dot(self, other: Any) -> Any:
+        return self._op("dot", other)
+
+    def square(self) -> Any:
+        return self._op("square")
+
+    def polyval(self, coefficients: Sequence[float]) -> Any:
+        return self._op("polyval", [float(c) for c in coefficients])
+
+    def sigmoid(self, degree: int = 3, interval: tuple[float, float] = (-8.0, 8.0)) -> Any:
+        return self.polyval(sigmoid_coefficients(degree, interval))
+
+    def reshape(self, *shape: Any) -> Any:
+        dims = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], Sequence) else shape
+        return self._op("reshape", list(dims))
+
+    def transpose(self, dim0: int, dim1: int) -> Any:
+        return self._op("transpose", dim0, dim1)
+
+    @property
+    def T(self) -> Any:  # noqa: N802
+        return self._op("transpose", 0, -1) if self.ndim == 2 else self
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._op("getitem", index)
+
+    # -- fetching --------------------------------------------------------------------
+    def get(self, context: wire.Context | None = None) -> wire.Encrypted:
+        """The ciphertext, linked to a local context: ``context`` (a Paillier public key or
+        a CKKS context), default the one it was sent with. The node's privacy rules
+        apply: a result derived from private data needs the data owner's approval.
+        """
+        local = context if context is not None else self._local
+        if local is None:
+            raise ValueError(
+                "this pointer was not created from a local encrypted tensor: pass the public key "
+                "or context it is encrypted under, ptr.get(context=...)"
+            )
+        reply = self.location.call(GetObject(self.id))
+        if not (isinstance(reply, Value) and isinstance(reply.value, EncryptedData)):
+            raise InvalidRequest(f"object {self.id} is not an encrypted tensor")
+        return wire.from_wire(reply.value, local=local)
+
+    def decrypt(self, key: PrivateKey | CKKSContext | None = None) -> torch.Tensor:
+        """``get()`` and decrypt locally (Paillier: pass the private key; CKKS: the private
+        context, default the one that encrypted the tensor)."""
+        if isinstance(key, PrivateKey):
+            enc = self.get(self._local or key.public_key)
+        else:
+            enc = self.get(self._local or key)
+        if isinstance(enc, EncryptedTensor):
+            if not isinstance(key, PrivateKey):
+                raise TypeError("decrypting a Paillier tensor needs its paillier.PrivateKey")
+            return enc.decrypt(key)
+        if key is not None and not isinstance(key, CKKSContext):
+            raise TypeError("decrypting a CKKS tensor needs its private ckks.CKKSContext")
+        return enc.decrypt(key)
+
+    def move(self, destination: Remote) -> EncryptedPointer:
+        """Copy the ciphertext to another node (through this client: ``get`` then ``send``,
+        so the source node's privacy rules apply) and return a pointer there."""
+        return send(self.get(), destination)
+
+    def delete(self) -> None:
+        """Delete the object on the node now (dropping the last pointer does it too)."""
+        self.location.call(DeleteObjects([self.id]))
+        self._owned = False
+
+    def request(self, reason: str) -> RequestInfo:
+        """Ask the node's owner to approve fetching this object."""
+        reply = self.location.call(RequestAccess(self.id, reason))
+        assert isinstance(reply, RequestInfo)
+        return reply
+
+
+# --------------------------------------------------------------------------- sending
+
+
+def _context_id(worker: Remote, ctx: wire.Context, *, fresh: bool = False) -> int:
+    """The node object holding this public context, sent first if needed."""
+    sent = _SENT.setdefault(worker, {})
+    if not fresh and ctx.fingerprint in sent:
+        return sent[ctx.fingerprint]
+    info = worker.call(SendObject(wire.context_to_wire(ctx), "public encryption context"))
+    assert isinstance(info, ObjectInfo)
+    sent[ctx.fingerprint] = info.id
+    return info.id
+
+
+def send(value: wire.Encrypted, worker: Remote, *, description: str = "") -> EncryptedPointer:
+    """Store an encrypted tensor on a node (its public context goes first, once)."""
+    ctx = wire.context_of(value)
+    for attempt in (0, 1):
+        ctx_id = _context_id(worker, ctx, fresh=attempt == 1)
+        try:
+            info = worker.call(SendObject(wire.to_wire(value, context=ctx_id), description))
+            break
+        except ObjectNotFound:  # the node lost our context (cleared): send it again once
+            if attempt:
+                raise
+    assert isinstance(info, ObjectInfo)
+    return EncryptedPointer(worker, info, ctx)
+
+
+# ------------------------------------------------------------------------- node ops
+
+
+def _enc(x: Any, op: str) -> wire.Encrypted:
+    if not isinstance(x, EncryptedTensor | CKKSTensor):
+        raise InvalidRequest(f"he.{op} takes an encrypted tensor first, got {type(x).__name__}")
+    return x
+
+
+def _operand(x: Any, op: str) -> Any:
+    if isinstance(x, EncryptedTensor | CKKSTensor | torch.Tensor) or type(x) in (int, float):
+        return x
+    raise InvalidRequest(
+        f"he.{op}: operands are encrypted tensors, tensors or numbers, not {type(x).__name__}"
+    )
+
+
+def _guard_broadcast(a: Any, b: Any, op: str) -> None:
+    sb = b.shape if hasattr(b, "shape") else ()
+    try:
+        shape = torch.broadcast_shapes(tuple(a.shape), tuple(sb))
+    except RuntimeError:
+        raise InvalidRequest(
+            f"he.{op}: shapes {tuple(a.shape)} and {tuple(sb)} do not broadcast"
+        ) from None
+    if math.prod(shape) > MAX_RESULT_ELEMENTS:
+        raise InvalidRequest(f"he.{op}: result of {math.prod(shape)} elements is over the limit")
+
+
+def _rerandomized(x: Any) -> Any:
+    # A Paillier product carries randomness r**w that the key holder could relate to the
+    # plaintext w: hand back fresh randomness. (CKKS noise is discussed in docs/he.md.)
+    return x.rerandomize() if isinstance(x, EncryptedTensor) else x
+
+
+def _binary(name: str, fn: Any, *, rerandomize: bool = False) -> OpSpec:
+    def run(a: Any, b: Any) -> Any:
+        a, b = _enc(a, name), _operand(b, name)
+        _guard_broadcast(a, b, name)
+        out = fn(a, b)
+        return _rerandomized(out) if rerandomize else out
+
+    run.__name__ = f"he_{name}"
+    return OpSpec(f"he.{name}", run)
+
+
+def _unary(name: str, fn: Any, *, rerandomize: bool = False) -> OpSpec:
+    def run(a: Any, *args: Any) -> Any:
+        out = fn(_enc(a, name), *args)
+        return _rerandomized(out) if rerandomize else out
+
+    run.__name__ = f"he_{name}"
+    return OpSpec(f"he.{name}", run)
+
+
+def _matmul(a: Any, w: Any) -> Any:
+    a, w = _enc(a, "matmul"), _operand(w, "matmul")
+    if isinstance(w, torch.Tensor) and a.numel() * w.numel() > MAX_RESULT_ELEMENTS * 16:
+        raise InvalidRequest("he.matmul: the product is over the node's work limit")
+    return _rerandomized(a @ w)
+
+
+def _rmatmul(a: Any, w: Any) -> Any:
+    a, w = _enc(a, "rmatmul"), _operand(w, "rmatmul")
+    if isinstance(w, torch.Tensor) and a.numel() * w.numel() > MAX_RESULT_ELEMENTS * 16:
+        raise InvalidRequest("he.rmatmul: the product is over the node's work limit")
+    return _rerandomized(a.__rmatmul__(w))
+
+
+def _int_arg(v: Any, op: str) -> int:
+    # Sizes and dimensions must be plain numbers from the caller: a value read from a
+    # tensor (a pointer to private data) would make the public result shape depend on it.
+    if type(v) is not int:
+        raise InvalidRequest(f"he.{op}: dimensions and sizes must be plain integers")
+    return v
+
+
+def _sum(a: Any, dim: int | None = None) -> Any:
+    a = _enc(a, "sum")
+    return a.sum() if dim is None else a.sum(_int_arg(dim, "sum"))
+
+
+def _dot(a: Any, b: Any) -> Any:
+    return _rerandomized(_enc(a, "dot").dot(_operand(b, "dot")))
+
+
+def _polyval(a: Any, coefficients: list[float]) -> Any:
+    a = _enc(a, "polyval")
+    if not isinstance(a, CKKSTensor):
+        raise InvalidRequest(
+            "he.polyval needs a CKKS tensor (Paillier cannot multiply ciphertexts)"
+        )
+    if not isinstance(coefficients, list | tuple) or not 1 <= len(coefficients) <= 32:
+        raise InvalidRequest("he.polyval takes 1-32 coefficients")
+    if any(type(c) not in (int, float) for c in coefficients):
+        raise InvalidRequest("he.polyval coefficients are plain numbers")
+    return a.polyval([float(c) for c in coefficients])
+
+
+def _square(a: Any) -> Any:
+    a = _enc(a, "square")
+    if not isinstance(a, CKKSTensor):
+        raise InvalidRequest("he.square needs a CKKS tensor (Paillier cannot multiply ciphertexts)")
+    return a.square()
+
+
+def _reshape(a: Any, shape: list[int]) -> Any:
+    if not isinstance(shape, list | tuple):
+        raise InvalidRequest("he.reshape takes a list of plain integers")
+    return _enc(a, "reshape").reshape(tuple(_int_arg(d, "reshape") for d in shape))
+
+
+def _transpose(a: Any, dim0: Any, dim1: Any) -> Any:
+    return _enc(a, "transpose").transpose(_int_arg(dim0, "transpose"), _int_arg(dim1, "transpose"))
+
+
+def _getitem(a: Any, index: Any) -> Any:
+    a = _enc(a, "getitem")
+    items = index if isinstance(index, tuple) else (index,)
+    for item in items:  # a tensor index (a mask of private data...) could shape the result
+        if not (type(item) is int or item is None or item is Ellipsis or (
+            isinstance(item, slice) and all(type(v) in (int, type(None))
+                                            for v in (item.start, item.stop, item.step)))):  # fmt: skip
+            raise InvalidRequest(
+                "he.getitem takes integers, slices, None and ... only (no tensor indices: a "
+                "mask would make the result's public shape depend on its values)"
+            )
+    return a[index]
+
+
+def _ops() -> list[OpSpec]:
+    return [
+        _binary("add", lambda a, b: a + b),
+        _binary("sub", lambda a, b: a - b),
+        _binary("rsub", lambda a, b: (-a) + b),
+        _binary("mul", lambda a, b: a * b, rerandomize=True),
+        _binary("truediv", lambda a, b: a / b, rerandomize=True),
+        _unary("neg", lambda a: -a),
+        OpSpec("he.matmul", _matmul),
+        OpSpec("he.rmatmul", _rmatmul),
+        OpSpec("he.sum", _sum),
+        OpSpec("he.dot", _dot),
+        OpSpec("he.square", _square),
+        OpSpec("he.polyval", _polyval),
+        OpSpec("he.reshape", _reshape),
+        OpSpec("he.transpose", _transpose),
+        OpSpec("he.getitem", _getitem),
+        _unary("rerandomize", lambda a: a.rerandomize() if isinstance(a, EncryptedTensor) else a),
+    ]
+
+
+# ----------------------------------------------------------------------- registration
+
+
+def _describe_encrypted(v: Any) -> tuple[list[int], str]:
+    return list(v.shape), wire.scheme_of(v)
+
+
+def _describe_context(v: Any) -> tuple[list[int], str]:
+    return [], wire.scheme_of(v)
+
+
+def _context_from_wire(data: Any, resolve: Any) -> Any:
+    if not isinstance(data, EncryptionContextData):
+        raise InvalidRequest("expected an encryption context")
+    return wire.context_from_wire(data)
+
+
+def _encrypted_from_wire(data: Any, resolve: Any) -> Any:
+    if not isinstance(data, EncryptedData):
+        raise InvalidRequest("expected an encrypted tensor")
+
+    def checked(oid: int) -> Any:
+        if resolve is None:
+            raise ObjectNotFound("no context to resolve")
+        value = resolve(oid)
+        if not isinstance(value, PublicKey | CKKSContext):
+            raise InvalidRequest(f"object {oid} is not an encryption context")
+        return value
+
+    return wire.from_wire(data, checked)
+
+
+def _wrap_encrypted(remote: Remote, info: ObjectInfo, inputs: tuple[Any, ...]) -> EncryptedPointer:
+    local = next((a._local for a in inputs if isinstance(a, EncryptedPointer)), None)
+    return EncryptedPointer(remote, info, local)
+
+
+def _wrap_context(remote: Remote, info: ObjectInfo, inputs: tuple[Any, ...]) -> ContextPointer:
+    return ContextPointer(remote, info)
+
+
+def _tensor_encrypt(self: torch.Tensor, key: Any, **kwargs: Any) -> wire.Encrypted:
+    """``x.encrypt(key)``: encrypt this tensor under a Paillier public key or a CKKS context
+    (same as ``veil.he.encrypt(x, key, **kwargs)``)."""
+    from veil.he import encrypt
+
+    return encrypt(self, key, **kwargs)
+
+
+_REGISTERED = False
+
+
+def register() -> None:
+    """Teach nodes and connections about encrypted tensors (idempotent; on ``import veil.he``)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    _REGISTERED = True
+    register_kind(ValueKind(
+        "encrypted", (EncryptedTensor, CKKSTensor), (EncryptedData,),
+        lambda v, storage: wire.to_wire(v, storage=storage), _encrypted_from_wire,
+        _describe_encrypted, wire.nbytes, load_order=1,
+    ))  # fmt: skip
+    register_kind(ValueKind(
+        "he_context", (PublicKey, CKKSContext), (EncryptionContextData,),
+        lambda v, storage: wire.context_to_wire(v), _context_from_wire, _describe_context,
+        wire.nbytes, load_order=0,
+    ))  # fmt: skip
+    register_pointer_kind("encrypted", EncryptedPointer, _wrap_encrypted)
+    register_pointer_kind("he_context", ContextPointer, _wrap_context)
+    reg = default_registry()
+    for spec in _ops():
+        reg.register(spec)
+    # The one entry point HE adds to torch, next to Tensor.send (veil.pointers.hook).
+    torch.Tensor.encrypt = _tensor_encrypt  # type: ignore[attr-defined]
