@@ -42,6 +42,15 @@ def _digest(scheme: str, data: bytes) -> str:
     return hashlib.sha256(scheme.encode() + b"\0" + data).hexdigest()
 
 
+def _parts_digest(parts: list[bytes]) -> str:
+    """BLAKE2b of a ciphertext's parts: damaged bytes fail loudly instead of decoding to noise."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(len(p).to_bytes(8, "big"))
+        h.update(p)
+    return h.hexdigest()
+
+
 def context_digest(ctx: Context) -> str:
     """Content hash of a context's public bytes (what ``context_to_wire`` sends)."""
     digest = ctx.__dict__.get("_digest") if hasattr(ctx, "__dict__") else None
@@ -277,7 +286,7 @@ def to_wire(
     ctx = scheme.context_of(value)
     inline = None
     parts, meta, layout = scheme.tensor_to_parts(value)
-    meta = {"context_fp": ctx.fingerprint, **meta}
+    meta = {"context_fp": ctx.fingerprint, "parts_digest": _parts_digest(parts), **meta}
     if storage:
         store = getattr(scheme, "context_storage_bytes", scheme.context_to_bytes)
         inline = memoryview(store(ctx))
@@ -316,6 +325,12 @@ def from_wire(data: EncryptedData, resolve: Callable[[int], Any] | None = None,
     if any(d < 0 for d in shape) or math.prod(shape) > MAX_ELEMENTS:
         raise ValueError(f"encrypted tensor shape {shape[:8]} is invalid or over the limit")
     parts = [bytes(p) for p in data.parts]
+    if data.meta.get("parts_digest") != _parts_digest(parts):
+        raise ValueError(
+            "the ciphertext bytes do not match their digest: corrupted or altered on the way; "
+            "send the tensor again (a digest catches damage, not a sender that recomputes it: "
+            "ciphertexts are malleable by design, see docs/he.md)"
+        )
     return scheme.tensor_from_parts(parts, dict(data.meta), data.layout, ctx, shape)  # type: ignore[no-any-return]
 
 
