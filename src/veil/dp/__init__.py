@@ -1,0 +1,44 @@
+"""Differential privacy: exact-noise mechanisms, privacy accountants, DP-SGD, PATE.
+
+Example:
+    >>> import torch, veil.dp as dp
+    >>> mech = dp.GaussianMechanism(epsilon=1.0, delta=1e-5, sensitivity=1.0)
+    >>> mech(torch.zeros(3)).shape
+    torch.Size([3])
+"""
+
+from __future__ import annotations
+
+from veil.dp.calibration import gaussian_epsilon, gaussian_sigma, zcdp_to_delta, zcdp_to_epsilon
+from veil.dp.mechanisms import (
+    MECHANISMS,
+    DiscreteGaussianMechanism,
+    DiscreteLaplaceMechanism,
+    ExponentialMechanism,
+    GaussianMechanism,
+    LaplaceMechanism,
+    Mechanism,
+    RandomizedResponse,
+    register_mechanism,
+)
+from veil.dp.samplers import RandomSource, SeededSource, discrete_gaussian, discrete_laplace
+
+__all__ = [
+    "MECHANISMS",
+    "DiscreteGaussianMechanism",
+    "DiscreteLaplaceMechanism",
+    "ExponentialMechanism",
+    "GaussianMechanism",
+    "LaplaceMechanism",
+    "Mechanism",
+    "RandomSource",
+    "RandomizedResponse",
+    "SeededSource",
+    "discrete_gaussian",
+    "discrete_laplace",
+    "gaussian_epsilon",
+    "gaussian_sigma",
+    "register_mechanism",
+    "zcdp_to_delta",
+    "zcdp_to_epsilon",
+]
