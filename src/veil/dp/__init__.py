@@ -9,6 +9,13 @@ Example:
 
 from __future__ import annotations
 
+from veil.dp.accountants import (
+    ACCOUNTANTS,
+    Accountant,
+    PLDAccountant,
+    RDPAccountant,
+    noise_multiplier_for,
+)
 from veil.dp.calibration import gaussian_epsilon, gaussian_sigma, zcdp_to_delta, zcdp_to_epsilon
 from veil.dp.mechanisms import (
     MECHANISMS,
@@ -24,13 +31,17 @@ from veil.dp.mechanisms import (
 from veil.dp.samplers import RandomSource, SeededSource, discrete_gaussian, discrete_laplace
 
 __all__ = [
+    "ACCOUNTANTS",
     "MECHANISMS",
+    "Accountant",
     "DiscreteGaussianMechanism",
     "DiscreteLaplaceMechanism",
     "ExponentialMechanism",
     "GaussianMechanism",
     "LaplaceMechanism",
     "Mechanism",
+    "PLDAccountant",
+    "RDPAccountant",
     "RandomSource",
     "RandomizedResponse",
     "SeededSource",
@@ -38,6 +49,7 @@ __all__ = [
     "discrete_laplace",
     "gaussian_epsilon",
     "gaussian_sigma",
+    "noise_multiplier_for",
     "register_mechanism",
     "zcdp_to_delta",
     "zcdp_to_epsilon",
