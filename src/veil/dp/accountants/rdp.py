@@ -139,11 +139,19 @@ class RDPAccountant(Accountant):
     def __init__(self, orders: tuple[float, ...] = DEFAULT_ORDERS) -> None:
         super().__init__()
         self.orders = tuple(orders)
+        self._per_step: dict[tuple[float, float], np.ndarray] = {}
 
     def get_rdp(self) -> np.ndarray:
+        """Total RDP at each order (per-step values are cached: RDP composes additively)."""
         total = np.zeros(len(self.orders))
         for sigma, q, n in self.history:
-            total += compute_rdp(sample_rate=q, noise_multiplier=sigma, steps=n, orders=self.orders)
+            one = self._per_step.get((sigma, q))
+            if one is None:
+                one = compute_rdp(
+                    sample_rate=q, noise_multiplier=sigma, steps=1, orders=self.orders
+                )
+                self._per_step[(sigma, q)] = one
+            total += one * n
         return total
 
     def get_epsilon(self, delta: float) -> float:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Regenerate tests/dp/accountant_fixtures.json with Opacus and Google's dp-accounting.
+"""Regenerate tests/dp/accountant_fixtures.json (the accountant test fixtures) with Opacus and Google's dp-accounting.
 
 Not run in CI (neither library is a veil dependency). Run with a Python that has
 ``opacus==1.6.0`` and ``dp-accounting==0.6.0``, e.g. a side venv::
@@ -7,7 +7,7 @@ Not run in CI (neither library is a veil dependency). Run with a Python that has
     python -m venv --system-site-packages /tmp/dpside
     /tmp/dpside/bin/pip install --no-deps opacus==1.6.0 dp-accounting==0.6.0
     /tmp/dpside/bin/pip install absl-py attrs dm-tree mpmath semantic-version
-    /tmp/dpside/bin/python tests/dp/make_accountant_fixtures.py
+    /tmp/dpside/bin/python benchmarks/dp_accountant_fixtures.py
 """
 
 from __future__ import annotations
@@ -67,12 +67,12 @@ def main() -> None:
         )
         print(rows[-1])
     out = {
-        "generated_by": "tests/dp/make_accountant_fixtures.py",
+        "generated_by": "benchmarks/dp_accountant_fixtures.py",
         "opacus": opacus.__version__,
         "dp_accounting": getattr(dp_accounting, "__version__", "0.6.0"),
         "rows": rows,
     }
-    path = Path(__file__).with_name("accountant_fixtures.json")
+    path = Path(__file__).resolve().parent.parent / "tests" / "dp" / "accountant_fixtures.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
 
 
