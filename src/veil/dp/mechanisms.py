@@ -103,7 +103,7 @@ def _to_numpy(value: Any) -> tuple[npt.NDArray[Any], Any]:
 def _like(out: npt.NDArray[Any], template: Any, *, integer: bool = False) -> Any:
     if isinstance(template, torch.Tensor):
         dtype = template.dtype if (template.is_floating_point() or integer) else torch.float64
-        return torch.from_numpy(np.ascontiguousarray(out)).to(dtype)
+        return torch.from_numpy(np.array(out, copy=True)).reshape(out.shape).to(dtype)
     if isinstance(template, np.ndarray):
         return out
     return int(out) if integer else float(out)
