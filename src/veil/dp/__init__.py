@@ -28,6 +28,8 @@ from veil.dp.mechanisms import (
     RandomizedResponse,
     register_mechanism,
 )
+from veil.dp.pate import analyze as pate_analysis
+from veil.dp.pate import confident_gnmax, gnmax, lnmax, votes_from_predictions
 from veil.dp.samplers import RandomSource, SeededSource, discrete_gaussian, discrete_laplace
 from veil.dp.sgd import (
     DPOptimizer,
@@ -59,16 +61,21 @@ __all__ = [
     "RandomSource",
     "RandomizedResponse",
     "SeededSource",
+    "confident_gnmax",
     "discrete_gaussian",
     "discrete_laplace",
     "fix_model",
     "gaussian_epsilon",
     "gaussian_sigma",
+    "gnmax",
+    "lnmax",
     "make_private",
     "noise_multiplier_for",
+    "pate_analysis",
     "plot_privacy",
     "register_mechanism",
     "validate",
+    "votes_from_predictions",
     "zcdp_to_delta",
     "zcdp_to_epsilon",
 ]
