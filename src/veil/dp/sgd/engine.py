@@ -231,6 +231,7 @@ class PrivacyProgress:
         self.accountant = (
             accountant.accountant if isinstance(accountant, DPOptimizer) else accountant
         )
+        self._optimizer = accountant if isinstance(accountant, DPOptimizer) else None
         self.delta, self.every = delta, max(1, every)
         self.epsilon = 0.0
         self._n = 0
@@ -254,6 +255,9 @@ class PrivacyProgress:
         self.epsilon = self.accountant.get_epsilon(self.delta)
 
     def advance(self, loss: float | None = None) -> None:
+        """One logical step done (a physical piece that did not step is not counted)."""
+        if self._optimizer is not None and self._optimizer.skip_step:
+            return
         self._n += 1
         if self._n % self.every == 1 or self.every == 1:
             self._refresh_eps()
