@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from torch.func import functional_call, grad, vmap
+from torch.linalg import vector_norm
 from torch.utils import _pytree as pytree
 
 from veil.errors import UnsupportedError
@@ -181,6 +182,8 @@ class GradSampleModule(nn.Module):
         batch = self._batch_size()
         if batch == 0:  # an empty Poisson batch: nothing to clip, the noise still goes on
             return torch.zeros(0), {}
+        # backprops of a mean loss are 1/batch of each example's: fold the factor into the
+        # norms and the clipping factors instead of rescaling every backprop
         scale = float(batch) if self.loss_reduction == "mean" else 1.0
         plans = []
         sq = None
@@ -188,14 +191,14 @@ class GradSampleModule(nn.Module):
             calls = [c for c in calls if any(g is not None for g in c.grads)]
             if not calls:
                 continue
-            plan = _plan(m, calls, scale, batch, self.batch_first, self.ghost)
+            plan = _plan(m, calls, 1.0, batch, self.batch_first, self.ghost)
             plans.append(plan)
             part = plan.sq_norms()
             sq = part if sq is None else sq + part
         if sq is None:
             return torch.zeros(batch), {}
-        norms = sq.clamp_min(0).sqrt()
-        factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        norms = sq.clamp_min(0).sqrt() * scale
+        factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0) * scale
         sums: dict[torch.Tensor, torch.Tensor] = {}
         for plan in plans:
             for p, s in plan.clipped_sums(factors).items():
@@ -288,11 +291,14 @@ class _LinearGhost(_Plan):
     def sq_norms(self) -> torch.Tensor:
         a, g = self.a, self.g
         if a.shape[1] == 1:
-            w = a.squeeze(1).pow(2).sum(1) * g.squeeze(1).pow(2).sum(1)
+            w = (
+                vector_norm(a.squeeze(1), dim=1).square()
+                * vector_norm(g.squeeze(1), dim=1).square()
+            )
         else:
             w = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
         if self.bias is not None:
-            w = w + g.sum(1).pow(2).sum(1)
+            w = w + vector_norm(g.sum(1) if g.shape[1] > 1 else g.squeeze(1), dim=1).square()
         return w
 
     def clipped_sums(self, factors: torch.Tensor) -> dict[torch.Tensor, torch.Tensor]:
@@ -337,6 +343,14 @@ class _EmbeddingGhost(_Plan):
         return {w: out}
 
 
+def _cat1(xs: list[torch.Tensor]) -> torch.Tensor:
+    return xs[0] if len(xs) == 1 else torch.cat(xs, 1)
+
+
+def _scaled(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return x if scale == 1.0 else x * scale
+
+
 def _to_btd(x: torch.Tensor, bd: int) -> torch.Tensor:
     x = x.movedim(bd, 0)
     return x.reshape(x.shape[0], -1, x.shape[-1])
@@ -353,10 +367,9 @@ def _plan(m: nn.Module, calls: list[_Call], scale: float, batch: int, batch_firs
     if isinstance(m, nn.MultiheadAttention | nn.RNNBase):
         pref = 0 if m.batch_first else 1
     if isinstance(m, nn.Linear):
-        a = torch.cat([_to_btd(c.args[0], _bd(c.args[0], batch, pref)) for c in calls], 1)
-        g = (
-            torch.cat([_to_btd(_grad_of(c), _bd(_grad_of(c), batch, pref)) for c in calls], 1)
-            * scale
+        a = _cat1([_to_btd(c.args[0], _bd(c.args[0], batch, pref)) for c in calls])
+        g = _scaled(
+            _cat1([_to_btd(_grad_of(c), _bd(_grad_of(c), batch, pref)) for c in calls]), scale
         )
         plan = _LinearGhost(m.weight, m.bias, a, g, m.weight.shape)
         t, d, p = a.shape[1], a.shape[2], g.shape[2]
@@ -365,29 +378,32 @@ def _plan(m: nn.Module, calls: list[_Call], scale: float, batch: int, batch_firs
         )
         return plan if use_ghost else _Materialized(plan.per_sample())
     if isinstance(m, nn.Conv1d | nn.Conv2d) and m.padding_mode == "zeros" and m.groups == 1:
-        a_list, g_list = [], []
-        for c in calls:
-            x = c.args[0]
-            if x.dim() == (3 if isinstance(m, nn.Conv2d) else 2):
-                return _functorch(m, calls, scale, batch, pref)  # unbatched input
-            if isinstance(m, nn.Conv1d):
-                x = x.unsqueeze(2)
-                k, s, pd, dl = (
-                    (1, *m.kernel_size),
-                    (1, *m.stride),
-                    (0, *_pad(m.padding)),
-                    (1, *m.dilation),
-                )
-            else:
-                k, s, pd, dl = m.kernel_size, m.stride, _pad(m.padding), m.dilation
-            cols = F.unfold(x, k, dilation=dl, padding=pd, stride=s)  # (B, C*k, L)
-            a_list.append(cols.transpose(1, 2))
-            g_list.append(_grad_of(c).flatten(2).transpose(1, 2))  # (B, L, out)
-        a, g = torch.cat(a_list, 1), torch.cat(g_list, 1) * scale
-        plan = _LinearGhost(m.weight, m.bias, a, g, m.weight.shape)
-        t, d, p = a.shape[1], a.shape[2], g.shape[2]
-        use_ghost = ghost == "always" or (ghost == "auto" and t * t * (d + p) < t * d * p)
-        return plan if use_ghost else _Materialized(plan.per_sample())
+        if any(c.args[0].dim() == (3 if isinstance(m, nn.Conv2d) else 2) for c in calls):
+            return _functorch(m, calls, scale, batch, pref)  # unbatched input
+        conv1d = isinstance(m, nn.Conv1d)
+        k = (1, *m.kernel_size) if conv1d else m.kernel_size
+        st = (1, *m.stride) if conv1d else m.stride
+        pd = (0, *_pad(m.padding)) if conv1d else _pad(m.padding)
+        dl = (1, *m.dilation) if conv1d else m.dilation
+        xs = [c.args[0].unsqueeze(2) if conv1d else c.args[0] for c in calls]
+        gs = [_grad_of(c).unsqueeze(2) if conv1d else _grad_of(c) for c in calls]
+        t = gs[0].shape[2] * gs[0].shape[3] * len(calls)
+        d, p = m.in_channels * k[0] * k[1], m.out_channels
+        if ghost == "always" or (ghost == "auto" and t * t * (d + p) < t * d * p):
+            a = _cat1(
+                [F.unfold(x, k, dilation=dl, padding=pd, stride=st).transpose(1, 2) for x in xs]
+            )
+            g = _scaled(_cat1([gg.flatten(2).transpose(1, 2) for gg in gs]), scale)  # (B, L, out)
+            return _LinearGhost(m.weight, m.bias, a, g, m.weight.shape)
+        # per-example weight gradients as one grouped convolution (no im2col): the batch becomes
+        # the channels, each example's output gradient its kernel
+        w = sum(_conv_weight_per_sample(x, gg, k, st, pd, dl) for x, gg in zip(xs, gs))
+        grads: dict[torch.Tensor, torch.Tensor] = {
+            m.weight: _scaled(w.reshape(-1, *m.weight.shape), scale)
+        }  # type: ignore[union-attr]
+        if m.bias is not None:
+            grads[m.bias] = _scaled(sum(gg.sum((2, 3)) for gg in gs), scale)  # type: ignore[assignment]
+        return _Materialized(grads)
     if isinstance(m, nn.Embedding):
         idx = torch.cat(
             [
@@ -396,13 +412,23 @@ def _plan(m: nn.Module, calls: list[_Call], scale: float, batch: int, batch_firs
             ],
             1,
         )
-        g = (
-            torch.cat([_to_btd(_grad_of(c), _bd(_grad_of(c), batch, pref)) for c in calls], 1)
-            * scale
+        g = _scaled(
+            _cat1([_to_btd(_grad_of(c), _bd(_grad_of(c), batch, pref)) for c in calls]), scale
         )
         eplan = _EmbeddingGhost(m, idx, g)
         return eplan if ghost != "never" else _Materialized(eplan.per_sample())
     return _functorch(m, calls, scale, batch, pref)
+
+
+def _conv_weight_per_sample(x: torch.Tensor, g: torch.Tensor, k: Any, stride: Any, padding: Any,
+                            dilation: Any) -> torch.Tensor:  # fmt: skip
+    """(B, out, in, kh, kw) per-example weight gradients of a 2-d convolution."""
+    b, cin = x.shape[0], x.shape[1]
+    cout = g.shape[1]
+    w = F.conv2d(x.transpose(0, 1), g.reshape(b * cout, 1, *g.shape[2:]), None, stride=dilation,
+                 padding=padding, dilation=stride, groups=b)  # fmt: skip
+    w = w.view(cin, b, cout, *w.shape[2:]).movedim(0, 2)
+    return w[..., : k[0], : k[1]]
 
 
 def _pad(padding: Any) -> tuple[int, ...]:
@@ -436,7 +462,7 @@ def _functorch(m: nn.Module, calls: list[_Call], scale: float, batch: int, pref:
         else:
             out_bd = [_batch_dim(o, batch, bd) for o in c.outputs]
         gin = [
-            _grad_of(c, i) * scale if d is not None else torch.zeros(())
+            _scaled(_grad_of(c, i), scale) if d is not None else torch.zeros(())
             for i, d in enumerate(out_bd)
         ]
 
