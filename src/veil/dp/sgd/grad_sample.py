@@ -143,16 +143,25 @@ class GradSampleModule(nn.Module):
         if first is not None and first.dim() > 0:
             bd = 0 if self.batch_first or first.dim() < 2 else 1
             self._batch = int(first.shape[bd])
+        if self.training and torch.is_grad_enabled() and self.hooks_enabled and _RECORDING.get():
+            # Every parameter's gradient comes from the recorded activations and backprops, so
+            # the forward runs on detached parameters: backward then computes activation
+            # gradients only (no per-batch weight gradients that DP-SGD would throw away).
+            params = {n: p.detach() for n, p in self._module.named_parameters()}
+            return functional_call(self._module, params, args, kwargs)
         return self._module(*args, **kwargs)
 
     # -- recording --------------------------------------------------------------------
     def _capture(
         self, m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
-    ) -> None:
+    ) -> Any:
         if not (
             self.hooks_enabled and _RECORDING.get() and torch.is_grad_enabled() and self.training
         ):
             return
+        # an output that needs no gradient (the first layer: its input and, here, its
+        # parameters need none) is tapped as a fresh leaf so its backprop still arrives
+        out = pytree.tree_map(_tap, out)
         leaves = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
         call = _Call(tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
                      dict(kwargs), leaves, [None] * len(leaves))  # fmt: skip
@@ -160,6 +169,7 @@ class GradSampleModule(nn.Module):
         for i, t in enumerate(leaves):
             if t.requires_grad:
                 t.register_hook(_store(call, i))
+        return out
 
     def clear(self) -> None:
         """Forget recorded activations and backprops (after each step)."""
@@ -220,6 +230,12 @@ class GradSampleModule(nn.Module):
 
     def __repr__(self) -> str:
         return f"GradSampleModule({self._module!r})"
+
+
+def _tap(t: Any) -> Any:
+    if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.requires_grad:
+        return t.detach().requires_grad_()
+    return t
 
 
 def _store(call: _Call, i: int) -> Callable[[torch.Tensor], None]:
@@ -397,12 +413,12 @@ def _plan(m: nn.Module, calls: list[_Call], scale: float, batch: int, batch_firs
             return _LinearGhost(m.weight, m.bias, a, g, m.weight.shape)
         # per-example weight gradients as one grouped convolution (no im2col): the batch becomes
         # the channels, each example's output gradient its kernel
-        w = sum(_conv_weight_per_sample(x, gg, k, st, pd, dl) for x, gg in zip(xs, gs))
-        grads: dict[torch.Tensor, torch.Tensor] = {
-            m.weight: _scaled(w.reshape(-1, *m.weight.shape), scale)
-        }  # type: ignore[union-attr]
+        w = torch.stack(
+            [_conv_weight_per_sample(x, gg, k, st, pd, dl) for x, gg in zip(xs, gs)]
+        ).sum(0)
+        grads = {m.weight: _scaled(w.reshape(-1, *m.weight.shape), scale)}
         if m.bias is not None:
-            grads[m.bias] = _scaled(sum(gg.sum((2, 3)) for gg in gs), scale)  # type: ignore[assignment]
+            grads[m.bias] = _scaled(torch.stack([gg.sum((2, 3)) for gg in gs]).sum(0), scale)
         return _Materialized(grads)
     if isinstance(m, nn.Embedding):
         idx = torch.cat(
