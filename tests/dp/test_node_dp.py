@@ -172,6 +172,14 @@ def test_cli_sets_and_shows_budgets() -> None:
         assert r.exit_code == 0, r.output
         r = runner.invoke(app, ["budgets", "show", "--url", url], env=env)
         assert r.exit_code == 0 and SCI in r.output and "2.5" in r.output
+        sci = veil.connect(url, email=SCI, password=SCI_PW)  # publish over the network too
+        try:
+            assert sci.datasets["patients"].private[:, 1].sum().publish(epsilon=0.5).shape == ()
+            with pytest.raises(UnboundedSensitivity):
+                sci.datasets["patients"].private.cumsum(0).sum().publish(epsilon=0.5)
+            assert sci.budgets.list()[0].releases == 1
+        finally:
+            sci.close()
         r = runner.invoke(app, ["budgets", "set", "--user", SCI, "--dataset", "patients", "--epsilon", "9",
                                 "--url", url], env={"VEIL_EMAIL": SCI, "VEIL_PASSWORD": SCI_PW})  # fmt: skip
         assert r.exit_code == 1 and "only the node's owner" in r.output
