@@ -9,9 +9,11 @@ Three models on CPU, same data and settings (noise 1.0, clip 1.0, SGD, fixed-siz
 
 For each model: samples/s (median over steps) and peak extra RSS of a training step of
 non-private training, veil's DP-SGD and Opacus 1.6 in modes hooks, functorch, ew and ghost
-(fast gradient clipping). The fastest Opacus mode that works is the baseline. Opacus runs in
-a child process with a Python that has it (``--opacus-python``, default ``/tmp/dpside/bin/python``
-when ``opacus`` is not importable here); its rows are measured in the same run.
+(fast gradient clipping). The fastest Opacus mode that works is the baseline. When ``opacus``
+is not importable, the script re-executes itself under a Python that has it
+(``--opacus-python``, default ``/tmp/dpside/bin/python``), so all modes share one process.
+Peak memory is measured mode by mode; throughput interleaved (one step of each mode per
+round), so load from other jobs on the machine hits every mode alike.
 
 Usage::
 
@@ -88,29 +90,11 @@ def data(name: str, steps: int) -> TensorDataset:
     return TensorDataset(torch.randn(*shape, generator=g), torch.randint(0, 10, (n,), generator=g))
 
 
-def _measure(
-    step: Callable[[torch.Tensor, torch.Tensor], None], batches: list[Any], warmup: int
-) -> dict[str, float]:
-    for x, y in batches[:warmup]:
-        step(x, y)
-    gc.collect()
-    times = []
-    with PeakRSS([os.getpid()]) as mem:
-        for x, y in batches[warmup:]:
-            t0 = time.perf_counter()
-            step(x, y)
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return {
-        "samples_per_s": len(batches[0][0]) / med,
-        "step_ms": med * 1e3,
-        "peak_mib": mem.extra(os.getpid()) / 2**20,
-    }
+Step = Callable[[torch.Tensor, torch.Tensor], None]
 
 
-def run_local(name: str, mode: str, steps: int, warmup: int) -> dict[str, float]:
-    """Non-private or veil DP-SGD, in this process."""
-    ds = data(name, steps + warmup)
+def local_stepper(name: str, mode: str, ds: TensorDataset) -> tuple[Step, list[Any]]:
+    """Non-private or veil DP-SGD."""
     batches = list(DataLoader(ds, batch_size=BATCH[name]))
     model = build(name)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -126,18 +110,17 @@ def run_local(name: str, mode: str, steps: int, warmup: int) -> dict[str, float]
         loss_fn(model(x), y).backward()
         opt.step()
 
-    return _measure(step, batches, warmup)
+    return step, batches
 
 
-def run_opacus(name: str, mode: str, steps: int, warmup: int) -> dict[str, float]:
-    """One Opacus mode (needs opacus importable)."""
+def opacus_stepper(name: str, mode: str, ds: TensorDataset) -> tuple[Step, list[Any]]:
+    """One Opacus mode (DPLSTM for the LSTM, as Opacus requires)."""
     import warnings
 
     from opacus import PrivacyEngine
     from opacus.layers import DPLSTM
 
     warnings.simplefilter("ignore")
-    ds = data(name, steps + warmup)
     model = build(name, DPLSTM)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     engine = PrivacyEngine(accountant="rdp")
@@ -156,36 +139,44 @@ def run_opacus(name: str, mode: str, steps: int, warmup: int) -> dict[str, float
         crit(pmodel(x), y).backward()
         popt.step()
 
-    return _measure(step, list(ploader), warmup)
+    return step, list(ploader)
 
 
-def opacus_rows(python: str | None, steps: int, warmup: int, models: list[str]) -> dict[str, Any]:
-    """Opacus results per (model, mode): here if importable, else in a child process."""
-    if importlib.util.find_spec("opacus") is not None:
-        return _opacus_all(steps, warmup, models)
-    if python is None or not Path(python).exists():
-        return {"error": "opacus is not importable and no --opacus-python was found"}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), str(HERE)]))
-    proc = subprocess.run([python, __file__, "--opacus-worker", "--steps", str(steps), "--warmup", str(warmup),
-                           "--models", ",".join(models)], capture_output=True, text=True, env=env, timeout=1800,
-                          check=False)  # fmt: skip
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-    except (json.JSONDecodeError, IndexError):
-        return {"error": f"opacus child failed: {proc.stderr[-500:]}"}
-
-
-def _opacus_all(steps: int, warmup: int, models: list[str]) -> dict[str, Any]:
-    import opacus
-
-    out: dict[str, Any] = {"version": opacus.__version__}
-    for name in models:
+def bench_model(name: str, steps: int, warmup: int, with_opacus: bool) -> dict[str, Any]:
+    """Every mode of one model: peak memory measured mode by mode, then throughput measured
+    interleaved (one step of each mode per round), so load from other jobs hits all alike."""
+    ds = data(name, max(steps, 4))
+    makers: dict[str, Callable[[], tuple[Step, list[Any]]]] = {
+        "non-private": lambda: local_stepper(name, "non-private", ds),
+        "veil": lambda: local_stepper(name, "veil", ds),
+    }
+    if with_opacus:
         for mode in OPACUS_MODES:
-            try:
-                out[f"{name}/{mode}"] = run_opacus(name, mode, steps, warmup)
-            except Exception as exc:  # noqa: BLE001 - a mode that fails is reported, not fatal
-                out[f"{name}/{mode}"] = {"error": f"{type(exc).__name__}: {str(exc)[:120]}"}
+            makers[mode] = lambda mode=mode: opacus_stepper(name, mode, ds)  # type: ignore[misc]
+    out: dict[str, Any] = {}
+    steppers: dict[str, tuple[Step, list[Any]]] = {}
+    for mode, make in makers.items():
+        try:
+            step, batches = make()
+            for x, y in batches[:warmup]:
+                step(x, y)
             gc.collect()
+            with PeakRSS([os.getpid()]) as mem:
+                for x, y in batches[warmup : warmup + 2]:
+                    step(x, y)
+            out[mode] = {"peak_mib": mem.extra(os.getpid()) / 2**20, "times": []}
+            steppers[mode] = (step, batches)
+        except Exception as exc:  # noqa: BLE001 - a mode that fails is reported, not fatal
+            out[mode] = {"error": f"{type(exc).__name__}: {str(exc)[:120]}"}
+    for r in range(steps):
+        for mode, (step, batches) in steppers.items():
+            x, y = batches[r % len(batches)]
+            t0 = time.perf_counter()
+            step(x, y)
+            out[mode]["times"].append(time.perf_counter() - t0)
+    for mode in steppers:
+        med = statistics.median(out[mode].pop("times"))
+        out[mode].update(samples_per_s=BATCH[name] / med, step_ms=med * 1e3)
     return out
 
 
@@ -204,23 +195,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--opacus-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-opacus", action="store_true", help="skip the Opacus rows")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     models = [m for m in args.models.split(",") if m]
     steps = args.steps or (3 if args.quick else 20)
     warmup = args.warmup or (1 if args.quick else 3)
-    if args.opacus_worker:
-        print(json.dumps(_opacus_all(steps, warmup, models)))
-        return 0
+    skip_opacus = args.quick or args.no_opacus  # quick: seconds, veil and non-private only
+    with_opacus = importlib.util.find_spec("opacus") is not None and not skip_opacus
+    if not with_opacus and not skip_opacus and Path(args.opacus_python).exists():
+        # run the whole benchmark under a Python that has Opacus, so both sides share a process
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), str(HERE)]))
+        argv2 = [args.opacus_python, __file__, *(argv if argv is not None else sys.argv[1:])]
+        return subprocess.run(argv2, env=env, check=False).returncode
     t0 = time.time()
     results: dict[str, Any] = {}
     for name in models:
-        for mode in ("non-private", "veil"):
-            results[f"{name}/{mode}"] = run_local(name, mode, steps, warmup)
-            gc.collect()
-    op = opacus_rows(None if args.quick else args.opacus_python, steps, warmup, models)
-    results.update({k: v for k, v in op.items() if "/" in k})
+        for mode, r in bench_model(name, steps, warmup, with_opacus).items():
+            results[f"{name}/{mode}"] = r
+        gc.collect()
+    op: dict[str, Any] = {}
+    if with_opacus:
+        import opacus
+
+        op["version"] = opacus.__version__
+    else:
+        op["error"] = "not run (opacus is not importable here; see --opacus-python)"
     rows = []
     for name in models:
         base = results[f"{name}/non-private"]
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         mode_txt = ", ".join(
             f"{m}: {v['samples_per_s']:.0f}/s {v['peak_mib']:.0f} MiB"
             if v and "error" not in v
-            else f"{m}: failed"
+            else f"{m}: {'not run' if v is None else 'failed'}"
             for m, v in r["opacus"].items()
         ) or op.get("error", "")
         best = r["opacus_best"]
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             bv = r["opacus"][best] if best else None
             modes_txt = "; ".join(
                 f"{m} {v['samples_per_s']:.0f}/s {v['peak_mib']:.0f} MiB" if v and "error" not in v
-                else f"{m} failed ({(v or {}).get('error', 'not run')[:60]})"
+                else (f"{m} not run" if v is None else f"{m} failed ({v['error'][:60]})")
                 for m, v in r["opacus"].items()
             )  # fmt: skip
             lines.append(
