@@ -306,15 +306,13 @@ class _LinearGhost(_Plan):
 
     def sq_norms(self) -> torch.Tensor:
         a, g = self.a, self.g
-        if a.shape[1] == 1:
-            w = (
-                vector_norm(a.squeeze(1), dim=1).square()
-                * vector_norm(g.squeeze(1), dim=1).square()
-            )
-        else:
-            w = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+        if a.shape[1] == 1:  # ‖a gᵀ‖² = ‖a‖²‖g‖², and the bias adds ‖g‖²
+            gg = vector_norm(g.squeeze(1), dim=1).square()
+            aa = vector_norm(a.squeeze(1), dim=1).square()
+            return gg * (aa + 1) if self.bias is not None else gg * aa
+        w = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
         if self.bias is not None:
-            w = w + vector_norm(g.sum(1) if g.shape[1] > 1 else g.squeeze(1), dim=1).square()
+            w = w + vector_norm(g.sum(1), dim=1).square()
         return w
 
     def clipped_sums(self, factors: torch.Tensor) -> dict[torch.Tensor, torch.Tensor]:
