@@ -20,7 +20,7 @@ Example:
     >>> x = torch.rand(100, 2)
     >>> b = Rowwise.for_asset(1, x, [(0.0, 1.0), (0.0, 10.0)], k=1)
     >>> s = propagate("Tensor.sum", (x, 0), {}, {id(x): b}.get, x.sum(0))
-    >>> (s.l1, round(s.l2, 3))
+    >>> (round(s.l1, 3), round(s.l2, 3))   # 1 + 10, plus float32 summation slack
     (11.0, 10.05)
 """
 
@@ -130,8 +130,10 @@ _CMP = {"gt", "lt", "ge", "le", "eq", "ne", "greater", "less", "greater_equal", 
 _MONOTONE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "exp": torch.exp,
              "floor": torch.floor, "ceil": torch.ceil, "round": torch.round, "trunc": torch.trunc,
              "F.relu": torch.relu, "F.sigmoid": torch.sigmoid, "F.tanh": torch.tanh}  # fmt: skip
-_SAME = {"clone", "detach", "contiguous", "float", "double", "half", "bfloat16", "to", "cpu",
-         "type_as", "positive", "__pos__"}  # fmt: skip
+_SAME = {"clone", "detach", "contiguous", "cpu", "positive", "__pos__"}
+#: float32 / float64 conversions round each value by at most half an ulp of float32: widen the
+#: bounds by that much. Other casts (half, integers, ``to``) can wrap or overflow: no rule.
+_FLOAT_CASTS = {"float", "double"}
 
 
 def _name(op: str) -> str:
@@ -212,8 +214,11 @@ def _rule(name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
     rest = tuple(x.shape[1:])
     lo, hi = bx.lo.expand(rest) if rest else bx.lo, bx.hi.expand(rest) if rest else bx.hi
     n = bx.n
-    if name in _SAME or name == "__getattr__" and args[1] == "data":
+    if name in _SAME or (name == "__getattr__" and args[1] == "data"):
         return bx
+    if name in _FLOAT_CASTS:
+        slack = torch.maximum(lo.abs(), hi.abs()) * 2.0**-23 + 2.0**-126
+        return bx.with_bounds(lo - slack, hi + slack)
     if name in ("neg", "negative", "__neg__"):
         return bx.with_bounds(-hi, -lo)
     if name in ("abs", "absolute", "__abs__"):
@@ -298,7 +303,7 @@ def _rule(name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
             nlo, nhi = nlo + bias.detach().double(), nhi + bias.detach().double()
         return bx.with_bounds(nlo, nhi)
     if name in ("sum", "mean", "count_nonzero", "nansum"):
-        return _reduce(name, args, kwargs, bx, lo, hi, rest)
+        return _reduce(name, args, kwargs, bx, lo, hi, rest, result.dtype)
     if name == "histc":
         return Aggregate(
             bx.source,
@@ -315,7 +320,8 @@ def _rule(name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
 
 
 def _reduce(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], bx: Rowwise,
-            lo: torch.Tensor, hi: torch.Tensor, rest: tuple[int, ...]) -> Bound | None:  # fmt: skip
+            lo: torch.Tensor, hi: torch.Tensor, rest: tuple[int, ...],
+            dtype: torch.dtype) -> Bound | None:  # fmt: skip
     dim = args[1] if len(args) > 1 else kwargs.get("dim")
     if isinstance(dim, torch.dtype):
         dim = None
@@ -339,7 +345,18 @@ def _reduce(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], bx: Rowwis
     if 0 not in dims:
         return bx.with_bounds(lo, hi)
     w = (hi - lo).expand(rest) if rest else (hi - lo)
-    agg = Aggregate(bx.source, bx.k * float(w.sum()), bx.k * math.sqrt(float(w.pow(2).sum())))
+    # floating-point summation: each output may be off the exact sum by up to n·ε·max|x| and a
+    # neighbour's by as much again (Casacuberta et al. 2022): add that to the sensitivity
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    big = (
+        torch.maximum(lo.abs(), hi.abs()).expand(rest)
+        if rest
+        else torch.maximum(lo.abs(), hi.abs())
+    )
+    slack = 2 * bx.n * count * eps * big
+    l1 = bx.k * float(w.sum()) + float(slack.sum())
+    l2 = bx.k * math.sqrt(float(w.pow(2).sum())) + math.sqrt(float(slack.pow(2).sum()))
+    agg = Aggregate(bx.source, l1, l2)
     return agg.scaled(1 / bx.n) if name == "mean" else agg
 
 
