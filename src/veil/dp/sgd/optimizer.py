@@ -81,7 +81,8 @@ class DPOptimizer:
         if std == 0:
             return total
         if not self.secure_mode:
-            return total + torch.normal(0.0, std, total.shape, generator=self._generator).to(total)
+            noise = torch.empty_like(total).normal_(0.0, std, generator=self._generator)
+            return noise.add_(total)
         # exact discrete Gaussian on a grid fine enough that rounding moves the sum by less
         # than 2**-10·C in L2; σ is raised by 2**-9 to cover it
         n = total.numel()
@@ -111,7 +112,7 @@ class DPOptimizer:
             total = self._summed.get(p)
             if total is None:
                 total = torch.zeros_like(p)
-            p.grad = (self._privatize(total) / self.expected_batch_size).to(p.dtype)
+            p.grad = self._privatize(total).div_(self.expected_batch_size).to(p.dtype)
         self._summed = {}
         self.original_optimizer.step()
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
