@@ -216,3 +216,14 @@ def test_load_digits_reaches_90_percent_at_epsilon_3() -> None:
     assert eps <= 3.0
     assert accuracy >= 0.90, accuracy
     _ = copy  # keep import used
+
+
+def test_poisson_loader_collates_any_dataset_including_empty_batches() -> None:
+    items = [(torch.randn(6), i % 3) for i in range(10)]
+    loader = dp.PoissonLoader(items, sample_rate=0.05, seed=1)  # type: ignore[arg-type]
+    batches = list(loader)
+    assert len(batches) == len(loader) == 20
+    sizes = [len(b[0]) for b in batches]
+    assert 0 in sizes and max(sizes) >= 1
+    empty = next(b for b in batches if len(b[0]) == 0)
+    assert empty[0].shape == (0, 6) and empty[1].shape == (0,)
