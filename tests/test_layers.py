@@ -12,6 +12,7 @@ SRC = Path(veil.__file__).parent
 LAYERS = {
     "errors": 0, "types": 0, "version": 0,
     "ops": 1,
+    "dp": 1,  # veil.dp imports only errors/types and torch; node uses it for automatic DP
     "serde": 2,
     "pointers": 3,
     "node": 4,

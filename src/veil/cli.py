@@ -20,6 +20,11 @@ requests_app = typer.Typer(help="List and decide data access requests.", no_args
 app.add_typer(node_app, name="node")
 app.add_typer(user_app, name="user")
 app.add_typer(requests_app, name="requests")
+# veil.dp: privacy budgets
+budgets_app = typer.Typer(
+    help="Set and show users' privacy budgets (DP releases).", no_args_is_help=True
+)
+app.add_typer(budgets_app, name="budgets")
 console = Console()
 
 Url = Annotated[str, typer.Option(help="Base URL of a running node.", envvar="VEIL_URL")]
@@ -228,6 +233,52 @@ def requests_deny(
 ) -> None:
     """Deny a request."""
     _decide(request_id, False, note, url, email, password)
+
+
+# ---------------------------------------------------------------- veil.dp: budgets
+@budgets_app.command("set")
+def budgets_set(
+    user: Annotated[str, typer.Option(help="Email of the data scientist.")],
+    dataset: Annotated[str, typer.Option(help="The dataset the budget applies to.")],
+    epsilon: Annotated[float, typer.Option(help="Total epsilon the user may spend.")],
+    delta: Annotated[
+        float, typer.Option(help="Total delta (0 allows Laplace releases only).")
+    ] = 0.0,
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Give a user a privacy budget (epsilon, delta) on a dataset (owners and admins)."""
+    client = _client(url, email, password)
+    try:
+        b = client.budgets.set(user, dataset, epsilon=epsilon, delta=delta)
+    except VeilError as exc:
+        _fail(exc)
+    finally:
+        client.close()
+    console.print(f"budget of {b.user} on {b.dataset}: epsilon={b.epsilon:g} delta={b.delta:g}")
+
+
+@budgets_app.command("show")
+def budgets_show(
+    user: Annotated[str | None, typer.Option(help="Only this user's budgets.")] = None,
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Show budgets and what each user has spent (owners: everyone; others: their own)."""
+    client = _client(url, email, password)
+    try:
+        items = client.budgets.list(user)
+    except VeilError as exc:
+        _fail(exc)
+    finally:
+        client.close()
+    table = Table("user", "dataset", "epsilon", "delta", "spent epsilon", "spent delta", "releases")
+    for b in items:
+        table.add_row(b.user, b.dataset, f"{b.epsilon:g}", f"{b.delta:g}", f"{b.spent_epsilon:.4g}",
+                      f"{b.spent_delta:.3g}", str(b.releases))  # fmt: skip
+    console.print(table)
 
 
 def main() -> None:

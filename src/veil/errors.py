@@ -6,6 +6,7 @@
     ├── PermissionDenied        (also PermissionError)   reading or using what you may not
     │   └── AuthenticationError                           bad or missing credentials / token
     ├── BudgetExceeded          (also PermissionError)   a DP release would pass a budget
+    ├── UnboundedSensitivity    (also ValueError)        a DP release of something unbounded
     ├── OpNotAllowed            (also PermissionError)   an op outside the ``veil.ops`` allowlist
     ├── ObjectNotFound          (also KeyError)          an id the node does not hold (for you)
     ├── WorkerMismatch          (also ValueError)        pointers on different nodes in one op
@@ -46,6 +47,7 @@ __all__ = [
     "StorageError",
     "Timeout",
     "TransportError",
+    "UnboundedSensitivity",
     "UnsupportedError",
     "VeilError",
     "VersionMismatch",
@@ -79,6 +81,12 @@ class BudgetExceeded(VeilError, PermissionError):
     """A differentially private release would exceed the caller's privacy budget."""
 
     code = "budget_exceeded"
+
+
+class UnboundedSensitivity(VeilError, ValueError):
+    """A DP release was asked for a value whose sensitivity the node cannot bound."""
+
+    code = "unbounded_sensitivity"
 
 
 class OpNotAllowed(VeilError, PermissionError):

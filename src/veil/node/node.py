@@ -26,6 +26,7 @@ from veil.errors import (
     StorageError,
     VeilError,
 )
+from veil.node.dp import NodeDP
 from veil.node.objects import (
     ObjectRecord,
     autograd_leaves,
@@ -74,6 +75,7 @@ from veil.serde.messages import (
     GetDataset,
     GetInfo,
     GetObject,
+    ListBudgets,
     ListDatasets,
     ListObjects,
     ListRequests,
@@ -82,6 +84,7 @@ from veil.serde.messages import (
     NodeInfo,
     ObjectInfo,
     ObjectList,
+    Publish,
     Ref,
     Reply,
     RequestAccess,
@@ -90,6 +93,7 @@ from veil.serde.messages import (
     Results,
     RunOp,
     SendObject,
+    SetBudget,
     TensorData,
     UserInfo,
     UserList,
@@ -176,6 +180,15 @@ class Node:
             GetAudit: self._audit,
             GetInfo: self._info,
         }
+        # veil.dp: sensitivity tracking, DP releases, budgets and the ledger (node/dp.py)
+        self._dp = NodeDP(self)
+        self._handlers.update(
+            {
+                Publish: self._dp.publish,
+                SetBudget: self._dp.set_budget,
+                ListBudgets: self._dp.list_budgets,
+            }  # fmt: skip
+        )
         self._load()
         #: The generated owner password, when the node created its owner without one.
         self.owner_password: str | None = None
@@ -212,6 +225,7 @@ class Node:
             self._datasets[d.name] = _Dataset(d.name, d.description, d.created, assets)  # type: ignore[arg-type]
         for r in snap.requests:
             self._requests[r.id] = r
+        self._dp.load(snap)  # veil.dp
 
     def _persist(self, rec: ObjectRecord) -> None:
         if not self.store.persistent or rec.kind == "optimizer":
@@ -249,6 +263,7 @@ class Node:
         self._users.clear()
         self._datasets.clear()
         self._requests.clear()
+        self._dp.clear()  # veil.dp
         self._load()
 
     # ------------------------------------------------------------------ users / sessions
@@ -477,6 +492,7 @@ class Node:
                 continue
             if rec.owner == session.user_id or session.is_admin:
                 del self._objects[oid]
+                self._dp.forget(oid)  # veil.dp
                 if self.store.persistent:
                     self._batch.deleted.add(oid)
                     self._batch.objects.pop(oid, None)
@@ -573,12 +589,18 @@ class Node:
         if private:  # any input the op wrote into (e.g. batch-norm running stats) is tainted
             written = declared + [r for r, v in zip(inputs, before) if _versions(r.value) != v]
             if written:
-                self._taint(storage_keys(t for r in written for t in tensors_of(r.value)), sources)
+                keys = storage_keys(t for r in written for t in tensors_of(r.value))
+                self._taint(keys, sources)
+                self._dp.invalidate(keys)  # veil.dp: written data loses its bounds
         if sources:  # ops on dataset-derived data are audited (uploads, gets and requests always)
             self._audit_row(session, "op", msg.op, [r.id for r in inputs], sources)
         if msg.out:
-            return self._named_result(session, msg, result, private, sources)
-        return self._wrap_result(session, result, target, private, sources)
+            reply = self._named_result(session, msg, result, private, sources)
+        else:
+            reply = self._wrap_result(session, result, target, private, sources)
+        if private:  # veil.dp: sensitivity tracking of what derives from private data
+            self._dp.after_op(msg.op, args, kwargs, inputs, reply)
+        return reply
 
     def _named_result(self, session: Session, msg: RunOp, result: Any, private: bool,
                       sources: frozenset[str]) -> Reply:  # fmt: skip
@@ -850,6 +872,7 @@ class Node:
                 problems.append(f"asset {a.name!r}: give one (low, high) bound or one per column")
             if any(lo > hi for lo, hi in a.bounds):
                 problems.append(f"asset {a.name!r}: a bound has low > high")
+        problems += self._dp.check_assets(msg.assets)  # veil.dp
         if problems:
             raise InvalidRequest("; ".join(problems))
         assets = []
@@ -857,6 +880,7 @@ class Node:
             value = tensor_from_data(a.private, copy=True)
             rec = self._store(session, value, private=True, sources=frozenset({msg.name}),
                               description=a.description, asset_of=msg.name)  # fmt: skip
+            self._dp.add_asset(rec, a)  # veil.dp: bounds and rows per data subject
             mock = tensor_to_data(tensor_from_data(a.mock, copy=True))
             assets.append((a.name, rec.id, mock, list(a.columns), list(a.bounds), a.description))
         ds = _Dataset(msg.name, msg.description, time.time(), assets)

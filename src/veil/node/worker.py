@@ -19,6 +19,8 @@ from veil.serde.messages import (
     AssetSpec,
     AuditEntry,
     AuditLog,
+    BudgetInfo,
+    BudgetList,
     ClearObjects,
     CreateDataset,
     CreateUser,
@@ -28,6 +30,7 @@ from veil.serde.messages import (
     GetAudit,
     GetDataset,
     GetInfo,
+    ListBudgets,
     ListDatasets,
     ListObjects,
     ListRequests,
@@ -38,6 +41,7 @@ from veil.serde.messages import (
     RequestInfo,
     RequestList,
     SendObject,
+    SetBudget,
     UserInfo,
     UserList,
 )
@@ -130,6 +134,11 @@ class Worker(Remote):
         """Access requests: yours, or all of them for the node's owner."""
         return Requests(self)
 
+    @property
+    def budgets(self) -> Budgets:
+        """veil.dp privacy budgets: set them (owners), inspect them (everyone: their own)."""
+        return Budgets(self)
+
     def create_user(self, email: str, password: str, *, role: str = "data_scientist",
                     name: str = "") -> UserInfo:  # fmt: skip
         """Owners and admins: add a user to the node."""
@@ -221,14 +230,17 @@ class Datasets:
     def create(self, name: str, *, private: torch.Tensor | dict[str, torch.Tensor],
                mock: torch.Tensor | dict[str, torch.Tensor], description: str = "",
                columns: builtins.list[str] | None = None,
-               bounds: builtins.list[tuple[float, float]] | tuple[float, float] | None = None) -> Dataset:  # fmt: skip
+               bounds: builtins.list[tuple[float, float]] | tuple[float, float] | None = None,
+               subjects: Any = None) -> Dataset:  # fmt: skip
         """Owners: publish a dataset of private data with a mock of the same shape.
 
         Args:
             private / mock: one tensor, or a dict asset name -> tensor (same keys).
             columns: names of the last dimension's columns (single-asset datasets).
             bounds: ``(low, high)`` for all values, or one per column; later used for
-                sensitivity in differentially private releases.
+                sensitivity in differentially private releases (the data must lie inside).
+            subjects: the data subject of each row (a list or 1-D tensor of ids), for DP
+                releases that protect a person with several rows; default one per row.
 
         Example:
             >>> import torch, veil
@@ -253,12 +265,57 @@ class Datasets:
                 tensor_to_data(mocks[n]),
                 list(columns or []),
                 [(float(lo), float(hi)) for lo, hi in (bounds or [])],  # type: ignore[misc]
+                subjects=[
+                    int(v)
+                    for v in (
+                        subjects.tolist()
+                        if isinstance(subjects, torch.Tensor)
+                        else (subjects or [])
+                    )
+                ],
             )  # fmt: skip
             for n in privs
         ]
         reply = self._worker.call(CreateDataset(name, description, specs))
         assert isinstance(reply, DatasetInfo)
         return Dataset(self._worker, reply)
+
+
+class Budgets:
+    """Privacy budgets per user and dataset, enforced by the node on every ``publish``.
+
+    Example:
+        >>> import torch, veil
+        >>> owner = veil.VirtualWorker("clinic")
+        >>> _ = owner.datasets.create("ages", private=torch.tensor([30.0, 40.0]),
+        ...                           mock=torch.zeros(2), bounds=(0, 120))
+        >>> _ = owner.create_user("ds@x.org", "pw-123456")
+        >>> owner.budgets.set("ds@x.org", "ages", epsilon=2.0, delta=1e-6).epsilon
+        2.0
+        >>> [(b.user, b.spent_epsilon) for b in owner.budgets.list()]
+        [('ds@x.org', 0.0)]
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    def set(self, user: str, dataset: str, *, epsilon: float, delta: float = 0.0) -> BudgetInfo:
+        """Owners/admins: give ``user`` (an email) a budget of (ε, δ) on ``dataset``."""
+        reply = self._worker.call(SetBudget(user, dataset, float(epsilon), float(delta)))
+        assert isinstance(reply, BudgetInfo)
+        return reply
+
+    def list(self, user: str | None = None) -> builtins.list[BudgetInfo]:
+        """Budgets with what was spent: all of them for owners, else your own."""
+        reply = self._worker.call(ListBudgets(user))
+        assert isinstance(reply, BudgetList)
+        return reply.items
+
+    def __iter__(self) -> Iterator[BudgetInfo]:
+        return iter(self.list())
+
+    def __repr__(self) -> str:
+        return f"Budgets({self._worker.name!r})"
 
 
 class Requests:

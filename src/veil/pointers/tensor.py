@@ -9,7 +9,7 @@ import torch
 
 from veil.errors import OpNotAllowed, UnsupportedError
 from veil.ops import default_registry
-from veil.serde.messages import GetObject, ObjectInfo, RequestAccess, RequestInfo, Value
+from veil.serde.messages import GetObject, ObjectInfo, Publish, RequestAccess, RequestInfo, Value
 from veil.serde.tensors import DTYPES, dtype_from_name, tensor_from_data
 
 if TYPE_CHECKING:
@@ -257,6 +257,32 @@ class PointerTensor:
         if self._owned:
             self._owned = False
             self.location._release(self.id)
+
+    # -- veil.dp: differentially private release ---------------------------------------
+    def publish(self, *, epsilon: float, delta: float = 0.0) -> torch.Tensor:
+        """A differentially private copy: the node adds noise calibrated to the sensitivity it
+        tracked for this object (Laplace if ``delta`` is 0, Gaussian otherwise) and charges
+        your privacy budget on the dataset.
+
+        Raises:
+            BudgetExceeded: the release would pass your budget (or you have none).
+            UnboundedSensitivity: the node cannot bound how much one data subject changes it.
+
+        Example:
+            >>> import torch, veil
+            >>> owner = veil.VirtualWorker("clinic")
+            >>> _ = owner.datasets.create("ages", private=torch.tensor([30.0, 40.0, 50.0]),
+            ...                           mock=torch.zeros(3), bounds=(0, 120))
+            >>> _ = owner.create_user("ds@x.org", "pw-123456")
+            >>> _ = owner.budgets.set("ds@x.org", "ages", epsilon=1.0)
+            >>> scientist = owner.login("ds@x.org", "pw-123456")
+            >>> noisy = scientist.datasets["ages"].private.mean().publish(epsilon=0.5)
+            >>> noisy.shape
+            torch.Size([])
+        """
+        reply = self.location.call(Publish(self.id, float(epsilon), float(delta)))
+        assert isinstance(reply, Value)
+        return tensor_from_data(reply.value)  # type: ignore[arg-type]
 
     def request(self, reason: str) -> RequestInfo:
         """Ask the node's owner to let you ``get()`` this object; returns the request.

@@ -167,6 +167,8 @@ class AssetSpec(msgspec.Struct, frozen=True, gc=False):
     columns: list[str] = []
     bounds: list[tuple[float, float]] = []
     description: str = ""
+    #: veil.dp: the data subject each row belongs to (empty: one subject per row)
+    subjects: list[int] = []
 
 
 class CreateDataset(msgspec.Struct, tag="create_dataset", frozen=True, gc=False):
@@ -202,6 +204,44 @@ class GetInfo(msgspec.Struct, tag="info", frozen=True, gc=False):
     pass
 
 
+# --------------------------------------------------------------- veil.dp: DP releases
+
+
+class Publish(msgspec.Struct, tag="publish", frozen=True):
+    """Release an object with DP noise calibrated to its tracked sensitivity (charged to the caller)."""
+
+    id: int
+    epsilon: float
+    delta: float = 0.0
+
+
+class SetBudget(msgspec.Struct, tag="set_budget", frozen=True):
+    """Owners/admins: a user's privacy budget on a dataset (``user`` is an email)."""
+
+    user: str
+    dataset: str
+    epsilon: float
+    delta: float = 0.0
+
+
+class ListBudgets(msgspec.Struct, tag="list_budgets", frozen=True):
+    user: str | None = None
+
+
+class BudgetInfo(msgspec.Struct, tag="budget", frozen=True):
+    user: str
+    dataset: str
+    epsilon: float
+    delta: float
+    spent_epsilon: float = 0.0
+    spent_delta: float = 0.0
+    releases: int = 0
+
+
+class BudgetList(msgspec.Struct, tag="budgets", frozen=True):
+    items: list[BudgetInfo]
+
+
 Request = Union[  # noqa: UP007
     SendObject,
     RunOp,
@@ -219,6 +259,9 @@ Request = Union[  # noqa: UP007
     ListUsers,
     GetAudit,
     GetInfo,
+    Publish,
+    SetBudget,
+    ListBudgets,
 ]
 
 
@@ -362,4 +405,6 @@ Reply = Union[  # noqa: UP007
     AuditLog,
     NodeInfo,
     ErrorReply,
+    BudgetInfo,
+    BudgetList,
 ]

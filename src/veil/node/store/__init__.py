@@ -6,6 +6,7 @@ from veil.node.store.base import (
     AuditRow,
     Batch,
     DatasetRow,
+    DPRow,
     ObjectRow,
     RequestRow,
     Snapshot,
@@ -17,6 +18,7 @@ from veil.node.store.memory import MemoryStore
 __all__ = [
     "AuditRow",
     "Batch",
+    "DPRow",
     "DatasetRow",
     "MemoryStore",
     "ObjectRow",

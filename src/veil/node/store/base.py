@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -62,6 +63,15 @@ class AuditRow:
 
 
 @dataclass(slots=True)
+class DPRow:
+    """veil.dp state (budgets, ledger releases, dataset subject counts) as keyed JSON values."""
+
+    key: str
+    kind: str
+    value: dict[str, Any]
+
+
+@dataclass(slots=True)
 class Batch:
     """Everything one message changed; a store writes it atomically."""
 
@@ -71,6 +81,7 @@ class Batch:
     datasets: list[DatasetRow] = field(default_factory=list)
     requests: list[RequestRow] = field(default_factory=list)
     audit: list[AuditRow] = field(default_factory=list)
+    dp: list[DPRow] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -80,6 +91,7 @@ class Batch:
             or self.datasets
             or self.requests
             or self.audit
+            or self.dp
         )
 
 
@@ -89,6 +101,7 @@ class Snapshot:
     objects: list[ObjectRow]
     datasets: list[DatasetRow]
     requests: list[RequestRow]
+    dp: list[DPRow] = field(default_factory=list)
 
 
 class Store(ABC):

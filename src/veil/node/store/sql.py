@@ -24,6 +24,7 @@ from veil.node.store.base import (
     AuditRow,
     Batch,
     DatasetRow,
+    DPRow,
     ObjectRow,
     RequestRow,
     Snapshot,
@@ -126,6 +127,15 @@ audit_table = sa.Table(
     sa.Column("sources", sa.JSON, nullable=False),
 )
 
+# veil.dp: budgets, ledger releases and dataset subject counts (keyed JSON values)
+dp_table = sa.Table(
+    "dp_state",
+    metadata,
+    sa.Column("key", sa.String(400), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("value", sa.JSON, nullable=False),
+)
+
 #: Each table's key (what an upsert or a delete matches) and the column naming a blob file.
 _KEY = {
     "users": "id",
@@ -133,6 +143,7 @@ _KEY = {
     "datasets": "name",
     "dataset_assets": "dataset",
     "requests": "id",
+    "dp_state": "key",
 }
 _BLOB_COLUMN = {"objects": "blob", "dataset_assets": "mock_blob"}
 
@@ -162,6 +173,7 @@ _SELECT_ALL = {
         datasets_table.c.name, datasets_table.c.description, datasets_table.c.created
     ).order_by(datasets_table.c.created, datasets_table.c.name),
     "requests": sa.select(requests_table).order_by(requests_table.c.id),
+    "dp_state": sa.select(dp_table).order_by(dp_table.c.key),
 }
 
 # The same for the sqlite3 cursor: columns in order (an autoincrement key left out), and
@@ -617,8 +629,9 @@ class SQLStore(Store):
                 for r in conn.execute(_SELECT_ALL["datasets"])
             ]
             requests = [RequestRow(**r._mapping) for r in conn.execute(_SELECT_ALL["requests"])]
+            dp = [DPRow(**r._mapping) for r in conn.execute(_SELECT_ALL["dp_state"])]
         self._sweep(referenced)
-        return Snapshot(users, objects, datasets, requests)
+        return Snapshot(users, objects, datasets, requests, dp)
 
     def audit(self, limit: int) -> list[AuditRow]:
         """The newest ``limit`` audit entries, newest first."""
@@ -679,6 +692,10 @@ def _apply(
         ex.insert("requests", [_params(r) for r in requests.values()])
     if batch.audit:
         ex.insert("audit", [_params(a) for a in batch.audit])
+    if batch.dp:  # veil.dp state: upsert by key
+        dp = {r.key: r for r in batch.dp}
+        ex.delete("dp_state", list(dp))
+        ex.insert("dp_state", [_params(r) for r in dp.values()])
     return old_files
 
 
