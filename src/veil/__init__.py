@@ -24,6 +24,11 @@ from veil.version import WIRE_VERSION, __version__
 
 install()
 
+# ---- veil.mpc: MPC node ops and the fix_precision/share entry points ----
+from veil import mpc  # noqa: E402
+
+mpc.install()
+
 
 def connect(url: str, *, email: str, password: str, timeout: float = 60.0) -> Worker:
     """Log in to a node server and return a client for it.
@@ -56,5 +61,6 @@ __all__ = [
     "__version__",
     "connect",
     "errors",
+    "mpc",
     "ops",
 ]

@@ -1,0 +1,258 @@
+"""MPCSession: the parties, the crypto provider and the rounds between them, as the driver sees them.
+
+The data scientist's program drives; every message goes from the driver to one node and
+back. One protocol *round* is: the dealer's randomness for the round (one message, or
+none when dealt ahead), one ``mpc.open`` per party (its masked values, all groups of the
+round batched in one message), and one ``mpc.finish`` per party (the public openings in,
+private result shares out). Calls to node servers run in parallel threads.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import torch
+
+from veil.errors import InvalidRequest, RemoteError
+from veil.mpc import kinds, seal, stats
+from veil.mpc.kinds import numel
+from veil.mpc.ring import FixedPoint
+from veil.node.worker import VirtualWorker, Worker
+from veil.pointers import PointerTensor
+from veil.serde.messages import Reply, Results, RunOp, Value
+from veil.serde.tensors import tensor_from_data
+
+T = TypeVar("T")
+Security = Literal["semi-honest", "malicious"]
+
+
+def node_call(worker: Any, op: str, *args: Any) -> Reply:
+    """Run extension op ``op`` on ``worker`` and return its raw reply."""
+    enc, _ = worker._encode_args(args, {})
+    return worker.call(RunOp(op, enc, {}))  # type: ignore[no-any-return]
+
+
+def reply_tensor(reply: Reply) -> torch.Tensor:
+    if not isinstance(reply, Value):
+        raise RemoteError(f"expected a value from the node, got {type(reply).__name__}")
+    return tensor_from_data(reply.value, copy=True)  # type: ignore[arg-type]
+
+
+def public_key(worker: Any) -> bytes:
+    """A node's MPC public key (32 bytes)."""
+    return bytes(reply_tensor(node_call(worker, "mpc.public_key")).numpy().tobytes())
+
+
+def fingerprint(worker: Any) -> str:
+    """The fingerprint of a node's MPC key, for :func:`veil.mpc.pin_dealers`."""
+    return seal.fingerprint(public_key(worker))
+
+
+def _u8(b: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(b), dtype=torch.uint8)
+
+
+@dataclass
+class Request:
+    """One group to open in a round: its kind, params, and each party's input pointers."""
+
+    kind: str
+    params: dict[str, Any]
+    inputs: list[list[PointerTensor]]  # [party][input]
+    dealt: tuple[int, torch.Tensor] | None = None
+    slots: list[kinds.Slot] = field(default_factory=list)
+
+
+class MPCSession:
+    """Parties (>= 2 workers), a crypto provider (a worker that is none of them), the
+    fixed-point encoding and the security mode; set up once per party set.
+
+    Args:
+        parties: the workers holding shares, in party order.
+        provider: the trusted dealer's worker.
+        frac_bits: fixed-point fractional bits.
+        security: ``"semi-honest"`` (default, fast) or ``"malicious"``.
+
+    Example:
+        >>> import veil
+        >>> alice, bob, carol = (veil.VirtualWorker(n) for n in ("alice", "bob", "carol"))
+        >>> MPCSession([alice, bob], carol)
+        MPCSession(parties=['alice', 'bob'], provider='carol', frac_bits=16, security='semi-honest')
+    """
+
+    def __init__(self, parties: Sequence[Worker], provider: Worker, *, frac_bits: int = 16,
+                 security: Security = "semi-honest") -> None:  # fmt: skip
+        parties = list(parties)
+        problems = []
+        if len(parties) < 2:
+            problems.append(f"secret sharing needs at least 2 parties, got {len(parties)}")
+        if len({id(p) for p in parties}) != len(parties):
+            problems.append("each party must appear once")
+        if any(p is provider for p in parties):
+            problems.append("the crypto provider must not be one of the parties")
+        if security not in ("semi-honest", "malicious"):
+            problems.append(f"security must be 'semi-honest' or 'malicious', got {security!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        if security == "malicious":
+            from veil.errors import UnsupportedError
+
+            raise UnsupportedError(
+                "security='malicious' (SPDZ MACs) is not available in this build; "
+                "use the default semi-honest mode"
+            )
+        self.parties: list[Worker] = parties
+        self.provider = provider
+        self.encoding = FixedPoint(frac_bits)
+        self.security: Security = security
+        self.n = len(parties)
+        self._lock = threading.RLock()
+        self._pool: ThreadPoolExecutor | None = None
+        if not all(isinstance(p, VirtualWorker) for p in [*parties, provider]):
+            self._pool = ThreadPoolExecutor(max_workers=self.n + 1, thread_name_prefix="veil-mpc")
+        keys = self.fanout(public_key, self.parties)
+        self.keys = keys
+        self.provider_key = public_key(provider)
+        blob = reply_tensor(node_call(provider, "mpc.dealer_setup", [_u8(k) for k in keys]))
+        raw = blob.numpy().tobytes()
+        self.sid = raw[:32].decode()
+        boxes = [raw[32 + 60 * i : 32 + 60 * (i + 1)] for i in range(self.n)]
+        self.fanout(
+            lambda i: node_call(self.parties[i], "mpc.join", self.sid, i, self.n,
+                                _u8(self.provider_key), _u8(boxes[i])),  # fmt: skip
+            range(self.n),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"MPCSession(parties={[p.name for p in self.parties]}, provider={self.provider.name!r}, "
+            f"frac_bits={self.encoding.frac_bits}, security={self.security!r})"
+        )
+
+    # ---------------------------------------------------------------- plumbing
+    def fanout(self, fn: Callable[[Any], T], items: Any) -> list[T]:
+        """``[fn(i) for i in items]``, in parallel threads when parties are remote."""
+        items = list(items)
+        if self._pool is None or len(items) < 2:
+            return [fn(i) for i in items]
+        return list(self._pool.map(fn, items))
+
+    @property
+    def truncation(self) -> str:
+        """``"local"`` for 2 parties in semi-honest mode, else ``"dealer"``."""
+        return "local" if self.n == 2 and self.security == "semi-honest" else "dealer"
+
+    def deal(self, groups: list[tuple[str, dict[str, Any]]]) -> list[tuple[int, torch.Tensor]]:
+        """Ask the provider for groups of randomness; returns (gid, delta) for each."""
+        specs = [(k, p) for k, p in groups]
+        flat = reply_tensor(node_call(self.provider, "mpc.deal", self.sid, specs))
+        stats.record(self.provider.name, (flat.numel() - len(groups)) * 8, rounds=0)
+        gids = flat[: len(groups)].tolist()
+        out, off = [], len(groups)
+        for (kind, params), gid in zip(groups, gids, strict=True):
+            slots = kinds.get_kind(kind).slots(params)
+            size = sum(numel(s.shape) for s in slots if s.corrected)
+            out.append((int(gid), flat[off : off + size]))
+            off += size
+        return out
+
+    # ---------------------------------------------------------------- one round
+    def round(self, requests: list[Request]) -> list[list[list[PointerTensor]]]:
+        """Open every request's group on every party (one message per party), combine the
+        openings, and finish: returns, per request, per output, each party's share."""
+        undealt = [r for r in requests if r.dealt is None]
+        if undealt:
+            for r, d in zip(undealt, self.deal([(r.kind, r.params) for r in undealt]), strict=True):
+                r.dealt = d
+        for r in requests:
+            r.slots = kinds.get_kind(r.kind).slots(r.params)
+        last = self.n - 1
+
+        def open_on(i: int) -> torch.Tensor:
+            items = []
+            for r in requests:
+                assert r.dealt is not None
+                item: dict[str, Any] = {"gid": r.dealt[0], "kind": r.kind, "params": r.params,
+                                        "inputs": r.inputs[i]}  # fmt: skip
+                if i == last and any(s.corrected for s in r.slots):
+                    item["delta"] = r.dealt[1]
+                items.append(item)
+            out = reply_tensor(node_call(self.parties[i], "mpc.open", self.sid, items))
+            stats.record(self.parties[i].name, out.numel() * 8)
+            return out
+
+        flats = self.fanout(open_on, range(self.n))
+        opened_per_req: list[list[torch.Tensor]] = []
+        off = 0
+        for r in requests:
+            vals = []
+            for s in r.slots:
+                if not s.opened:
+                    continue
+                k = numel(s.shape)
+                parts = [f[off : off + k].reshape(s.shape) for f in flats]
+                off += k
+                vals.append(kinds.combine("arith" if s.domain == "arith" else "xor", parts))
+            opened_per_req.append(vals)
+        if off != flats[0].numel():
+            raise RemoteError("a party answered openings of the wrong size")
+
+        def finish_on(i: int) -> list[PointerTensor]:
+            items = [{"gid": r.dealt[0], "opened": o} for r, o in zip(requests, opened_per_req, strict=True)]  # type: ignore[index]
+            reply = node_call(self.parties[i], "mpc.finish", self.sid, items)
+            if not isinstance(reply, Results):
+                raise RemoteError(f"unexpected reply to finish: {type(reply).__name__}")
+            return [PointerTensor(self.parties[i], info) for info in reply.items]  # type: ignore[arg-type]
+
+        per_party = self.fanout(finish_on, range(self.n))
+        out: list[list[list[PointerTensor]]] = []
+        pos = 0
+        sizes = [_outputs(r) for r in requests]
+        if sum(sizes) != len(per_party[0]):
+            raise RemoteError("a party finished with an unexpected number of results")
+        for size in sizes:
+            out.append([[per_party[i][pos + j] for i in range(self.n)] for j in range(size)])
+            pos += size
+        return out
+
+
+def _outputs(r: Request) -> int:
+    if r.kind == "a2b":
+        return 2
+    if r.kind == "carry":
+        return 1 if r.params.get("last") else 2
+    return 1
+
+
+# ------------------------------------------------------------------ session cache
+
+#: Live sessions by (parties, provider, options); a session lives while a tensor uses it.
+_SESSIONS: weakref.WeakValueDictionary[tuple[Any, ...], MPCSession] = weakref.WeakValueDictionary()
+
+
+def session_for(parties: Sequence[Worker], provider: Worker | None, *, frac_bits: int = 16,
+                security: Security = "semi-honest") -> MPCSession:  # fmt: skip
+    """The session for these parties and provider (created once, then reused)."""
+    if provider is None:
+        raise InvalidRequest(
+            "share() needs a crypto provider: x.share(alice, bob, crypto_provider=carol); "
+            "it deals the correlated randomness and never sees your data"
+        )
+    key = (tuple(id(p) for p in parties), id(provider), frac_bits, security)
+    sess = _SESSIONS.get(key)
+    if sess is None or any(a is not b for a, b in zip(sess.parties, parties, strict=True)) or (
+        sess.provider is not provider
+    ):
+        sess = MPCSession(parties, provider, frac_bits=frac_bits, security=security)
+        _SESSIONS[key] = sess
+    return sess
+
+
+def new_tag() -> str:
+    return secrets.token_hex(8)
