@@ -53,8 +53,10 @@ def numel(shape: tuple[int, ...]) -> int:
 
 def _shape(p: Params, key: str) -> tuple[int, ...]:
     v = p.get(key)
-    if not isinstance(v, list | tuple) or len(v) > 8 or not all(
-        isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in v
+    if (
+        not isinstance(v, list | tuple)
+        or len(v) > 8
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in v)
     ):
         raise InvalidRequest(f"parameter {key!r} must be a shape (a list of at most 8 sizes)")
     return tuple(v)
@@ -132,7 +134,9 @@ class Beaver(Kind):
         if op == "mul":
             return tuple(torch.broadcast_shapes(xs, ys))
         if op == "matmul":
-            return tuple(torch.matmul(torch.empty(xs, device="meta"), torch.empty(ys, device="meta")).shape)
+            return tuple(
+                torch.matmul(torch.empty(xs, device="meta"), torch.empty(ys, device="meta")).shape
+            )
         if op == "conv2d":
             if len(xs) != 4 or len(ys) != 4:
                 raise InvalidRequest("conv2d needs 4-d input and weight shapes")
@@ -338,7 +342,9 @@ class B2A(Kind):
         return [z]
 
 
-KINDS: dict[str, Kind] = {k.name: k for k in (Beaver(), Square(), Truncate(), A2B(), CarryLevel(), B2A())}
+KINDS: dict[str, Kind] = {
+    k.name: k for k in (Beaver(), Square(), Truncate(), A2B(), CarryLevel(), B2A())
+}
 
 
 def get_kind(name: Any) -> Kind:
@@ -375,16 +381,22 @@ def apply_delta(slots: list[Slot], values: dict[str, torch.Tensor], delta: torch
         values[s.name] = values[s.name] + d if s.domain == "arith" else values[s.name] ^ d
 
 
-def dealer_delta(kind: Kind, p: Params, slots: list[Slot], seeds: list[bytes], gid: int) -> torch.Tensor:
+def dealer_delta(
+    kind: Kind, p: Params, slots: list[Slot], seeds: list[bytes], gid: int
+) -> torch.Tensor:
     """Dealer: the last party's delta for group ``gid`` (flat int64; uniform to anyone
     without the last party's seed)."""
     shares = [party_slots(s, gid, slots) for s in seeds]
-    truth = {s.name: combine(s.domain, [sh[s.name] for sh in shares]) for s in slots if not s.corrected}
+    truth = {
+        s.name: combine(s.domain, [sh[s.name] for sh in shares]) for s in slots if not s.corrected
+    }
     want = kind.relation(p, truth)
     parts = []
     for s in slots:
         if not s.corrected:
             continue
         have = combine(s.domain, [sh[s.name] for sh in shares])
-        parts.append((want[s.name] - have if s.domain == "arith" else want[s.name] ^ have).reshape(-1))
+        parts.append(
+            (want[s.name] - have if s.domain == "arith" else want[s.name] ^ have).reshape(-1)
+        )
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)

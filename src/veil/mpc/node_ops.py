@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,7 +167,9 @@ def op_join(ctx: OpContext, sid: Any, index: Any, n: Any, dealer: Any, box: Any)
     key = (ctx.session.user_id, sid)
     if key in st.parties or key in st.dealers:
         raise PermissionDenied(f"session {sid} already exists on node {ctx.node.name!r}")
-    seed = seal.unseal(st.keys, dealer_pub, _bytes(box, "the sealed seed"), _context("seed", sid, index, n))
+    seed = seal.unseal(
+        st.keys, dealer_pub, _bytes(box, "the sealed seed"), _context("seed", sid, index, n)
+    )
     digest = hashlib.sha256(seed).digest()
     if digest in st.seen_seeds:
         raise PermissionDenied("this dealer seed was already used on this node: replay refused")
@@ -244,8 +247,10 @@ def op_open(ctx: OpContext, sid: Any, items: Any) -> Reply:
         total += sum(numel(s.shape) for s in slots)
         ctx.check_elements(total)
         inputs = it.get("inputs")
-        if not isinstance(inputs, list) or len(inputs) != kind.n_inputs or not all(
-            isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in inputs
+        if (
+            not isinstance(inputs, list)
+            or len(inputs) != kind.n_inputs
+            or not all(isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in inputs)
         ):
             raise InvalidRequest(f"{kind.name} takes {kind.n_inputs} int64 share tensors")
         masks = kinds.party_slots(sess.seed, gid, slots)
@@ -258,7 +263,9 @@ def op_open(ctx: OpContext, sid: Any, items: Any) -> Reply:
         opened = [s for s in slots if s.opened]
         for s, v in zip(opened, operands, strict=True):
             if tuple(v.shape) != s.shape:
-                raise InvalidRequest(f"{kind.name}: operand of shape {tuple(v.shape)}, expected {s.shape}")
+                raise InvalidRequest(
+                    f"{kind.name}: operand of shape {tuple(v.shape)}, expected {s.shape}"
+                )
             m = masks[s.name]
             masked = v - m if s.domain == "arith" else (v & 1) ^ m if s.domain == "bit" else v ^ m
             out.append(masked.reshape(-1))
@@ -278,7 +285,7 @@ def op_finish(ctx: OpContext, sid: Any, items: Any) -> Reply:
     sess = _party(ctx, sid)
     if not isinstance(items, list) or not items:
         raise InvalidRequest("finish needs a non-empty list of items")
-    results = []
+    results: list[Any] = []
     for it in items:
         gid = it.get("gid") if isinstance(it, dict) else None
         key = (ctx.session.user_id, str(sid), gid)
@@ -287,9 +294,13 @@ def op_finish(ctx: OpContext, sid: Any, items: Any) -> Reply:
             raise InvalidRequest(f"no opened group {gid!r} to finish on node {ctx.node.name!r}")
         opened = it.get("opened")
         want = [s for s in pend.slots if s.opened]
-        if not isinstance(opened, list) or len(opened) != len(want) or not all(
-            isinstance(t, torch.Tensor) and t.dtype == torch.int64 and tuple(t.shape) == s.shape
-            for t, s in zip(opened, want, strict=False)
+        if (
+            not isinstance(opened, list)
+            or len(opened) != len(want)
+            or not all(
+                isinstance(t, torch.Tensor) and t.dtype == torch.int64 and tuple(t.shape) == s.shape
+                for t, s in zip(opened, want, strict=False)
+            )
         ):
             raise InvalidRequest(f"{pend.kind.name}: openings of the wrong count or shape")
         outs = pend.kind.finish(pend.params, opened, pend.masks, pend.inputs, sess.index, sess.n)
@@ -333,12 +344,16 @@ def op_split(ctx: OpContext, x: Any, keys: Any, index: Any, tag: Any) -> Reply:
     return ctx.results([mine, ctx.new(_u8(b"".join(boxes)), private=False)])
 
 
-def op_receive(ctx: OpContext, sender: Any, box: Any, shape: Any, index: Any, n: Any, tag: Any) -> Reply:
+def op_receive(
+    ctx: OpContext, sender: Any, box: Any, shape: Any, index: Any, n: Any, tag: Any
+) -> Reply:
     """Party ``index``: expand the seed sealed for it by the data holder ``sender`` into its
     share of a tensor of ``shape`` (stored private)."""
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise InvalidRequest("shape must be a list of sizes")
-    if not (isinstance(index, int) and isinstance(n, int) and 0 <= index < n <= 64) or not isinstance(tag, str):
+    if not (
+        isinstance(index, int) and isinstance(n, int) and 0 <= index < n <= 64
+    ) or not isinstance(tag, str):
         raise InvalidRequest("receive needs the party index, the party count and the tag")
     size = numel(tuple(shape))
     ctx.check_elements(size)
@@ -355,7 +370,7 @@ def op_trunc_local(x: torch.Tensor, f: int, party: int) -> torch.Tensor:
     return kinds._trunc_local(x, f, party)
 
 
-NODE_OPS = {
+NODE_OPS: dict[str, Callable[..., Any]] = {
     "mpc.public_key": op_public_key,
     "mpc.dealer_setup": op_dealer_setup,
     "mpc.join": op_join,
@@ -366,7 +381,11 @@ NODE_OPS = {
     "mpc.split": op_split,
     "mpc.receive": op_receive,
 }
-PURE_OPS = {"mpc.trunc_local": op_trunc_local, "mpc.conv2d": kinds.ring.conv2d, "mpc.matmul": kinds.ring.matmul}
+PURE_OPS: dict[str, Callable[..., Any]] = {
+    "mpc.trunc_local": op_trunc_local,
+    "mpc.conv2d": kinds.ring.conv2d,
+    "mpc.matmul": kinds.ring.matmul,
+}
 
 
 def register(reg: OpRegistry | None = None) -> None:

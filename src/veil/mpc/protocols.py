@@ -24,7 +24,7 @@ from typing import Any
 from veil.mpc.session import MPCSession, Request
 from veil.pointers import PointerTensor
 
-Shares = list[PointerTensor]
+Shares = list[Any]  # PointerTensor per party (its operators are dynamic for mypy)
 
 #: Shifts of the Kogge-Stone carry tree over 64-bit words.
 _SHIFTS = (1, 2, 4, 8, 16, 32)
@@ -63,8 +63,11 @@ def products(sess: MPCSession, pairs: list[tuple[Shares, Shares]], f: int) -> li
     """Several elementwise products in one round (then one truncation round if needed)."""
     local_f = f if sess.truncation == "local" else 0
     reqs = [
-        Request("beaver", {"x": list(x[0].shape), "y": list(y[0].shape), "op": "mul", "trunc": local_f},
-                [[a, b] for a, b in zip(x, y, strict=True)])  # fmt: skip
+        Request(
+            "beaver",
+            {"x": list(x[0].shape), "y": list(y[0].shape), "op": "mul", "trunc": local_f},
+            [[a, b] for a, b in zip(x, y, strict=True)],
+        )  # fmt: skip
         for x, y in pairs
     ]
     outs = [r[0] for r in sess.round(reqs)]
@@ -101,7 +104,9 @@ def sign_bit(sess: MPCSession, xs: Shares) -> Shares:
     p0 = p
     for k in range(len(_SHIFTS)):
         spec = groups[1 + k]
-        (res,) = sess.round([Request("carry", spec[1], [[g[i], p[i], p0[i]] for i in range(sess.n)], dealt[1 + k])])
+        (res,) = sess.round(
+            [Request("carry", spec[1], [[g[i], p[i], p0[i]] for i in range(sess.n)], dealt[1 + k])]
+        )
         if len(res) == 2:
             g, p = res
         else:

@@ -80,7 +80,8 @@ def _as_shared(t: Any, like: SharedTensor) -> SharedTensor:
     if isinstance(t, SharedTensor):
         return t
     zero = like.session.fanout(
-        lambda i: like.session.parties[i].send(t if i == 0 else torch.zeros_like(t)), range(like.session.n)
+        lambda i: like.session.parties[i].send(t if i == 0 else torch.zeros_like(t)),
+        range(like.session.n),
     )
     return SharedTensor(zero, like.session, FixedPoint(0))
 

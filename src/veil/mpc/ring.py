@@ -133,7 +133,10 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a * b
     if k > _MAX_K:
         parts = [
-            matmul(a[..., i : i + _MAX_K], b[..., i : i + _MAX_K, :] if b.dim() > 1 else b[i : i + _MAX_K])
+            matmul(
+                a[..., i : i + _MAX_K],
+                b[..., i : i + _MAX_K, :] if b.dim() > 1 else b[i : i + _MAX_K],
+            )
             for i in range(0, k, _MAX_K)
         ]
         out = parts[0]

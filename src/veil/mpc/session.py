@@ -78,6 +78,10 @@ class MPCSession:
         provider: the trusted dealer's worker.
         frac_bits: fixed-point fractional bits.
         security: ``"semi-honest"`` (default, fast) or ``"malicious"``.
+        truncation: ``"auto"`` (local for 2 semi-honest parties, else dealer pairs),
+            ``"local"`` (2 parties: free, but a product z fails with probability about
+            |z| / 2^63 per element, z at scale 2^(2 frac_bits)) or ``"dealer"`` (one more
+            round, exact to one unit in the last place for any |z| < 2^62).
 
     Example:
         >>> import veil
@@ -87,7 +91,7 @@ class MPCSession:
     """
 
     def __init__(self, parties: Sequence[Worker], provider: Worker, *, frac_bits: int = 16,
-                 security: Security = "semi-honest") -> None:  # fmt: skip
+                 security: Security = "semi-honest", truncation: str = "auto") -> None:  # fmt: skip
         parties = list(parties)
         problems = []
         if len(parties) < 2:
@@ -98,8 +102,13 @@ class MPCSession:
             problems.append("the crypto provider must not be one of the parties")
         if security not in ("semi-honest", "malicious"):
             problems.append(f"security must be 'semi-honest' or 'malicious', got {security!r}")
+        if truncation not in ("auto", "local", "dealer"):
+            problems.append(f"truncation must be 'auto', 'local' or 'dealer', got {truncation!r}")
+        elif truncation == "local" and (len(parties) != 2 or security != "semi-honest"):
+            problems.append("local truncation works for 2 parties in semi-honest mode only")
         if problems:
             raise ValueError("; ".join(problems))
+        self._truncation = truncation
         if security == "malicious":
             from veil.errors import UnsupportedError
 
@@ -124,8 +133,15 @@ class MPCSession:
         self.sid = raw[:32].decode()
         boxes = [raw[32 + 60 * i : 32 + 60 * (i + 1)] for i in range(self.n)]
         self.fanout(
-            lambda i: node_call(self.parties[i], "mpc.join", self.sid, i, self.n,
-                                _u8(self.provider_key), _u8(boxes[i])),  # fmt: skip
+            lambda i: node_call(
+                self.parties[i],
+                "mpc.join",
+                self.sid,
+                i,
+                self.n,
+                _u8(self.provider_key),
+                _u8(boxes[i]),
+            ),  # fmt: skip
             range(self.n),
         )
 
@@ -146,6 +162,8 @@ class MPCSession:
     @property
     def truncation(self) -> str:
         """``"local"`` for 2 parties in semi-honest mode, else ``"dealer"``."""
+        if self._truncation != "auto":
+            return self._truncation
         return "local" if self.n == 2 and self.security == "semi-honest" else "dealer"
 
     def deal(self, groups: list[tuple[str, dict[str, Any]]]) -> list[tuple[int, torch.Tensor]]:
@@ -204,7 +222,10 @@ class MPCSession:
             raise RemoteError("a party answered openings of the wrong size")
 
         def finish_on(i: int) -> list[PointerTensor]:
-            items = [{"gid": r.dealt[0], "opened": o} for r, o in zip(requests, opened_per_req, strict=True)]  # type: ignore[index]
+            items = [
+                {"gid": r.dealt[0] if r.dealt else 0, "opened": o}
+                for r, o in zip(requests, opened_per_req, strict=True)
+            ]
             reply = node_call(self.parties[i], "mpc.finish", self.sid, items)
             if not isinstance(reply, Results):
                 raise RemoteError(f"unexpected reply to finish: {type(reply).__name__}")
@@ -246,8 +267,10 @@ def session_for(parties: Sequence[Worker], provider: Worker | None, *, frac_bits
         )
     key = (tuple(id(p) for p in parties), id(provider), frac_bits, security)
     sess = _SESSIONS.get(key)
-    if sess is None or any(a is not b for a, b in zip(sess.parties, parties, strict=True)) or (
-        sess.provider is not provider
+    if (
+        sess is None
+        or any(a is not b for a, b in zip(sess.parties, parties, strict=True))
+        or (sess.provider is not provider)
     ):
         sess = MPCSession(parties, provider, frac_bits=frac_bits, security=security)
         _SESSIONS[key] = sess

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,13 +20,13 @@ import torch
 
 from veil.errors import InvalidRequest, WorkerMismatch
 from veil.mpc import protocols as P
-from veil.mpc.ring import FixedPoint
+from veil.mpc.ring import FixedPoint, prg
 from veil.mpc.session import MPCSession, node_call, session_for
 from veil.node.worker import Worker
 from veil.pointers import PointerTensor
 from veil.serde.messages import Results
 
-Shares = list[PointerTensor]
+Shares = list[Any]  # PointerTensor per party (its operators are dynamic for mypy)
 
 
 class FixedPrecisionTensor:
@@ -47,16 +48,17 @@ class FixedPrecisionTensor:
     def shape(self) -> torch.Size:
         return self.encoded.shape
 
-    def float_precision(self) -> torch.Tensor:
-        """Decode to float32."""
-        return self.encoding.decode(self.encoded)
+    def float_precision(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Decode (exactly in float64, then cast to ``dtype``)."""
+        return self.encoding.decode(self.encoded, dtype)
 
     def share(self, *parties: Worker, crypto_provider: Worker | None = None,
-              security: str = "semi-honest") -> SharedTensor:  # fmt: skip
+              security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
         """Split among ``parties`` (random shares summing to the value mod 2^64); each
-        share is stored as a private object on its party."""
-        sess = session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
-                           security=security)  # type: ignore[arg-type]  # fmt: skip
+        share is stored as a private object on its party. ``session`` (an
+        :class:`MPCSession`) replaces parties, provider and options."""
+        sess = session or session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
+                                      security=security)  # type: ignore[arg-type]  # fmt: skip
         return SharedTensor.from_encoded(sess, self.encoded, self.encoding)
 
     def __repr__(self) -> str:
@@ -83,16 +85,18 @@ class FixedPrecisionPointer:
         return self.pointer.shape
 
     def share(self, *parties: Worker, crypto_provider: Worker | None = None,
-              security: str = "semi-honest") -> SharedTensor:  # fmt: skip
+              security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
         holder = self.pointer.location
+        if session is not None:
+            parties = tuple(session.parties)
         idx = next((i for i, p in enumerate(parties) if p is holder), None)
         if idx is None:
             raise WorkerMismatch(
                 f"the data is on {holder.name!r}, which is not among the parties "
                 f"{[p.name for p in parties]}; make its node one of the parties"
             )
-        sess = session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
-                           security=security)  # type: ignore[arg-type]  # fmt: skip
+        sess = session or session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
+                                      security=security)  # type: ignore[arg-type]  # fmt: skip
         return SharedTensor.from_pointer(sess, self.pointer, idx, self.encoding)
 
     def float_precision(self) -> PointerTensor:
@@ -135,10 +139,14 @@ class SharedTensor:
 
     # ------------------------------------------------------------- construction
     @classmethod
-    def from_encoded(cls, sess: MPCSession, enc: torch.Tensor, encoding: FixedPoint) -> SharedTensor:
+    def from_encoded(
+        cls, sess: MPCSession, enc: torch.Tensor, encoding: FixedPoint
+    ) -> SharedTensor:
         """Share a local encoded tensor: n-1 random shares and the difference."""
         enc = enc.to(torch.int64)
-        rand = [torch.randint(-(2**63), 2**63 - 1, enc.shape, dtype=torch.int64) for _ in range(sess.n - 1)]
+        rand = [
+            prg(os.urandom(32), 0, 0, enc.numel()).reshape(enc.shape) for _ in range(sess.n - 1)
+        ]
         last = enc.clone()
         for r in rand:
             last = last - r
@@ -178,7 +186,9 @@ class SharedTensor:
         def recv(k: int) -> None:
             j = others[k]
             box = _u8(raw[60 * k : 60 * (k + 1)])
-            r = node_call(sess.parties[j], "mpc.receive", holder_key, box, list(ptr.shape), j, sess.n, tag)
+            r = node_call(
+                sess.parties[j], "mpc.receive", holder_key, box, list(ptr.shape), j, sess.n, tag
+            )
             shares[j] = sess.parties[j]._unwrap(r, ())
 
         sess.fanout(recv, range(len(others)))
@@ -237,7 +247,9 @@ class SharedTensor:
     # ------------------------------------------------------------- helpers
     def _check(self, other: SharedTensor) -> None:
         if other.session is not self.session:
-            raise WorkerMismatch("both shared tensors must be shared among the same session's parties")
+            raise WorkerMismatch(
+                "both shared tensors must be shared among the same session's parties"
+            )
 
     def _rescaled(self, bits: int) -> Shares:
         """Shares re-encoded with ``bits`` >= own frac bits (exact: multiply by 2^d)."""
@@ -326,7 +338,9 @@ class SharedTensor:
         sess = self.session
         if isinstance(other, SharedTensor):
             self._check(other)
-            out = P.product(sess, self.shares, other.shares, op="matmul", f=self._product_trunc(other.encoding))
+            out = P.product(
+                sess, self.shares, other.shares, op="matmul", f=self._product_trunc(other.encoding)
+            )
             return self._new(out, self._product_encoding(other.encoding))
         pub = self._encode_public(other)
         loc = [s.location.run_op("mpc.matmul", s, pub) for s in self.shares]
@@ -346,20 +360,28 @@ class SharedTensor:
         """``x * x`` with half the communication of a general product."""
         return self._new(P.square(self.session, self.shares, self.encoding.frac_bits))
 
-    def conv2d(self, weight: Any, bias: Any = None, stride: int = 1, padding: int = 0) -> SharedTensor:
+    def conv2d(
+        self, weight: Any, bias: Any = None, stride: int = 1, padding: int = 0
+    ) -> SharedTensor:
         """2-d convolution with a shared or public weight (and optional bias)."""
         sess = self.session
         if isinstance(weight, SharedTensor):
             self._check(weight)
             f = self._product_trunc(weight.encoding)
-            out = P.product(sess, self.shares, weight.shares, op="conv2d", f=f, stride=stride, padding=padding)
+            out = P.product(
+                sess, self.shares, weight.shares, op="conv2d", f=f, stride=stride, padding=padding
+            )
             res = self._new(out, self._product_encoding(weight.encoding))
         else:
             pub = self._encode_public(weight)
             loc = [s.location.run_op("mpc.conv2d", s, pub, stride, padding) for s in self.shares]
             res = self._new(P.trunc(sess, loc, self.encoding.frac_bits))
         if bias is not None:
-            res = res + (bias.reshape(1, -1, 1, 1) if isinstance(bias, SharedTensor) else _as_tensor(bias).reshape(1, -1, 1, 1))
+            res = res + (
+                bias.reshape(1, -1, 1, 1)
+                if isinstance(bias, SharedTensor)
+                else _as_tensor(bias).reshape(1, -1, 1, 1)
+            )
         return res
 
     # ------------------------------------------------------------- shape ops (free)
@@ -400,8 +422,10 @@ class SharedTensor:
         return self._map(lambda s: s.sum() if dim is None else s.sum(dim, keepdim=keepdim))
 
     def mean(self, dim: Any = None, keepdim: bool = False) -> SharedTensor:
-        n = self.numel() if dim is None else math.prod(
-            self.shape[d] for d in (dim if isinstance(dim, list | tuple) else [dim])
+        n = (
+            self.numel()
+            if dim is None
+            else math.prod(self.shape[d] for d in (dim if isinstance(dim, list | tuple) else [dim]))
         )
         return self.sum(dim, keepdim) * (1.0 / n)
 
@@ -412,7 +436,9 @@ class SharedTensor:
             first._check(t)
         bits = max(t.encoding.frac_bits for t in tensors)
         per = [t._rescaled(bits) for t in tensors]
-        shares = first.session.fanout(lambda i: torch.cat([p[i] for p in per], dim), range(first.session.n))
+        shares = first.session.fanout(
+            lambda i: torch.cat([p[i] for p in per], dim), range(first.session.n)
+        )
         return SharedTensor(shares, first.session, FixedPoint(bits))
 
     @staticmethod
@@ -537,9 +563,12 @@ def _tensor_fix_precision(self: torch.Tensor, frac_bits: int = 16) -> FixedPreci
 
 
 def _tensor_share(self: torch.Tensor, *parties: Worker, crypto_provider: Worker | None = None,
-                  security: str = "semi-honest") -> SharedTensor:  # fmt: skip
+                  security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
     """Secret-share among ``parties``: ``x.share(alice, bob, crypto_provider=carol)``."""
-    return _tensor_fix_precision(self).share(*parties, crypto_provider=crypto_provider, security=security)
+    bits = session.encoding.frac_bits if session is not None else 16
+    return _tensor_fix_precision(self, bits).share(
+        *parties, crypto_provider=crypto_provider, security=security, session=session
+    )
 
 
 def _pointer_fix_precision(self: PointerTensor, frac_bits: int = 16) -> FixedPrecisionPointer:
@@ -550,8 +579,12 @@ def _pointer_fix_precision(self: PointerTensor, frac_bits: int = 16) -> FixedPre
 
 
 def _pointer_share(self: PointerTensor, *parties: Worker, crypto_provider: Worker | None = None,
-                   security: str = "semi-honest") -> SharedTensor:  # fmt: skip
-    return _pointer_fix_precision(self).share(*parties, crypto_provider=crypto_provider, security=security)
+                   security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
+    """Share data on a node without fetching it: ``ptr.share(alice, bob, crypto_provider=carol)``."""
+    bits = session.encoding.frac_bits if session is not None else 16
+    return _pointer_fix_precision(self, bits).share(
+        *parties, crypto_provider=crypto_provider, security=security, session=session
+    )
 
 
 _INSTALLED = False
@@ -567,4 +600,3 @@ def install() -> None:
     PointerTensor.fix_precision = _pointer_fix_precision  # type: ignore[attr-defined]
     PointerTensor.share = _pointer_share  # type: ignore[attr-defined]
     _INSTALLED = True
-
