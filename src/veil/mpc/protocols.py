@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 from veil.mpc.session import MPCSession, Request
-from veil.pointers import PointerTensor
 
 Shares = list[Any]  # PointerTensor per party (its operators are dynamic for mypy)
 
