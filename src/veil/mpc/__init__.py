@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+from veil.mpc import nn
+from veil.mpc.nn import encrypt_model
 from veil.mpc.node_ops import pin_dealers, register
 from veil.mpc.ring import FixedPoint
 from veil.mpc.session import MPCSession, fingerprint
@@ -28,8 +30,10 @@ __all__ = [
     "FixedPrecisionTensor",
     "MPCSession",
     "SharedTensor",
+    "encrypt_model",
     "fingerprint",
     "install",
+    "nn",
     "pin_dealers",
     "reset_stats",
     "stats",
@@ -38,9 +42,14 @@ __all__ = [
 
 def install() -> None:
     """Register the MPC node ops in the default allowlist and add the torch entry points
-    ``Tensor.fix_precision``, ``Tensor.share``, ``PointerTensor.fix_precision`` and
-    ``PointerTensor.share`` (called once by ``import veil``)."""
+    ``Tensor.fix_precision``, ``Tensor.share``, ``PointerTensor.fix_precision``,
+    ``PointerTensor.share`` and ``Module.share`` (called once by ``import veil``)."""
+    import torch
+
+    from veil.mpc.nn import _module_share
     from veil.mpc.shared import install as install_entry_points
 
     register()
     install_entry_points()
+    if not hasattr(torch.nn.Module, "share"):
+        torch.nn.Module.share = _module_share  # type: ignore[attr-defined]
