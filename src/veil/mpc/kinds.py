@@ -27,7 +27,7 @@ import torch
 from veil.errors import InvalidRequest
 from veil.mpc import ring
 
-Domain = Literal["arith", "xor", "bit"]
+Domain = Literal["arith", "xor", "bit", "auth"]
 Params = dict[str, Any]
 _MAX63 = (1 << 63) - 1
 
@@ -35,7 +35,9 @@ _MAX63 = (1 << 63) - 1
 @dataclass(frozen=True, slots=True)
 class Slot:
     """One tensor of a group: its shape, how it is shared (``arith``: sum mod 2^64;
-    ``xor``: XOR of words; ``bit``: XOR of single bits), and its role."""
+    ``xor``: XOR of words; ``bit``: XOR of single bits; ``auth``: a value and its SPDZ2k MAC
+    in Z_2^128, stored as (4, *shape) int64 words), and its role. The last party gets a
+    delta for every corrected slot and for the MAC half of every ``auth`` slot."""
 
     name: str
     shape: tuple[int, ...]
@@ -69,12 +71,33 @@ def _int(p: Params, key: str, lo: int, hi: int) -> int:
     return v
 
 
-def combine(domain: Domain, parts: list[torch.Tensor]) -> torch.Tensor:
-    """Reconstruct a value from its shares in ``domain``."""
+def combine(domain: str, parts: list[torch.Tensor]) -> torch.Tensor:
+    """Reconstruct a value from its shares in ``domain`` (``r128``: 128-bit values)."""
+    from veil.mpc import r128
+
     out = parts[0]
     for p in parts[1:]:
-        out = out + p if domain == "arith" else out ^ p
+        if domain == "arith":
+            out = out + p
+        elif domain == "r128":
+            out = r128.add(out, p)
+        elif domain == "auth":
+            out = torch.cat([r128.add(out[0:2], p[0:2]), r128.add(out[2:4], p[2:4])])
+        else:
+            out = out ^ p
     return out
+
+
+def has_delta(s: Slot) -> bool:
+    return s.corrected or s.domain == "auth"
+
+
+def words(s: Slot) -> int:
+    return numel(s.shape) * (4 if s.domain == "auth" else 1)
+
+
+def full_shape(s: Slot) -> tuple[int, ...]:
+    return (4, *s.shape) if s.domain == "auth" else s.shape
 
 
 class Kind(ABC):
@@ -86,6 +109,10 @@ class Kind(ABC):
 
     @abstractmethod
     def slots(self, p: Params) -> list[Slot]: ...
+
+    def n_outputs(self, p: Params) -> int:
+        """How many result shares ``finish`` returns."""
+        return 1
 
     @abstractmethod
     def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -248,6 +275,9 @@ class A2B(Kind):
 
     name = "a2b"
 
+    def n_outputs(self, p: Params) -> int:
+        return 2
+
     def slots(self, p: Params) -> list[Slot]:
         s = _shape(p, "x")
         return [Slot("m", s, opened=True), Slot("mb", s, "xor", corrected=True)]
@@ -274,6 +304,9 @@ class CarryLevel(Kind):
 
     name = "carry"
     n_inputs = 3
+
+    def n_outputs(self, p: Params) -> int:
+        return 1 if p.get("last") else 2
 
     def slots(self, p: Params) -> list[Slot]:
         s = _shape(p, "x")
@@ -361,24 +394,32 @@ def party_slots(seed: bytes, gid: int, slots: list[Slot]) -> dict[str, torch.Ten
     """One party's PRG shares of every slot of group ``gid`` (before any delta)."""
     out = {}
     for j, s in enumerate(slots):
-        t = ring.prg(seed, gid, j, numel(s.shape)).reshape(s.shape)
+        t = ring.prg(seed, gid, j, words(s)).reshape(full_shape(s))
         out[s.name] = t & 1 if s.domain == "bit" else t
     return out
 
 
+def mac_key(seed: bytes) -> torch.Tensor:
+    """A party's share of the session's SPDZ2k MAC key (a 128-bit scalar, group 0)."""
+    return ring.prg(seed, 0, 0, 2)
+
+
 def apply_delta(slots: list[Slot], values: dict[str, torch.Tensor], delta: torch.Tensor) -> None:
     """The last party: add the dealer's delta to its corrected slots (in slot order)."""
-    corrected = [s for s in slots if s.corrected]
-    need = sum(numel(s.shape) for s in corrected)
+    corrected = [s for s in slots if has_delta(s)]
+    need = sum(words(s) for s in corrected)
     if delta.dtype != torch.int64 or delta.numel() != need:
         raise InvalidRequest(f"dealer delta must hold {need} int64 values, got {delta.numel()}")
     off = 0
     flat = delta.reshape(-1)
     for s in corrected:
-        k = numel(s.shape)
-        d = flat[off : off + k].reshape(s.shape)
+        k = words(s)
+        d = flat[off : off + k].reshape(full_shape(s))
         off += k
-        values[s.name] = values[s.name] + d if s.domain == "arith" else values[s.name] ^ d
+        if s.domain in ("arith", "auth"):
+            values[s.name] = combine(s.domain, [values[s.name], d])
+        else:
+            values[s.name] = values[s.name] ^ d
 
 
 def dealer_delta(
@@ -386,17 +427,32 @@ def dealer_delta(
 ) -> torch.Tensor:
     """Dealer: the last party's delta for group ``gid`` (flat int64; uniform to anyone
     without the last party's seed)."""
+    from veil.mpc import r128
+
     shares = [party_slots(s, gid, slots) for s in seeds]
-    truth = {
-        s.name: combine(s.domain, [sh[s.name] for sh in shares]) for s in slots if not s.corrected
-    }
-    want = kind.relation(p, truth)
-    parts = []
+    truth = {}
     for s in slots:
         if not s.corrected:
+            v = combine(s.domain, [sh[s.name] for sh in shares])
+            truth[s.name] = v[0:2] if s.domain == "auth" else v
+    want = kind.relation(p, truth)
+    alpha: torch.Tensor | None = None
+    parts = []
+    for s in slots:
+        if not has_delta(s):
             continue
         have = combine(s.domain, [sh[s.name] for sh in shares])
-        parts.append(
-            (want[s.name] - have if s.domain == "arith" else want[s.name] ^ have).reshape(-1)
-        )
+        target = want[s.name] if s.corrected else truth[s.name]
+        if s.domain == "auth":
+            if alpha is None:
+                alpha = combine("r128", [mac_key(sd) for sd in seeds])
+            a = alpha.reshape(2, *([1] * len(s.shape)))
+            mac = r128.product(a.expand(2, *s.shape).contiguous(), target, "mul")
+            parts.append(
+                torch.cat([r128.sub(target, have[0:2]), r128.sub(mac, have[2:4])]).reshape(-1)
+            )
+        elif s.domain == "arith":
+            parts.append((target - have).reshape(-1))
+        else:
+            parts.append((target ^ have).reshape(-1))
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)

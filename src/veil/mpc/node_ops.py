@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from veil.errors import InvalidRequest, PermissionDenied, ProtocolError
-from veil.mpc import kinds, seal
+from veil.mpc import kinds, r128, ring, seal, spdz
 from veil.mpc.kinds import Slot, numel
 from veil.node.extension import OpContext
 from veil.ops import OpRegistry, OpSpec, default_registry
@@ -63,6 +63,7 @@ class _Pending:
     slots: list[Slot]
     masks: dict[str, torch.Tensor]
     inputs: list[torch.Tensor]
+    macs: list[torch.Tensor] = field(default_factory=list)  # MAC shares of opened values
 
 
 @dataclass
@@ -254,22 +255,32 @@ def op_open(ctx: OpContext, sid: Any, items: Any) -> Reply:
         ):
             raise InvalidRequest(f"{kind.name} takes {kind.n_inputs} int64 share tensors")
         masks = kinds.party_slots(sess.seed, gid, slots)
-        if sess.index == sess.n - 1 and any(s.corrected for s in slots):
+        if sess.index == sess.n - 1 and any(kinds.has_delta(s) for s in slots):
             delta = it.get("delta")
             if not isinstance(delta, torch.Tensor):
                 raise InvalidRequest("the last party needs the dealer's delta")
             kinds.apply_delta(slots, masks, delta)
+        if any(s.domain == "auth" for s in slots):
+            masks["__alpha"] = kinds.mac_key(sess.seed)
+            params = {**params, "__alpha": masks["__alpha"]}
         operands = kind.reveal(params, inputs, sess.index)
         opened = [s for s in slots if s.opened]
+        macs = []
         for s, v in zip(opened, operands, strict=True):
-            if tuple(v.shape) != s.shape:
+            if tuple(v.shape) != kinds.full_shape(s):
                 raise InvalidRequest(
-                    f"{kind.name}: operand of shape {tuple(v.shape)}, expected {s.shape}"
+                    f"{kind.name}: operand of shape {tuple(v.shape)}, expected {kinds.full_shape(s)}"
                 )
             m = masks[s.name]
-            masked = v - m if s.domain == "arith" else (v & 1) ^ m if s.domain == "bit" else v ^ m
+            if s.domain == "auth":  # reveal the value half; keep the MAC share for the check
+                masked = r128.sub(v[0:2], m[0:2])
+                macs.append(r128.sub(v[2:4], m[2:4]))
+            elif s.domain == "arith":
+                masked = v - m
+            else:
+                masked = (v & 1) ^ m if s.domain == "bit" else v ^ m
             out.append(masked.reshape(-1))
-        staged.append((gid, _Pending(kind, params, slots, masks, inputs)))
+        staged.append((gid, _Pending(kind, params, slots, masks, inputs, macs)))
     for gid, p in staged:  # commit only when every item was valid
         sess.used.add(gid)
         st.pending[(ctx.session.user_id, str(sid), gid)] = p
@@ -298,13 +309,28 @@ def op_finish(ctx: OpContext, sid: Any, items: Any) -> Reply:
             not isinstance(opened, list)
             or len(opened) != len(want)
             or not all(
-                isinstance(t, torch.Tensor) and t.dtype == torch.int64 and tuple(t.shape) == s.shape
+                isinstance(t, torch.Tensor)
+                and t.dtype == torch.int64
+                and tuple(t.shape) == ((2, *s.shape) if s.domain == "auth" else s.shape)
                 for t, s in zip(opened, want, strict=False)
             )
         ):
             raise InvalidRequest(f"{pend.kind.name}: openings of the wrong count or shape")
+        extra = it.get("extra", [])
+        if not isinstance(extra, list) or not all(
+            isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in extra
+        ):
+            raise InvalidRequest("extra public values must be int64 tensors")
+        if pend.macs:
+            pend.masks["__extra"] = extra  # type: ignore[assignment]
         outs = pend.kind.finish(pend.params, opened, pend.masks, pend.inputs, sess.index, sess.n)
         results.extend(ctx.new(o.contiguous(), private=True) for o in outs)
+        if pend.macs:  # SPDZ2k check share: sum rho * (mac(y) - alpha_i y), public
+            rho = it.get("rho")
+            if not isinstance(rho, list) or len(rho) != len(opened):
+                raise InvalidRequest("a MAC check needs one coefficient tensor per opening")
+            z = spdz.check_share(pend.masks["__alpha"], pend.macs, opened, rho)
+            results.append(ctx.new(z, private=False))
     return ctx.results(results)
 
 
@@ -338,7 +364,7 @@ def op_split(ctx: OpContext, x: Any, keys: Any, index: Any, tag: Any) -> Reply:
         if j == index:
             continue
         seed = os.urandom(32)
-        share = share - kinds.ring.prg(seed, 0, 0, x.numel()).reshape(x.shape)
+        share = share - ring.prg(seed, 0, 0, x.numel()).reshape(x.shape)
         boxes.append(seal.seal(st.keys, pub, seed, _context("share|" + tag, "-", j, len(pubs))))
     mine = ctx.new(share, private=True)
     return ctx.results([mine, ctx.new(_u8(b"".join(boxes)), private=False)])
@@ -360,7 +386,34 @@ def op_receive(
     st = _st(ctx)
     seed = seal.unseal(st.keys, _bytes(sender, "the sender key", 32), _bytes(box, "the box"),
                        _context("share|" + tag, "-", index, n))  # fmt: skip
-    return ctx.new(kinds.ring.prg(seed, 0, 0, size).reshape(shape), private=True)
+    return ctx.new(ring.prg(seed, 0, 0, size).reshape(shape), private=True)
+
+
+def op_add_public(ctx: OpContext, sid: Any, x: Any, c: Any) -> Reply:
+    """Malicious mode: add the public 128-bit value ``c`` (shape (2, *shape)) to the
+    authenticated share ``x`` (party 0 adds to the value; every party adds alpha_i c to
+    its MAC share)."""
+    sess = _party(ctx, sid)
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64 or x.shape[0] != 4:
+        raise InvalidRequest("add_public takes an authenticated share (4, *shape)")
+    if not isinstance(c, torch.Tensor) or c.dtype != torch.int64 or c.shape[0] != 2:
+        raise InvalidRequest("add_public takes a public 128-bit value (2, *shape)")
+    c = c.expand(2, *x.shape[1:]).contiguous()
+    return ctx.new(spdz.add(x, spdz.const(c, kinds.mac_key(sess.seed), sess.index)))
+
+
+def op_check_value(ctx: OpContext, sid: Any, x: Any, y: Any, rho: Any) -> Reply:
+    """Malicious mode: this party's MAC check share for a value ``y`` the caller
+    reconstructed from shares it may read (it reveals nothing the caller does not hold)."""
+    sess = _party(ctx, sid)
+    for rec in ctx.inputs:
+        ctx.node._check_readable(ctx.session, rec)
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64 or x.shape[0] != 4:
+        raise InvalidRequest("check takes an authenticated share (4, *shape)")
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != (2, *x.shape[1:]):
+        raise InvalidRequest("check takes the reconstructed 128-bit value (2, *shape)")
+    z = spdz.check_share(kinds.mac_key(sess.seed), [x[2:4]], [y], [rho])
+    return ctx.new(z, private=False)
 
 
 def op_trunc_local(x: torch.Tensor, f: int, party: int) -> torch.Tensor:
@@ -380,11 +433,18 @@ NODE_OPS: dict[str, Callable[..., Any]] = {
     "mpc.as_share": op_as_share,
     "mpc.split": op_split,
     "mpc.receive": op_receive,
+    "mpc.a128.add_public": op_add_public,
+    "mpc.a128.check": op_check_value,
 }
 PURE_OPS: dict[str, Callable[..., Any]] = {
     "mpc.trunc_local": op_trunc_local,
-    "mpc.conv2d": kinds.ring.conv2d,
-    "mpc.matmul": kinds.ring.matmul,
+    "mpc.conv2d": ring.conv2d,
+    "mpc.matmul": ring.matmul,
+    "mpc.a128.add": spdz.add,
+    "mpc.a128.sub": spdz.sub,
+    "mpc.a128.neg": spdz.neg,
+    "mpc.a128.scale": spdz.scale,
+    "mpc.a128.sum": spdz.sum_,
 }
 
 

@@ -9,6 +9,7 @@ private result shares out). Calls to node servers run in parallel threads.
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import weakref
@@ -19,10 +20,10 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
-from veil.errors import InvalidRequest, RemoteError
+from veil.errors import InvalidRequest, MACCheckFailed, RemoteError
 from veil.mpc import kinds, seal, stats
 from veil.mpc.kinds import numel
-from veil.mpc.ring import FixedPoint
+from veil.mpc.ring import FixedPoint, prg
 from veil.node.worker import VirtualWorker, Worker
 from veil.pointers import PointerTensor
 from veil.serde.messages import Reply, Results, RunOp, Value
@@ -109,13 +110,6 @@ class MPCSession:
         if problems:
             raise ValueError("; ".join(problems))
         self._truncation = truncation
-        if security == "malicious":
-            from veil.errors import UnsupportedError
-
-            raise UnsupportedError(
-                "security='malicious' (SPDZ MACs) is not available in this build; "
-                "use the default semi-honest mode"
-            )
         self.parties: list[Worker] = parties
         self.provider = provider
         self.encoding = FixedPoint(frac_bits)
@@ -175,15 +169,22 @@ class MPCSession:
         out, off = [], len(groups)
         for (kind, params), gid in zip(groups, gids, strict=True):
             slots = kinds.get_kind(kind).slots(params)
-            size = sum(numel(s.shape) for s in slots if s.corrected)
+            size = sum(kinds.words(s) for s in slots if kinds.has_delta(s))
             out.append((int(gid), flat[off : off + size]))
             off += size
         return out
 
     # ---------------------------------------------------------------- one round
-    def round(self, requests: list[Request]) -> list[list[list[PointerTensor]]]:
+    def round(self, requests: list[Request],
+              extra: Callable[[list[list[torch.Tensor]]], list[list[torch.Tensor]]] | None = None,
+              ) -> list[list[list[PointerTensor]]]:  # fmt: skip
         """Open every request's group on every party (one message per party), combine the
-        openings, and finish: returns, per request, per output, each party's share."""
+        openings, and finish: returns, per request, per output, each party's share.
+
+        ``extra(openings)`` may add public values to each request's finish (the masked
+        inputs of ``m_input``). Groups of authenticated (``malicious``) kinds are followed
+        by the MAC check of their openings; a failed check raises :class:`MACCheckFailed`.
+        """
         undealt = [r for r in requests if r.dealt is None]
         if undealt:
             for r, d in zip(undealt, self.deal([(r.kind, r.params) for r in undealt]), strict=True):
@@ -198,7 +199,7 @@ class MPCSession:
                 assert r.dealt is not None
                 item: dict[str, Any] = {"gid": r.dealt[0], "kind": r.kind, "params": r.params,
                                         "inputs": r.inputs[i]}  # fmt: skip
-                if i == last and any(s.corrected for s in r.slots):
+                if i == last and any(kinds.has_delta(s) for s in r.slots):
                     item["delta"] = r.dealt[1]
                 items.append(item)
             out = reply_tensor(node_call(self.parties[i], "mpc.open", self.sid, items))
@@ -213,19 +214,32 @@ class MPCSession:
             for s in r.slots:
                 if not s.opened:
                     continue
-                k = numel(s.shape)
-                parts = [f[off : off + k].reshape(s.shape) for f in flats]
+                shape = (2, *s.shape) if s.domain == "auth" else s.shape
+                k = numel(shape)
+                parts = [f[off : off + k].reshape(shape) for f in flats]
                 off += k
-                vals.append(kinds.combine("arith" if s.domain == "arith" else "xor", parts))
+                dom = {"arith": "arith", "auth": "r128"}.get(s.domain, "xor")
+                vals.append(kinds.combine(dom, parts))
             opened_per_req.append(vals)
         if off != flats[0].numel():
             raise RemoteError("a party answered openings of the wrong size")
+        extras = extra(opened_per_req) if extra is not None else [[] for _ in requests]
+        authed = [any(s.domain == "auth" for s in r.slots) for r in requests]
+        rhos = [
+            [prg(os.urandom(32), 0, 0, numel(tuple(o.shape[1:]))).reshape(o.shape[1:]) for o in opened]
+            if a else None
+            for opened, a in zip(opened_per_req, authed, strict=True)
+        ]  # fmt: skip
 
         def finish_on(i: int) -> list[PointerTensor]:
-            items = [
-                {"gid": r.dealt[0] if r.dealt else 0, "opened": o}
-                for r, o in zip(requests, opened_per_req, strict=True)
-            ]
+            items = []
+            for r, o, ex, rho in zip(requests, opened_per_req, extras, rhos, strict=True):
+                item: dict[str, Any] = {"gid": r.dealt[0] if r.dealt else 0, "opened": o}
+                if ex:
+                    item["extra"] = ex
+                if rho is not None:
+                    item["rho"] = rho
+                items.append(item)
             reply = node_call(self.parties[i], "mpc.finish", self.sid, items)
             if not isinstance(reply, Results):
                 raise RemoteError(f"unexpected reply to finish: {type(reply).__name__}")
@@ -234,21 +248,32 @@ class MPCSession:
         per_party = self.fanout(finish_on, range(self.n))
         out: list[list[list[PointerTensor]]] = []
         pos = 0
-        sizes = [_outputs(r) for r in requests]
-        if sum(sizes) != len(per_party[0]):
-            raise RemoteError("a party finished with an unexpected number of results")
-        for size in sizes:
+        sizes = [kinds.get_kind(r.kind).n_outputs(r.params) for r in requests]
+        checks: list[list[PointerTensor]] = []
+        for size, a in zip(sizes, authed, strict=True):
             out.append([[per_party[i][pos + j] for i in range(self.n)] for j in range(size)])
             pos += size
+            if a:
+                checks.append([per_party[i][pos] for i in range(self.n)])
+                pos += 1
+        if pos != len(per_party[0]):
+            raise RemoteError("a party finished with an unexpected number of results")
+        if checks:
+            self.verify(checks)
         return out
 
-
-def _outputs(r: Request) -> int:
-    if r.kind == "a2b":
-        return 2
-    if r.kind == "carry":
-        return 1 if r.params.get("last") else 2
-    return 1
+    def verify(self, checks: list[list[PointerTensor]]) -> None:
+        """Sum each check's public z_i over the parties: all must be 0 mod 2^128."""
+        zs = self.fanout(lambda i: [c[i].get() for c in checks], range(self.n))
+        for p in self.parties:
+            stats.record(p.name, 16 * len(checks), rounds=0)
+        for j in range(len(checks)):
+            total = kinds.combine("r128", [zs[i][j] for i in range(self.n)])
+            if bool((total != 0).any()):
+                raise MACCheckFailed(
+                    "a MAC check failed after an opening: some party altered a share or a "
+                    "message; the result was discarded. Re-run with parties you trust"
+                )
 
 
 # ------------------------------------------------------------------ session cache

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from veil.errors import InvalidRequest, WorkerMismatch
+from veil.errors import InvalidRequest, UnsupportedError, WorkerMismatch
 from veil.mpc import protocols as P
 from veil.mpc.ring import FixedPoint, prg
 from veil.mpc.session import MPCSession, node_call, session_for
@@ -59,6 +59,10 @@ class FixedPrecisionTensor:
         :class:`MPCSession`) replaces parties, provider and options."""
         sess = session or session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
                                       security=security)  # type: ignore[arg-type]  # fmt: skip
+        if sess.security == "malicious":
+            from veil.mpc.authenticated import AuthenticatedTensor
+
+            return AuthenticatedTensor.from_encoded(sess, self.encoded, self.encoding)  # type: ignore[return-value]
         return SharedTensor.from_encoded(sess, self.encoded, self.encoding)
 
     def __repr__(self) -> str:
@@ -97,6 +101,12 @@ class FixedPrecisionPointer:
             )
         sess = session or session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
                                       security=security)  # type: ignore[arg-type]  # fmt: skip
+        if sess.security == "malicious":
+            raise UnsupportedError(
+                "sharing data a node holds is semi-honest only in this version (its MACs need "
+                "an input protocol sealed to the data owner's node); share it with the default "
+                "security, or have the owner share a local tensor"
+            )
         return SharedTensor.from_pointer(sess, self.pointer, idx, self.encoding)
 
     def float_precision(self) -> PointerTensor:
