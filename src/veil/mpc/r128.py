@@ -109,8 +109,30 @@ def _op(op: str, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any]) -> torch.
     raise ValueError(f"unknown product {op!r}")
 
 
+_M32 = (1 << 32) - 1
+
+
+def _mulhi(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """High 64 bits of the unsigned 128-bit product of 64-bit words (via 32-bit halves)."""
+    a0, a1 = a & _M32, (a >> 32) & _M32
+    b0, b1 = b & _M32, (b >> 32) & _M32
+    p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1
+    mid = ((p00 >> 32) & _M32) + (p01 & _M32) + (p10 & _M32)
+    return p11 + ((p01 >> 32) & _M32) + ((p10 >> 32) & _M32) + ((mid >> 32) & _M32)
+
+
+def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise product in Z_2^128 (with broadcasting), on int64 words directly."""
+    a_lo, a_hi, b_lo, b_hi = a[0], a[1], b[0], b[1]
+    lo = a_lo * b_lo
+    hi = _mulhi(a_lo, b_lo) + a_lo * b_hi + a_hi * b_lo
+    return torch.stack(torch.broadcast_tensors(lo, hi))
+
+
 def product(a: torch.Tensor, b: torch.Tensor, op: str, **kw: Any) -> torch.Tensor:
     """``op(a, b)`` in Z_2^128 (op: mul, matmul, conv2d), exact."""
+    if op == "mul":
+        return mul(a, b)
     inner = 1
     if op == "matmul":
         inner = a.shape[-1]

@@ -112,6 +112,9 @@ class MPCSession:
         self._truncation = truncation
         self.parties: list[Worker] = parties
         self.provider = provider
+        names = [p.name for p in [*parties, provider]]
+        #: Names used in :func:`veil.mpc.stats` (``name#i`` where node names repeat).
+        self.labels = [nm if names.count(nm) == 1 else f"{nm}#{i}" for i, nm in enumerate(names)]
         self.encoding = FixedPoint(frac_bits)
         self.security: Security = security
         self.n = len(parties)
@@ -164,7 +167,7 @@ class MPCSession:
         """Ask the provider for groups of randomness; returns (gid, delta) for each."""
         specs = [(k, p) for k, p in groups]
         flat = reply_tensor(node_call(self.provider, "mpc.deal", self.sid, specs))
-        stats.record(self.provider.name, (flat.numel() - len(groups)) * 8, rounds=0)
+        stats.record(self.labels[-1], (flat.numel() - len(groups)) * 8, rounds=0)
         gids = flat[: len(groups)].tolist()
         out, off = [], len(groups)
         for (kind, params), gid in zip(groups, gids, strict=True):
@@ -203,7 +206,7 @@ class MPCSession:
                     item["delta"] = r.dealt[1]
                 items.append(item)
             out = reply_tensor(node_call(self.parties[i], "mpc.open", self.sid, items))
-            stats.record(self.parties[i].name, out.numel() * 8)
+            stats.record(self.labels[i], out.numel() * 8)
             return out
 
         flats = self.fanout(open_on, range(self.n))
@@ -265,8 +268,8 @@ class MPCSession:
     def verify(self, checks: list[list[PointerTensor]]) -> None:
         """Sum each check's public z_i over the parties: all must be 0 mod 2^128."""
         zs = self.fanout(lambda i: [c[i].get() for c in checks], range(self.n))
-        for p in self.parties:
-            stats.record(p.name, 16 * len(checks), rounds=0)
+        for label in self.labels[:-1]:
+            stats.record(label, 16 * len(checks), rounds=0)
         for j in range(len(checks)):
             total = kinds.combine("r128", [zs[i][j] for i in range(self.n)])
             if bool((total != 0).any()):
