@@ -83,6 +83,7 @@ class MPCSession:
             ``"local"`` (2 parties: free, but a product z fails with probability about
             |z| / 2^63 per element, z at scale 2^(2 frac_bits)) or ``"dealer"`` (one more
             round, exact to one unit in the last place for any |z| < 2^62).
+        parallel: run the parties' steps in parallel threads (default).
 
     Example:
         >>> import veil
@@ -92,7 +93,8 @@ class MPCSession:
     """
 
     def __init__(self, parties: Sequence[Worker], provider: Worker, *, frac_bits: int = 16,
-                 security: Security = "semi-honest", truncation: str = "auto") -> None:  # fmt: skip
+                 security: Security = "semi-honest", truncation: str = "auto",
+                 parallel: bool = True) -> None:  # fmt: skip
         parties = list(parties)
         problems = []
         if len(parties) < 2:
@@ -119,8 +121,10 @@ class MPCSession:
         self.security: Security = security
         self.n = len(parties)
         self._lock = threading.RLock()
+        # Parties compute in parallel threads (torch releases the GIL), as separate machines
+        # would; ``parallel=False`` runs them one after the other.
         self._pool: ThreadPoolExecutor | None = None
-        if not all(isinstance(p, VirtualWorker) for p in [*parties, provider]):
+        if parallel:
             self._pool = ThreadPoolExecutor(max_workers=self.n + 1, thread_name_prefix="veil-mpc")
         keys = self.fanout(public_key, self.parties)
         self.keys = keys
