@@ -393,8 +393,9 @@ def get_kind(name: Any) -> Kind:
 def party_slots(seed: bytes, gid: int, slots: list[Slot]) -> dict[str, torch.Tensor]:
     """One party's PRG shares of every slot of group ``gid`` (before any delta)."""
     out = {}
-    for j, s in enumerate(slots):
-        t = ring.prg(seed, gid, j, words(s)).reshape(full_shape(s))
+    parts = ring.prg_many(seed, gid, [words(s) for s in slots])
+    for s, t in zip(slots, parts, strict=True):
+        t = t.reshape(full_shape(s))
         out[s.name] = t & 1 if s.domain == "bit" else t
     return out
 

@@ -71,12 +71,15 @@ class SharedLayer:
 class SharedLinear(SharedLayer):
     def __init__(self, weight: SharedTensor, bias: SharedTensor | None) -> None:
         self.weight, self.bias = weight, bias
+        self._weight_t: SharedTensor | None = None  # transposed once, not at every forward
         self._x: SharedTensor | None = None
         self._grads: list[SharedTensor | None] = []
 
     def forward(self, x: SharedTensor) -> SharedTensor:
         self._x = x
-        out = x @ self.weight.t()
+        if self._weight_t is None:
+            self._weight_t = self.weight.t()
+        out = x @ self._weight_t
         return out + self.bias if self.bias is not None else out
 
     def backward(self, grad: SharedTensor) -> SharedTensor:
@@ -96,6 +99,7 @@ class SharedLinear(SharedLayer):
 
     def set_parameters(self, params: list[SharedTensor]) -> None:
         self.weight = params[0]
+        self._weight_t = None
         if self.bias is not None:
             self.bias = params[1]
 

@@ -2,7 +2,7 @@
 
 A level compares adjacent candidates (2i, 2i+1) with one sign bit and selects values (and
 one-hot positions) with one round of products; ``k`` candidates take ceil(log2 k) levels
-of 10 rounds each. Ties go to the first position.
+of 9 rounds each. Ties go to the first position.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -83,12 +82,30 @@ def prg(seed: bytes, stream: int, slot: int, numel: int) -> torch.Tensor:
         >>> bool((a == prg(bytes(32), 1, 0, 4)).all()), bool((a == prg(bytes(32), 2, 0, 4)).all())
         (True, False)
     """
+    return prg_many(seed, stream, [numel], slot)[0]
+
+
+def prg_many(seed: bytes, stream: int, sizes: list[int], slot: int = 0) -> list[torch.Tensor]:
+    """Consecutive pieces of one AES-256-CTR keystream (one cipher call for a whole group).
+
+    Example:
+        >>> a, b = prg_many(bytes(32), 3, [2, 3])
+        >>> bool((torch.cat([a, b]) == prg(bytes(32), 3, 0, 5)).all())
+        True
+    """
     if len(seed) != 32:
         raise ValueError("a PRG seed is 32 bytes")
+    total = sum(sizes)
     nonce = ((stream & (2**64 - 1)) << 64 | (slot & 0xFFFFFFFF) << 32).to_bytes(16, "big")
     enc = Cipher(algorithms.AES(seed), modes.CTR(nonce)).encryptor()
-    raw = enc.update(bytes(8 * numel))
-    return torch.from_numpy(np.frombuffer(raw, dtype=np.int64).copy())
+    buf = bytearray(8 * total + 15)
+    enc.update_into(bytes(8 * total), buf)  # keystream straight into a buffer torch can own
+    words = (
+        torch.frombuffer(buf, dtype=torch.int64, count=total)
+        if total
+        else torch.zeros(0, dtype=torch.int64)
+    )
+    return list(torch.split(words, sizes)) if len(sizes) > 1 else [words]
 
 
 # ------------------------------------------------------------------- exact products

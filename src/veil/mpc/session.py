@@ -24,7 +24,7 @@ from veil.errors import InvalidRequest, MACCheckFailed, RemoteError
 from veil.mpc import kinds, seal, stats
 from veil.mpc.kinds import numel
 from veil.mpc.ring import FixedPoint, prg
-from veil.node.worker import VirtualWorker, Worker
+from veil.node.worker import Worker
 from veil.pointers import PointerTensor
 from veil.serde.messages import Reply, Results, RunOp, Value
 from veil.serde.tensors import tensor_from_data
