@@ -78,3 +78,24 @@ def test_stats_match_the_theoretical_cost_of_one_product(two: Any) -> None:
     veil.mpc.reset_stats()
     _ = m @ k
     assert veil.mpc.stats()["alice"]["bytes"] == 8 * (30 * 20 + 20 * 10)
+
+
+def test_over_loopback_the_scientist_cannot_fetch_shares_either() -> None:
+    from veil.node.server import serve_in_thread
+
+    with contextlib.ExitStack() as stack:
+        scientists = []
+        for name in ["alice", "bob", "carol"]:
+            node = Node(name, owner_email=f"o@{name}.org", owner_password=PASSWORD)
+            node.create_user("ds@lab.org", "ds-password-123")
+            url = stack.enter_context(serve_in_thread(node))
+            w = veil.connect(url, email="ds@lab.org", password="ds-password-123")
+            stack.callback(w.close)
+            scientists.append(w)
+        alice, bob, carol = scientists
+        x = torch.tensor([2.0, -3.0]).share(alice, bob, crypto_provider=carol)
+        y = (x * x).relu()
+        for share in [*x.shares, *y.shares]:
+            with pytest.raises(veil.errors.PermissionDenied):
+                share.get()
+        assert carol.info().objects == 0  # the dealer holds nothing of the scientist's

@@ -146,6 +146,18 @@ class MPCSession:
             range(self.n),
         )
 
+    def close(self) -> None:
+        """Stop the session's worker threads (also done when it is garbage-collected)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: S110 - interpreter shutdown
+            pass
+
     def __repr__(self) -> str:
         return (
             f"MPCSession(parties={[p.name for p in self.parties]}, provider={self.provider.name!r}, "
