@@ -251,3 +251,31 @@ def test_views_are_statistically_independent_of_the_secret() -> None:
         sps.kstest(_uniform01(ring.FixedPoint(16).encode(torch.full((n,), 0.5))), "uniform").pvalue
         < 1e-6
     )
+
+
+def test_there_is_no_unmasked_opening(deployed: Any) -> None:
+    owners, (alice, bob, carol) = deployed
+    x = torch.tensor([7.0, -8.0]).share(alice, bob, crypto_provider=carol)
+    share = x.shares[0]
+    truth = owners[0].node._objects[share.id].value
+    for attempt in (share, share + 0, share * 1, share.clone(), share.view(-1)):
+        assert attempt.private
+        with pytest.raises(PermissionDenied):
+            attempt.get()
+    sess = x.session
+    # opening under a group id the dealer never dealt still masks with a fresh PRG share
+    params = {"x": [2], "y": [2], "op": "mul", "trunc": 0}
+    item = {"gid": 10_000, "kind": "beaver", "params": params, "inputs": [share, share]}
+    e = msession.reply_tensor(msession.node_call(alice, "mpc.open", sess.sid, [item]))
+    assert not torch.equal(e[:2], truth) and not torch.equal(e[2:], truth)
+    # a kind that would reveal its input is not a kind; finishing an unopened group is refused
+    with pytest.raises(veil.errors.InvalidRequest, match="unknown kind"):
+        msession.node_call(
+            alice, "mpc.open", sess.sid, [{**item, "gid": 10_001, "kind": "identity"}]
+        )
+    with pytest.raises(veil.errors.InvalidRequest, match="no opened group"):
+        msession.node_call(alice, "mpc.finish", sess.sid, [{"gid": 10_002, "opened": []}])
+    # bit masks hide bit 0 only, so they can only open bit 0
+    bit = {"gid": 10_003, "kind": "b2a", "params": {"x": [2]}, "inputs": [share]}
+    opened = msession.reply_tensor(msession.node_call(alice, "mpc.open", sess.sid, [bit]))
+    assert bool(((opened == 0) | (opened == 1)).all())
