@@ -300,13 +300,13 @@ class CarryLevel(Kind):
     """One level of a Kogge-Stone carry tree on XOR-shared words: G |= P & (G << s),
     P &= P << s, with two AND triples sharing one mask (a, b1, b2, c1 = a&b1, c2 = a&b2).
     On the last level (``last``) only G is updated and the result is the sign bit
-    ``P0[63] XOR G[62]`` (inputs: G, P, P0)."""
+    ``P0[63] XOR G[62]`` (inputs: G, P, P0; other levels pass P0 on as a third result)."""
 
     name = "carry"
     n_inputs = 3
 
     def n_outputs(self, p: Params) -> int:
-        return 1 if p.get("last") else 2
+        return 1 if p.get("last") else 3  # G, P and P0 passed on for the last level
 
     def slots(self, p: Params) -> list[Slot]:
         s = _shape(p, "x")
@@ -347,7 +347,7 @@ class CarryLevel(Kind):
         t2 = m["c2"] ^ (e & m["b2"]) ^ (d2 & m["a"])
         if party == 0:
             t2 = t2 ^ (e & d2)
-        return [g, t2]
+        return [g, t2, p0]
 
 
 class B2A(Kind):

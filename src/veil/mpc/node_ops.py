@@ -222,6 +222,10 @@ def op_open(ctx: OpContext, sid: Any, items: Any) -> Reply:
     """Party: for each item ``{gid, kind, params, inputs, delta}`` derive the group's
     slots, compute the operands from ``inputs`` (this user's objects) and answer them
     masked with the opened slots, all concatenated (int64, public)."""
+    return ctx.value(_open(ctx, sid, items))
+
+
+def _open(ctx: OpContext, sid: Any, items: Any) -> torch.Tensor:
     st = _st(ctx)
     sess = _party(ctx, sid)
     if not isinstance(items, list) or not items:
@@ -286,12 +290,40 @@ def op_open(ctx: OpContext, sid: Any, items: Any) -> Reply:
         st.pending[(ctx.session.user_id, str(sid), gid)] = p
     while len(st.pending) > MAX_PENDING:
         st.pending.pop(next(iter(st.pending)))
-    return ctx.value(torch.cat(out))
+    return torch.cat(out)
 
 
 def op_finish(ctx: OpContext, sid: Any, items: Any) -> Reply:
     """Party: for each item ``{gid, opened: [public tensors]}`` compute this party's
     shares of the results; answers them as new private objects (a flat list)."""
+    return ctx.results([info for info, _ in _finish(ctx, sid, items)])
+
+
+def op_step(ctx: OpContext, sid: Any, finish: Any, open_: Any) -> Reply:
+    """Party: ``finish`` one round and ``open`` the next in one message. Inputs of the
+    open items may be ``["out", k]``: the k-th result of this finish. Answers (int64,
+    public): the number of results, then per result its id, rank and shape, then the
+    masked values of the opening."""
+    done = _finish(ctx, sid, finish)
+    if not isinstance(open_, list):
+        raise InvalidRequest("step needs a list of open items")
+    for it in open_:
+        ins = it.get("inputs") if isinstance(it, dict) else None
+        if isinstance(ins, list):
+            for j, v in enumerate(ins):
+                if isinstance(v, list) and len(v) == 2 and v[0] == "out":
+                    k = v[1]
+                    if not isinstance(k, int) or not 0 <= k < len(done):
+                        raise InvalidRequest(f"no result {k!r} of this step's finish")
+                    ins[j] = done[k][1]
+    masked = _open(ctx, sid, open_)
+    head: list[int] = [len(done)]
+    for info, _ in done:
+        head += [info.id, len(info.shape), *info.shape]
+    return ctx.value(torch.cat([torch.tensor(head, dtype=torch.int64), masked]))
+
+
+def _finish(ctx: OpContext, sid: Any, items: Any) -> list[tuple[Any, torch.Tensor]]:
     st = _st(ctx)
     sess = _party(ctx, sid)
     if not isinstance(items, list) or not items:
@@ -324,14 +356,14 @@ def op_finish(ctx: OpContext, sid: Any, items: Any) -> Reply:
         if pend.macs:
             pend.masks["__extra"] = extra  # type: ignore[assignment]
         outs = pend.kind.finish(pend.params, opened, pend.masks, pend.inputs, sess.index, sess.n)
-        results.extend(ctx.new(o.contiguous(), private=True) for o in outs)
+        results.extend((ctx.new(o.contiguous(), private=True), o) for o in outs)
         if pend.macs:  # SPDZ2k check share: sum rho * (mac(y) - alpha_i y), public
             rho = it.get("rho")
             if not isinstance(rho, list) or len(rho) != len(opened):
                 raise InvalidRequest("a MAC check needs one coefficient tensor per opening")
             z = spdz.check_share(pend.masks["__alpha"], pend.macs, opened, rho)
-            results.append(ctx.new(z, private=False))
-    return ctx.results(results)
+            results.append((ctx.new(z, private=False), z))
+    return results
 
 
 # ------------------------------------------------------------------------ inputs
@@ -430,6 +462,7 @@ NODE_OPS: dict[str, Callable[..., Any]] = {
     "mpc.deal": op_deal,
     "mpc.open": op_open,
     "mpc.finish": op_finish,
+    "mpc.step": op_step,
     "mpc.as_share": op_as_share,
     "mpc.split": op_split,
     "mpc.receive": op_receive,

@@ -98,17 +98,13 @@ def sign_bit(sess: MPCSession, xs: Shares) -> Shares:
         groups.append(("carry", {"x": shape, "shift": s, "last": s == _SHIFTS[-1]}))
     groups.append(("b2a", {"x": shape}))
     dealt = sess.deal(groups)
-    (res,) = sess.round([Request("a2b", groups[0][1], [[x] for x in xs], dealt[0])])
-    g, p = res
-    p0 = p
+    n = sess.n
+    reqs = [Request("a2b", groups[0][1], [[x] for x in xs], dealt[0])]
+    # a2b gives (G, P); each carry level gives (G, P, P0) or, last, the sign bit (XOR-shared):
+    # one message per party per round, each finishing a round and opening the next.
     for k in range(len(_SHIFTS)):
-        spec = groups[1 + k]
-        (res,) = sess.round(
-            [Request("carry", spec[1], [[g[i], p[i], p0[i]] for i in range(sess.n)], dealt[1 + k])]
-        )
-        if len(res) == 2:
-            g, p = res
-        else:
-            g = res[0]
-    (res,) = sess.round([Request("b2a", groups[-1][1], [[b] for b in g], dealt[-1])])
-    return res[0]
+        reqs.append(Request("carry", groups[1 + k][1], [[("out", 0), ("out", 1), ("out", 2 if k else 1)]
+                                                        for _ in range(n)], dealt[1 + k]))  # fmt: skip
+    reqs.append(Request("b2a", groups[-1][1], [[("out", 0)] for _ in range(n)], dealt[-1]))
+    (res,) = sess.chain(reqs)
+    return res

@@ -4,7 +4,9 @@ The data scientist's program drives; every message goes from the driver to one n
 back. One protocol *round* is: the dealer's randomness for the round (one message, or
 none when dealt ahead), one ``mpc.open`` per party (its masked values, all groups of the
 round batched in one message), and one ``mpc.finish`` per party (the public openings in,
-private result shares out). Calls to node servers run in parallel threads.
+private result shares out). Rounds that feed each other directly (the comparison's carry
+tree) run through :meth:`MPCSession.chain`: one ``mpc.step`` message per party per round,
+finishing one round and opening the next. Calls to the parties run in parallel threads.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class Request:
 
     kind: str
     params: dict[str, Any]
-    inputs: list[list[PointerTensor]]  # [party][input]
+    inputs: list[list[Any]]  # [party][input]: PointerTensor, or ("out", j) in chain()
     dealt: tuple[int, torch.Tensor] | None = None
     slots: list[kinds.Slot] = field(default_factory=list)
 
@@ -280,6 +282,83 @@ class MPCSession:
         if checks:
             self.verify(checks)
         return out
+
+    def chain(self, requests: list[Request]) -> list[list[PointerTensor]]:
+        """Rounds that feed each other, one message per party per round: each message
+        finishes one round and opens the next (``mpc.step``). Request k's inputs may be
+        ``("out", j)``: the j-th result of request k-1 on the same party. Semi-honest kinds
+        only. Returns the last request's results (per output, each party's share)."""
+        for r in requests:
+            r.slots = kinds.get_kind(r.kind).slots(r.params)
+            if any(s.domain == "auth" for s in r.slots):
+                raise ValueError("chain() runs semi-honest kinds only")
+        undealt = [r for r in requests if r.dealt is None]
+        if undealt:
+            for r, d in zip(undealt, self.deal([(r.kind, r.params) for r in undealt]), strict=True):
+                r.dealt = d
+        last = self.n - 1
+
+        def item(r: Request, i: int) -> dict[str, Any]:
+            assert r.dealt is not None
+            ins = [list(x) if isinstance(x, tuple) else x for x in r.inputs[i]]
+            it: dict[str, Any] = {
+                "gid": r.dealt[0],
+                "kind": r.kind,
+                "params": r.params,
+                "inputs": ins,
+            }
+            if i == last and any(kinds.has_delta(s) for s in r.slots):
+                it["delta"] = r.dealt[1]
+            return it
+
+        def combine_open(r: Request, flats: list[torch.Tensor]) -> list[torch.Tensor]:
+            vals, off = [], 0
+            for s in r.slots:
+                if s.opened:
+                    k = numel(s.shape)
+                    parts = [f[off : off + k].reshape(s.shape) for f in flats]
+                    off += k
+                    vals.append(kinds.combine("arith" if s.domain == "arith" else "xor", parts))
+            if any(f.numel() != off for f in flats):
+                raise RemoteError("a party answered openings of the wrong size")
+            return vals
+
+        def first(i: int) -> torch.Tensor:
+            out = reply_tensor(
+                node_call(self.parties[i], "mpc.open", self.sid, [item(requests[0], i)])
+            )
+            stats.record(self.labels[i], out.numel() * 8)
+            return out
+
+        opened = combine_open(requests[0], self.fanout(first, range(self.n)))
+        for k in range(1, len(requests)):
+            prev, cur = requests[k - 1], requests[k]
+            fin = {"gid": prev.dealt[0] if prev.dealt else 0, "opened": opened}
+
+            def step(i: int, fin: dict[str, Any] = fin, cur: Request = cur) -> torch.Tensor:
+                reply = reply_tensor(
+                    node_call(self.parties[i], "mpc.step", self.sid, [fin], [item(cur, i)])
+                )
+                n_out, pos = int(reply[0]), 1
+                for _ in range(
+                    n_out
+                ):  # skip the result descriptions: only the last round's are kept
+                    pos += 2 + int(reply[pos + 1])
+                stats.record(self.labels[i], (reply.numel() - pos) * 8)
+                return reply[pos:]
+
+            opened = combine_open(cur, self.fanout(step, range(self.n)))
+        fin = {"gid": requests[-1].dealt[0] if requests[-1].dealt else 0, "opened": opened}
+
+        def final(i: int) -> list[PointerTensor]:
+            reply = node_call(self.parties[i], "mpc.finish", self.sid, [fin])
+            if not isinstance(reply, Results):
+                raise RemoteError(f"unexpected reply to finish: {type(reply).__name__}")
+            return [PointerTensor(self.parties[i], info) for info in reply.items]  # type: ignore[arg-type]
+
+        per_party = self.fanout(final, range(self.n))
+        size = kinds.get_kind(requests[-1].kind).n_outputs(requests[-1].params)
+        return [[per_party[i][j] for i in range(self.n)] for j in range(size)]
 
     def verify(self, checks: list[list[PointerTensor]]) -> None:
         """Sum each check's public z_i over the parties: all must be 0 mod 2^128."""
