@@ -279,3 +279,28 @@ def test_there_is_no_unmasked_opening(deployed: Any) -> None:
     bit = {"gid": 10_003, "kind": "b2a", "params": {"x": [2]}, "inputs": [share]}
     opened = msession.reply_tensor(msession.node_call(alice, "mpc.open", sess.sid, [bit]))
     assert bool(((opened == 0) | (opened == 1)).all())
+
+
+def test_a_step_opens_under_the_same_rules(deployed: Any) -> None:
+    owners, (alice, bob, carol) = deployed
+    x = torch.tensor([1.0, 2.0]).share(alice, bob, crypto_provider=carol)
+    sess = x.session
+    params = {"x": [2], "y": [2], "op": "mul", "trunc": 0}
+    (g1, _), (g2, _), (g3, _) = sess.deal([("beaver", params)] * 3)
+
+    def open_(gid: int) -> dict[str, Any]:
+        item = {
+            "gid": gid,
+            "kind": "beaver",
+            "params": params,
+            "inputs": [x.shares[0], x.shares[0]],
+        }
+        e = msession.reply_tensor(msession.node_call(alice, "mpc.open", sess.sid, [item]))
+        return {"gid": gid, "opened": [e[:2], e[2:]]}
+
+    again = {"gid": g1, "kind": "beaver", "params": params, "inputs": [["out", 0], ["out", 0]]}
+    with pytest.raises(PermissionDenied, match="already opened"):  # a mask is used once here too
+        msession.node_call(alice, "mpc.step", sess.sid, [open_(g1)], [again])
+    bad = {**again, "gid": g3, "inputs": [["out", 5], ["out", 0]]}
+    with pytest.raises(veil.errors.InvalidRequest, match="no result 5"):
+        msession.node_call(alice, "mpc.step", sess.sid, [open_(g2)], [bad])
