@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check install bench bench-he bench-dp clean
+.PHONY: demo test check install bench bench-mpc bench-dp bench-he clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: check
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/remote_ops.py
+
+bench-mpc: $(STAMP)
+	$(BIN)/python benchmarks/mpc.py
 
 bench-dp: $(STAMP)
 	$(BIN)/python benchmarks/dp_sgd.py

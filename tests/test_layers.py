@@ -16,8 +16,8 @@ LAYERS = {
     "serde": 2,
     "pointers": 3,
     "node": 4,
-    "he": 5,
-    "cli": 5, "demo": 5, "__main__": 5, "__init__": 5,
+    "he": 5, "mpc": 5,
+    "cli": 6, "demo": 6, "__main__": 6, "__init__": 6,
 }  # fmt: skip
 
 
@@ -65,7 +65,8 @@ def test_public_surface_is_deliberate() -> None:
     assert set(veil.__all__) == {
         "WIRE_VERSION", "BudgetExceeded", "Dataset", "Node", "ObjectNotFound", "OpNotAllowed",
         "PermissionDenied", "PointerModule", "PointerTensor", "RemoteOptimizer", "TorchHook",
-        "VeilError", "VirtualWorker", "Worker", "__version__", "connect", "errors", "he", "ops",
+        "VeilError", "VirtualWorker", "Worker", "__version__", "connect", "dp", "errors", "he", "mpc",
+        "ops",
     }  # fmt: skip
     for name in veil.__all__:
         assert hasattr(veil, name), name

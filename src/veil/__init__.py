@@ -24,7 +24,10 @@ from veil.version import WIRE_VERSION, __version__
 
 install()
 
-from veil import he  # noqa: E402 - registers encrypted tensors with nodes and pointers
+# Capabilities that register object kinds, node ops and Tensor entry points on import.
+from veil import dp, he, mpc  # noqa: E402
+
+mpc.install()
 
 
 def connect(url: str, *, email: str, password: str, timeout: float = 60.0,
@@ -62,7 +65,9 @@ __all__ = [
     "Worker",
     "__version__",
     "connect",
+    "dp",
     "errors",
     "he",
+    "mpc",
     "ops",
 ]

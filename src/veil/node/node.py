@@ -162,6 +162,8 @@ class Node:
         self._datasets: dict[str, _Dataset] = {}
         self._requests: dict[int, RequestRow] = {}
         self._batch = Batch()
+        #: State of extension ops (effect "node"), by extension name; in memory only.
+        self.extensions: dict[str, Any] = {}
         self._handlers: dict[type, Callable[[Session, Any], Reply]] = {
             SendObject: self._send,
             RunOp: self._run_op,
@@ -528,6 +530,8 @@ class Node:
                 f"{msg.op}: result id {msg.out} is not free; a client names results only with "
                 f"ids in [2**62, 2**63) that it has not used (veil's client does this itself)"
             )
+        if spec.effect == "node":
+            return self._run_node_op(session, spec, msg)
         inputs: list[ObjectRecord] = []
 
         def resolve(oid: int) -> Any:
@@ -617,6 +621,28 @@ class Node:
         return self._store(session, result, private=private, sources=sources, oid=msg.out).info(
             session.email
         )
+
+    # ---- extension ops (effect "node", e.g. veil.mpc's protocol steps) ----
+    def _run_node_op(self, session: Session, spec: OpSpec, msg: RunOp) -> Reply:
+        """Run an extension op: it gets an :class:`OpContext` (the caller's session, the
+        records behind its ``Ref`` arguments, helpers to store results with explicit
+        privacy) and returns its own reply. It never sees another user's objects."""
+        from veil.node.extension import OpContext
+
+        inputs: list[ObjectRecord] = []
+
+        def resolve(oid: int) -> Any:
+            rec = self._record(session, oid)
+            inputs.append(rec)
+            return rec.value
+
+        args = [from_arg(a, resolve) for a in msg.args]
+        kwargs = {k: from_arg(v, resolve) for k, v in msg.kwargs.items()}
+        ctx = OpContext(self, session, inputs)
+        reply = spec.fn(ctx, *args, **kwargs)
+        if ctx.sources:
+            self._audit_row(session, "op", msg.op, [r.id for r in inputs], ctx.sources)
+        return reply  # type: ignore[no-any-return]
 
     def _check_shape_leak(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any],
                           inputs: list[ObjectRecord]) -> None:  # fmt: skip

@@ -11,8 +11,10 @@ from veil.errors import OpNotAllowed
 #: What an op does besides returning a value, so the node can keep the privacy rules:
 #: ``none``: pure; ``inplace``: mutates its first argument; ``backward``: fills ``.grad``
 #: of the autograd graph's leaves; ``step``: an optimizer updates its parameters;
-#: ``module_call``: a module's forward (may update buffers such as BatchNorm stats).
-Effect = Literal["none", "inplace", "backward", "step", "module_call"]
+#: ``module_call``: a module's forward (may update buffers such as BatchNorm stats);
+#: ``node``: an extension op (``veil.mpc``) called as ``fn(ctx, *args, **kwargs)`` with a
+#: :class:`veil.node.extension.OpContext`; it builds its own reply and privacy flags.
+Effect = Literal["none", "inplace", "backward", "step", "module_call", "node"]
 
 
 @dataclass(frozen=True, slots=True)

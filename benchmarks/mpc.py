@@ -1,0 +1,323 @@
+#!/usr/bin/env python
+"""Benchmarks of veil.mpc: secret-shared workloads next to plain torch float32 (and CrypTen).
+
+Each row runs one workload under MPC (2 or 3 parties plus a dealer, as VirtualWorkers in
+this process or as node servers in their own processes over loopback) and the same
+workload in plain torch float32, interleaved in one run, and reports medians, their ratio,
+and the bytes and rounds each party sent next to the theoretical minimum of the protocol
+(a Beaver product of n elements: 16n bytes and one round; a matmul (m x k) @ (k x n):
+8(mk + kn) bytes and one round). Where CrypTen 0.4.1 runs (a side venv, see --crypten),
+the same workloads run with it (2 parties, its default "trusted first party" mode) and
+the table shows veil / CrypTen.
+
+Usage::
+
+    python benchmarks/mpc.py                      # full run (a few minutes), appends to RESULTS.md
+    python benchmarks/mpc.py --quick --no-write   # smoke test, seconds
+    python benchmarks/mpc.py --crypten /tmp/crypten-venv/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import torch  # noqa: E402
+from remote_ops import (
+    OWNER,
+    OWNER_PW,
+    append_results,
+    console,
+    interleaved,
+    machine,
+    med,
+    node_subprocess,
+)  # noqa: E402
+from rich.table import Table  # noqa: E402
+from torch import nn  # noqa: E402
+
+import veil  # noqa: E402
+from veil.mpc import ring  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Config:
+    rounds: int
+    mul_n: int
+    matmul: tuple[int, ...]
+    relu_n: int
+    batches: tuple[int, ...]
+    loopback: bool
+    malicious: bool
+    #: Run the model rows (MLP, LeNet, training) in every deployment, or only 2-party in-process.
+    all_models: bool
+
+    @classmethod
+    def make(cls, quick: bool) -> Config:
+        if quick:
+            return cls(1, 1000, (16,), 100, (1, 2), True, True, False)
+        return cls(5, 100_000, (256, 512), 10_000, (1, 64), True, True, True)
+
+
+@dataclass
+class Row:
+    name: str
+    parties: int
+    deploy: str
+    security: str
+    veil_ms: float
+    torch_ms: float
+    bytes_per_party: int
+    rounds: int
+    min_bytes: int | None = None
+    min_rounds: int | None = None
+    crypten_ms: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.veil_ms / self.torch_ms if self.torch_ms else float("nan")
+
+
+def mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def lenet() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 120), nn.ReLU(), nn.Linear(120, 84),
+        nn.ReLU(), nn.Linear(84, 10),
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def deployment(kind: str, n: int) -> Iterator[tuple[list[Any], Any]]:
+    names = ["alice", "bob", "dave"][:n]
+    if kind == "in-process":
+        yield [veil.VirtualWorker(x) for x in names], veil.VirtualWorker("carol")
+        return
+    with contextlib.ExitStack() as stack:
+        workers = []
+        for _ in range(n + 1):
+            url, _pid = stack.enter_context(node_subprocess())
+            w = veil.connect(url, email=OWNER, password=OWNER_PW)
+            stack.callback(w.close)
+            workers.append(w)
+        yield workers[:n], workers[n]
+
+
+def measure(cfg: Config, label: str, fn: Callable[[], Any],
+            base: Callable[[], Any]) -> tuple[float, float, int, int]:  # fmt: skip
+    """(veil ms, torch ms, bytes party 0 sent, rounds) of one call of ``fn``."""
+    veil.mpc.reset_stats()
+    fn()  # also the warm-up
+    party = veil.mpc.stats().get(label, {"bytes": 0, "rounds": 0})
+    times = interleaved({"veil": fn, "torch": base}, batch=1, rounds=cfg.rounds, warmup=0)
+    return med(times["veil"]) * 1e3, med(times["torch"]) * 1e3, party["bytes"], party["rounds"]
+
+
+def rows_for(cfg: Config, kind: str, n: int, security: str) -> list[Row]:
+    out: list[Row] = []
+    torch.manual_seed(0)
+    with deployment(kind, n) as (parties, provider):
+        sess = veil.mpc.MPCSession(parties, provider, security=security)  # type: ignore[arg-type]
+
+        def share(t: torch.Tensor) -> Any:
+            return t.share(session=sess)
+
+        def add(name: str, fn: Callable[[], Any], base: Callable[[], Any],
+                mins: tuple[int | None, int | None] = (None, None)) -> None:  # fmt: skip
+            t0 = time.perf_counter()
+            v, b, nbytes, rounds = measure(cfg, sess.labels[0], fn, base)
+            out.append(Row(name, n, kind, security, v, b, nbytes, rounds, *mins))
+            console.log(
+                f"{name}, {n} parties, {kind}, {security}: {v:.1f} ms ({time.perf_counter() - t0:.1f} s)"
+            )
+
+        x, y = torch.randn(cfg.mul_n), torch.randn(cfg.mul_n)
+        sx, sy = share(x), share(y)
+        add(f"mul {cfg.mul_n:.0e}", lambda: sx * sy, lambda: x * y, (16 * cfg.mul_n, 1))
+        for m in cfg.matmul:
+            a, b = torch.randn(m, m), torch.randn(m, m)
+            sa, sb = share(a), share(b)
+            add(
+                f"matmul {m}", lambda sa=sa, sb=sb: sa @ sb, lambda a=a, b=b: a @ b, (16 * m * m, 1)
+            )
+        r = torch.randn(cfg.relu_n)
+        sr = share(r)
+        add(f"relu {cfg.relu_n:.0e}", lambda: sr.relu(), lambda: r.relu())
+        if security == "malicious" or not (cfg.all_models or (kind == "in-process" and n == 2)):
+            return out
+        model = mlp()
+        smodel = veil.mpc.encrypt_model(model, parties, provider, session=sess)
+        net = lenet().eval()
+        snet = veil.mpc.encrypt_model(net, parties, provider, session=sess)
+        with torch.no_grad():
+            for bs in cfg.batches:
+                xm = torch.randn(bs, 784)
+                sxm = share(xm)
+                add(
+                    f"MLP 784-128-10 inference, batch {bs}",
+                    lambda sxm=sxm: smodel(sxm),
+                    lambda xm=xm: model(xm),
+                )
+            for bs in cfg.batches:
+                xi = torch.randn(bs, 1, 28, 28)
+                sxi = share(xi)
+                add(
+                    f"LeNet inference, batch {bs}", lambda sxi=sxi: snet(sxi), lambda xi=xi: net(xi)
+                )
+        bs = cfg.batches[-1]
+        xt, yt = torch.randn(bs, 784), torch.randint(0, 10, (bs,))
+        sxt, syt = share(xt), share(torch.nn.functional.one_hot(yt, 10).float())
+        opt = veil.mpc.nn.SGD(smodel, lr=0.1)
+        popt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def step() -> None:
+            out_ = smodel(sxt)
+            smodel.backward(veil.mpc.nn.cross_entropy_grad(out_, syt))
+            opt.step()
+
+        def plain_step() -> None:
+            popt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xt), yt).backward()
+            popt.step()
+
+        add(f"MLP training step, batch {bs}", step, plain_step)
+    return out
+
+
+def matmul_bound(rows: list[Row], cfg: Config) -> None:
+    """Lower bound of a matmul under this protocol on this machine: each party's local
+    compute (two exact Z_2^64 products, the parties running in parallel) plus moving its
+    bytes (memcpy speed; in-process) -- next to torch's own int64 matmul."""
+    for r in rows:
+        if not r.name.startswith("matmul") or r.security != "semi-honest":
+            continue
+        m = int(r.name.split()[1])
+        a = torch.randint(-(2**62), 2**62, (m, m))
+        t = interleaved({"ring": lambda a=a: ring.matmul(a, a), "i64": lambda a=a: a @ a}, batch=1,
+                        rounds=3, warmup=1)  # fmt: skip
+        r.extra["bound_ms"] = 2 * med(t["ring"]) * 1e3
+        r.extra["torch_int64_mm_ms"] = med(t["i64"]) * 1e3
+
+
+def crypten_rows(python: str, cfg: Config) -> dict[str, float] | str:
+    """Run benchmarks/_crypten_bench.py with CrypTen's interpreter; its medians by row name."""
+    cmd = [python, str(HERE / "_crypten_bench.py"), json.dumps(asdict(cfg))]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if proc.returncode != 0:
+        return (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def table(rows: list[Row], title: str) -> None:
+    t = Table(title=title)
+    for h in ("workload", "n", "deploy", "security", "veil ms", "torch ms", "ratio", "B/party",
+              "min B", "rounds", "min", "CrypTen ms", "veil/CT"):  # fmt: skip
+        t.add_column(h, justify="left" if h in ("workload", "deploy", "security") else "right")
+    for r in rows:
+        ct = f"{r.crypten_ms:.1f}" if r.crypten_ms else "—"
+        vc = f"{r.veil_ms / r.crypten_ms:.2f}×" if r.crypten_ms else "—"
+        t.add_row(r.name, str(r.parties), r.deploy, r.security, f"{r.veil_ms:.1f}", f"{r.torch_ms:.3f}",
+                  f"{r.ratio:,.0f}×", f"{r.bytes_per_party:,}", f"{r.min_bytes:,}" if r.min_bytes else "—",
+                  str(r.rounds), str(r.min_rounds or "—"), ct, vc)  # fmt: skip
+    console.print(t)
+
+
+def markdown(rows: list[Row], info: dict[str, str], mode: str, elapsed: float, ct_note: str) -> str:
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"## mpc — {now} ({mode})", ""]
+    lines += [f"- **{k}**: {v}" for k, v in info.items()]
+    lines += [f"- **run time**: {elapsed:.0f} s", f"- **CrypTen**: {ct_note}",
+              "- measured while other jobs ran on the machine: figures are noisy", ""]  # fmt: skip
+    head = ["workload", "parties", "deployment", "security", "veil (median)", "torch f32 (median)",
+            "ratio", "bytes/party", "min bytes", "rounds", "min rounds", "CrypTen (median)",
+            "veil / CrypTen", "notes"]  # fmt: skip
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for r in rows:
+        note = ""
+        if "bound_ms" in r.extra:
+            note = (f"lower bound (2 exact products per party + 0 copy) {r.extra['bound_ms']:.1f} ms: "
+                    f"{r.veil_ms / r.extra['bound_ms']:.1f}×; torch int64 matmul {r.extra['torch_int64_mm_ms']:.1f} ms")  # fmt: skip
+        cells = [r.name, str(r.parties), r.deploy, r.security, f"{r.veil_ms:,.1f} ms", f"{r.torch_ms:.3f} ms",
+                 f"{r.ratio:,.0f}×", f"{r.bytes_per_party:,}", f"{r.min_bytes:,}" if r.min_bytes else "—",
+                 str(r.rounds), str(r.min_rounds or "—"),
+                 f"{r.crypten_ms:,.1f} ms" if r.crypten_ms else "—",
+                 f"{r.veil_ms / r.crypten_ms:.2f}×" if r.crypten_ms else "—", note]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions")
+    parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
+    parser.add_argument("--crypten", default="/tmp/crypten-venv/bin/python",
+                        help="python of a venv with crypten==0.4.1 ('' to skip)")  # fmt: skip
+    parser.add_argument("--no-loopback", action="store_true", help="in-process rows only")
+    args = parser.parse_args(argv)
+    cfg = Config.make(args.quick)
+    # One intra-op thread everywhere (this process and the node servers it starts): each
+    # party stands for a machine of its own, and OpenMP spinning on a shared 2-core box
+    # made loopback products 50x slower.
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    mode = "quick" if args.quick else "full"
+    info = machine()
+    t0 = time.perf_counter()
+    rows: list[Row] = []
+    for n in (2, 3):
+        rows += rows_for(cfg, "in-process", n, "semi-honest")
+    if cfg.malicious:
+        rows += rows_for(cfg, "in-process", 2, "malicious")
+    if cfg.loopback and not args.no_loopback:
+        for n in (2, 3) if cfg.all_models else (2,):  # quick: one loopback deployment
+            rows += rows_for(cfg, "loopback", n, "semi-honest")
+    matmul_bound(rows, cfg)
+    ct_note = "not run (--crypten '')"
+    if args.crypten:
+        if not Path(args.crypten).exists():
+            ct_note = f"not run: {args.crypten} does not exist"
+        else:
+            res = crypten_rows(args.crypten, cfg)
+            if isinstance(res, str):
+                ct_note = f"could not run: {res}"
+            else:
+                ct_note = "crypten 0.4.1, 2 processes (gloo), default trusted-first-party provider"
+                for r in rows:
+                    if r.parties == 2 and r.deploy == "in-process" and r.security == "semi-honest":
+                        r.crypten_ms = res.get(r.name)
+    elapsed = time.perf_counter() - t0
+    table(rows, f"veil.mpc ({mode}, {info['cpu']}, {info['cores']} cores)")
+    console.print(f"CrypTen: {ct_note}")
+    if args.json:
+        args.json.write_text(json.dumps({"mode": mode, "machine": info, "crypten": ct_note,
+                                         "rows": [asdict(r) for r in rows]}, indent=2))  # fmt: skip
+    if not args.no_write:
+        append_results(args.results, markdown(rows, info, mode, elapsed, ct_note))
+        console.print(f"appended to {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

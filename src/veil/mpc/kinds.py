@@ -1,0 +1,459 @@
+"""Kinds of dealer randomness and the local protocol steps that consume them (run on the nodes).
+
+A *group* of correlated randomness (a Beaver triple, a truncation pair, ...) is a list of
+:class:`Slot` tensors. Every party derives its share of every slot from its own PRG seed
+(``prg(seed, gid, slot)``); the dealer, who knows all seeds, computes the true value of
+each *corrected* slot (``c = a * b``) and sends the last party a *delta* that fixes its
+share. A group is used in one opening round:
+
+1. ``reveal``: the party computes operands from its shares; the node masks each operand
+   with the fresh share of one *opened* slot (``operand - mask``, or XOR) and answers it
+   publicly. Opened slots are never corrected slots, and a group id is opened at most once
+   per party, so each mask is a one-time pad.
+2. ``finish``: with the combined openings (public), the party computes its shares of the
+   result from the group's slots and the operands (all private).
+
+Everything here is plain torch on int64 words (Z_2^64, or bit vectors for XOR sharing).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from veil.errors import InvalidRequest
+from veil.mpc import ring
+
+Domain = Literal["arith", "xor", "bit", "auth"]
+Params = dict[str, Any]
+_MAX63 = (1 << 63) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One tensor of a group: its shape, how it is shared (``arith``: sum mod 2^64;
+    ``xor``: XOR of words; ``bit``: XOR of single bits; ``auth``: a value and its SPDZ2k MAC
+    in Z_2^128, stored as (4, *shape) int64 words), and its role. The last party gets a
+    delta for every corrected slot and for the MAC half of every ``auth`` slot."""
+
+    name: str
+    shape: tuple[int, ...]
+    domain: Domain = "arith"
+    opened: bool = False
+    corrected: bool = False
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _shape(p: Params, key: str) -> tuple[int, ...]:
+    v = p.get(key)
+    if (
+        not isinstance(v, list | tuple)
+        or len(v) > 8
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in v)
+    ):
+        raise InvalidRequest(f"parameter {key!r} must be a shape (a list of at most 8 sizes)")
+    return tuple(v)
+
+
+def _int(p: Params, key: str, lo: int, hi: int) -> int:
+    v = p.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise InvalidRequest(f"parameter {key!r} must be an integer in {lo}..{hi}, got {v!r}")
+    return v
+
+
+def combine(domain: str, parts: list[torch.Tensor]) -> torch.Tensor:
+    """Reconstruct a value from its shares in ``domain`` (``r128``: 128-bit values)."""
+    from veil.mpc import r128
+
+    out = parts[0]
+    for p in parts[1:]:
+        if domain == "arith":
+            out = out + p
+        elif domain == "r128":
+            out = r128.add(out, p)
+        elif domain == "auth":
+            out = torch.cat([r128.add(out[0:2], p[0:2]), r128.add(out[2:4], p[2:4])])
+        else:
+            out = out ^ p
+    return out
+
+
+def has_delta(s: Slot) -> bool:
+    return s.corrected or s.domain == "auth"
+
+
+def words(s: Slot) -> int:
+    return numel(s.shape) * (4 if s.domain == "auth" else 1)
+
+
+def full_shape(s: Slot) -> tuple[int, ...]:
+    return (4, *s.shape) if s.domain == "auth" else s.shape
+
+
+class Kind(ABC):
+    """A kind of group: its slots, the dealer's relation, and the two local steps."""
+
+    name: ClassVar[str]
+    #: How many operands ``reveal`` takes (the node checks the count).
+    n_inputs: ClassVar[int] = 1
+
+    @abstractmethod
+    def slots(self, p: Params) -> list[Slot]: ...
+
+    def n_outputs(self, p: Params) -> int:
+        """How many result shares ``finish`` returns."""
+        return 1
+
+    @abstractmethod
+    def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Dealer: true values of the corrected slots from the true values of the others."""
+
+    @abstractmethod
+    def reveal(self, p: Params, x: list[torch.Tensor], party: int) -> list[torch.Tensor]:
+        """Operands to open, one per opened slot, in slot order (the node masks them)."""
+
+    @abstractmethod
+    def finish(self, p: Params, opened: list[torch.Tensor], m: dict[str, torch.Tensor],
+               x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
+        """This party's shares of the results."""
+
+
+def _product(p: Params, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    op = p["op"]
+    if op == "mul":
+        return a * b
+    if op == "matmul":
+        return ring.matmul(a, b)
+    return ring.conv2d(a, b, stride=p["stride"], padding=p["padding"])
+
+
+def _trunc_local(z: torch.Tensor, f: int, party: int) -> torch.Tensor:
+    """SecureML local truncation (2 parties): exact up to 1 LSB unless the shares wrap
+    around, which happens with probability about |z| / 2^63 per element."""
+    if f == 0:
+        return z
+    return z >> f if party == 0 else -((-z) >> f)
+
+
+class Beaver(Kind):
+    """Beaver triple for ``x * y``, ``x @ y`` or ``conv2d(x, y)``: slots a, b, c = op(a, b).
+
+    Params: ``x``, ``y`` (shapes), ``op`` (mul / matmul / conv2d), ``stride``, ``padding``
+    (conv2d), ``trunc`` (local truncation bits applied to the result, 2 parties only).
+    """
+
+    name = "beaver"
+    n_inputs = 2
+
+    def _out(self, p: Params) -> tuple[int, ...]:
+        xs, ys = _shape(p, "x"), _shape(p, "y")
+        op = p.get("op")
+        if op == "mul":
+            return tuple(torch.broadcast_shapes(xs, ys))
+        if op == "matmul":
+            return tuple(
+                torch.matmul(torch.empty(xs, device="meta"), torch.empty(ys, device="meta")).shape
+            )
+        if op == "conv2d":
+            if len(xs) != 4 or len(ys) != 4:
+                raise InvalidRequest("conv2d needs 4-d input and weight shapes")
+            stride = p.get("stride", 1)
+            padding = p.get("padding", 0)
+            for v in (stride, padding):
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 64:
+                    raise InvalidRequest("conv2d stride and padding must be small integers")
+            if xs[1] != ys[1]:
+                raise InvalidRequest("conv2d: input channels differ from the weight's")
+            return ring.conv2d_shapes(xs, ys, stride, padding)
+        raise InvalidRequest(f"beaver op must be mul, matmul or conv2d, got {op!r}")
+
+    def slots(self, p: Params) -> list[Slot]:
+        try:
+            out = self._out(p)
+        except RuntimeError as exc:
+            raise InvalidRequest(f"shapes do not combine: {exc}") from None
+        _int(p, "trunc", 0, 62)
+        return [
+            Slot("a", _shape(p, "x"), opened=True),
+            Slot("b", _shape(p, "y"), opened=True),
+            Slot("c", out, corrected=True),
+        ]
+
+    def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"c": _product(p, v["a"], v["b"])}
+
+    def reveal(self, p: Params, x: list[torch.Tensor], party: int) -> list[torch.Tensor]:
+        return [x[0], x[1]]
+
+    def finish(self, p: Params, opened: list[torch.Tensor], m: dict[str, torch.Tensor],
+               x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
+        e, d = opened
+        if p["op"] == "mul":
+            z = m["c"] + e * m["b"] + m["a"] * d
+            if party == 0:
+                z = z + e * d
+        elif party == 0:  # e@b + a@d + e@d = e@(b + d) + a@d
+            z = m["c"] + _product(p, e, m["b"] + d) + _product(p, m["a"], d)
+        else:
+            z = m["c"] + _product(p, e, m["b"]) + _product(p, m["a"], d)
+        return [_trunc_local(z, p["trunc"], party)]
+
+
+class Square(Kind):
+    """Square ``x * x`` from a pair a, c = a^2 (half the openings of a Beaver product)."""
+
+    name = "square"
+
+    def slots(self, p: Params) -> list[Slot]:
+        s = _shape(p, "x")
+        _int(p, "trunc", 0, 62)
+        return [Slot("a", s, opened=True), Slot("c", s, corrected=True)]
+
+    def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"c": v["a"] * v["a"]}
+
+    def reveal(self, p: Params, x: list[torch.Tensor], party: int) -> list[torch.Tensor]:
+        return [x[0]]
+
+    def finish(self, p: Params, opened: list[torch.Tensor], m: dict[str, torch.Tensor],
+               x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
+        (e,) = opened
+        z = m["c"] + 2 * e * m["a"]
+        if party == 0:
+            z = z + e * e
+        return [_trunc_local(z, p["trunc"], party)]
+
+
+class Truncate(Kind):
+    """Probabilistic truncation by ``f`` bits for any number of parties (Escudero et al.,
+    CRYPTO 2020): exact up to one unit in the last place, never a wrap-around error,
+    for inputs with |x| < 2^62. One opening of 8 bytes per element.
+
+    Slots: r (opened mask; R = -sum of the masks), rmsb = R >> 63, rlow = (R mod 2^63) >> f.
+    """
+
+    name = "trunc"
+
+    def slots(self, p: Params) -> list[Slot]:
+        s = _shape(p, "x")
+        _int(p, "f", 1, 62)
+        return [Slot("r", s, opened=True), Slot("rmsb", s, corrected=True),
+                Slot("rlow", s, corrected=True)]  # fmt: skip
+
+    def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        big_r = -v["r"]
+        return {"rmsb": (big_r >> 63) & 1, "rlow": (big_r & _MAX63) >> p["f"]}
+
+    def reveal(self, p: Params, x: list[torch.Tensor], party: int) -> list[torch.Tensor]:
+        return [x[0] + (1 << 62) if party == 0 else x[0]]
+
+    def finish(self, p: Params, opened: list[torch.Tensor], m: dict[str, torch.Tensor],
+               x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
+        (c,) = opened
+        f = p["f"]
+        c_msb = (c >> 63) & 1
+        # v_msb = c_msb XOR r_msb = c_msb + r_msb - 2 c_msb r_msb  (c_msb public)
+        z = m["rmsb"] * (1 - 2 * c_msb) * (1 << (63 - f)) - m["rlow"]
+        if party == 0:
+            z = z + ((c & _MAX63) >> f) + c_msb * (1 << (63 - f)) - (1 << (62 - f))
+        return [z]
+
+
+class A2B(Kind):
+    """Start of a comparison: open c = x - m, then the XOR shares of the adder inputs of
+    c + m (G = c AND m, P = c XOR m), from m's XOR shares (the corrected slot mb = m)."""
+
+    name = "a2b"
+
+    def n_outputs(self, p: Params) -> int:
+        return 2
+
+    def slots(self, p: Params) -> list[Slot]:
+        s = _shape(p, "x")
+        return [Slot("m", s, opened=True), Slot("mb", s, "xor", corrected=True)]
+
+    def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"mb": v["m"]}
+
+    def reveal(self, p: Params, x: list[torch.Tensor], party: int) -> list[torch.Tensor]:
+        return [x[0]]
+
+    def finish(self, p: Params, opened: list[torch.Tensor], m: dict[str, torch.Tensor],
+               x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
+        (c,) = opened
+        g = c & m["mb"]
+        pp = (c ^ m["mb"]) if party == 0 else m["mb"]
+        return [g, pp]
+
+
+class CarryLevel(Kind):
+    """One level of a Kogge-Stone carry tree on XOR-shared words: G |= P & (G << s),
+    P &= P << s, with two AND triples sharing one mask (a, b1, b2, c1 = a&b1, c2 = a&b2).
+    On the last level (``last``) only G is updated and the result is the sign bit
+    ``P0[63] XOR G[62]`` (inputs: G, P, P0; other levels pass P0 on as a third result)."""
+
+    name = "carry"
+    n_inputs = 3
+
+    def n_outputs(self, p: Params) -> int:
+        return 1 if p.get("last") else 3  # G, P and P0 passed on for the last level
+
+    def slots(self, p: Params) -> list[Slot]:
+        s = _shape(p, "x")
+        _int(p, "shift", 1, 63)
+        out = [Slot("a", s, "xor", opened=True), Slot("b1", s, "xor", opened=True)]
+        if not p.get("last"):
+            out.append(Slot("b2", s, "xor", opened=True))
+        out.append(Slot("c1", s, "xor", corrected=True))
+        if not p.get("last"):
+            out.append(Slot("c2", s, "xor", corrected=True))
+        return out
+
+    def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {"c1": v["a"] & v["b1"]}
+        if not p.get("last"):
+            out["c2"] = v["a"] & v["b2"]
+        return out
+
+    def reveal(self, p: Params, x: list[torch.Tensor], party: int) -> list[torch.Tensor]:
+        g, pp, _ = x
+        s = p["shift"]
+        ops = [pp, g << s]
+        if not p.get("last"):
+            ops.append(pp << s)
+        return ops
+
+    def finish(self, p: Params, opened: list[torch.Tensor], m: dict[str, torch.Tensor],
+               x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
+        g, _, p0 = x
+        e, d1 = opened[0], opened[1]
+        t1 = m["c1"] ^ (e & m["b1"]) ^ (d1 & m["a"])
+        if party == 0:
+            t1 = t1 ^ (e & d1)
+        g = g ^ t1  # OR as XOR: G and P & (G << s) are never both 1
+        if p.get("last"):
+            return [((p0 >> 63) ^ (g >> 62)) & 1]
+        d2 = opened[2]
+        t2 = m["c2"] ^ (e & m["b2"]) ^ (d2 & m["a"])
+        if party == 0:
+            t2 = t2 ^ (e & d2)
+        return [g, t2, p0]
+
+
+class B2A(Kind):
+    """XOR-shared bit -> arithmetic share of the same bit (0 or 1), from a random bit s
+    shared both ways: open t = b XOR s; b = t + s - 2 t s."""
+
+    name = "b2a"
+
+    def slots(self, p: Params) -> list[Slot]:
+        s = _shape(p, "x")
+        return [Slot("s", s, "bit", opened=True), Slot("sa", s, corrected=True)]
+
+    def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"sa": v["s"]}
+
+    def reveal(self, p: Params, x: list[torch.Tensor], party: int) -> list[torch.Tensor]:
+        return [x[0]]
+
+    def finish(self, p: Params, opened: list[torch.Tensor], m: dict[str, torch.Tensor],
+               x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
+        (t,) = opened
+        z = m["sa"] * (1 - 2 * t)
+        if party == 0:
+            z = z + t
+        return [z]
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k for k in (Beaver(), Square(), Truncate(), A2B(), CarryLevel(), B2A())
+}
+
+
+def get_kind(name: Any) -> Kind:
+    kind = KINDS.get(name) if isinstance(name, str) else None
+    if kind is None:
+        raise InvalidRequest(f"unknown kind of dealer randomness {name!r}; known: {sorted(KINDS)}")
+    return kind
+
+
+# ------------------------------------------------------------------ shares of a group
+
+
+def party_slots(seed: bytes, gid: int, slots: list[Slot]) -> dict[str, torch.Tensor]:
+    """One party's PRG shares of every slot of group ``gid`` (before any delta)."""
+    out = {}
+    parts = ring.prg_many(seed, gid, [words(s) for s in slots])
+    for s, t in zip(slots, parts, strict=True):
+        t = t.reshape(full_shape(s))
+        out[s.name] = t & 1 if s.domain == "bit" else t
+    return out
+
+
+def mac_key(seed: bytes) -> torch.Tensor:
+    """A party's share of the session's SPDZ2k MAC key (a 128-bit scalar, group 0)."""
+    return ring.prg(seed, 0, 0, 2)
+
+
+def apply_delta(slots: list[Slot], values: dict[str, torch.Tensor], delta: torch.Tensor) -> None:
+    """The last party: add the dealer's delta to its corrected slots (in slot order)."""
+    corrected = [s for s in slots if has_delta(s)]
+    need = sum(words(s) for s in corrected)
+    if delta.dtype != torch.int64 or delta.numel() != need:
+        raise InvalidRequest(f"dealer delta must hold {need} int64 values, got {delta.numel()}")
+    off = 0
+    flat = delta.reshape(-1)
+    for s in corrected:
+        k = words(s)
+        d = flat[off : off + k].reshape(full_shape(s))
+        off += k
+        if s.domain in ("arith", "auth"):
+            values[s.name] = combine(s.domain, [values[s.name], d])
+        else:
+            values[s.name] = values[s.name] ^ d
+
+
+def dealer_delta(
+    kind: Kind, p: Params, slots: list[Slot], seeds: list[bytes], gid: int
+) -> torch.Tensor:
+    """Dealer: the last party's delta for group ``gid`` (flat int64; uniform to anyone
+    without the last party's seed)."""
+    from veil.mpc import r128
+
+    shares = [party_slots(s, gid, slots) for s in seeds]
+    truth = {}
+    for s in slots:
+        if not s.corrected:
+            v = combine(s.domain, [sh[s.name] for sh in shares])
+            truth[s.name] = v[0:2] if s.domain == "auth" else v
+    want = kind.relation(p, truth)
+    alpha: torch.Tensor | None = None
+    parts = []
+    for s in slots:
+        if not has_delta(s):
+            continue
+        have = combine(s.domain, [sh[s.name] for sh in shares])
+        target = want[s.name] if s.corrected else truth[s.name]
+        if s.domain == "auth":
+            if alpha is None:
+                alpha = combine("r128", [mac_key(sd) for sd in seeds])
+            a = alpha.reshape(2, *([1] * len(s.shape)))
+            mac = r128.product(a.expand(2, *s.shape).contiguous(), target, "mul")
+            parts.append(
+                torch.cat([r128.sub(target, have[0:2]), r128.sub(mac, have[2:4])]).reshape(-1)
+            )
+        elif s.domain == "arith":
+            parts.append((target - have).reshape(-1))
+        else:
+            parts.append((target ^ have).reshape(-1))
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)

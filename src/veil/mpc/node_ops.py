@@ -1,0 +1,492 @@
+"""The ops a node runs for MPC, and the privacy rule they enforce.
+
+The rule: a party's share of anything is a private object on its node; a data scientist
+who drives the computation sees only values *masked with fresh dealer randomness*:
+
+* dealer randomness reaches a party as one PRG seed, sealed by the dealer's node key for
+  the party's node key (:mod:`veil.mpc.seal`); the scientist relays a box it cannot open;
+* ``mpc.open`` masks each operand with the party's share of a slot of group ``gid``
+  (derived from the seed, never stored as an object, never usable by any other op) and
+  answers the masked value publicly. A group id is opened at most once per party
+  session, so a mask is never reused; a node never accepts the same seed twice;
+* ``mpc.finish`` turns the public openings and the group's slots into new *private* shares;
+* the dealer (``mpc.deal``) takes only shapes: it never receives a share of data;
+* ``mpc.split`` lets a data owner's node share a private tensor: it keeps one share and
+  seals a PRG seed for each other party, so the value never passes the scientist.
+
+Node owners may pin the dealer keys they trust (:func:`pin_dealers`); unpinned nodes
+accept any dealer key the scientist presents (enough against a curious scientist, not
+against one who plays dealer itself).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from veil.errors import InvalidRequest, PermissionDenied, ProtocolError
+from veil.mpc import kinds, r128, ring, seal, spdz
+from veil.mpc.kinds import Slot, numel
+from veil.node.extension import OpContext
+from veil.ops import OpRegistry, OpSpec, default_registry
+from veil.serde.messages import Done, Reply
+
+#: Groups opened but not finished that a node keeps per user before dropping the oldest.
+MAX_PENDING = 4096
+
+
+@dataclass
+class _PartySession:
+    seed: bytes
+    index: int
+    n: int
+    dealer: bytes
+    used: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _DealerSession:
+    seeds: list[bytes]
+    next_gid: int = 1
+
+
+@dataclass
+class _Pending:
+    kind: kinds.Kind
+    params: dict[str, Any]
+    slots: list[Slot]
+    masks: dict[str, torch.Tensor]
+    inputs: list[torch.Tensor]
+    macs: list[torch.Tensor] = field(default_factory=list)  # MAC shares of opened values
+
+
+@dataclass
+class MPCState:
+    """A node's MPC state (in memory: a restarted node starts fresh sessions)."""
+
+    keys: seal.KeyPair = field(default_factory=seal.KeyPair.generate)
+    parties: dict[tuple[int, str], _PartySession] = field(default_factory=dict)
+    dealers: dict[tuple[int, str], _DealerSession] = field(default_factory=dict)
+    pending: dict[tuple[int, str, int], _Pending] = field(default_factory=dict)
+    seen_seeds: set[bytes] = field(default_factory=set)
+    pinned: set[str] | None = None
+
+
+def state_of(node: Any) -> MPCState:
+    """The MPC state of a :class:`~veil.node.Node` (created on first use)."""
+    st = node.extensions.get("mpc")
+    if st is None:
+        st = node.extensions["mpc"] = MPCState()
+    return st  # type: ignore[no-any-return]
+
+
+def pin_dealers(node: Any, fingerprints: list[str] | None) -> None:
+    """Node owners: accept dealer randomness only from these key fingerprints
+    (``veil.mpc.fingerprint(worker)``); ``None`` accepts any dealer again.
+
+    Example:
+        >>> import veil
+        >>> node = veil.Node("clinic", owner_password="pw-long-enough")
+        >>> pin_dealers(node, ["0123456789abcdef"])
+        >>> state_of(node).pinned
+        {'0123456789abcdef'}
+    """
+    state_of(node).pinned = None if fingerprints is None else set(fingerprints)
+
+
+def _st(ctx: OpContext) -> MPCState:
+    return state_of(ctx.node)
+
+
+def _bytes(t: Any, what: str, size: int | None = None) -> bytes:
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.dim() != 1:
+        raise InvalidRequest(f"{what} must be a 1-d uint8 tensor")
+    if size is not None and t.numel() != size:
+        raise InvalidRequest(f"{what} must be {size} bytes, got {t.numel()}")
+    return t.numpy().tobytes()
+
+
+def _u8(b: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(b), dtype=torch.uint8)
+
+
+def _sid(sid: Any) -> str:
+    if not isinstance(sid, str) or not 8 <= len(sid) <= 64:
+        raise InvalidRequest("an MPC session id is a string of 8-64 characters")
+    return sid
+
+
+# ------------------------------------------------------------------------ keys, setup
+
+
+def op_public_key(ctx: OpContext) -> Reply:
+    """This node's X25519 public key (32 bytes)."""
+    return ctx.value(_u8(_st(ctx).keys.public))
+
+
+def op_dealer_setup(ctx: OpContext, keys: list[Any]) -> Reply:
+    """Dealer: start a session for parties with these public keys; answers the session id
+    (as the first 32 bytes, hex) followed by one sealed seed per party (60 bytes each)."""
+    st = _st(ctx)
+    if not isinstance(keys, list) or not 2 <= len(keys) <= 64:
+        raise InvalidRequest("a dealer session needs the public keys of 2-64 parties")
+    pubs = [_bytes(k, "a party key", 32) for k in keys]
+    if st.keys.public in pubs:
+        raise PermissionDenied("the crypto provider cannot also be a party of its own session")
+    sid = secrets.token_hex(16)
+    seeds = [os.urandom(32) for _ in pubs]
+    st.dealers[(ctx.session.user_id, sid)] = _DealerSession(seeds)
+    boxes = [seal.seal(st.keys, pub, seed, _context("seed", sid, i, len(pubs)))
+             for i, (pub, seed) in enumerate(zip(pubs, seeds, strict=True))]  # fmt: skip
+    return ctx.value(_u8(sid.encode() + b"".join(boxes)))
+
+
+def _context(purpose: str, sid: str, index: int, n: int) -> bytes:
+    return f"{purpose}|{sid}|{index}|{n}".encode()
+
+
+def op_join(ctx: OpContext, sid: Any, index: Any, n: Any, dealer: Any, box: Any) -> Reply:
+    """Party: accept the dealer's sealed seed for session ``sid`` as party ``index`` of ``n``."""
+    st = _st(ctx)
+    sid = _sid(sid)
+    if not (isinstance(n, int) and isinstance(index, int) and 2 <= n <= 64 and 0 <= index < n):
+        raise InvalidRequest("party index must be in 0..n-1 with 2 <= n <= 64")
+    dealer_pub = _bytes(dealer, "the dealer key", 32)
+    if dealer_pub == st.keys.public:
+        raise PermissionDenied("a node cannot be the crypto provider of a session it is a party of")
+    if st.pinned is not None and seal.fingerprint(dealer_pub) not in st.pinned:
+        raise PermissionDenied(
+            f"node {ctx.node.name!r} does not trust crypto provider key "
+            f"{seal.fingerprint(dealer_pub)}; its owner pinned other dealers"
+        )
+    key = (ctx.session.user_id, sid)
+    if key in st.parties or key in st.dealers:
+        raise PermissionDenied(f"session {sid} already exists on node {ctx.node.name!r}")
+    seed = seal.unseal(
+        st.keys, dealer_pub, _bytes(box, "the sealed seed"), _context("seed", sid, index, n)
+    )
+    digest = hashlib.sha256(seed).digest()
+    if digest in st.seen_seeds:
+        raise PermissionDenied("this dealer seed was already used on this node: replay refused")
+    st.seen_seeds.add(digest)
+    st.parties[key] = _PartySession(seed, index, n, dealer_pub)
+    return Done()
+
+
+# ------------------------------------------------------------------------ dealer
+
+
+def op_deal(ctx: OpContext, sid: Any, groups: Any) -> Reply:
+    """Dealer: new groups ``[(kind, params), ...]``; answers ``[gid_0, ..., deltas...]``
+    (int64): the group ids, then each group's delta for the last party, concatenated.
+    Takes shapes only: the dealer never sees a share."""
+    st = _st(ctx)
+    sess = st.dealers.get((ctx.session.user_id, _sid(sid)))
+    if sess is None:
+        raise InvalidRequest(f"node {ctx.node.name!r} deals for no session {sid!r} of yours")
+    if not isinstance(groups, list) or not groups:
+        raise InvalidRequest("deal needs a non-empty list of (kind, params)")
+    gids, deltas = [], []
+    total = 0
+    for g in groups:
+        if not (isinstance(g, list | tuple) and len(g) == 2 and isinstance(g[1], dict)):
+            raise InvalidRequest("each group is (kind name, params dict)")
+        kind = kinds.get_kind(g[0])
+        slots = kind.slots(g[1])
+        total += sum(numel(s.shape) for s in slots)
+        ctx.check_elements(total)
+        gid = sess.next_gid
+        sess.next_gid += 1
+        gids.append(gid)
+        deltas.append(kinds.dealer_delta(kind, g[1], slots, sess.seeds, gid))
+    return ctx.value(torch.cat([torch.tensor(gids, dtype=torch.int64), *deltas]))
+
+
+# ------------------------------------------------------------------------ party steps
+
+
+def _party(ctx: OpContext, sid: Any) -> _PartySession:
+    sess = _st(ctx).parties.get((ctx.session.user_id, _sid(sid)))
+    if sess is None:
+        raise InvalidRequest(f"node {ctx.node.name!r} is in no MPC session {sid!r} of yours")
+    return sess
+
+
+def op_open(ctx: OpContext, sid: Any, items: Any) -> Reply:
+    """Party: for each item ``{gid, kind, params, inputs, delta}`` derive the group's
+    slots, compute the operands from ``inputs`` (this user's objects) and answer them
+    masked with the opened slots, all concatenated (int64, public)."""
+    return ctx.value(_open(ctx, sid, items))
+
+
+def _open(ctx: OpContext, sid: Any, items: Any) -> torch.Tensor:
+    st = _st(ctx)
+    sess = _party(ctx, sid)
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest("open needs a non-empty list of items")
+    out: list[torch.Tensor] = []
+    staged: list[tuple[int, _Pending]] = []
+    total = 0
+    for it in items:
+        if not isinstance(it, dict):
+            raise InvalidRequest("each open item is a dict")
+        gid = it.get("gid")
+        if not isinstance(gid, int) or isinstance(gid, bool) or gid <= 0:
+            raise InvalidRequest("gid must be a positive integer")
+        if gid in sess.used or any(g == gid for g, _ in staged):
+            raise PermissionDenied(
+                f"dealer randomness {gid} was already opened on node {ctx.node.name!r}: a mask "
+                "is used once (reusing it would unmask a share)"
+            )
+        kind = kinds.get_kind(it.get("kind"))
+        params = it.get("params")
+        if not isinstance(params, dict):
+            raise InvalidRequest("params must be a dict")
+        slots = kind.slots(params)
+        total += sum(numel(s.shape) for s in slots)
+        ctx.check_elements(total)
+        inputs = it.get("inputs")
+        if (
+            not isinstance(inputs, list)
+            or len(inputs) != kind.n_inputs
+            or not all(isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in inputs)
+        ):
+            raise InvalidRequest(f"{kind.name} takes {kind.n_inputs} int64 share tensors")
+        masks = kinds.party_slots(sess.seed, gid, slots)
+        if sess.index == sess.n - 1 and any(kinds.has_delta(s) for s in slots):
+            delta = it.get("delta")
+            if not isinstance(delta, torch.Tensor):
+                raise InvalidRequest("the last party needs the dealer's delta")
+            kinds.apply_delta(slots, masks, delta)
+        if any(s.domain == "auth" for s in slots):
+            masks["__alpha"] = kinds.mac_key(sess.seed)
+            params = {**params, "__alpha": masks["__alpha"]}
+        operands = kind.reveal(params, inputs, sess.index)
+        opened = [s for s in slots if s.opened]
+        macs = []
+        for s, v in zip(opened, operands, strict=True):
+            if tuple(v.shape) != kinds.full_shape(s):
+                raise InvalidRequest(
+                    f"{kind.name}: operand of shape {tuple(v.shape)}, expected {kinds.full_shape(s)}"
+                )
+            m = masks[s.name]
+            if s.domain == "auth":  # reveal the value half; keep the MAC share for the check
+                masked = r128.sub(v[0:2], m[0:2])
+                macs.append(r128.sub(v[2:4], m[2:4]))
+            elif s.domain == "arith":
+                masked = v - m
+            else:
+                masked = (v & 1) ^ m if s.domain == "bit" else v ^ m
+            out.append(masked.reshape(-1))
+        staged.append((gid, _Pending(kind, params, slots, masks, inputs, macs)))
+    for gid, p in staged:  # commit only when every item was valid
+        sess.used.add(gid)
+        st.pending[(ctx.session.user_id, str(sid), gid)] = p
+    while len(st.pending) > MAX_PENDING:
+        st.pending.pop(next(iter(st.pending)))
+    return torch.cat(out)
+
+
+def op_finish(ctx: OpContext, sid: Any, items: Any) -> Reply:
+    """Party: for each item ``{gid, opened: [public tensors]}`` compute this party's
+    shares of the results; answers them as new private objects (a flat list)."""
+    return ctx.results([info for info, _ in _finish(ctx, sid, items)])
+
+
+def op_step(ctx: OpContext, sid: Any, finish: Any, open_: Any) -> Reply:
+    """Party: ``finish`` one round and ``open`` the next in one message. Inputs of the
+    open items may be ``["out", k]``: the k-th result of this finish. Answers (int64,
+    public): the number of results, then per result its id, rank and shape, then the
+    masked values of the opening."""
+    done = _finish(ctx, sid, finish)
+    if not isinstance(open_, list):
+        raise InvalidRequest("step needs a list of open items")
+    for it in open_:
+        ins = it.get("inputs") if isinstance(it, dict) else None
+        if isinstance(ins, list):
+            for j, v in enumerate(ins):
+                if isinstance(v, list) and len(v) == 2 and v[0] == "out":
+                    k = v[1]
+                    if not isinstance(k, int) or not 0 <= k < len(done):
+                        raise InvalidRequest(f"no result {k!r} of this step's finish")
+                    ins[j] = done[k][1]
+    masked = _open(ctx, sid, open_)
+    head: list[int] = [len(done)]
+    for info, _ in done:
+        head += [info.id, len(info.shape), *info.shape]
+    return ctx.value(torch.cat([torch.tensor(head, dtype=torch.int64), masked]))
+
+
+def _finish(ctx: OpContext, sid: Any, items: Any) -> list[tuple[Any, torch.Tensor]]:
+    st = _st(ctx)
+    sess = _party(ctx, sid)
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest("finish needs a non-empty list of items")
+    results: list[Any] = []
+    for it in items:
+        gid = it.get("gid") if isinstance(it, dict) else None
+        key = (ctx.session.user_id, str(sid), gid)
+        pend = st.pending.pop(key, None)  # type: ignore[arg-type]
+        if pend is None:
+            raise InvalidRequest(f"no opened group {gid!r} to finish on node {ctx.node.name!r}")
+        opened = it.get("opened")
+        want = [s for s in pend.slots if s.opened]
+        if (
+            not isinstance(opened, list)
+            or len(opened) != len(want)
+            or not all(
+                isinstance(t, torch.Tensor)
+                and t.dtype == torch.int64
+                and tuple(t.shape) == ((2, *s.shape) if s.domain == "auth" else s.shape)
+                for t, s in zip(opened, want, strict=False)
+            )
+        ):
+            raise InvalidRequest(f"{pend.kind.name}: openings of the wrong count or shape")
+        extra = it.get("extra", [])
+        if not isinstance(extra, list) or not all(
+            isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in extra
+        ):
+            raise InvalidRequest("extra public values must be int64 tensors")
+        if pend.macs:
+            pend.masks["__extra"] = extra  # type: ignore[assignment]
+        outs = pend.kind.finish(pend.params, opened, pend.masks, pend.inputs, sess.index, sess.n)
+        results.extend((ctx.new(o.contiguous(), private=True), o) for o in outs)
+        if pend.macs:  # SPDZ2k check share: sum rho * (mac(y) - alpha_i y), public
+            rho = it.get("rho")
+            if not isinstance(rho, list) or len(rho) != len(opened):
+                raise InvalidRequest("a MAC check needs one coefficient tensor per opening")
+            z = spdz.check_share(pend.masks["__alpha"], pend.macs, opened, rho)
+            results.append((ctx.new(z, private=False), z))
+    return results
+
+
+# ------------------------------------------------------------------------ inputs
+
+
+def op_as_share(ctx: OpContext, x: Any) -> Reply:
+    """Store a copy of ``x`` (an int64 share the scientist uploaded) as a private share."""
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64:
+        raise InvalidRequest("a share is an int64 tensor")
+    return ctx.new(x.clone(), private=True)
+
+
+def op_split(ctx: OpContext, x: Any, keys: Any, index: Any, tag: Any) -> Reply:
+    """Data holder: split int64 ``x`` (its own, possibly private, data) into shares for the
+    parties with public ``keys``; this node is party ``index`` and keeps its share. Answers
+    [its share (private), the sealed seeds of the other parties (public, 60 bytes each)]."""
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64:
+        raise InvalidRequest("split takes an int64 (fixed-point encoded) tensor")
+    if not isinstance(keys, list) or not 2 <= len(keys) <= 64:
+        raise InvalidRequest("split needs the public keys of 2-64 parties")
+    if not (isinstance(index, int) and 0 <= index < len(keys)) or not isinstance(tag, str):
+        raise InvalidRequest("split needs this node's party index and a tag")
+    st = _st(ctx)
+    pubs = [_bytes(k, "a party key", 32) for k in keys]
+    if pubs[index] != st.keys.public:
+        raise InvalidRequest("keys[index] must be this node's own public key")
+    share = x.clone()
+    boxes = []
+    for j, pub in enumerate(pubs):
+        if j == index:
+            continue
+        seed = os.urandom(32)
+        share = share - ring.prg(seed, 0, 0, x.numel()).reshape(x.shape)
+        boxes.append(seal.seal(st.keys, pub, seed, _context("share|" + tag, "-", j, len(pubs))))
+    mine = ctx.new(share, private=True)
+    return ctx.results([mine, ctx.new(_u8(b"".join(boxes)), private=False)])
+
+
+def op_receive(
+    ctx: OpContext, sender: Any, box: Any, shape: Any, index: Any, n: Any, tag: Any
+) -> Reply:
+    """Party ``index``: expand the seed sealed for it by the data holder ``sender`` into its
+    share of a tensor of ``shape`` (stored private)."""
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InvalidRequest("shape must be a list of sizes")
+    if not (
+        isinstance(index, int) and isinstance(n, int) and 0 <= index < n <= 64
+    ) or not isinstance(tag, str):
+        raise InvalidRequest("receive needs the party index, the party count and the tag")
+    size = numel(tuple(shape))
+    ctx.check_elements(size)
+    st = _st(ctx)
+    seed = seal.unseal(st.keys, _bytes(sender, "the sender key", 32), _bytes(box, "the box"),
+                       _context("share|" + tag, "-", index, n))  # fmt: skip
+    return ctx.new(ring.prg(seed, 0, 0, size).reshape(shape), private=True)
+
+
+def op_add_public(ctx: OpContext, sid: Any, x: Any, c: Any) -> Reply:
+    """Malicious mode: add the public 128-bit value ``c`` (shape (2, *shape)) to the
+    authenticated share ``x`` (party 0 adds to the value; every party adds alpha_i c to
+    its MAC share)."""
+    sess = _party(ctx, sid)
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64 or x.shape[0] != 4:
+        raise InvalidRequest("add_public takes an authenticated share (4, *shape)")
+    if not isinstance(c, torch.Tensor) or c.dtype != torch.int64 or c.shape[0] != 2:
+        raise InvalidRequest("add_public takes a public 128-bit value (2, *shape)")
+    c = c.expand(2, *x.shape[1:]).contiguous()
+    return ctx.new(spdz.add(x, spdz.const(c, kinds.mac_key(sess.seed), sess.index)))
+
+
+def op_check_value(ctx: OpContext, sid: Any, x: Any, y: Any, rho: Any) -> Reply:
+    """Malicious mode: this party's MAC check share for a value ``y`` the caller
+    reconstructed from shares it may read (it reveals nothing the caller does not hold)."""
+    sess = _party(ctx, sid)
+    for rec in ctx.inputs:
+        ctx.node._check_readable(ctx.session, rec)
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64 or x.shape[0] != 4:
+        raise InvalidRequest("check takes an authenticated share (4, *shape)")
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != (2, *x.shape[1:]):
+        raise InvalidRequest("check takes the reconstructed 128-bit value (2, *shape)")
+    z = spdz.check_share(kinds.mac_key(sess.seed), [x[2:4]], [y], [rho])
+    return ctx.new(z, private=False)
+
+
+def op_trunc_local(x: torch.Tensor, f: int, party: int) -> torch.Tensor:
+    """Local (2-party) truncation of a share by ``f`` bits (see ``kinds._trunc_local``)."""
+    if not isinstance(f, int) or not 0 <= f <= 62 or party not in (0, 1):
+        raise ProtocolError("trunc_local needs 0 <= f <= 62 and party 0 or 1")
+    return kinds._trunc_local(x, f, party)
+
+
+NODE_OPS: dict[str, Callable[..., Any]] = {
+    "mpc.public_key": op_public_key,
+    "mpc.dealer_setup": op_dealer_setup,
+    "mpc.join": op_join,
+    "mpc.deal": op_deal,
+    "mpc.open": op_open,
+    "mpc.finish": op_finish,
+    "mpc.step": op_step,
+    "mpc.as_share": op_as_share,
+    "mpc.split": op_split,
+    "mpc.receive": op_receive,
+    "mpc.a128.add_public": op_add_public,
+    "mpc.a128.check": op_check_value,
+}
+PURE_OPS: dict[str, Callable[..., Any]] = {
+    "mpc.trunc_local": op_trunc_local,
+    "mpc.conv2d": ring.conv2d,
+    "mpc.matmul": ring.matmul,
+    "mpc.a128.add": spdz.add,
+    "mpc.a128.sub": spdz.sub,
+    "mpc.a128.neg": spdz.neg,
+    "mpc.a128.scale": spdz.scale,
+    "mpc.a128.sum": spdz.sum_,
+}
+
+
+def register(reg: OpRegistry | None = None) -> None:
+    """Add the MPC ops to ``reg`` (the default allowlist); idempotent."""
+    reg = reg if reg is not None else default_registry()
+    for name, fn in NODE_OPS.items():
+        if name not in reg:
+            reg.register(OpSpec(name, fn, effect="node"))
+    for name, fn in PURE_OPS.items():
+        if name not in reg:
+            reg.register(OpSpec(name, fn, bound_check=True))

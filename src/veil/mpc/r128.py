@@ -1,0 +1,177 @@
+"""Arithmetic in Z_2^128 on int64 tensors, for SPDZ2k MACs (malicious security).
+
+An element is a pair of int64 words stacked on a leading dimension of size 2:
+``t[0]`` the low 64 bits, ``t[1]`` the high 64 bits (two's complement). Products (elementwise,
+matrix, convolution) split each operand into six balanced 22-bit limbs and sum the 21
+limb products whose weight is below 2^128; each limb product is exact in float64 BLAS
+while the inner dimension is at most 512.
+
+Example:
+    >>> import torch
+    >>> a = from64(torch.tensor([-3, 2**62])); b = from64(torch.tensor([5, 8]))
+    >>> to_int(product(a, b, "mul"))
+    [-15, 36893488147419103232]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+_MIN = -(2**63)
+_LIMB = 22
+_HALF = 1 << (_LIMB - 1)
+_MASK = (1 << _LIMB) - 1
+_N_LIMBS = 6
+_MAX_K = 512
+
+
+def from64(x: torch.Tensor) -> torch.Tensor:
+    """Sign-extend int64 values to Z_2^128."""
+    return torch.stack([x, x >> 63])
+
+
+def zeros(shape: Any) -> torch.Tensor:
+    return torch.zeros((2, *shape), dtype=torch.int64)
+
+
+def _ult(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Unsigned a < b on int64 bit patterns."""
+    return (a ^ _MIN) < (b ^ _MIN)
+
+
+def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    lo = a[0] + b[0]
+    hi = a[1] + b[1] + _ult(lo, a[0]).to(torch.int64)
+    return torch.stack([lo, hi])
+
+
+def neg(a: torch.Tensor) -> torch.Tensor:
+    lo = -a[0]
+    hi = ~a[1] + (a[0] == 0).to(torch.int64)
+    return torch.stack([lo, hi])
+
+
+def sub(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return add(a, neg(b))
+
+
+def shl(a: torch.Tensor, s: int) -> torch.Tensor:
+    """a * 2^s mod 2^128 (0 <= s < 128)."""
+    if s == 0:
+        return a
+    if s >= 64:
+        return torch.stack([torch.zeros_like(a[0]), a[0] << (s - 64)])
+    carry = (a[0] >> (64 - s)) & ((1 << s) - 1)
+    return torch.stack([a[0] << s, (a[1] << s) | carry])
+
+
+def sar(a: torch.Tensor, s: int) -> torch.Tensor:
+    """Arithmetic (signed) shift right by 0 < s < 64."""
+    lo = ((a[0] >> s) & ((1 << (64 - s)) - 1)) | (a[1] << (64 - s))
+    return torch.stack([lo, a[1] >> s])
+
+
+def low_bits(a: torch.Tensor, s: int) -> torch.Tensor:
+    """a mod 2^s as a 128-bit value (64 <= s <= 127)."""
+    hi = a[1] & ((1 << (s - 64)) - 1) if s < 128 else a[1]
+    return torch.stack([a[0], hi])
+
+
+def bit(a: torch.Tensor, i: int) -> torch.Tensor:
+    """Bit ``i`` (0..127) as an int64 0/1 tensor."""
+    w = a[0] if i < 64 else a[1]
+    return (w >> (i % 64)) & 1
+
+
+def limbs(a: torch.Tensor) -> list[torch.Tensor]:
+    """Six balanced base-2^22 digits (float64, each in [-2^21, 2^21])."""
+    out = []
+    rest = a
+    for _ in range(_N_LIMBS - 1):
+        d = ((rest[0] + _HALF) & _MASK) - _HALF
+        out.append(d.to(torch.float64))
+        rest = sar(sub(rest, from64(d)), _LIMB)
+    out.append(rest[0].to(torch.float64))
+    return out
+
+
+def _op(op: str, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any]) -> torch.Tensor:
+    if op == "mul":
+        return x * y
+    if op == "matmul":
+        return torch.matmul(x, y)
+    if op == "conv2d":
+        return torch.nn.functional.conv2d(
+            x, y, stride=kw.get("stride", 1), padding=kw.get("padding", 0)
+        )
+    raise ValueError(f"unknown product {op!r}")
+
+
+_M32 = (1 << 32) - 1
+
+
+def _mulhi(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """High 64 bits of the unsigned 128-bit product of 64-bit words (via 32-bit halves)."""
+    a0, a1 = a & _M32, (a >> 32) & _M32
+    b0, b1 = b & _M32, (b >> 32) & _M32
+    p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1
+    mid = ((p00 >> 32) & _M32) + (p01 & _M32) + (p10 & _M32)
+    return p11 + ((p01 >> 32) & _M32) + ((p10 >> 32) & _M32) + ((mid >> 32) & _M32)
+
+
+def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise product in Z_2^128 (with broadcasting), on int64 words directly."""
+    a_lo, a_hi, b_lo, b_hi = a[0], a[1], b[0], b[1]
+    lo = a_lo * b_lo
+    hi = _mulhi(a_lo, b_lo) + a_lo * b_hi + a_hi * b_lo
+    return torch.stack(torch.broadcast_tensors(lo, hi))
+
+
+def product(a: torch.Tensor, b: torch.Tensor, op: str, **kw: Any) -> torch.Tensor:
+    """``op(a, b)`` in Z_2^128 (op: mul, matmul, conv2d), exact."""
+    if op == "mul":
+        return mul(a, b)
+    inner = 1
+    if op == "matmul":
+        inner = a.shape[-1]
+    elif op == "conv2d":
+        inner = b.shape[1] * b.shape[2] * b.shape[3]
+    if inner > _MAX_K and op == "matmul":
+        out = None
+        for i in range(0, inner, _MAX_K):
+            part = product(a[..., i : i + _MAX_K], b[..., i : i + _MAX_K, :], op)
+            out = part if out is None else add(out, part)
+        assert out is not None
+        return out
+    if inner > _MAX_K:
+        raise ValueError(f"a convolution window of {inner} elements is over {_MAX_K}")
+    la, lb = limbs(a), limbs(b)
+    total: torch.Tensor | None = None
+    for i in range(_N_LIMBS):
+        for j in range(_N_LIMBS - i):
+            p = _op(op, la[i], lb[j], kw).to(torch.int64)
+            term = shl(from64(p), _LIMB * (i + j))
+            total = term if total is None else add(total, term)
+    assert total is not None
+    return total
+
+
+def sum_(a: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    """Sum over data dimension ``dim`` (of the element shape), with carries."""
+    m32 = (1 << 32) - 1
+    lo_lo = (a[0] & m32).sum(dim, keepdim=keepdim)
+    lo_hi = ((a[0] >> 32) & m32).sum(dim, keepdim=keepdim)
+    hi = a[1].sum(dim, keepdim=keepdim)
+    out = add(from64(lo_lo), shl(from64(lo_hi), 32))
+    return add(out, torch.stack([torch.zeros_like(hi), hi]))
+
+
+def to_int(a: torch.Tensor) -> list[int]:
+    """Python integers (signed) of a 1-d 128-bit tensor (for tests and examples)."""
+    out = []
+    for lo, hi in zip(a[0].tolist(), a[1].tolist(), strict=True):
+        v = (hi << 64) + (lo & (2**64 - 1))
+        out.append(v)
+    return out

@@ -1,0 +1,404 @@
+"""MPCSession: the parties, the crypto provider and the rounds between them, as the driver sees them.
+
+The data scientist's program drives; every message goes from the driver to one node and
+back. One protocol *round* is: the dealer's randomness for the round (one message, or
+none when dealt ahead), one ``mpc.open`` per party (its masked values, all groups of the
+round batched in one message), and one ``mpc.finish`` per party (the public openings in,
+private result shares out). Rounds that feed each other directly (the comparison's carry
+tree) run through :meth:`MPCSession.chain`: one ``mpc.step`` message per party per round,
+finishing one round and opening the next. Calls to the parties run in parallel threads.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import torch
+
+from veil.errors import InvalidRequest, MACCheckFailed, RemoteError
+from veil.mpc import kinds, seal, stats
+from veil.mpc.kinds import numel
+from veil.mpc.ring import FixedPoint, prg
+from veil.node.worker import Worker
+from veil.pointers import PointerTensor
+from veil.serde.messages import Reply, Results, RunOp, Value
+from veil.serde.tensors import tensor_from_data
+
+T = TypeVar("T")
+Security = Literal["semi-honest", "malicious"]
+
+
+def node_call(worker: Any, op: str, *args: Any) -> Reply:
+    """Run extension op ``op`` on ``worker`` and return its raw reply."""
+    enc, _ = worker._encode_args(args, {})
+    return worker.call(RunOp(op, enc, {}))  # type: ignore[no-any-return]
+
+
+def reply_tensor(reply: Reply) -> torch.Tensor:
+    if not isinstance(reply, Value):
+        raise RemoteError(f"expected a value from the node, got {type(reply).__name__}")
+    return tensor_from_data(reply.value, copy=True)  # type: ignore[arg-type]
+
+
+def public_key(worker: Any) -> bytes:
+    """A node's MPC public key (32 bytes)."""
+    return bytes(reply_tensor(node_call(worker, "mpc.public_key")).numpy().tobytes())
+
+
+def fingerprint(worker: Any) -> str:
+    """The fingerprint of a node's MPC key, for :func:`veil.mpc.pin_dealers`."""
+    return seal.fingerprint(public_key(worker))
+
+
+def _u8(b: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(b), dtype=torch.uint8)
+
+
+@dataclass
+class Request:
+    """One group to open in a round: its kind, params, and each party's input pointers."""
+
+    kind: str
+    params: dict[str, Any]
+    inputs: list[list[Any]]  # [party][input]: PointerTensor, or ("out", j) in chain()
+    dealt: tuple[int, torch.Tensor] | None = None
+    slots: list[kinds.Slot] = field(default_factory=list)
+
+
+class MPCSession:
+    """Parties (>= 2 workers), a crypto provider (a worker that is none of them), the
+    fixed-point encoding and the security mode; set up once per party set.
+
+    Args:
+        parties: the workers holding shares, in party order.
+        provider: the trusted dealer's worker.
+        frac_bits: fixed-point fractional bits.
+        security: ``"semi-honest"`` (default, fast) or ``"malicious"``.
+        truncation: ``"auto"`` (local for 2 semi-honest parties, else dealer pairs),
+            ``"local"`` (2 parties: free, but a product z fails with probability about
+            |z| / 2^63 per element, z at scale 2^(2 frac_bits)) or ``"dealer"`` (one more
+            round, exact to one unit in the last place for any |z| < 2^62).
+        parallel: run the parties' steps in parallel threads (default).
+
+    Example:
+        >>> import veil
+        >>> alice, bob, carol = (veil.VirtualWorker(n) for n in ("alice", "bob", "carol"))
+        >>> MPCSession([alice, bob], carol)
+        MPCSession(parties=['alice', 'bob'], provider='carol', frac_bits=16, security='semi-honest')
+    """
+
+    def __init__(self, parties: Sequence[Worker], provider: Worker, *, frac_bits: int = 16,
+                 security: Security = "semi-honest", truncation: str = "auto",
+                 parallel: bool = True) -> None:  # fmt: skip
+        parties = list(parties)
+        problems = []
+        if len(parties) < 2:
+            problems.append(f"secret sharing needs at least 2 parties, got {len(parties)}")
+        if len({id(p) for p in parties}) != len(parties):
+            problems.append("each party must appear once")
+        if any(p is provider for p in parties):
+            problems.append("the crypto provider must not be one of the parties")
+        if security not in ("semi-honest", "malicious"):
+            problems.append(f"security must be 'semi-honest' or 'malicious', got {security!r}")
+        if truncation not in ("auto", "local", "dealer"):
+            problems.append(f"truncation must be 'auto', 'local' or 'dealer', got {truncation!r}")
+        elif truncation == "local" and (len(parties) != 2 or security != "semi-honest"):
+            problems.append("local truncation works for 2 parties in semi-honest mode only")
+        if problems:
+            raise ValueError("; ".join(problems))
+        self._truncation = truncation
+        self.parties: list[Worker] = parties
+        self.provider = provider
+        names = [p.name for p in [*parties, provider]]
+        #: Names used in :func:`veil.mpc.stats` (``name#i`` where node names repeat).
+        self.labels = [nm if names.count(nm) == 1 else f"{nm}#{i}" for i, nm in enumerate(names)]
+        self.encoding = FixedPoint(frac_bits)
+        self.security: Security = security
+        self.n = len(parties)
+        self._lock = threading.RLock()
+        # Parties compute in parallel threads (torch releases the GIL), as separate machines
+        # would; ``parallel=False`` runs them one after the other.
+        self._pool: ThreadPoolExecutor | None = None
+        if parallel:
+            self._pool = ThreadPoolExecutor(max_workers=self.n + 1, thread_name_prefix="veil-mpc")
+        keys = self.fanout(public_key, self.parties)
+        self.keys = keys
+        self.provider_key = public_key(provider)
+        blob = reply_tensor(node_call(provider, "mpc.dealer_setup", [_u8(k) for k in keys]))
+        raw = blob.numpy().tobytes()
+        self.sid = raw[:32].decode()
+        boxes = [raw[32 + 60 * i : 32 + 60 * (i + 1)] for i in range(self.n)]
+        self.fanout(
+            lambda i: node_call(
+                self.parties[i],
+                "mpc.join",
+                self.sid,
+                i,
+                self.n,
+                _u8(self.provider_key),
+                _u8(boxes[i]),
+            ),  # fmt: skip
+            range(self.n),
+        )
+
+    def close(self) -> None:
+        """Stop the session's worker threads (also done when it is garbage-collected)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: S110 - interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        return (
+            f"MPCSession(parties={[p.name for p in self.parties]}, provider={self.provider.name!r}, "
+            f"frac_bits={self.encoding.frac_bits}, security={self.security!r})"
+        )
+
+    # ---------------------------------------------------------------- plumbing
+    def fanout(self, fn: Callable[[Any], T], items: Any) -> list[T]:
+        """``[fn(i) for i in items]``, in parallel threads when parties are remote."""
+        items = list(items)
+        if self._pool is None or len(items) < 2:
+            return [fn(i) for i in items]
+        return list(self._pool.map(fn, items))
+
+    @property
+    def truncation(self) -> str:
+        """``"local"`` for 2 parties in semi-honest mode, else ``"dealer"``."""
+        if self._truncation != "auto":
+            return self._truncation
+        return "local" if self.n == 2 and self.security == "semi-honest" else "dealer"
+
+    def deal(self, groups: list[tuple[str, dict[str, Any]]]) -> list[tuple[int, torch.Tensor]]:
+        """Ask the provider for groups of randomness; returns (gid, delta) for each."""
+        specs = [(k, p) for k, p in groups]
+        flat = reply_tensor(node_call(self.provider, "mpc.deal", self.sid, specs))
+        stats.record(self.labels[-1], (flat.numel() - len(groups)) * 8, rounds=0)
+        gids = flat[: len(groups)].tolist()
+        out, off = [], len(groups)
+        for (kind, params), gid in zip(groups, gids, strict=True):
+            slots = kinds.get_kind(kind).slots(params)
+            size = sum(kinds.words(s) for s in slots if kinds.has_delta(s))
+            out.append((int(gid), flat[off : off + size]))
+            off += size
+        return out
+
+    # ---------------------------------------------------------------- one round
+    def round(self, requests: list[Request],
+              extra: Callable[[list[list[torch.Tensor]]], list[list[torch.Tensor]]] | None = None,
+              ) -> list[list[list[PointerTensor]]]:  # fmt: skip
+        """Open every request's group on every party (one message per party), combine the
+        openings, and finish: returns, per request, per output, each party's share.
+
+        ``extra(openings)`` may add public values to each request's finish (the masked
+        inputs of ``m_input``). Groups of authenticated (``malicious``) kinds are followed
+        by the MAC check of their openings; a failed check raises :class:`MACCheckFailed`.
+        """
+        undealt = [r for r in requests if r.dealt is None]
+        if undealt:
+            for r, d in zip(undealt, self.deal([(r.kind, r.params) for r in undealt]), strict=True):
+                r.dealt = d
+        for r in requests:
+            r.slots = kinds.get_kind(r.kind).slots(r.params)
+        last = self.n - 1
+
+        def open_on(i: int) -> torch.Tensor:
+            items = []
+            for r in requests:
+                assert r.dealt is not None
+                item: dict[str, Any] = {"gid": r.dealt[0], "kind": r.kind, "params": r.params,
+                                        "inputs": r.inputs[i]}  # fmt: skip
+                if i == last and any(kinds.has_delta(s) for s in r.slots):
+                    item["delta"] = r.dealt[1]
+                items.append(item)
+            out = reply_tensor(node_call(self.parties[i], "mpc.open", self.sid, items))
+            stats.record(self.labels[i], out.numel() * 8)
+            return out
+
+        flats = self.fanout(open_on, range(self.n))
+        opened_per_req: list[list[torch.Tensor]] = []
+        off = 0
+        for r in requests:
+            vals = []
+            for s in r.slots:
+                if not s.opened:
+                    continue
+                shape = (2, *s.shape) if s.domain == "auth" else s.shape
+                k = numel(shape)
+                parts = [f[off : off + k].reshape(shape) for f in flats]
+                off += k
+                dom = {"arith": "arith", "auth": "r128"}.get(s.domain, "xor")
+                vals.append(kinds.combine(dom, parts))
+            opened_per_req.append(vals)
+        if off != flats[0].numel():
+            raise RemoteError("a party answered openings of the wrong size")
+        extras = extra(opened_per_req) if extra is not None else [[] for _ in requests]
+        authed = [any(s.domain == "auth" for s in r.slots) for r in requests]
+        rhos = [
+            [prg(os.urandom(32), 0, 0, numel(tuple(o.shape[1:]))).reshape(o.shape[1:]) for o in opened]
+            if a else None
+            for opened, a in zip(opened_per_req, authed, strict=True)
+        ]  # fmt: skip
+
+        def finish_on(i: int) -> list[PointerTensor]:
+            items = []
+            for r, o, ex, rho in zip(requests, opened_per_req, extras, rhos, strict=True):
+                item: dict[str, Any] = {"gid": r.dealt[0] if r.dealt else 0, "opened": o}
+                if ex:
+                    item["extra"] = ex
+                if rho is not None:
+                    item["rho"] = rho
+                items.append(item)
+            reply = node_call(self.parties[i], "mpc.finish", self.sid, items)
+            if not isinstance(reply, Results):
+                raise RemoteError(f"unexpected reply to finish: {type(reply).__name__}")
+            return [PointerTensor(self.parties[i], info) for info in reply.items]  # type: ignore[arg-type]
+
+        per_party = self.fanout(finish_on, range(self.n))
+        out: list[list[list[PointerTensor]]] = []
+        pos = 0
+        sizes = [kinds.get_kind(r.kind).n_outputs(r.params) for r in requests]
+        checks: list[list[PointerTensor]] = []
+        for size, a in zip(sizes, authed, strict=True):
+            out.append([[per_party[i][pos + j] for i in range(self.n)] for j in range(size)])
+            pos += size
+            if a:
+                checks.append([per_party[i][pos] for i in range(self.n)])
+                pos += 1
+        if pos != len(per_party[0]):
+            raise RemoteError("a party finished with an unexpected number of results")
+        if checks:
+            self.verify(checks)
+        return out
+
+    def chain(self, requests: list[Request]) -> list[list[PointerTensor]]:
+        """Rounds that feed each other, one message per party per round: each message
+        finishes one round and opens the next (``mpc.step``). Request k's inputs may be
+        ``("out", j)``: the j-th result of request k-1 on the same party. Semi-honest kinds
+        only. Returns the last request's results (per output, each party's share)."""
+        for r in requests:
+            r.slots = kinds.get_kind(r.kind).slots(r.params)
+            if any(s.domain == "auth" for s in r.slots):
+                raise ValueError("chain() runs semi-honest kinds only")
+        undealt = [r for r in requests if r.dealt is None]
+        if undealt:
+            for r, d in zip(undealt, self.deal([(r.kind, r.params) for r in undealt]), strict=True):
+                r.dealt = d
+        last = self.n - 1
+
+        def item(r: Request, i: int) -> dict[str, Any]:
+            assert r.dealt is not None
+            ins = [list(x) if isinstance(x, tuple) else x for x in r.inputs[i]]
+            it: dict[str, Any] = {
+                "gid": r.dealt[0],
+                "kind": r.kind,
+                "params": r.params,
+                "inputs": ins,
+            }
+            if i == last and any(kinds.has_delta(s) for s in r.slots):
+                it["delta"] = r.dealt[1]
+            return it
+
+        def combine_open(r: Request, flats: list[torch.Tensor]) -> list[torch.Tensor]:
+            vals, off = [], 0
+            for s in r.slots:
+                if s.opened:
+                    k = numel(s.shape)
+                    parts = [f[off : off + k].reshape(s.shape) for f in flats]
+                    off += k
+                    vals.append(kinds.combine("arith" if s.domain == "arith" else "xor", parts))
+            if any(f.numel() != off for f in flats):
+                raise RemoteError("a party answered openings of the wrong size")
+            return vals
+
+        def first(i: int) -> torch.Tensor:
+            out = reply_tensor(
+                node_call(self.parties[i], "mpc.open", self.sid, [item(requests[0], i)])
+            )
+            stats.record(self.labels[i], out.numel() * 8)
+            return out
+
+        opened = combine_open(requests[0], self.fanout(first, range(self.n)))
+        for k in range(1, len(requests)):
+            prev, cur = requests[k - 1], requests[k]
+            fin = {"gid": prev.dealt[0] if prev.dealt else 0, "opened": opened}
+
+            def step(i: int, fin: dict[str, Any] = fin, cur: Request = cur) -> torch.Tensor:
+                reply = reply_tensor(
+                    node_call(self.parties[i], "mpc.step", self.sid, [fin], [item(cur, i)])
+                )
+                n_out, pos = int(reply[0]), 1
+                for _ in range(
+                    n_out
+                ):  # skip the result descriptions: only the last round's are kept
+                    pos += 2 + int(reply[pos + 1])
+                stats.record(self.labels[i], (reply.numel() - pos) * 8)
+                return reply[pos:]
+
+            opened = combine_open(cur, self.fanout(step, range(self.n)))
+        fin = {"gid": requests[-1].dealt[0] if requests[-1].dealt else 0, "opened": opened}
+
+        def final(i: int) -> list[PointerTensor]:
+            reply = node_call(self.parties[i], "mpc.finish", self.sid, [fin])
+            if not isinstance(reply, Results):
+                raise RemoteError(f"unexpected reply to finish: {type(reply).__name__}")
+            return [PointerTensor(self.parties[i], info) for info in reply.items]  # type: ignore[arg-type]
+
+        per_party = self.fanout(final, range(self.n))
+        size = kinds.get_kind(requests[-1].kind).n_outputs(requests[-1].params)
+        return [[per_party[i][j] for i in range(self.n)] for j in range(size)]
+
+    def verify(self, checks: list[list[PointerTensor]]) -> None:
+        """Sum each check's public z_i over the parties: all must be 0 mod 2^128."""
+        zs = self.fanout(lambda i: [c[i].get() for c in checks], range(self.n))
+        for label in self.labels[:-1]:
+            stats.record(label, 16 * len(checks), rounds=0)
+        for j in range(len(checks)):
+            total = kinds.combine("r128", [zs[i][j] for i in range(self.n)])
+            if bool((total != 0).any()):
+                raise MACCheckFailed(
+                    "a MAC check failed after an opening: some party altered a share or a "
+                    "message; the result was discarded. Re-run with parties you trust"
+                )
+
+
+# ------------------------------------------------------------------ session cache
+
+#: Live sessions by (parties, provider, options); a session lives while a tensor uses it.
+_SESSIONS: weakref.WeakValueDictionary[tuple[Any, ...], MPCSession] = weakref.WeakValueDictionary()
+
+
+def session_for(parties: Sequence[Worker], provider: Worker | None, *, frac_bits: int = 16,
+                security: Security = "semi-honest") -> MPCSession:  # fmt: skip
+    """The session for these parties and provider (created once, then reused)."""
+    if provider is None:
+        raise InvalidRequest(
+            "share() needs a crypto provider: x.share(alice, bob, crypto_provider=carol); "
+            "it deals the correlated randomness and never sees your data"
+        )
+    key = (tuple(id(p) for p in parties), id(provider), frac_bits, security)
+    sess = _SESSIONS.get(key)
+    if (
+        sess is None
+        or any(a is not b for a, b in zip(sess.parties, parties, strict=True))
+        or (sess.provider is not provider)
+    ):
+        sess = MPCSession(parties, provider, frac_bits=frac_bits, security=security)
+        _SESSIONS[key] = sess
+    return sess
+
+
+def new_tag() -> str:
+    return secrets.token_hex(8)

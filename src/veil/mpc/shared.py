@@ -1,0 +1,612 @@
+"""SharedTensor: a fixed-point tensor additively secret-shared over Z_2^64 among parties' nodes.
+
+Example:
+    >>> import torch, veil
+    >>> alice, bob, carol = (veil.VirtualWorker(n) for n in ("alice", "bob", "carol"))
+    >>> x = torch.tensor([1.5, -2.0, 3.25]).fix_precision().share(alice, bob, crypto_provider=carol)
+    >>> y = torch.tensor([2.0, 0.5, -1.0]).share(alice, bob, crypto_provider=carol)
+    >>> (x * y + 1).get().float_precision()
+    tensor([ 4.0000,  0.0000, -2.2500])
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from veil.errors import InvalidRequest, UnsupportedError, WorkerMismatch
+from veil.mpc import protocols as P
+from veil.mpc.ring import FixedPoint, prg
+from veil.mpc.session import MPCSession, node_call, session_for
+from veil.node.worker import Worker
+from veil.pointers import PointerTensor
+from veil.serde.messages import Results
+
+Shares = list[Any]  # PointerTensor per party (its operators are dynamic for mypy)
+
+
+class FixedPrecisionTensor:
+    """A local tensor encoded in fixed point (int64); ``share`` splits it among parties.
+
+    Example:
+        >>> t = torch.tensor([0.5, -1.25]).fix_precision()
+        >>> t
+        FixedPrecisionTensor(tensor([ 32768, -81920]), frac_bits=16)
+        >>> t.float_precision()
+        tensor([ 0.5000, -1.2500])
+    """
+
+    def __init__(self, encoded: torch.Tensor, encoding: FixedPoint) -> None:
+        self.encoded = encoded
+        self.encoding = encoding
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.encoded.shape
+
+    def float_precision(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Decode (exactly in float64, then cast to ``dtype``)."""
+        return self.encoding.decode(self.encoded, dtype)
+
+    def share(self, *parties: Worker, crypto_provider: Worker | None = None,
+              security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
+        """Split among ``parties`` (random shares summing to the value mod 2^64); each
+        share is stored as a private object on its party. ``session`` (an
+        :class:`MPCSession`) replaces parties, provider and options."""
+        sess = session or session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
+                                      security=security)  # type: ignore[arg-type]  # fmt: skip
+        if sess.security == "malicious":
+            from veil.mpc.authenticated import AuthenticatedTensor
+
+            return AuthenticatedTensor.from_encoded(sess, self.encoded, self.encoding)  # type: ignore[return-value]
+        return SharedTensor.from_encoded(sess, self.encoded, self.encoding)
+
+    def __repr__(self) -> str:
+        return f"FixedPrecisionTensor({self.encoded!r}, frac_bits={self.encoding.frac_bits})"
+
+
+def _session_bits(enc: FixedPoint) -> int:
+    return enc.frac_bits if enc.frac_bits > 0 else 16
+
+
+class FixedPrecisionPointer:
+    """A pointer to fixed-point data on its owner's node (from ``ptr.fix_precision()``).
+
+    ``share(...)`` has the owner's node split it: it keeps one share and seals a PRG seed
+    to each other party, so the value never passes through the data scientist.
+    """
+
+    def __init__(self, pointer: PointerTensor, encoding: FixedPoint) -> None:
+        self.pointer = pointer
+        self.encoding = encoding
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.pointer.shape
+
+    def share(self, *parties: Worker, crypto_provider: Worker | None = None,
+              security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
+        holder = self.pointer.location
+        if session is not None:
+            parties = tuple(session.parties)
+        idx = next((i for i, p in enumerate(parties) if p is holder), None)
+        if idx is None:
+            raise WorkerMismatch(
+                f"the data is on {holder.name!r}, which is not among the parties "
+                f"{[p.name for p in parties]}; make its node one of the parties"
+            )
+        sess = session or session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
+                                      security=security)  # type: ignore[arg-type]  # fmt: skip
+        if sess.security == "malicious":
+            raise UnsupportedError(
+                "sharing data a node holds is semi-honest only in this version (its MACs need "
+                "an input protocol sealed to the data owner's node); share it with the default "
+                "security, or have the owner share a local tensor"
+            )
+        return SharedTensor.from_pointer(sess, self.pointer, idx, self.encoding)
+
+    def float_precision(self) -> PointerTensor:
+        """Decode on the node (a float pointer)."""
+        return self.pointer.double() / float(self.encoding.scale)  # type: ignore[no-any-return,operator]
+
+    def __repr__(self) -> str:
+        return f"FixedPrecisionPointer({self.pointer!r}, frac_bits={self.encoding.frac_bits})"
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.tensor(x)
+
+
+def _is_int(x: Any) -> bool:
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int):
+        return True
+    return isinstance(x, torch.Tensor) and not x.is_floating_point() and x.dtype != torch.bool
+
+
+class SharedTensor:
+    """A tensor additively shared among parties: ``sum(shares) = round(x * 2**frac_bits)``
+    mod 2^64, each share a private int64 object on its party's node.
+
+    Attributes:
+        shares: one :class:`~veil.PointerTensor` per party, in party order.
+        session: the parties, crypto provider and security mode.
+        encoding: the fixed-point encoding (``frac_bits=0`` for integer results such as
+            comparison bits).
+    """
+
+    __slots__ = ("shares", "session", "encoding")
+
+    def __init__(self, shares: Shares, session: MPCSession, encoding: FixedPoint) -> None:
+        self.shares = shares
+        self.session = session
+        self.encoding = encoding
+
+    # ------------------------------------------------------------- construction
+    @classmethod
+    def from_encoded(
+        cls, sess: MPCSession, enc: torch.Tensor, encoding: FixedPoint
+    ) -> SharedTensor:
+        """Share a local encoded tensor: n-1 random shares and the difference."""
+        enc = enc.to(torch.int64)
+        rand = [
+            prg(os.urandom(32), 0, 0, enc.numel()).reshape(enc.shape) for _ in range(sess.n - 1)
+        ]
+        last = enc.clone()
+        for r in rand:
+            last = last - r
+        parts = [*rand, last]
+
+        def put(i: int) -> PointerTensor:
+            w = sess.parties[i]
+            tmp = w.send(parts[i])
+            reply = node_call(w, "mpc.as_share", tmp)
+            del tmp
+            return w._unwrap(reply, ())  # type: ignore[no-any-return]
+
+        return cls(sess.fanout(put, range(sess.n)), sess, encoding)
+
+    @classmethod
+    def from_pointer(cls, sess: MPCSession, ptr: PointerTensor, index: int,
+                     encoding: FixedPoint) -> SharedTensor:  # fmt: skip
+        """Share an int64 tensor that lives on party ``index``'s node (see ``mpc.split``)."""
+        if ptr.dtype != torch.int64:
+            raise InvalidRequest("share a fixed-point pointer: ptr.fix_precision().share(...)")
+        from veil.mpc.session import _u8, new_tag
+
+        tag = new_tag()
+        holder = sess.parties[index]
+        keys = [_u8(k) for k in sess.keys]
+        reply = node_call(holder, "mpc.split", ptr, keys, index, tag)
+        if not isinstance(reply, Results):
+            raise InvalidRequest("unexpected reply to split")
+        mine = PointerTensor(holder, reply.items[0])  # type: ignore[arg-type]
+        boxes_ptr = PointerTensor(holder, reply.items[1])  # type: ignore[arg-type]
+        raw = boxes_ptr.get().numpy().tobytes()
+        holder_key = _u8(sess.keys[index])
+        others = [j for j in range(sess.n) if j != index]
+        shares: list[PointerTensor | None] = [None] * sess.n
+        shares[index] = mine
+
+        def recv(k: int) -> None:
+            j = others[k]
+            box = _u8(raw[60 * k : 60 * (k + 1)])
+            r = node_call(
+                sess.parties[j], "mpc.receive", holder_key, box, list(ptr.shape), j, sess.n, tag
+            )
+            shares[j] = sess.parties[j]._unwrap(r, ())
+
+        sess.fanout(recv, range(len(others)))
+        return cls([s for s in shares if s is not None], sess, encoding)
+
+    def _new(self, shares: Shares, encoding: FixedPoint | None = None) -> SharedTensor:
+        return SharedTensor(shares, self.session, encoding or self.encoding)
+
+    # ------------------------------------------------------------- introspection
+    @property
+    def shape(self) -> torch.Size:
+        return self.shares[0].shape
+
+    def size(self, dim: int | None = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def parties(self) -> list[Worker]:
+        return self.session.parties
+
+    def __repr__(self) -> str:
+        shape = "x".join(str(d) for d in self.shape) or "scalar"
+        return (
+            f"SharedTensor(shape={shape}, parties={[p.name for p in self.parties]}, "
+            f"provider={self.session.provider.name!r}, frac_bits={self.encoding.frac_bits}, "
+            f"security={self.session.security!r})"
+        )
+
+    # ------------------------------------------------------------- reconstruction
+    def get(self) -> FixedPrecisionTensor:
+        """Fetch every share and reconstruct (each share is a private object: this needs
+        the same approval as any private object, see :meth:`request`)."""
+        parts = self.session.fanout(lambda p: p.get(), self.shares)
+        total = parts[0]
+        for p in parts[1:]:
+            total = total + p
+        return FixedPrecisionTensor(total, self.encoding)
+
+    def reconstruct(self) -> torch.Tensor:
+        """``get().float_precision()``."""
+        return self.get().float_precision()
+
+    def request(self, reason: str) -> list[Any]:
+        """Ask every party's owner for access to its share (one request per party)."""
+        return [s.request(reason) for s in self.shares]  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------- helpers
+    def _check(self, other: SharedTensor) -> None:
+        if other.session is not self.session:
+            raise WorkerMismatch(
+                "both shared tensors must be shared among the same session's parties"
+            )
+
+    def _rescaled(self, bits: int) -> Shares:
+        """Shares re-encoded with ``bits`` >= own frac bits (exact: multiply by 2^d)."""
+        d = bits - self.encoding.frac_bits
+        if d == 0:
+            return self.shares
+        return [s * (1 << d) for s in self.shares]
+
+    def _aligned(self, other: SharedTensor) -> tuple[Shares, Shares, FixedPoint]:
+        self._check(other)
+        bits = max(self.encoding.frac_bits, other.encoding.frac_bits)
+        return self._rescaled(bits), other._rescaled(bits), FixedPoint(bits)
+
+    def _encode_public(self, x: Any) -> torch.Tensor:
+        return self.encoding.encode(_as_tensor(x))
+
+    def _map(self, fn: Any) -> SharedTensor:
+        return self._new(P.local(self.session, lambda i, s: fn(s), self.shares))
+
+    # ------------------------------------------------------------- linear ops (free)
+    def __add__(self, other: Any) -> SharedTensor:
+        if isinstance(other, SharedTensor):
+            a, b, enc = self._aligned(other)
+            return self._new([x + y for x, y in zip(a, b, strict=True)], enc)
+        pub = self._encode_public(other)
+        out_shape = torch.broadcast_shapes(self.shape, pub.shape)
+        return self._new([
+            s + pub if i == 0 else s if s.shape == out_shape else s.expand(out_shape).contiguous()
+            for i, s in enumerate(self.shares)
+        ])  # fmt: skip
+
+    __radd__ = __add__
+
+    def __neg__(self) -> SharedTensor:
+        return self._new([-s for s in self.shares])
+
+    def __sub__(self, other: Any) -> SharedTensor:
+        if isinstance(other, SharedTensor):
+            return self + (-other)
+        return self + (-_as_tensor(other) if isinstance(other, torch.Tensor) else -other)
+
+    def __rsub__(self, other: Any) -> SharedTensor:
+        return (-self) + other
+
+    # ------------------------------------------------------------- products
+    def __mul__(self, other: Any) -> SharedTensor:
+        sess = self.session
+        if isinstance(other, SharedTensor):
+            self._check(other)
+            f = self._product_trunc(other.encoding)
+            out = P.product(sess, self.shares, other.shares, op="mul", f=f)
+            return self._new(out, self._product_encoding(other.encoding))
+        if _is_int(other):
+            k = _as_tensor(other).to(torch.int64)
+            return self._new([s * k for s in self.shares])
+        pub = self._encode_public(other)
+        return self._new(P.trunc(sess, [s * pub for s in self.shares], self.encoding.frac_bits))
+
+    __rmul__ = __mul__
+
+    def _product_trunc(self, other: FixedPoint) -> int:
+        """Bits to truncate after a product so the result keeps the larger of the two
+        encodings (integers times fixed point need none)."""
+        fa, fb = self.encoding.frac_bits, other.frac_bits
+        return min(fa, fb)
+
+    def _product_encoding(self, other: FixedPoint) -> FixedPoint:
+        return FixedPoint(max(self.encoding.frac_bits, other.frac_bits))
+
+    def __truediv__(self, other: Any) -> SharedTensor:
+        """Division by a public value (multiplication by its fixed-point reciprocal:
+        error at most |x| * 2^-(f+1) / |d| + 2^-f)."""
+        if isinstance(other, SharedTensor):
+            from veil.mpc import approx
+
+            return self * approx.reciprocal(other)
+        d = _as_tensor(other).to(torch.float64)
+        if bool((d == 0).any()):
+            raise ZeroDivisionError("division of a shared tensor by zero")
+        return self * (1.0 / d)
+
+    def div(self, other: Any) -> SharedTensor:
+        return self / other
+
+    def __matmul__(self, other: Any) -> SharedTensor:
+        sess = self.session
+        if isinstance(other, SharedTensor):
+            self._check(other)
+            out = P.product(
+                sess, self.shares, other.shares, op="matmul", f=self._product_trunc(other.encoding)
+            )
+            return self._new(out, self._product_encoding(other.encoding))
+        pub = self._encode_public(other)
+        loc = [s.location.run_op("mpc.matmul", s, pub) for s in self.shares]
+        return self._new(P.trunc(sess, loc, self.encoding.frac_bits))
+
+    def __rmatmul__(self, other: Any) -> SharedTensor:
+        pub = self._encode_public(other)
+        loc = [s.location.run_op("mpc.matmul", pub, s) for s in self.shares]
+        return self._new(P.trunc(self.session, loc, self.encoding.frac_bits))
+
+    def matmul(self, other: Any) -> SharedTensor:
+        return self @ other
+
+    mm = matmul
+
+    def square(self) -> SharedTensor:
+        """``x * x`` with half the communication of a general product."""
+        return self._new(P.square(self.session, self.shares, self.encoding.frac_bits))
+
+    def conv2d(
+        self, weight: Any, bias: Any = None, stride: int = 1, padding: int = 0
+    ) -> SharedTensor:
+        """2-d convolution with a shared or public weight (and optional bias)."""
+        sess = self.session
+        if isinstance(weight, SharedTensor):
+            self._check(weight)
+            f = self._product_trunc(weight.encoding)
+            out = P.product(
+                sess, self.shares, weight.shares, op="conv2d", f=f, stride=stride, padding=padding
+            )
+            res = self._new(out, self._product_encoding(weight.encoding))
+        else:
+            pub = self._encode_public(weight)
+            loc = [s.location.run_op("mpc.conv2d", s, pub, stride, padding) for s in self.shares]
+            res = self._new(P.trunc(sess, loc, self.encoding.frac_bits))
+        if bias is not None:
+            res = res + (
+                bias.reshape(1, -1, 1, 1)
+                if isinstance(bias, SharedTensor)
+                else _as_tensor(bias).reshape(1, -1, 1, 1)
+            )
+        return res
+
+    # ------------------------------------------------------------- shape ops (free)
+    def reshape(self, *shape: Any) -> SharedTensor:
+        return self._map(lambda s: s.reshape(*shape))
+
+    view = reshape
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> SharedTensor:
+        return self._map(lambda s: s.flatten(start_dim, end_dim))
+
+    def transpose(self, d0: int, d1: int) -> SharedTensor:
+        return self._map(lambda s: s.transpose(d0, d1).contiguous())
+
+    def t(self) -> SharedTensor:
+        return self._map(lambda s: s.t().contiguous())
+
+    @property
+    def T(self) -> SharedTensor:  # noqa: N802
+        return self.t()
+
+    def permute(self, *dims: Any) -> SharedTensor:
+        return self._map(lambda s: s.permute(*dims).contiguous())
+
+    def unsqueeze(self, dim: int) -> SharedTensor:
+        return self._map(lambda s: s.unsqueeze(dim))
+
+    def squeeze(self, dim: int | None = None) -> SharedTensor:
+        return self._map(lambda s: s.squeeze() if dim is None else s.squeeze(dim))
+
+    def expand(self, *shape: Any) -> SharedTensor:
+        return self._map(lambda s: s.expand(*shape).contiguous())
+
+    def __getitem__(self, idx: Any) -> SharedTensor:
+        return self._map(lambda s: s[idx].contiguous())
+
+    def sum(self, dim: Any = None, keepdim: bool = False) -> SharedTensor:
+        return self._map(lambda s: s.sum() if dim is None else s.sum(dim, keepdim=keepdim))
+
+    def mean(self, dim: Any = None, keepdim: bool = False) -> SharedTensor:
+        n = (
+            self.numel()
+            if dim is None
+            else math.prod(self.shape[d] for d in (dim if isinstance(dim, list | tuple) else [dim]))
+        )
+        return self.sum(dim, keepdim) * (1.0 / n)
+
+    @staticmethod
+    def cat(tensors: Sequence[SharedTensor], dim: int = 0) -> SharedTensor:
+        first = tensors[0]
+        for t in tensors[1:]:
+            first._check(t)
+        bits = max(t.encoding.frac_bits for t in tensors)
+        per = [t._rescaled(bits) for t in tensors]
+        shares = first.session.fanout(
+            lambda i: torch.cat([p[i] for p in per], dim), range(first.session.n)
+        )
+        return SharedTensor(shares, first.session, FixedPoint(bits))
+
+    @staticmethod
+    def stack(tensors: Sequence[SharedTensor], dim: int = 0) -> SharedTensor:
+        return SharedTensor.cat([t.unsqueeze(dim) for t in tensors], dim)
+
+    # ------------------------------------------------------------- comparisons
+    def _sign(self) -> SharedTensor:
+        """1 where the value is negative, else 0 (integer shares)."""
+        return self._new(P.sign_bit(self.session, self.shares), FixedPoint(0))
+
+    def __lt__(self, other: Any) -> SharedTensor:  # type: ignore[override]
+        return (self - other)._sign()
+
+    def __gt__(self, other: Any) -> SharedTensor:  # type: ignore[override]
+        return (-(self - other))._sign()
+
+    def __le__(self, other: Any) -> SharedTensor:  # type: ignore[override]
+        return 1 - (self > other)
+
+    def __ge__(self, other: Any) -> SharedTensor:  # type: ignore[override]
+        return 1 - (self < other)
+
+    def eq(self, other: Any) -> SharedTensor:
+        """1 where equal (in fixed point), else 0: ``(x <= y) * (x >= y)``."""
+        diff = (self - other).reshape(-1)
+        signs = SharedTensor.cat([diff, -diff], 0)._sign()  # both comparisons in one batch
+        n = diff.numel()
+        # x < y and x > y never hold together: equal = 1 - lt - gt, no product needed
+        return (1 - signs[:n] - signs[n:]).reshape(*self._broadcast_shape(other))
+
+    def _broadcast_shape(self, other: Any) -> torch.Size:
+        oshape = other.shape if isinstance(other, SharedTensor | torch.Tensor) else torch.Size([])
+        return torch.broadcast_shapes(self.shape, oshape)
+
+    __eq__ = eq  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]
+
+    lt, gt, le, ge = __lt__, __gt__, __le__, __ge__
+
+    def relu(self) -> SharedTensor:
+        """``max(x, 0)``: a sign bit and one product (9 rounds)."""
+        keep = 1 - self._sign()
+        return self * keep
+
+    def where(self, cond: SharedTensor, other: Any) -> SharedTensor:
+        """``cond ? self : other`` for a shared 0/1 ``cond``."""
+        return (self - other) * cond + other
+
+    def max(self, dim: int | None = None, keepdim: bool = False) -> Any:
+        """Maximum (over all elements, or along ``dim`` with the one-hot argmax: returns
+        ``(values, onehot_argmax)``). A tree of pairwise comparisons: ceil(log2 k) levels."""
+        from veil.mpc.reduce import max_along
+
+        if dim is None:
+            v, _ = max_along(self.reshape(-1), 0, keepdim=False, onehot=False)
+            return v
+        return max_along(self, dim, keepdim=keepdim, onehot=True)
+
+    def argmax(self, dim: int | None = None, keepdim: bool = False) -> SharedTensor:
+        """One-hot (shared) position of the maximum along ``dim`` (first one on ties)."""
+        from veil.mpc.reduce import max_along
+
+        x = self.reshape(-1) if dim is None else self
+        _, onehot = max_along(x, 0 if dim is None else dim, keepdim=True, onehot=True)
+        return onehot
+
+    def max_pool2d(self, kernel_size: int, stride: int | None = None) -> SharedTensor:
+        from veil.mpc.reduce import max_pool2d
+
+        return max_pool2d(self, kernel_size, stride)
+
+    def avg_pool2d(self, kernel_size: int, stride: int | None = None) -> SharedTensor:
+        from veil.mpc.reduce import avg_pool2d
+
+        return avg_pool2d(self, kernel_size, stride)
+
+    # ------------------------------------------------------------- approximations
+    def exp(self) -> SharedTensor:
+        from veil.mpc import approx
+
+        return approx.exp(self)
+
+    def reciprocal(self) -> SharedTensor:
+        from veil.mpc import approx
+
+        return approx.reciprocal(self)
+
+    def log(self) -> SharedTensor:
+        from veil.mpc import approx
+
+        return approx.log(self)
+
+    def sqrt(self) -> SharedTensor:
+        from veil.mpc import approx
+
+        return approx.sqrt(self)
+
+    def sigmoid(self) -> SharedTensor:
+        from veil.mpc import approx
+
+        return approx.sigmoid(self)
+
+    def tanh(self) -> SharedTensor:
+        from veil.mpc import approx
+
+        return approx.tanh(self)
+
+    def softmax(self, dim: int = -1) -> SharedTensor:
+        from veil.mpc import approx
+
+        return approx.softmax(self, dim)
+
+
+# ----------------------------------------------------------------- torch entry points
+
+
+def _tensor_fix_precision(self: torch.Tensor, frac_bits: int = 16) -> FixedPrecisionTensor:
+    """Encode in fixed point (Z_2^64, ``frac_bits`` fractional bits): ``x.fix_precision()``."""
+    enc = FixedPoint(frac_bits)
+    return FixedPrecisionTensor(enc.encode(self), enc)
+
+
+def _tensor_share(self: torch.Tensor, *parties: Worker, crypto_provider: Worker | None = None,
+                  security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
+    """Secret-share among ``parties``: ``x.share(alice, bob, crypto_provider=carol)``."""
+    bits = session.encoding.frac_bits if session is not None else 16
+    return _tensor_fix_precision(self, bits).share(
+        *parties, crypto_provider=crypto_provider, security=security, session=session
+    )
+
+
+def _pointer_fix_precision(self: PointerTensor, frac_bits: int = 16) -> FixedPrecisionPointer:
+    """Encode on the node: ``ptr.fix_precision().share(...)`` shares data you cannot see."""
+    enc = FixedPoint(frac_bits)
+    encoded = (self.double() * float(enc.scale)).round().long()  # type: ignore[attr-defined,operator]
+    return FixedPrecisionPointer(encoded, enc)
+
+
+def _pointer_share(self: PointerTensor, *parties: Worker, crypto_provider: Worker | None = None,
+                   security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
+    """Share data on a node without fetching it: ``ptr.share(alice, bob, crypto_provider=carol)``."""
+    bits = session.encoding.frac_bits if session is not None else 16
+    return _pointer_fix_precision(self, bits).share(
+        *parties, crypto_provider=crypto_provider, security=security, session=session
+    )
+
+
+_INSTALLED = False
+
+
+def install() -> None:
+    """Add ``Tensor.fix_precision``, ``Tensor.share`` and the same on PointerTensor (idempotent)."""
+    global _INSTALLED
+    if _INSTALLED:
+        return
+    torch.Tensor.fix_precision = _tensor_fix_precision  # type: ignore[attr-defined]
+    torch.Tensor.share = _tensor_share  # type: ignore[attr-defined]
+    PointerTensor.fix_precision = _pointer_fix_precision  # type: ignore[attr-defined]
+    PointerTensor.share = _pointer_share  # type: ignore[attr-defined]
+    _INSTALLED = True

@@ -1,0 +1,242 @@
+"""SPDZ2k: MAC-authenticated shares over Z_2^128 for ``security="malicious"`` (run on the nodes).
+
+Why Z_2^128: a MAC ``m = alpha * x`` over Z_2^64 alone is not sound. A cheater who adds
+``2^63`` to its share of ``x`` and ``2^63`` to its MAC share passes the check whenever the
+key ``alpha`` is odd (probability 1/2): in a ring with zero divisors the MAC does not bind
+the value. SPDZ2k (Cramer et al., CRYPTO 2018) keeps the data in the low k = 64 bits but
+computes shares and MACs modulo 2^(k+s) with s = 64 extra bits; a cheater then passes a
+check with probability about 2^-s + log2(s) ~ 2^-57. We store each authenticated share as
+four int64 words per element: value (low, high) and MAC (low, high), see
+:mod:`veil.mpc.r128`.
+
+After every opening the parties compute ``z_i = sum_j rho_j (m_ij - alpha_i y_j)`` for the
+opened values ``y_j`` and MAC shares ``m_ij``, with random public coefficients ``rho``
+drawn by the driver after the openings; the driver checks ``sum_i z_i = 0`` and raises
+:class:`~veil.errors.MACCheckFailed` otherwise. Comparisons run their carry circuit on
+authenticated arithmetic bits, so every opening of every protocol is checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from veil.errors import InvalidRequest
+from veil.mpc import r128
+from veil.mpc.kinds import KINDS, Kind, Params, Slot, _int, _shape
+
+_BITS = 64
+
+
+def val(t: torch.Tensor) -> torch.Tensor:
+    return t[0:2]
+
+
+def mac(t: torch.Tensor) -> torch.Tensor:
+    return t[2:4]
+
+
+def join(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return torch.cat([v, m])
+
+
+def _alpha(m: dict[str, Any], shape: tuple[int, ...]) -> torch.Tensor:
+    a = m["__alpha"].reshape(2, *([1] * len(shape)))
+    return a.expand(2, *shape).contiguous()
+
+
+def const(c: torch.Tensor, alpha_i: torch.Tensor, party: int) -> torch.Tensor:
+    """This party's authenticated share of the public 128-bit value ``c``."""
+    shape = tuple(c.shape[1:])
+    a = alpha_i.reshape(2, *([1] * len(shape))).expand(2, *shape).contiguous()
+    v = c if party == 0 else torch.zeros_like(c)
+    return join(v, r128.product(a, c, "mul"))
+
+
+def add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return join(r128.add(val(x), val(y)), r128.add(mac(x), mac(y)))
+
+
+def sub(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return join(r128.sub(val(x), val(y)), r128.sub(mac(x), mac(y)))
+
+
+def neg(x: torch.Tensor) -> torch.Tensor:
+    return join(r128.neg(val(x)), r128.neg(mac(x)))
+
+
+def scale(x: torch.Tensor, k: Any) -> torch.Tensor:
+    """Multiply an authenticated share by a public int64 value (sign-extended)."""
+    kt = torch.as_tensor(k, dtype=torch.int64)
+    k128 = r128.from64(kt.expand(x.shape[1:]).contiguous())
+    return join(r128.product(val(x), k128, "mul"), r128.product(mac(x), k128, "mul"))
+
+
+def sum_(x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    return join(r128.sum_(val(x), dim, keepdim), r128.sum_(mac(x), dim, keepdim))
+
+
+def check_share(alpha_i: torch.Tensor, macs: list[torch.Tensor], opened: list[torch.Tensor],
+                rho: list[Any]) -> torch.Tensor:  # fmt: skip
+    """This party's share of the batched MAC check of ``opened`` (a 128-bit scalar)."""
+    total = torch.zeros(2, 1, dtype=torch.int64)
+    for m, y, r in zip(macs, opened, rho, strict=True):
+        if not isinstance(r, torch.Tensor) or r.dtype != torch.int64 or r.shape != y.shape[1:]:
+            raise InvalidRequest(
+                "MAC check coefficients must be int64 tensors shaped like the opening"
+            )
+        a = alpha_i.reshape(2, *([1] * (y.dim() - 1))).expand_as(y).contiguous()
+        d = r128.sub(m, r128.product(a, y, "mul"))
+        coeff = torch.stack([r, torch.zeros_like(r)])  # rho in [0, 2^64)
+        t = r128.product(coeff, d, "mul").reshape(2, -1)
+        total = r128.add(total, r128.sum_(t, 0, keepdim=True))
+    return total.reshape(2)
+
+
+class MInput(Kind):
+    """Input: open -r (the driver learns the mask R of this input), then the driver sends
+    d = x - R and each party sets its share to r_i + d (MAC: r_mac_i + alpha_i d)."""
+
+    name = "m_input"
+    n_inputs = 0
+
+    def slots(self, p: Params) -> list[Slot]:
+        return [Slot("r", _shape(p, "x"), "auth", opened=True)]
+
+    def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {}
+
+    def reveal(self, p: Params, x: list[torch.Tensor], party: int) -> list[torch.Tensor]:
+        return [torch.zeros((4, *_shape(p, "x")), dtype=torch.int64)]
+
+    def finish(self, p: Params, opened: list[torch.Tensor], m: dict[str, Any],
+               x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
+        extra = m.get("__extra") or []
+        shape = _shape(p, "x")
+        if len(extra) != 1 or tuple(extra[0].shape) != (2, *shape):
+            raise InvalidRequest("m_input needs d = x - R as one (2, *shape) int64 tensor")
+        return [add(m["r"], const(extra[0], m["__alpha"], party))]
+
+
+def _op_kw(p: Params) -> dict[str, Any]:
+    return (
+        {"stride": p.get("stride", 1), "padding": p.get("padding", 0)}
+        if p["op"] == "conv2d"
+        else {}
+    )
+
+
+class MBeaver(Kind):
+    """Authenticated Beaver triple for mul / matmul / conv2d (no truncation)."""
+
+    name = "m_beaver"
+    n_inputs = 2
+
+    def slots(self, p: Params) -> list[Slot]:
+        beaver = KINDS["beaver"]
+        plain = beaver.slots({**p, "trunc": 0})
+        return [Slot(s.name, s.shape, "auth", s.opened, s.corrected) for s in plain]
+
+    def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"c": r128.product(v["a"], v["b"], p["op"], **_op_kw(p))}
+
+    def reveal(self, p: Params, x: list[torch.Tensor], party: int) -> list[torch.Tensor]:
+        return [x[0], x[1]]
+
+    def finish(self, p: Params, opened: list[torch.Tensor], m: dict[str, Any],
+               x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
+        e, d = opened
+        op, kw = p["op"], _op_kw(p)
+        a, b, c = m["a"], m["b"], m["c"]
+        ed = r128.product(e, d, op, **kw)
+        v = r128.add(
+            val(c), r128.add(r128.product(e, val(b), op, **kw), r128.product(val(a), d, op, **kw))
+        )
+        mm = r128.add(
+            mac(c), r128.add(r128.product(e, mac(b), op, **kw), r128.product(mac(a), d, op, **kw))
+        )
+        return [add(join(v, mm), const(ed, m["__alpha"], party))]
+
+
+class MTrunc(Kind):
+    """Authenticated probabilistic truncation (Escudero et al. 2020 in Z_2^128)."""
+
+    name = "m_trunc"
+
+    def slots(self, p: Params) -> list[Slot]:
+        s = _shape(p, "x")
+        _int(p, "f", 1, 62)
+        return [Slot("r", s, "auth", opened=True), Slot("rmsb", s, "auth", corrected=True),
+                Slot("rlow", s, "auth", corrected=True)]  # fmt: skip
+
+    def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        big_r = r128.neg(v["r"])
+        msb = r128.from64(r128.bit(big_r, 127))
+        return {"rmsb": msb, "rlow": r128.sar(r128.low_bits(big_r, 127), p["f"])}
+
+    def reveal(self, p: Params, x: list[torch.Tensor], party: int) -> list[torch.Tensor]:
+        offset = r128.from64(torch.full(x[0].shape[1:], 1 << 62, dtype=torch.int64))
+        return [add(x[0], const(offset, p["__alpha"], party))]
+
+    def finish(self, p: Params, opened: list[torch.Tensor], m: dict[str, Any],
+               x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
+        (c,) = opened
+        f = p["f"]
+        c_msb = r128.bit(c, 127)
+        k1 = r128.shl(r128.from64(1 - 2 * c_msb), 127 - f)
+        pub = r128.add(r128.sar(r128.low_bits(c, 127), f), r128.shl(r128.from64(c_msb), 127 - f))
+        pub = r128.sub(pub, r128.from64(torch.full_like(c_msb, 1 << (62 - f))))
+        z = sub(
+            join(r128.product(k1, val(m["rmsb"]), "mul"), r128.product(k1, mac(m["rmsb"]), "mul")),
+            m["rlow"],
+        )
+        return [add(z, const(pub, m["__alpha"], party))]
+
+
+class MBits(Kind):
+    """Start of an authenticated comparison: open c = x + R (R uniform in Z_2^128, its
+    low 64 bits shared bit by bit); outputs the carry-tree inputs G, P over 64 positions
+    (carry-in, bits 0..62 of c + ~R + 1) and the propagate bit of position 63."""
+
+    name = "m_bits"
+
+    def slots(self, p: Params) -> list[Slot]:
+        s = _shape(p, "x")
+        return [
+            Slot("r", s, "auth", opened=True),
+            Slot("bits", (_BITS, *s), "auth", corrected=True),
+        ]
+
+    def n_outputs(self, p: Params) -> int:
+        return 3
+
+    def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        big_r = r128.neg(v["r"])
+        bits = torch.stack([(big_r[0] >> j) & 1 for j in range(_BITS)])
+        return {"bits": r128.from64(bits)}
+
+    def reveal(self, p: Params, x: list[torch.Tensor], party: int) -> list[torch.Tensor]:
+        return [x[0]]
+
+    def finish(self, p: Params, opened: list[torch.Tensor], m: dict[str, Any],
+               x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
+        (c,) = opened
+        shape = _shape(p, "x")
+        alpha = m["__alpha"]
+        cb = torch.stack([(c[0] >> j) & 1 for j in range(_BITS)])  # (64, *s) public bits
+        one = const(r128.from64(torch.ones_like(cb)), alpha, party)
+        nb = sub(one, m["bits"])  # bits of ~R_low
+        g = nb * cb.unsqueeze(0)  # c_j AND nb_j: cb is public 0/1
+        flip = neg(nb)
+        p_ = torch.where(cb.unsqueeze(0).bool(), flip, nb)  # nb or -nb by c_j
+        p_ = add(p_, const(r128.from64(cb), alpha, party))  # c + nb - 2 c nb
+        carry_in = const(r128.from64(torch.ones((1, *shape), dtype=torch.int64)), alpha, party)
+        zero = torch.zeros((4, 1, *shape), dtype=torch.int64)
+        big_g = torch.cat([carry_in, g[:, : _BITS - 1]], 1)
+        big_p = torch.cat([zero, p_[:, : _BITS - 1]], 1)
+        return [big_g, big_p, p_[:, _BITS - 1]]
+
+
+for _k in (MInput(), MBeaver(), MTrunc(), MBits()):
+    KINDS[_k.name] = _k

@@ -1,0 +1,101 @@
+"""The same MPC program on in-process workers and on node servers over loopback."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import veil
+from veil.node import Node
+
+PASSWORD = "owner-password-1"
+
+
+@contextlib.contextmanager
+def _servers(names: list[str]) -> Iterator[list[Any]]:
+    from veil.node.server import serve_in_thread
+
+    with contextlib.ExitStack() as stack:
+        workers = []
+        for name in names:
+            node = Node(name, owner_email=f"o@{name}.org", owner_password=PASSWORD)
+            url = stack.enter_context(serve_in_thread(node))
+            w = veil.connect(url, email=f"o@{name}.org", password=PASSWORD)
+            stack.callback(w.close)
+            workers.append(w)
+        yield workers
+
+
+@contextlib.contextmanager
+def _virtual(names: list[str]) -> Iterator[list[Any]]:
+    yield [veil.VirtualWorker(n) for n in names]
+
+
+def program(alice: Any, bob: Any, dave: Any, carol: Any) -> dict[str, torch.Tensor]:
+    """One program: sharing from the scientist and from a data owner's node, products,
+    comparisons, a shared model."""
+    torch.manual_seed(3)
+    x, w = torch.randn(5, 4), torch.randn(4, 3)
+    sx = x.share(alice, bob, dave, crypto_provider=carol)
+    ptr = alice.send(w)
+    sw = ptr.fix_precision().share(alice, bob, dave, crypto_provider=carol)
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2))
+    shared_model = model.share(alice, bob, dave, crypto_provider=carol)
+    h = sx @ sw
+    return {
+        "matmul": (h.reconstruct(), x @ w),
+        "relu_max": (h.relu().max(1)[0].reconstruct(), (x @ w).relu().max(1).values),
+        "model": (shared_model(h).reconstruct(), model(x @ w).detach()),
+        "sigmoid": (h.sigmoid().reconstruct(), torch.sigmoid(x @ w)),
+    }
+
+
+@pytest.mark.parametrize("deploy", [_virtual, _servers], ids=["virtual", "server"])
+def test_the_same_program_runs_in_process_and_over_loopback(deploy: Any) -> None:
+    with deploy(["alice", "bob", "dave", "carol"]) as workers:
+        veil.mpc.reset_stats()
+        results = program(*workers)
+        for name, (got, want) in results.items():
+            assert torch.allclose(got, want, atol=5e-3), name
+        counts = veil.mpc.stats()
+        assert counts["alice"]["rounds"] == counts["bob"]["rounds"] == counts["dave"]["rounds"] > 0
+        assert counts["carol"]["rounds"] == 0 and counts["carol"]["bytes"] > 0
+
+
+def test_stats_match_the_theoretical_cost_of_one_product(two: Any) -> None:
+    a, b = two.share(torch.randn(1000)), two.share(torch.randn(1000))
+    veil.mpc.reset_stats()
+    _ = a * b
+    s = veil.mpc.stats()
+    for p in ("alice", "bob"):
+        assert s[p] == {"bytes": 16 * 1000, "rounds": 1, "messages": 1}
+    m, k = two.share(torch.randn(30, 20)), two.share(torch.randn(20, 10))
+    veil.mpc.reset_stats()
+    _ = m @ k
+    assert veil.mpc.stats()["alice"]["bytes"] == 8 * (30 * 20 + 20 * 10)
+
+
+def test_over_loopback_the_scientist_cannot_fetch_shares_either() -> None:
+    from veil.node.server import serve_in_thread
+
+    with contextlib.ExitStack() as stack:
+        scientists = []
+        for name in ["alice", "bob", "carol"]:
+            node = Node(name, owner_email=f"o@{name}.org", owner_password=PASSWORD)
+            node.create_user("ds@lab.org", "ds-password-123")
+            url = stack.enter_context(serve_in_thread(node))
+            w = veil.connect(url, email="ds@lab.org", password="ds-password-123")
+            stack.callback(w.close)
+            scientists.append(w)
+        alice, bob, carol = scientists
+        x = torch.tensor([2.0, -3.0]).share(alice, bob, crypto_provider=carol)
+        y = (x * x).relu()
+        for share in [*x.shares, *y.shares]:
+            with pytest.raises(veil.errors.PermissionDenied):
+                share.get()
+        assert carol.info().objects == 0  # the dealer holds nothing of the scientist's

@@ -1,0 +1,306 @@
+"""The MPC privacy rules, written as attacks that must fail (veil.mpc.node_ops).
+
+The data scientist drives the computation through a data-scientist account on every node:
+it must not read any party's share, reuse or fake dealer randomness, or route data to the
+dealer; and what it does see (masked openings) must not depend on the secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+
+import veil
+from veil.errors import PermissionDenied, ProtocolError
+from veil.mpc import MPCSession, node_ops, ring, seal
+from veil.mpc import session as msession
+from veil.mpc.kinds import get_kind
+from veil.node import Node
+
+DS_EMAIL, DS_PASSWORD = "ds@lab.org", "ds-password-123"
+
+
+def _deploy(names: list[str]) -> tuple[list[Any], list[Any]]:
+    """(owner workers, scientist workers) of fresh nodes."""
+    owners, scientists = [], []
+    for name in names:
+        owner = veil.VirtualWorker(node=Node(name, owner_password="owner-password-1"))
+        owner.create_user(DS_EMAIL, DS_PASSWORD)
+        owners.append(owner)
+        scientists.append(owner.login(DS_EMAIL, DS_PASSWORD))
+    return owners, scientists
+
+
+@pytest.fixture
+def deployed() -> tuple[list[Any], list[Any]]:
+    """alice, bob (parties) and carol (crypto provider), as owners and as the scientist."""
+    return _deploy(["alice", "bob", "carol"])
+
+
+def test_the_scientist_cannot_fetch_any_share_of_an_input_or_a_result(deployed: Any) -> None:
+    owners, (alice, bob, carol) = deployed
+    x = torch.tensor([1.5, -2.0, 3.0]).share(alice, bob, crypto_provider=carol)
+    y = torch.tensor([0.5, 4.0, -1.0]).share(alice, bob, crypto_provider=carol)
+    z = (x * y).relu()
+    for t in (x, y, z):
+        for share in t.shares:
+            assert share.private
+            with pytest.raises(PermissionDenied):
+                share.get()
+        with pytest.raises(PermissionDenied):
+            t.get()
+    # reconstruction needs the same approval as any private object
+    reqs = z.request("the relu of my product, for the report")
+    for owner, req in zip(owners, reqs, strict=False):
+        owner.requests.approve(req.id)
+    assert torch.allclose(z.reconstruct(), torch.tensor([0.75, 0.0, 0.0]), atol=1e-3)
+
+
+def test_owner_data_is_shared_without_passing_through_the_scientist(deployed: Any) -> None:
+    owners, (alice, bob, carol) = deployed
+    secret = torch.tensor([[3.25, -7.5], [0.125, 42.0]])
+    owners[0].datasets.create("scans", private=secret, mock=torch.zeros(2, 2))
+    ptr = alice.datasets["scans"].private
+    seen: list[bytes] = []
+    for w in (alice, bob, carol):  # every byte the scientist sends to any node
+        orig = w._roundtrip
+        w._roundtrip = lambda frame, orig=orig: (seen.append(bytes(frame)), orig(frame))[1]
+    shared = ptr.fix_precision().share(alice, bob, crypto_provider=carol)
+    total = (shared * 2).relu()
+    enc = ring.FixedPoint(16).encode(secret).numpy().tobytes()
+    assert not any(enc[i : i + 8] in frame for frame in seen for i in range(0, len(enc), 8))
+    with pytest.raises(PermissionDenied):
+        ptr.get()
+    with pytest.raises(PermissionDenied):
+        shared.shares[1].get()
+    # the owners (white-box) see that the shares do sum to the secret
+    parts = [o.node._objects[s.id].value for o, s in zip(owners, shared.shares, strict=False)]
+    assert torch.equal(parts[0] + parts[1], ring.FixedPoint(16).encode(secret))
+    got = sum(o.node._objects[s.id].value for o, s in zip(owners, total.shares, strict=False))
+    assert torch.allclose(ring.FixedPoint(16).decode(got), (secret * 2).relu(), atol=1e-3)
+
+
+def test_no_store_holds_a_plaintext_input_and_the_dealer_holds_nothing(deployed: Any) -> None:
+    owners, (alice, bob, carol) = deployed
+    x, w = torch.randn(4, 3), torch.randn(3, 2)
+    sx, sw = x.share(alice, bob, crypto_provider=carol), w.share(alice, bob, crypto_provider=carol)
+    out = (sx @ sw).relu().max(1)[0]
+    del out
+    encoded = {ring.FixedPoint(16).encode(t).numpy().tobytes() for t in (x, w)}
+    for owner in owners[:2]:
+        for rec in owner.node._objects.values():
+            v = rec.value
+            assert v.numpy().tobytes() not in encoded
+            assert not (v.is_floating_point() and (torch.equal(v, x) or torch.equal(v, w)))
+    assert owners[2].node.object_count() == 0  # the dealer stores nothing, least of all shares
+
+
+def test_the_dealer_receives_shapes_only(deployed: Any) -> None:
+    owners, (alice, bob, carol) = deployed
+    got: list[Any] = []
+    orig = owners[2].node.handle
+    owners[2].node.handle = lambda session, call: (got.append(call.msg), orig(session, call))[1]
+    x = torch.randn(3, 4).share(alice, bob, crypto_provider=carol)
+    ((x * x) @ x.t()).relu().sigmoid()
+    assert {m.op for m in got} <= {"mpc.public_key", "mpc.dealer_setup", "mpc.deal"}
+    for m in got:
+        if m.op == "mpc.deal":
+            for kind, params in [tuple(g.items) for g in m.args[1].items]:
+                assert isinstance(kind, str) and all(
+                    isinstance(v, bool | int | str) or hasattr(v, "items")
+                    for v in params.items.values()
+                )
+
+
+def _first_group(sess: MPCSession, shape: list[int]) -> tuple[int, dict[str, Any]]:
+    params = {"x": shape, "y": shape, "op": "mul", "trunc": 0}
+    ((gid, delta),) = sess.deal([("beaver", params)])
+    return gid, params
+
+
+def test_a_mask_is_never_reused(deployed: Any) -> None:
+    _, (alice, bob, carol) = deployed
+    x = torch.tensor([5.0, 6.0]).share(alice, bob, crypto_provider=carol)
+    sess = x.session
+    gid, params = _first_group(sess, [2])
+    item = {"gid": gid, "kind": "beaver", "params": params, "inputs": [x.shares[0], x.shares[0]]}
+    msession.node_call(alice, "mpc.open", sess.sid, [item])
+    with pytest.raises(PermissionDenied, match="already opened"):
+        msession.node_call(alice, "mpc.open", sess.sid, [item])
+    gid2, _ = _first_group(sess, [2])
+    twice = {**item, "gid": gid2}
+    with pytest.raises(PermissionDenied, match="already opened"):
+        msession.node_call(alice, "mpc.open", sess.sid, [twice, twice])
+
+
+def test_finish_results_are_private_and_pending_masks_are_not_objects(deployed: Any) -> None:
+    owners, (alice, bob, carol) = deployed
+    x = torch.tensor([5.0, 6.0]).share(alice, bob, crypto_provider=carol)
+    before = {o.id for o in alice.objects()}
+    sess = x.session
+    gid, params = _first_group(sess, [2])
+    item = {"gid": gid, "kind": "beaver", "params": params, "inputs": [x.shares[0], x.shares[0]]}
+    e = msession.reply_tensor(msession.node_call(alice, "mpc.open", sess.sid, [item]))
+    assert {o.id for o in alice.objects()} == before  # masks live in no object
+    reply = msession.node_call(
+        alice, "mpc.finish", sess.sid, [{"gid": gid, "opened": [e[:2], e[2:]]}]
+    )
+    assert all(info.private for info in reply.items)
+    with pytest.raises(veil.errors.InvalidRequest, match="no opened group"):
+        msession.node_call(alice, "mpc.finish", sess.sid, [{"gid": gid, "opened": [e[:2], e[2:]]}])
+
+
+def test_a_sealed_seed_cannot_be_replayed_or_redirected(deployed: Any) -> None:
+    owners, (alice, bob, carol) = deployed
+    keys = [msession.public_key(w) for w in (alice, bob)]
+    blob = (
+        msession.reply_tensor(
+            msession.node_call(carol, "mpc.dealer_setup", [msession._u8(k) for k in keys])
+        )
+        .numpy()
+        .tobytes()
+    )
+    sid, box_a, box_b = blob[:32].decode(), blob[32:92], blob[92:152]
+    dealer = msession._u8(msession.public_key(carol))
+    msession.node_call(alice, "mpc.join", sid, 0, 2, dealer, msession._u8(box_a))
+    with pytest.raises(PermissionDenied, match="already exists"):
+        msession.node_call(alice, "mpc.join", sid, 0, 2, dealer, msession._u8(box_a))
+    with pytest.raises(ProtocolError, match="failed authentication"):  # bound to its session
+        msession.node_call(alice, "mpc.join", "another-session", 0, 2, dealer, msession._u8(box_a))
+    with pytest.raises(ProtocolError, match="failed authentication"):  # bound to its party
+        msession.node_call(alice, "mpc.join", "third-session", 0, 2, dealer, msession._u8(box_b))
+    with pytest.raises(PermissionDenied, match="cannot also be a party"):
+        msession.node_call(carol, "mpc.dealer_setup", [msession._u8(keys[0]), dealer])
+
+
+def test_a_scientist_playing_dealer_is_stopped_by_pinned_dealer_keys(deployed: Any) -> None:
+    owners, (alice, bob, carol) = deployed
+    x = torch.tensor([123.0, -4.5]).share(alice, bob, crypto_provider=carol)
+    fake = seal.KeyPair.generate()  # the scientist's own "dealer" key: it knows the seed
+    seed = bytes(range(32))
+    alice_key = msession.public_key(alice)
+    box = seal.seal(fake, alice_key, seed, node_ops._context("seed", "forged-session", 0, 2))
+    args = ("forged-session", 0, 2, msession._u8(fake.public), msession._u8(box))
+    # Unpinned, the node trusts the dealer key the scientist names: the attack works ...
+    msession.node_call(alice, "mpc.join", *args)
+    params = {"x": [2], "y": [2], "op": "mul", "trunc": 0}
+    item = {"gid": 1, "kind": "beaver", "params": params, "inputs": [x.shares[0], x.shares[0]]}
+    e = msession.reply_tensor(msession.node_call(alice, "mpc.open", "forged-session", [item]))
+    slots = get_kind("beaver").slots(params)
+    mask = ring.prg(seed, 1, 0, 2)
+    share0 = e[:2] + mask  # the scientist unmasked alice's share with its own seed
+    assert torch.equal(share0, owners[0].node._objects[x.shares[0].id].value)
+    assert slots[0].opened
+    # ... so node owners pin the dealers they trust, and the forged seed is refused.
+    veil.mpc.pin_dealers(owners[0].node, [veil.mpc.fingerprint(carol)])
+    box2 = seal.seal(fake, alice_key, seed[::-1], node_ops._context("seed", "forged-again", 0, 2))
+    with pytest.raises(PermissionDenied, match="does not trust"):
+        msession.node_call(alice, "mpc.join", "forged-again", 0, 2, msession._u8(fake.public),
+                           msession._u8(box2))  # fmt: skip
+    sess = MPCSession([alice, bob], carol)  # a new session with the pinned, real dealer works
+    z = torch.tensor([123.0, -4.5]).share(session=sess) * torch.tensor([1.0, 2.0]).share(
+        session=sess
+    )
+    got = sum(o.node._objects[s.id].value for o, s in zip(owners, z.shares, strict=False))
+    assert torch.allclose(ring.FixedPoint(16).decode(got), torch.tensor([123.0, -9.0]), atol=1e-3)
+
+
+def _uniform01(words: torch.Tensor) -> np.ndarray:
+    return ((words >> 11) & ((1 << 53) - 1)).double().numpy() / 2.0**53
+
+
+def test_views_are_statistically_independent_of_the_secret() -> None:
+    """Each party's shares, and the masked openings the scientist sees, have the same
+    (uniform) distribution whatever the secret: two-sample KS tests between the views of
+    two very different secrets, and one-sample tests against uniform."""
+    owners, (alice, bob, dave, carol) = _deploy(["alice", "bob", "dave", "carol"])
+    n = 3000
+    views: dict[str, list[np.ndarray]] = {}
+    opened: list[torch.Tensor] = []
+    orig = msession.node_call
+
+    def spy(worker: Any, op: str, *args: Any) -> Any:
+        reply = orig(worker, op, *args)
+        if op == "mpc.open":
+            opened.append(msession.reply_tensor(reply))
+        return reply
+
+    msession.node_call = spy  # type: ignore[assignment]
+    try:
+        for secret in (0.0, 12345.678):
+            x = torch.full((n,), secret).share(alice, bob, dave, crypto_provider=carol)
+            y = torch.full((n,), -secret / 3).share(alice, bob, dave, crypto_provider=carol)
+            opened.clear()
+            _ = x * y
+            for i, o in enumerate(owners[:3]):
+                views.setdefault(f"share{i}", []).append(
+                    _uniform01(o.node._objects[x.shares[i].id].value)
+                )
+            views.setdefault("opened", []).append(_uniform01(torch.cat(opened)))
+    finally:
+        msession.node_call = orig  # type: ignore[assignment]
+    for name, (a, b) in views.items():
+        assert sps.ks_2samp(a, b).pvalue > 1e-4, name
+        assert sps.kstest(a, "uniform").pvalue > 1e-4, name
+    # the test has power: shares of a constant *are* distinguishable from uniform
+    assert (
+        sps.kstest(_uniform01(ring.FixedPoint(16).encode(torch.full((n,), 0.5))), "uniform").pvalue
+        < 1e-6
+    )
+
+
+def test_there_is_no_unmasked_opening(deployed: Any) -> None:
+    owners, (alice, bob, carol) = deployed
+    x = torch.tensor([7.0, -8.0]).share(alice, bob, crypto_provider=carol)
+    share = x.shares[0]
+    truth = owners[0].node._objects[share.id].value
+    for attempt in (share, share + 0, share * 1, share.clone(), share.view(-1)):
+        assert attempt.private
+        with pytest.raises(PermissionDenied):
+            attempt.get()
+    sess = x.session
+    # opening under a group id the dealer never dealt still masks with a fresh PRG share
+    params = {"x": [2], "y": [2], "op": "mul", "trunc": 0}
+    item = {"gid": 10_000, "kind": "beaver", "params": params, "inputs": [share, share]}
+    e = msession.reply_tensor(msession.node_call(alice, "mpc.open", sess.sid, [item]))
+    assert not torch.equal(e[:2], truth) and not torch.equal(e[2:], truth)
+    # a kind that would reveal its input is not a kind; finishing an unopened group is refused
+    with pytest.raises(veil.errors.InvalidRequest, match="unknown kind"):
+        msession.node_call(
+            alice, "mpc.open", sess.sid, [{**item, "gid": 10_001, "kind": "identity"}]
+        )
+    with pytest.raises(veil.errors.InvalidRequest, match="no opened group"):
+        msession.node_call(alice, "mpc.finish", sess.sid, [{"gid": 10_002, "opened": []}])
+    # bit masks hide bit 0 only, so they can only open bit 0
+    bit = {"gid": 10_003, "kind": "b2a", "params": {"x": [2]}, "inputs": [share]}
+    opened = msession.reply_tensor(msession.node_call(alice, "mpc.open", sess.sid, [bit]))
+    assert bool(((opened == 0) | (opened == 1)).all())
+
+
+def test_a_step_opens_under_the_same_rules(deployed: Any) -> None:
+    owners, (alice, bob, carol) = deployed
+    x = torch.tensor([1.0, 2.0]).share(alice, bob, crypto_provider=carol)
+    sess = x.session
+    params = {"x": [2], "y": [2], "op": "mul", "trunc": 0}
+    (g1, _), (g2, _), (g3, _) = sess.deal([("beaver", params)] * 3)
+
+    def open_(gid: int) -> dict[str, Any]:
+        item = {
+            "gid": gid,
+            "kind": "beaver",
+            "params": params,
+            "inputs": [x.shares[0], x.shares[0]],
+        }
+        e = msession.reply_tensor(msession.node_call(alice, "mpc.open", sess.sid, [item]))
+        return {"gid": gid, "opened": [e[:2], e[2:]]}
+
+    again = {"gid": g1, "kind": "beaver", "params": params, "inputs": [["out", 0], ["out", 0]]}
+    with pytest.raises(PermissionDenied, match="already opened"):  # a mask is used once here too
+        msession.node_call(alice, "mpc.step", sess.sid, [open_(g1)], [again])
+    bad = {**again, "gid": g3, "inputs": [["out", 5], ["out", 0]]}
+    with pytest.raises(veil.errors.InvalidRequest, match="no result 5"):
+        msession.node_call(alice, "mpc.step", sess.sid, [open_(g2)], [bad])
