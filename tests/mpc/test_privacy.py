@@ -67,8 +67,14 @@ def test_owner_data_is_shared_without_passing_through_the_scientist(deployed: An
     ptr = alice.datasets["scans"].private
     seen: list[bytes] = []
     for w in (alice, bob, carol):  # every byte the scientist sends to any node
-        orig = w._roundtrip
-        w._roundtrip = lambda frame, orig=orig: (seen.append(bytes(frame)), orig(frame))[1]
+        attr = "_roundtrip_parts" if w._scatter else "_roundtrip"  # network clients scatter
+
+        def spy(frame: Any, expect_bytes: int = 0, orig: Any = getattr(w, attr)) -> Any:
+            parts = frame if isinstance(frame, list) else [frame]
+            seen.append(b"".join(bytes(p) for p in parts))
+            return orig(frame, expect_bytes)
+
+        setattr(w, attr, spy)
     shared = ptr.fix_precision().share(alice, bob, crypto_provider=carol)
     total = (shared * 2).relu()
     enc = ring.FixedPoint(16).encode(secret).numpy().tobytes()
