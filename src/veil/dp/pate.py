@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from scipy import special, stats
+from scipy import special
 
 from veil.dp.accountants.rdp import rdp_to_epsilon
 from veil.dp.samplers import RandomSource, discrete_laplace
@@ -128,6 +128,8 @@ def _logq_gnmax(votes: npt.NDArray[np.float64], sigma: float) -> float:
     """Union bound on log P[GNMax does not return the top class] (PATE 2018, Proposition 7)."""
     top = int(np.argmax(votes))
     gaps = np.delete(votes[top] - votes, top)
+    from scipy import stats  # slow to import: only when PATE is analysed
+
     logq = float(special.logsumexp(stats.norm.logsf(gaps, scale=math.sqrt(2) * sigma)))
     return min(logq, math.log(1 - 1 / len(votes)))
 
@@ -200,6 +202,8 @@ def analyze(votes: Any, *, sigma: float, delta: float, threshold: float | None =
         if confident:
             assert sigma1 is not None and threshold is not None
             s_t = math.sqrt(2) * sigma1  # the threshold check has sensitivity 1, GNMax's formula 2
+            from scipy import stats
+
             logpr = float(stats.norm.logsf(threshold - row.max(), scale=sigma1))
             logq_t = min(logpr, _log1mexp(logpr))
             dep += _rdp_gnmax_dependent(logq_t, s_t, a)

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import signal, special
+from scipy import special
 
 from veil.dp.accountants.base import Accountant, register_accountant
 
@@ -39,6 +39,8 @@ class PLD:
     pessimistic: bool
 
     def compose(self, other: PLD) -> PLD:
+        from scipy import signal  # 1 s to import: only when a PLD is composed
+
         pmf = np.clip(signal.fftconvolve(self.pmf, other.pmf), 0.0, None)
         inf = 1 - (1 - self.inf_mass) * (1 - other.inf_mass)
         return PLD(self.h, self.offset + other.offset, pmf, inf, self.pessimistic)._truncated()
