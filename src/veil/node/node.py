@@ -494,7 +494,7 @@ class Node:
                 continue
             if rec.owner == session.user_id or session.is_admin:
                 del self._objects[oid]
-                self._dp.forget(oid)  # veil.dp
+                self._dp.bounds.pop(oid, None)  # veil.dp: its tracked bound goes with it
                 if self.store.persistent:
                     self._batch.deleted.add(oid)
                     self._batch.objects.pop(oid, None)

@@ -11,6 +11,7 @@ from veil.errors import OpNotAllowed, UnsupportedError
 from veil.ops import default_registry
 from veil.serde.messages import GetObject, ObjectInfo, Publish, RequestAccess, RequestInfo, Value
 from veil.serde.tensors import DTYPES, dtype_from_name, tensor_from_data
+from veil.serde.values import SCALAR_TYPES
 
 if TYPE_CHECKING:
     from veil.pointers.remote import Remote
@@ -319,7 +320,11 @@ def _binary(name: str) -> Any:
     op = f"Tensor.{name}"
 
     def fn(self: PointerTensor, *args: Any) -> Any:
-        if args and getattr(type(args[0]), "_veil_defer_operators", False):
+        if (
+            args
+            and type(args[0]) not in SCALAR_TYPES
+            and getattr(type(args[0]), "_veil_defer_operators", False)
+        ):
             return NotImplemented  # an encrypted pointer runs `ptr @ enc` itself (__rmatmul__)
         return self.location._run(op, (self, *args), {})
 
