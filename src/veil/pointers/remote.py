@@ -107,9 +107,13 @@ class Remote(ABC):
         """
         with self._lock:
             released, self._released = self._released, []
-            before, self._deferred = self._deferred, []
-            pending, self._pending = self._pending, []
-            call = Call(msg, released, before)
+            if self._deferred:
+                before, self._deferred = self._deferred, []
+                pending, self._pending = self._pending, []
+                call = Call(msg, released, before)
+            else:
+                pending = []
+                call = Call(msg, released)
             try:
                 if self._scatter:
                     raw = self._roundtrip_parts(codec.encode_parts(call), expect_bytes)

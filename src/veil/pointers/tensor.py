@@ -77,7 +77,11 @@ class PointerTensor:
         self.id = info.id
         self._owned = owned
         self._error = None
-        self._update(info)
+        self.shape = torch.Size(info.shape)  # as _update, inline: this runs once per op
+        self.dtype = DTYPES.get(info.dtype) or dtype_from_name(info.dtype)
+        self.requires_grad = info.requires_grad
+        self.private = info.private
+        self.sources = tuple(info.sources)
 
     def _update(self, info: ObjectInfo) -> None:
         self.shape = torch.Size(info.shape)
