@@ -23,11 +23,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -39,7 +37,7 @@ except ImportError:  # run from a checkout without installing
 
 import numpy as np
 import torch
-from remote_ops import HEADERS, Row, append_results, cells, interleaved, machine, med, print_table
+from remote_ops import Row, emit, interleaved, machine, med
 
 from veil.he import ckks, paillier
 from veil.he._deps import tenseal
@@ -143,17 +141,6 @@ def paillier_row(cfg: Config) -> Row:
                f"python-paillier ~{med(base) * x.numel() / 60:.1f} min; keygen {keygen_s:.1f} s")  # fmt: skip
 
 
-def markdown(rows: list[Row], info: dict[str, str], mode: str, elapsed: float) -> str:
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"## he — {now} ({mode}; measured while other jobs ran)", ""]
-    lines += [f"- **{k}**: {v}" for k, v in info.items()]
-    lines += [f"- **run time**: {elapsed:.0f} s", ""]
-    lines.append("| " + " | ".join(h or "result" for h in HEADERS) + " |")
-    lines.append("|" + "---|" * len(HEADERS))
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def run(cfg: Config) -> list[Row]:
     torch.set_num_threads(1)
     np.random.seed(0)
@@ -176,15 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = run(cfg)
     elapsed = time.perf_counter() - t0
-    print_table(rows, f"veil.he ({mode}, {info['cpu']}, {info['cores']} cores)")
-    if args.json:
-        args.json.write_text(json.dumps(
-            {"mode": mode, "machine": info, "rows": [asdict(r) | {"ok": r.ok} for r in rows]},
-            indent=2,
-        ))  # fmt: skip
-    if not args.no_write:
-        append_results(args.results, markdown(rows, info, mode, elapsed))
-        print(f"appended to {args.results}")
+    emit(rows, f"veil.he ({mode}, {info['cpu']}, {info['cores']} cores)", args, info, mode,
+         elapsed, "he")  # fmt: skip
     return 0
 
 

@@ -633,9 +633,11 @@ def print_table(rows: list[Row], title: str) -> None:
             console.print(f"  {i}. {r.note}", highlight=False)
 
 
-def markdown(rows: list[Row], info: dict[str, str], mode: str, elapsed: float) -> str:
+def markdown(rows: list[Row], info: dict[str, str], mode: str, elapsed: float,
+             name: str = "remote_ops") -> str:  # fmt: skip
+    """A RESULTS.md section: heading, machine (with its load average), run time, the table."""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"## remote_ops — {now} ({mode})", ""]
+    lines = [f"## {name} — {now} ({mode})", ""]
     lines += [f"- **{k}**: {v}" for k, v in info.items()]
     lines += [f"- **run time**: {elapsed:.0f} s", ""]
     lines.append("| " + " | ".join(h or "result" for h in HEADERS) + " |")
@@ -695,16 +697,24 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = run(cfg)
     elapsed = time.perf_counter() - t0
-    print_table(rows, f"veil remote ops ({mode}, {info['cpu']}, {info['cores']} cores)")
+    emit(rows, f"veil remote ops ({mode}, {info['cpu']}, {info['cores']} cores)", args, info,
+         mode, elapsed)  # fmt: skip
+    return 0
+
+
+def emit(rows: list[Row], title: str, args: argparse.Namespace, info: dict[str, str], mode: str,
+         elapsed: float, name: str = "remote_ops") -> None:  # fmt: skip
+    """Print the table, write ``--json`` if asked, append to RESULTS.md unless ``--no-write``
+    (a section headed ``name``)."""
+    print_table(rows, title)
     if args.json:
         args.json.write_text(json.dumps(
             {"mode": mode, "machine": info, "rows": [asdict(r) | {"ok": r.ok} for r in rows]},
             indent=2,
         ))  # fmt: skip
     if not args.no_write:
-        append_results(args.results, markdown(rows, info, mode, elapsed))
+        append_results(args.results, markdown(rows, info, mode, elapsed, name))
         console.print(f"appended to {args.results}")
-    return 0
 
 
 if __name__ == "__main__":
