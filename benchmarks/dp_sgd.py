@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = [f"## dp_sgd — {now} ({'quick' if args.quick else 'full'})", ""]
         lines += [f"- **{k}**: {v}" for k, v in info.items()]
         lines += [f"- **opacus**: {op.get('version', op.get('error'))}", f"- **steps**: {steps} (+{warmup} warmup)",
-                  f"- **run time**: {elapsed:.0f} s", "- measured while other jobs ran (noisy)", ""]  # fmt: skip
+                  f"- **run time**: {elapsed:.0f} s", ""]  # fmt: skip
         lines.append("| model | non-private | veil | Opacus best | veil / Opacus best (target ≥ 1.3×) | "
                      "veil / non-private | Opacus modes |")  # fmt: skip
         lines.append("|---|---|---|---|---|---|---|")

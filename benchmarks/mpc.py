@@ -245,8 +245,7 @@ def markdown(rows: list[Row], info: dict[str, str], mode: str, elapsed: float, c
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"## mpc — {now} ({mode})", ""]
     lines += [f"- **{k}**: {v}" for k, v in info.items()]
-    lines += [f"- **run time**: {elapsed:.0f} s", f"- **CrypTen**: {ct_note}",
-              "- measured while other jobs ran on the machine: figures are noisy", ""]  # fmt: skip
+    lines += [f"- **run time**: {elapsed:.0f} s", f"- **CrypTen**: {ct_note}", ""]  # fmt: skip
     head = ["workload", "parties", "deployment", "security", "veil (median)", "torch f32 (median)",
             "ratio", "bytes/party", "min bytes", "rounds", "min rounds", "CrypTen (median)",
             "veil / CrypTen", "notes"]  # fmt: skip
