@@ -511,10 +511,14 @@ class CKKSTensor:
         return bool(np.array_equal(ct, want_ct) and np.array_equal(slot, want_slot))
 
     def _like(self, cts: list[Any], *, level: int | None = None) -> CKKSTensor:
-        out = CKKSTensor(self.context, cts, self._ct, self._slot, tile=self.tile,
-                         block=self.block, level=self.level if level is None else level)  # fmt: skip
-        if "_contiguous" in self.__dict__:
-            out.__dict__["_contiguous"] = self.__dict__["_contiguous"]
+        """A tensor of this layout holding ``cts`` (a copy of this one's attributes: every
+        element-wise op pays for this, so no __init__ and no layout checks)."""
+        out = object.__new__(CKKSTensor)
+        d = out.__dict__
+        d.update(self.__dict__)
+        d["_cts"] = cts
+        if level is not None:
+            d["level"] = level
         return out
 
     # -- decryption ------------------------------------------------------------------
@@ -629,7 +633,8 @@ class CKKSTensor:
     # -- arithmetic ------------------------------------------------------------------
     def __add__(self, other: Any) -> CKKSTensor:
         if isinstance(other, CKKSTensor):
-            self._check_other(other)
+            if other._ct is not self._ct or other.context is not self.context:
+                self._check_other(other)  # (one layout and context need no check)
             return self._like([a + b for a, b in zip(self._cts, other._cts)],
                               level=max(self.level, other.level))  # fmt: skip
         if isinstance(other, int | float):
@@ -933,7 +938,8 @@ def encrypt(x: Any, ctx: CKKSContext, *, replicate: bool = False) -> CKKSTensor:
         return CKKSTensor(ctx, [vec], np.zeros(n, dtype=np.int64), np.arange(n), tile=tile,
                           block=block)  # fmt: skip
     n = flat.size
-    cts = [ts.ckks_vector(ctx.raw, flat[i : i + slots].tolist()) for i in range(0, n, slots)]
+    # TenSEAL takes a float64 array as it is: no Python list of every value on the way.
+    cts = [ts.ckks_vector(ctx.raw, flat[i : i + slots]) for i in range(0, n, slots)]
     idx = np.arange(n)
     out = CKKSTensor(ctx, cts, (idx // slots).reshape(tuple(t.shape)),
                      (idx % slots).reshape(tuple(t.shape)))  # fmt: skip
