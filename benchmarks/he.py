@@ -77,7 +77,11 @@ def ckks_rows(cfg: Config) -> list[Row]:
     }
     rows = []
     for name, (ours, base) in cases.items():
-        t = interleaved({"veil": ours, "raw": base}, batch=1, rounds=cfg.rounds, warmup=1)
+        t0 = time.perf_counter()
+        ours()  # (first: it installs the Galois keys a dot needs into the shared context)
+        # Samples of >= 2 ms: one 70 µs call is mostly timer and scheduling noise.
+        batch = max(1, int(2e-3 / (time.perf_counter() - t0)))
+        t = interleaved({"veil": ours, "raw": base}, batch=batch, rounds=cfg.rounds, warmup=1)
         v, b = med(t["veil"]) * 1e3, med(t["raw"]) * 1e3
         rows.append(Row(f"CKKS {name}", v, b, v / b, "×", 1.10, "ms",
                         "veil CKKSTensor vs TenSEAL CKKSVector; same context, same values"))  # fmt: skip

@@ -556,8 +556,9 @@ class CKKSTensor:
         return torch.from_numpy(np.ascontiguousarray(flat).reshape(tuple(self.shape)))
 
     # -- plaintext layout ------------------------------------------------------------
-    def _plain_chunks(self, p: Any, fill: float = 0.0) -> list[list[float]]:
-        """A plaintext broadcast to this shape, laid out like the ciphertexts."""
+    def _plain_chunks(self, p: Any, fill: float = 0.0) -> list[np.ndarray]:
+        """A plaintext broadcast to this shape, laid out like the ciphertexts (float64 arrays,
+        which TenSEAL takes without a Python list of every value)."""
         t = _as_plain(p)
         try:
             arr = np.broadcast_to(t.numpy(), tuple(self.shape))
@@ -571,7 +572,7 @@ class CKKSTensor:
             out, start = [], 0
             for v in self._cts:
                 n = v.size()
-                out.append(flat[start : start + n].tolist())
+                out.append(flat[start : start + n])
                 start += n
             return out
         sizes = [v.size() for v in self._cts]
@@ -589,7 +590,7 @@ class CKKSTensor:
         grid[cts, slots] = flat
         if self.tile > 1:  # keep every copy of a replicated vector identical
             grid[:, :] = np.tile(grid[:, : self.block], self.tile)[:, : grid.shape[1]]
-        return [grid[i, :n].tolist() for i, n in enumerate(sizes)]
+        return [grid[i, :n] for i, n in enumerate(sizes)]
 
     def _check_other(self, other: CKKSTensor) -> None:
         if (
