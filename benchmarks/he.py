@@ -56,7 +56,7 @@ class Config:
     def make(cls, quick: bool) -> Config:
         if quick:
             return cls(3, 64, 1, 1024, 3_000, 20)
-        return cls(15, 784, 3, 2048, 100_000, 150)
+        return cls(41, 784, 3, 2048, 100_000, 150)
 
 
 def ckks_rows(cfg: Config) -> list[Row]:

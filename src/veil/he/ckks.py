@@ -6,7 +6,8 @@ multiplication consumes one level of the modulus chain; a context has ``depth`` 
 
 :func:`context` builds a TenSEAL context with documented defaults and refuses
 parameters below 128-bit security (the HomomorphicEncryption.org standard's bound on
-``log2 q`` for each polynomial degree) unless ``force=True``. :func:`encrypt` turns a
+``log2 q`` for each polynomial degree), with no override: SEAL inside TenSEAL enforces the
+same bound. :func:`encrypt` turns a
 tensor into a :class:`CKKSTensor`, which keeps its shape through ``+ - *`` (ciphertext
 or plaintext, broadcasting plaintexts), ``neg``, ``square``, ``polyval``, :func:`sigmoid`
 approximations, ``sum``, ``dot``, ``@`` with a plaintext matrix on either side,
