@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import copy
+import runpy
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -192,30 +192,11 @@ def test_progress_bar_and_privacy_plot(tmp_path: object) -> None:
 
 
 def test_load_digits_reaches_90_percent_at_epsilon_3() -> None:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    torch.manual_seed(0)
-    x, y = load_digits(return_X_y=True)
-    xtr, xte, ytr, yte = train_test_split(x / 16.0, y, test_size=0.2, random_state=0, stratify=y)
-    mu, sd = xtr.mean(0), xtr.std(0) + 1e-3
-    train = TensorDataset(torch.tensor((xtr - mu) / sd, dtype=torch.float32), torch.tensor(ytr))
-    model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    pm, popt, loader = dp.make_private(module=model, optimizer=opt,
-                                       data_loader=DataLoader(train, batch_size=64),
-                                       target_epsilon=3.0, target_delta=1e-5, epochs=10,
-                                       max_grad_norm=1.0)  # fmt: skip
-    for _ in range(10):
-        _train(pm, loader, popt)
-    pm.eval()
-    with torch.no_grad():
-        pred = pm(torch.tensor((xte - mu) / sd, dtype=torch.float32)).argmax(1).numpy()
-    accuracy = float(np.mean(pred == yte))
-    eps = pm.get_epsilon(1e-5)
-    assert eps <= 3.0
-    assert accuracy >= 0.90, accuracy
-    _ = copy  # keep import used
+    """The end-to-end example (examples/dp_digits.py), run as a user would."""
+    out = runpy.run_path(str(Path(__file__).resolve().parents[2] / "examples" / "dp_digits.py"))
+    result = out["run"](progress=False)
+    assert result["epsilon"] <= 3.0
+    assert result["accuracy"] >= 0.90, result
 
 
 def test_poisson_loader_collates_any_dataset_including_empty_batches() -> None:
