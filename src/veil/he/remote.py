@@ -35,6 +35,7 @@ from veil.he.ckks import CKKSContext, CKKSTensor, sigmoid_coefficients
 from veil.he.paillier import EncryptedTensor, PrivateKey, PublicKey
 from veil.node.objects import ValueKind, register_kind
 from veil.ops import OpSpec, default_registry
+from veil.pointers.handle import ReleasedOnDrop
 from veil.pointers.remote import Remote, register_pointer_kind
 from veil.serde.messages import (
     DeleteObjects,
@@ -57,7 +58,7 @@ MAX_RESULT_ELEMENTS = 1 << 22
 _SENT: weakref.WeakKeyDictionary[Remote, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
-class ContextPointer:
+class ContextPointer(ReleasedOnDrop):
     """A public encryption context (Paillier public key or TenSEAL public context) on a node."""
 
     def __init__(self, location: Remote, info: ObjectInfo, *, owned: bool = True) -> None:
@@ -66,18 +67,11 @@ class ContextPointer:
         self.scheme = info.dtype
         self._owned = owned
 
-    def __del__(self) -> None:
-        try:
-            if self._owned:
-                self.location._release(self.id)
-        except Exception:  # noqa: S110 - interpreter shutdown
-            pass
-
     def __repr__(self) -> str:
         return f"ContextPointer(node={self.location.name!r}, id={self.id}, scheme={self.scheme})"
 
 
-class EncryptedPointer:
+class EncryptedPointer(ReleasedOnDrop):
     """A pointer to an encrypted tensor held by a node.
 
     Arithmetic runs on the node (``+ - * @``, ``sum``, ``dot``, ``square``, ``polyval``,
@@ -98,13 +92,6 @@ class EncryptedPointer:
         self.sources = tuple(info.sources)
         self._local = local
         self._owned = owned
-
-    def __del__(self) -> None:
-        try:
-            if self._owned:
-                self.location._release(self.id)
-        except Exception:  # noqa: S110 - interpreter shutdown
-            pass
 
     def __repr__(self) -> str:
         tags = ""

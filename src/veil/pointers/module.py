@@ -10,6 +10,7 @@ from torch import nn
 
 from veil.errors import InvalidRequest, UnsupportedError
 from veil.ops.modules import OPTIMIZER_NAMES
+from veil.pointers.handle import ReleasedOnDrop
 from veil.pointers.tensor import PointerTensor
 from veil.serde.messages import (
     GetObject,
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 SendMode = Literal["auto", "module", "params"]
 
 
-class PointerModule:
+class PointerModule(ReleasedOnDrop):
     """A model on a node. Call it on pointers; train it with :class:`RemoteOptimizer`.
 
     Two forms, chosen by :meth:`send` (``mode="auto"``):
@@ -100,13 +101,6 @@ class PointerModule:
         ptr = cls(location, shell=shell)
         ptr.training = module.training
         return ptr
-
-    def __del__(self) -> None:
-        try:
-            if self._owned and self.id is not None:
-                self.location._release(self.id)
-        except Exception:  # noqa: S110 - interpreter shutdown
-            pass
 
     def __repr__(self) -> str:
         kind = "module" if self._shell is None else f"params of {type(self._shell).__name__}"
@@ -203,7 +197,7 @@ class PointerModule:
         return self.id
 
 
-class RemoteOptimizer:
+class RemoteOptimizer(ReleasedOnDrop):
     """A torch optimizer built on the node over remote parameters.
 
     Example:
@@ -252,13 +246,6 @@ class RemoteOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.location.run_op("Optimizer.zero_grad", self, bool(set_to_none))
-
-    def __del__(self) -> None:
-        try:
-            if self._owned:
-                self.location._release(self.id)
-        except Exception:  # noqa: S110 - interpreter shutdown
-            pass
 
     def __repr__(self) -> str:
         return f"RemoteOptimizer({self.name}, node={self.location.name!r}, id={self.id})"

@@ -9,6 +9,7 @@ import torch
 
 from veil.errors import OpNotAllowed, UnsupportedError
 from veil.ops import default_registry
+from veil.pointers.handle import ReleasedOnDrop
 from veil.serde.messages import GetObject, ObjectInfo, Publish, RequestAccess, RequestInfo, Value
 from veil.serde.tensors import DTYPES, dtype_from_name, tensor_from_data
 from veil.serde.values import SCALAR_TYPES
@@ -32,7 +33,7 @@ def _find_location(args: Any, kwargs: Any) -> Remote | None:
     return None
 
 
-class PointerTensor:
+class PointerTensor(ReleasedOnDrop):
     """A pointer to a tensor held by a node.
 
     Torch functions (``torch.*``, ``torch.nn.functional.*``), operators, methods and
@@ -89,13 +90,6 @@ class PointerTensor:
         self.requires_grad = info.requires_grad
         self.private = info.private
         self.sources = tuple(info.sources)
-
-    def __del__(self) -> None:
-        try:
-            if self._owned:
-                self.location._release(self.id)
-        except Exception:  # noqa: S110 - interpreter shutdown; nothing left to release to
-            pass
 
     def __repr__(self) -> str:
         shape = "x".join(str(d) for d in self.shape) or "scalar"
