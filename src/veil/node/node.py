@@ -150,6 +150,7 @@ class Node:
         self.name = name
         self.store = store if store is not None else MemoryStore()
         self.registry = registry or default_registry()
+        self._specs = self.registry.specs  # the live name -> OpSpec table (per-op lookups)
         self.max_message_bytes = max_message_bytes
         self.max_result_bytes = max_result_bytes
         self._lock = threading.RLock()
@@ -328,7 +329,12 @@ class Node:
     def handle_frame(self, session: Session, frame: bytes | bytearray | memoryview) -> bytearray:
         """Decode one frame, run it, and encode the reply. Never raises: every failure
         becomes an :class:`ErrorReply`, and the node's state is left as it was."""
-        reply = self._reply_to(session, frame)
+        try:  # _reply_to, inline: this runs once per op
+            call = codec.decode_call(frame, max_bytes=self.max_message_bytes)
+        except Exception:
+            reply = self._reply_to(session, frame)  # decodes again, to explain the failure
+        else:
+            reply = self.handle(session, call)
         try:
             return codec.encode(reply)
         except VeilError as exc:
@@ -382,7 +388,9 @@ class Node:
         """Run a handler and commit; on failure, drop its changes and answer the error."""
         try:
             reply = handler(session, msg)
-            self._commit()
+            b = self._batch  # Batch.__bool__, inline: most ops change nothing durable
+            if b.objects or b.deleted or b.audit or b.users or b.datasets or b.requests or b.dp:
+                self._commit()
             return reply
         except VeilError as exc:
             self._batch = Batch()
@@ -445,7 +453,7 @@ class Node:
     def _store(self, session: Session, value: Any, *, private: bool = False,
                sources: frozenset[str] = frozenset(), description: str = "",
                asset_of: str | None = None, oid: int | None = None) -> ObjectRecord:  # fmt: skip
-        kind = kind_of(value)
+        kind = "tensor" if type(value) is torch.Tensor else kind_of(value)
         if kind is None:
             raise RemoteError(f"cannot store a {type(value).__name__} on a node")
         if oid is None:
@@ -524,7 +532,7 @@ class Node:
 
     # ------------------------------------------------------------------ ops
     def _run_op(self, session: Session, msg: RunOp) -> Reply:
-        spec = self.registry.get(msg.op)
+        spec = self._specs.get(msg.op) or self.registry.get(msg.op)  # get() explains a refusal
         if msg.out and (msg.out not in CLIENT_IDS or msg.out in self._objects):
             raise InvalidRequest(
                 f"{msg.op}: result id {msg.out} is not free; a client names results only with "
@@ -539,19 +547,36 @@ class Node:
             inputs.append(rec)
             return rec.value
 
-        args = [
-            resolve(a.id)
-            if type(a) is Ref
-            else a
-            if type(a) in SCALAR_TYPES
-            else from_arg(a, resolve)
-            for a in msg.args
-        ]
-        kwargs = {k: from_arg(v, resolve) for k, v in msg.kwargs.items()} if msg.kwargs else {}
-        if kwargs.get("out") is not None:  # would write behind the privacy bookkeeping
-            raise InvalidRequest(f"{msg.op}: out= is not supported on a node; use the result")
+        objects, uid = self._objects, session.user_id
+        args: list[Any] = []
+        private = nested = False
+        a: Any
+        for a in msg.args:
+            t = type(a)
+            if t is Ref:  # the common case inline; _record explains any refusal
+                rec = objects.get(a.id)
+                if rec is None or not (rec.owner == uid or rec.asset_of is not None):
+                    rec = self._record(session, a.id)
+                inputs.append(rec)
+                args.append(rec.value)
+                private = private or rec.private
+            elif t in SCALAR_TYPES:
+                args.append(a)
+            else:
+                args.append(from_arg(a, resolve))
+                nested = True
+        kwargs: dict[str, Any] = {}
+        if msg.kwargs:
+            kwargs = {k: from_arg(v, resolve) for k, v in msg.kwargs.items()}
+            if kwargs.get("out") is not None:  # would write behind the privacy bookkeeping
+                raise InvalidRequest(f"{msg.op}: out= is not supported on a node; use the result")
+            nested = True
+        if nested:  # records resolved inside lists or keywords count too
+            private = any(r.private for r in inputs)
+        # plain: one stored tensor and numbers, so the result's size is bounded by the tensor's
+        plain = not nested and len(inputs) == 1 and type(inputs[0].value) is torch.Tensor
         target = inputs[0] if inputs and args and args[0] is inputs[0].value else None
-        if spec.effect in ("inplace", "step") and target is not None:
+        if spec.effect != "none" and target is not None and spec.effect in ("inplace", "step"):
             self._check_mutable(session, target)
         declared = (
             [r for w in _written_args(spec, args, kwargs) for r in inputs if r.value is w]
@@ -560,14 +585,16 @@ class Node:
         )
         for rec in declared:
             self._check_mutable(session, rec)
-        private = False
-        for r in inputs:
-            if r.private:
-                private = True
-                break
         if private and not session.is_admin:
             self._check_shape_leak(spec, args, kwargs, inputs)
-        if spec.alloc_check or (spec.bound_check and self._may_exceed(args, kwargs)):
+        if spec.alloc_check or (
+            spec.bound_check
+            and (
+                16 * inputs[0].value.numel() > self.max_result_bytes
+                if plain
+                else self._may_exceed(args, kwargs)
+            )
+        ):
             self._check_alloc(spec, args, kwargs)
         before = [_versions(r.value) for r in inputs] if private else []
         try:
@@ -600,6 +627,10 @@ class Node:
             self._audit_row(session, "op", msg.op, [r.id for r in inputs], sources)
         if msg.out:
             reply = self._named_result(session, msg, result, private, sources)
+        elif type(result) is torch.Tensor and target is None:  # _wrap_result's first case
+            reply = self._store(session, result, private=private, sources=sources).info(
+                session.email
+            )
         else:
             reply = self._wrap_result(session, result, target, private, sources)
         if private:  # veil.dp: sensitivity tracking of what derives from private data
@@ -746,15 +777,14 @@ class Node:
                 self._taint(storage_keys(tensors_of(target.value)), sources)
             self._persist(target)
         elif effect == "backward" and args and isinstance(args[0], torch.Tensor):
-            leaves = autograd_leaves(args[0])
-            if private:
-                self._taint(storage_keys(leaves), sources)
+            if private:  # the graph walk costs ~0.1 ms a step: only when there is taint to spread
+                self._taint(storage_keys(autograd_leaves(args[0])), sources)
         elif effect == "step" and target is not None:
-            opt = target.value
-            keys = storage_keys(tensors_of(opt))
-            if target.private:
-                self._taint(keys, target.sources)
-            self._persist_storages(keys)
+            if target.private or self.store.persistent:
+                keys = storage_keys(tensors_of(target.value))
+                if target.private:
+                    self._taint(keys, target.sources)
+                self._persist_storages(keys)
         elif effect == "module_call" and target is not None and private:
             module = target.value
             if (
@@ -1031,6 +1061,7 @@ def _input_effect(module: Any) -> str:
     return "passes" if isinstance(module, _PASS_THROUGH) else "new"
 
 
+@functools.cache
 @functools.cache
 def _may_write(name: str) -> bool:
     """Can op ``name`` write into an argument other than through its declared effect?"""

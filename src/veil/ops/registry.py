@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -66,6 +66,11 @@ class OpRegistry:
             self._by_fn.setdefault(spec.fn, spec.name)
         except TypeError:  # unhashable callables are only reachable by name
             pass
+
+    @property
+    def specs(self) -> Mapping[str, OpSpec]:
+        """The live name -> spec table (read-only view for lookups on hot paths)."""
+        return self._by_name
 
     def get(self, name: str) -> OpSpec:
         spec = self._by_name.get(name)

@@ -28,6 +28,6 @@ class ReleasedOnDrop:
     def __del__(self) -> None:
         try:
             if self._owned and self.id is not None:
-                self.location._release(self.id)
+                self.location._released.append(self.id)  # Remote._release, inline
         except Exception:  # noqa: S110 - interpreter shutdown: nothing left to release to
             pass

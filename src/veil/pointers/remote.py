@@ -57,6 +57,14 @@ def _pointer_types() -> tuple[type, ...]:
     return _POINTER_TYPES
 
 
+#: PointerTensor, set by veil.pointers.tensor when it is defined (it imports this module).
+_TENSOR_POINTER: Any = None
+
+
+def _tensor_pointer_type() -> Any:
+    return _TENSOR_POINTER or _pointer_types()[0]
+
+
 class Remote(ABC):
     """A connection to one node, as one user. Subclasses supply the byte transport.
 
@@ -164,23 +172,31 @@ class Remote(ABC):
 
     def _encode_args(self, args: Any, kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         ref = self._ref
-        return (
-            [a if type(a) in SCALAR_TYPES else to_arg(a, ref) for a in args],
-            {k: to_arg(v, ref) for k, v in kwargs.items()} if kwargs else {},
-        )
+        tensor_pointer = _TENSOR_POINTER
+        out = []
+        for a in args:  # the common cases inline: a number, or a healthy pointer of ours
+            t = type(a)
+            if t in SCALAR_TYPES:
+                out.append(a)
+            elif t is tensor_pointer and a.location is self and a._error is None:
+                out.append(Ref(a.id))
+            else:
+                out.append(to_arg(a, ref))
+        return out, {k: to_arg(v, ref) for k, v in kwargs.items()} if kwargs else {}
 
     def _wrap(self, info: ObjectInfo, inputs: tuple[Any, ...] = ()) -> Any:
-        pointer_tensor: Any
-        pointer_module: Any
-        remote_optimizer: Any
-        pointer_tensor, pointer_module, remote_optimizer = _pointer_types()[:3]
+        pointer_tensor: Any = _TENSOR_POINTER or _tensor_pointer_type()
         obj: Any
+        oid = info.id
         for obj in inputs:  # an in-place op answers with its input's own object
-            if type(obj) is pointer_tensor and obj.id == info.id:
+            if type(obj) is pointer_tensor and obj.id == oid:
                 obj._update(info)
                 return obj
         if info.kind == "tensor":
             return pointer_tensor(self, info)
+        pointer_module: Any
+        remote_optimizer: Any
+        _, pointer_module, remote_optimizer = _pointer_types()[:3]
         if info.kind == "module":
             return pointer_module._from_info(self, info)
         if info.kind == "optimizer":

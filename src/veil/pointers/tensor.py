@@ -9,6 +9,7 @@ import torch
 
 from veil.errors import OpNotAllowed, UnsupportedError
 from veil.ops import default_registry
+from veil.pointers import remote as _remote
 from veil.pointers.handle import ReleasedOnDrop
 from veil.serde.messages import GetObject, ObjectInfo, Publish, RequestAccess, RequestInfo, Value
 from veil.serde.tensors import DTYPES, dtype_from_name, tensor_from_data
@@ -338,3 +339,5 @@ for _name in (
     "__ixor__ __lshift__ __rshift__ __eq__ __ne__ __lt__ __le__ __gt__ __ge__"
 ).split():
     setattr(PointerTensor, _name, _binary(_name))
+
+_remote._TENSOR_POINTER = PointerTensor  # the client's per-op fast paths compare types with it
