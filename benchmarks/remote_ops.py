@@ -690,7 +690,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md",
                         help="markdown file to append to (default: benchmarks/RESULTS.md)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads here and in the node server it starts "
+                             "(default 1: the node stands for a machine of its own, and on a "
+                             "small box two processes' OpenMP pools fight over the cores)")  # fmt: skip
     args = parser.parse_args(argv)
+    # The same compute for the local baseline and the node: on this 2-core box, with 2 threads
+    # each, local training alone varied 10x while other work ran (OpenMP barriers spin).
+    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     cfg = Config.make(args.quick)
     mode = "quick" if args.quick else "full"
     info = machine()  # before the run, so the load average says what else was running

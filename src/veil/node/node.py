@@ -1062,7 +1062,6 @@ def _input_effect(module: Any) -> str:
 
 
 @functools.cache
-@functools.cache
 def _may_write(name: str) -> bool:
     """Can op ``name`` write into an argument other than through its declared effect?"""
     return name.startswith(("optim.", "F.")) or name == "Module.__call__" or name in _WRITES
