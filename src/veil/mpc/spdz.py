@@ -41,57 +41,66 @@ def join(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.cat([v, m])
 
 
-def _alpha(m: dict[str, Any], shape: tuple[int, ...]) -> torch.Tensor:
-    a = m["__alpha"].reshape(2, *([1] * len(shape)))
-    return a.expand(2, *shape).contiguous()
+def _pairs(x: torch.Tensor) -> torch.Tensor:
+    """View a (4, *s) authenticated share as one 128-bit tensor of shape (2, 2, *s):
+    [word][value or MAC], so value and MAC go through r128 in one call."""
+    return x.view(2, 2, *x.shape[1:]).transpose(0, 1)
+
+
+def _unpairs(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(0, 1).reshape(4, *t.shape[2:])
+
+
+def _key(alpha_i: torch.Tensor, nd: int) -> torch.Tensor:
+    """The 128-bit scalar key share shaped to broadcast against a (2, *s) tensor of rank nd."""
+    return alpha_i.reshape(2, *([1] * nd))
 
 
 def const(c: torch.Tensor, alpha_i: torch.Tensor, party: int) -> torch.Tensor:
     """This party's authenticated share of the public 128-bit value ``c``."""
-    shape = tuple(c.shape[1:])
-    a = alpha_i.reshape(2, *([1] * len(shape))).expand(2, *shape).contiguous()
     v = c if party == 0 else torch.zeros_like(c)
-    return join(v, r128.product(a, c, "mul"))
+    return join(v, r128.mul(_key(alpha_i, c.dim() - 1), c))
 
 
 def add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return join(r128.add(val(x), val(y)), r128.add(mac(x), mac(y)))
+    return _unpairs(r128.add(_pairs(x), _pairs(y)))
 
 
 def sub(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return join(r128.sub(val(x), val(y)), r128.sub(mac(x), mac(y)))
+    return _unpairs(r128.sub(_pairs(x), _pairs(y)))
 
 
 def neg(x: torch.Tensor) -> torch.Tensor:
-    return join(r128.neg(val(x)), r128.neg(mac(x)))
+    return _unpairs(r128.neg(_pairs(x)))
 
 
 def scale(x: torch.Tensor, k: Any) -> torch.Tensor:
     """Multiply an authenticated share by a public int64 value (sign-extended)."""
     kt = torch.as_tensor(k, dtype=torch.int64)
-    k128 = r128.from64(kt.expand(x.shape[1:]).contiguous())
-    return join(r128.product(val(x), k128, "mul"), r128.product(mac(x), k128, "mul"))
+    return _unpairs(r128.mul(r128.from64(kt), _pairs(x)))
 
 
 def sum_(x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
-    return join(r128.sum_(val(x), dim, keepdim), r128.sum_(mac(x), dim, keepdim))
+    return _unpairs(r128.sum_(_pairs(x), dim + 1, keepdim))
 
 
 def check_share(alpha_i: torch.Tensor, macs: list[torch.Tensor], opened: list[torch.Tensor],
                 rho: list[Any]) -> torch.Tensor:  # fmt: skip
-    """This party's share of the batched MAC check of ``opened`` (a 128-bit scalar)."""
-    total = torch.zeros(2, 1, dtype=torch.int64)
+    """This party's share of the batched MAC check of ``opened`` (a 128-bit scalar):
+    ``sum_j rho_j (m_j - alpha_i y_j) = sum_j rho_j m_j - alpha_i sum_j rho_j y_j``, with
+    64-bit coefficients rho (SPDZ2k needs s = 64 bits of them), so each term is a
+    64 x 128-bit product and the key multiplies one scalar."""
+    m_sum = torch.zeros(2, dtype=torch.int64)
+    y_sum = torch.zeros(2, dtype=torch.int64)
     for m, y, r in zip(macs, opened, rho, strict=True):
         if not isinstance(r, torch.Tensor) or r.dtype != torch.int64 or r.shape != y.shape[1:]:
             raise InvalidRequest(
                 "MAC check coefficients must be int64 tensors shaped like the opening"
             )
-        a = alpha_i.reshape(2, *([1] * (y.dim() - 1))).expand_as(y).contiguous()
-        d = r128.sub(m, r128.product(a, y, "mul"))
-        coeff = torch.stack([r, torch.zeros_like(r)])  # rho in [0, 2^64)
-        t = r128.product(coeff, d, "mul").reshape(2, -1)
-        total = r128.add(total, r128.sum_(t, 0, keepdim=True))
-    return total.reshape(2)
+        rf = r.reshape(-1)  # rho in [0, 2^64)
+        m_sum = r128.add(m_sum, r128.sum_(r128.mul64(rf, m.reshape(2, -1)), 0))
+        y_sum = r128.add(y_sum, r128.sum_(r128.mul64(rf, y.reshape(2, -1)), 0))
+    return r128.sub(m_sum, r128.mul(alpha_i, y_sum))
 
 
 class MInput(Kind):
@@ -149,14 +158,54 @@ class MBeaver(Kind):
         e, d = opened
         op, kw = p["op"], _op_kw(p)
         a, b, c = m["a"], m["b"], m["c"]
-        ed = r128.product(e, d, op, **kw)
-        v = r128.add(
-            val(c), r128.add(r128.product(e, val(b), op, **kw), r128.product(val(a), d, op, **kw))
-        )
-        mm = r128.add(
-            mac(c), r128.add(r128.product(e, mac(b), op, **kw), r128.product(mac(a), d, op, **kw))
-        )
-        return [add(join(v, mm), const(ed, m["__alpha"], party))]
+        # value: c + e op (b + [party 0] d) + a op d; MAC: c_m + e op (b_m + alpha_i d) + a_m op d
+        # (e op d is public: party 0 adds it to the value, each party alpha_i times it to
+        # its MAC share; both fold into b's side, so 4 products instead of 5 and no e op d)
+        bv = r128.add(val(b), d) if party == 0 else val(b)
+        bm = r128.add(mac(b), r128.mul(_key(m["__alpha"], d.dim() - 1), d))
+        ev, em = _pair_right(op, kw, e, bv, bm)
+        av, am = _pair_left(op, kw, val(a), mac(a), d)
+        return [join(r128.add(r128.add(val(c), ev), av), r128.add(r128.add(mac(c), em), am))]
+
+
+def _same_rank(*ts: torch.Tensor) -> list[torch.Tensor]:
+    nd = max(t.dim() for t in ts)
+    return [t.reshape(2, *([1] * (nd - t.dim())), *t.shape[1:]) for t in ts]
+
+
+def _pair_right(op: str, kw: dict[str, Any], x: torch.Tensor, y1: torch.Tensor,
+                y2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``op(x, y1), op(x, y2)`` in Z_2^128 as one product on [y1 | y2] (one set of limbs
+    of x, half the BLAS calls)."""
+    if op == "mul":
+        x, y1, y2 = _same_rank(x, y1, y2)
+        out = r128.mul(x.unsqueeze(1), torch.stack([y1, y2], 1))
+        return out[:, 0], out[:, 1]
+    if op == "matmul" and y1.dim() >= 3:
+        n = y1.shape[-1]
+        out = r128.product(x, torch.cat([y1, y2], -1), op)
+        return out[..., :n], out[..., n:]
+    if op == "conv2d":
+        o = y1.shape[1]
+        out = r128.product(x, torch.cat([y1, y2], 1), op, **kw)
+        return out[:, :, :o], out[:, :, o:]
+    return r128.product(x, y1, op, **kw), r128.product(x, y2, op, **kw)
+
+
+def _pair_left(op: str, kw: dict[str, Any], x1: torch.Tensor, x2: torch.Tensor,
+               y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``op(x1, y), op(x2, y)`` as one product on [x1; x2]."""
+    if op == "mul":
+        return _pair_right(op, kw, y, x1, x2)
+    if op == "matmul" and x1.dim() >= 3 and y.dim() >= 3:
+        m_ = x1.shape[-2]
+        out = r128.product(torch.cat([x1, x2], -2), y, op)
+        return out[..., :m_, :], out[..., m_:, :]
+    if op == "conv2d":
+        n = x1.shape[1]
+        out = r128.product(torch.cat([x1, x2], 1), y, op, **kw)
+        return out[:, :n], out[:, n:]
+    return r128.product(x1, y, op, **kw), r128.product(x2, y, op, **kw)
 
 
 class MTrunc(Kind):
@@ -184,13 +233,16 @@ class MTrunc(Kind):
         (c,) = opened
         f = p["f"]
         c_msb = r128.bit(c, 127)
-        k1 = r128.shl(r128.from64(1 - 2 * c_msb), 127 - f)
         pub = r128.add(r128.sar(r128.low_bits(c, 127), f), r128.shl(r128.from64(c_msb), 127 - f))
         pub = r128.sub(pub, r128.from64(torch.full_like(c_msb, 1 << (62 - f))))
-        z = sub(
-            join(r128.product(k1, val(m["rmsb"]), "mul"), r128.product(k1, mac(m["rmsb"]), "mul")),
-            m["rlow"],
-        )
+        # rmsb * (1 - 2 c_msb) * 2^(127 - f): a shift (127 - f >= 65 keeps only the low
+        # word, in the high word) and a sign, for the value and the MAC alike
+        sign = 1 - 2 * c_msb
+        rm = m["rmsb"]
+        z = torch.zeros_like(rm)
+        z[1] = (rm[0] << (63 - f)) * sign
+        z[3] = (rm[2] << (63 - f)) * sign
+        z = sub(z, m["rlow"])
         return [add(z, const(pub, m["__alpha"], party))]
 
 
