@@ -82,8 +82,10 @@ def combine(domain: str, parts: list[torch.Tensor]) -> torch.Tensor:
             out = out + p
         elif domain == "r128":
             out = r128.add(out, p)
-        elif domain == "auth":
-            out = torch.cat([r128.add(out[0:2], p[0:2]), r128.add(out[2:4], p[2:4])])
+        elif domain == "auth":  # value and MAC as one (2, 2, *s) 128-bit tensor
+            pair = r128.add(out.view(2, 2, *out.shape[1:]).transpose(0, 1),
+                            p.view(2, 2, *p.shape[1:]).transpose(0, 1))  # fmt: skip
+            out = pair.transpose(0, 1).reshape(out.shape)
         else:
             out = out ^ p
     return out

@@ -44,18 +44,23 @@ def _ult(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     lo = a[0] + b[0]
-    hi = a[1] + b[1] + _ult(lo, a[0]).to(torch.int64)
+    hi = a[1] + b[1]
+    hi += _ult(lo, a[0])
     return torch.stack([lo, hi])
 
 
 def neg(a: torch.Tensor) -> torch.Tensor:
     lo = -a[0]
-    hi = ~a[1] + (a[0] == 0).to(torch.int64)
+    hi = ~a[1]
+    hi += a[0] == 0
     return torch.stack([lo, hi])
 
 
 def sub(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return add(a, neg(b))
+    lo = a[0] - b[0]
+    hi = a[1] - b[1]
+    hi -= _ult(a[0], b[0]).to(torch.int64)  # borrow
+    return torch.stack([lo, hi])
 
 
 def shl(a: torch.Tensor, s: int) -> torch.Tensor:
