@@ -47,10 +47,10 @@ def test_matmul_and_conv_match_python_ints() -> None:
         assert got == want
     x, w = _rand((1, 2, 4, 4), g), _rand((3, 2, 3, 3), g)
     got = _ints(r128.product(x, w, "conv2d", padding=1))
-    cols = torch.nn.functional.unfold(torch.zeros(1, 2, 4, 4), 3, padding=1)  # shapes only
-    assert len(got) == 3 * 16 and cols.shape == (1, 18, 16)
     xp = torch.nn.functional.pad(x.reshape(2, 2, 4, 4), (1, 1, 1, 1))
-    xi = [[[_ints(xp[:, c, i, j : j + 1])[0] for j in range(6)] for i in range(6)] for c in range(2)]
+    xi = [
+        [[_ints(xp[:, c, i, j : j + 1])[0] for j in range(6)] for i in range(6)] for c in range(2)
+    ]
     wi = [[[[_ints(w[:, o, c, i, j : j + 1])[0] for j in range(3)] for i in range(3)]
            for c in range(2)] for o in range(3)]  # fmt: skip
     want = [

@@ -230,7 +230,13 @@ class AuthenticatedTensor:
         width = 64
         while width > 1:
             (out,) = sess.round(
-                [Request("m_carry", {"x": shape, "width": width}, [list(t) for t in zip(g, p, strict=True)])]
+                [
+                    Request(
+                        "m_carry",
+                        {"x": shape, "width": width},
+                        [list(t) for t in zip(g, p, strict=True)],
+                    )
+                ]
             )
             g, p = out[0], (out[1] if len(out) > 1 else p)
             width //= 2
