@@ -220,27 +220,30 @@ class AuthenticatedTensor:
 
     # ------------------------------------------------------------- comparisons
     def _sign(self) -> AuthenticatedTensor:
-        """1 where negative, else 0: authenticated carry tree over 64 bit positions
+        """1 where negative, else 0: a carry tree over 64 bit positions on bits
+        authenticated in Z_2^64 (``auth64``), converted back to Z_2^128 at the end
         (1 + 6 + 1 rounds; every opening MAC-checked)."""
         sess = self.session
         shape = list(self.shape)
         (res,) = sess.round([Request("m_bits", {"x": shape}, [[s] for s in self.shares])])
-        g, p, p63 = (self._new(r, FixedPoint(0)) for r in res)
-        while g.shares[0].shape[1] > 1:
-            half = g.shares[0].shape[1] // 2
-            lo_g, up_g = g._pick(0, half), g._pick(1, half)
-            lo_p, up_p = p._pick(0, half), p._pick(1, half)
-            if half > 1:
-                x = up_p._cat(up_p)
-                y = lo_g._cat(lo_p)
-                z = x._product(y, "mul")
-                g = up_g + z._pick_range(0, half)
-                p = z._pick_range(half, 2 * half)
-            else:
-                g = up_g + up_p._product(lo_g, "mul")
-        carry = g._map(lambda s: s[:, 0])
-        both = p63._product(carry, "mul")
-        return p63 + carry - both * 2
+        g, p, p63 = res
+        width = 64
+        while width > 1:
+            (out,) = sess.round(
+                [
+                    Request(
+                        "m_carry",
+                        {"x": shape, "width": width},
+                        [list(t) for t in zip(g, p, strict=True)],
+                    )
+                ]
+            )
+            g, p = out[0], (out[1] if len(out) > 1 else p)
+            width //= 2
+        (res,) = sess.round(
+            [Request("m_bit2a", {"x": shape}, [list(t) for t in zip(g, p63, strict=True)])]
+        )
+        return self._new(res[0], FixedPoint(0))
 
     def _pick(self, start: int, half: int) -> AuthenticatedTensor:
         return self._map(lambda s: s[:, start : 2 * half : 2].contiguous())

@@ -27,7 +27,7 @@ import torch
 from veil.errors import InvalidRequest
 from veil.mpc import ring
 
-Domain = Literal["arith", "xor", "bit", "auth"]
+Domain = Literal["arith", "xor", "bit", "auth", "auth64"]
 Params = dict[str, Any]
 _MAX63 = (1 << 63) - 1
 
@@ -36,8 +36,9 @@ _MAX63 = (1 << 63) - 1
 class Slot:
     """One tensor of a group: its shape, how it is shared (``arith``: sum mod 2^64;
     ``xor``: XOR of words; ``bit``: XOR of single bits; ``auth``: a value and its SPDZ2k MAC
-    in Z_2^128, stored as (4, *shape) int64 words), and its role. The last party gets a
-    delta for every corrected slot and for the MAC half of every ``auth`` slot."""
+    in Z_2^128, stored as (4, *shape) int64 words; ``auth64``: a bit and its MAC in Z_2^64,
+    SPDZ2k with k = 1, stored as (2, *shape) words), and its role. The last party gets a
+    delta for every corrected slot and for the MAC half of every authenticated slot."""
 
     name: str
     shape: tuple[int, ...]
@@ -77,27 +78,35 @@ def combine(domain: str, parts: list[torch.Tensor]) -> torch.Tensor:
 
     out = parts[0]
     for p in parts[1:]:
-        if domain == "arith":
+        if domain in ("arith", "auth64"):
             out = out + p
         elif domain == "r128":
             out = r128.add(out, p)
-        elif domain == "auth":
-            out = torch.cat([r128.add(out[0:2], p[0:2]), r128.add(out[2:4], p[2:4])])
+        elif domain == "auth":  # value and MAC as one (2, 2, *s) 128-bit tensor
+            pair = r128.add(out.view(2, 2, *out.shape[1:]).transpose(0, 1),
+                            p.view(2, 2, *p.shape[1:]).transpose(0, 1))  # fmt: skip
+            out = pair.transpose(0, 1).reshape(out.shape)
         else:
             out = out ^ p
     return out
 
 
 def has_delta(s: Slot) -> bool:
-    return s.corrected or s.domain == "auth"
+    return s.corrected or s.domain in AUTH
+
+
+#: The authenticated (MAC'd) domains.
+AUTH = ("auth", "auth64")
 
 
 def words(s: Slot) -> int:
-    return numel(s.shape) * (4 if s.domain == "auth" else 1)
+    return numel(s.shape) * {"auth": 4, "auth64": 2}.get(s.domain, 1)
 
 
 def full_shape(s: Slot) -> tuple[int, ...]:
-    return (4, *s.shape) if s.domain == "auth" else s.shape
+    if s.domain in AUTH:
+        return (4 if s.domain == "auth" else 2, *s.shape)
+    return s.shape
 
 
 class Kind(ABC):
@@ -405,6 +414,11 @@ def mac_key(seed: bytes) -> torch.Tensor:
     return ring.prg(seed, 0, 0, 2)
 
 
+def mac_key64(seed: bytes) -> torch.Tensor:
+    """A party's share of the session's MAC key for bits in Z_2^64 (``auth64``; a scalar)."""
+    return ring.prg(seed, 0, 1, 1)[0]
+
+
 def apply_delta(slots: list[Slot], values: dict[str, torch.Tensor], delta: torch.Tensor) -> None:
     """The last party: add the dealer's delta to its corrected slots (in slot order)."""
     corrected = [s for s in slots if has_delta(s)]
@@ -417,7 +431,7 @@ def apply_delta(slots: list[Slot], values: dict[str, torch.Tensor], delta: torch
         k = words(s)
         d = flat[off : off + k].reshape(full_shape(s))
         off += k
-        if s.domain in ("arith", "auth"):
+        if s.domain in ("arith", "auth", "auth64"):
             values[s.name] = combine(s.domain, [values[s.name], d])
         else:
             values[s.name] = values[s.name] ^ d
@@ -435,9 +449,10 @@ def dealer_delta(
     for s in slots:
         if not s.corrected:
             v = combine(s.domain, [sh[s.name] for sh in shares])
-            truth[s.name] = v[0:2] if s.domain == "auth" else v
+            truth[s.name] = v[0:2] if s.domain == "auth" else v[0] if s.domain == "auth64" else v
     want = kind.relation(p, truth)
     alpha: torch.Tensor | None = None
+    alpha64 = combine("arith", [mac_key64(sd) for sd in seeds])
     parts = []
     for s in slots:
         if not has_delta(s):
@@ -452,6 +467,8 @@ def dealer_delta(
             parts.append(
                 torch.cat([r128.sub(target, have[0:2]), r128.sub(mac, have[2:4])]).reshape(-1)
             )
+        elif s.domain == "auth64":
+            parts.append(torch.stack([target - have[0], alpha64 * target - have[1]]).reshape(-1))
         elif s.domain == "arith":
             parts.append((target - have).reshape(-1))
         else:

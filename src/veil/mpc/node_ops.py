@@ -264,9 +264,10 @@ def _open(ctx: OpContext, sid: Any, items: Any) -> torch.Tensor:
             if not isinstance(delta, torch.Tensor):
                 raise InvalidRequest("the last party needs the dealer's delta")
             kinds.apply_delta(slots, masks, delta)
-        if any(s.domain == "auth" for s in slots):
+        if any(s.domain in kinds.AUTH for s in slots):
             masks["__alpha"] = kinds.mac_key(sess.seed)
-            params = {**params, "__alpha": masks["__alpha"]}
+            masks["__alpha64"] = kinds.mac_key64(sess.seed)
+            params = {**params, "__alpha": masks["__alpha"], "__alpha64": masks["__alpha64"]}
         operands = kind.reveal(params, inputs, sess.index)
         opened = [s for s in slots if s.opened]
         macs = []
@@ -279,6 +280,9 @@ def _open(ctx: OpContext, sid: Any, items: Any) -> torch.Tensor:
             if s.domain == "auth":  # reveal the value half; keep the MAC share for the check
                 masked = r128.sub(v[0:2], m[0:2])
                 macs.append(r128.sub(v[2:4], m[2:4]))
+            elif s.domain == "auth64":
+                masked = v[0] - m[0]
+                macs.append(v[1] - m[1])
             elif s.domain == "arith":
                 masked = v - m
             else:
@@ -361,7 +365,10 @@ def _finish(ctx: OpContext, sid: Any, items: Any) -> list[tuple[Any, torch.Tenso
             rho = it.get("rho")
             if not isinstance(rho, list) or len(rho) != len(opened):
                 raise InvalidRequest("a MAC check needs one coefficient tensor per opening")
-            z = spdz.check_share(pend.masks["__alpha"], pend.macs, opened, rho)
+            if any(s.domain == "auth64" for s in want):
+                z = spdz.check_share64(pend.masks["__alpha64"], pend.macs, opened, rho)
+            else:
+                z = spdz.check_share(pend.masks["__alpha"], pend.macs, opened, rho)
             results.append((ctx.new(z, private=False), z))
     return results
 

@@ -2,9 +2,11 @@
 
 An element is a pair of int64 words stacked on a leading dimension of size 2:
 ``t[0]`` the low 64 bits, ``t[1]`` the high 64 bits (two's complement). Products (elementwise,
-matrix, convolution) split each operand into six balanced 22-bit limbs and sum the 21
+matrix, convolution) split each operand into six unsigned 22-bit limbs and sum the 21
 limb products whose weight is below 2^128; each limb product is exact in float64 BLAS
-while the inner dimension is at most 512.
+while the inner dimension is at most 512 (512 * (2^22 - 1)^2 < 2^53). The limb products of
+one weight are summed in int64 and the six sums recombined with one carry pass.
+Elementwise products work on the int64 words directly (:func:`mul`, :func:`mul64`).
 
 Example:
     >>> import torch
@@ -21,7 +23,6 @@ import torch
 
 _MIN = -(2**63)
 _LIMB = 22
-_HALF = 1 << (_LIMB - 1)
 _MASK = (1 << _LIMB) - 1
 _N_LIMBS = 6
 _MAX_K = 512
@@ -43,18 +44,23 @@ def _ult(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     lo = a[0] + b[0]
-    hi = a[1] + b[1] + _ult(lo, a[0]).to(torch.int64)
+    hi = a[1] + b[1]
+    hi += _ult(lo, a[0])
     return torch.stack([lo, hi])
 
 
 def neg(a: torch.Tensor) -> torch.Tensor:
     lo = -a[0]
-    hi = ~a[1] + (a[0] == 0).to(torch.int64)
+    hi = ~a[1]
+    hi += a[0] == 0
     return torch.stack([lo, hi])
 
 
 def sub(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return add(a, neg(b))
+    lo = a[0] - b[0]
+    hi = a[1] - b[1]
+    hi -= _ult(a[0], b[0]).to(torch.int64)  # borrow
+    return torch.stack([lo, hi])
 
 
 def shl(a: torch.Tensor, s: int) -> torch.Tensor:
@@ -85,18 +91,6 @@ def bit(a: torch.Tensor, i: int) -> torch.Tensor:
     return (w >> (i % 64)) & 1
 
 
-def limbs(a: torch.Tensor) -> list[torch.Tensor]:
-    """Six balanced base-2^22 digits (float64, each in [-2^21, 2^21])."""
-    out = []
-    rest = a
-    for _ in range(_N_LIMBS - 1):
-        d = ((rest[0] + _HALF) & _MASK) - _HALF
-        out.append(d.to(torch.float64))
-        rest = sar(sub(rest, from64(d)), _LIMB)
-    out.append(rest[0].to(torch.float64))
-    return out
-
-
 def _op(op: str, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any]) -> torch.Tensor:
     if op == "mul":
         return x * y
@@ -116,17 +110,72 @@ def _mulhi(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """High 64 bits of the unsigned 128-bit product of 64-bit words (via 32-bit halves)."""
     a0, a1 = a & _M32, (a >> 32) & _M32
     b0, b1 = b & _M32, (b >> 32) & _M32
-    p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1
-    mid = ((p00 >> 32) & _M32) + (p01 & _M32) + (p10 & _M32)
-    return p11 + ((p01 >> 32) & _M32) + ((p10 >> 32) & _M32) + ((mid >> 32) & _M32)
+    mid = a1 * b0  # < 2^64 unsigned: split it before adding
+    cross = a0 * b1
+    t = ((a0 * b0) >> 32) & _M32
+    t += mid & _M32
+    t += cross & _M32  # < 3 * 2^32: no overflow
+    out = a1 * b1
+    out += (mid >> 32) & _M32
+    out += (cross >> 32) & _M32
+    out += t >> 32
+    return out
 
 
 def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Elementwise product in Z_2^128 (with broadcasting), on int64 words directly."""
     a_lo, a_hi, b_lo, b_hi = a[0], a[1], b[0], b[1]
-    lo = a_lo * b_lo
-    hi = _mulhi(a_lo, b_lo) + a_lo * b_hi + a_hi * b_lo
-    return torch.stack(torch.broadcast_tensors(lo, hi))
+    shape = torch.broadcast_shapes(a_lo.shape, b_lo.shape)
+    out = torch.empty((2, *shape), dtype=torch.int64)
+    torch.mul(a_lo, b_lo, out=out[0])
+    hi = _mulhi(a_lo, b_lo)
+    hi += a_lo * b_hi
+    hi += a_hi * b_lo
+    out[1] = hi
+    return out
+
+
+def mul64(r: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``r * b`` in Z_2^128 for an *unsigned* 64-bit word ``r`` (an int64 tensor read as
+    [0, 2^64)) and a 128-bit ``b``: one word product fewer than :func:`mul`."""
+    shape = torch.broadcast_shapes(r.shape, b[0].shape)
+    out = torch.empty((2, *shape), dtype=torch.int64)
+    torch.mul(r, b[0], out=out[0])
+    hi = _mulhi(r, b[0])
+    hi += r * b[1]
+    out[1] = hi
+    return out
+
+
+def limbs(a: torch.Tensor) -> list[torch.Tensor]:
+    """Six unsigned base-2^22 digits of ``a`` (float64, each in [0, 2^22)): bits 22j..22j+21."""
+    lo, hi = a[0], a[1]
+    m = _MASK
+    return [
+        (lo & m).to(torch.float64),
+        ((lo >> 22) & m).to(torch.float64),
+        (((lo >> 44) & 0xFFFFF) | ((hi & 3) << 20)).to(torch.float64),
+        ((hi >> 2) & m).to(torch.float64),
+        ((hi >> 24) & m).to(torch.float64),
+        ((hi >> 46) & 0x3FFFF).to(torch.float64),
+    ]
+
+
+def _recombine(s: list[torch.Tensor]) -> torch.Tensor:
+    """sum_w s[w] * 2^(22 w) mod 2^128 for six non-negative int64 words s[w] < 2^56."""
+    x = (s[1] & ((1 << 42) - 1)) << 22
+    y = (s[2] & ((1 << 20) - 1)) << 44
+    lo = s[0] + x
+    c1 = _ult(lo, x)
+    lo += y
+    c2 = _ult(lo, y)
+    hi = (s[1] >> 42) + (s[2] >> 20)
+    hi += s[3] << 2
+    hi += s[4] << 24
+    hi += s[5] << 46
+    hi += c1
+    hi += c2
+    return torch.stack([lo, hi])
 
 
 def product(a: torch.Tensor, b: torch.Tensor, op: str, **kw: Any) -> torch.Tensor:
@@ -148,14 +197,13 @@ def product(a: torch.Tensor, b: torch.Tensor, op: str, **kw: Any) -> torch.Tenso
     if inner > _MAX_K:
         raise ValueError(f"a convolution window of {inner} elements is over {_MAX_K}")
     la, lb = limbs(a), limbs(b)
-    total: torch.Tensor | None = None
-    for i in range(_N_LIMBS):
-        for j in range(_N_LIMBS - i):
-            p = _op(op, la[i], lb[j], kw).to(torch.int64)
-            term = shl(from64(p), _LIMB * (i + j))
-            total = term if total is None else add(total, term)
-    assert total is not None
-    return total
+    sums = []
+    for w in range(_N_LIMBS):
+        acc = _op(op, la[0], lb[w], kw).to(torch.int64)
+        for i in range(1, w + 1):
+            acc += _op(op, la[i], lb[w - i], kw).to(torch.int64)
+        sums.append(acc)
+    return _recombine(sums)
 
 
 def sum_(a: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:

@@ -239,17 +239,17 @@ class MPCSession:
                 k = numel(shape)
                 parts = [f[off : off + k].reshape(shape) for f in flats]
                 off += k
-                dom = {"arith": "arith", "auth": "r128"}.get(s.domain, "xor")
+                dom = {"arith": "arith", "auth": "r128", "auth64": "arith"}.get(s.domain, "xor")
                 vals.append(kinds.combine(dom, parts))
             opened_per_req.append(vals)
         if off != flats[0].numel():
             raise RemoteError("a party answered openings of the wrong size")
         extras = extra(opened_per_req) if extra is not None else [[] for _ in requests]
-        authed = [any(s.domain == "auth" for s in r.slots) for r in requests]
+        authed = [any(s.domain in kinds.AUTH for s in r.slots) for r in requests]
         rhos = [
-            [prg(os.urandom(32), 0, 0, numel(tuple(o.shape[1:]))).reshape(o.shape[1:]) for o in opened]
+            [prg(os.urandom(32), 0, 0, numel(s.shape)).reshape(s.shape) for s in r.slots if s.opened]
             if a else None
-            for opened, a in zip(opened_per_req, authed, strict=True)
+            for r, a in zip(requests, authed, strict=True)
         ]  # fmt: skip
 
         def finish_on(i: int) -> list[PointerTensor]:
@@ -290,7 +290,7 @@ class MPCSession:
         only. Returns the last request's results (per output, each party's share)."""
         for r in requests:
             r.slots = kinds.get_kind(r.kind).slots(r.params)
-            if any(s.domain == "auth" for s in r.slots):
+            if any(s.domain in kinds.AUTH for s in r.slots):
                 raise ValueError("chain() runs semi-honest kinds only")
         undealt = [r for r in requests if r.dealt is None]
         if undealt:
@@ -366,7 +366,8 @@ class MPCSession:
         for label in self.labels[:-1]:
             stats.record(label, 16 * len(checks), rounds=0)
         for j in range(len(checks)):
-            total = kinds.combine("r128", [zs[i][j] for i in range(self.n)])
+            parts = [zs[i][j] for i in range(self.n)]
+            total = kinds.combine("r128" if parts[0].numel() == 2 else "arith", parts)
             if bool((total != 0).any()):
                 raise MACCheckFailed(
                     "a MAC check failed after an opening: some party altered a share or a "

@@ -41,57 +41,95 @@ def join(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.cat([v, m])
 
 
-def _alpha(m: dict[str, Any], shape: tuple[int, ...]) -> torch.Tensor:
-    a = m["__alpha"].reshape(2, *([1] * len(shape)))
-    return a.expand(2, *shape).contiguous()
+def _pairs(x: torch.Tensor) -> torch.Tensor:
+    """View a (4, *s) authenticated share as one 128-bit tensor of shape (2, 2, *s):
+    [word][value or MAC], so value and MAC go through r128 in one call."""
+    return x.view(2, 2, *x.shape[1:]).transpose(0, 1)
+
+
+def _unpairs(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(0, 1).reshape(4, *t.shape[2:])
+
+
+def _key(alpha_i: torch.Tensor, nd: int) -> torch.Tensor:
+    """The 128-bit scalar key share shaped to broadcast against a (2, *s) tensor of rank nd."""
+    return alpha_i.reshape(2, *([1] * nd))
 
 
 def const(c: torch.Tensor, alpha_i: torch.Tensor, party: int) -> torch.Tensor:
     """This party's authenticated share of the public 128-bit value ``c``."""
-    shape = tuple(c.shape[1:])
-    a = alpha_i.reshape(2, *([1] * len(shape))).expand(2, *shape).contiguous()
     v = c if party == 0 else torch.zeros_like(c)
-    return join(v, r128.product(a, c, "mul"))
+    return join(v, r128.mul(_key(alpha_i, c.dim() - 1), c))
 
 
 def add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return join(r128.add(val(x), val(y)), r128.add(mac(x), mac(y)))
+    return _unpairs(r128.add(_pairs(x), _pairs(y)))
 
 
 def sub(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return join(r128.sub(val(x), val(y)), r128.sub(mac(x), mac(y)))
+    return _unpairs(r128.sub(_pairs(x), _pairs(y)))
 
 
 def neg(x: torch.Tensor) -> torch.Tensor:
-    return join(r128.neg(val(x)), r128.neg(mac(x)))
+    return _unpairs(r128.neg(_pairs(x)))
 
 
 def scale(x: torch.Tensor, k: Any) -> torch.Tensor:
     """Multiply an authenticated share by a public int64 value (sign-extended)."""
     kt = torch.as_tensor(k, dtype=torch.int64)
-    k128 = r128.from64(kt.expand(x.shape[1:]).contiguous())
-    return join(r128.product(val(x), k128, "mul"), r128.product(mac(x), k128, "mul"))
+    return _unpairs(r128.mul(r128.from64(kt), _pairs(x)))
 
 
 def sum_(x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
-    return join(r128.sum_(val(x), dim, keepdim), r128.sum_(mac(x), dim, keepdim))
+    return _unpairs(r128.sum_(_pairs(x), dim + 1, keepdim))
 
 
 def check_share(alpha_i: torch.Tensor, macs: list[torch.Tensor], opened: list[torch.Tensor],
                 rho: list[Any]) -> torch.Tensor:  # fmt: skip
-    """This party's share of the batched MAC check of ``opened`` (a 128-bit scalar)."""
-    total = torch.zeros(2, 1, dtype=torch.int64)
+    """This party's share of the batched MAC check of ``opened`` (a 128-bit scalar):
+    ``sum_j rho_j (m_j - alpha_i y_j) = sum_j rho_j m_j - alpha_i sum_j rho_j y_j``, with
+    64-bit coefficients rho (SPDZ2k needs s = 64 bits of them), so each term is a
+    64 x 128-bit product and the key multiplies one scalar."""
+    m_sum = torch.zeros(2, dtype=torch.int64)
+    y_sum = torch.zeros(2, dtype=torch.int64)
     for m, y, r in zip(macs, opened, rho, strict=True):
         if not isinstance(r, torch.Tensor) or r.dtype != torch.int64 or r.shape != y.shape[1:]:
             raise InvalidRequest(
                 "MAC check coefficients must be int64 tensors shaped like the opening"
             )
-        a = alpha_i.reshape(2, *([1] * (y.dim() - 1))).expand_as(y).contiguous()
-        d = r128.sub(m, r128.product(a, y, "mul"))
-        coeff = torch.stack([r, torch.zeros_like(r)])  # rho in [0, 2^64)
-        t = r128.product(coeff, d, "mul").reshape(2, -1)
-        total = r128.add(total, r128.sum_(t, 0, keepdim=True))
-    return total.reshape(2)
+        rf = r.reshape(-1)  # rho in [0, 2^64)
+        m_sum = r128.add(m_sum, r128.sum_(r128.mul64(rf, m.reshape(2, -1)), 0))
+        y_sum = r128.add(y_sum, r128.sum_(r128.mul64(rf, y.reshape(2, -1)), 0))
+    return r128.sub(m_sum, r128.mul(alpha_i, y_sum))
+
+
+def check_share64(alpha_i: torch.Tensor, macs: list[torch.Tensor], opened: list[torch.Tensor],
+                  rho: list[Any]) -> torch.Tensor:  # fmt: skip
+    """The same check for bits authenticated in Z_2^64 (``auth64``): a (1,) int64 tensor."""
+    m_sum = torch.zeros((), dtype=torch.int64)
+    y_sum = torch.zeros((), dtype=torch.int64)
+    for m, y, r in zip(macs, opened, rho, strict=True):
+        if not isinstance(r, torch.Tensor) or r.dtype != torch.int64 or r.shape != y.shape:
+            raise InvalidRequest(
+                "MAC check coefficients must be int64 tensors shaped like the opening"
+            )
+        m_sum = m_sum + (r * m).sum()
+        y_sum = y_sum + (r * y).sum()
+    return (m_sum - alpha_i * y_sum).reshape(1)
+
+
+def const64(c: torch.Tensor, alpha_i: torch.Tensor, party: int) -> torch.Tensor:
+    """This party's ``auth64`` share of the public int64 value ``c``."""
+    return torch.stack([c if party == 0 else torch.zeros_like(c), alpha_i * c])
+
+
+def _beaver64(e: torch.Tensor, d: torch.Tensor, m: dict[str, Any], party: int) -> torch.Tensor:
+    """``x * y`` from an ``auth64`` triple (a, b, c) and the openings e = x - a, d = y - b:
+    value c + e (b + [party 0] d) + a d, MAC c_m + e (b_m + alpha_i d) + a_m d."""
+    a, b, c = m["a"], m["b"], m["c"]
+    bv = b[0] + d if party == 0 else b[0]
+    bm = b[1] + m["__alpha64"] * d
+    return torch.stack([c[0] + e * bv + a[0] * d, c[1] + e * bm + a[1] * d])
 
 
 class MInput(Kind):
@@ -149,14 +187,54 @@ class MBeaver(Kind):
         e, d = opened
         op, kw = p["op"], _op_kw(p)
         a, b, c = m["a"], m["b"], m["c"]
-        ed = r128.product(e, d, op, **kw)
-        v = r128.add(
-            val(c), r128.add(r128.product(e, val(b), op, **kw), r128.product(val(a), d, op, **kw))
-        )
-        mm = r128.add(
-            mac(c), r128.add(r128.product(e, mac(b), op, **kw), r128.product(mac(a), d, op, **kw))
-        )
-        return [add(join(v, mm), const(ed, m["__alpha"], party))]
+        # value: c + e op (b + [party 0] d) + a op d; MAC: c_m + e op (b_m + alpha_i d) + a_m op d
+        # (e op d is public: party 0 adds it to the value, each party alpha_i times it to
+        # its MAC share; both fold into b's side, so 4 products instead of 5 and no e op d)
+        bv = r128.add(val(b), d) if party == 0 else val(b)
+        bm = r128.add(mac(b), r128.mul(_key(m["__alpha"], d.dim() - 1), d))
+        ev, em = _pair_right(op, kw, e, bv, bm)
+        av, am = _pair_left(op, kw, val(a), mac(a), d)
+        return [join(r128.add(r128.add(val(c), ev), av), r128.add(r128.add(mac(c), em), am))]
+
+
+def _same_rank(*ts: torch.Tensor) -> list[torch.Tensor]:
+    nd = max(t.dim() for t in ts)
+    return [t.reshape(2, *([1] * (nd - t.dim())), *t.shape[1:]) for t in ts]
+
+
+def _pair_right(op: str, kw: dict[str, Any], x: torch.Tensor, y1: torch.Tensor,
+                y2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``op(x, y1), op(x, y2)`` in Z_2^128 as one product on [y1 | y2] (one set of limbs
+    of x, half the BLAS calls)."""
+    if op == "mul":
+        x, y1, y2 = _same_rank(x, y1, y2)
+        out = r128.mul(x.unsqueeze(1), torch.stack([y1, y2], 1))
+        return out[:, 0], out[:, 1]
+    if op == "matmul" and y1.dim() >= 3:
+        n = y1.shape[-1]
+        out = r128.product(x, torch.cat([y1, y2], -1), op)
+        return out[..., :n], out[..., n:]
+    if op == "conv2d":
+        o = y1.shape[1]
+        out = r128.product(x, torch.cat([y1, y2], 1), op, **kw)
+        return out[:, :, :o], out[:, :, o:]
+    return r128.product(x, y1, op, **kw), r128.product(x, y2, op, **kw)
+
+
+def _pair_left(op: str, kw: dict[str, Any], x1: torch.Tensor, x2: torch.Tensor,
+               y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``op(x1, y), op(x2, y)`` as one product on [x1; x2]."""
+    if op == "mul":
+        return _pair_right(op, kw, y, x1, x2)
+    if op == "matmul" and x1.dim() >= 3 and y.dim() >= 3:
+        m_ = x1.shape[-2]
+        out = r128.product(torch.cat([x1, x2], -2), y, op)
+        return out[..., :m_, :], out[..., m_:, :]
+    if op == "conv2d":
+        n = x1.shape[1]
+        out = r128.product(torch.cat([x1, x2], 1), y, op, **kw)
+        return out[:, :n], out[:, n:]
+    return r128.product(x1, y, op, **kw), r128.product(x2, y, op, **kw)
 
 
 class MTrunc(Kind):
@@ -184,20 +262,29 @@ class MTrunc(Kind):
         (c,) = opened
         f = p["f"]
         c_msb = r128.bit(c, 127)
-        k1 = r128.shl(r128.from64(1 - 2 * c_msb), 127 - f)
         pub = r128.add(r128.sar(r128.low_bits(c, 127), f), r128.shl(r128.from64(c_msb), 127 - f))
         pub = r128.sub(pub, r128.from64(torch.full_like(c_msb, 1 << (62 - f))))
-        z = sub(
-            join(r128.product(k1, val(m["rmsb"]), "mul"), r128.product(k1, mac(m["rmsb"]), "mul")),
-            m["rlow"],
-        )
+        # rmsb * (1 - 2 c_msb) * 2^(127 - f): a shift (127 - f >= 65 keeps only the low
+        # word, in the high word) and a sign, for the value and the MAC alike
+        sign = 1 - 2 * c_msb
+        rm = m["rmsb"]
+        z = torch.zeros_like(rm)
+        z[1] = (rm[0] << (63 - f)) * sign
+        z[3] = (rm[2] << (63 - f)) * sign
+        z = sub(z, m["rlow"])
         return [add(z, const(pub, m["__alpha"], party))]
 
 
 class MBits(Kind):
-    """Start of an authenticated comparison: open c = x + R (R uniform in Z_2^128, its
-    low 64 bits shared bit by bit); outputs the carry-tree inputs G, P over 64 positions
-    (carry-in, bits 0..62 of c + ~R + 1) and the propagate bit of position 63."""
+    """Start of an authenticated comparison: open c = x + R (R uniform in Z_2^128, the 64
+    bits of its low word dealt as bits authenticated in Z_2^64, ``auth64``); outputs the
+    carry-tree inputs G, P over 64 positions (carry-in, bits 0..62 of c + ~R + 1) and the
+    propagate bit of position 63, all ``auth64``.
+
+    ``auth64`` is SPDZ2k with k = 1 and s = 63: a bit lives in the low bit of a Z_2^64 value
+    with a MAC in Z_2^64 under its own key, so XOR is + and AND is a Beaver product on
+    native int64 words (a quarter of the work of a Z_2^128 bit, half the words); a cheater
+    passes a check with probability about 2^-(63 - log2 63) ~ 2^-57, as for values."""
 
     name = "m_bits"
 
@@ -205,7 +292,7 @@ class MBits(Kind):
         s = _shape(p, "x")
         return [
             Slot("r", s, "auth", opened=True),
-            Slot("bits", (_BITS, *s), "auth", corrected=True),
+            Slot("bits", (_BITS, *s), "auth64", corrected=True),
         ]
 
     def n_outputs(self, p: Params) -> int:
@@ -213,8 +300,7 @@ class MBits(Kind):
 
     def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         big_r = r128.neg(v["r"])
-        bits = torch.stack([(big_r[0] >> j) & 1 for j in range(_BITS)])
-        return {"bits": r128.from64(bits)}
+        return {"bits": torch.stack([(big_r[0] >> j) & 1 for j in range(_BITS)])}
 
     def reveal(self, p: Params, x: list[torch.Tensor], party: int) -> list[torch.Tensor]:
         return [x[0]]
@@ -223,20 +309,91 @@ class MBits(Kind):
                x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
         (c,) = opened
         shape = _shape(p, "x")
-        alpha = m["__alpha"]
-        cb = torch.stack([(c[0] >> j) & 1 for j in range(_BITS)])  # (64, *s) public bits
-        one = const(r128.from64(torch.ones_like(cb)), alpha, party)
-        nb = sub(one, m["bits"])  # bits of ~R_low
-        g = nb * cb.unsqueeze(0)  # c_j AND nb_j: cb is public 0/1
-        flip = neg(nb)
-        p_ = torch.where(cb.unsqueeze(0).bool(), flip, nb)  # nb or -nb by c_j
-        p_ = add(p_, const(r128.from64(cb), alpha, party))  # c + nb - 2 c nb
-        carry_in = const(r128.from64(torch.ones((1, *shape), dtype=torch.int64)), alpha, party)
-        zero = torch.zeros((4, 1, *shape), dtype=torch.int64)
+        alpha = m["__alpha64"]
+        shifts = torch.arange(_BITS, dtype=torch.int64).reshape(_BITS, *([1] * len(shape)))
+        cb = (c[0].unsqueeze(0) >> shifts) & 1  # (64, *s) public bits of c
+        nb = const64(torch.ones_like(cb), alpha, party) - m["bits"]  # bits of ~R_low
+        g = nb * cb  # c_j AND nb_j: cb is public 0/1
+        p_ = nb + const64(cb, alpha, party)  # c_j XOR nb_j (mod 2)
+        carry_in = const64(torch.ones((1, *shape), dtype=torch.int64), alpha, party)
+        zero = torch.zeros((2, 1, *shape), dtype=torch.int64)
         big_g = torch.cat([carry_in, g[:, : _BITS - 1]], 1)
         big_p = torch.cat([zero, p_[:, : _BITS - 1]], 1)
         return [big_g, big_p, p_[:, _BITS - 1]]
 
 
-for _k in (MInput(), MBeaver(), MTrunc(), MBits()):
+class MCarry(Kind):
+    """One level of the comparison's carry tree on ``auth64`` bits (G, P of ``width``
+    positions -> width / 2): G' = G_hi + P_hi G_lo, P' = P_hi P_lo (mod 2), both products in
+    one authenticated Beaver group; on the last level (width 2) only G'."""
+
+    name = "m_carry"
+    n_inputs = 2
+
+    def _k(self, p: Params) -> int:
+        w = _int(p, "width", 2, _BITS)
+        if w & (w - 1):
+            raise InvalidRequest("m_carry width must be a power of two")
+        return w if w > 2 else 1
+
+    def slots(self, p: Params) -> list[Slot]:
+        s = (self._k(p), *_shape(p, "x"))
+        return [Slot("a", s, "auth64", opened=True), Slot("b", s, "auth64", opened=True),
+                Slot("c", s, "auth64", corrected=True)]  # fmt: skip
+
+    def n_outputs(self, p: Params) -> int:
+        return 2 if self._k(p) > 1 else 1
+
+    def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"c": v["a"] * v["b"]}
+
+    def reveal(self, p: Params, x: list[torch.Tensor], party: int) -> list[torch.Tensor]:
+        g, pp = x
+        w = p["width"]
+        if tuple(g.shape) != (2, w, *_shape(p, "x")) or g.shape != pp.shape:
+            raise InvalidRequest("m_carry takes G and P shaped (2, width, *x)")
+        up_p, lo_g, lo_p = pp[:, 1::2], g[:, 0::2], pp[:, 0::2]
+        if self._k(p) == 1:
+            return [up_p, lo_g]
+        return [torch.cat([up_p, up_p], 1), torch.cat([lo_g, lo_p], 1)]
+
+    def finish(self, p: Params, opened: list[torch.Tensor], m: dict[str, Any],
+               x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
+        e, d = opened
+        z = _beaver64(e, d, m, party)
+        half = p["width"] // 2
+        g = x[0][:, 1::2] + z[:, :half]
+        return [g] if half == 1 else [g, z[:, half:]]
+
+
+class MBitToAuth(Kind):
+    """The comparison's last step: the sign bit c = P63 + carry (``auth64``, inputs: the
+    carry G (2, 1, *x) and P63 (2, *x)) to a Z_2^128 authenticated 0/1. Opens t = c - M for
+    a uniform ``auth64`` mask M (t is uniform: the upper bits of c are never seen); the
+    dealer gives M mod 2 as an ``auth`` value mb, and c = t0 XOR mb = t0 + mb - 2 t0 mb."""
+
+    name = "m_bit2a"
+    n_inputs = 2
+
+    def slots(self, p: Params) -> list[Slot]:
+        s = _shape(p, "x")
+        return [Slot("m", s, "auth64", opened=True), Slot("mb", s, "auth", corrected=True)]
+
+    def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"mb": r128.from64(v["m"] & 1)}
+
+    def reveal(self, p: Params, x: list[torch.Tensor], party: int) -> list[torch.Tensor]:
+        carry, p63 = x
+        if tuple(p63.shape) != (2, *_shape(p, "x")) or tuple(carry.shape) != (2, 1, *p63.shape[1:]):
+            raise InvalidRequest("m_bit2a takes the carry (2, 1, *x) and P63 (2, *x)")
+        return [carry[:, 0] + p63]
+
+    def finish(self, p: Params, opened: list[torch.Tensor], m: dict[str, Any],
+               x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
+        (t,) = opened
+        t0 = t & 1
+        return [add(scale(m["mb"], 1 - 2 * t0), const(r128.from64(t0), m["__alpha"], party))]
+
+
+for _k in (MInput(), MBeaver(), MTrunc(), MBits(), MCarry(), MBitToAuth()):
     KINDS[_k.name] = _k
