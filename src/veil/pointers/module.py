@@ -21,7 +21,13 @@ from veil.serde.messages import (
     SendObject,
     Value,
 )
-from veil.serde.modules import meta_module, module_to_spec, spec_to_module, unsupported_modules
+from veil.serde.modules import (
+    meta_module,
+    module_to_spec,
+    spec_structure,
+    spec_to_module,
+    unsupported_modules,
+)
 
 if TYPE_CHECKING:
     from veil.pointers.remote import Remote
@@ -68,6 +74,9 @@ class PointerModule(ReleasedOnDrop):
         self.training = True
         #: The model on the meta device (no data): lets a pipelining client predict outputs.
         self._meta: nn.Module | None = None
+        #: Its architecture without data (:func:`veil.serde.modules.spec_structure`): models
+        #: of one architecture share predictions.
+        self._meta_key: bytes = b""
 
     @property
     def _remote_ref(self) -> bool:
@@ -92,6 +101,7 @@ class PointerModule(ReleasedOnDrop):
             ptr.training = module.training
             if location.pipeline:
                 ptr._meta = meta_module(spec)
+                ptr._meta_key = spec_structure(spec)
             return ptr
         memo: dict[int, Any] = {}
         for tensor in list(module.parameters()) + list(module.buffers()):

@@ -156,7 +156,7 @@ def _signature(a: Any) -> Any:
     if t is PointerModule:
         if a._meta is None:
             raise _Unpredictable
-        return ("M", a._meta, a._meta.training)  # the module itself: ids can be reused
+        return ("M", a._meta_key, a._meta.training)  # its architecture, not its data
     if isinstance(a, torch.Tensor):
         return ("T", a.shape, a.dtype, a.requires_grad)
     if t is list or t is tuple:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import msgspec
 import torch
 from torch import nn
 
@@ -163,6 +164,31 @@ def spec_to_module(spec: ModuleSpec) -> nn.Module:
         if name in tensors:
             p.requires_grad_(tensors[name].requires_grad)
     return module
+
+
+def spec_structure(spec: ModuleSpec) -> bytes:
+    """Everything in ``spec`` that a forward pass's output shape, dtype and requires_grad
+    can depend on (classes, configs, and each state tensor's dtype, shape and
+    requires_grad), without the data: a key for caching predictions across models of one
+    architecture.
+
+    Example:
+        >>> a = module_to_spec(nn.Linear(3, 2)); b = module_to_spec(nn.Linear(3, 2))
+        >>> spec_structure(a) == spec_structure(b), a == b
+        (True, False)
+        >>> spec_structure(a) == spec_structure(module_to_spec(nn.Linear(3, 4)))
+        False
+    """
+    return msgspec.msgpack.encode(_hollow(spec))
+
+
+def _hollow(spec: ModuleSpec) -> ModuleSpec:
+    empty = memoryview(b"")
+    return msgspec.structs.replace(
+        spec,
+        state={k: msgspec.structs.replace(t, data=empty) for k, t in spec.state.items()},
+        children=[(name, _hollow(child)) for name, child in spec.children],
+    )
 
 
 def meta_module(spec: ModuleSpec) -> nn.Module:
