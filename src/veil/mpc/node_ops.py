@@ -490,3 +490,43 @@ def register(reg: OpRegistry | None = None) -> None:
     for name, fn in PURE_OPS.items():
         if name not in reg:
             reg.register(OpSpec(name, fn, bound_check=True))
+
+
+# ------------------------------------------------------------------------ malicious-mode additions
+
+
+def op_a128_public(ctx: OpContext, sid: Any, c: Any) -> Reply:
+    """Malicious mode: this party's authenticated share of the public 128-bit value ``c``
+    (shape (2, *shape)): party 0 holds ``c``, every party the MAC share ``alpha_i c``. Stored
+    private (a MAC share of a public value would reveal the party's key share)."""
+    sess = _party(ctx, sid)
+    if not isinstance(c, torch.Tensor) or c.dtype != torch.int64 or c.dim() < 1 or c.shape[0] != 2:
+        raise InvalidRequest("a128.public takes a public 128-bit value (2, *shape)")
+    ctx.check_elements(2 * c.numel())
+    return ctx.new(spdz.const(c.contiguous(), kinds.mac_key(sess.seed), sess.index), private=True)
+
+
+def op_a128_product_public(x: torch.Tensor, c: torch.Tensor, op: str, left: bool,
+                           stride: int = 1, padding: int = 0) -> torch.Tensor:  # fmt: skip
+    """Malicious mode: ``op(x, c)`` (``op(c, x)`` when ``left``) for an authenticated share
+    ``x`` (4, *shape) and a public int64 ``c``, op ``matmul`` or ``conv2d``: applied to the
+    value and the MAC share alike (both are linear in the share, so the MAC stays valid)."""
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64 or x.shape[0] != 4:
+        raise ProtocolError("product_public takes an authenticated share (4, *shape)")
+    if not isinstance(c, torch.Tensor) or c.dtype != torch.int64:
+        raise ProtocolError("product_public takes a public int64 operand")
+    if op not in ("matmul", "conv2d") or (op == "conv2d" and left):
+        raise ProtocolError(
+            "product_public op must be matmul, or conv2d with the share on the left"
+        )
+    kw = {"stride": stride, "padding": padding} if op == "conv2d" else {}
+    c128 = r128.from64(c)
+
+    def prod(h: torch.Tensor) -> torch.Tensor:
+        return r128.product(c128, h, op) if left else r128.product(h, c128, op, **kw)
+
+    return spdz.join(prod(spdz.val(x)), prod(spdz.mac(x)))
+
+
+NODE_OPS["mpc.a128.public"] = op_a128_public
+PURE_OPS["mpc.a128.product_public"] = op_a128_product_public

@@ -320,6 +320,26 @@ class SharedTensor:
 
     __rmul__ = __mul__
 
+    def _mul_many(self, pairs: Sequence[tuple[SharedTensor, SharedTensor]]) -> list[SharedTensor]:
+        """Several elementwise products in one round (then one truncation round if needed)."""
+        fs = {a._product_trunc(b.encoding) for a, b in pairs}
+        if len(fs) != 1:
+            return [a * b for a, b in pairs]
+        for a, b in pairs:
+            a._check(b)
+        outs = P.products(self.session, [(a.shares, b.shares) for a, b in pairs], fs.pop())
+        return [self._new(o, a._product_encoding(b.encoding))
+                for o, (a, b) in zip(outs, pairs, strict=True)]  # fmt: skip
+
+    def _from_public(self, t: torch.Tensor, encoding: FixedPoint) -> SharedTensor:
+        """Shares of the public ``t`` (party 0 holds it encoded, the others zeros)."""
+        enc = encoding.encode(t) if t.is_floating_point() else t.to(torch.int64)
+        sess = self.session
+        shares = sess.fanout(
+            lambda i: sess.parties[i].send(enc if i == 0 else torch.zeros_like(enc)), range(sess.n)
+        )
+        return SharedTensor(shares, sess, encoding)
+
     def _product_trunc(self, other: FixedPoint) -> int:
         """Bits to truncate after a product so the result keeps the larger of the two
         encodings (integers times fixed point need none)."""
@@ -424,6 +444,10 @@ class SharedTensor:
 
     def expand(self, *shape: Any) -> SharedTensor:
         return self._map(lambda s: s.expand(*shape).contiguous())
+
+    def unfold(self, dim: int, size: int, step: int) -> SharedTensor:
+        """Sliding windows along ``dim`` (``torch.Tensor.unfold``), e.g. for pooling."""
+        return self._map(lambda s: s.unfold(dim, size, step))
 
     def __getitem__(self, idx: Any) -> SharedTensor:
         return self._map(lambda s: s[idx].contiguous())
