@@ -111,11 +111,41 @@ def test_semi_honest_mode_does_not_notice_the_same_tampering() -> None:
     assert (sx * 2).reconstruct()[0] == 4.0  # a wrong answer, silently: why malicious mode exists
 
 
-def test_owner_side_sharing_is_refused_in_malicious_mode() -> None:
+def test_owner_side_sharing_with_macs(parties: Any) -> None:
+    workers, provider = parties
+    secret = torch.tensor([[1.5, -2.0], [0.25, 3.0]])
+    ptr = secret.send(workers[-1])  # the data lives on the last party's node
+    sx = ptr.fix_precision().share(*workers, crypto_provider=provider, security="malicious")
+    assert isinstance(sx, AuthenticatedTensor)
+    y = _share(torch.tensor([2.0, -1.0]), parties)
+    assert torch.allclose(
+        (sx * y).relu().reconstruct(), (secret * torch.tensor([2.0, -1.0])).relu(), atol=1e-3
+    )
+    _tamper(workers[0], sx.shares[0], 2, 1)  # a party alters the MAC of its input share
+    with pytest.raises(MACCheckFailed):
+        _ = sx * y
+
+
+def test_a_driver_that_relays_a_different_masked_input_to_one_party_is_caught(
+    monkeypatch: Any,
+) -> None:
+    from veil.mpc import authenticated
+
     a, b, c = (veil.VirtualWorker(n) for n in ("alice", "bob", "carol"))
-    ptr = torch.ones(2).send(a)
-    with pytest.raises(veil.errors.UnsupportedError, match="semi-honest only"):
-        ptr.fix_precision().share(a, b, crypto_provider=c, security="malicious")
+    orig = authenticated.node_call
+
+    def lying(worker: Any, op: str, *args: Any) -> Any:
+        if op == "mpc.a128.input_share" and worker is b:
+            d = args[2].clone()
+            d[0].view(-1)[0] += 1 << 16  # bob's copy of d = x - R is one unit off
+            args = (*args[:2], d, *args[3:])
+        return orig(worker, op, *args)
+
+    monkeypatch.setattr(authenticated, "node_call", lying)
+    sx = torch.ones(3).send(a).fix_precision().share(a, b, crypto_provider=c, security="malicious")
+    monkeypatch.undo()
+    with pytest.raises(MACCheckFailed):
+        sx.reconstruct()
 
 
 # ----------------------------------------------------------------- the rest of the op surface

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from veil.errors import MACCheckFailed, WorkerMismatch
+from veil.errors import InvalidRequest, MACCheckFailed, WorkerMismatch
 from veil.mpc import kinds, r128
 from veil.mpc.ring import FixedPoint, prg
 from veil.mpc.session import MPCSession, Request, node_call
@@ -594,3 +594,64 @@ class AuthenticatedTensor:
         from veil.mpc import approx
 
         return approx.softmax(self, dim)
+
+    # ------------------------------------------------------------- input of a node's data
+    @classmethod
+    def from_pointer(cls, sess: MPCSession, ptr: Any, index: int,
+                     encoding: FixedPoint) -> AuthenticatedTensor:  # fmt: skip
+        """Share, with MACs, an int64 tensor that lives on party ``index``'s node without
+        it passing through the driver: the dealer seals an authenticated mask R for that
+        node alone (a key derived from its dealer seed), the node answers d = x - R, and
+        each party sets its share to r_i + d (MAC r_mac_i + alpha_i d). The driver sees
+        d (a one-time pad of x) and sealed bytes only.
+
+        Example:
+            >>> import torch, veil
+            >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+            >>> ptr = torch.tensor([1.5, -2.0]).send(a)
+            >>> x = ptr.fix_precision().share(a, b, crypto_provider=c, security="malicious")
+            >>> (x * 2).reconstruct()
+            tensor([ 3., -4.])
+        """
+        import numpy as np
+
+        from veil.mpc.session import _u8
+        from veil.mpc.stats import record
+        from veil.pointers import PointerTensor
+        from veil.serde.messages import Results
+
+        if ptr.dtype != torch.int64:
+            raise InvalidRequest("share a fixed-point pointer: ptr.fix_precision().share(...)")
+        shape = list(ptr.shape)
+        raw = _reply_bytes(
+            node_call(sess.provider, "mpc.a128.deal_owner_input", sess.sid, shape, index)
+        )
+        gid, n_delta = (int(v) for v in np.frombuffer(raw[:16], dtype=np.int64))
+        delta = torch.from_numpy(np.frombuffer(raw[16 : 16 + 8 * n_delta], dtype=np.int64).copy())
+        box = _u8(raw[16 + 8 * n_delta :])
+        record(sess.labels[-1], len(raw), rounds=0)
+        last = sess.n - 1
+        holder = sess.parties[index]
+        reply = node_call(holder, "mpc.a128.owner_input", sess.sid, ptr, gid, box,
+                          delta if index == last else None)  # fmt: skip
+        if not isinstance(reply, Results):
+            raise InvalidRequest("unexpected reply to owner_input")
+        shares: list[Any] = [None] * sess.n
+        shares[index] = PointerTensor(holder, reply.items[0])  # type: ignore[arg-type]
+        d = PointerTensor(holder, reply.items[1]).get()  # type: ignore[arg-type]
+        record(sess.labels[index], d.numel() * 8)
+
+        def put(i: int) -> None:
+            w = sess.parties[i]
+            r = node_call(w, "mpc.a128.input_share", sess.sid, gid, d, delta if i == last else None)
+            shares[i] = w._unwrap(r, ())
+
+        sess.fanout(put, [i for i in range(sess.n) if i != index])
+        return cls(shares, sess, encoding)
+
+
+def _reply_bytes(reply: Any) -> bytes:
+    """The raw bytes of a node's uint8 value reply."""
+    from veil.mpc.session import reply_tensor
+
+    return bytes(reply_tensor(reply).numpy().tobytes())

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from veil.errors import InvalidRequest, UnsupportedError, WorkerMismatch
+from veil.errors import InvalidRequest, WorkerMismatch
 from veil.mpc import protocols as P
 from veil.mpc.ring import FixedPoint, prg
 from veil.mpc.session import MPCSession, node_call, session_for
@@ -77,7 +77,10 @@ class FixedPrecisionPointer:
     """A pointer to fixed-point data on its owner's node (from ``ptr.fix_precision()``).
 
     ``share(...)`` has the owner's node split it: it keeps one share and seals a PRG seed
-    to each other party, so the value never passes through the data scientist.
+    to each other party, so the value never passes through the data scientist. With
+    ``security="malicious"`` the dealer seals an authenticated mask R to the owner's node,
+    which answers ``x - R`` (see :meth:`AuthenticatedTensor.from_pointer
+    <veil.mpc.authenticated.AuthenticatedTensor.from_pointer>`).
     """
 
     def __init__(self, pointer: PointerTensor, encoding: FixedPoint) -> None:
@@ -102,11 +105,9 @@ class FixedPrecisionPointer:
         sess = session or session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
                                       security=security)  # type: ignore[arg-type]  # fmt: skip
         if sess.security == "malicious":
-            raise UnsupportedError(
-                "sharing data a node holds is semi-honest only in this version (its MACs need "
-                "an input protocol sealed to the data owner's node); share it with the default "
-                "security, or have the owner share a local tensor"
-            )
+            from veil.mpc.authenticated import AuthenticatedTensor
+
+            return AuthenticatedTensor.from_pointer(sess, self.pointer, idx, self.encoding)  # type: ignore[return-value]
         return SharedTensor.from_pointer(sess, self.pointer, idx, self.encoding)
 
     def float_precision(self) -> PointerTensor:
