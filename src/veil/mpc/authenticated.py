@@ -5,9 +5,13 @@ Each party holds, per element, a share of the value and a share of its MAC
 MAC check, so a party that alters its share makes the computation raise
 :class:`~veil.errors.MACCheckFailed` instead of returning a wrong answer.
 
-Supported: + - (shared or public), * (shared or public), @ (shared), conv2d (shared),
-sum, t/transpose/reshape/indexing, comparisons (< > <= >=), relu, and reconstruction
-with a final MAC check.
+Supported: the surface of :class:`~veil.mpc.SharedTensor`: + - * / @ (shared or public
+operands), conv2d (shared or public weight, bias), square, sum/mean, shape ops
+(reshape/view/flatten/t/transpose/permute/unsqueeze/squeeze/expand/indexing/cat/stack),
+comparisons (< > <= >= eq), relu, where, max/argmax, max_pool2d/avg_pool2d, the
+approximations of :mod:`veil.mpc.approx`, input from a local tensor or from data a node
+holds (:meth:`AuthenticatedTensor.from_pointer`), and reconstruction (``get``,
+``reconstruct``) with a final MAC check.
 
 Example:
     >>> import torch, veil
@@ -46,7 +50,19 @@ def _run(sess: MPCSession, op: str, *shares: Shares, args: tuple[Any, ...] = ())
 
 class AuthenticatedTensor:
     """A fixed-point tensor shared with SPDZ2k MACs; each share is a private (4, *shape)
-    int64 object (value and MAC, 128 bits each) on its party's node."""
+    int64 object (value and MAC, 128 bits each) on its party's node. Its methods mirror
+    :class:`~veil.mpc.SharedTensor`'s, so code written for one runs on the other.
+
+    Example:
+        >>> import torch, veil
+        >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+        >>> img = torch.arange(16.0).reshape(1, 1, 4, 4) / 8
+        >>> x = img.share(a, b, crypto_provider=c, security="malicious")
+        >>> x.max_pool2d(2).reconstruct().flatten()
+        tensor([0.6250, 0.8750, 1.6250, 1.8750])
+        >>> round(float(x.mean().reconstruct()), 2), x.exp().shape
+        (0.94, torch.Size([1, 1, 4, 4]))
+    """
 
     __slots__ = ("shares", "session", "encoding")
 
