@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +35,60 @@ def _servers(names: list[str]) -> Iterator[list[Any]]:
             stack.callback(w.close)
             workers.append(w)
         yield workers
+
+
+def _start_process(name: str, db_dir: str) -> subprocess.Popen[str]:
+    """``python -m veil node serve`` for one party on a free loopback port, running the
+    same veil source as this test."""
+    src = str(Path(veil.__file__).resolve().parents[1])
+    path = os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = dict(os.environ, VEIL_OWNER_PASSWORD=PASSWORD, PYTHONUNBUFFERED="1", PYTHONPATH=path)
+    cmd = [sys.executable, "-m", "veil", "node", "serve", "--name", name, "--host", "127.0.0.1",
+           "--port", "0", "--bulk-port", "-1", "--db", f"sqlite:///{db_dir}/{name}.db",
+           "--owner-email", f"o@{name}.org"]  # fmt: skip
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+
+
+def _url_of(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    deadline, lines = time.monotonic() + 120, []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "serving on " in line:
+            return line.split("serving on ")[1].split()[0]
+        if not line and proc.poll() is not None:
+            break
+    pytest.fail("node server did not start:\n" + "".join(lines))
+
+
+@contextlib.contextmanager
+def _processes(names: list[str]) -> Iterator[list[Any]]:
+    """Each party and the dealer in its own ``veil node serve`` process on loopback."""
+    procs: list[subprocess.Popen[str]] = []
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        try:
+            procs = [_start_process(name, tmp) for name in names]  # start all, then wait
+            workers = []
+            for name, proc in zip(names, procs, strict=True):
+                w = veil.connect(_url_of(proc), email=f"o@{name}.org", password=PASSWORD)
+                stack.callback(w.close)
+                workers.append(w)
+            yield workers
+        finally:
+            stack.close()
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+                if proc.stdout is not None:
+                    proc.stdout.close()
 
 
 @contextlib.contextmanager
@@ -65,6 +125,34 @@ def test_the_same_program_runs_in_process_and_over_loopback(deploy: Any) -> None
         counts = veil.mpc.stats()
         assert counts["alice"]["rounds"] == counts["bob"]["rounds"] == counts["dave"]["rounds"] > 0
         assert counts["carol"]["rounds"] == 0 and counts["carol"]["bytes"] > 0
+
+
+def _malicious_program(alice: Any, bob: Any, carol: Any) -> dict[str, Any]:
+    torch.manual_seed(4)
+    x, y = torch.randn(4, 3), torch.randn(4, 3)
+    sx = x.share(alice, bob, crypto_provider=carol, security="malicious")
+    sy = y.share(alice, bob, crypto_provider=carol, security="malicious")
+    return {
+        "mul": ((sx * sy).reconstruct(), x * y),
+        "relu_matmul": ((sx @ sy.t()).relu().reconstruct(), (x @ y.t()).relu()),
+    }
+
+
+@pytest.mark.slow
+def test_the_same_program_runs_on_node_servers_in_separate_processes() -> None:
+    names = ["alice", "bob", "dave", "carol"]
+    with _virtual(names) as workers:
+        local = program(*workers)
+        local_malicious = _malicious_program(workers[0], workers[1], workers[3])
+    with _processes(names) as workers:
+        assert all(w.info().name == n for w, n in zip(workers, names, strict=True))
+        remote = program(*workers)
+        remote_malicious = _malicious_program(workers[0], workers[1], workers[3])
+    for results, ref in ((remote, local), (remote_malicious, local_malicious)):
+        assert results.keys() == ref.keys()
+        for name, (got, want) in results.items():
+            assert torch.allclose(got, want, atol=5e-3), name  # against plaintext
+            assert torch.allclose(got, ref[name][0], atol=5e-3), name  # against in-process
 
 
 def test_stats_match_the_theoretical_cost_of_one_product(two: Any) -> None:

@@ -111,8 +111,149 @@ def test_semi_honest_mode_does_not_notice_the_same_tampering() -> None:
     assert (sx * 2).reconstruct()[0] == 4.0  # a wrong answer, silently: why malicious mode exists
 
 
-def test_owner_side_sharing_is_refused_in_malicious_mode() -> None:
+def test_owner_side_sharing_with_macs(parties: Any) -> None:
+    workers, provider = parties
+    secret = torch.tensor([[1.5, -2.0], [0.25, 3.0]])
+    ptr = secret.send(workers[-1])  # the data lives on the last party's node
+    sx = ptr.fix_precision().share(*workers, crypto_provider=provider, security="malicious")
+    assert isinstance(sx, AuthenticatedTensor)
+    y = _share(torch.tensor([2.0, -1.0]), parties)
+    assert torch.allclose(
+        (sx * y).relu().reconstruct(), (secret * torch.tensor([2.0, -1.0])).relu(), atol=1e-3
+    )
+    _tamper(workers[0], sx.shares[0], 2, 1)  # a party alters the MAC of its input share
+    with pytest.raises(MACCheckFailed):
+        _ = sx * y
+
+
+def test_a_driver_that_relays_a_different_masked_input_to_one_party_is_caught(
+    monkeypatch: Any,
+) -> None:
+    from veil.mpc import authenticated
+
     a, b, c = (veil.VirtualWorker(n) for n in ("alice", "bob", "carol"))
-    ptr = torch.ones(2).send(a)
-    with pytest.raises(veil.errors.UnsupportedError, match="semi-honest only"):
-        ptr.fix_precision().share(a, b, crypto_provider=c, security="malicious")
+    orig = authenticated.node_call
+
+    def lying(worker: Any, op: str, *args: Any) -> Any:
+        if op == "mpc.a128.input_share" and worker is b:
+            d = args[2].clone()
+            d[0].view(-1)[0] += 1 << 16  # bob's copy of d = x - R is one unit off
+            args = (*args[:2], d, *args[3:])
+        return orig(worker, op, *args)
+
+    monkeypatch.setattr(authenticated, "node_call", lying)
+    sx = torch.ones(3).send(a).fix_precision().share(a, b, crypto_provider=c, security="malicious")
+    monkeypatch.undo()
+    with pytest.raises(MACCheckFailed):
+        sx.reconstruct()
+
+
+# ----------------------------------------------------------------- the rest of the op surface
+
+
+@pytest.fixture(scope="module")
+def two_malicious() -> tuple[list[Any], Any]:
+    return [veil.VirtualWorker("alice"), veil.VirtualWorker("bob")], veil.VirtualWorker("carol")
+
+
+def test_malicious_mode_covers_the_semi_honest_surface() -> None:
+    parties = (
+        [veil.VirtualWorker(n) for n in ("alice", "bob", "dave")],
+        veil.VirtualWorker("carol"),
+    )
+    torch.manual_seed(2)
+    x, y = torch.randn(2, 3) * 3, torch.randn(2, 3) * 3
+    sx, sy = _share(x, parties), _share(y, parties)
+
+    def close(got: AuthenticatedTensor, want: torch.Tensor, atol: float = 1e-3) -> None:
+        assert isinstance(got, AuthenticatedTensor)
+        assert torch.allclose(got.reconstruct(), want, atol=atol), (got.reconstruct(), want)
+
+    close(sx.mean(), x.mean())
+    close(sx.mean(1, keepdim=True), x.mean(1, keepdim=True))
+    close(sx.sum(), x.sum())
+    close(sx / 4, x / 4)
+    close(sx.div(torch.tensor([2.0, -8.0, 0.5])), x / torch.tensor([2.0, -8.0, 0.5]))
+    close(sx.square(), x * x, 5e-3)
+    close(sx.flatten(), x.flatten())
+    close(sx.view(3, 2).permute(1, 0), x.view(3, 2).permute(1, 0))
+    close(sx.unsqueeze(1).squeeze(1), x)
+    close(sx[0:1].expand(2, 3), x[0:1].expand(2, 3))
+    close(sx + sy[0], x + y[0])  # broadcasting a row
+    close(AuthenticatedTensor.cat([sx, sy], 1), torch.cat([x, y], 1))
+    close(AuthenticatedTensor.stack([sx, sy], 0), torch.stack([x, y], 0))
+    cond = sx < sy
+    close(sx.where(cond, sy), torch.where(x < y, x, y))
+    close(sx.where(cond, 0.5), torch.where(x < y, x, torch.tensor(0.5)))
+    z = sx.view(-1)[0:3].reshape(1, 3)
+    close(AuthenticatedTensor.cat([z, z], 0).eq(sx.view(-1)[0:3]), torch.ones(2, 3))
+    close(sx.eq(sy), torch.zeros(2, 3))
+    w = torch.randn(3, 4)
+    close(sx @ w, x @ w, 2e-3)
+    close(w.t() @ sx.t(), w.t() @ x.t(), 2e-3)
+    img, k, bias = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3), torch.randn(3)
+    want = torch.nn.functional.conv2d(img, k, bias, stride=2, padding=1)
+    simg = _share(img, parties)
+    close(simg.conv2d(k, bias, stride=2, padding=1), want, 5e-3)
+    close(simg.conv2d(_share(k, parties), _share(bias, parties), stride=2, padding=1), want, 5e-3)
+    assert torch.equal(sx.get().float_precision(), sx.reconstruct())
+
+
+def test_malicious_max_argmax_and_pooling(two_malicious: Any) -> None:
+    parties = two_malicious
+    torch.manual_seed(3)
+    x = torch.randn(3, 5)
+    sx = _share(x, parties)
+    F = torch.nn.functional
+    v, hot = sx.max(1)
+    assert torch.allclose(v.reconstruct(), x.max(1).values, atol=1e-4)
+    assert torch.equal(hot.reconstruct(), F.one_hot(x.argmax(1), 5).float())
+    assert torch.equal(sx.argmax(0).reconstruct(), F.one_hot(x.argmax(0), 3).t().float())
+    img = torch.randn(1, 2, 4, 4)
+    simg = _share(img, parties)
+    assert torch.allclose(simg.max_pool2d(2).reconstruct(), F.max_pool2d(img, 2), atol=1e-4)
+    assert torch.allclose(simg.avg_pool2d(2).reconstruct(), F.avg_pool2d(img, 2), atol=1e-4)
+
+
+def _errors(p: Any, fn: Any, ref: Any, *ranges: tuple[float, float],
+            n: int = 100) -> list[tuple[float, float]]:  # fmt: skip
+    """(max absolute, max relative) error of ``fn`` on a grid of each range, in one call."""
+    grids = [torch.linspace(lo, hi, n, dtype=torch.float64) for lo, hi in ranges]
+    got = fn(_share(torch.cat(grids).float(), p)).reconstruct().double().split(n)
+    out = []
+    for g, y in zip(grids, got, strict=True):
+        err = (y - ref(g)).abs()
+        out.append((float(err.max()), float((err / ref(g).abs().clamp_min(1e-12)).max())))
+    return out
+
+
+def test_malicious_approximations_keep_the_semi_honest_bounds(two_malicious: Any) -> None:
+    # the bounds of tests/mpc/test_approx.py (docs/mpc.md), on coarser grids
+    from veil.mpc import approx
+
+    p = two_malicious
+    ex = _errors(p, approx.exp, torch.exp, (-4, 4), (-16, 0))
+    assert ex[0][1] <= 0.04 and ex[1][0] <= 5e-3
+    one = _share(torch.ones(200), p)
+    rec = _errors(p, lambda d: one / d, torch.reciprocal, (0.1, 100), (-100, -0.1))
+    assert rec[0][1] <= 0.01 and rec[1][1] <= 0.01  # division by a shared value: reciprocal
+    assert _errors(p, approx.sqrt, torch.sqrt, (0.1, 100))[0][1] <= 0.01
+    lg = _errors(p, approx.log, torch.log, (0.1, 10), (10, 100))
+    assert lg[0][0] <= 2e-2 and lg[1][0] <= 5e-2
+    assert _errors(p, approx.sigmoid, torch.sigmoid, (-30, 30))[0][0] <= 2e-3
+    assert _errors(p, approx.tanh, torch.tanh, (-15, 15))[0][0] <= 4e-3
+    torch.manual_seed(0)
+    z = torch.rand(4, 10) * 8 - 4
+    got = _share(z, p).softmax(1)
+    assert isinstance(got, AuthenticatedTensor)
+    assert float((got.reconstruct() - z.softmax(1)).abs().max()) <= 1e-2
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "exp"])
+def test_a_party_that_alters_its_share_before_a_new_op_is_caught(op: str) -> None:
+    workers = [veil.VirtualWorker(n) for n in ("alice", "bob", "dave")]
+    p = (workers, veil.VirtualWorker("carol"))
+    sx = _share(torch.randn(1, 1, 4, 4), p)
+    _tamper(workers[1], sx.shares[1], 0, 1)
+    with pytest.raises(MACCheckFailed):
+        _ = sx.max_pool2d(2) if op == "max_pool2d" else sx.exp()

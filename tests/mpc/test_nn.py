@@ -133,3 +133,63 @@ def test_unsupported_models_are_refused_with_every_problem_listed(two: Any) -> N
         shared.backward(two.share(torch.zeros(1, 2, 1, 1)))
     assert "SharedConv2d(1, 2, kernel_size=(3, 3)" in repr(shared)
     assert isinstance(veil.mpc.nn.SharedSequential, type)
+
+
+# ----------------------------------------------------------------- security="malicious"
+
+
+def _tiny_cnn() -> nn.Sequential:
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.AvgPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(8, 3),
+    )  # fmt: skip
+    bn = model[1]
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_malicious_private_inference_of_a_tiny_cnn_matches_plaintext(three: Any) -> None:
+    from veil.mpc.authenticated import AuthenticatedTensor
+
+    model = _tiny_cnn()
+    x = torch.randn(2, 1, 8, 8)
+    shared = model.share(*three.parties, crypto_provider=three.provider, security="malicious")
+    assert isinstance(shared.layers[0].weight, AuthenticatedTensor)
+    sx = x.share(*three.parties, crypto_provider=three.provider, security="malicious")
+    got = shared(sx)
+    assert isinstance(got, AuthenticatedTensor)
+    with torch.no_grad():
+        assert torch.allclose(got.reconstruct(), model(x), atol=1e-2)
+
+
+def test_a_party_that_alters_a_weight_share_is_caught_during_the_forward(two: Any) -> None:
+    model = _tiny_cnn()
+    shared = encrypt_model(model, two.parties, two.provider, security="malicious")
+    conv = shared.layers[0].weight
+    two.parties[1].node._objects[conv.shares[1].id].value[0].view(-1)[3] += 1
+    x = torch.randn(1, 1, 8, 8).share(
+        *two.parties, crypto_provider=two.provider, security="malicious"
+    )
+    with pytest.raises(veil.errors.MACCheckFailed):
+        shared(x)
+
+
+def test_one_malicious_training_step_matches_plaintext_sgd(two: Any) -> None:
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    x, y = torch.randn(5, 4), torch.tensor([0, 2, 1, 1, 0])
+    smodel = encrypt_model(model, two.parties, two.provider, security="malicious")
+    opt = SGD(smodel, lr=0.5)
+    share = dict(crypto_provider=two.provider, security="malicious")
+    out = smodel(x.share(*two.parties, **share))
+    smodel.backward(cross_entropy_grad(out, F.one_hot(y, 3).float().share(*two.parties, **share)))
+    opt.step()
+    torch.optim.SGD(model.parameters(), lr=0.5).zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.5 * p.grad
+    for got, want in zip(smodel.parameters(), model.parameters(), strict=True):
+        assert torch.allclose(got.reconstruct(), want, atol=1e-2)

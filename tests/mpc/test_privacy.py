@@ -60,13 +60,10 @@ def test_the_scientist_cannot_fetch_any_share_of_an_input_or_a_result(deployed: 
     assert torch.allclose(z.reconstruct(), torch.tensor([0.75, 0.0, 0.0]), atol=1e-3)
 
 
-def test_owner_data_is_shared_without_passing_through_the_scientist(deployed: Any) -> None:
-    owners, (alice, bob, carol) = deployed
-    secret = torch.tensor([[3.25, -7.5], [0.125, 42.0]])
-    owners[0].datasets.create("scans", private=secret, mock=torch.zeros(2, 2))
-    ptr = alice.datasets["scans"].private
+def _spy(*workers: Any) -> list[bytes]:
+    """Every byte the scientist sends to any of ``workers`` from now on."""
     seen: list[bytes] = []
-    for w in (alice, bob, carol):  # every byte the scientist sends to any node
+    for w in workers:
         attr = "_roundtrip_parts" if w._scatter else "_roundtrip"  # network clients scatter
 
         def spy(frame: Any, expect_bytes: int = 0, orig: Any = getattr(w, attr)) -> Any:
@@ -75,6 +72,15 @@ def test_owner_data_is_shared_without_passing_through_the_scientist(deployed: An
             return orig(frame, expect_bytes)
 
         setattr(w, attr, spy)
+    return seen
+
+
+def test_owner_data_is_shared_without_passing_through_the_scientist(deployed: Any) -> None:
+    owners, (alice, bob, carol) = deployed
+    secret = torch.tensor([[3.25, -7.5], [0.125, 42.0]])
+    owners[0].datasets.create("scans", private=secret, mock=torch.zeros(2, 2))
+    ptr = alice.datasets["scans"].private
+    seen = _spy(alice, bob, carol)
     shared = ptr.fix_precision().share(alice, bob, crypto_provider=carol)
     total = (shared * 2).relu()
     enc = ring.FixedPoint(16).encode(secret).numpy().tobytes()
@@ -88,6 +94,74 @@ def test_owner_data_is_shared_without_passing_through_the_scientist(deployed: An
     assert torch.equal(parts[0] + parts[1], ring.FixedPoint(16).encode(secret))
     got = sum(o.node._objects[s.id].value for o, s in zip(owners, total.shares, strict=False))
     assert torch.allclose(ring.FixedPoint(16).decode(got), (secret * 2).relu(), atol=1e-3)
+
+
+def test_owner_data_is_shared_with_macs_without_passing_through_the_scientist(
+    deployed: Any,
+) -> None:
+    from veil.mpc import r128
+    from veil.mpc.kinds import combine
+
+    owners, (alice, bob, carol) = deployed
+    secret = torch.tensor([[3.25, -7.5], [0.125, 42.0]])
+    owners[0].datasets.create("scans", private=secret, mock=torch.zeros(2, 2))
+    ptr = alice.datasets["scans"].private
+    seen = _spy(alice, bob, carol)
+    shared = ptr.fix_precision().share(alice, bob, crypto_provider=carol, security="malicious")
+    total = (shared * 2).relu()
+    enc = ring.FixedPoint(16).encode(secret).numpy().tobytes()
+    assert not any(enc[i : i + 8] in frame for frame in seen for i in range(0, len(enc), 8))
+    for t in (shared, total):
+        with pytest.raises(PermissionDenied):
+            t.shares[1].get()
+    with pytest.raises(PermissionDenied):
+        shared.get()
+    # the owners (white-box) see that the value halves sum to the secret, MACs included
+    parts = [o.node._objects[s.id].value for o, s in zip(owners, shared.shares, strict=False)]
+    assert torch.equal(combine("auth", parts)[0:2], r128.from64(ring.FixedPoint(16).encode(secret)))
+
+
+def _deal_owner_input(sess: MPCSession, shape: list[int], owner: int) -> tuple[int, Any]:
+    raw = (
+        msession.reply_tensor(
+            msession.node_call(sess.provider, "mpc.a128.deal_owner_input", sess.sid, shape, owner)
+        )
+        .numpy()
+        .tobytes()
+    )
+    gid, n_delta = np.frombuffer(raw[:16], dtype=np.int64).tolist()
+    return gid, msession._u8(raw[16 + 8 * n_delta :])
+
+
+def test_an_owner_input_mask_is_sealed_to_its_owner_used_once_and_never_opened(
+    deployed: Any,
+) -> None:
+    _, (alice, bob, carol) = deployed
+    sess = MPCSession([alice, bob], carol, security="malicious")
+    x = torch.tensor([5, 6]).send(alice)
+    call = msession.node_call
+    # opening the mask's group first (which would reveal -R) consumes it: no input follows
+    gid, box = _deal_owner_input(sess, [2], 0)
+    call(alice, "mpc.open", sess.sid, [{"gid": gid, "kind": "m_input", "params": {"x": [2]},
+                                        "inputs": []}])  # fmt: skip
+    with pytest.raises(PermissionDenied, match="already used"):
+        call(alice, "mpc.a128.owner_input", sess.sid, x, gid, box)
+    # after an input, the group can neither be opened nor masks a second input (x1 - x2)
+    gid, box = _deal_owner_input(sess, [2], 0)
+    call(alice, "mpc.a128.owner_input", sess.sid, x, gid, box)
+    with pytest.raises(PermissionDenied, match="already"):
+        call(alice, "mpc.open", sess.sid, [{"gid": gid, "kind": "m_input", "params": {"x": [2]},
+                                            "inputs": []}])  # fmt: skip
+    with pytest.raises(PermissionDenied, match="already used"):
+        call(alice, "mpc.a128.owner_input", sess.sid, x * 2, gid, box)
+    # a mask sealed for bob does not open on alice, and an altered box does not open at all
+    gid, box = _deal_owner_input(sess, [2], 1)
+    with pytest.raises(ProtocolError):
+        call(alice, "mpc.a128.owner_input", sess.sid, x, gid, box)
+    gid, box = _deal_owner_input(sess, [2], 0)
+    box[20] ^= 1
+    with pytest.raises(ProtocolError):
+        call(alice, "mpc.a128.owner_input", sess.sid, x, gid, box)
 
 
 def test_no_store_holds_a_plaintext_input_and_the_dealer_holds_nothing(deployed: Any) -> None:

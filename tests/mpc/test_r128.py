@@ -59,3 +59,15 @@ def test_matmul_and_conv_match_python_ints() -> None:
         for o in range(3) for i in range(4) for j in range(4)
     ]  # fmt: skip
     assert got == want
+
+
+def test_conv_with_a_window_over_512_is_split_over_channels_and_stays_exact() -> None:
+    """64 input channels x 3x3 = 576 products per output: more than one float64 block
+    holds exactly, so the input channels are summed in chunks (a Conv2d(64, 32, 3) layer)."""
+    g = torch.Generator().manual_seed(3)
+    x, w = _rand((1, 64, 3, 3), g), _rand((2, 64, 3, 3), g)
+    got = _ints(r128.product(x, w, "conv2d"))  # no padding: one output per channel
+    xi, wi = _ints(x), _ints(w)
+    want = [sum(a * b for a, b in zip(xi, wi[o * 576 : (o + 1) * 576], strict=True)) % _M
+            for o in range(2)]  # fmt: skip
+    assert got == want

@@ -18,25 +18,37 @@ function        method                                      bound (tested)
 ``softmax``     exp(x - max) / sum, reciprocal on [1, k]     err <= 1e-2 for inputs of range < 8
 ==============  ==========================================  ====================================
 
+They are compositions of products, truncations and comparisons, so they run unchanged on
+:class:`~veil.mpc.SharedTensor` and, with ``security="malicious"``, on
+:class:`~veil.mpc.authenticated.AuthenticatedTensor` (every opening MAC-checked; the same
+bounds hold, truncation there is the dealer's, exact to one unit).
+
 Example:
     >>> import torch, veil
     >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
     >>> x = torch.tensor([0.5, 2.0, 10.0]).share(a, b, crypto_provider=c)
     >>> torch.allclose(reciprocal(x).reconstruct(), torch.tensor([2.0, 0.5, 0.1]), rtol=0.01)
     True
+    >>> y = torch.tensor([-1.0, 0.0, 1.0]).share(a, b, crypto_provider=c, security="malicious")
+    >>> torch.allclose(sigmoid(y).reconstruct(), torch.sigmoid(torch.tensor([-1.0, 0.0, 1.0])), atol=2e-3)
+    True
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
+    from veil.mpc.authenticated import AuthenticatedTensor
     from veil.mpc.shared import SharedTensor
+
+#: The functions run on semi-honest and on authenticated (malicious-mode) tensors alike.
+T = TypeVar("T", "SharedTensor", "AuthenticatedTensor")
 
 EXP_ITERATIONS = 8
 
 
-def exp(x: SharedTensor, iterations: int = EXP_ITERATIONS) -> SharedTensor:
+def exp(x: T, iterations: int = EXP_ITERATIONS) -> T:
     """e^x by the limit (1 + x / 2^n)^(2^n): ``iterations`` squarings (one round each with
     two parties). Valid for x < 2^n (beyond, 1 + x/2^n turns negative)."""
     y = x * (1.0 / 2**iterations) + 1.0
@@ -45,13 +57,13 @@ def exp(x: SharedTensor, iterations: int = EXP_ITERATIONS) -> SharedTensor:
     return y
 
 
-def _sign_factor(x: SharedTensor) -> SharedTensor:
+def _sign_factor(x: T) -> T:
     """1 - 2 [x < 0]: +1 or -1 (integer shares)."""
     return 1 - x._sign() * 2
 
 
-def reciprocal(x: SharedTensor, *, positive: bool = False, iterations: int = 10,
-               initial: float | None = None) -> SharedTensor:  # fmt: skip
+def reciprocal(x: T, *, positive: bool = False, iterations: int = 10,
+               initial: float | None = None) -> T:  # fmt: skip
     """1 / x by Newton-Raphson, y <- y (2 - x y), from y0 = 3 exp(1/2 - x) + 0.003
     (or the public ``initial``). ``positive=True`` skips the sign handling (one comparison
     and two products) when x > 0 is known."""
@@ -67,7 +79,7 @@ def reciprocal(x: SharedTensor, *, positive: bool = False, iterations: int = 10,
     return y
 
 
-def inv_sqrt(x: SharedTensor, iterations: int = 6) -> SharedTensor:
+def inv_sqrt(x: T, iterations: int = 6) -> T:
     """1 / sqrt(x) for x > 0 by Newton, y <- y (3 - x y^2) / 2, from
     y0 = 2.2 exp(-(x/2 + 0.2)) + 0.2 - x/1024."""
     y = exp(-(x * 0.5 + 0.2)) * 2.2 + 0.2 - x * (1.0 / 1024)
@@ -76,12 +88,12 @@ def inv_sqrt(x: SharedTensor, iterations: int = 6) -> SharedTensor:
     return y
 
 
-def sqrt(x: SharedTensor) -> SharedTensor:
+def sqrt(x: T) -> T:
     """sqrt(x) = x / sqrt(x) for x > 0."""
     return x * inv_sqrt(x)
 
 
-def log(x: SharedTensor, iterations: int = 2, order: int = 8) -> SharedTensor:
+def log(x: T, iterations: int = 2, order: int = 8) -> T:
     """ln(x) for x > 0: Householder iterations y <- y - sum_k h^k / k with
     h = 1 - x exp(-y), from y0 = x/120 - 20 exp(-2x - 1) + 3."""
     y = x * (1.0 / 120) - exp(-2 * x - 1) * 20 + 3.0
@@ -96,7 +108,7 @@ def log(x: SharedTensor, iterations: int = 2, order: int = 8) -> SharedTensor:
     return y
 
 
-def sigmoid(x: SharedTensor) -> SharedTensor:
+def sigmoid(x: T) -> T:
     """1 / (1 + e^-x), computed on |x| (so the reciprocal's input is in [1, 2]) and
     mirrored for negative x: one comparison, one exp, five Newton steps."""
     neg = x._sign()  # 1 where x < 0
@@ -105,12 +117,12 @@ def sigmoid(x: SharedTensor) -> SharedTensor:
     return r + neg * (1 - r * 2)
 
 
-def tanh(x: SharedTensor) -> SharedTensor:
+def tanh(x: T) -> T:
     """tanh(x) = 2 sigmoid(2x) - 1."""
     return sigmoid(x * 2) * 2 - 1.0
 
 
-def softmax(x: SharedTensor, dim: int = -1) -> SharedTensor:
+def softmax(x: T, dim: int = -1) -> T:
     """exp(x - max) / sum: the max (a comparison tree) keeps exp's input <= 0 and the
     sum in [1, k], where the reciprocal converges from 1/k... 1 in a few steps."""
     m, _ = x.max(dim, keepdim=True)

@@ -5,9 +5,13 @@ Each party holds, per element, a share of the value and a share of its MAC
 MAC check, so a party that alters its share makes the computation raise
 :class:`~veil.errors.MACCheckFailed` instead of returning a wrong answer.
 
-Supported: + - (shared or public), * (shared or public), @ (shared), conv2d (shared),
-sum, t/transpose/reshape/indexing, comparisons (< > <= >=), relu, and reconstruction
-with a final MAC check.
+Supported: the surface of :class:`~veil.mpc.SharedTensor`: + - * / @ (shared or public
+operands), conv2d (shared or public weight, bias), square, sum/mean, shape ops
+(reshape/view/flatten/t/transpose/permute/unsqueeze/squeeze/expand/indexing/cat/stack),
+comparisons (< > <= >= eq), relu, where, max/argmax, max_pool2d/avg_pool2d, the
+approximations of :mod:`veil.mpc.approx`, input from a local tensor or from data a node
+holds (:meth:`AuthenticatedTensor.from_pointer`), and reconstruction (``get``,
+``reconstruct``) with a final MAC check.
 
 Example:
     >>> import torch, veil
@@ -22,14 +26,18 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from veil.errors import MACCheckFailed, WorkerMismatch
+from veil.errors import InvalidRequest, MACCheckFailed, WorkerMismatch
 from veil.mpc import kinds, r128
 from veil.mpc.ring import FixedPoint, prg
 from veil.mpc.session import MPCSession, Request, node_call
+
+if TYPE_CHECKING:
+    from veil.mpc.shared import FixedPrecisionTensor
 
 Shares = list[Any]
 
@@ -42,7 +50,19 @@ def _run(sess: MPCSession, op: str, *shares: Shares, args: tuple[Any, ...] = ())
 
 class AuthenticatedTensor:
     """A fixed-point tensor shared with SPDZ2k MACs; each share is a private (4, *shape)
-    int64 object (value and MAC, 128 bits each) on its party's node."""
+    int64 object (value and MAC, 128 bits each) on its party's node. Its methods mirror
+    :class:`~veil.mpc.SharedTensor`'s, so code written for one runs on the other.
+
+    Example:
+        >>> import torch, veil
+        >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+        >>> img = torch.arange(16.0).reshape(1, 1, 4, 4) / 8
+        >>> x = img.share(a, b, crypto_provider=c, security="malicious")
+        >>> x.max_pool2d(2).reconstruct().flatten()
+        tensor([0.6250, 0.8750, 1.6250, 1.8750])
+        >>> round(float(x.mean().reconstruct()), 2), x.exp().shape
+        (0.94, torch.Size([1, 1, 4, 4]))
+    """
 
     __slots__ = ("shares", "session", "encoding")
 
@@ -88,24 +108,9 @@ class AuthenticatedTensor:
 
     # ------------------------------------------------------------- reconstruction
     def reconstruct(self) -> torch.Tensor:
-        """Fetch the shares (permission rules apply), check the MACs, decode."""
-        sess = self.session
-        parts = sess.fanout(lambda p: p.get(), self.shares)
-        total = kinds.combine("auth", parts)
-        y = total[0:2]
-        rho = prg(os.urandom(32), 0, 0, self.numel()).reshape(self.shape)
-        zs = sess.fanout(
-            lambda i: node_call(
-                sess.parties[i], "mpc.a128.check", sess.sid, self.shares[i], y, rho
-            ),
-            range(sess.n),
-        )
-        z = kinds.combine("r128", [sess.parties[i]._unwrap(zs[i], ()).get() for i in range(sess.n)])
-        if bool((z != 0).any()):
-            raise MACCheckFailed(
-                "the MAC check of the reconstructed value failed: a share was altered"
-            )
-        return self.encoding.decode(y[0])
+        """Fetch the shares (permission rules apply), check the MACs, decode
+        (:meth:`get`, then ``float_precision()``)."""
+        return self.get().float_precision()
 
     # ------------------------------------------------------------- linear ops
     def _check(self, other: AuthenticatedTensor) -> None:
@@ -124,7 +129,12 @@ class AuthenticatedTensor:
         return r128.from64(enc.expand(self.shape).contiguous() if enc.dim() <= self.dim() else enc)
 
     def __add__(self, other: Any) -> AuthenticatedTensor:
+        shape = self._broadcast_shape(other)
+        if shape != self.shape:  # expand explicitly: shares carry a leading (4,) dimension
+            return self.expand(*shape) + other
         if isinstance(other, AuthenticatedTensor):
+            if other.shape != shape:
+                other = other.expand(*shape)
             self._check(other)
             bits = max(self.encoding.frac_bits, other.encoding.frac_bits)
             out = _run(self.session, "mpc.a128.add", self._rescaled(bits), other._rescaled(bits))
@@ -179,6 +189,9 @@ class AuthenticatedTensor:
         if isinstance(other, AuthenticatedTensor):
             return self._product(other, "mul")
         t = other if isinstance(other, torch.Tensor) else torch.tensor(other)
+        shape = self._broadcast_shape(t)
+        if shape != self.shape:
+            return self.expand(*shape) * t
         if not t.is_floating_point() and t.dtype != torch.bool:
             return self._new(
                 _run(self.session, "mpc.a128.scale", self.shares, args=(t.to(torch.int64),))
@@ -189,13 +202,24 @@ class AuthenticatedTensor:
 
     __rmul__ = __mul__
 
-    def __matmul__(self, other: AuthenticatedTensor) -> AuthenticatedTensor:
+    def __matmul__(self, other: Any) -> AuthenticatedTensor:
+        if not isinstance(other, AuthenticatedTensor):
+            return self._product_public(other, "matmul", left=False)
         return self._product(other, "matmul")
 
     def conv2d(
-        self, weight: AuthenticatedTensor, stride: int = 1, padding: int = 0
+        self, weight: Any, bias: Any = None, stride: int = 1, padding: int = 0
     ) -> AuthenticatedTensor:
-        return self._product(weight, "conv2d", stride=stride, padding=padding)
+        """2-d convolution with a shared or public weight (and optional bias), as
+        :meth:`SharedTensor.conv2d <veil.mpc.SharedTensor.conv2d>`."""
+        if isinstance(weight, AuthenticatedTensor):
+            res = self._product(weight, "conv2d", stride=stride, padding=padding)
+        else:
+            res = self._product_public(weight, "conv2d", left=False, stride=stride, padding=padding)
+        if bias is None:
+            return res
+        b = bias if isinstance(bias, AuthenticatedTensor) else torch.as_tensor(bias)
+        return res + b.reshape(1, -1, 1, 1)
 
     # ------------------------------------------------------------- shape ops
     def _map(self, fn: Any) -> AuthenticatedTensor:
@@ -209,14 +233,26 @@ class AuthenticatedTensor:
         return self._map(lambda s: s.transpose(d0 % nd + 1, d1 % nd + 1).contiguous())
 
     def reshape(self, *shape: Any) -> AuthenticatedTensor:
+        if len(shape) == 1 and isinstance(shape[0], list | tuple):
+            shape = tuple(shape[0])
         return self._map(lambda s: s.reshape(4, *shape))
 
     def __getitem__(self, idx: Any) -> AuthenticatedTensor:
         idx = idx if isinstance(idx, tuple) else (idx,)
         return self._map(lambda s: s[(slice(None), *idx)].contiguous())
 
-    def sum(self, dim: int) -> AuthenticatedTensor:
-        return self._new(_run(self.session, "mpc.a128.sum", self.shares, args=(dim % self.dim(),)))
+    def sum(self, dim: Any = None, keepdim: bool = False) -> AuthenticatedTensor:
+        """Sum over ``dim`` (an int, a tuple of ints, or all elements)."""
+        if dim is None:
+            return self.reshape(-1).sum(0)
+        if isinstance(dim, list | tuple):
+            out = self
+            for d in sorted((d % self.dim() for d in dim), reverse=True):
+                out = out.sum(d, keepdim)
+            return out
+        return self._new(
+            _run(self.session, "mpc.a128.sum", self.shares, args=(dim % self.dim(), keepdim))
+        )
 
     # ------------------------------------------------------------- comparisons
     def _sign(self) -> AuthenticatedTensor:
@@ -272,3 +308,354 @@ class AuthenticatedTensor:
     def relu(self) -> AuthenticatedTensor:
         keep = 1 - self._sign()
         return self * keep
+
+    # ------------------------------------------------------------- the rest of SharedTensor's surface
+    # Everything below composes the authenticated protocols above (products, truncation,
+    # sign bits), so every opening stays MAC-checked; the generic algorithms (approximations,
+    # max and pooling) live in approx.py and reduce.py and run on both tensor types.
+
+    def size(self, dim: int | None = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def parties(self) -> list[Any]:
+        return self.session.parties
+
+    def get(self) -> FixedPrecisionTensor:
+        """Fetch every share (permission rules apply), check the MACs of the result, and
+        return it encoded, like :meth:`SharedTensor.get <veil.mpc.SharedTensor.get>`.
+
+        Raises:
+            MACCheckFailed: a share or its MAC was altered.
+
+        Example:
+            >>> import torch, veil
+            >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+            >>> x = torch.tensor([0.5, -1.0]).share(a, b, crypto_provider=c, security="malicious")
+            >>> (x * 4).get()
+            FixedPrecisionTensor(tensor([ 131072, -262144]), frac_bits=16)
+        """
+        from veil.mpc.shared import FixedPrecisionTensor
+
+        sess = self.session
+        parts = sess.fanout(lambda p: p.get(), self.shares)
+        y = kinds.combine("auth", parts)[0:2]
+        rho = prg(os.urandom(32), 0, 0, self.numel()).reshape(self.shape)
+        zs = sess.fanout(
+            lambda i: node_call(
+                sess.parties[i], "mpc.a128.check", sess.sid, self.shares[i], y, rho
+            ),
+            range(sess.n),
+        )
+        z = kinds.combine("r128", [sess.parties[i]._unwrap(zs[i], ()).get() for i in range(sess.n)])
+        if bool((z != 0).any()):
+            raise MACCheckFailed(
+                "the MAC check of the reconstructed value failed: a share was altered"
+            )
+        return FixedPrecisionTensor(y[0], self.encoding)
+
+    def request(self, reason: str) -> list[Any]:
+        """Ask every party's owner for access to its share (one request per party)."""
+        return [s.request(reason) for s in self.shares]
+
+    # shape ops: a share is (4, *shape), so data dimension d is share dimension d + 1
+    def _sd(self, dim: int) -> int:
+        return dim % max(self.dim(), 1) + 1
+
+    view = reshape
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> AuthenticatedTensor:
+        if self.dim() == 0:
+            return self.reshape(1)
+        a, b = self._sd(start_dim), self._sd(end_dim)
+        return self._map(lambda s: s.flatten(a, b))
+
+    @property
+    def T(self) -> AuthenticatedTensor:  # noqa: N802
+        return self.t()
+
+    def permute(self, *dims: Any) -> AuthenticatedTensor:
+        if len(dims) == 1 and isinstance(dims[0], list | tuple):
+            dims = tuple(dims[0])
+        order = [0, *(self._sd(d) for d in dims)]
+        return self._map(lambda s: s.permute(*order).contiguous())
+
+    def unsqueeze(self, dim: int) -> AuthenticatedTensor:
+        d = dim % (self.dim() + 1) + 1
+        return self._map(lambda s: s.unsqueeze(d))
+
+    def squeeze(self, dim: int | None = None) -> AuthenticatedTensor:
+        if dim is None:
+            return self.reshape(*(n for n in self.shape if n != 1))
+        d = self._sd(dim)
+        return self._map(lambda s: s.squeeze(d))
+
+    def expand(self, *shape: Any) -> AuthenticatedTensor:
+        if len(shape) == 1 and isinstance(shape[0], list | tuple):
+            shape = tuple(shape[0])
+        extra = len(shape) - self.dim()
+        src = self.reshape(*([1] * extra), *self.shape) if extra > 0 else self
+        return src._map(lambda s: s.expand(4, *shape).contiguous())
+
+    def unfold(self, dim: int, size: int, step: int) -> AuthenticatedTensor:
+        """Sliding windows along ``dim`` (``torch.Tensor.unfold``), e.g. for pooling."""
+        d = self._sd(dim)
+        return self._map(lambda s: s.unfold(d, size, step))
+
+    def _broadcast_shape(self, other: Any) -> torch.Size:
+        if isinstance(other, AuthenticatedTensor | torch.Tensor):
+            return torch.broadcast_shapes(self.shape, other.shape)
+        return self.shape
+
+    @staticmethod
+    def cat(tensors: Sequence[AuthenticatedTensor], dim: int = 0) -> AuthenticatedTensor:
+        """Concatenate along ``dim`` (free: each party concatenates its shares)."""
+        first = tensors[0]
+        for t in tensors[1:]:
+            first._check(t)
+        bits = max(t.encoding.frac_bits for t in tensors)
+        per = [t._rescaled(bits) for t in tensors]
+        d = first._sd(dim)
+        shares = first.session.fanout(
+            lambda i: torch.cat([p[i] for p in per], d), range(first.session.n)
+        )
+        return AuthenticatedTensor(shares, first.session, FixedPoint(bits))
+
+    @staticmethod
+    def stack(tensors: Sequence[AuthenticatedTensor], dim: int = 0) -> AuthenticatedTensor:
+        return AuthenticatedTensor.cat([t.unsqueeze(dim) for t in tensors], dim)
+
+    # public operands and batched products
+    def _product_public(self, other: Any, op: str, *, left: bool, stride: int = 1,
+                        padding: int = 0) -> AuthenticatedTensor:  # fmt: skip
+        """``op(self, c)`` (``op(c, self)`` when ``left``) for a public ``c``: local on each
+        share and its MAC, then one authenticated truncation."""
+        c = self.encoding.encode(other if isinstance(other, torch.Tensor) else torch.tensor(other))
+        out = _run(self.session, "mpc.a128.product_public", self.shares,
+                   args=(c, op, left, stride, padding))  # fmt: skip
+        res = self._new(out)
+        return res._new(res._trunc(out, self.encoding.frac_bits))
+
+    def __rmatmul__(self, other: Any) -> AuthenticatedTensor:
+        return self._product_public(other, "matmul", left=True)
+
+    def matmul(self, other: Any) -> AuthenticatedTensor:
+        return self @ other
+
+    mm = matmul
+
+    def _from_public(self, t: torch.Tensor, encoding: FixedPoint) -> AuthenticatedTensor:
+        """Authenticated shares of the public ``t`` (party 0 holds it; MACs for all)."""
+        c = r128.from64(encoding.encode(t) if t.is_floating_point() else t.to(torch.int64))
+        sess = self.session
+        shares = sess.fanout(
+            lambda i: sess.parties[i]._unwrap(
+                node_call(sess.parties[i], "mpc.a128.public", sess.sid, c), ()
+            ),
+            range(sess.n),
+        )
+        return self._new(shares, encoding)
+
+    def _mul_many(
+        self, pairs: Sequence[tuple[AuthenticatedTensor, AuthenticatedTensor]]
+    ) -> list[AuthenticatedTensor]:
+        """Several elementwise products in one round of openings (then one round of
+        truncations where needed)."""
+        sess = self.session
+        reqs = []
+        for a, b in pairs:
+            a._check(b)
+            reqs.append(
+                Request(
+                    "m_beaver",
+                    {"x": list(a.shape), "y": list(b.shape), "op": "mul"},
+                    [[x, y] for x, y in zip(a.shares, b.shares, strict=True)],
+                )
+            )
+        outs = [r[0] for r in sess.round(reqs)]
+        fs = [min(a.encoding.frac_bits, b.encoding.frac_bits) for a, b in pairs]
+        todo = [k for k, f in enumerate(fs) if f > 0]
+        if todo:
+            treq = [
+                Request(
+                    "m_trunc", {"x": list(outs[k][0].shape[1:]), "f": fs[k]}, [[s] for s in outs[k]]
+                )  # fmt: skip
+                for k in todo
+            ]
+            for k, r in zip(todo, sess.round(treq), strict=True):
+                outs[k] = r[0]
+        return [
+            self._new(o, FixedPoint(max(a.encoding.frac_bits, b.encoding.frac_bits)))
+            for o, (a, b) in zip(outs, pairs, strict=True)
+        ]
+
+    # arithmetic built on the protocols
+    def square(self) -> AuthenticatedTensor:
+        """``x * x`` (an authenticated Beaver product of x with itself)."""
+        return self._product(self, "mul")
+
+    def __truediv__(self, other: Any) -> AuthenticatedTensor:
+        """Division by a public value (a product with its fixed-point reciprocal) or,
+        through :func:`veil.mpc.approx.reciprocal`, by a shared one."""
+        if isinstance(other, AuthenticatedTensor):
+            from veil.mpc import approx
+
+            return self * approx.reciprocal(other)
+        d = torch.as_tensor(other).to(torch.float64)
+        if bool((d == 0).any()):
+            raise ZeroDivisionError("division of a shared tensor by zero")
+        return self * (1.0 / d)
+
+    def div(self, other: Any) -> AuthenticatedTensor:
+        return self / other
+
+    def mean(self, dim: Any = None, keepdim: bool = False) -> AuthenticatedTensor:
+        """Mean over ``dim`` (or all elements): the sum times the public 1/n."""
+        dims = range(self.dim()) if dim is None else dim if isinstance(dim, list | tuple) else [dim]
+        n = math.prod(self.shape[d] for d in dims)
+        return self.sum(dim, keepdim) * (1.0 / n)
+
+    # comparisons and selection
+    lt, gt, le, ge = __lt__, __gt__, __le__, __ge__
+
+    def eq(self, other: Any) -> AuthenticatedTensor:
+        """1 where equal (in fixed point), else 0: both comparisons in one batch."""
+        diff = (self - other).reshape(-1)
+        signs = AuthenticatedTensor.cat([diff, -diff], 0)._sign()
+        n = diff.numel()
+        return (1 - signs[:n] - signs[n:]).reshape(*self._broadcast_shape(other))
+
+    __eq__ = eq  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]
+
+    def where(self, cond: AuthenticatedTensor, other: Any) -> AuthenticatedTensor:
+        """``cond ? self : other`` for a shared 0/1 ``cond``."""
+        return (self - other) * cond + other
+
+    def max(self, dim: int | None = None, keepdim: bool = False) -> Any:
+        """Maximum (over all elements, or along ``dim`` with the one-hot argmax: returns
+        ``(values, onehot_argmax)``); see :func:`veil.mpc.reduce.max_along`."""
+        from veil.mpc.reduce import max_along
+
+        if dim is None:
+            v, _ = max_along(self.reshape(-1), 0, keepdim=False, onehot=False)
+            return v
+        return max_along(self, dim, keepdim=keepdim, onehot=True)
+
+    def argmax(self, dim: int | None = None, keepdim: bool = False) -> AuthenticatedTensor:
+        """One-hot (shared) position of the maximum along ``dim`` (first one on ties)."""
+        from veil.mpc.reduce import max_along
+
+        x = self.reshape(-1) if dim is None else self
+        _, onehot = max_along(x, 0 if dim is None else dim, keepdim=True, onehot=True)
+        return onehot  # type: ignore[no-any-return]
+
+    def max_pool2d(self, kernel_size: int, stride: int | None = None) -> AuthenticatedTensor:
+        from veil.mpc.reduce import max_pool2d
+
+        return max_pool2d(self, kernel_size, stride)
+
+    def avg_pool2d(self, kernel_size: int, stride: int | None = None) -> AuthenticatedTensor:
+        from veil.mpc.reduce import avg_pool2d
+
+        return avg_pool2d(self, kernel_size, stride)
+
+    # approximations (veil.mpc.approx, generic over both tensor types)
+    def exp(self) -> AuthenticatedTensor:
+        from veil.mpc import approx
+
+        return approx.exp(self)
+
+    def reciprocal(self) -> AuthenticatedTensor:
+        from veil.mpc import approx
+
+        return approx.reciprocal(self)
+
+    def log(self) -> AuthenticatedTensor:
+        from veil.mpc import approx
+
+        return approx.log(self)
+
+    def sqrt(self) -> AuthenticatedTensor:
+        from veil.mpc import approx
+
+        return approx.sqrt(self)
+
+    def sigmoid(self) -> AuthenticatedTensor:
+        from veil.mpc import approx
+
+        return approx.sigmoid(self)
+
+    def tanh(self) -> AuthenticatedTensor:
+        from veil.mpc import approx
+
+        return approx.tanh(self)
+
+    def softmax(self, dim: int = -1) -> AuthenticatedTensor:
+        from veil.mpc import approx
+
+        return approx.softmax(self, dim)
+
+    # ------------------------------------------------------------- input of a node's data
+    @classmethod
+    def from_pointer(cls, sess: MPCSession, ptr: Any, index: int,
+                     encoding: FixedPoint) -> AuthenticatedTensor:  # fmt: skip
+        """Share, with MACs, an int64 tensor that lives on party ``index``'s node without
+        it passing through the driver: the dealer seals an authenticated mask R for that
+        node alone (a key derived from its dealer seed), the node answers d = x - R, and
+        each party sets its share to r_i + d (MAC r_mac_i + alpha_i d). The driver sees
+        d (a one-time pad of x) and sealed bytes only.
+
+        Example:
+            >>> import torch, veil
+            >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+            >>> ptr = torch.tensor([1.5, -2.0]).send(a)
+            >>> x = ptr.fix_precision().share(a, b, crypto_provider=c, security="malicious")
+            >>> (x * 2).reconstruct()
+            tensor([ 3., -4.])
+        """
+        import numpy as np
+
+        from veil.mpc.session import _u8
+        from veil.mpc.stats import record
+        from veil.pointers import PointerTensor
+        from veil.serde.messages import Results
+
+        if ptr.dtype != torch.int64:
+            raise InvalidRequest("share a fixed-point pointer: ptr.fix_precision().share(...)")
+        shape = list(ptr.shape)
+        raw = _reply_bytes(
+            node_call(sess.provider, "mpc.a128.deal_owner_input", sess.sid, shape, index)
+        )
+        gid, n_delta = (int(v) for v in np.frombuffer(raw[:16], dtype=np.int64))
+        delta = torch.from_numpy(np.frombuffer(raw[16 : 16 + 8 * n_delta], dtype=np.int64).copy())
+        box = _u8(raw[16 + 8 * n_delta :])
+        record(sess.labels[-1], len(raw), rounds=0)
+        last = sess.n - 1
+        holder = sess.parties[index]
+        reply = node_call(holder, "mpc.a128.owner_input", sess.sid, ptr, gid, box,
+                          delta if index == last else None)  # fmt: skip
+        if not isinstance(reply, Results):
+            raise InvalidRequest("unexpected reply to owner_input")
+        shares: list[Any] = [None] * sess.n
+        shares[index] = PointerTensor(holder, reply.items[0])  # type: ignore[arg-type]
+        d = PointerTensor(holder, reply.items[1]).get()  # type: ignore[arg-type]
+        record(sess.labels[index], d.numel() * 8)
+
+        def put(i: int) -> None:
+            w = sess.parties[i]
+            r = node_call(w, "mpc.a128.input_share", sess.sid, gid, d, delta if i == last else None)
+            shares[i] = w._unwrap(r, ())
+
+        sess.fanout(put, [i for i in range(sess.n) if i != index])
+        return cls(shares, sess, encoding)
+
+
+def _reply_bytes(reply: Any) -> bytes:
+    """The raw bytes of a node's uint8 value reply."""
+    from veil.mpc.session import reply_tensor
+
+    return bytes(reply_tensor(reply).numpy().tobytes())

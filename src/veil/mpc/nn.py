@@ -3,6 +3,9 @@
 ``encrypt_model(model, parties, provider)`` (also ``model.share(*parties,
 crypto_provider=provider)``) secret-shares a plain ``torch.nn`` model's weights among the
 parties; calling it on a :class:`~veil.mpc.SharedTensor` runs the forward pass under MPC.
+With ``security="malicious"`` the weights and inputs are
+:class:`~veil.mpc.authenticated.AuthenticatedTensor` objects and every layer (forward and
+backward) runs on MAC-checked protocols.
 Supported layers: Linear, Conv2d, ReLU, MaxPool2d, AvgPool2d, Flatten, BatchNorm1d/2d in
 eval mode (folded into a shared scale and shift), Dropout (identity), Identity, and
 Sequential containers of them.
@@ -29,39 +32,43 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from torch import nn
 
 from veil.errors import UnsupportedError
-from veil.mpc.session import MPCSession, session_for
+from veil.mpc.authenticated import AuthenticatedTensor
+from veil.mpc.session import MPCSession, Security, session_for
 from veil.mpc.shared import SharedTensor
 from veil.node.worker import Worker
+
+#: What shared layers compute on: semi-honest shares, or authenticated ones (``security="malicious"``).
+Secret: TypeAlias = SharedTensor | AuthenticatedTensor
 
 
 class SharedLayer:
     """One layer of a shared model."""
 
-    def forward(self, x: SharedTensor) -> SharedTensor:
+    def forward(self, x: Secret) -> Secret:
         raise NotImplementedError
 
-    def backward(self, grad: SharedTensor) -> SharedTensor:
+    def backward(self, grad: Secret) -> Secret:
         raise UnsupportedError(
             f"{type(self).__name__} has no backward pass; private training supports "
             "Linear, ReLU, Flatten and Dropout"
         )
 
-    def parameters(self) -> list[SharedTensor]:
+    def parameters(self) -> list[Secret]:
         return []
 
-    def grads(self) -> list[SharedTensor | None]:
+    def grads(self) -> list[Secret | None]:
         return []
 
-    def set_parameters(self, params: list[SharedTensor]) -> None:
+    def set_parameters(self, params: list[Secret]) -> None:
         pass
 
-    def __call__(self, x: SharedTensor) -> SharedTensor:
+    def __call__(self, x: Secret) -> Secret:
         return self.forward(x)
 
     def __repr__(self) -> str:
@@ -69,20 +76,20 @@ class SharedLayer:
 
 
 class SharedLinear(SharedLayer):
-    def __init__(self, weight: SharedTensor, bias: SharedTensor | None) -> None:
+    def __init__(self, weight: Secret, bias: Secret | None) -> None:
         self.weight, self.bias = weight, bias
-        self._weight_t: SharedTensor | None = None  # transposed once, not at every forward
-        self._x: SharedTensor | None = None
-        self._grads: list[SharedTensor | None] = []
+        self._weight_t: Secret | None = None  # transposed once, not at every forward
+        self._x: Secret | None = None
+        self._grads: list[Secret | None] = []
 
-    def forward(self, x: SharedTensor) -> SharedTensor:
+    def forward(self, x: Secret) -> Secret:
         self._x = x
         if self._weight_t is None:
             self._weight_t = self.weight.t()
         out = x @ self._weight_t
         return out + self.bias if self.bias is not None else out
 
-    def backward(self, grad: SharedTensor) -> SharedTensor:
+    def backward(self, grad: Secret) -> Secret:
         if self._x is None:
             raise RuntimeError("backward() before forward()")
         x = self._x
@@ -91,13 +98,13 @@ class SharedLinear(SharedLayer):
         self._grads = [gw, gb] if self.bias is not None else [gw]
         return grad @ self.weight
 
-    def parameters(self) -> list[SharedTensor]:
+    def parameters(self) -> list[Secret]:
         return [self.weight] + ([self.bias] if self.bias is not None else [])
 
-    def grads(self) -> list[SharedTensor | None]:
+    def grads(self) -> list[Secret | None]:
         return self._grads
 
-    def set_parameters(self, params: list[SharedTensor]) -> None:
+    def set_parameters(self, params: list[Secret]) -> None:
         self.weight = params[0]
         self._weight_t = None
         if self.bias is not None:
@@ -109,14 +116,14 @@ class SharedLinear(SharedLayer):
 
 
 class SharedConv2d(SharedLayer):
-    def __init__(self, weight: SharedTensor, bias: SharedTensor | None, stride: int,
+    def __init__(self, weight: Secret, bias: Secret | None, stride: int,
                  padding: int) -> None:  # fmt: skip
         self.weight, self.bias, self.stride, self.padding = weight, bias, stride, padding
 
-    def forward(self, x: SharedTensor) -> SharedTensor:
+    def forward(self, x: Secret) -> Secret:
         return x.conv2d(self.weight, self.bias, stride=self.stride, padding=self.padding)
 
-    def parameters(self) -> list[SharedTensor]:
+    def parameters(self) -> list[Secret]:
         return [self.weight] + ([self.bias] if self.bias is not None else [])
 
     def __repr__(self) -> str:
@@ -126,13 +133,13 @@ class SharedConv2d(SharedLayer):
 
 class SharedReLU(SharedLayer):
     def __init__(self) -> None:
-        self._keep: SharedTensor | None = None
+        self._keep: Secret | None = None
 
-    def forward(self, x: SharedTensor) -> SharedTensor:
+    def forward(self, x: Secret) -> Secret:
         self._keep = 1 - x._sign()
         return x * self._keep
 
-    def backward(self, grad: SharedTensor) -> SharedTensor:
+    def backward(self, grad: Secret) -> Secret:
         if self._keep is None:
             raise RuntimeError("backward() before forward()")
         return grad * self._keep
@@ -142,7 +149,7 @@ class SharedMaxPool2d(SharedLayer):
     def __init__(self, kernel_size: int, stride: int) -> None:
         self.kernel_size, self.stride = kernel_size, stride
 
-    def forward(self, x: SharedTensor) -> SharedTensor:
+    def forward(self, x: Secret) -> Secret:
         return x.max_pool2d(self.kernel_size, self.stride)
 
     def __repr__(self) -> str:
@@ -153,7 +160,7 @@ class SharedAvgPool2d(SharedLayer):
     def __init__(self, kernel_size: int, stride: int) -> None:
         self.kernel_size, self.stride = kernel_size, stride
 
-    def forward(self, x: SharedTensor) -> SharedTensor:
+    def forward(self, x: Secret) -> Secret:
         return x.avg_pool2d(self.kernel_size, self.stride)
 
 
@@ -162,54 +169,54 @@ class SharedFlatten(SharedLayer):
         self.start_dim, self.end_dim = start_dim, end_dim
         self._shape: torch.Size | None = None
 
-    def forward(self, x: SharedTensor) -> SharedTensor:
+    def forward(self, x: Secret) -> Secret:
         self._shape = x.shape
         return x.flatten(self.start_dim, self.end_dim)
 
-    def backward(self, grad: SharedTensor) -> SharedTensor:
+    def backward(self, grad: Secret) -> Secret:
         assert self._shape is not None
         return grad.reshape(*self._shape)
 
 
 class SharedIdentity(SharedLayer):
-    def forward(self, x: SharedTensor) -> SharedTensor:
+    def forward(self, x: Secret) -> Secret:
         return x
 
-    def backward(self, grad: SharedTensor) -> SharedTensor:
+    def backward(self, grad: Secret) -> Secret:
         return grad
 
 
 class SharedAffine(SharedLayer):
     """Eval-mode BatchNorm folded into ``x * scale + shift`` (per channel, shared)."""
 
-    def __init__(self, scale: SharedTensor, shift: SharedTensor) -> None:
+    def __init__(self, scale: Secret, shift: Secret) -> None:
         self.scale, self.shift = scale, shift
 
-    def forward(self, x: SharedTensor) -> SharedTensor:
+    def forward(self, x: Secret) -> Secret:
         view = [1, -1] + [1] * (x.dim() - 2)
         return x * self.scale.reshape(*view).expand(*x.shape) + self.shift.reshape(*view)
 
 
 class SharedSequential(SharedLayer):
-    """A shared model: its layers run in order on a :class:`SharedTensor`."""
+    """A shared model: its layers run in order on a :class:`Secret`."""
 
     def __init__(self, layers: Sequence[SharedLayer], session: MPCSession) -> None:
         self.layers = list(layers)
         self.session = session
 
-    def forward(self, x: Any) -> SharedTensor:
+    def forward(self, x: Any) -> Secret:
         if isinstance(x, torch.Tensor):
             x = x.share(session=self.session)  # type: ignore[attr-defined]
         for layer in self.layers:
             x = layer(x)
         return x  # type: ignore[no-any-return]
 
-    def backward(self, grad: SharedTensor) -> SharedTensor:
+    def backward(self, grad: Secret) -> Secret:
         for layer in reversed(self.layers):
             grad = layer.backward(grad)
         return grad
 
-    def parameters(self) -> list[SharedTensor]:
+    def parameters(self) -> list[Secret]:
         return [p for layer in self.layers for p in layer.parameters()]
 
     def __iter__(self) -> Iterator[SharedLayer]:
@@ -255,7 +262,7 @@ class SGD:
         return f"SGD(lr={self.lr}, layers={n})"
 
 
-def cross_entropy_grad(logits: SharedTensor, onehot: SharedTensor) -> SharedTensor:
+def cross_entropy_grad(logits: Secret, onehot: Secret) -> Secret:
     """d(mean softmax cross-entropy)/d(logits) = (softmax(logits) - onehot) / batch."""
     return (logits.softmax(1) - onehot) * (1.0 / logits.shape[0])
 
@@ -310,13 +317,31 @@ def _leaves(m: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
 
 
 def encrypt_model(model: nn.Module, parties: Sequence[Worker], provider: Worker | None = None, *,
-                  session: MPCSession | None = None) -> SharedSequential:  # fmt: skip
+                  session: MPCSession | None = None,
+                  security: Security = "semi-honest") -> SharedSequential:  # fmt: skip
     """Secret-share ``model``'s weights among ``parties`` (see the module docstring).
+
+    With ``security="malicious"`` the weights are shared with SPDZ2k MACs
+    (:class:`~veil.mpc.authenticated.AuthenticatedTensor`) and the model runs on
+    authenticated inputs: every opening of the forward (and backward) pass is MAC-checked,
+    and a party that alters a share makes it raise :class:`~veil.errors.MACCheckFailed`.
+    ``session`` (an :class:`MPCSession`) replaces parties, provider and security.
 
     Raises:
         UnsupportedError: listing every layer that cannot be shared.
+
+    Example:
+        >>> import torch, veil
+        >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU())
+        >>> shared = encrypt_model(model, [a, b], c, security="malicious")
+        >>> x = torch.randn(4, 3)
+        >>> out = shared(x.share(a, b, crypto_provider=c, security="malicious"))
+        >>> type(out).__name__, bool(torch.allclose(out.reconstruct(), model(x), atol=1e-2))
+        ('AuthenticatedTensor', True)
     """
-    sess = session or session_for(parties, provider)
+    sess = session or session_for(parties, provider, security=security)
     problems = []
     if list(model.children()) and not isinstance(model, nn.Sequential):
         problems.append(
@@ -331,14 +356,14 @@ def encrypt_model(model: nn.Module, parties: Sequence[Worker], provider: Worker 
     if problems:
         raise UnsupportedError("cannot share this model: " + "; ".join(problems))
 
-    def share(t: torch.Tensor) -> SharedTensor:
+    def share(t: torch.Tensor) -> Secret:
         return t.detach().share(session=sess)  # type: ignore[attr-defined, no-any-return]
 
     return SharedSequential(_layer(model, share), sess)
 
 
-def _module_share(
-    self: nn.Module, *parties: Worker, crypto_provider: Worker | None = None
-) -> SharedSequential:
-    """``model.share(alice, bob, crypto_provider=carol)``: see :func:`encrypt_model`."""
-    return encrypt_model(self, parties, crypto_provider)
+def _module_share(self: nn.Module, *parties: Worker, crypto_provider: Worker | None = None,
+                  security: Security = "semi-honest") -> SharedSequential:  # fmt: skip
+    """``model.share(alice, bob, crypto_provider=carol[, security="malicious"])``: see
+    :func:`encrypt_model`."""
+    return encrypt_model(self, parties, crypto_provider, security=security)

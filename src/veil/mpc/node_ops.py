@@ -497,3 +497,146 @@ def register(reg: OpRegistry | None = None) -> None:
     for name, fn in PURE_OPS.items():
         if name not in reg:
             reg.register(OpSpec(name, fn, bound_check=True))
+
+
+# ------------------------------------------------------------------------ malicious-mode additions
+
+
+def op_a128_public(ctx: OpContext, sid: Any, c: Any) -> Reply:
+    """Malicious mode: this party's authenticated share of the public 128-bit value ``c``
+    (shape (2, *shape)): party 0 holds ``c``, every party the MAC share ``alpha_i c``. Stored
+    private (a MAC share of a public value would reveal the party's key share)."""
+    sess = _party(ctx, sid)
+    if not isinstance(c, torch.Tensor) or c.dtype != torch.int64 or c.dim() < 1 or c.shape[0] != 2:
+        raise InvalidRequest("a128.public takes a public 128-bit value (2, *shape)")
+    ctx.check_elements(2 * c.numel())
+    return ctx.new(spdz.const(c.contiguous(), kinds.mac_key(sess.seed), sess.index), private=True)
+
+
+def op_a128_product_public(x: torch.Tensor, c: torch.Tensor, op: str, left: bool,
+                           stride: int = 1, padding: int = 0) -> torch.Tensor:  # fmt: skip
+    """Malicious mode: ``op(x, c)`` (``op(c, x)`` when ``left``) for an authenticated share
+    ``x`` (4, *shape) and a public int64 ``c``, op ``matmul`` or ``conv2d``: applied to the
+    value and the MAC share alike (both are linear in the share, so the MAC stays valid)."""
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64 or x.shape[0] != 4:
+        raise ProtocolError("product_public takes an authenticated share (4, *shape)")
+    if not isinstance(c, torch.Tensor) or c.dtype != torch.int64:
+        raise ProtocolError("product_public takes a public int64 operand")
+    if op not in ("matmul", "conv2d") or (op == "conv2d" and left):
+        raise ProtocolError(
+            "product_public op must be matmul, or conv2d with the share on the left"
+        )
+    kw = {"stride": stride, "padding": padding} if op == "conv2d" else {}
+    c128 = r128.from64(c)
+
+    def prod(h: torch.Tensor) -> torch.Tensor:
+        return r128.product(c128, h, op) if left else r128.product(h, c128, op, **kw)
+
+    return spdz.join(prod(spdz.val(x)), prod(spdz.mac(x)))
+
+
+NODE_OPS["mpc.a128.public"] = op_a128_public
+PURE_OPS["mpc.a128.product_public"] = op_a128_product_public
+
+
+# ------------------------------------------------------------------------ malicious input of a node's data
+#
+# A data owner's node (party k) shares its own tensor x with MACs: the dealer deals an
+# authenticated random mask R (group gid) as usual and seals R's value for party k alone,
+# under a key derived from party k's dealer seed; party k computes d = x - R (uniform to
+# anyone without R) and every party sets its share to r_i + d (MAC r_mac_i + alpha_i d).
+# The scientist relays the box and d, never R. The group is consumed once on every party
+# (its gid joins ``used``), so R's shares can never be opened afterwards, nor before.
+
+
+def _owner_context(sid: str, gid: int, owner: int, n: int) -> bytes:
+    return _context(f"owner-input|{gid}", sid, owner, n)
+
+
+def _input_group(shape: Any) -> tuple[kinds.Kind, dict[str, Any], list[Slot]]:
+    kind = kinds.get_kind("m_input")
+    params = {"x": shape}
+    return kind, params, kind.slots(params)
+
+
+def op_a128_deal_owner_input(ctx: OpContext, sid: Any, shape: Any, owner: Any) -> Reply:
+    """Dealer: a fresh authenticated mask R of ``shape`` for an input by party ``owner``.
+    Answers (uint8, public): the gid (8 bytes), the last party's delta (int64), and R's
+    value sealed for party ``owner`` under a key derived from its seed."""
+    st = _st(ctx)
+    sess = st.dealers.get((ctx.session.user_id, _sid(sid)))
+    if sess is None:
+        raise InvalidRequest(f"node {ctx.node.name!r} deals for no session {sid!r} of yours")
+    n = len(sess.seeds)
+    if not isinstance(owner, int) or isinstance(owner, bool) or not 0 <= owner < n:
+        raise InvalidRequest(f"owner must be a party index in 0..{n - 1}")
+    kind, params, slots = _input_group(shape)
+    ctx.check_elements(4 * numel(slots[0].shape))
+    gid = sess.next_gid
+    sess.next_gid += 1
+    delta = kinds.dealer_delta(kind, params, slots, sess.seeds, gid)
+    shares = [kinds.party_slots(s, gid, slots)["r"] for s in sess.seeds]
+    big_r = kinds.combine("auth", shares)[0:2].contiguous()
+    box = seal.seal_with_secret(
+        sess.seeds[owner], big_r.numpy().tobytes(), _owner_context(str(sid), gid, owner, n)
+    )
+    head = torch.tensor([gid, delta.numel()], dtype=torch.int64).numpy().tobytes()
+    return ctx.value(_u8(head + delta.numpy().tobytes() + box))
+
+
+def _input_share(sess: _PartySession, ctx: OpContext, gid: Any, shape: tuple[int, ...],
+                 d: torch.Tensor, delta: Any) -> torch.Tensor:  # fmt: skip
+    """This party's authenticated share r_i + d of input group ``gid`` (consumes the gid)."""
+    if not isinstance(gid, int) or isinstance(gid, bool) or gid <= 0:
+        raise InvalidRequest("gid must be a positive integer")
+    if gid in sess.used:
+        raise PermissionDenied(
+            f"dealer randomness {gid} was already used on node {ctx.node.name!r}: an input "
+            "mask is used once"
+        )
+    _, _, slots = _input_group(list(shape))
+    masks = kinds.party_slots(sess.seed, gid, slots)
+    if sess.index == sess.n - 1:
+        if not isinstance(delta, torch.Tensor):
+            raise InvalidRequest("the last party needs the dealer's delta")
+        kinds.apply_delta(slots, masks, delta)
+    sess.used.add(gid)
+    return spdz.add(masks["r"], spdz.const(d, kinds.mac_key(sess.seed), sess.index))
+
+
+def op_a128_owner_input(ctx: OpContext, sid: Any, x: Any, gid: Any, box: Any,
+                        delta: Any = None) -> Reply:  # fmt: skip
+    """Data owner (a party): share its int64 tensor ``x`` with MACs. Opens the dealer's
+    sealed mask R of group ``gid``, answers [its authenticated share (private),
+    d = x - R (public: a one-time pad of 128 bits)]."""
+    sess = _party(ctx, sid)
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64:
+        raise InvalidRequest("owner_input takes an int64 (fixed-point encoded) tensor")
+    if not isinstance(gid, int) or isinstance(gid, bool) or gid <= 0:
+        raise InvalidRequest("gid must be a positive integer")
+    ctx.check_elements(4 * x.numel())
+    raw = seal.unseal_with_secret(
+        sess.seed, _bytes(box, "the sealed mask"), _owner_context(str(sid), gid, sess.index, sess.n)
+    )
+    if len(raw) != 16 * x.numel():
+        raise InvalidRequest("the sealed mask does not match the tensor's shape")
+    big_r = torch.frombuffer(bytearray(raw), dtype=torch.int64).reshape(2, *x.shape)
+    d = r128.sub(r128.from64(x), big_r)
+    share = _input_share(sess, ctx, gid, tuple(x.shape), d, delta)
+    return ctx.results([ctx.new(share, private=True), ctx.new(d, private=False)])
+
+
+def op_a128_input_share(ctx: OpContext, sid: Any, gid: Any, d: Any, delta: Any = None) -> Reply:
+    """Party: its authenticated share r_i + d of the input of group ``gid``, given the
+    owner's public d = x - R (shape (2, *shape))."""
+    sess = _party(ctx, sid)
+    if not isinstance(d, torch.Tensor) or d.dtype != torch.int64 or d.dim() < 1 or d.shape[0] != 2:
+        raise InvalidRequest("input_share takes d as a 128-bit value (2, *shape)")
+    ctx.check_elements(2 * d.numel())
+    share = _input_share(sess, ctx, gid, tuple(d.shape[1:]), d.contiguous(), delta)
+    return ctx.new(share, private=True)
+
+
+NODE_OPS["mpc.a128.deal_owner_input"] = op_a128_deal_owner_input
+NODE_OPS["mpc.a128.owner_input"] = op_a128_owner_input
+NODE_OPS["mpc.a128.input_share"] = op_a128_input_share

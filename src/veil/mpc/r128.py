@@ -185,8 +185,8 @@ def product(a: torch.Tensor, b: torch.Tensor, op: str, **kw: Any) -> torch.Tenso
     inner = 1
     if op == "matmul":
         inner = a.shape[-1]
-    elif op == "conv2d":
-        inner = b.shape[1] * b.shape[2] * b.shape[3]
+    elif op == "conv2d":  # a: (2, N, C, H, W), b: (2, O, C, kh, kw); window C * kh * kw
+        inner = b.shape[2] * b.shape[3] * b.shape[4]
     if inner > _MAX_K and op == "matmul":
         out = None
         for i in range(0, inner, _MAX_K):
@@ -194,8 +194,16 @@ def product(a: torch.Tensor, b: torch.Tensor, op: str, **kw: Any) -> torch.Tenso
             out = part if out is None else add(out, part)
         assert out is not None
         return out
-    if inner > _MAX_K:
-        raise ValueError(f"a convolution window of {inner} elements is over {_MAX_K}")
+    if inner > _MAX_K:  # conv2d: split the input channels (the sum over them is linear)
+        per = _MAX_K // (b.shape[3] * b.shape[4])
+        if per == 0:
+            raise ValueError(f"a convolution kernel of {b.shape[3]}x{b.shape[4]} is over {_MAX_K}")
+        out = None
+        for i in range(0, b.shape[2], per):
+            part = product(a[:, :, i : i + per], b[:, :, i : i + per], op, **kw)
+            out = part if out is None else add(out, part)
+        assert out is not None
+        return out
     la, lb = limbs(a), limbs(b)
     sums = []
     for w in range(_N_LIMBS):

@@ -3,23 +3,29 @@
 A level compares adjacent candidates (2i, 2i+1) with one sign bit and selects values (and
 one-hot positions) with one round of products; ``k`` candidates take ceil(log2 k) levels
 of 9 rounds each. Ties go to the first position.
+
+The functions are generic over :class:`~veil.mpc.SharedTensor` (semi-honest) and
+:class:`~veil.mpc.authenticated.AuthenticatedTensor` (malicious): they use only the tensor
+operations both provide (sign bits, batched products, shape ops), so in malicious mode
+every opening is MAC-checked.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from veil.mpc import protocols as P
 from veil.mpc.ring import FixedPoint
 
 if TYPE_CHECKING:
+    from veil.mpc.authenticated import AuthenticatedTensor
     from veil.mpc.shared import SharedTensor
 
+T = TypeVar("T", "SharedTensor", "AuthenticatedTensor")
 
-def max_along(x: SharedTensor, dim: int, *, keepdim: bool = False,
-              onehot: bool = True) -> tuple[SharedTensor, Any]:  # fmt: skip
+
+def max_along(x: T, dim: int, *, keepdim: bool = False, onehot: bool = True) -> tuple[T, Any]:
     """``(max values, one-hot argmax or None)`` along ``dim``.
 
     Example:
@@ -36,26 +42,25 @@ def max_along(x: SharedTensor, dim: int, *, keepdim: bool = False,
     v = x.transpose(dim, nd - 1) if dim != nd - 1 else x
     k = v.shape[-1]
     hot: Any = torch.eye(k, dtype=torch.int64).expand(*v.shape, k).contiguous() if onehot else None
-    sess = x.session
     while v.shape[-1] > 1:
         m = v.shape[-1]
         h = m // 2
         a, b = v[..., 0 : 2 * h : 2], v[..., 1 : 2 * h : 2]
         diff = a - b
         keep_a = 1 - diff._sign()  # 1 where a >= b (integer bits)
-        pairs = [(keep_a.shares, diff.shares)]
+        pairs = [(keep_a, diff)]
         if onehot:
             ha, hb = hot[..., 0 : 2 * h : 2, :], hot[..., 1 : 2 * h : 2, :]
             hdiff = ha - hb
             if isinstance(hdiff, torch.Tensor):  # first level: public positions
                 sel_hot = keep_a.unsqueeze(-1) * hdiff + hb
             else:
-                pairs.append((keep_a.unsqueeze(-1).shares, hdiff.shares))
-        outs = P.products(sess, pairs, 0)
-        new_v = x._new(outs[0], diff.encoding) + b
+                pairs.append((keep_a.unsqueeze(-1), hdiff))
+        outs = x._mul_many(pairs)  # one round for the values and the positions
+        new_v = outs[0] + b
         if onehot:
             if len(outs) > 1:
-                sel_hot = x._new(outs[1], FixedPoint(0)) + hb
+                sel_hot = outs[1] + hb
             if m % 2:
                 hot = type(x).cat([sel_hot, _as_shared(hot[..., m - 1 : m, :], x)], -2)
             else:
@@ -73,26 +78,20 @@ def max_along(x: SharedTensor, dim: int, *, keepdim: bool = False,
     return values, hot
 
 
-def _as_shared(t: Any, like: SharedTensor) -> SharedTensor:
-    """A public int tensor as shares (party 0 holds it, the others zeros)."""
-    from veil.mpc.shared import SharedTensor
-
-    if isinstance(t, SharedTensor):
-        return t
-    zero = like.session.fanout(
-        lambda i: like.session.parties[i].send(t if i == 0 else torch.zeros_like(t)),
-        range(like.session.n),
-    )
-    return SharedTensor(zero, like.session, FixedPoint(0))
+def _as_shared(t: Any, like: T) -> T:
+    """A public int tensor as shares with ``frac_bits = 0`` (party 0 holds it)."""
+    if isinstance(t, torch.Tensor):
+        return like._from_public(t, FixedPoint(0))
+    return t  # type: ignore[no-any-return]
 
 
-def _windows(x: SharedTensor, k: int, stride: int) -> SharedTensor:
+def _windows(x: T, k: int, stride: int) -> T:
     n, c, h, w = x.shape
-    return x._map(lambda s: s.unfold(2, k, stride).unfold(3, k, stride).reshape(
-        n, c, (h - k) // stride + 1, (w - k) // stride + 1, k * k))  # fmt: skip
+    return x.unfold(2, k, stride).unfold(3, k, stride).reshape(
+        n, c, (h - k) // stride + 1, (w - k) // stride + 1, k * k)  # fmt: skip
 
 
-def max_pool2d(x: SharedTensor, kernel_size: int, stride: int | None = None) -> SharedTensor:
+def max_pool2d(x: T, kernel_size: int, stride: int | None = None) -> T:
     """``F.max_pool2d`` (no padding) on an (N, C, H, W) shared tensor."""
     if x.dim() != 4:
         raise ValueError(f"max_pool2d takes an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
@@ -100,7 +99,7 @@ def max_pool2d(x: SharedTensor, kernel_size: int, stride: int | None = None) -> 
     return values
 
 
-def avg_pool2d(x: SharedTensor, kernel_size: int, stride: int | None = None) -> SharedTensor:
+def avg_pool2d(x: T, kernel_size: int, stride: int | None = None) -> T:
     """``F.avg_pool2d`` (no padding): window sums times the public 1/k^2."""
     if x.dim() != 4:
         raise ValueError(f"avg_pool2d takes an (N, C, H, W) tensor, got shape {tuple(x.shape)}")

@@ -82,3 +82,39 @@ def unseal(me: KeyPair, sender: bytes, box: bytes, context: bytes) -> bytes:
             "a sealed box failed authentication: it was not sealed by the claimed node for "
             "this node and purpose, or it was altered in transit"
         ) from None
+
+
+def _secret_key(secret: bytes, context: bytes) -> bytes:
+    info = b"veil.mpc.seal-secret|" + context
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+
+
+def seal_with_secret(secret: bytes, payload: bytes, context: bytes) -> bytes:
+    """Encrypt and authenticate ``payload`` under a key derived from a secret two nodes
+    share (e.g. a party's dealer seed, which only the party and its dealer know).
+
+    Example:
+        >>> seed = bytes(32)
+        >>> box = seal_with_secret(seed, b"mask", b"ctx")
+        >>> unseal_with_secret(seed, box, b"ctx")
+        b'mask'
+    """
+    nonce = os.urandom(12)
+    return nonce + AESGCM(_secret_key(secret, context)).encrypt(nonce, payload, context)
+
+
+def unseal_with_secret(secret: bytes, box: bytes, context: bytes) -> bytes:
+    """Open a box from :func:`seal_with_secret`.
+
+    Raises:
+        ProtocolError: the box was not sealed with this secret and context, or was altered.
+    """
+    if len(box) < 12 + 16:
+        raise ProtocolError("sealed box too short")
+    try:
+        return AESGCM(_secret_key(secret, context)).decrypt(box[:12], box[12:], context)
+    except InvalidTag:
+        raise ProtocolError(
+            "a sealed box failed authentication: it was not sealed for this node and purpose, "
+            "or it was altered in transit"
+        ) from None

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from veil.errors import InvalidRequest, UnsupportedError, WorkerMismatch
+from veil.errors import InvalidRequest, WorkerMismatch
 from veil.mpc import protocols as P
 from veil.mpc.ring import FixedPoint, prg
 from veil.mpc.session import MPCSession, node_call, session_for
@@ -77,7 +77,10 @@ class FixedPrecisionPointer:
     """A pointer to fixed-point data on its owner's node (from ``ptr.fix_precision()``).
 
     ``share(...)`` has the owner's node split it: it keeps one share and seals a PRG seed
-    to each other party, so the value never passes through the data scientist.
+    to each other party, so the value never passes through the data scientist. With
+    ``security="malicious"`` the dealer seals an authenticated mask R to the owner's node,
+    which answers ``x - R`` (see :meth:`AuthenticatedTensor.from_pointer
+    <veil.mpc.authenticated.AuthenticatedTensor.from_pointer>`).
     """
 
     def __init__(self, pointer: PointerTensor, encoding: FixedPoint) -> None:
@@ -102,11 +105,9 @@ class FixedPrecisionPointer:
         sess = session or session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
                                       security=security)  # type: ignore[arg-type]  # fmt: skip
         if sess.security == "malicious":
-            raise UnsupportedError(
-                "sharing data a node holds is semi-honest only in this version (its MACs need "
-                "an input protocol sealed to the data owner's node); share it with the default "
-                "security, or have the owner share a local tensor"
-            )
+            from veil.mpc.authenticated import AuthenticatedTensor
+
+            return AuthenticatedTensor.from_pointer(sess, self.pointer, idx, self.encoding)  # type: ignore[return-value]
         return SharedTensor.from_pointer(sess, self.pointer, idx, self.encoding)
 
     def float_precision(self) -> PointerTensor:
@@ -320,6 +321,26 @@ class SharedTensor:
 
     __rmul__ = __mul__
 
+    def _mul_many(self, pairs: Sequence[tuple[SharedTensor, SharedTensor]]) -> list[SharedTensor]:
+        """Several elementwise products in one round (then one truncation round if needed)."""
+        fs = {a._product_trunc(b.encoding) for a, b in pairs}
+        if len(fs) != 1:
+            return [a * b for a, b in pairs]
+        for a, b in pairs:
+            a._check(b)
+        outs = P.products(self.session, [(a.shares, b.shares) for a, b in pairs], fs.pop())
+        return [self._new(o, a._product_encoding(b.encoding))
+                for o, (a, b) in zip(outs, pairs, strict=True)]  # fmt: skip
+
+    def _from_public(self, t: torch.Tensor, encoding: FixedPoint) -> SharedTensor:
+        """Shares of the public ``t`` (party 0 holds it encoded, the others zeros)."""
+        enc = encoding.encode(t) if t.is_floating_point() else t.to(torch.int64)
+        sess = self.session
+        shares = sess.fanout(
+            lambda i: sess.parties[i].send(enc if i == 0 else torch.zeros_like(enc)), range(sess.n)
+        )
+        return SharedTensor(shares, sess, encoding)
+
     def _product_trunc(self, other: FixedPoint) -> int:
         """Bits to truncate after a product so the result keeps the larger of the two
         encodings (integers times fixed point need none)."""
@@ -424,6 +445,10 @@ class SharedTensor:
 
     def expand(self, *shape: Any) -> SharedTensor:
         return self._map(lambda s: s.expand(*shape).contiguous())
+
+    def unfold(self, dim: int, size: int, step: int) -> SharedTensor:
+        """Sliding windows along ``dim`` (``torch.Tensor.unfold``), e.g. for pooling."""
+        return self._map(lambda s: s.unfold(dim, size, step))
 
     def __getitem__(self, idx: Any) -> SharedTensor:
         return self._map(lambda s: s[idx].contiguous())
