@@ -281,18 +281,6 @@ class AuthenticatedTensor:
         )
         return self._new(res[0], FixedPoint(0))
 
-    def _pick(self, start: int, half: int) -> AuthenticatedTensor:
-        return self._map(lambda s: s[:, start : 2 * half : 2].contiguous())
-
-    def _pick_range(self, a: int, b: int) -> AuthenticatedTensor:
-        return self._map(lambda s: s[:, a:b].contiguous())
-
-    def _cat(self, other: AuthenticatedTensor) -> AuthenticatedTensor:
-        sess = self.session
-        return self._new(
-            sess.fanout(lambda i: torch.cat([self.shares[i], other.shares[i]], 1), range(sess.n))
-        )
-
     def __lt__(self, other: Any) -> AuthenticatedTensor:
         return (self - other)._sign()
 

@@ -143,10 +143,23 @@ def _prediction(op: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any])
     return result
 
 
+_TYPES: tuple[Any, Any] | None = None
+
+
+def _types() -> tuple[Any, Any]:
+    """(PointerTensor, PointerModule), imported once (they import this module)."""
+    global _TYPES
+    if _TYPES is None:
+        from veil.pointers.module import PointerModule
+        from veil.pointers.tensor import PointerTensor
+
+        _TYPES = (PointerTensor, PointerModule)
+    return _TYPES
+
+
 def _signature(a: Any) -> Any:
     """What an argument contributes to its op's result metadata (hashable)."""
-    from veil.pointers.module import PointerModule
-    from veil.pointers.tensor import PointerTensor
+    PointerTensor, PointerModule = _types()
 
     t = type(a)
     if t is PointerTensor:
@@ -167,8 +180,7 @@ def _signature(a: Any) -> Any:
 
 
 def _meta(a: Any) -> Any:
-    from veil.pointers.module import PointerModule
-    from veil.pointers.tensor import PointerTensor
+    PointerTensor, PointerModule = _types()
 
     t = type(a)
     if t is PointerTensor:
