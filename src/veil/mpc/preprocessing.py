@@ -142,6 +142,7 @@ class Preprocessor:
         self._lock = threading.Lock()
         self._ready: OrderedDict[Hashable, deque[_Entry]] = OrderedDict()
         self._bytes = 0
+        self._sizes: dict[Hashable, int] = {}  # delta bytes per signature
         #: Groups handed out from the pool (hits) and dealt on demand (misses).
         self.hits = 0
         self.misses = 0
@@ -195,7 +196,7 @@ class Preprocessor:
         todo = [g for g in groups for _ in range(count)]
         if not todo:
             return
-        need = sum(delta_bytes(k, p) for k, p in todo)
+        need = sum(self._size(signature(k, p), (k, p)) for k, p in todo)
         with self._lock:
             if self._bytes + need > self.max_bytes:
                 raise ValueError(
@@ -222,11 +223,21 @@ class Preprocessor:
             sig = signature(kind, params)
             if sig is None:
                 continue
-            nb = delta_bytes(kind, params)
+            nb = self._size(sig, (kind, params))
             self._ready.setdefault(sig, deque()).append(_Entry(fut, i, nb))
             self._ready.move_to_end(sig)
             self._bytes += nb
         return fut
+
+    def _size(self, sig: Hashable | None, group: Group) -> int:
+        nb = self._sizes.get(sig) if sig is not None else None
+        if nb is None:
+            nb = delta_bytes(*group)
+            if sig is not None:
+                if len(self._sizes) > 4096:
+                    self._sizes.clear()
+                self._sizes[sig] = nb
+        return nb
 
     def _top_up(self, used: list[tuple[Hashable, Group]]) -> None:
         """Deal, in one background message, what brings each used signature back to
@@ -237,7 +248,7 @@ class Preprocessor:
         todo: list[Group] = []
         planned = 0
         for sig, group in first.items():
-            nb = delta_bytes(*group)
+            nb = self._size(sig, group)
             for _ in range(self.ahead * uses[sig] - len(self._ready.get(sig, ()))):
                 if not self._make_room(planned + nb, keep=uses.keys()):
                     break
