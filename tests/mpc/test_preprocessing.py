@@ -70,6 +70,8 @@ def test_preprocess_refuses_unknown_ops_and_what_exceeds_the_pool(two: Any) -> N
         sess.preprocess("mul", (100,), (100,), count=2)  # 1600 bytes of deltas
     with pytest.raises(ValueError, match="prefetch"):
         _session(two, prefetch=-1)
+    with pytest.raises(ValueError, match="malicious"):
+        _session(two, security="malicious").preprocess("mul", (2,), (2,))
 
 
 def test_the_pool_stays_within_its_byte_cap_dropping_the_least_recently_used(two: Any) -> None:
@@ -145,3 +147,13 @@ def test_the_dealer_lane_does_not_keep_a_session_alive(two: Any) -> None:
     gc.collect()
     assert ref() is None
     assert pre.pooled() == 0  # closed with the session
+
+
+def test_malicious_mode_takes_prepared_authenticated_groups_too(two: Any) -> None:
+    sess = _session(two, security="malicious")
+    gids = _spy_gids(sess)
+    x, w = torch.randn(3, 4), torch.randn(4, 2)
+    sx, sw = x.share(session=sess), w.share(session=sess)
+    for _ in range(3):
+        torch.testing.assert_close((sx @ sw).reconstruct(), x @ w, atol=1e-3, rtol=1e-3)
+    assert sess._pre.hits >= 2 and len(gids) == len(set(gids))

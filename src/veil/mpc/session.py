@@ -224,7 +224,8 @@ class MPCSession:
             wait: return once it is dealt (default); False deals in the background.
 
         Raises:
-            ValueError: an unknown op, or more than ``preprocess_bytes`` in the pool.
+            ValueError: an unknown op, more than ``preprocess_bytes`` in the pool, or a
+                malicious-mode session.
 
         Example:
             >>> import torch, veil
@@ -240,6 +241,11 @@ class MPCSession:
 
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise ValueError(f"count must be an integer >= 1, got {count!r}")
+        if self.security != "semi-honest":
+            raise ValueError(
+                "preprocess() prepares semi-honest products; in malicious mode the session "
+                "prepares groups ahead as they are used (prefetch=)"
+            )
         f = self.encoding.frac_bits if frac_bits is None else frac_bits
         groups = protocols.product_groups(self, op, list(x_shape),
                                           None if y_shape is None else list(y_shape),
