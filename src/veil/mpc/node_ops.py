@@ -305,10 +305,10 @@ def op_finish(ctx: OpContext, sid: Any, items: Any) -> Reply:
 
 def op_step(ctx: OpContext, sid: Any, finish: Any, open_: Any) -> Reply:
     """Party: ``finish`` one round and ``open`` the next in one message. Inputs of the
-    open items may be ``["out", k]``: the k-th result of this finish. Answers (int64,
-    public): the number of results, then per result its id, rank and shape, then the
-    masked values of the opening."""
-    done = _finish(ctx, sid, finish)
+    open items may be ``["out", k]``: the k-th result of this finish. The finish's results
+    feed this opening only and are not stored (semi-honest groups only). Answers (int64,
+    public): the number of stored results (0), then the masked values of the opening."""
+    done = _finish(ctx, sid, finish, store=False)
     if not isinstance(open_, list):
         raise InvalidRequest("step needs a list of open items")
     for it in open_:
@@ -321,13 +321,12 @@ def op_step(ctx: OpContext, sid: Any, finish: Any, open_: Any) -> Reply:
                         raise InvalidRequest(f"no result {k!r} of this step's finish")
                     ins[j] = done[k][1]
     masked = _open(ctx, sid, open_)
-    head: list[int] = [len(done)]
-    for info, _ in done:
-        head += [info.id, len(info.shape), *info.shape]
-    return ctx.value(torch.cat([torch.tensor(head, dtype=torch.int64), masked]))
+    return ctx.value(torch.cat([torch.zeros(1, dtype=torch.int64), masked]))
 
 
-def _finish(ctx: OpContext, sid: Any, items: Any) -> list[tuple[Any, torch.Tensor]]:
+def _finish(
+    ctx: OpContext, sid: Any, items: Any, *, store: bool = True
+) -> list[tuple[Any, torch.Tensor]]:
     st = _st(ctx)
     sess = _party(ctx, sid)
     if not isinstance(items, list) or not items:
@@ -339,6 +338,8 @@ def _finish(ctx: OpContext, sid: Any, items: Any) -> list[tuple[Any, torch.Tenso
         pend = st.pending.pop(key, None)  # type: ignore[arg-type]
         if pend is None:
             raise InvalidRequest(f"no opened group {gid!r} to finish on node {ctx.node.name!r}")
+        if pend.macs and not store:
+            raise InvalidRequest("authenticated groups finish with mpc.finish (their MAC check)")
         opened = it.get("opened")
         want = [s for s in pend.slots if s.opened]
         if (
@@ -360,7 +361,7 @@ def _finish(ctx: OpContext, sid: Any, items: Any) -> list[tuple[Any, torch.Tenso
         if pend.macs:
             pend.masks["__extra"] = extra  # type: ignore[assignment]
         outs = pend.kind.finish(pend.params, opened, pend.masks, pend.inputs, sess.index, sess.n)
-        results.extend((ctx.new(o.contiguous(), private=True), o) for o in outs)
+        results.extend((ctx.new(o.contiguous(), private=True) if store else None, o) for o in outs)
         if pend.macs:  # SPDZ2k check share: sum rho * (mac(y) - alpha_i y), public
             rho = it.get("rho")
             if not isinstance(rho, list) or len(rho) != len(opened):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from veil.mpc import kinds
 from veil.mpc.session import MPCSession, Request
 
 Shares = list[Any]  # PointerTensor per party (its operators are dynamic for mypy)
@@ -45,17 +46,50 @@ def trunc(sess: MPCSession, xs: Shares, f: int) -> Shares:
     return res[0]
 
 
+def product_groups(sess: MPCSession, op: str, x: list[int], y: list[int] | None, *, f: int,
+                   stride: int = 1, padding: int = 0) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
+    """The dealer groups of one product (Beaver triple or square pair, then a truncation
+    pair when the session truncates with the dealer): what :func:`product` and
+    :func:`square` deal, and :meth:`MPCSession.preprocess` prepares."""
+    local_f = f if sess.truncation == "local" else 0
+    if op == "square":
+        groups: list[tuple[str, dict[str, Any]]] = [("square", {"x": x, "trunc": local_f})]
+        out = tuple(x)
+    elif op in ("mul", "matmul", "conv2d"):
+        if y is None:
+            raise ValueError(f"{op} needs the shapes of both operands")
+        params: dict[str, Any] = {"x": x, "y": y, "op": op}
+        if op == "conv2d":
+            params.update(stride=stride, padding=padding)
+        params["trunc"] = local_f
+        groups = [("beaver", params)]
+        out = kinds.get_kind("beaver").slots(params)[2].shape
+    else:
+        raise ValueError(f"op must be 'mul', 'matmul', 'conv2d' or 'square', got {op!r}")
+    if f != local_f:
+        groups.append(("trunc", {"x": list(out), "f": f}))
+    return groups
+
+
+def _product_round(sess: MPCSession, groups: list[tuple[str, dict[str, Any]]],
+                   inputs: list[list[Any]]) -> Shares:  # fmt: skip
+    """One product round; with a dealer truncation, chained: each party's message that
+    finishes the product also opens the truncation (3 messages per party, not 4)."""
+    (kind, params), n = groups[0], sess.n
+    if len(groups) == 1:
+        (res,) = sess.round([Request(kind, params, inputs)])
+        return res[0]
+    trunc = groups[1][1]
+    return sess.chain([Request(kind, params, inputs),
+                       Request("trunc", trunc, [[("out", 0)] for _ in range(n)])])[0]  # fmt: skip
+
+
 def product(sess: MPCSession, xs: Shares, ys: Shares, *, op: str = "mul", f: int = 0,
             stride: int = 1, padding: int = 0) -> Shares:  # fmt: skip
     """``op(x, y)`` for shared x and y (Beaver), then truncated by ``f`` bits."""
-    params: dict[str, Any] = {"x": list(xs[0].shape), "y": list(ys[0].shape), "op": op}
-    if op == "conv2d":
-        params.update(stride=stride, padding=padding)
-    local_f = f if sess.truncation == "local" else 0
-    params["trunc"] = local_f
-    (res,) = sess.round([Request("beaver", params, [[x, y] for x, y in zip(xs, ys, strict=True)])])
-    out = res[0]
-    return out if local_f == f else trunc(sess, out, f)
+    groups = product_groups(sess, op, list(xs[0].shape), list(ys[0].shape), f=f, stride=stride,
+                            padding=padding)  # fmt: skip
+    return _product_round(sess, groups, [[x, y] for x, y in zip(xs, ys, strict=True)])
 
 
 def products(sess: MPCSession, pairs: list[tuple[Shares, Shares]], f: int) -> list[Shares]:
@@ -78,10 +112,8 @@ def products(sess: MPCSession, pairs: list[tuple[Shares, Shares]], f: int) -> li
 
 def square(sess: MPCSession, xs: Shares, f: int) -> Shares:
     """``x * x`` from a square pair (8 bytes per element instead of 16)."""
-    local_f = f if sess.truncation == "local" else 0
-    params = {"x": list(xs[0].shape), "trunc": local_f}
-    (res,) = sess.round([Request("square", params, [[x] for x in xs])])
-    return res[0] if local_f == f else trunc(sess, res[0], f)
+    groups = product_groups(sess, "square", list(xs[0].shape), None, f=f)
+    return _product_round(sess, groups, [[x] for x in xs])
 
 
 def sign_bit(sess: MPCSession, xs: Shares) -> Shares:

@@ -23,9 +23,11 @@ from typing import Any, Literal, TypeVar
 import torch
 
 from veil.errors import InvalidRequest, MACCheckFailed, RemoteError
-from veil.mpc import kinds, seal, stats
+from veil.mpc import kinds, seal
 from veil.mpc.kinds import numel
+from veil.mpc.preprocessing import Preprocessor
 from veil.mpc.ring import FixedPoint, prg
+from veil.mpc.stats import record as record_stats
 from veil.node.worker import Worker
 from veil.pointers import PointerTensor
 from veil.serde.messages import Reply, Results, RunOp, Value
@@ -86,6 +88,11 @@ class MPCSession:
             |z| / 2^63 per element, z at scale 2^(2 frac_bits)) or ``"dealer"`` (one more
             round, exact to one unit in the last place for any |z| < 2^62).
         parallel: run the parties' steps in parallel threads (default).
+        prefetch: after a group of dealer randomness of some kind and shapes is used, deal
+            this many more of the same in a background thread, so a loop of same-shaped
+            operations finds them ready (default 1; 0 turns it off). See :meth:`preprocess`.
+        preprocess_bytes: the most bytes of dealt randomness (the last party's deltas) kept
+            ready on the driver (default 64 MiB; least recently used shapes go first).
 
     Example:
         >>> import veil
@@ -96,9 +103,13 @@ class MPCSession:
 
     def __init__(self, parties: Sequence[Worker], provider: Worker, *, frac_bits: int = 16,
                  security: Security = "semi-honest", truncation: str = "auto",
-                 parallel: bool = True) -> None:  # fmt: skip
+                 parallel: bool = True, prefetch: int = 1,
+                 preprocess_bytes: int = 64 << 20) -> None:  # fmt: skip
         parties = list(parties)
         problems = []
+        for name, v in (("prefetch", prefetch), ("preprocess_bytes", preprocess_bytes)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                problems.append(f"{name} must be an integer >= 0, got {v!r}")
         if len(parties) < 2:
             problems.append(f"secret sharing needs at least 2 parties, got {len(parties)}")
         if len({id(p) for p in parties}) != len(parties):
@@ -128,6 +139,15 @@ class MPCSession:
         self._pool: ThreadPoolExecutor | None = None
         if parallel:
             self._pool = ThreadPoolExecutor(max_workers=self.n + 1, thread_name_prefix="veil-mpc")
+        ref = weakref.ref(self)
+
+        def deal_now(groups: list[tuple[str, dict[str, Any]]]) -> list[tuple[int, torch.Tensor]]:
+            sess = ref()  # weak: the dealer lane must not keep the session alive
+            if sess is None:
+                raise RuntimeError("the MPC session was closed")
+            return sess._deal_now(groups)
+
+        self._pre = Preprocessor(deal_now, ahead=prefetch, max_bytes=preprocess_bytes)
         keys = self.fanout(public_key, self.parties)
         self.keys = keys
         self.provider_key = public_key(provider)
@@ -149,9 +169,14 @@ class MPCSession:
         )
 
     def close(self) -> None:
-        """Stop the session's worker threads (also done when it is garbage-collected)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
+        """Stop the session's worker threads and drop the randomness dealt ahead (also done
+        when it is garbage-collected)."""
+        pre = getattr(self, "_pre", None)
+        if pre is not None:
+            pre.close()
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
             self._pool = None
 
     def __del__(self) -> None:
@@ -182,10 +207,56 @@ class MPCSession:
         return "local" if self.n == 2 and self.security == "semi-honest" else "dealer"
 
     def deal(self, groups: list[tuple[str, dict[str, Any]]]) -> list[tuple[int, torch.Tensor]]:
+        """Groups of dealer randomness, (gid, delta) for each: prepared ahead where one of
+        the same kind and params is ready, else dealt now (one provider message)."""
+        return self._pre.take(groups)
+
+    def preprocess(self, op: str, x_shape: Sequence[int], y_shape: Sequence[int] | None = None,
+                   *, count: int = 1, frac_bits: int | None = None, stride: int = 1,
+                   padding: int = 0, wait: bool = True) -> None:  # fmt: skip
+        """Deal the randomness of ``count`` future products ahead (the *offline phase*):
+        ``op`` is ``"mul"``, ``"matmul"``, ``"conv2d"`` (shared x shared, shapes of both
+        operands) or ``"square"`` (one shape); the truncation by ``frac_bits`` (default: the
+        session's) is included. Later products of these shapes take their groups from the
+        pool, each group once. Prepared randomness depends on shapes only, never on data.
+
+        Args:
+            wait: return once it is dealt (default); False deals in the background.
+
+        Raises:
+            ValueError: an unknown op, more than ``preprocess_bytes`` in the pool, or a
+                malicious-mode session.
+
+        Example:
+            >>> import torch, veil
+            >>> alice, bob, carol = (veil.VirtualWorker(n) for n in ("alice", "bob", "carol"))
+            >>> sess = MPCSession([alice, bob], carol)
+            >>> sess.preprocess("matmul", (4, 3), (3, 2), count=2)
+            >>> x = torch.ones(4, 3).share(session=sess)
+            >>> w = torch.ones(3, 2).share(session=sess)
+            >>> (x @ w).reconstruct()[0]
+            tensor([3., 3.])
+        """
+        from veil.mpc import protocols
+
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError(f"count must be an integer >= 1, got {count!r}")
+        if self.security != "semi-honest":
+            raise ValueError(
+                "preprocess() prepares semi-honest products; in malicious mode the session "
+                "prepares groups ahead as they are used (prefetch=)"
+            )
+        f = self.encoding.frac_bits if frac_bits is None else frac_bits
+        groups = protocols.product_groups(self, op, list(x_shape),
+                                          None if y_shape is None else list(y_shape),
+                                          f=f, stride=stride, padding=padding)  # fmt: skip
+        self._pre.add(groups, count, wait=wait)
+
+    def _deal_now(self, groups: list[tuple[str, dict[str, Any]]]) -> list[tuple[int, torch.Tensor]]:
         """Ask the provider for groups of randomness; returns (gid, delta) for each."""
         specs = [(k, p) for k, p in groups]
         flat = reply_tensor(node_call(self.provider, "mpc.deal", self.sid, specs))
-        stats.record(self.labels[-1], (flat.numel() - len(groups)) * 8, rounds=0)
+        record_stats(self.labels[-1], (flat.numel() - len(groups)) * 8, rounds=0)
         gids = flat[: len(groups)].tolist()
         out, off = [], len(groups)
         for (kind, params), gid in zip(groups, gids, strict=True):
@@ -224,7 +295,7 @@ class MPCSession:
                     item["delta"] = r.dealt[1]
                 items.append(item)
             out = reply_tensor(node_call(self.parties[i], "mpc.open", self.sid, items))
-            stats.record(self.labels[i], out.numel() * 8)
+            record_stats(self.labels[i], out.numel() * 8)
             return out
 
         flats = self.fanout(open_on, range(self.n))
@@ -327,7 +398,7 @@ class MPCSession:
             out = reply_tensor(
                 node_call(self.parties[i], "mpc.open", self.sid, [item(requests[0], i)])
             )
-            stats.record(self.labels[i], out.numel() * 8)
+            record_stats(self.labels[i], out.numel() * 8)
             return out
 
         opened = combine_open(requests[0], self.fanout(first, range(self.n)))
@@ -344,7 +415,7 @@ class MPCSession:
                     n_out
                 ):  # skip the result descriptions: only the last round's are kept
                     pos += 2 + int(reply[pos + 1])
-                stats.record(self.labels[i], (reply.numel() - pos) * 8)
+                record_stats(self.labels[i], (reply.numel() - pos) * 8)
                 return reply[pos:]
 
             opened = combine_open(cur, self.fanout(step, range(self.n)))
@@ -364,7 +435,7 @@ class MPCSession:
         """Sum each check's public z_i over the parties: all must be 0 mod 2^128."""
         zs = self.fanout(lambda i: [c[i].get() for c in checks], range(self.n))
         for label in self.labels[:-1]:
-            stats.record(label, 16 * len(checks), rounds=0)
+            record_stats(label, 16 * len(checks), rounds=0)
         for j in range(len(checks)):
             parts = [zs[i][j] for i in range(self.n)]
             total = kinds.combine("r128" if parts[0].numel() == 2 else "arith", parts)
