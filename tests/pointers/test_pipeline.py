@@ -191,3 +191,19 @@ def test_predictions_follow_train_and_eval_mode(served: tuple[Node, str]) -> Non
         remote.train()
         y = remote(px)
         assert y.requires_grad and y.get().shape == (8, 4)
+
+
+def test_a_prediction_made_under_no_grad_agrees_with_the_node(served: tuple[Node, str]) -> None:
+    """The node runs every op with grad on; a prediction (cached per architecture) must say
+    so even when the client's loop runs under torch.no_grad()."""
+    node, url = served
+    with _client(url) as c:
+        first, second = (nn.Linear(3, 2).send(c) for _ in range(2))  # one architecture
+        px = torch.randn(4, 3).send(c)
+        with torch.no_grad():
+            y = first(px)
+        z = second(px)
+        c.flush()
+        for ptr in (y, z):
+            assert ptr.requires_grad
+            assert node._objects[ptr.id].value.requires_grad

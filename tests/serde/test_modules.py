@@ -45,3 +45,11 @@ def test_module_round_trips_and_runs_remotely(make: object, shape: tuple[int, ..
     got = _first(remote(*[a.send(worker) for a in args])).get()
     torch.testing.assert_close(got, expected)
     assert torch.equal(remote.get().state_dict()[n1], model.state_dict()[n1])
+
+
+def test_a_submodule_in_eval_mode_stays_in_eval_mode() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Dropout(0.5))
+    model[1].eval()  # e.g. frozen batch-norm statistics in a model being trained
+    built = spec_to_module(module_to_spec(model))
+    assert [m.training for m in built.modules()] == [m.training for m in model.modules()]
+    assert built.training and not built[1].training

@@ -35,6 +35,7 @@ from veil.errors import InvalidRequest, MACCheckFailed, WorkerMismatch
 from veil.mpc import kinds, r128
 from veil.mpc.ring import FixedPoint, prg
 from veil.mpc.session import MPCSession, Request, node_call
+from veil.mpc.surface import DerivedOps
 
 if TYPE_CHECKING:
     from veil.mpc.shared import FixedPrecisionTensor
@@ -48,7 +49,7 @@ def _run(sess: MPCSession, op: str, *shares: Shares, args: tuple[Any, ...] = ())
     )
 
 
-class AuthenticatedTensor:
+class AuthenticatedTensor(DerivedOps):
     """A fixed-point tensor shared with SPDZ2k MACs; each share is a private (4, *shape)
     int64 object (value and MAC, 128 bits each) on its party's node. Its methods mirror
     :class:`~veil.mpc.SharedTensor`'s, so code written for one runs on the other.
@@ -281,22 +282,6 @@ class AuthenticatedTensor:
         )
         return self._new(res[0], FixedPoint(0))
 
-    def __lt__(self, other: Any) -> AuthenticatedTensor:
-        return (self - other)._sign()
-
-    def __gt__(self, other: Any) -> AuthenticatedTensor:
-        return (-(self - other))._sign()
-
-    def __le__(self, other: Any) -> AuthenticatedTensor:
-        return 1 - (self > other)
-
-    def __ge__(self, other: Any) -> AuthenticatedTensor:
-        return 1 - (self < other)
-
-    def relu(self) -> AuthenticatedTensor:
-        keep = 1 - self._sign()
-        return self * keep
-
     # ------------------------------------------------------------- the rest of SharedTensor's surface
     # Everything below composes the authenticated protocols above (products, truncation,
     # sign bits), so every opening stays MAC-checked; the generic algorithms (approximations,
@@ -506,86 +491,7 @@ class AuthenticatedTensor:
         n = math.prod(self.shape[d] for d in dims)
         return self.sum(dim, keepdim) * (1.0 / n)
 
-    # comparisons and selection
-    lt, gt, le, ge = __lt__, __gt__, __le__, __ge__
-
-    def eq(self, other: Any) -> AuthenticatedTensor:
-        """1 where equal (in fixed point), else 0: both comparisons in one batch."""
-        diff = (self - other).reshape(-1)
-        signs = AuthenticatedTensor.cat([diff, -diff], 0)._sign()
-        n = diff.numel()
-        return (1 - signs[:n] - signs[n:]).reshape(*self._broadcast_shape(other))
-
-    __eq__ = eq  # type: ignore[assignment]
-    __hash__ = None  # type: ignore[assignment]
-
-    def where(self, cond: AuthenticatedTensor, other: Any) -> AuthenticatedTensor:
-        """``cond ? self : other`` for a shared 0/1 ``cond``."""
-        return (self - other) * cond + other
-
-    def max(self, dim: int | None = None, keepdim: bool = False) -> Any:
-        """Maximum (over all elements, or along ``dim`` with the one-hot argmax: returns
-        ``(values, onehot_argmax)``); see :func:`veil.mpc.reduce.max_along`."""
-        from veil.mpc.reduce import max_along
-
-        if dim is None:
-            v, _ = max_along(self.reshape(-1), 0, keepdim=False, onehot=False)
-            return v
-        return max_along(self, dim, keepdim=keepdim, onehot=True)
-
-    def argmax(self, dim: int | None = None, keepdim: bool = False) -> AuthenticatedTensor:
-        """One-hot (shared) position of the maximum along ``dim`` (first one on ties)."""
-        from veil.mpc.reduce import max_along
-
-        x = self.reshape(-1) if dim is None else self
-        _, onehot = max_along(x, 0 if dim is None else dim, keepdim=True, onehot=True)
-        return onehot  # type: ignore[no-any-return]
-
-    def max_pool2d(self, kernel_size: int, stride: int | None = None) -> AuthenticatedTensor:
-        from veil.mpc.reduce import max_pool2d
-
-        return max_pool2d(self, kernel_size, stride)
-
-    def avg_pool2d(self, kernel_size: int, stride: int | None = None) -> AuthenticatedTensor:
-        from veil.mpc.reduce import avg_pool2d
-
-        return avg_pool2d(self, kernel_size, stride)
-
-    # approximations (veil.mpc.approx, generic over both tensor types)
-    def exp(self) -> AuthenticatedTensor:
-        from veil.mpc import approx
-
-        return approx.exp(self)
-
-    def reciprocal(self) -> AuthenticatedTensor:
-        from veil.mpc import approx
-
-        return approx.reciprocal(self)
-
-    def log(self) -> AuthenticatedTensor:
-        from veil.mpc import approx
-
-        return approx.log(self)
-
-    def sqrt(self) -> AuthenticatedTensor:
-        from veil.mpc import approx
-
-        return approx.sqrt(self)
-
-    def sigmoid(self) -> AuthenticatedTensor:
-        from veil.mpc import approx
-
-        return approx.sigmoid(self)
-
-    def tanh(self) -> AuthenticatedTensor:
-        from veil.mpc import approx
-
-        return approx.tanh(self)
-
-    def softmax(self, dim: int = -1) -> AuthenticatedTensor:
-        from veil.mpc import approx
-
-        return approx.softmax(self, dim)
+    # comparisons, relu, where, max/argmax, pooling, approximations: DerivedOps (surface.py)
 
     # ------------------------------------------------------------- input of a node's data
     @classmethod

@@ -22,6 +22,7 @@ from veil.errors import InvalidRequest, WorkerMismatch
 from veil.mpc import protocols as P
 from veil.mpc.ring import FixedPoint, prg
 from veil.mpc.session import MPCSession, node_call, session_for
+from veil.mpc.surface import DerivedOps
 from veil.node.worker import Worker
 from veil.pointers import PointerTensor
 from veil.serde.messages import Results
@@ -130,7 +131,7 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and not x.is_floating_point() and x.dtype != torch.bool
 
 
-class SharedTensor:
+class SharedTensor(DerivedOps):
     """A tensor additively shared among parties: ``sum(shares) = round(x * 2**frac_bits)``
     mod 2^64, each share a private int64 object on its party's node.
 
@@ -485,107 +486,11 @@ class SharedTensor:
         """1 where the value is negative, else 0 (integer shares)."""
         return self._new(P.sign_bit(self.session, self.shares), FixedPoint(0))
 
-    def __lt__(self, other: Any) -> SharedTensor:  # type: ignore[override]
-        return (self - other)._sign()
-
-    def __gt__(self, other: Any) -> SharedTensor:  # type: ignore[override]
-        return (-(self - other))._sign()
-
-    def __le__(self, other: Any) -> SharedTensor:  # type: ignore[override]
-        return 1 - (self > other)
-
-    def __ge__(self, other: Any) -> SharedTensor:  # type: ignore[override]
-        return 1 - (self < other)
-
-    def eq(self, other: Any) -> SharedTensor:
-        """1 where equal (in fixed point), else 0: ``(x <= y) * (x >= y)``."""
-        diff = (self - other).reshape(-1)
-        signs = SharedTensor.cat([diff, -diff], 0)._sign()  # both comparisons in one batch
-        n = diff.numel()
-        # x < y and x > y never hold together: equal = 1 - lt - gt, no product needed
-        return (1 - signs[:n] - signs[n:]).reshape(*self._broadcast_shape(other))
-
     def _broadcast_shape(self, other: Any) -> torch.Size:
         oshape = other.shape if isinstance(other, SharedTensor | torch.Tensor) else torch.Size([])
         return torch.broadcast_shapes(self.shape, oshape)
 
-    __eq__ = eq  # type: ignore[assignment]
-    __hash__ = None  # type: ignore[assignment]
-
-    lt, gt, le, ge = __lt__, __gt__, __le__, __ge__
-
-    def relu(self) -> SharedTensor:
-        """``max(x, 0)``: a sign bit and one product (9 rounds)."""
-        keep = 1 - self._sign()
-        return self * keep
-
-    def where(self, cond: SharedTensor, other: Any) -> SharedTensor:
-        """``cond ? self : other`` for a shared 0/1 ``cond``."""
-        return (self - other) * cond + other
-
-    def max(self, dim: int | None = None, keepdim: bool = False) -> Any:
-        """Maximum (over all elements, or along ``dim`` with the one-hot argmax: returns
-        ``(values, onehot_argmax)``). A tree of pairwise comparisons: ceil(log2 k) levels."""
-        from veil.mpc.reduce import max_along
-
-        if dim is None:
-            v, _ = max_along(self.reshape(-1), 0, keepdim=False, onehot=False)
-            return v
-        return max_along(self, dim, keepdim=keepdim, onehot=True)
-
-    def argmax(self, dim: int | None = None, keepdim: bool = False) -> SharedTensor:
-        """One-hot (shared) position of the maximum along ``dim`` (first one on ties)."""
-        from veil.mpc.reduce import max_along
-
-        x = self.reshape(-1) if dim is None else self
-        _, onehot = max_along(x, 0 if dim is None else dim, keepdim=True, onehot=True)
-        return onehot
-
-    def max_pool2d(self, kernel_size: int, stride: int | None = None) -> SharedTensor:
-        from veil.mpc.reduce import max_pool2d
-
-        return max_pool2d(self, kernel_size, stride)
-
-    def avg_pool2d(self, kernel_size: int, stride: int | None = None) -> SharedTensor:
-        from veil.mpc.reduce import avg_pool2d
-
-        return avg_pool2d(self, kernel_size, stride)
-
-    # ------------------------------------------------------------- approximations
-    def exp(self) -> SharedTensor:
-        from veil.mpc import approx
-
-        return approx.exp(self)
-
-    def reciprocal(self) -> SharedTensor:
-        from veil.mpc import approx
-
-        return approx.reciprocal(self)
-
-    def log(self) -> SharedTensor:
-        from veil.mpc import approx
-
-        return approx.log(self)
-
-    def sqrt(self) -> SharedTensor:
-        from veil.mpc import approx
-
-        return approx.sqrt(self)
-
-    def sigmoid(self) -> SharedTensor:
-        from veil.mpc import approx
-
-        return approx.sigmoid(self)
-
-    def tanh(self) -> SharedTensor:
-        from veil.mpc import approx
-
-        return approx.tanh(self)
-
-    def softmax(self, dim: int = -1) -> SharedTensor:
-        from veil.mpc import approx
-
-        return approx.softmax(self, dim)
+    # comparisons, relu, where, max/argmax, pooling, approximations: DerivedOps (surface.py)
 
 
 # ----------------------------------------------------------------- torch entry points

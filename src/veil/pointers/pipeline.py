@@ -129,7 +129,8 @@ def _prediction(op: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any])
         return _CACHE[key]
     result: _Meta | None = None
     try:
-        out = fn(*[_meta(a) for a in args], **{k: _meta(v) for k, v in kwargs.items()})
+        with torch.enable_grad():  # the node runs every op with grad on, whatever the client's mode
+            out = fn(*[_meta(a) for a in args], **{k: _meta(v) for k, v in kwargs.items()})
         if type(out) is torch.Tensor:
             result = (tuple(out.shape), out.dtype, bool(out.requires_grad))
     except _Unpredictable:

@@ -137,7 +137,7 @@ def _build(spec: ModuleSpec, depth: int) -> nn.Module:
         if not name or "." in name or not name.replace("_", "a").isalnum():
             raise SerdeError(f"invalid submodule name {name[:40]!r}")
         module.add_module(name, _build(child, depth + 1))
-    module.train(spec.training)
+    module.training = bool(spec.training)  # its own flag only: train() would reset children
     return module
 
 

@@ -1,0 +1,123 @@
+"""What :class:`~veil.mpc.SharedTensor` and :class:`~veil.mpc.authenticated.AuthenticatedTensor`
+derive the same way from their own primitives (a sign bit, products, shape ops): comparisons,
+selection, maxima, pooling and the approximations. In malicious mode every opening these
+make is a MAC-checked one, because the primitives are.
+
+Example:
+    >>> import torch, veil
+    >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+    >>> x = torch.tensor([1.5, -2.0, 0.5]).share(a, b, crypto_provider=c)
+    >>> (x > 0).reconstruct(), x.relu().reconstruct()
+    (tensor([1., 0., 1.]), tensor([1.5000, 0.0000, 0.5000]))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DerivedOps:
+    """Mixin: needs ``_sign()`` (1 where negative), + - * with shared and public operands,
+    ``reshape``, ``numel``, ``cat`` and ``_broadcast_shape`` from the class."""
+
+    __slots__ = ()
+
+    # ------------------------------------------------------------- comparisons
+    def __lt__(self: Any, other: Any) -> Any:
+        return (self - other)._sign()
+
+    def __gt__(self: Any, other: Any) -> Any:
+        return (-(self - other))._sign()
+
+    def __le__(self: Any, other: Any) -> Any:
+        return 1 - (self > other)
+
+    def __ge__(self: Any, other: Any) -> Any:
+        return 1 - (self < other)
+
+    lt, gt, le, ge = __lt__, __gt__, __le__, __ge__
+
+    def eq(self: Any, other: Any) -> Any:
+        """1 where equal (in fixed point), else 0: ``x < y`` and ``x > y`` in one batch of
+        sign bits; they never hold together, so equal = 1 - lt - gt with no product."""
+        diff = (self - other).reshape(-1)
+        signs = type(self).cat([diff, -diff], 0)._sign()
+        n = diff.numel()
+        return (1 - signs[:n] - signs[n:]).reshape(*self._broadcast_shape(other))
+
+    __eq__ = eq  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]
+
+    def relu(self: Any) -> Any:
+        """``max(x, 0)``: a sign bit and one product."""
+        keep = 1 - self._sign()
+        return self * keep
+
+    def where(self: Any, cond: Any, other: Any) -> Any:
+        """``cond ? self : other`` for a shared 0/1 ``cond``."""
+        return (self - other) * cond + other
+
+    # ------------------------------------------------------------- maxima and pooling
+    def max(self: Any, dim: int | None = None, keepdim: bool = False) -> Any:
+        """Maximum (over all elements, or along ``dim`` with the one-hot argmax: returns
+        ``(values, onehot_argmax)``); see :func:`veil.mpc.reduce.max_along`."""
+        from veil.mpc.reduce import max_along
+
+        if dim is None:
+            v, _ = max_along(self.reshape(-1), 0, keepdim=False, onehot=False)
+            return v
+        return max_along(self, dim, keepdim=keepdim, onehot=True)
+
+    def argmax(self: Any, dim: int | None = None, keepdim: bool = False) -> Any:
+        """One-hot (shared) position of the maximum along ``dim`` (first one on ties)."""
+        from veil.mpc.reduce import max_along
+
+        x = self.reshape(-1) if dim is None else self
+        _, onehot = max_along(x, 0 if dim is None else dim, keepdim=True, onehot=True)
+        return onehot
+
+    def max_pool2d(self: Any, kernel_size: int, stride: int | None = None) -> Any:
+        from veil.mpc.reduce import max_pool2d
+
+        return max_pool2d(self, kernel_size, stride)
+
+    def avg_pool2d(self: Any, kernel_size: int, stride: int | None = None) -> Any:
+        from veil.mpc.reduce import avg_pool2d
+
+        return avg_pool2d(self, kernel_size, stride)
+
+    # ------------------------------------------------------------- approximations
+    def exp(self: Any) -> Any:
+        from veil.mpc import approx
+
+        return approx.exp(self)
+
+    def reciprocal(self: Any) -> Any:
+        from veil.mpc import approx
+
+        return approx.reciprocal(self)
+
+    def log(self: Any) -> Any:
+        from veil.mpc import approx
+
+        return approx.log(self)
+
+    def sqrt(self: Any) -> Any:
+        from veil.mpc import approx
+
+        return approx.sqrt(self)
+
+    def sigmoid(self: Any) -> Any:
+        from veil.mpc import approx
+
+        return approx.sigmoid(self)
+
+    def tanh(self: Any) -> Any:
+        from veil.mpc import approx
+
+        return approx.tanh(self)
+
+    def softmax(self: Any, dim: int = -1) -> Any:
+        from veil.mpc import approx
+
+        return approx.softmax(self, dim)
