@@ -18,7 +18,7 @@ import veil
 from veil.errors import PermissionDenied, ProtocolError
 from veil.mpc import MPCSession, node_ops, ring, seal
 from veil.mpc import session as msession
-from veil.mpc.kinds import get_kind
+from veil.mpc.kinds import get_kind, party_slots
 from veil.node import Node
 
 DS_EMAIL, DS_PASSWORD = "ds@lab.org", "ds-password-123"
@@ -271,7 +271,7 @@ def test_a_scientist_playing_dealer_is_stopped_by_pinned_dealer_keys(deployed: A
     item = {"gid": 1, "kind": "beaver", "params": params, "inputs": [x.shares[0], x.shares[0]]}
     e = msession.reply_tensor(msession.node_call(alice, "mpc.open", "forged-session", [item]))
     slots = get_kind("beaver").slots(params)
-    mask = ring.prg(seed, 1, 0, 2)
+    mask = party_slots(seed, 1, slots)[slots[0].name]  # the group key derives from the seed
     share0 = e[:2] + mask  # the scientist unmasked alice's share with its own seed
     assert torch.equal(share0, owners[0].node._objects[x.shares[0].id].value)
     assert slots[0].opened
@@ -384,3 +384,19 @@ def test_a_step_opens_under_the_same_rules(deployed: Any) -> None:
     bad = {**again, "gid": g3, "inputs": [["out", 5], ["out", 0]]}
     with pytest.raises(veil.errors.InvalidRequest, match="no result 5"):
         msession.node_call(alice, "mpc.step", sess.sid, [open_(g2)], [bad])
+
+
+def test_a_group_id_reused_as_another_kind_or_shape_gets_unrelated_randomness() -> None:
+    """Each group's PRG key binds its layout: a gid the dealer dealt as one kind (whose delta
+    the scientist sees) and a party then opens as another masks with fresh randomness, so
+    openings and delta cannot be combined (e.g. into the MAC key)."""
+    seed = bytes(range(32))
+    mul = get_kind("beaver").slots({"x": [4], "y": [4], "op": "mul", "trunc": 0})
+    mul8 = get_kind("beaver").slots({"x": [8], "y": [8], "op": "mul", "trunc": 0})
+    masked_input = get_kind("m_input").slots({"x": [3]})  # 12 words, like mul's a, b, c
+    a = party_slots(seed, 5, mul)
+    assert torch.equal(a["a"], party_slots(seed, 5, mul)["a"])  # the same layout: the same
+    words_mul = torch.cat([a[s.name].reshape(-1) for s in mul])
+    words_input = party_slots(seed, 5, masked_input)["r"].reshape(-1)
+    assert not torch.equal(words_mul, words_input)
+    assert not torch.equal(a["a"], party_slots(seed, 5, mul8)["a"][:4])

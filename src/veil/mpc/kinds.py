@@ -2,7 +2,7 @@
 
 A *group* of correlated randomness (a Beaver triple, a truncation pair, ...) is a list of
 :class:`Slot` tensors. Every party derives its share of every slot from its own PRG seed
-(``prg(seed, gid, slot)``); the dealer, who knows all seeds, computes the true value of
+(``prg(group_key(seed, gid, layout), gid)``); the dealer, who knows all seeds, computes the true value of
 each *corrected* slot (``c = a * b``) and sends the last party a *delta* that fixes its
 share. A group is used in one opening round:
 
@@ -19,6 +19,7 @@ Everything here is plain torch on int64 words (Z_2^64, or bit vectors for XOR sh
 from __future__ import annotations
 
 import functools
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -404,10 +405,30 @@ def get_kind(name: Any) -> Kind:
 # ------------------------------------------------------------------ shares of a group
 
 
+def group_key(seed: bytes, gid: int, slots: list[Slot]) -> bytes:
+    """The PRG key of group ``gid`` *as this layout of slots*: a group id the dealer dealt
+    for one kind (or shape) and a party then used as another gives unrelated randomness,
+    so the dealer's delta for the first says nothing about the masks of the second."""
+    layout = repr([(s.name, s.shape, s.domain, s.opened, s.corrected) for s in slots])
+    h = hashlib.blake2b(digest_size=32, person=b"veil-mpc-group")
+    h.update(seed)
+    h.update(gid.to_bytes(8, "big", signed=True))
+    h.update(layout.encode())
+    return h.digest()
+
+
 def party_slots(seed: bytes, gid: int, slots: list[Slot]) -> dict[str, torch.Tensor]:
-    """One party's PRG shares of every slot of group ``gid`` (before any delta)."""
+    """One party's PRG shares of every slot of group ``gid`` (before any delta), from the
+    group's own key (:func:`group_key`).
+
+    Example:
+        >>> a = [Slot("a", (2,)), Slot("b", (2,))]; b = [Slot("a", (4,))]
+        >>> x, y = party_slots(bytes(32), 7, a), party_slots(bytes(32), 7, b)
+        >>> bool((torch.cat([x["a"], x["b"]]) == y["a"]).all())
+        False
+    """
     out = {}
-    parts = ring.prg_many(seed, gid, [words(s) for s in slots])
+    parts = ring.prg_many(group_key(seed, gid, slots), gid, [words(s) for s in slots])
     for s, t in zip(slots, parts, strict=True):
         t = t.reshape(full_shape(s))
         out[s.name] = t & 1 if s.domain == "bit" else t
