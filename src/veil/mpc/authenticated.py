@@ -65,12 +65,10 @@ class AuthenticatedTensor(DerivedOps):
         (0.94, torch.Size([1, 1, 4, 4]))
     """
 
-    __slots__ = ("shares", "session", "encoding")
-
-    def __init__(self, shares: Shares, session: MPCSession, encoding: FixedPoint) -> None:
-        self.shares = shares
-        self.session = session
-        self.encoding = encoding
+    __slots__ = ()
+    shares: Shares
+    session: MPCSession
+    encoding: FixedPoint
 
     @classmethod
     def from_encoded(
@@ -87,18 +85,9 @@ class AuthenticatedTensor(DerivedOps):
         (res,) = sess.round([Request("m_input", {"x": shape}, [[] for _ in range(sess.n)])], extra)
         return cls(res[0], sess, encoding)
 
-    def _new(self, shares: Shares, encoding: FixedPoint | None = None) -> AuthenticatedTensor:
-        return AuthenticatedTensor(shares, self.session, encoding or self.encoding)
-
     @property
     def shape(self) -> torch.Size:
         return torch.Size(self.shares[0].shape[1:])
-
-    def dim(self) -> int:
-        return len(self.shape)
-
-    def numel(self) -> int:
-        return math.prod(self.shape)
 
     def __repr__(self) -> str:
         shape = "x".join(str(d) for d in self.shape) or "scalar"
@@ -108,11 +97,6 @@ class AuthenticatedTensor(DerivedOps):
         )
 
     # ------------------------------------------------------------- reconstruction
-    def reconstruct(self) -> torch.Tensor:
-        """Fetch the shares (permission rules apply), check the MACs, decode
-        (:meth:`get`, then ``float_precision()``)."""
-        return self.get().float_precision()
-
     # ------------------------------------------------------------- linear ops
     def _check(self, other: AuthenticatedTensor) -> None:
         if other.session is not self.session:
@@ -287,16 +271,6 @@ class AuthenticatedTensor(DerivedOps):
     # sign bits), so every opening stays MAC-checked; the generic algorithms (approximations,
     # max and pooling) live in approx.py and reduce.py and run on both tensor types.
 
-    def size(self, dim: int | None = None) -> Any:
-        return self.shape if dim is None else self.shape[dim]
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def parties(self) -> list[Any]:
-        return self.session.parties
-
     def get(self) -> FixedPrecisionTensor:
         """Fetch every share (permission rules apply), check the MACs of the result, and
         return it encoded, like :meth:`SharedTensor.get <veil.mpc.SharedTensor.get>`.
@@ -329,10 +303,6 @@ class AuthenticatedTensor(DerivedOps):
                 "the MAC check of the reconstructed value failed: a share was altered"
             )
         return FixedPrecisionTensor(y[0], self.encoding)
-
-    def request(self, reason: str) -> list[Any]:
-        """Ask every party's owner for access to its share (one request per party)."""
-        return [s.request(reason) for s in self.shares]
 
     # shape ops: a share is (4, *shape), so data dimension d is share dimension d + 1
     def _sd(self, dim: int) -> int:

@@ -142,12 +142,10 @@ class SharedTensor(DerivedOps):
             comparison bits).
     """
 
-    __slots__ = ("shares", "session", "encoding")
-
-    def __init__(self, shares: Shares, session: MPCSession, encoding: FixedPoint) -> None:
-        self.shares = shares
-        self.session = session
-        self.encoding = encoding
+    __slots__ = ()
+    shares: Shares
+    session: MPCSession
+    encoding: FixedPoint
 
     # ------------------------------------------------------------- construction
     @classmethod
@@ -206,29 +204,10 @@ class SharedTensor(DerivedOps):
         sess.fanout(recv, range(len(others)))
         return cls([s for s in shares if s is not None], sess, encoding)
 
-    def _new(self, shares: Shares, encoding: FixedPoint | None = None) -> SharedTensor:
-        return SharedTensor(shares, self.session, encoding or self.encoding)
-
     # ------------------------------------------------------------- introspection
     @property
     def shape(self) -> torch.Size:
         return self.shares[0].shape
-
-    def size(self, dim: int | None = None) -> Any:
-        return self.shape if dim is None else self.shape[dim]
-
-    def dim(self) -> int:
-        return len(self.shape)
-
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def parties(self) -> list[Worker]:
-        return self.session.parties
 
     def __repr__(self) -> str:
         shape = "x".join(str(d) for d in self.shape) or "scalar"
@@ -247,14 +226,6 @@ class SharedTensor(DerivedOps):
         for p in parts[1:]:
             total = total + p
         return FixedPrecisionTensor(total, self.encoding)
-
-    def reconstruct(self) -> torch.Tensor:
-        """``get().float_precision()``."""
-        return self.get().float_precision()
-
-    def request(self, reason: str) -> list[Any]:
-        """Ask every party's owner for access to its share (one request per party)."""
-        return [s.request(reason) for s in self.shares]  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------- helpers
     def _check(self, other: SharedTensor) -> None:

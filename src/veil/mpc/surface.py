@@ -13,14 +13,50 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
 class DerivedOps:
-    """Mixin: needs ``_sign()`` (1 where negative), + - * with shared and public operands,
-    ``reshape``, ``numel``, ``cat`` and ``_broadcast_shape`` from the class."""
+    """Base of both shared tensor classes: the shares (one private pointer per party), the
+    session and the fixed-point encoding, and what follows from them. Needs ``shape``,
+    ``get()``, ``_sign()`` (1 where negative), + - * with shared and public operands,
+    ``reshape``, ``cat`` and ``_broadcast_shape`` from the class."""
 
-    __slots__ = ()
+    __slots__ = ("shares", "session", "encoding")
+
+    def __init__(self, shares: list[Any], session: Any, encoding: Any) -> None:
+        self.shares = shares
+        self.session = session
+        self.encoding = encoding
+
+    def _new(self: Any, shares: list[Any], encoding: Any = None) -> Any:
+        return type(self)(shares, self.session, encoding or self.encoding)
+
+    # ------------------------------------------------------------- introspection
+    def size(self: Any, dim: int | None = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self: Any) -> int:
+        return len(self.shape)
+
+    def numel(self: Any) -> int:
+        return math.prod(self.shape)
+
+    def __len__(self: Any) -> int:
+        return int(self.shape[0])
+
+    @property
+    def parties(self) -> list[Any]:
+        return list(self.session.parties)
+
+    def reconstruct(self: Any) -> Any:
+        """``get().float_precision()`` (in malicious mode ``get`` checks the MACs first)."""
+        return self.get().float_precision()
+
+    def request(self, reason: str) -> list[Any]:
+        """Ask every party's owner for access to its share (one request per party)."""
+        return [s.request(reason) for s in self.shares]
 
     # ------------------------------------------------------------- comparisons
     def __lt__(self: Any, other: Any) -> Any:
