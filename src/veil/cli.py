@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -40,7 +41,7 @@ Password = Annotated[
 ]
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     console.print(f"[red]error:[/red] {exc}")
     raise typer.Exit(1)
 
@@ -52,6 +53,21 @@ def _client(url: str, email: str, password: str) -> Any:
         return NodeClient(url, email=email, password=password)
     except VeilError as exc:
         _fail(exc)
+
+
+T = TypeVar("T")
+
+
+def _ask(url: str, email: str, password: str, call: Callable[[Any], T]) -> T:
+    """Log in, run ``call(client)``, close the client; a node's refusal ends the command
+    with its message."""
+    client = _client(url, email, password)
+    try:
+        return call(client)
+    except VeilError as exc:
+        _fail(exc)
+    finally:
+        client.close()
 
 
 @app.command()
@@ -135,13 +151,9 @@ def user_create(
     password: Password = "",
 ) -> None:
     """Create a user on a running node (you must be its owner or an admin)."""
-    client = _client(url, email, password)
-    try:
-        info = client.create_user(new_email, new_password, role=role)
-    except VeilError as exc:
-        _fail(exc)
-    finally:
-        client.close()
+    info = _ask(
+        url, email, password, lambda client: client.create_user(new_email, new_password, role=role)
+    )
     console.print(f"created user {info.email} ({info.role})")
 
 
@@ -150,13 +162,7 @@ def user_list(
     url: Url = "http://127.0.0.1:8765", email: Email = "owner@localhost", password: Password = ""
 ) -> None:
     """List a node's users."""
-    client = _client(url, email, password)
-    try:
-        users = client.users()
-    except VeilError as exc:
-        _fail(exc)
-    finally:
-        client.close()
+    users = _ask(url, email, password, lambda client: client.users())
     table = Table("id", "email", "role")
     for u in users:
         table.add_row(str(u.id), u.email, u.role)
@@ -173,13 +179,7 @@ def requests_list(
     password: Password = "",
 ) -> None:
     """List access requests (all of them for the owner, your own otherwise)."""
-    client = _client(url, email, password)
-    try:
-        items = client.requests.list(status)
-    except VeilError as exc:
-        _fail(exc)
-    finally:
-        client.close()
+    items = _ask(url, email, password, lambda client: client.requests.list(status))
     table = Table(
         "id", "status", "requester", "object", "derived from", "reason", title="access requests"
     )
@@ -197,17 +197,16 @@ def requests_list(
 
 
 def _decide(request_id: int, approve: bool, note: str, url: str, email: str, password: str) -> None:
-    client = _client(url, email, password)
-    try:
-        r = (
+    r = _ask(
+        url,
+        email,
+        password,
+        lambda client: (
             client.requests.approve(request_id, note)
             if approve
             else client.requests.deny(request_id, note)
-        )
-    except VeilError as exc:
-        _fail(exc)
-    finally:
-        client.close()
+        ),
+    )
     console.print(f"request {r.id} from {r.requester}: [bold]{r.status}[/bold]")
 
 
@@ -249,13 +248,12 @@ def budgets_set(
     password: Password = "",
 ) -> None:
     """Give a user a privacy budget (epsilon, delta) on a dataset (owners and admins)."""
-    client = _client(url, email, password)
-    try:
-        b = client.budgets.set(user, dataset, epsilon=epsilon, delta=delta)
-    except VeilError as exc:
-        _fail(exc)
-    finally:
-        client.close()
+    b = _ask(
+        url,
+        email,
+        password,
+        lambda client: client.budgets.set(user, dataset, epsilon=epsilon, delta=delta),
+    )
     console.print(f"budget of {b.user} on {b.dataset}: epsilon={b.epsilon:g} delta={b.delta:g}")
 
 
@@ -267,13 +265,7 @@ def budgets_show(
     password: Password = "",
 ) -> None:
     """Show budgets and what each user has spent (owners: everyone; others: their own)."""
-    client = _client(url, email, password)
-    try:
-        items = client.budgets.list(user)
-    except VeilError as exc:
-        _fail(exc)
-    finally:
-        client.close()
+    items = _ask(url, email, password, lambda client: client.budgets.list(user))
     table = Table("user", "dataset", "epsilon", "delta", "spent epsilon", "spent delta", "releases")
     for b in items:
         table.add_row(b.user, b.dataset, f"{b.epsilon:g}", f"{b.delta:g}", f"{b.spent_epsilon:.4g}",
