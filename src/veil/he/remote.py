@@ -34,7 +34,7 @@ from veil.he import wire
 from veil.he.ckks import CKKSContext, CKKSTensor, sigmoid_coefficients
 from veil.he.paillier import EncryptedTensor, PrivateKey, PublicKey
 from veil.node.objects import ValueKind, register_kind
-from veil.ops import OpSpec, default_registry
+from veil.ops import OpFacts, OpSpec, default_registry
 from veil.pointers.handle import ReleasedOnDrop
 from veil.pointers.remote import Remote, register_pointer_kind
 from veil.serde.messages import (
@@ -289,6 +289,10 @@ def _rerandomized(x: Any) -> Any:
     return x.rerandomize() if isinstance(x, EncryptedTensor) else x
 
 
+#: Facts of the he.* ops: each checks its own work and size limits; never pipelined.
+_FACTS = OpFacts(size="input", pipeline="never")
+
+
 def _binary(name: str, fn: Any, *, rerandomize: bool = False) -> OpSpec:
     def run(a: Any, b: Any) -> Any:
         a, b = _enc(a, name), _operand(b, name)
@@ -297,7 +301,7 @@ def _binary(name: str, fn: Any, *, rerandomize: bool = False) -> OpSpec:
         return _rerandomized(out) if rerandomize else out
 
     run.__name__ = f"he_{name}"
-    return OpSpec(f"he.{name}", run)
+    return OpSpec(f"he.{name}", run, facts=_FACTS)
 
 
 def _unary(name: str, fn: Any, *, rerandomize: bool = False) -> OpSpec:
@@ -306,7 +310,7 @@ def _unary(name: str, fn: Any, *, rerandomize: bool = False) -> OpSpec:
         return _rerandomized(out) if rerandomize else out
 
     run.__name__ = f"he_{name}"
-    return OpSpec(f"he.{name}", run)
+    return OpSpec(f"he.{name}", run, facts=_FACTS)
 
 
 def _matmul(a: Any, w: Any) -> Any:
@@ -392,15 +396,15 @@ def _ops() -> list[OpSpec]:
         _binary("mul", lambda a, b: a * b, rerandomize=True),
         _binary("truediv", lambda a, b: a / b, rerandomize=True),
         _unary("neg", lambda a: -a),
-        OpSpec("he.matmul", _matmul),
-        OpSpec("he.rmatmul", _rmatmul),
-        OpSpec("he.sum", _sum),
-        OpSpec("he.dot", _dot),
-        OpSpec("he.square", _square),
-        OpSpec("he.polyval", _polyval),
-        OpSpec("he.reshape", _reshape),
-        OpSpec("he.transpose", _transpose),
-        OpSpec("he.getitem", _getitem),
+        OpSpec("he.matmul", _matmul, facts=_FACTS),
+        OpSpec("he.rmatmul", _rmatmul, facts=_FACTS),
+        OpSpec("he.sum", _sum, facts=_FACTS),
+        OpSpec("he.dot", _dot, facts=_FACTS),
+        OpSpec("he.square", _square, facts=_FACTS),
+        OpSpec("he.polyval", _polyval, facts=_FACTS),
+        OpSpec("he.reshape", _reshape, facts=_FACTS),
+        OpSpec("he.transpose", _transpose, facts=_FACTS),
+        OpSpec("he.getitem", _getitem, facts=_FACTS),
         _unary("rerandomize", lambda a: a.rerandomize() if isinstance(a, EncryptedTensor) else a),
     ]
 

@@ -34,7 +34,7 @@ from veil.errors import InvalidRequest, PermissionDenied, ProtocolError
 from veil.mpc import kinds, r128, ring, seal, spdz
 from veil.mpc.kinds import Slot, numel
 from veil.node.extension import OpContext
-from veil.ops import OpRegistry, OpSpec, default_registry
+from veil.ops import OpFacts, OpRegistry, OpSpec, default_registry
 from veil.serde.messages import Done, Reply
 
 #: Groups opened but not finished that a node keeps per user before dropping the oldest.
@@ -489,15 +489,28 @@ PURE_OPS: dict[str, Callable[..., Any]] = {
 }
 
 
+#: Where each node op accepts private objects (its shares, or a data owner's own data); a
+#: private object in any other argument is refused by the node before the op runs.
+PRIVATE_ARGS: dict[str, tuple[str, ...]] = {
+    "mpc.open": ("items.*.inputs.*",),
+    "mpc.step": ("open_.*.inputs.*",),
+    "mpc.split": ("x",),
+    "mpc.a128.add_public": ("x",),
+    "mpc.a128.check": ("x",),
+    "mpc.a128.owner_input": ("x",),
+}
+
+
 def register(reg: OpRegistry | None = None) -> None:
     """Add the MPC ops to ``reg`` (the default allowlist); idempotent."""
     reg = reg if reg is not None else default_registry()
     for name, fn in NODE_OPS.items():
         if name not in reg:
-            reg.register(OpSpec(name, fn, effect="node"))
+            facts = OpFacts(size="input", pipeline="never", private_args=PRIVATE_ARGS.get(name, ()))
+            reg.register(OpSpec(name, fn, "node", facts))
     for name, fn in PURE_OPS.items():
         if name not in reg:
-            reg.register(OpSpec(name, fn, bound_check=True))
+            reg.register(OpSpec(name, fn, facts=OpFacts(size="product")))
 
 
 # ------------------------------------------------------------------------ malicious-mode additions

@@ -65,12 +65,28 @@ class OpContext:
                 f"({self.node.max_result_bytes} bytes)"
             )
 
-    def new(self, value: torch.Tensor, *, private: bool | None = None) -> ObjectInfo:
-        """Store ``value`` for the caller; private if any input is, unless told otherwise."""
+    def new(self, value: torch.Tensor, *, private: bool | None = None,
+            label: str = "") -> ObjectInfo:  # fmt: skip
+        """Store ``value`` for the caller; private if any input is, unless told otherwise.
+
+        ``label`` marks what the capability made it as (e.g. ``"mpc.share:arith"``); its
+        ops can then accept only objects with their label (:meth:`labelled`).
+        """
         priv = self.private if private is None else private
         sources = self.sources if priv else frozenset()
         rec = self.node._store(self.session, value, private=priv, sources=sources)
+        rec.label = label
         return self.node._info_of(rec)
+
+    def record_of(self, value: Any) -> ObjectRecord | None:
+        """The record behind ``value`` if it came from one of this op's ``Ref`` arguments."""
+        return next((r for r in self.inputs if r.value is value), None)
+
+    def labelled(self, value: Any, prefix: str) -> bool:
+        """Is ``value`` an object of this caller's that a capability stored with a label
+        starting with ``prefix``?"""
+        rec = self.record_of(value)
+        return rec is not None and rec.label.startswith(prefix)
 
     @staticmethod
     def value(tensor: torch.Tensor) -> Value:

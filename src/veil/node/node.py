@@ -69,12 +69,14 @@ from veil.serde.messages import (
     DatasetList,
     DecideRequest,
     DeleteObjects,
+    DictArg,
     Done,
     ErrorReply,
     GetAudit,
     GetDataset,
     GetInfo,
     GetObject,
+    ListArg,
     ListBudgets,
     ListDatasets,
     ListObjects,
@@ -94,7 +96,9 @@ from veil.serde.messages import (
     RunOp,
     SendObject,
     SetBudget,
+    SliceArg,
     TensorData,
+    TupleArg,
     UserInfo,
     UserList,
     Value,
@@ -580,15 +584,18 @@ class Node:
             self._check_mutable(session, target)
         declared = (
             [r for w in _written_args(spec, args, kwargs) for r in inputs if r.value is w]
-            if _may_write(spec.name)
+            if _may_write(spec)
             else []
         )
         for rec in declared:
             self._check_mutable(session, rec)
         if private and not session.is_admin:
             self._check_shape_leak(spec, args, kwargs, inputs)
-        if spec.alloc_check or (
-            spec.bound_check
+        size_rule = spec.facts.size if spec.facts is not None else "meta"
+        if spec.effect == "module_call":  # checked on a meta copy of the module (kernel)
+            size_rule = "input"
+        if size_rule == "meta" or (
+            size_rule == "product"
             and (
                 16 * inputs[0].value.numel() > self.max_result_bytes
                 if plain
@@ -657,10 +664,17 @@ class Node:
     def _run_node_op(self, session: Session, spec: OpSpec, msg: RunOp) -> Reply:
         """Run an extension op: it gets an :class:`OpContext` (the caller's session, the
         records behind its ``Ref`` arguments, helpers to store results with explicit
-        privacy) and returns its own reply. It never sees another user's objects."""
+        privacy) and returns its own reply. It never sees another user's objects.
+
+        The seam applies the same rules as to torch ops: a private object passed where the
+        op's facts do not accept one (``OpFacts.private_args``) is refused before the op
+        runs, naming only the argument; an unexpected failure with private inputs has its
+        message withheld."""
         from veil.node.extension import OpContext
 
         inputs: list[ObjectRecord] = []
+        if not session.is_admin:
+            self._check_private_args(session, spec, msg)
 
         def resolve(oid: int) -> Any:
             rec = self._record(session, oid)
@@ -670,10 +684,57 @@ class Node:
         args = [from_arg(a, resolve) for a in msg.args]
         kwargs = {k: from_arg(v, resolve) for k, v in msg.kwargs.items()}
         ctx = OpContext(self, session, inputs)
-        reply = spec.fn(ctx, *args, **kwargs)
+        try:
+            reply = spec.fn(ctx, *args, **kwargs)
+        except VeilError:
+            raise
+        except Exception as exc:
+            if any(r.private for r in inputs) and not session.is_admin:
+                raise RemoteError(
+                    f"{msg.op} failed on node {self.name!r} ({type(exc).__name__}); the message "
+                    "is withheld because it could quote private data"
+                ) from None
+            raise RemoteError(
+                f"{msg.op} failed on node {self.name!r}: {type(exc).__name__}: {exc}"
+            ) from None
         if ctx.sources:
             self._audit_row(session, "op", msg.op, [r.id for r in inputs], ctx.sources)
         return reply  # type: ignore[no-any-return]
+
+    def _check_private_args(self, session: Session, spec: OpSpec, msg: RunOp) -> None:
+        """Refuse a private object anywhere a node op does not accept one, before it runs."""
+        allowed = spec.facts.private_args if spec.facts is not None else ()
+        sig = _signature(spec.fn)
+        names = list(sig.parameters)[1:] if sig is not None else []  # after ctx
+        found: list[str] = []
+
+        def walk(arg: Any, path: tuple[str, ...], depth: int) -> None:
+            if depth > 40:
+                return
+            if type(arg) is Ref:
+                rec = self._record(session, arg.id)
+                if rec.private and not _path_allowed(path, allowed or ()):
+                    found.append(".".join(path))
+            elif isinstance(arg, ListArg | TupleArg):
+                for i, v in enumerate(arg.items):
+                    walk(v, (*path, str(i)), depth + 1)
+            elif isinstance(arg, DictArg):
+                for k, v in arg.items.items():
+                    walk(v, (*path, k), depth + 1)
+            elif isinstance(arg, SliceArg):
+                for k in ("start", "stop", "step"):
+                    walk(getattr(arg, k), (*path, k), depth + 1)
+
+        for i, a in enumerate(msg.args):
+            walk(a, (names[i] if i < len(names) else f"arg{i}",), 0)
+        for k, v in msg.kwargs.items():
+            walk(v, (k,), 0)
+        if found:
+            raise PermissionDenied(
+                f"{msg.op}: argument {', '.join(found[:5])} must be public, and it refers to a "
+                "private object; pass a public value (only the op's share/data arguments may "
+                "be private)"
+            )
 
     def _check_shape_leak(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any],
                           inputs: list[ObjectRecord]) -> None:  # fmt: skip
@@ -1015,16 +1076,6 @@ def _versions(value: Any) -> list[int]:
     return [t._version for t in tensors_of(value)]
 
 
-#: Functions that write into an argument other than through an in-place method:
-#: op name -> (written parameters, the parameter that switches the write on).
-_WRITES: dict[str, tuple[tuple[str, ...], str]] = {
-    "F.batch_norm": (("running_mean", "running_var"), "training"),
-    "F.instance_norm": (("running_mean", "running_var"), "use_input_stats"),
-    "F.embedding": (("weight",), "max_norm"),
-    "F.embedding_bag": (("weight",), "max_norm"),
-}
-
-
 @functools.cache
 def _signature(fn: Any) -> inspect.Signature | None:
     try:
@@ -1061,10 +1112,19 @@ def _input_effect(module: Any) -> str:
     return "passes" if isinstance(module, _PASS_THROUGH) else "new"
 
 
-@functools.cache
-def _may_write(name: str) -> bool:
-    """Can op ``name`` write into an argument other than through its declared effect?"""
-    return name.startswith(("optim.", "F.")) or name == "Module.__call__" or name in _WRITES
+def _path_allowed(path: tuple[str, ...], patterns: tuple[str, ...]) -> bool:
+    """Does an argument path (``("items", "0", "inputs", "1")``) match a pattern of
+    :attr:`~veil.ops.OpFacts.private_args` (``"items.*.inputs.*"``)?"""
+    for pattern in patterns:
+        parts = pattern.split(".")
+        if len(parts) == len(path) and all(p in ("*", q) for p, q in zip(parts, path)):
+            return True
+    return False
+
+
+def _may_write(spec: OpSpec) -> bool:
+    """Can ``spec`` write into an argument other than through its declared effect?"""
+    return spec.facts is not None and bool(spec.facts.writes)
 
 
 def _written_args(spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> list[Any]:
@@ -1077,12 +1137,10 @@ def _written_args(spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> list
         return out
     if spec.name == "Module.__call__" and args and _writes_its_input(args[0]):
         return [a for a in [*args[1:], *kwargs.values()] if isinstance(a, torch.Tensor)]
-    if spec.name in _WRITES:
-        params, switch = _WRITES[spec.name]
-    elif spec.name.startswith("F."):
-        params, switch = ("input",), "inplace"
-    else:
+    facts = spec.facts
+    if facts is None or not facts.writes or spec.name == "Module.__call__":
         return []
+    params, switch = facts.writes, facts.write_switch
     sig = _signature(spec.fn)
     if sig is None or switch not in sig.parameters:
         return []

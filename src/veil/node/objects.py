@@ -24,6 +24,11 @@ class ObjectRecord:
         approved: users whose request to read this object was approved.
         sources: datasets it was derived from.
         asset_of: the dataset it belongs to, for a dataset's private data.
+        label: what a capability made it as (``"mpc.share:arith"``...), so that its node
+            ops accept only objects they made; results of ops whose private inputs all
+            carry one label keep it. Empty for everything else.
+        error: set when the op that made (or last wrote) it failed on private values: the
+            object holds that error instead of a value (see :mod:`veil.ops.facts`).
     """
 
     id: int
@@ -36,6 +41,8 @@ class ObjectRecord:
     asset_of: str | None = None
     description: str = ""
     created: float = field(default_factory=time.time)
+    label: str = ""
+    error: str = ""
 
     def info(self, owner_email: str = "") -> ObjectInfo:
         v = self.value

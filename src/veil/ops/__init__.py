@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from veil.ops.facts import OpFacts, Predicted
 from veil.ops.modules import MODULE_CLASSES, OPTIMIZER_CLASSES
 from veil.ops.registry import Effect, OpRegistry, OpSpec
 from veil.ops.torch_ops import ATTRIBUTES, register_torch_ops
@@ -26,8 +27,10 @@ __all__ = [
     "MODULE_CLASSES",
     "OPTIMIZER_CLASSES",
     "Effect",
+    "OpFacts",
     "OpRegistry",
     "OpSpec",
+    "Predicted",
     "default_registry",
     "names",
 ]

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from veil.ops.facts import OpFacts
 from veil.ops.registry import OpRegistry, OpSpec
 
 _MODULES = """
@@ -76,12 +77,23 @@ def _make_optimizer(cls: type[torch.optim.Optimizer]) -> Any:
 
 def register_module_ops(reg: OpRegistry) -> None:
     """Register module calls, parameter access and optimizer construction and steps."""
-    reg.register(OpSpec("Module.__call__", _module_call, effect="module_call"))
-    reg.register(OpSpec("Module.parameters", _module_parameters))
-    reg.register(OpSpec("Module.buffers", _module_buffers))
-    reg.register(OpSpec("Module.train", _module_train, effect="inplace"))
-    reg.register(OpSpec("Module.zero_grad", _module_zero_grad, effect="inplace"))
-    reg.register(OpSpec("Optimizer.step", _optimizer_step, effect="step"))
-    reg.register(OpSpec("Optimizer.zero_grad", _optimizer_zero_grad, effect="inplace"))
+    done = OpFacts(size="input", pipeline="done")
+    # a module call's output size is set by its layers' configuration: checked on meta
+    # tensors; it writes its input when a layer is in-place (ReLU(inplace=True) first...)
+    call = OpFacts(writes=("input",), write_switch="inplace", size="meta")
+    reg.register(OpSpec("Module.__call__", _module_call, "module_call", call))
+    reg.register(
+        OpSpec(
+            "Module.parameters", _module_parameters, facts=OpFacts(size="input", pipeline="never")
+        )
+    )
+    reg.register(
+        OpSpec("Module.buffers", _module_buffers, facts=OpFacts(size="input", pipeline="never"))
+    )
+    reg.register(OpSpec("Module.train", _module_train, "inplace", done))
+    reg.register(OpSpec("Module.zero_grad", _module_zero_grad, "inplace", done))
+    reg.register(OpSpec("Optimizer.step", _optimizer_step, "step", done))
+    reg.register(OpSpec("Optimizer.zero_grad", _optimizer_zero_grad, "inplace", done))
+    build = OpFacts(writes=("params",), size="input", pipeline="never")  # it steps them later
     for name, cls in OPTIMIZER_CLASSES.items():
-        reg.register(OpSpec(f"optim.{name}", _make_optimizer(cls)))
+        reg.register(OpSpec(f"optim.{name}", _make_optimizer(cls), facts=build))

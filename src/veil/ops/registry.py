@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from veil.errors import OpNotAllowed
+from veil.ops.facts import OpFacts
 
 #: What an op does besides returning a value, so the node can keep the privacy rules:
 #: ``none``: pure; ``inplace``: mutates its first argument; ``backward``: fills ``.grad``
@@ -25,18 +26,19 @@ class OpSpec:
         name: the stable wire name, e.g. ``"torch.add"``, ``"Tensor.add_"``, ``"F.relu"``.
         fn: the callable the node runs.
         effect: side effects the node must account for (see :data:`Effect`).
-        alloc_check: run the op on the meta device first and refuse outputs over the
-            node's size limit (for ops whose output size is set by an argument).
-        bound_check: the output is at most the product of the inputs' sizes (broadcasting,
-            matrix products); the node runs the meta check only when that product could
-            pass its size limit, so ``x.view(n, 1) * x.view(1, n)`` cannot exhaust memory.
+        facts: what the op writes, reveals and costs (:class:`~veil.ops.facts.OpFacts`);
+            every allowlisted op declares them (``None`` is refused by a test).
     """
 
     name: str
     fn: Callable[..., Any]
     effect: Effect = "none"
-    alloc_check: bool = False
-    bound_check: bool = False
+    facts: OpFacts | None = None
+
+
+#: The facts of an op registered without a declaration: the most careful reading (sizes
+#: checked on meta tensors, no DP rule, never pipelined). ``tests/ops`` refuses them.
+UNDECLARED = OpFacts(size="meta", pipeline="never")
 
 
 class OpRegistry:
@@ -45,7 +47,7 @@ class OpRegistry:
     Example:
         >>> import torch
         >>> reg = OpRegistry()
-        >>> reg.register(OpSpec("torch.add", torch.add))
+        >>> reg.register(OpSpec("torch.add", torch.add, facts=OpFacts(size="product")))
         >>> reg.get("torch.add").fn(torch.tensor(1), 2)
         tensor(3)
         >>> reg.get("os.system")
@@ -59,6 +61,8 @@ class OpRegistry:
         self._by_fn: dict[Any, str] = {}
 
     def register(self, spec: OpSpec) -> None:
+        if spec.facts is None:
+            spec = OpSpec(spec.name, spec.fn, spec.effect, UNDECLARED)
         if spec.name in self._by_name:
             raise ValueError(f"op {spec.name!r} is already registered")
         self._by_name[spec.name] = spec

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from veil.ops.facts import SHAPE_VALUES, OpFacts
 from veil.ops.registry import OpRegistry, OpSpec
 
 # Elementwise ops that exist as ``torch.X`` and ``Tensor.X`` (and mostly ``Tensor.X_``).
@@ -94,79 +96,183 @@ lstsq matrix_rank matrix_power multi_dot cross vecdot
 #: Tensor attributes readable through a pointer (each returns a new pointer).
 ATTRIBUTES = ["grad", "data", "T", "mT", "H", "mH", "real", "imag"]
 
-#: Ops whose output size is chosen by an argument: checked on the meta device first.
-ALLOC_CHECKED = {
-    "repeat",
-    "tile",
-    "repeat_interleave",
-    "expand",
-    "broadcast_to",
-    "pad",
-    "interpolate",
-    "upsample",
-    "kron",
-    "cartesian_prod",
-    "block_diag",
-    "diag_embed",
-    "diagflat",
-    "outer",
-    "ger",
-    "cdist",
-    "full_like",
-    "zeros_like",
-    "ones_like",
-    "rand_like",
-    "randn_like",
-    "randint_like",
-    "histc",
-    "one_hot",
-    "bincount",
-    "unfold",
-    "fold",
-    "einsum",
-    "tensordot",
+#: Ops whose output size is chosen by an argument (and that a pipelining client never
+#: queues: the node may refuse them by its size limit, and that refusal must point at its line).
+ARG_SIZED = {
+    "repeat", "tile", "repeat_interleave", "expand", "broadcast_to", "pad", "interpolate",
+    "upsample", "kron", "cartesian_prod", "block_diag", "diag_embed", "diagflat", "outer",
+    "ger", "cdist", "full_like", "zeros_like", "ones_like", "rand_like", "randn_like",
+    "randint_like", "histc", "one_hot", "bincount", "unfold", "fold", "einsum", "tensordot",
+}  # fmt: skip
+
+#: Results never larger than the op's largest tensor input (elementwise maps, reductions,
+#: views, same-shape creation). Everything not listed here or in ``PRODUCT_SIZED`` is
+#: checked on meta tensors before it runs.
+INPUT_SIZED = (
+    set(UNARY)
+    | set(CONVERSIONS)
+    | {
+        "sum", "mean", "nansum", "nanmean", "prod", "std", "var", "std_mean", "var_mean",
+        "amax", "amin", "aminmax", "argmax", "argmin", "norm", "logsumexp", "cumsum", "cumprod",
+        "cummax", "cummin", "logcumsumexp", "median", "nanmedian", "mode", "count_nonzero",
+        "all", "any", "topk", "sort", "argsort", "msort", "kthvalue", "trace", "softmax",
+        "log_softmax", "softmin", "equal", "allclose",
+        "tril", "triu", "diagonal", "t", "det", "inverse",
+        "reshape", "view", "view_as", "reshape_as", "flatten", "unflatten", "squeeze",
+        "unsqueeze", "permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis",
+        "split", "chunk", "tensor_split", "hsplit", "vsplit", "unbind", "narrow", "select",
+        "scatter", "scatter_add", "scatter_reduce", "flip", "fliplr", "flipud", "roll",
+        "rot90", "contiguous", "clone", "detach", "atleast_1d", "atleast_2d", "atleast_3d",
+        "ravel", "index_add", "index_copy", "index_fill", "index_put", "masked_scatter",
+        "masked_fill", "put", "zeros_like", "ones_like", "full_like", "rand_like",
+        "randn_like", "randint_like", "bernoulli", "poisson",
+        "__neg__", "__pos__", "__abs__", "__invert__", "__setitem__", "__getattr__",
+        "backward",
+        # F.*: activations, dropout, normalization
+        "relu", "relu6", "elu", "selu", "celu", "gelu", "silu", "mish", "leaky_relu", "prelu",
+        "rrelu", "hardtanh", "hardswish", "hardsigmoid", "softplus", "softsign", "tanhshrink",
+        "softshrink", "hardshrink", "threshold", "glu", "logsigmoid", "sigmoid", "tanh",
+        "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+        "feature_alpha_dropout", "batch_norm", "layer_norm", "group_norm", "instance_norm",
+        "local_response_norm", "rms_norm", "normalize", "pixel_shuffle", "pixel_unshuffle",
+        # linalg.*
+        "vector_norm", "matrix_norm", "inv", "slogdet", "svd", "svdvals", "qr", "eigh",
+        "eigvalsh", "cholesky", "pinv", "matrix_rank", "matrix_power",
+    }
+)  # fmt: skip
+
+#: Results at most the product of the inputs' sizes (broadcasting, products of matrices,
+#: concatenation, gathers by an index tensor).
+PRODUCT_SIZED = (
+    set(BINARY)
+    | set(LINALG) - {"diag", "diag_embed", "diagflat", "block_diag", "cartesian_prod", "einsum", "tensordot"}
+    | {
+        "max", "min", "quantile", "nanquantile", "dist", "renorm", "cat", "concat",
+        "concatenate", "stack", "hstack", "vstack", "dstack", "column_stack", "row_stack",
+        "broadcast_tensors", "where", "index_select", "gather", "take", "take_along_dim",
+        "normal", "linear", "bilinear", "pairwise_distance", "cosine_similarity",
+        "scaled_dot_product_attention", "multi_dot", "solve", "lstsq", "vecdot", "embedding",
+        "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
+        "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div",
+        "poisson_nll_loss", "gaussian_nll_loss", "cosine_embedding_loss", "margin_ranking_loss",
+        "hinge_embedding_loss", "soft_margin_loss", "multilabel_soft_margin_loss",
+        "multilabel_margin_loss", "multi_margin_loss", "triplet_margin_loss",
+    }
+    | set(OPERATORS) - {"__getitem__", "__setitem__", "__neg__", "__pos__", "__abs__", "__invert__"}
+) - INPUT_SIZED  # fmt: skip
+
+#: The DP sensitivity rule of each op, by base name (``veil.dp.sensitivity`` implements
+#: them); ops not listed have no proven rule, and their results cannot be published.
+DP_RULES: dict[str, str] = {
+    **dict.fromkeys(["clone", "detach", "contiguous", "cpu", "positive", "__pos__"], "same"),
+    **dict.fromkeys(["float", "double"], "float_cast"),
+    **dict.fromkeys(["neg", "negative", "__neg__"], "neg"),
+    **dict.fromkeys(["abs", "absolute", "__abs__"], "abs"),
+    "square": "square",
+    **dict.fromkeys(["pow", "__pow__"], "pow"),
+    "sqrt": "sqrt",
+    **dict.fromkeys(
+        ["relu", "sigmoid", "tanh", "exp", "floor", "ceil", "round", "trunc"], "monotone"
+    ),
+    **dict.fromkeys(["clamp", "clip", "clamp_min", "clamp_max"], "clamp"),
+    **dict.fromkeys(
+        [
+            "gt",
+            "lt",
+            "ge",
+            "le",
+            "eq",
+            "ne",
+            "greater",
+            "less",
+            "greater_equal",
+            "less_equal",
+            "not_equal",
+            "__gt__",
+            "__lt__",
+            "__ge__",
+            "__le__",
+            "__eq__",
+            "__ne__",
+        ],
+        "compare",
+    ),  # fmt: skip
+    **dict.fromkeys(["add", "__add__", "__radd__"], "add"),
+    **dict.fromkeys(["sub", "subtract", "__sub__"], "sub"),
+    **dict.fromkeys(["__rsub__", "rsub"], "rsub"),
+    **dict.fromkeys(["mul", "multiply", "__mul__", "__rmul__"], "mul"),
+    **dict.fromkeys(["div", "divide", "true_divide", "__truediv__"], "div"),
+    **dict.fromkeys(["matmul", "mm", "__matmul__", "linear"], "linear"),
+    **dict.fromkeys(["sum", "nansum"], "sum"),
+    "mean": "mean",
+    "count_nonzero": "count_nonzero",
+    "histc": "histc",
+    "__getitem__": "index",
+    "flatten": "flatten",
+    **dict.fromkeys(["reshape", "view"], "reshape"),
+    "__getattr__": "attribute",
+}
+
+#: Ops that return nothing: a pipelining client may always queue them.
+DONE_OPS = {"backward"}
+#: Side-effect-free ops a pipelining client still sends at once (their result is not a
+#: plain new tensor, or the node looks at their arguments' values).
+NEVER_PIPELINED = {"__getattr__", "__getitem__", "__setitem__"}
+
+#: F.* functions that write into an argument, and the parameter that turns it on.
+F_WRITES: dict[str, tuple[tuple[str, ...], str]] = {
+    "batch_norm": (("running_mean", "running_var"), "training"),
+    "instance_norm": (("running_mean", "running_var"), "use_input_stats"),
+    "embedding": (("weight",), "max_norm"),
+    "embedding_bag": (("weight",), "max_norm"),
 }
 
 
-#: Ops whose output can be larger than every input (broadcasting, products of matrices):
-#: bounded by the product of the inputs' sizes, checked when that bound passes the limit.
-BOUND_CHECKED = (
-    set(BINARY)
-    | set(REDUCTIONS) & {"dist", "renorm"}
-    | set(LINALG)
-    | set(SHAPE)
-    & {
-        "cat",
-        "concat",
-        "concatenate",
-        "stack",
-        "hstack",
-        "vstack",
-        "dstack",
-        "column_stack",
-        "row_stack",
-        "broadcast_tensors",
-        "where",
-    }
-    | {
-        "linear",
-        "bilinear",
-        "conv1d",
-        "conv2d",
-        "conv3d",
-        "conv_transpose1d",
-        "conv_transpose2d",
-        "conv_transpose3d",
-        "pairwise_distance",
-        "cosine_similarity",
-        "scaled_dot_product_attention",
-        "multi_dot",
-        "solve",
-        "lstsq",
-        "vecdot",
-    }
-    | set(OPERATORS) - {"__getitem__", "__setitem__", "__neg__", "__pos__", "__abs__", "__invert__"}
-)
+def facts_for(base: str, fn: Any, effect: str = "none", *, functional: bool = False) -> OpFacts:
+    """The declared facts of the torch op with base name ``base`` (see :class:`OpFacts`).
+
+    Example:
+        >>> import torch
+        >>> f = facts_for("add", torch.add)
+        >>> (f.size, f.dp, f.pipeline)
+        ('product', 'add', 'result')
+    """
+    key = base.rstrip("_") if base.endswith("_") and not base.startswith("__") else base
+    writes: tuple[str, ...] = ()
+    switch = ""
+    if functional and key in F_WRITES:
+        writes, switch = F_WRITES[key]
+    elif functional and _has_param(fn, "inplace"):
+        writes, switch = ("input",), "inplace"
+    if key in INPUT_SIZED:
+        size = "input"
+    elif key in PRODUCT_SIZED:
+        size = "product"
+    else:
+        size = "meta"
+    if key in DONE_OPS:
+        pipeline = "done"
+    elif key in NEVER_PIPELINED or key in ARG_SIZED or effect != "none":
+        pipeline = "never"
+    elif writes and switch != "inplace":  # a client refuses inplace=True itself
+        pipeline = "never"
+    else:
+        pipeline = "result"
+    inplace = effect == "inplace" or base.startswith("__i")
+    dp = "" if inplace else DP_RULES.get(key, "")
+    if functional and key not in ("relu", "sigmoid", "tanh", "linear"):
+        dp = ""
+    return OpFacts(
+        writes=writes, write_switch=switch, shape_values=SHAPE_VALUES.get(key), size=size,  # type: ignore[arg-type]
+        dp=dp, pipeline=pipeline,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def _has_param(fn: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _get_attr(tensor: torch.Tensor, name: str) -> Any:
@@ -175,21 +281,19 @@ def _get_attr(tensor: torch.Tensor, name: str) -> Any:
     return getattr(tensor, name)
 
 
+def _cpu(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """``Tensor.cpu``: a node's tensors are on its CPU already (meta tensors stay meta)."""
+    return tensor if tensor.device.type in ("cpu", "meta") else tensor.cpu(*args, **kwargs)
+
+
 def _backward(tensor: torch.Tensor, gradient: Any = None, retain_graph: Any = None) -> None:
     tensor.backward(gradient=gradient, retain_graph=retain_graph)
 
 
-def _add(reg: OpRegistry, name: str, fn: Any, effect: Any = "none", base: str = "") -> None:
+def _add(reg: OpRegistry, name: str, fn: Any, effect: Any = "none", base: str = "",
+         *, functional: bool = False) -> None:  # fmt: skip
     if name not in reg:
-        reg.register(
-            OpSpec(
-                name,
-                fn,
-                effect=effect,
-                alloc_check=base in ALLOC_CHECKED,
-                bound_check=base in BOUND_CHECKED,
-            )  # fmt: skip
-        )
+        reg.register(OpSpec(name, fn, effect, facts_for(base, fn, effect, functional=functional)))
 
 
 def register_torch_ops(reg: OpRegistry) -> None:
@@ -203,6 +307,7 @@ def register_torch_ops(reg: OpRegistry) -> None:
             fn = getattr(torch, base, None)
             if callable(fn):
                 _add(reg, f"torch.{base}", fn, base=base)
+    _add(reg, "Tensor.cpu", _cpu, base="cpu")
     for group in (UNARY, BINARY, REDUCTIONS, LINALG, SHAPE, CONVERSIONS):
         for base in group:
             meth = getattr(torch.Tensor, base, None)
@@ -220,10 +325,10 @@ def register_torch_ops(reg: OpRegistry) -> None:
     for base in FUNCTIONAL:
         fn = getattr(F, base, None)
         if callable(fn):
-            _add(reg, f"F.{base}", fn, base=base)
+            _add(reg, f"F.{base}", fn, base=base, functional=True)
     for base in LINALG_MODULE:
         fn = getattr(torch.linalg, base, None)
         if callable(fn):
             _add(reg, f"linalg.{base}", fn, base=base)
-    _add(reg, "Tensor.backward", _backward, "backward")
-    _add(reg, "Tensor.__getattr__", _get_attr)
+    _add(reg, "Tensor.backward", _backward, "backward", base="backward")
+    _add(reg, "Tensor.__getattr__", _get_attr, base="__getattr__")

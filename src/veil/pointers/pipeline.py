@@ -46,13 +46,6 @@ from veil.serde.tensors import dtype_name
 if TYPE_CHECKING:
     from veil.pointers.remote import Remote
 
-#: Ops that return nothing and can always be queued.
-DONE_OPS = frozenset(
-    {"Tensor.backward", "Optimizer.step", "Optimizer.zero_grad", "Module.zero_grad", "Module.train"}
-)
-#: Side-effect-free ops that are still sent at once (their result is not a plain new tensor,
-#: or a privacy rule looks at their arguments' values).
-NEVER = frozenset({"Tensor.__getattr__", "Tensor.__getitem__", "Tensor.__setitem__"})
 #: Queue at most this much local tensor data per op (it is copied when queued).
 MAX_LOCAL_BYTES = 1024**2
 #: Flush when this many ops are queued.
@@ -74,14 +67,9 @@ def try_defer(remote: Remote, op: str, args: tuple[Any, ...], kwargs: dict[str, 
     if not _own_and_public(args, kwargs):
         return NOT_QUEUED
     meta: _Meta | None = None
-    if op not in DONE_OPS:
-        if (
-            spec.effect not in ("none", "module_call")
-            or spec.alloc_check
-            or op in NEVER
-            or kwargs.get("inplace")
-            or kwargs.get("out") is not None
-        ):
+    rule = spec.facts.pipeline if spec.facts is not None else "never"
+    if rule != "done":
+        if rule == "never" or kwargs.get("inplace") or kwargs.get("out") is not None:
             return NOT_QUEUED
         meta = _prediction(op, spec.fn, args, kwargs)
         if meta is None or math.prod(meta[0]) * meta[1].itemsize > MAX_RESULT_BYTES:
