@@ -40,6 +40,7 @@ from veil.node.store import (
     AuditRow,
     Batch,
     DatasetRow,
+    DPRow,
     MemoryStore,
     ObjectRow,
     RequestRow,
@@ -166,6 +167,8 @@ class Node:
         self._tokens: dict[str, tuple[int, float]] = {}
         self._datasets: dict[str, _Dataset] = {}
         self._requests: dict[int, RequestRow] = {}
+        #: Durable keyed state of capabilities (kind -> key -> JSON value), see :meth:`put_row`.
+        self._rows: dict[str, dict[str, dict[str, Any]]] = {}
         self._batch = Batch()
         #: State of extension ops (effect "node"), by extension name; in memory only.
         self.extensions: dict[str, Any] = {}
@@ -232,6 +235,8 @@ class Node:
             self._datasets[d.name] = _Dataset(d.name, d.description, d.created, assets)  # type: ignore[arg-type]
         for r in snap.requests:
             self._requests[r.id] = r
+        for state in snap.dp:
+            self._rows.setdefault(state.kind, {})[state.key] = state.value
         self._dp.load(snap)  # veil.dp
 
     def _persist(self, rec: ObjectRecord) -> None:
@@ -270,8 +275,30 @@ class Node:
         self._users.clear()
         self._datasets.clear()
         self._requests.clear()
+        self._rows.clear()
         self._dp.clear()  # veil.dp
         self._load()
+
+    # ------------------------------------------------------------------ capability state
+    def rows(self, kind: str) -> dict[str, dict[str, Any]]:
+        """A capability's durable rows of ``kind`` (key -> JSON value), as persisted.
+
+        Example:
+            >>> node = Node("n", owner_password="pw-long-enough")
+            >>> node.put_row("mpc.dealer:carol", "mpc.dealer", {"key": "ab12"})
+            >>> node.rows("mpc.dealer")
+            {'mpc.dealer:carol': {'key': 'ab12'}}
+        """
+        return dict(self._rows.get(kind, {}))
+
+    def put_row(self, key: str, kind: str, value: dict[str, Any]) -> None:
+        """Write a capability's durable row (JSON-able ``value``; replaces ``key``). It is
+        committed with the message being handled (or at once when called outside one)."""
+        with self._lock:
+            self._rows.setdefault(kind, {})[key] = value
+            self._batch.dp.append(DPRow(key, kind, value))
+            if not self._handling:
+                self._commit()
 
     # ------------------------------------------------------------------ users / sessions
     def create_user(self, email: str, password: str, *, role: str = "data_scientist",
@@ -369,6 +396,9 @@ class Node:
             return ErrorReply("serde_error", f"malformed message: {type(exc).__name__}")
         return self.handle(session, call)
 
+    #: True while a message is being handled (its changes commit when it ends).
+    _handling = False
+
     def handle(self, session: Session, call: Call) -> Reply:
         """Run one decoded call; errors are returned as :class:`ErrorReply`.
 
@@ -376,16 +406,23 @@ class Node:
         failure stops the call and names its index), then the releases, then the request.
         """
         with self._lock:
-            if call.before:
-                for i, op in enumerate(call.before):
-                    error = self._guarded(session, self._run_op, op)
-                    if isinstance(error, ErrorReply):
-                        return ErrorReply(error.code, error.message, deferred=i)
-            if call.release:  # committed on their own: a failing request keeps them
-                self._release(session, call.release)
-                if self.store.persistent:
-                    self._commit()
-            return self._guarded(session, self._handlers[type(call.msg)], call.msg)
+            self._handling = True
+            try:
+                return self._handle(session, call)
+            finally:
+                self._handling = False
+
+    def _handle(self, session: Session, call: Call) -> Reply:
+        if call.before:
+            for i, op in enumerate(call.before):
+                error = self._guarded(session, self._run_op, op)
+                if isinstance(error, ErrorReply):
+                    return ErrorReply(error.code, error.message, deferred=i)
+        if call.release:  # committed on their own: a failing request keeps them
+            self._release(session, call.release)
+            if self.store.persistent:
+                self._commit()
+        return self._guarded(session, self._handlers[type(call.msg)], call.msg)
 
     def _guarded(self, session: Session, handler: Callable[[Session, Any], Reply],
                  msg: Any) -> Reply:  # fmt: skip
