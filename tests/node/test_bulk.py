@@ -51,7 +51,7 @@ def test_large_tensors_take_the_bulk_lane_and_arrive_exactly(server: tuple[Node,
         assert c._bulk is None  # small frames stay on the WebSocket
         ptr = t.send(c)
         assert c._bulk is not None
-        assert torch.equal(node._objects[ptr.id].value, t)
+        assert torch.equal(node.lookup(ptr.id).value, t)
         back = ptr.get()
         assert torch.equal(back, t)
         back += 1  # the fetched tensor owns a writable buffer

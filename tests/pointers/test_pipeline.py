@@ -206,4 +206,4 @@ def test_a_prediction_made_under_no_grad_agrees_with_the_node(served: tuple[Node
         c.flush()
         for ptr in (y, z):
             assert ptr.requires_grad
-            assert node._objects[ptr.id].value.requires_grad
+            assert node.lookup(ptr.id).value.requires_grad

@@ -74,8 +74,7 @@ class OpContext:
         """
         priv = self.private if private is None else private
         sources = self.sources if priv else frozenset()
-        rec = self.node._store(self.session, value, private=priv, sources=sources)
-        rec.label = label
+        rec = self.node._store(self.session, value, private=priv, sources=sources, label=label)
         return self.node._info_of(rec)
 
     def record_of(self, value: Any) -> ObjectRecord | None:

@@ -26,10 +26,11 @@ from veil.errors import (
     StorageError,
     VeilError,
 )
+from veil.node import kernel
 from veil.node.dp import NodeDP
 from veil.node.objects import (
     ObjectRecord,
-    autograd_leaves,
+    autograd_graph,
     extension_for,
     kind_of,
     load_order,
@@ -55,7 +56,8 @@ from veil.node.users import (
     token_key,
     verify_password,
 )
-from veil.ops import OpRegistry, OpSpec, default_registry
+from veil.ops import OpFacts, OpRegistry, OpSpec, default_registry
+from veil.ops.facts import shape_values_of
 from veil.serde import codec
 from veil.serde.messages import (
     CLIENT_IDS,
@@ -167,6 +169,11 @@ class Node:
         self._tokens: dict[str, tuple[int, float]] = {}
         self._datasets: dict[str, _Dataset] = {}
         self._requests: dict[int, RequestRow] = {}
+        #: Result ids a client chose (``RunOp.out``), per user: (user id, client id) -> id.
+        self._aliases: dict[tuple[int, int], int] = {}
+        #: Non-leaf tensors asked to keep their gradient (``retain_grad``): a backward from
+        #: private data makes them private.
+        self._retaining: set[int] = set()
         #: Durable keyed state of capabilities (kind -> key -> JSON value), see :meth:`put_row`.
         self._rows: dict[str, dict[str, dict[str, Any]]] = {}
         self._batch = Batch()
@@ -219,10 +226,15 @@ class Node:
             if not isinstance(reply, Value):
                 raise SerdeError(f"stored object {row.id} is corrupt")
             value = _value_from_wire(reply.value, copy=False)
-            self._objects[row.id] = ObjectRecord(
+            extra = row.extra or {}
+            rec = self._objects[row.id] = ObjectRecord(
                 row.id, value, row.kind, row.owner, row.private, set(row.approved),
                 frozenset(row.sources), row.asset_of, row.description, row.created,
+                str(extra.get("label", "")), str(extra.get("error", "")),
+                int(extra.get("alias", 0)),
             )  # fmt: skip
+            if rec.alias:
+                self._aliases[(rec.owner, rec.alias)] = rec.id
         for d in snap.datasets:
             assets = []
             for aname, oid, mock, cols, bounds, desc in d.assets:
@@ -243,9 +255,11 @@ class Node:
         if not self.store.persistent or rec.kind == "optimizer":
             return
         payload = codec.encode(Value(_value_to_wire(rec.value)))
+        extra = {"label": rec.label, "error": rec.error, "alias": rec.alias}
         self._batch.objects[rec.id] = ObjectRow(
             rec.id, rec.kind, rec.owner, rec.private, sorted(rec.approved), sorted(rec.sources),
             rec.asset_of, rec.description, rec.created, payload,
+            {k: v for k, v in extra.items() if v},
         )  # fmt: skip
 
     def _audit_row(self, session: Session, action: str, detail: str = "",
@@ -272,6 +286,7 @@ class Node:
 
     def _reload(self) -> None:
         self._objects.clear()
+        self._aliases.clear()
         self._users.clear()
         self._datasets.clear()
         self._requests.clear()
@@ -443,8 +458,15 @@ class Node:
 
     # ------------------------------------------------------------------ permissions
     def _record(self, session: Session, obj_id: int) -> ObjectRecord:
-        """A record the session may compute with (its own, a dataset asset, or any for admins)."""
-        rec = self._objects.get(obj_id)
+        """A record the session may compute with (its own, a dataset asset, or any for admins).
+
+        Ids in ``CLIENT_IDS`` are names the caller's client chose: they resolve among the
+        caller's own objects only."""
+        rec = self._objects.get(
+            self._aliases.get((session.user_id, obj_id), -1) if obj_id >= _CLIENT_START else obj_id
+        )
+        if rec is None and session.is_admin and obj_id >= _CLIENT_START:
+            rec = self.lookup(obj_id)  # owners see every user's objects by the id shown
         if rec is None or not (
             session.is_admin or rec.owner == session.user_id or rec.asset_of is not None
         ):
@@ -453,6 +475,15 @@ class Node:
                 "or it belongs to another user"
             )
         return rec
+
+    def lookup(self, obj_id: int, user_id: int | None = None) -> ObjectRecord | None:
+        """The record shown as ``obj_id`` (to ``user_id``, for ids a client chose), for
+        monitoring and white-box tests; None if there is none."""
+        if obj_id < _CLIENT_START:
+            return self._objects.get(obj_id)
+        if user_id is not None:
+            return self._objects.get(self._aliases.get((user_id, obj_id), -1))
+        return next((self._objects[i] for (_, a), i in self._aliases.items() if a == obj_id), None)
 
     def _check_mutable(self, session: Session, rec: ObjectRecord) -> None:
         if session.is_admin:
@@ -493,7 +524,8 @@ class Node:
 
     def _store(self, session: Session, value: Any, *, private: bool = False,
                sources: frozenset[str] = frozenset(), description: str = "",
-               asset_of: str | None = None, oid: int | None = None) -> ObjectRecord:  # fmt: skip
+               asset_of: str | None = None, oid: int | None = None, error: str = "",
+               label: str = "", alias: int = 0) -> ObjectRecord:  # fmt: skip
         kind = "tensor" if type(value) is torch.Tensor else kind_of(value)
         if kind is None:
             raise RemoteError(f"cannot store a {type(value).__name__} on a node")
@@ -503,6 +535,10 @@ class Node:
                 oid = next(self._ids)
         rec = ObjectRecord(oid, value, kind, session.user_id, private, set(), sources, asset_of,
                            description)  # fmt: skip
+        if error or label or alias:
+            rec.error, rec.label, rec.alias = error, label, alias
+            if alias:
+                self._aliases[(session.user_id, alias)] = oid
         self._objects[oid] = rec
         if self.store.persistent:
             self._persist(rec)
@@ -534,15 +570,27 @@ class Node:
         if rec.kind == "optimizer":
             raise InvalidRequest("an optimizer cannot be fetched; fetch the model instead")
         self._audit_row(session, "get", rec.kind, [rec.id], rec.sources)
+        if rec.error:  # read only by those who may read the object: its owner, or approved
+            self._commit()
+            raise RemoteError(
+                f"object {rec.id} on node {self.name!r} holds an error instead of a value: "
+                f"{rec.error}"
+            )
         return Value(_value_to_wire(rec.value, storage=False))
 
     def _release(self, session: Session, ids: list[int]) -> None:
+        uid = session.user_id
         for oid in ids:
+            if oid >= _CLIENT_START:
+                oid = self._aliases.get((uid, oid), -1)
             rec = self._objects.get(oid)
             if rec is None or rec.asset_of is not None:
                 continue
-            if rec.owner == session.user_id or session.is_admin:
+            if rec.owner == uid or session.is_admin:
                 del self._objects[oid]
+                if rec.alias:
+                    self._aliases.pop((rec.owner, rec.alias), None)
+                self._retaining.discard(oid)
                 self._dp.bounds.pop(oid, None)  # veil.dp: its tracked bound goes with it
                 if self.store.persistent:
                     self._batch.deleted.add(oid)
@@ -550,7 +598,9 @@ class Node:
 
     def _delete(self, session: Session, msg: DeleteObjects) -> Reply:
         for oid in msg.ids:  # named explicitly (unlike piggybacked releases): all or nothing
-            rec = self._objects.get(oid)
+            rec = self._objects.get(
+                self._aliases.get((session.user_id, oid), -1) if oid >= _CLIENT_START else oid
+            )
             if rec is None or not (session.is_admin or rec.owner == session.user_id):
                 raise ObjectNotFound(
                     f"node {self.name!r} has no object {oid} that you can delete; it was "
@@ -574,7 +624,9 @@ class Node:
     # ------------------------------------------------------------------ ops
     def _run_op(self, session: Session, msg: RunOp) -> Reply:
         spec = self._specs.get(msg.op) or self.registry.get(msg.op)  # get() explains a refusal
-        if msg.out and (msg.out not in CLIENT_IDS or msg.out in self._objects):
+        if msg.out and (
+            msg.out not in CLIENT_IDS or (session.user_id, msg.out) in self._aliases
+        ):  # ids a client names are its own: nothing about other users' ids is revealed
             raise InvalidRequest(
                 f"{msg.op}: result id {msg.out} is not free; a client names results only with "
                 f"ids in [2**62, 2**63) that it has not used (veil's client does this itself)"
@@ -614,8 +666,6 @@ class Node:
             nested = True
         if nested:  # records resolved inside lists or keywords count too
             private = any(r.private for r in inputs)
-        # plain: one stored tensor and numbers, so the result's size is bounded by the tensor's
-        plain = not nested and len(inputs) == 1 and type(inputs[0].value) is torch.Tensor
         target = inputs[0] if inputs and args and args[0] is inputs[0].value else None
         if spec.effect != "none" and target is not None and spec.effect in ("inplace", "step"):
             self._check_mutable(session, target)
@@ -626,64 +676,165 @@ class Node:
         )
         for rec in declared:
             self._check_mutable(session, rec)
-        if private and not session.is_admin:
-            self._check_shape_leak(spec, args, kwargs, inputs)
-        size_rule = spec.facts.size if spec.facts is not None else "meta"
-        if spec.effect == "module_call":  # checked on a meta copy of the module (kernel)
-            size_rule = "input"
-        if size_rule == "meta" or (
-            size_rule == "product"
-            and (
-                16 * inputs[0].value.numel() > self.max_result_bytes
-                if plain
-                else self._may_exceed(args, kwargs)
-            )
-        ):
-            self._check_alloc(spec, args, kwargs)
+        guarded = private and not session.is_admin
+        prediction: Any = _UNPREDICTED
+        if guarded:  # the privacy kernel: the reply depends on public facts only
+            prediction = self._predict(spec, args, kwargs, inputs)
+        else:
+            self._check_size(spec, args, kwargs, inputs, nested)
+        error = next((r.error for r in inputs if r.error), "") if private else ""
         before = [_versions(r.value) for r in inputs] if private else []
         try:
             result = spec.fn(*args, **kwargs)
-        except VeilError:
-            raise
         except Exception as exc:
-            if private and not session.is_admin:  # torch's message may quote private values
+            if guarded and prediction is not _UNPREDICTED:  # it failed on private values
+                error = error or _failure(msg.op, exc)
+                result = self._placeholder(spec, prediction, args, target)
+            elif isinstance(exc, VeilError):
+                raise
+            elif guarded:  # torch's message may quote private values
                 raise RemoteError(
                     f"{msg.op} failed on node {self.name!r} ({type(exc).__name__}); the message "
                     "is withheld because it could quote private data: try the same code on the "
                     "dataset's mock to see it"
                 ) from None
-            raise RemoteError(
-                f"{msg.op} failed on node {self.name!r}: {type(exc).__name__}: {exc}"
-            ) from None
+            else:
+                raise RemoteError(
+                    f"{msg.op} failed on node {self.name!r}: {type(exc).__name__}: {exc}"
+                ) from None
+        else:
+            if (
+                guarded
+                and prediction is not _UNPREDICTED
+                and spec.effect not in ("backward", "step")
+                and not kernel.matches(prediction, result)
+            ):
+                error = error or (
+                    f"{msg.op}: the result's shape or dtype depended on private values"
+                )
+                result = self._placeholder(spec, prediction, args, target)
         if len(inputs) == 1:
             sources = inputs[0].sources
         else:
             sources = frozenset().union(*(r.sources for r in inputs)) if inputs else frozenset()
         if spec.effect != "none":
-            self._apply_effects(spec, target, args, private, sources)
+            self._apply_effects(spec, target, args, private, sources, error)
         if private:  # any input the op wrote into (e.g. batch-norm running stats) is tainted
             written = declared + [r for r, v in zip(inputs, before) if _versions(r.value) != v]
+            if error and target is not None and spec.effect == "inplace":
+                written.append(target)  # a failed in-place op leaves its target unknown
             if written:
                 keys = storage_keys(t for r in written for t in tensors_of(r.value))
-                self._taint(keys, sources)
+                self._taint(keys, sources, error)
+                for r in written:
+                    if error and r.asset_of is None:
+                        r.error = r.error or error
                 self._dp.invalidate(keys)  # veil.dp: written data loses its bounds
         if sources:  # ops on dataset-derived data are audited (uploads, gets and requests always)
             self._audit_row(session, "op", msg.op, [r.id for r in inputs], sources)
+        label = _label_of(inputs) if private else ""
         if msg.out:
-            reply = self._named_result(session, msg, result, private, sources)
-        elif type(result) is torch.Tensor and target is None:  # _wrap_result's first case
+            reply = self._named_result(session, msg, result, private, sources, error, label)
+        elif type(result) is torch.Tensor and target is None and not error and not label:
             reply = self._store(session, result, private=private, sources=sources).info(
                 session.email
-            )
+            )  # _wrap_result's first case, inline
         else:
-            reply = self._wrap_result(session, result, target, private, sources)
+            reply = self._wrap_result(session, result, target, private, sources, error, label)
         if private:  # veil.dp: sensitivity tracking of what derives from private data
             self._dp.after_op(msg.op, args, kwargs, inputs, reply)
+        if spec.name == "Tensor.retain_grad" and target is not None:
+            self._retaining.add(target.id)
         return reply
 
+    def _predict(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any],
+                 inputs: list[ObjectRecord]) -> Any:  # fmt: skip
+        """What the scientist may learn of an op on private data before it runs (see
+        :mod:`veil.node.kernel`): refused if a private value decides the result's shape;
+        the failure of its meta run, with torch's message; else its predicted result."""
+        ids = {id(r.value) for r in inputs if r.private}
+        for v in shape_values_of(spec.facts or _NO_FACTS, args, kwargs):
+            if isinstance(v, torch.Tensor) and id(v) in ids:
+                raise PermissionDenied(
+                    f"{spec.name} on private data is refused: the shape of its result would "
+                    "depend on private values (a mask, a count, a slice bound or a size), and "
+                    "shapes are public. Keep shapes fixed instead, e.g. torch.where(mask, x, 0) "
+                    "or (x * mask).sum() / mask.sum() for a masked mean"
+                )
+        if spec.effect in ("backward", "step"):
+            if spec.effect == "backward" and args and isinstance(args[0], torch.Tensor):
+                root = args[0]
+                gradient = args[1] if len(args) > 1 else kwargs.get("gradient")
+                if not root.requires_grad:
+                    raise RemoteError(
+                        "Tensor.backward failed: element 0 of tensors does not require grad "
+                        "and does not have a grad_fn"
+                    )
+                if gradient is None and root.numel() != 1:
+                    raise RemoteError(
+                        "Tensor.backward failed: grad can be implicitly created only for "
+                        "scalar outputs; pass a gradient of the tensor's shape"
+                    )
+            return None
+        try:
+            prediction = kernel.predict(spec, args, kwargs)
+        except kernel.Unpredictable:
+            return _UNPREDICTED
+        except kernel.NeedsValues:
+            raise PermissionDenied(
+                f"{spec.name} on private data is refused: it would read private values as "
+                "numbers (a size, count, bound or index), and what it returns, or whether it "
+                "fails, would reveal them. Keep shapes and sizes public: use fixed-shape "
+                "alternatives such as torch.where(mask, x, 0), x * mask, or one_hot(k, n)"
+            ) from None
+        except RemoteError as exc:
+            raise RemoteError(f"{exc} (on node {self.name!r}, from shapes and dtypes)") from None
+        size = kernel.result_bytes(prediction)
+        if size > self.max_result_bytes:
+            raise InvalidRequest(
+                f"{spec.name} would create {size} bytes, over this node's limit of "
+                f"{self.max_result_bytes}"
+            )
+        return prediction
+
+    def _placeholder(self, spec: OpSpec, prediction: Any, args: list[Any],
+                     target: ObjectRecord | None) -> Any:  # fmt: skip
+        """What an op that failed on private values leaves as its result."""
+        if target is not None and spec.effect == "inplace":
+            return target.value  # in-place ops answer with their target
+        if spec.effect in ("backward", "step"):
+            return None
+        return kernel.placeholder(prediction, args)
+
+    def _check_size(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any],
+                    inputs: list[ObjectRecord], nested: bool) -> None:  # fmt: skip
+        """Refuse an op on public data whose result would pass ``max_result_bytes``."""
+        rule = spec.facts.size if spec.facts is not None else "meta"
+        limit = self.max_result_bytes
+        if rule == "input":
+            biggest = max((_elements(v) for v in (*args, *kwargs.values())), default=0)
+            if 16 * biggest <= limit:
+                return
+        elif rule == "product" and not self._may_exceed(args, kwargs):
+            return
+        try:
+            prediction = kernel.predict(spec, args, kwargs)
+        except (kernel.Unpredictable, RemoteError):
+            # the op will fail (torch explains why) or has no meta form: bound size arguments
+            ints = [v for v in list(args) + list(kwargs.values()) if isinstance(v, int)]
+            if any(abs(v) > limit // 8 for v in ints):
+                raise InvalidRequest(f"{spec.name}: size argument over the node's limit") from None
+            return
+        size = kernel.result_bytes(prediction)
+        if size > limit:
+            raise InvalidRequest(
+                f"{spec.name} would create {size} bytes, over this node's limit of {limit}"
+            )
+
     def _named_result(self, session: Session, msg: RunOp, result: Any, private: bool,
-                      sources: frozenset[str]) -> Reply:  # fmt: skip
-        """Store a pipelined op's result under the id its client chose."""
+                      sources: frozenset[str], error: str = "", label: str = "") -> Reply:  # fmt: skip
+        """Store a pipelined op's result under the id its client chose (an alias: client
+        ids belong to their user, and name nothing of anyone else's)."""
         if result is None:
             return Done()
         if isinstance(result, bool | int | float | torch.Size):
@@ -693,9 +844,9 @@ class Node:
                 f"{msg.op} returned a {type(result).__name__}, not the single object its "
                 "pipelined call expected; run it with the pipeline off (worker.flush() first)"
             )
-        return self._store(session, result, private=private, sources=sources, oid=msg.out).info(
-            session.email
-        )
+        rec = self._store(session, result, private=private, sources=sources, error=error,
+                          label=label, alias=msg.out)  # fmt: skip
+        return rec.info(session.email)
 
     # ---- extension ops (effect "node", e.g. veil.mpc's protocol steps) ----
     def _run_node_op(self, session: Session, spec: OpSpec, msg: RunOp) -> Reply:
@@ -773,115 +924,47 @@ class Node:
                 "be private)"
             )
 
-    def _check_shape_leak(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any],
-                          inputs: list[ObjectRecord]) -> None:  # fmt: skip
-        """Refuse an op whose result *shape* would depend on private values: a pointer's
-        shape is public, so ``x[x > t].shape`` or ``ones(1).repeat(k)`` would leak them."""
-        ids = {id(r.value) for r in inputs if r.private}
-
-        def private(x: Any) -> bool:
-            return isinstance(x, torch.Tensor) and id(x) in ids
-
-        flat = [
-            v
-            for a in [*args, *kwargs.values()]
-            for v in (a if isinstance(a, list | tuple) else [a])
-        ]
-        base = spec.name.rsplit(".", 1)[-1]
-        first = args[0] if args else None
-        second = args[1] if len(args) > 1 else kwargs.get("mask", kwargs.get("repeats"))
-        leak = (
-            (base in _VALUE_SHAPED and private(first))
-            or (base == "masked_select" and private(second))
-            or (base == "where" and len(args) == 1 and not kwargs and private(first))
-            or (base == "one_hot" and private(first)
-                and (args[1] if len(args) > 1 else kwargs.get("num_classes", -1)) == -1)
-            or (base in ("repeat_interleave", "tensor_split") and any(private(a) for a in flat[1:]))
-            or (base == "repeat_interleave" and len(flat) == 1 and private(first))
-            or (base == "__getitem__" and any(
-                private(t) and t.dtype in (torch.bool, torch.uint8) for t in flat[1:]))
-        )  # fmt: skip
-        indexing = base in ("__getitem__", "__setitem__")  # an integer index keeps the shape
-        if (
-            not leak
-            and not indexing
-            and any(  # a private count read as a size: repeat(k)
-                private(t) and not (t.is_floating_point() or t.is_complex()) and t.numel() == 1
-                for t in flat
-            )
-        ):
-
-            def meta(x: Any) -> Any:
-                if isinstance(x, torch.Tensor):
-                    return torch.empty_like(x, device="meta")
-                return type(x)(meta(v) for v in x) if isinstance(x, list | tuple) else x
-
-            try:  # meta tensors have no values: a size taken from one fails here
-                spec.fn(*[meta(a) for a in args], **{k: meta(v) for k, v in kwargs.items()})
-            except Exception:
-                leak = True
-        if leak:
-            raise PermissionDenied(
-                f"{spec.name} on private data is refused: the shape of its result would depend "
-                "on private values, and shapes are public. Keep shapes fixed instead, e.g. "
-                "torch.where(mask, x, 0) or (x * mask).sum() / mask.sum() for a masked mean"
-            )
-
     def _may_exceed(self, args: list[Any], kwargs: dict[str, Any]) -> bool:
-        """Could an op whose output is at most the product of its inputs' sizes pass the limit?"""
+        """Could an op whose output is at most the product of its inputs' sizes pass the
+        limit? Each tensor counts as the product of its dimensions with empty ones taken as 1
+        (an ``(n, 0) @ (0, n)`` product is ``n * n``), and at least 2 (concatenations)."""
         bound, limit = 16, self.max_result_bytes  # 16: bytes per element of the widest dtype
         for v in (*args, *kwargs.values()) if kwargs else args:
             if type(v) in SCALAR_TYPES:
                 continue
             if isinstance(v, torch.Tensor):
-                bound *= v.numel() or 1
+                bound *= _span(v)
             elif isinstance(v, list | tuple):
                 for t in v:
                     if isinstance(t, torch.Tensor):
-                        bound *= t.numel() or 1
+                        bound *= _span(t)
             if bound > limit:
                 return True
         return False
 
-    def _check_alloc(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> None:
-        limit = self.max_result_bytes
-
-        def meta(x: Any) -> Any:
-            if isinstance(x, torch.Tensor):
-                return torch.empty_like(x, device="meta")
-            if isinstance(x, list | tuple):
-                return type(x)(meta(v) for v in x)
-            return x
-
-        try:
-            out = spec.fn(*[meta(a) for a in args], **{k: meta(v) for k, v in kwargs.items()})
-        except Exception:  # data-dependent output size: bound the size arguments instead
-            ints = [v for v in list(args) + list(kwargs.values()) if isinstance(v, int)]
-            if any(abs(v) > limit // 8 for v in ints):
-                raise InvalidRequest(f"{spec.name}: size argument over the node's limit") from None
-            return
-        outs = out if isinstance(out, list | tuple) else [out]
-        size = sum(t.numel() * t.element_size() for t in outs if isinstance(t, torch.Tensor))
-        if size > limit:
-            raise InvalidRequest(
-                f"{spec.name} would create {size} bytes, over this node's limit of {limit}"
-            )
-
     def _apply_effects(self, spec: OpSpec, target: ObjectRecord | None, args: list[Any],
-                       private: bool, sources: frozenset[str]) -> None:  # fmt: skip
+                       private: bool, sources: frozenset[str], error: str = "") -> None:  # fmt: skip
         effect = spec.effect
         if effect == "inplace" and target is not None:
             if private:
-                self._taint(storage_keys(tensors_of(target.value)), sources)
+                self._taint(storage_keys(tensors_of(target.value)), sources, error)
             self._persist(target)
         elif effect == "backward" and args and isinstance(args[0], torch.Tensor):
             if private:  # the graph walk costs ~0.1 ms a step: only when there is taint to spread
-                self._taint(storage_keys(autograd_leaves(args[0])), sources)
+                leaves, nodes = autograd_graph(args[0])
+                self._taint(storage_keys(leaves), sources, error)
+                # non-leaf tensors that retain their gradient got one from private data too
+                for oid in list(self._retaining):
+                    rec = self._objects.get(oid)
+                    if rec is None or not isinstance(rec.value, torch.Tensor):
+                        self._retaining.discard(oid)
+                    elif rec.value.grad_fn is not None and rec.value.grad_fn in nodes:
+                        self._mark(rec, sources, error)
         elif effect == "step" and target is not None:
             if target.private or self.store.persistent:
                 keys = storage_keys(tensors_of(target.value))
                 if target.private:
-                    self._taint(keys, target.sources)
+                    self._taint(keys, target.sources, error)
                 self._persist_storages(keys)
         elif effect == "module_call" and target is not None and private:
             module = target.value
@@ -890,18 +973,24 @@ class Node:
                 and module.training
                 and any(True for _ in module.buffers())
             ):
-                self._taint(storage_keys(tensors_of(module)), sources)
+                self._taint(storage_keys(tensors_of(module)), sources, error)
 
-    def _taint(self, keys: set[int], sources: frozenset[str]) -> None:
-        """Mark private every object sharing storage with ``keys``; approvals lapse."""
+    def _taint(self, keys: set[int], sources: frozenset[str], error: str = "") -> None:
+        """Mark private every object sharing storage with ``keys``; approvals lapse. An
+        ``error`` (a write that failed on private values) is carried into them too."""
         if not keys:
             return
         for rec in self._objects.values():
             if rec.asset_of is None and storage_keys(tensors_of(rec.value)) & keys:
-                rec.private = True
-                rec.sources = rec.sources | sources
-                rec.approved.clear()
-                self._persist(rec)
+                self._mark(rec, sources, error)
+
+    def _mark(self, rec: ObjectRecord, sources: frozenset[str], error: str = "") -> None:
+        rec.private = True
+        rec.sources = rec.sources | sources
+        rec.approved.clear()
+        if error and not rec.error:
+            rec.error = error
+        self._persist(rec)
 
     def _persist_storages(self, keys: set[int]) -> None:
         if not self.store.persistent:
@@ -911,21 +1000,23 @@ class Node:
                 self._persist(rec)
 
     def _wrap_result(self, session: Session, result: Any, target: ObjectRecord | None,
-                     private: bool, sources: frozenset[str]) -> Reply:  # fmt: skip
+                     private: bool, sources: frozenset[str], error: str = "",
+                     label: str = "") -> Reply:  # fmt: skip
         if type(result) is torch.Tensor and (target is None or result is not target.value):
-            return self._store(session, result, private=private, sources=sources).info(
-                session.email
-            )
+            rec = self._store(session, result, private=private, sources=sources, error=error,
+                              label=label)  # fmt: skip
+            return rec.info(session.email)
         if result is None:
             return Done()
         if target is not None and result is target.value:
             return self._info_of(target)
         if isinstance(result, list | tuple) and not isinstance(result, torch.Size):
-            return self._results(session, result, private, sources, 0)
-        return self._new_result(session, result, private, sources)
+            return self._results(session, result, private, sources, 0, error, label)
+        return self._new_result(session, result, private, sources, error, label)
 
     def _results(self, session: Session, result: list[Any] | tuple[Any, ...], private: bool,
-                 sources: frozenset[str], depth: int) -> Results:  # fmt: skip
+                 sources: frozenset[str], depth: int, error: str = "",
+                 label: str = "") -> Results:  # fmt: skip
         if depth > 8:
             raise RemoteError("op returned results nested too deeply")
         items: list[ObjectInfo | Results | None] = []
@@ -933,19 +1024,22 @@ class Node:
             if item is None:
                 items.append(None)
             elif isinstance(item, list | tuple) and not isinstance(item, torch.Size):
-                items.append(self._results(session, item, private, sources, depth + 1))
+                items.append(
+                    self._results(session, item, private, sources, depth + 1, error, label)
+                )
             else:
-                items.append(self._new_result(session, item, private, sources))
+                items.append(self._new_result(session, item, private, sources, error, label))
         tname = "list" if isinstance(result, list) else ""
         if type(result).__module__ == "torch.return_types":
             tname = type(result).__name__
         return Results(items, tname)
 
     def _new_result(self, session: Session, value: Any, private: bool,
-                    sources: frozenset[str]) -> ObjectInfo:  # fmt: skip
+                    sources: frozenset[str], error: str = "", label: str = "") -> ObjectInfo:  # fmt: skip
         if isinstance(value, bool | int | float | torch.Size):
             value = torch.tensor(value)
-        rec = self._store(session, value, private=private, sources=sources)
+        rec = self._store(session, value, private=private, sources=sources, error=error,
+                          label=label)  # fmt: skip
         return rec.info(session.email)  # the caller owns what its op created
 
     # ------------------------------------------------------------------ requests
@@ -1106,6 +1200,41 @@ class Node:
         with self._lock:
             self._commit()
             self.store.close()
+
+
+def _span(t: torch.Tensor) -> int:
+    """A tensor's size for output bounds: its dimensions' product, empty ones as 1, >= 2."""
+    n = 1
+    for d in t.shape:
+        n *= d or 1
+    return max(n, 2)
+
+
+def _elements(value: Any) -> int:
+    """Elements of the tensors in an argument (lists and modules included)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel()
+    if isinstance(value, list | tuple):
+        return sum(_elements(v) for v in value)
+    return sum(t.numel() for t in tensors_of(value)) if isinstance(value, nn.Module) else 0
+
+
+def _failure(op: str, exc: BaseException) -> str:
+    """The error an op that failed on private values leaves in its result."""
+    return f"{op} failed on private values: {type(exc).__name__}: {str(exc)[:2000]}"
+
+
+def _label_of(inputs: list[ObjectRecord]) -> str:
+    """The capability label a result keeps: the one all its private inputs carry, if any."""
+    labels = {r.label for r in inputs if r.private}
+    return labels.pop() if len(labels) == 1 else ""
+
+
+#: ``_predict``'s answer when the op has no public prediction (it then runs as before:
+#: its failures are reported with their message withheld).
+_UNPREDICTED: Any = object()
+_CLIENT_START = CLIENT_IDS.start
+_NO_FACTS = OpFacts()
 
 
 def _versions(value: Any) -> list[int]:

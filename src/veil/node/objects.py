@@ -28,7 +28,8 @@ class ObjectRecord:
             ops accept only objects they made; results of ops whose private inputs all
             carry one label keep it. Empty for everything else.
         error: set when the op that made (or last wrote) it failed on private values: the
-            object holds that error instead of a value (see :mod:`veil.ops.facts`).
+            object holds that error instead of a value (see :mod:`veil.node.kernel`).
+        alias: the id its owner's client named it by (``RunOp.out``), if any.
     """
 
     id: int
@@ -43,12 +44,13 @@ class ObjectRecord:
     created: float = field(default_factory=time.time)
     label: str = ""
     error: str = ""
+    alias: int = 0
 
     def info(self, owner_email: str = "") -> ObjectInfo:
         v = self.value
         if self.kind == "tensor":
             return ObjectInfo(
-                self.id,
+                self.alias or self.id,
                 "tensor",
                 list(v.shape),
                 DTYPE_NAMES.get(v.dtype) or dtype_name(v.dtype),
@@ -62,12 +64,12 @@ class ObjectRecord:
         if ext is not None:
             shape, dtype = ext.describe(v)
             return ObjectInfo(
-                self.id, self.kind, shape, dtype, False, self.private, owner_email,
+                self.alias or self.id, self.kind, shape, dtype, False, self.private, owner_email,
                 sorted(self.sources), description=self.description,
             )  # fmt: skip
         names = [n for n, _ in v.named_parameters()] if self.kind == "module" else []
         return ObjectInfo(
-            self.id,
+            self.alias or self.id,
             self.kind,
             private=self.private,
             owner=owner_email,
@@ -178,10 +180,16 @@ def storage_keys(tensors: Any) -> set[int]:
 
 def autograd_leaves(root: torch.Tensor) -> list[torch.Tensor]:
     """Leaf tensors that ``root.backward()`` writes gradients into (and their grads)."""
+    return autograd_graph(root)[0]
+
+
+def autograd_graph(root: torch.Tensor) -> tuple[list[torch.Tensor], set[Any]]:
+    """(the leaves ``root.backward()`` writes gradients into, with their grads; the graph's
+    nodes), so non-leaf tensors that retain their gradient can be found too."""
     out: list[torch.Tensor] = []
     if root.grad_fn is None:
-        return [root] if root.requires_grad else []
-    seen = set()
+        return ([root] if root.requires_grad else []), set()
+    seen: set[Any] = set()
     stack = [root.grad_fn]
     while stack:
         fn = stack.pop()
@@ -194,4 +202,4 @@ def autograd_leaves(root: torch.Tensor) -> list[torch.Tensor]:
             if var.grad is not None:
                 out.append(var.grad)
         stack.extend(nxt for nxt, _ in fn.next_functions if nxt is not None)
-    return out
+    return out, seen

@@ -98,6 +98,7 @@ class OpFacts:
     pipeline: PipelineRule = "result"
     predict: Callable[..., Any] | None = None
     private_args: tuple[str, ...] | None = None
+    index_arg: int = -1
 
 
 def _first(args: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:

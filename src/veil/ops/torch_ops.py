@@ -217,7 +217,11 @@ DP_RULES: dict[str, str] = {
 DONE_OPS = {"backward"}
 #: Side-effect-free ops a pipelining client still sends at once (their result is not a
 #: plain new tensor, or the node looks at their arguments' values).
-NEVER_PIPELINED = {"__getattr__", "__getitem__", "__setitem__"}
+NEVER_PIPELINED = {
+    "__getattr__", "__getitem__", "__setitem__",
+    # results whose shape depends on values: a client cannot predict them
+    "nonzero", "argwhere", "unique", "unique_consecutive", "bincount", "masked_select",
+}  # fmt: skip
 
 #: F.* functions that write into an argument, and the parameter that turns it on.
 F_WRITES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -265,6 +269,7 @@ def facts_for(base: str, fn: Any, effect: str = "none", *, functional: bool = Fa
     return OpFacts(
         writes=writes, write_switch=switch, shape_values=SHAPE_VALUES.get(key), size=size,  # type: ignore[arg-type]
         dp=dp, pipeline=pipeline,  # type: ignore[arg-type]
+        index_arg=1 if key in ("__getitem__", "__setitem__") else -1,
     )  # fmt: skip
 
 

@@ -29,6 +29,8 @@ class ObjectRow:
     description: str
     created: float
     payload: bytes | bytearray | memoryview  # an encoded serde frame (Value)
+    #: label / error / alias of the record (see ``ObjectRecord``), only those that are set
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -50,6 +52,8 @@ class RequestRow:
     created: float
     decided_by: int | None = None
     note: str = ""
+    #: SHA-256 of the object's content when it was requested: an approval covers that only
+    digest: str = ""
 
 
 @dataclass(slots=True)

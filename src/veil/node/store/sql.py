@@ -35,7 +35,9 @@ from veil.node.store.base import (
 __all__ = ["SCHEMA_VERSION", "SQLStore"]
 
 #: The layout of the tables below; bump it (and add a migration) when it changes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Columns added since version 1: (table, column, SQL type, default), added by ALTER TABLE.
+_ADDED = [("objects", "extra", "JSON", None), ("requests", "digest", "VARCHAR(64)", "''")]
 
 #: Blob files are ``<object id>-<16 hex>.obj`` (a payload) or ``.mock`` (a dataset asset's mock);
 #: a fresh name per write, so a rolled-back write never touches a file a committed row names.
@@ -77,6 +79,7 @@ objects_table = sa.Table(
     sa.Column("created", sa.Double, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=True),  # inline, below inline_limit
     sa.Column("blob", sa.String(64), nullable=True),  # else the file in blob_dir
+    sa.Column("extra", sa.JSON, nullable=True),  # schema 2: label, error, alias
 )
 datasets_table = sa.Table(
     "datasets",
@@ -109,6 +112,7 @@ requests_table = sa.Table(
     sa.Column("created", sa.Double, nullable=False),
     sa.Column("decided_by", sa.Integer, nullable=True),
     sa.Column("note", sa.Text, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=True),  # schema 2
 )
 audit_table = sa.Table(
     "audit",
@@ -393,6 +397,8 @@ class SQLStore(Store):
                         f"a newer veil; this veil reads up to version {SCHEMA_VERSION}. Upgrade "
                         "veil (pip install -U veil), or point --db at another database"
                     )
+                if version is not None and version < SCHEMA_VERSION:
+                    self._migrate(conn)
             metadata.create_all(conn)
             rows = conn.execute(sa.select(meta_table.c.key, meta_table.c.value))
             meta = {key: value for key, value in rows}
@@ -401,6 +407,19 @@ class SQLStore(Store):
             if missing:
                 conn.execute(sa.insert(meta_table), missing)
             self._store_id = meta.get("store_id", new["store_id"])
+
+    def _migrate(self, conn: Connection) -> None:
+        """Bring a database of an older schema up to this one (columns added since)."""
+        inspector = sa.inspect(conn)
+        for table, column, sql_type, default in _ADDED:
+            if column not in {c["name"] for c in inspector.get_columns(table)}:
+                extra = f" DEFAULT {default}" if default is not None else ""
+                conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}{extra}"))
+        conn.execute(
+            sa.update(meta_table)
+            .where(meta_table.c.key == "schema_version")
+            .values(value=str(SCHEMA_VERSION))
+        )
 
     def _claim(self, directory: Path) -> None:
         """Mark ``directory`` as this database's, or refuse it if another's."""
@@ -611,7 +630,9 @@ class SQLStore(Store):
                 if blob is not None:
                     referenced.add(blob)
                     fields["payload"] = self._read_blob(blob, f"object {r.id}")
-                fields.update(private=bool(r.private), approved=list(r.approved))
+                fields.update(
+                    private=bool(r.private), approved=list(r.approved), extra=r.extra or {}
+                )
                 objects.append(ObjectRow(**fields))
             assets: dict[str, list[Any]] = {}
             for r in conn.execute(_SELECT_ALL["dataset_assets"]):
@@ -628,7 +649,10 @@ class SQLStore(Store):
                 DatasetRow(**r._mapping, assets=assets.get(r.name, []))
                 for r in conn.execute(_SELECT_ALL["datasets"])
             ]
-            requests = [RequestRow(**r._mapping) for r in conn.execute(_SELECT_ALL["requests"])]
+            requests = [
+                RequestRow(**{**r._mapping, "digest": r.digest or ""})
+                for r in conn.execute(_SELECT_ALL["requests"])
+            ]
             dp = [DPRow(**r._mapping) for r in conn.execute(_SELECT_ALL["dp_state"])]
         self._sweep(referenced)
         return Snapshot(users, objects, datasets, requests, dp)
