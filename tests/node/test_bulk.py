@@ -141,3 +141,30 @@ def test_a_silent_peer_is_dropped_after_the_handshake_timeout(
         sock.settimeout(30)
         assert sock.recv(1) == b""  # the node closed it: no thread is held forever
     _alive(url)
+
+
+def test_close_of_a_client_that_used_only_the_bulk_lane_sends_its_releases(
+    server: tuple[Node, str],
+) -> None:
+    node, url = server
+    c = veil.connect(url, email=EMAIL, password=PASSWORD)
+    ptr = torch.randn(BIG).send(c)
+    assert c._bulk is not None and c._ws is None  # the only lane this client opened
+    assert node.object_count() == 1
+    del ptr  # queued for release, to ride on the next call
+
+    c.close()
+
+    assert node.object_count() == 0
+
+
+def test_close_of_a_virtual_worker_sends_its_releases() -> None:
+    node = Node("v", owner_email=EMAIL, owner_password=PASSWORD)
+    w = veil.VirtualWorker(node=node)
+    ptr = torch.ones(3).send(w)
+    del ptr
+    assert node.object_count() == 1
+
+    w.close()
+
+    assert node.object_count() == 0

@@ -161,7 +161,12 @@ class NodeClient(Worker):
             )
         with self._ws_lock:
             try:
-                if self.bulk_port is not None and max(size, expect_bytes) >= BULK_MIN_BYTES:
+                # Large frames take the bulk lane; so does anything while it is the only lane
+                # open (a client that only moved large tensors opens no WebSocket to close).
+                if self.bulk_port is not None and (
+                    max(size, expect_bytes) >= BULK_MIN_BYTES
+                    or (self._ws is None and self._bulk is not None)
+                ):
                     return self._bulk_roundtrip(parts)
                 return self._ws_roundtrip(parts[0] if len(parts) == 1 else b"".join(parts))
             except TimeoutError as exc:
@@ -240,9 +245,10 @@ class NodeClient(Worker):
                 pass
 
     def close(self) -> None:
-        """Flush pending deletions and close the connections."""
+        """Send pipelined ops and the deletions of dropped pointers (over whichever lane is
+        open), then close the connections."""
         try:
-            if self._ws is not None or self._deferred:
+            if self._deferred or self._released:
                 self.flush()
         except TransportError:
             pass

@@ -47,6 +47,7 @@ from veil.node.store import (
     UserRow,
 )
 from veil.node.users import (
+    STAND_IN_HASH,
     Session,
     check_new_user,
     hash_password,
@@ -295,7 +296,8 @@ class Node:
             AuthenticationError: unknown email or wrong password (same message for both).
         """
         user = next((u for u in list(self._users.values()) if u.email == email), None)
-        stored = user.password_hash if user else hash_password("timing-equalizer")
+        # One scrypt either way: an unknown email must cost what a known one costs.
+        stored = user.password_hash if user else STAND_IN_HASH
         if not verify_password(password, stored) or user is None:
             raise AuthenticationError(f"wrong email or password for node {self.name!r}")
         return Session(user.id, user.email, user.role)
