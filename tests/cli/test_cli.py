@@ -43,6 +43,26 @@ def test_help_of_every_command_explains_it() -> None:
         assert "--url" in _run(*sub, "--help")
 
 
+def test_serve_help_shows_the_abuse_limits() -> None:
+    out = _run("node", "serve", "--help")
+    for option in (
+        "--login-attempts",
+        "--login-window",
+        "--login-account-attempts",
+        "--login-address-attempts",
+        "--max-body-bytes",
+        "--bulk-max-connections",
+        "--bulk-idle-timeout",
+    ):
+        assert option in out, option
+
+
+def test_serve_refuses_a_bad_limit_with_a_clear_message() -> None:
+    result = runner.invoke(app, ["node", "serve", "--db", "memory", "--login-attempts", "0"])
+    assert result.exit_code == 1
+    assert "login_attempts must be >= 1" in result.output and "Traceback" not in result.output
+
+
 def test_version() -> None:
     assert veil.__version__ in _run("version")
 

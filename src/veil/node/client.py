@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import socket
 import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,6 +20,7 @@ from veil.errors import (
     ConnectError,
     ConnectionLost,
     MessageTooLarge,
+    RateLimited,
     Timeout,
     TransportError,
     VersionMismatch,
@@ -102,10 +105,26 @@ class NodeClient(Worker):
         if resp.status_code >= 400:
             try:
                 err = resp.json()["error"]
-                raise error_from_code(err["code"], err["message"])
+                error = error_from_code(err["code"], err["message"])
             except (ValueError, KeyError, TypeError):
                 raise TransportError(f"{method} {path} failed: HTTP {resp.status_code}") from None
+            if resp.status_code == 429:
+                raise self._rate_limited(str(error), resp.headers.get("Retry-After"))
+            raise error
         return resp.json()
+
+    def _rate_limited(self, message: str, retry_after: str | None) -> RateLimited:
+        try:
+            wait = float(retry_after) if retry_after is not None else None
+        except ValueError:
+            wait = None
+        when = (
+            f"; retry after {math.ceil(wait)} s (at {time.strftime('%H:%M:%S', time.localtime(time.time() + wait))})"
+            if wait is not None
+            else "; retry later"
+        )
+        return RateLimited(f"node at {self.url} refused to log in {self._email}: {message}{when}",
+                           retry_after=wait)  # fmt: skip
 
     def _login(self) -> None:
         out = self._rest(

@@ -24,6 +24,7 @@ from typing import Any
 from veil.errors import AuthenticationError, VeilError, VersionMismatch
 from veil.node.framing import BULK_HELLO, BULK_MAGIC, recv_exact, recv_frame, send_frame, tune
 from veil.node.node import Node
+from veil.node.server.limits import ServerLimits
 from veil.serde import codec
 from veil.serde.messages import Done, ErrorReply
 from veil.version import WIRE_VERSION
@@ -44,8 +45,10 @@ class BulkServer:
         True
     """
 
-    def __init__(self, node: Node, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, node: Node, host: str = "127.0.0.1", port: int = 0, *,
+                 limits: ServerLimits | None = None) -> None:  # fmt: skip
         self.node = node
+        self.limits = limits or ServerLimits()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
