@@ -30,6 +30,7 @@ from veil.node.framing import (
     BULK_MIN_BYTES,
     Assembler,
     bulk_hello,
+    readable,
     recv_frame,
     send_frame,
     split_frame,
@@ -186,7 +187,9 @@ class NodeClient(Worker):
                     max(size, expect_bytes) >= BULK_MIN_BYTES
                     or (self._ws is None and self._bulk is not None)
                 ):
-                    return self._bulk_roundtrip(parts)
+                    reply = self._bulk_roundtrip(parts)
+                    if reply is not None:
+                        return reply  # else the lane is full: take the WebSocket
                 return self._ws_roundtrip(parts[0] if len(parts) == 1 else b"".join(parts))
             except TimeoutError as exc:
                 self._drop()
@@ -218,16 +221,21 @@ class NodeClient(Worker):
             if reply is not None:
                 return reply
 
-    def _bulk_roundtrip(self, parts: list[bytes | bytearray | memoryview]) -> memoryview:
+    def _bulk_roundtrip(self, parts: list[bytes | bytearray | memoryview]) -> memoryview | None:
         """One call over the bulk lane: the parts go out as they are (a tensor's own memory),
-        and the reply is read into one buffer that decoded tensors share."""
+        and the reply is read into one buffer that decoded tensors share. None: the lane is
+        at its connection limit, nothing was sent."""
+        if self._bulk is not None and readable(self._bulk):
+            self._drop_bulk()  # unasked bytes or EOF: the node closed it (idle); reconnect
         if self._bulk is None:
             self._bulk = self._open_bulk()
+            if self._bulk is None:
+                return None
         send_frame(self._bulk, *parts)
         del parts
         return recv_frame(self._bulk, self.max_message_bytes)
 
-    def _open_bulk(self) -> socket.socket:
+    def _open_bulk(self) -> socket.socket | None:
         host = urlsplit(self.url).hostname or "127.0.0.1"
         for attempt in range(2):
             try:
@@ -239,23 +247,33 @@ class NodeClient(Worker):
                     "with --bulk-port -1 so everything goes over the WebSocket"
                 ) from exc
             tune(sock)
-            sock.sendall(bulk_hello(self._token))
-            answer = codec.decode_reply(recv_frame(sock, 1024**2))
+            with contextlib.suppress(OSError):  # a node that refuses may close first
+                sock.sendall(bulk_hello(self._token))
+            try:
+                answer = codec.decode_reply(recv_frame(sock, 1024**2))
+            except OSError:
+                sock.close()
+                raise
             if isinstance(answer, Done):
                 return sock
             sock.close()
             assert isinstance(answer, ErrorReply)
-            if attempt == 0 and answer.code == "authentication_failed":
+            if answer.code == "connect_error":  # at its connection limit
+                return None
+            if attempt == 0 and answer.code in ("authentication_failed", "session_expired"):
                 self._login()  # the token expired or the node restarted
                 continue
             raise error_from_code(answer.code, answer.message)
         raise AssertionError("unreachable")
 
-    def _drop(self) -> None:
+    def _drop_bulk(self) -> None:
         bulk, self._bulk = self._bulk, None
         if bulk is not None:
             with contextlib.suppress(OSError):
                 bulk.close()
+
+    def _drop(self) -> None:
+        self._drop_bulk()
         ws, self._ws = self._ws, None
         if ws is not None:
             try:
