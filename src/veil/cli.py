@@ -20,6 +20,9 @@ user_app = typer.Typer(help="Manage a node's users.", no_args_is_help=True)
 requests_app = typer.Typer(help="List and decide data access requests.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 app.add_typer(user_app, name="user")
+app.add_typer(user_app, name="users", help="Manage a node's users (same as `veil user`).")
+sessions_app = typer.Typer(help="End users' sessions (login tokens).", no_args_is_help=True)
+user_app.add_typer(sessions_app, name="sessions")
 app.add_typer(requests_app, name="requests")
 # veil.dp: privacy budgets
 budgets_app = typer.Typer(
@@ -208,6 +211,20 @@ def user_list(
     for u in users:
         table.add_row(str(u.id), u.email, u.role)
     console.print(table)
+
+
+@sessions_app.command("revoke")
+def sessions_revoke(
+    target: Annotated[str, typer.Argument(metavar="EMAIL", help="The user whose sessions end.")],
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """End every session of a user: their tokens stop working and their open connections
+    fail their next call (they must log in again). Yours, or anyone's for owners/admins.
+    To lock someone out for good, also change or remove their account."""
+    n = _ask(url, email, password, lambda client: client.revoke_sessions(target))
+    console.print(f"ended {n} session{'s' if n != 1 else ''} of {target}")
 
 
 @requests_app.command("list")

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -21,6 +21,7 @@ from veil.errors import (
     ConnectionLost,
     MessageTooLarge,
     RateLimited,
+    SessionExpired,
     Timeout,
     TransportError,
     VersionMismatch,
@@ -127,6 +128,31 @@ class NodeClient(Worker):
         return RateLimited(f"node at {self.url} refused to log in {self._email}: {message}{when}",
                            retry_after=wait)  # fmt: skip
 
+    def _authorized(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A REST call with the session's token (logging in again once if it ended)."""
+        for attempt in range(2):
+            try:
+                return self._rest(
+                    method, path, headers={"Authorization": f"Bearer {self._token}"}, **kwargs
+                )
+            except SessionExpired:
+                if attempt:
+                    raise
+                self._login()
+        raise AssertionError("unreachable")
+
+    def revoke_sessions(self, email: str) -> int:
+        """End every session of user ``email`` on the node (yours: log out everywhere;
+        owners and admins: anyone's). Their open connections fail their next call; a
+        client holding the password (like this one) logs in again by itself. Returns how
+        many sessions ended.
+
+        Raises:
+            PermissionDenied: another user's sessions, and you are not an owner or admin.
+        """
+        out = self._authorized("POST", f"/api/v1/users/{quote(email, safe='@')}/revoke-sessions")
+        return int(out["revoked"])
+
     def _login(self) -> None:
         out = self._rest(
             "POST", "/api/v1/login", json={"email": self._email, "password": self._password}
@@ -180,30 +206,39 @@ class NodeClient(Worker):
                 "to raise the node's max message size"
             )
         with self._ws_lock:
-            try:
-                # Large frames take the bulk lane; so does anything while it is the only lane
-                # open (a client that only moved large tensors opens no WebSocket to close).
-                if self.bulk_port is not None and (
-                    max(size, expect_bytes) >= BULK_MIN_BYTES
-                    or (self._ws is None and self._bulk is not None)
-                ):
-                    reply = self._bulk_roundtrip(parts)
-                    if reply is not None:
-                        return reply  # else the lane is full: take the WebSocket
-                return self._ws_roundtrip(parts[0] if len(parts) == 1 else b"".join(parts))
-            except TimeoutError as exc:
+            reply = self._send_on_a_lane(parts, size, expect_bytes)
+            if _session_ended(reply):  # refused before it ran: log in again, send it again
                 self._drop()
-                raise Timeout(
-                    f"node {self.name!r} did not answer within {self.timeout}s; the call may "
-                    "still run there. Raise timeout= in veil.connect for long operations"
-                ) from exc
-            except (ConnectionClosed, OSError) as exc:
-                self._drop()
-                raise ConnectionLost(
-                    f"the connection to node {self.name!r} at {self.url} dropped during a call "
-                    f"({type(exc).__name__}); it may or may not have run on the node. The next "
-                    "call reconnects."
-                ) from exc
+                self._login()
+                reply = self._send_on_a_lane(parts, size, expect_bytes)
+            return reply
+
+    def _send_on_a_lane(self, parts: list[bytes | bytearray | memoryview], size: int,
+                        expect_bytes: int) -> bytearray | memoryview:  # fmt: skip
+        try:
+            # Large frames take the bulk lane; so does anything while it is the only lane
+            # open (a client that only moved large tensors opens no WebSocket to close).
+            if self.bulk_port is not None and (
+                max(size, expect_bytes) >= BULK_MIN_BYTES
+                or (self._ws is None and self._bulk is not None)
+            ):
+                reply = self._bulk_roundtrip(parts)
+                if reply is not None:
+                    return reply  # else the lane is full: take the WebSocket
+            return self._ws_roundtrip(parts[0] if len(parts) == 1 else b"".join(parts))
+        except TimeoutError as exc:
+            self._drop()
+            raise Timeout(
+                f"node {self.name!r} did not answer within {self.timeout}s; the call may "
+                "still run there. Raise timeout= in veil.connect for long operations"
+            ) from exc
+        except (ConnectionClosed, OSError) as exc:
+            self._drop()
+            raise ConnectionLost(
+                f"the connection to node {self.name!r} at {self.url} dropped during a call "
+                f"({type(exc).__name__}); it may or may not have run on the node. The next "
+                "call reconnects."
+            ) from exc
 
     def _ws_roundtrip(self, frame: bytes | bytearray | memoryview) -> bytearray | memoryview:
         if self._ws is None:
@@ -300,3 +335,12 @@ class NodeClient(Worker):
 
     def __repr__(self) -> str:
         return f"NodeClient({self.name!r}, url={self.url!r}, user={self._email!r})"
+
+
+def _session_ended(reply: bytes | bytearray | memoryview) -> bool:
+    """Is ``reply`` the node's refusal of a message whose session expired or was revoked
+    (sent before anything ran, so the same frame can go again after a new login)?"""
+    if len(reply) > 512 or b"session_expired" not in bytes(reply):
+        return False
+    answer = codec.decode_reply(reply)
+    return isinstance(answer, ErrorReply) and answer.code == SessionExpired.code

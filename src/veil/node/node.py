@@ -23,6 +23,7 @@ from veil.errors import (
     PermissionDenied,
     RemoteError,
     SerdeError,
+    SessionExpired,
     StorageError,
     VeilError,
 )
@@ -46,15 +47,8 @@ from veil.node.store import (
     Store,
     UserRow,
 )
-from veil.node.users import (
-    STAND_IN_HASH,
-    Session,
-    check_new_user,
-    hash_password,
-    new_token,
-    token_key,
-    verify_password,
-)
+from veil.node.tokens import TOKEN_TTL_S, TokenTable
+from veil.node.users import STAND_IN_HASH, Session, check_new_user, hash_password, verify_password
 from veil.ops import OpRegistry, OpSpec, default_registry
 from veil.serde import codec
 from veil.serde.messages import (
@@ -107,7 +101,6 @@ from veil.version import WIRE_VERSION, __version__
 
 log = logging.getLogger("veil.node")
 
-TOKEN_TTL_S = 12 * 3600
 REQUEST_STATUSES = ("pending", "approved", "denied")
 
 
@@ -160,7 +153,7 @@ class Node:
         # not be secret: every use of an id is checked against the caller's permissions.
         self._ids = itertools.count(secrets.randbits(61))
         self._users: dict[int, UserRow] = {}
-        self._tokens: dict[str, tuple[int, float]] = {}
+        self._tokens = TokenTable(TOKEN_TTL_S)  # in memory: a restart ends every session
         self._datasets: dict[str, _Dataset] = {}
         self._requests: dict[int, RequestRow] = {}
         self._batch = Batch()
@@ -311,21 +304,45 @@ class Node:
         return session
 
     def issue_token(self, session: Session) -> str:
-        """A bearer token for network clients (valid for 12 hours)."""
-        token = new_token()
-        with self._lock:
-            now = time.time()
-            self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
-            self._tokens[token_key(token)] = (session.user_id, now + TOKEN_TTL_S)
-        return token
+        """A bearer token for network clients (valid for 12 hours, or until revoked)."""
+        return self._tokens.issue(session.user_id)
 
     def session_for_token(self, token: str) -> Session:
-        """The session a bearer token stands for; :class:`AuthenticationError` if none."""
-        entry = self._tokens.get(token_key(token))
-        if entry is None or entry[1] < time.time() or entry[0] not in self._users:
-            raise AuthenticationError("invalid or expired token; log in again")
-        user = self._users[entry[0]]
+        """The session a bearer token stands for, checked on every message a connection
+        carries; :class:`SessionExpired` if the token is unknown, expired or revoked."""
+        uid = self._tokens.user_of(token)
+        user = self._users.get(uid) if uid is not None else None
+        if user is None:
+            raise SessionExpired(
+                f"node {self.name!r} has no live session for this token (it expired, was "
+                "revoked, or never existed); log in again (veil.connect does so by itself)"
+            )
         return Session(user.id, user.email, user.role)
+
+    def revoke_sessions(self, by: Session, email: str) -> int:
+        """End every session (token) of user ``email``: their open connections fail their
+        next message. Users may end their own; owners and admins anyone's, but only an
+        owner an owner's. Returns how many live sessions ended.
+
+        Example:
+            >>> node = Node("n", owner_email="o@n.org", owner_password="password-1")
+            >>> owner = node.login("o@n.org", "password-1")
+            >>> token = node.issue_token(owner)
+            >>> node.revoke_sessions(owner, "o@n.org")
+            1
+        """
+        if email != by.email and not by.is_admin:  # before the lookup: no user enumeration
+            raise PermissionDenied("only the node's owner or admins end other users' sessions")
+        with self._lock:
+            user = next((u for u in self._users.values() if u.email == email), None)
+            if user is None:
+                raise ObjectNotFound(f"node {self.name!r} has no user {email!r}")
+            if user.role == "owner" and by.role != "owner":
+                raise PermissionDenied("only an owner can end an owner's sessions")
+            revoked = self._tokens.revoke_user(user.id)
+            self._audit_row(by, "revoke_sessions", email)
+            self._commit()
+        return revoked
 
     # ------------------------------------------------------------------ entry points
     def handle_frame(self, session: Session, frame: bytes | bytearray | memoryview) -> bytearray:

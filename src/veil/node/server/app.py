@@ -192,6 +192,17 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES, bulk_port: i
     def create_user(body: UserBody, s: Session = Depends(session)) -> Any:
         return run(s, CreateUser(body.email, body.password, body.role, body.name))
 
+    @app.post("/api/v1/users/{email}/revoke-sessions")
+    def revoke_sessions(email: str, s: Session = Depends(session)) -> dict[str, Any]:
+        """End every session of a user (yourself; owners and admins: anyone)."""
+        try:
+            revoked = node.revoke_sessions(s, email)
+        except VeilError as exc:
+            raise HTTPException(
+                _STATUS.get(exc.code, 500), {"code": exc.code, "message": str(exc)}
+            ) from None
+        return {"email": email, "revoked": revoked}
+
     @app.get("/api/v1/audit")
     def audit(
         limit: int = Query(default=100, ge=0, le=100_000), s: Session = Depends(session)
@@ -223,6 +234,14 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES, bulk_port: i
                     return
                 if frame is None:
                     continue
+                try:  # every message: the token may have expired or been revoked since
+                    s = node.session_for_token(token)
+                except AuthenticationError as exc:
+                    await websocket.send_bytes(
+                        b"\x00" + codec.encode(ErrorReply(exc.code, str(exc)))
+                    )
+                    await websocket.close(code=4401)
+                    return
                 if len(frame) > INLINE_LIMIT:
                     reply = await run_in_threadpool(node.handle_frame, s, frame)
                 else:

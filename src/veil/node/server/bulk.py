@@ -108,8 +108,8 @@ class BulkServer:
     def _serve(self, conn: socket.socket) -> None:
         try:
             conn.settimeout(HANDSHAKE_TIMEOUT_S)  # a silent peer must not hold a thread
-            session = self._handshake(conn)
-            if session is None:
+            token = self._handshake(conn)
+            if token is None:
                 return
             idle = self.limits.bulk_idle_timeout_s
             conn.settimeout(idle)  # also bounds a send to a peer that stopped reading
@@ -126,6 +126,11 @@ class BulkServer:
                     )
                     send_frame(conn, codec.encode(ErrorReply("timeout", message)))
                     return
+                try:  # every frame: the token may have expired or been revoked since
+                    session = self.node.session_for_token(token)
+                except AuthenticationError as exc:
+                    send_frame(conn, codec.encode(ErrorReply(exc.code, str(exc))))
+                    return
                 parts = self.node.handle_frame_parts(session, frame)
                 del frame
                 send_frame(conn, *parts)
@@ -140,7 +145,8 @@ class BulkServer:
             with contextlib.suppress(OSError):
                 conn.close()
 
-    def _handshake(self, conn: socket.socket) -> Any:
+    def _handshake(self, conn: socket.socket) -> str | None:
+        """The connection's token once it checks out; None (after an error frame) if not."""
         magic, version, n = BULK_HELLO.unpack(recv_exact(conn, BULK_HELLO.size))
         try:
             if magic != BULK_MAGIC:
@@ -150,13 +156,14 @@ class BulkServer:
                     f"wire version mismatch: the client speaks v{version}, this node speaks "
                     f"v{WIRE_VERSION}; install the same veil version on both sides"
                 )
-            session = self.node.session_for_token(bytes(recv_exact(conn, n)).decode())
+            token = bytes(recv_exact(conn, n)).decode()
+            self.node.session_for_token(token)
         except (VeilError, UnicodeDecodeError) as exc:
             code = exc.code if isinstance(exc, VeilError) else "authentication_failed"
             send_frame(conn, codec.encode(ErrorReply(code, str(exc))))
             return None
         send_frame(conn, codec.encode(Done()))
-        return session
+        return token
 
     def close(self) -> None:
         """Stop accepting and close every open connection."""
