@@ -48,6 +48,7 @@ from veil.node.store import (
     UserRow,
 )
 from veil.node.tokens import TOKEN_TTL_S, TokenTable
+from veil.node.uploads import StagedUpload, stage_upload
 from veil.node.users import STAND_IN_HASH, Session, check_new_user, hash_password, verify_password
 from veil.ops import OpRegistry, OpSpec, default_registry
 from veil.serde import codec
@@ -224,13 +225,13 @@ class Node:
             self._requests[r.id] = r
         self._dp.load(snap)  # veil.dp
 
-    def _persist(self, rec: ObjectRecord) -> None:
+    def _persist(self, rec: ObjectRecord, blob: str | None = None) -> None:
         if not self.store.persistent or rec.kind == "optimizer":
             return
-        payload = codec.encode(Value(_value_to_wire(rec.value)))
+        payload = b"" if blob else codec.encode(Value(_value_to_wire(rec.value)))  # blob: staged
         self._batch.objects[rec.id] = ObjectRow(
             rec.id, rec.kind, rec.owner, rec.private, sorted(rec.approved), sorted(rec.sources),
-            rec.asset_of, rec.description, rec.created, payload,
+            rec.asset_of, rec.description, rec.created, payload, blob,
         )  # fmt: skip
 
     def _audit_row(self, session: Session, action: str, detail: str = "",
@@ -384,12 +385,36 @@ class Node:
             return ErrorReply("serde_error", f"malformed message: {type(exc).__name__}")
         return self.handle(session, call)
 
+    def try_handle_frame(self, session: Session,
+                         frame: bytes | bytearray | memoryview) -> bytearray | None:  # fmt: skip
+        """:meth:`handle_frame` if the node is free right now, else None at once: an event
+        loop calls this, and must never wait for the node (it would stall every client)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self.handle_frame(session, frame)
+        finally:
+            self._lock.release()
+
     def handle(self, session: Session, call: Call) -> Reply:
         """Run one decoded call; errors are returned as :class:`ErrorReply`.
 
         Order: the deferred ops in ``call.before`` (each committed on its own; the first
         failure stops the call and names its index), then the releases, then the request.
+        A large upload is written to the store first, outside the node's lock
+        (:mod:`veil.node.uploads`), so that it does not stall other users.
         """
+        if type(call.msg) is SendObject and self.store.persistent:
+            staged = stage_upload(self.store, next(self._ids), call.msg)  # outside the lock
+            if staged is not None:
+                reply = self._locked(session, call, functools.partial(self._send, staged=staged))
+                if isinstance(reply, ErrorReply):  # no row names the staged payload
+                    self.store.discard(staged.blob)
+                return reply
+        return self._locked(session, call, self._handlers[type(call.msg)])
+
+    def _locked(self, session: Session, call: Call,
+                handler: Callable[[Session, Any], Reply]) -> Reply:  # fmt: skip
         with self._lock:
             if call.before:
                 for i, op in enumerate(call.before):
@@ -400,7 +425,7 @@ class Node:
                 self._release(session, call.release)
                 if self.store.persistent:
                     self._commit()
-            return self._guarded(session, self._handlers[type(call.msg)], call.msg)
+            return self._guarded(session, handler, call.msg)
 
     def _guarded(self, session: Session, handler: Callable[[Session, Any], Reply],
                  msg: Any) -> Reply:  # fmt: skip
@@ -471,7 +496,8 @@ class Node:
 
     def _store(self, session: Session, value: Any, *, private: bool = False,
                sources: frozenset[str] = frozenset(), description: str = "",
-               asset_of: str | None = None, oid: int | None = None) -> ObjectRecord:  # fmt: skip
+               asset_of: str | None = None, oid: int | None = None,
+               blob: str | None = None) -> ObjectRecord:  # fmt: skip
         kind = "tensor" if type(value) is torch.Tensor else kind_of(value)
         if kind is None:
             raise RemoteError(f"cannot store a {type(value).__name__} on a node")
@@ -483,7 +509,7 @@ class Node:
                            description)  # fmt: skip
         self._objects[oid] = rec
         if self.store.persistent:
-            self._persist(rec)
+            self._persist(rec, blob)
         return rec
 
     def _email(self, user_id: int) -> str:
@@ -494,11 +520,17 @@ class Node:
         return rec.info(self._email(rec.owner))
 
     # ------------------------------------------------------------------ objects
-    def _send(self, session: Session, msg: SendObject) -> Reply:
+    def _send(self, session: Session, msg: SendObject, staged: StagedUpload | None = None) -> Reply:
         if msg.private and not session.is_admin:
             raise PermissionDenied(
                 "only the node's owner or admins upload private data; create a dataset instead"
             )
+        if staged is not None:  # decoded and written to the store already (Node.handle)
+            oid = None if staged.oid in self._objects else staged.oid
+            rec = self._store(session, staged.value, private=msg.private, oid=oid,
+                              description=msg.description[:1000], blob=staged.blob)  # fmt: skip
+            self._audit_row(session, "send", rec.kind, [rec.id])
+            return self._info_of(rec)
         value = _value_from_wire(
             msg.value, copy=False, resolve=lambda oid: self._record(session, oid).value
         )

@@ -244,8 +244,11 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES, bulk_port: i
                     return
                 if len(frame) > INLINE_LIMIT:
                     reply = await run_in_threadpool(node.handle_frame, s, frame)
-                else:
-                    reply = node.handle_frame(s, frame)
+                else:  # inline, unless the node is busy: then wait in a worker thread
+                    inline = node.try_handle_frame(s, frame)
+                    if inline is None:
+                        inline = await run_in_threadpool(node.handle_frame, s, frame)
+                    reply = inline
                 del frame
                 for part in split_frame(reply, chunk_bytes):
                     await websocket.send_bytes(part)  # type: ignore[arg-type]
