@@ -404,14 +404,19 @@ class Node:
         A large upload is written to the store first, outside the node's lock
         (:mod:`veil.node.uploads`), so that it does not stall other users.
         """
-        if type(call.msg) is SendObject and self.store.persistent:
-            staged = stage_upload(self.store, next(self._ids), call.msg)  # outside the lock
+        msg = call.msg
+        if (
+            type(msg) is SendObject
+            and self.store.persistent
+            and (session.is_admin or not msg.private)
+        ):
+            staged = stage_upload(self.store, next(self._ids), msg)  # outside the lock
             if staged is not None:
                 reply = self._locked(session, call, functools.partial(self._send, staged=staged))
                 if isinstance(reply, ErrorReply):  # no row names the staged payload
                     self.store.discard(staged.blob)
                 return reply
-        return self._locked(session, call, self._handlers[type(call.msg)])
+        return self._locked(session, call, self._handlers[type(msg)])
 
     def _locked(self, session: Session, call: Call,
                 handler: Callable[[Session, Any], Reply]) -> Reply:  # fmt: skip
