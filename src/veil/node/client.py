@@ -92,7 +92,11 @@ class NodeClient(Worker):
         self.bulk_port: int | None = info.get("bulk_port")
         self._bulk: socket.socket | None = None
         self._token = ""
-        self._login()
+        try:
+            self._login()
+        except BaseException:  # wrong password, rate limited...: nothing is left open
+            self._http.close()
+            raise
 
     # -- REST ----------------------------------------------------------------------
     def _rest(self, method: str, path: str, **kwargs: Any) -> Any:
