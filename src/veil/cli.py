@@ -20,6 +20,9 @@ user_app = typer.Typer(help="Manage a node's users.", no_args_is_help=True)
 requests_app = typer.Typer(help="List and decide data access requests.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 app.add_typer(user_app, name="user")
+app.add_typer(user_app, name="users", help="Manage a node's users (same as `veil user`).")
+sessions_app = typer.Typer(help="End users' sessions (login tokens).", no_args_is_help=True)
+user_app.add_typer(sessions_app, name="sessions")
 app.add_typer(requests_app, name="requests")
 # veil.dp: privacy budgets
 budgets_app = typer.Typer(
@@ -111,13 +114,53 @@ def node_serve(
         int,
         typer.Option(help="TCP port of the bulk lane for large tensors (0: a free one, -1: off)."),
     ] = 0,
+    login_attempts: Annotated[
+        int,
+        typer.Option(
+            help="Failed logins per account and client address before a lockout (429); "
+            "the lockout doubles with each further failure."
+        ),
+    ] = 10,
+    login_window: Annotated[
+        float,
+        typer.Option(help="Seconds failed logins are counted over; also the first lockout."),
+    ] = 900.0,
+    login_account_attempts: Annotated[
+        int,
+        typer.Option(
+            help="Failed logins per account from all addresses before a lockout (0: off). "
+            "Stops distributed guessing, but lets such an attacker hold off new logins."
+        ),
+    ] = 100,
+    login_address_attempts: Annotated[
+        int,
+        typer.Option(help="Failed logins per client address over all accounts (0: off)."),
+    ] = 100,
+    max_body_bytes: Annotated[
+        int, typer.Option(help="Largest REST request body; bigger ones get 413 unread.")
+    ] = 64 * 1024,
+    bulk_max_connections: Annotated[
+        int, typer.Option(help="Open bulk-lane connections at once; more are refused.")
+    ] = 64,
+    bulk_idle_timeout: Annotated[
+        float, typer.Option(help="Seconds before an idle bulk-lane connection is closed.")
+    ] = 300.0,
 ) -> None:
     """Serve a node: REST + WebSocket API on HOST:PORT, state persisted in DB."""
     from veil.node.node import Node
-    from veil.node.server import bind, serve
+    from veil.node.server import ServerLimits, bind, serve
     from veil.node.store import open_store
 
     try:
+        limits = ServerLimits(
+            login_attempts=login_attempts,
+            login_window_s=login_window,
+            login_account_attempts=login_account_attempts,
+            login_address_attempts=login_address_attempts,
+            max_body_bytes=max_body_bytes,
+            bulk_max_connections=bulk_max_connections,
+            bulk_idle_timeout_s=bulk_idle_timeout,
+        )
         store = open_store(db, blob_dir=blob_dir)
         node = Node(name, store=store, owner_email=owner_email, owner_password=owner_password)
         sock = bind(host, port)
@@ -129,7 +172,8 @@ def node_serve(
         )
     url = f"http://{host}:{sock.getsockname()[1]}"
     print(f"veil node {name!r} serving on {url} (db: {db})", flush=True)
-    serve(node, sock=sock, log_level=log_level, bulk_port=None if bulk_port < 0 else bulk_port)
+    serve(node, sock=sock, log_level=log_level, bulk_port=None if bulk_port < 0 else bulk_port,
+          limits=limits)  # fmt: skip
 
 
 @user_app.command("create")
@@ -167,6 +211,20 @@ def user_list(
     for u in users:
         table.add_row(str(u.id), u.email, u.role)
     console.print(table)
+
+
+@sessions_app.command("revoke")
+def sessions_revoke(
+    target: Annotated[str, typer.Argument(metavar="EMAIL", help="The user whose sessions end.")],
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """End every session of a user: their tokens stop working and their open connections
+    fail their next call (they must log in again). Yours, or anyone's for owners/admins.
+    To lock someone out for good, also change or remove their account."""
+    n = _ask(url, email, password, lambda client: client.revoke_sessions(target))
+    console.print(f"ended {n} session{'s' if n != 1 else ''} of {target}")
 
 
 @requests_app.command("list")

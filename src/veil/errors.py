@@ -5,6 +5,8 @@
     VeilError
     ├── PermissionDenied        (also PermissionError)   reading or using what you may not
     │   └── AuthenticationError                           bad or missing credentials / token
+    │       ├── SessionExpired                            a token expired or was revoked
+    │       └── RateLimited                               too many failed logins: wait
     ├── BudgetExceeded          (also PermissionError)   a DP release would pass a budget
     ├── UnboundedSensitivity    (also ValueError)        a DP release of something unbounded
     ├── OpNotAllowed            (also PermissionError)   an op outside the ``veil.ops`` allowlist
@@ -42,8 +44,10 @@ __all__ = [
     "OpNotAllowed",
     "PermissionDenied",
     "ProtocolError",
+    "RateLimited",
     "RemoteError",
     "SerdeError",
+    "SessionExpired",
     "StorageError",
     "Timeout",
     "TransportError",
@@ -75,6 +79,29 @@ class AuthenticationError(PermissionDenied):
     """Missing, wrong or expired credentials."""
 
     code = "authentication_failed"
+
+
+class SessionExpired(AuthenticationError):
+    """A session token expired or was revoked: log in again (``veil.connect`` does so itself)."""
+
+    code = "session_expired"
+
+
+class RateLimited(AuthenticationError):
+    """Too many failed logins: the node refuses logins for ``retry_after`` seconds.
+
+    Example:
+        >>> err = RateLimited("too many failed logins", retry_after=60.0)
+        >>> err.retry_after, isinstance(err, AuthenticationError)
+        (60.0, True)
+    """
+
+    code = "rate_limited"
+
+    def __init__(self, message: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        #: Seconds until the node accepts a login again (None when the node did not say).
+        self.retry_after = retry_after
 
 
 class BudgetExceeded(VeilError, PermissionError):

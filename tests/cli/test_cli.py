@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -39,8 +40,30 @@ def test_help_of_every_command_explains_it() -> None:
         ("requests", "list"),
         ("requests", "approve"),
         ("requests", "deny"),
+        ("user", "sessions", "revoke"),
+        ("users", "sessions", "revoke"),
     ):
         assert "--url" in _run(*sub, "--help")
+
+
+def test_serve_help_shows_the_abuse_limits() -> None:
+    out = _run("node", "serve", "--help")
+    for option in (
+        "--login-attempts",
+        "--login-window",
+        "--login-account-attempts",
+        "--login-address-attempts",
+        "--max-body-bytes",
+        "--bulk-max-connections",
+        "--bulk-idle-timeout",
+    ):
+        assert option in out, option
+
+
+def test_serve_refuses_a_bad_limit_with_a_clear_message() -> None:
+    result = runner.invoke(app, ["node", "serve", "--db", "memory", "--login-attempts", "0"])
+    assert result.exit_code == 1
+    assert "login_attempts must be >= 1" in result.output and "Traceback" not in result.output
 
 
 def test_version() -> None:
@@ -62,6 +85,22 @@ def test_user_create_and_list(url: str) -> None:
     assert "ds@cli.test" in out and "data_scientist" in out
     with veil.connect(url, email="ds@cli.test", password="ds-password-1") as c:
         assert c.role == "data_scientist"
+
+
+@pytest.mark.parametrize("group", ["user", "users"])
+def test_sessions_revoke_ends_a_users_open_sessions(url: str, group: str) -> None:
+    with veil.connect(url, email=EMAIL, password=PASSWORD) as owner:
+        owner.create_user("ds@cli.test", "ds-password-1")
+    token = httpx.post(
+        url + "/api/v1/login", json={"email": "ds@cli.test", "password": "ds-password-1"}
+    ).json()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(url + "/api/v1/requests", headers=headers).status_code == 200
+
+    out = _run(group, "sessions", "revoke", "ds@cli.test", "--url", url)
+
+    assert "ended 1 session of ds@cli.test" in out
+    assert httpx.get(url + "/api/v1/requests", headers=headers).status_code == 401
 
 
 def test_requests_list_approve_and_deny(url: str) -> None:

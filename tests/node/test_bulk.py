@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -13,8 +15,8 @@ import torch
 import veil
 from veil.node import Node
 from veil.node.framing import BULK_HELLO, BULK_MAGIC, bulk_hello, recv_frame, send_frame
+from veil.node.server import ServerLimits, serve_in_thread
 from veil.node.server import bulk as bulk_module
-from veil.node.server import serve_in_thread
 from veil.serde import codec
 from veil.serde.messages import Call, Done, ErrorReply, GetInfo, NodeInfo
 from veil.version import WIRE_VERSION
@@ -89,7 +91,7 @@ def test_a_connection_without_a_valid_hello_is_refused(
         sock.sendall(first_bytes)
         reply = codec.decode_reply(recv_frame(sock, 2**20))
         assert isinstance(reply, ErrorReply)
-        assert reply.code in ("authentication_failed", "version_mismatch")
+        assert reply.code in ("authentication_failed", "session_expired", "version_mismatch")
         with pytest.raises((ConnectionError, OSError)):  # no op runs on a refused connection
             send_frame(sock, codec.encode(Call(GetInfo())))
             if not sock.recv(1):
@@ -141,3 +143,92 @@ def test_a_silent_peer_is_dropped_after_the_handshake_timeout(
         sock.settimeout(30)
         assert sock.recv(1) == b""  # the node closed it: no thread is held forever
     _alive(url)
+
+
+def test_close_of_a_client_that_used_only_the_bulk_lane_sends_its_releases(
+    server: tuple[Node, str],
+) -> None:
+    node, url = server
+    c = veil.connect(url, email=EMAIL, password=PASSWORD)
+    ptr = torch.randn(BIG).send(c)
+    assert c._bulk is not None and c._ws is None  # the only lane this client opened
+    assert node.object_count() == 1
+    del ptr  # queued for release, to ride on the next call
+
+    c.close()
+
+    assert node.object_count() == 0
+
+
+def test_close_of_a_virtual_worker_sends_its_releases() -> None:
+    node = Node("v", owner_email=EMAIL, owner_password=PASSWORD)
+    w = veil.VirtualWorker(node=node)
+    ptr = torch.ones(3).send(w)
+    del ptr
+    assert node.object_count() == 1
+
+    w.close()
+
+    assert node.object_count() == 0
+
+
+def _hello(url: str, token: str) -> tuple[socket.socket, object]:
+    sock = _raw(url)
+    sock.sendall(bulk_hello(token))
+    return sock, codec.decode_reply(recv_frame(sock, 2**20))
+
+
+def test_connections_over_the_cap_are_refused_with_a_clear_error() -> None:
+    node = Node("capped", owner_email=EMAIL, owner_password=PASSWORD)
+    with serve_in_thread(node, limits=ServerLimits(bulk_max_connections=2)) as url:
+        token = _token(url)
+        held = [_hello(url, token) for _ in range(2)]
+        assert all(isinstance(answer, Done) for _, answer in held)
+
+        extra, answer = _hello(url, token)
+
+        assert isinstance(answer, ErrorReply) and answer.code == "connect_error"
+        assert "limit of 2 connections" in answer.message
+        extra.close()
+        held[0][0].close()  # a freed slot is usable again
+        deadline = time.monotonic() + 20
+        while True:
+            sock, answer = _hello(url, token)
+            sock.close()
+            if isinstance(answer, Done) or time.monotonic() > deadline:
+                break
+        assert isinstance(answer, Done)
+        held[1][0].close()
+
+
+def test_a_client_goes_over_the_websocket_while_the_bulk_lane_is_full() -> None:
+    node = Node("full", owner_email=EMAIL, owner_password=PASSWORD)
+    with serve_in_thread(node, limits=ServerLimits(bulk_max_connections=1)) as url:
+        sock, answer = _hello(url, _token(url))
+        assert isinstance(answer, Done)
+        t = torch.randn(BIG)
+        with veil.connect(url, email=EMAIL, password=PASSWORD) as c:
+            assert torch.equal(t.send(c).get(), t)
+            assert c._bulk is None  # refused, so the frames went over the WebSocket
+        sock.close()
+
+
+def test_an_idle_connection_is_closed_and_the_client_reconnects_by_itself() -> None:
+    node = Node("idle", owner_email=EMAIL, owner_password=PASSWORD)
+    with serve_in_thread(node, limits=ServerLimits(bulk_idle_timeout_s=0.5)) as url:
+        sock, answer = _hello(url, _token(url))
+        assert isinstance(answer, Done)
+        sock.settimeout(30)
+        notice = codec.decode_reply(recv_frame(sock, 2**20))  # nothing sent: the node speaks
+        assert isinstance(notice, ErrorReply) and "idle" in notice.message
+        assert sock.recv(1) == b""  # and closes: no thread is held
+        sock.close()
+
+        t = torch.randn(BIG)
+        with veil.connect(url, email=EMAIL, password=PASSWORD) as c:
+            x = t.send(c)
+            stale = c._bulk
+            assert stale is not None
+            assert select.select([stale], [], [], 30)[0]  # the node closed it, idle
+            assert torch.equal(x.get(), t)  # no ConnectionLost: a fresh connection
+            assert c._bulk is not stale

@@ -232,7 +232,9 @@ def check(program: list[tuple[str, int, int, int]], a: tuple[int, float, float],
     log_a = _run(wa, program)
     log_b = _run(wb, program)
     for step, (x, y) in enumerate(zip(log_a, log_b, strict=True)):
-        assert x == y, f"step {step} ({program[step][0]}) differs:\n  {x}\n  {y}\nprogram: {program}"
+        assert x == y, (
+            f"step {step} ({program[step][0]}) differs:\n  {x}\n  {y}\nprogram: {program}"
+        )
 
 
 STEP = st.tuples(

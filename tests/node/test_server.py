@@ -6,6 +6,7 @@ import inspect
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -258,3 +259,157 @@ def test_rest_requests_flow_and_scientist_cannot_approve(server: tuple[Node, str
     assert {"request", "approved", "get"} <= {e["action"] for e in audit}
     sci.close()
     owner.close()
+
+
+def test_the_listening_socket_gets_no_delay_connections() -> None:
+    from veil.node.server import bind
+
+    with bind() as sock:  # asyncio sets TCP_NODELAY only on sockets of protocol IPPROTO_TCP:
+        assert sock.proto == socket.IPPROTO_TCP  # else every REST reply waited 40 ms (Nagle)
+
+
+# ------------------------------------------------------------------ one user must not stall another
+def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    return t, out
+
+
+def test_the_event_loop_never_waits_for_the_node_lock(
+    server: tuple[Node, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node, url = server
+    other = veil.connect(url, email=EMAIL, password=PASSWORD)
+    x = torch.ones(3).send(other)  # the WebSocket is open
+    arrived = threading.Event()
+    real_handle = node.handle
+
+    def handle(*args: Any) -> Any:
+        arrived.set()
+        return real_handle(*args)
+
+    monkeypatch.setattr(node, "handle", handle)
+    with httpx.Client(base_url=url, timeout=10) as h:
+        with node._lock:  # as a long operation or a large commit would
+            op, result = _in_thread(lambda: (x + 1).get())
+            assert arrived.wait(10)  # the op is at the node, queued behind the lock...
+            assert h.get("/health").json() == {"ok": True}  # ...but the server still answers
+            assert h.get("/api/v1/info").status_code == 200
+            assert op.is_alive()
+        op.join(timeout=10)
+    assert torch.equal(result[0], torch.full((3,), 2.0))
+    other.close()
+
+
+def test_another_user_is_served_while_a_large_upload_is_written(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from veil.node.store.sql import SQLStore
+
+    url_db = f"sqlite:///{tmp_path / 'node.db'}"
+    node = Node("busy", store=SQLStore(url_db), owner_email=EMAIL, owner_password=PASSWORD)
+    node.create_user("b@srv.test", "b-password-1")
+    store = node.store
+    assert isinstance(store, SQLStore)
+    writing, resume = threading.Event(), threading.Event()
+    real_write = store._write_blob
+
+    def slow_write(*args: Any, **kwargs: Any) -> str:  # a large file on a slow disk
+        writing.set()
+        resume.wait(30)
+        return real_write(*args, **kwargs)
+
+    big = torch.randn(2**22)  # 16 MiB: a blob file
+    with serve_in_thread(node) as url:
+        a = veil.connect(url, email=EMAIL, password=PASSWORD)
+        b = veil.connect(url, email="b@srv.test", password="b-password-1")
+        y = torch.arange(3.0).send(b)
+        monkeypatch.setattr(store, "_write_blob", slow_write)
+        upload, sent = _in_thread(lambda: big.send(a))
+        try:
+            assert writing.wait(30)
+            op, result = _in_thread(lambda: (y * 2).get())
+            op.join(timeout=10)
+            served = not op.is_alive()
+            health = httpx.get(url + "/health", timeout=10).status_code
+        finally:
+            resume.set()
+        upload.join(timeout=60)
+        assert served, "user b waited for user a's upload to be written"
+        assert health == 200 and torch.equal(result[0], torch.tensor([0.0, 2.0, 4.0]))
+        ptr_id = sent[0].id
+        a.close()
+        b.close()
+    node.close()
+    again = Node("busy", store=SQLStore(url_db))  # acknowledged, so durable
+    assert torch.equal(veil.VirtualWorker(node=again).pointer(ptr_id).get(), big)
+    again.close()
+
+
+_UPLOADER = """
+import sys, time, torch, veil
+torch.set_num_threads(1)
+client = veil.connect(sys.argv[1], email=sys.argv[2], password=sys.argv[3])
+big = torch.randn(2**26)  # 256 MiB
+print("ready", flush=True)
+sys.stdin.readline()
+start = time.perf_counter()
+big.send(client)
+print(time.perf_counter() - start, flush=True)
+client.close()
+"""
+
+
+@pytest.mark.slow
+def test_other_users_latency_during_a_256_mib_upload(tmp_path: Any) -> None:
+    """The figure behind the two tests above: during another user's 256 MiB upload (from
+    its own process, to a node on disk), small ops and /health answer in a small fraction
+    of the upload's time (they waited for most of it when the node wrote under its lock)."""
+    import os
+    import statistics
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from veil.node.store.sql import SQLStore
+
+    node = Node("lat", store=SQLStore(f"sqlite:///{tmp_path / 'n.db'}"), owner_email=EMAIL,
+                owner_password=PASSWORD)  # fmt: skip
+    node.create_user("b@srv.test", "b-password-1")
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with serve_in_thread(node) as url, httpx.Client(base_url=url) as h:
+        b = veil.connect(url, email="b@srv.test", password="b-password-1")
+        x = torch.ones(4).send(b)
+        (x + 1).get()  # warm up: the first op of a client is slower
+        up = subprocess.Popen(
+            [sys.executable, "-c", _UPLOADER, url, EMAIL, PASSWORD],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        assert up.stdin is not None and up.stdout is not None
+        assert up.stdout.readline().strip() == "ready"
+        up.stdin.write("go\n")
+        up.stdin.flush()
+        ops: list[float] = []
+        health: list[float] = []
+        waiting, answered = _in_thread(lambda: up.stdout.readline())  # type: ignore[union-attr]
+        while waiting.is_alive():
+            t = time.perf_counter()
+            (x + 1).get()
+            ops.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            h.get("/health")
+            health.append(time.perf_counter() - t)
+        upload_s = float(answered[0])
+        assert up.wait(timeout=60) == 0
+        b.close()
+    print(
+        f"\n256 MiB upload: {upload_s:.2f} s; other user's op: n={len(ops)} max "
+        f"{max(ops) * 1e3:.0f} ms p50 {statistics.median(ops) * 1e3:.1f} ms; /health max "
+        f"{max(health) * 1e3:.0f} ms"
+    )
+    assert len(ops) >= 5
+    assert max(ops) < upload_s / 5 and max(health) < upload_s / 5
+    node.close()

@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,6 +185,40 @@ def test_a_failing_write_changes_nothing(store: SQLStore) -> None:
     assert store.audit(10) == []
 
 
+def test_a_staged_payload_is_kept_by_the_write_that_names_it(store: SQLStore) -> None:
+    assert store.stage(5, [b"VL", b"tiny"]) is None  # under the inline limit: stays in the row
+    name = store.stage(5, [b"VL", b"p" * 100, b"!"])
+    assert name is not None and name in _blob_files(store)
+    store.load()  # a reload (e.g. after another write failed) while it waits: not swept
+    assert name in _blob_files(store)
+
+    store.write(Batch(objects={5: _obj(5, b"", blob=name)}))
+
+    store = _reopen(store)
+    assert [(o.id, bytes(o.payload)) for o in store.load().objects] == [
+        (5, b"VL" + b"p" * 100 + b"!")
+    ]
+    assert _blob_files(store) == {name}
+    store.close()
+
+
+def test_a_staged_payload_no_write_names_is_removed(store: SQLStore) -> None:
+    discarded = store.stage(6, [b"d" * 100])
+    failed = store.stage(7, [b"f" * 100])
+    orphan = store.stage(8, [b"o" * 100])  # as if the process died before its write
+    assert discarded and failed and orphan
+    store.discard(discarded)
+    dup = [UserRow(1, OWNER, "owner", "", "h", 0), UserRow(2, OWNER, "owner", "", "h", 0)]
+    with pytest.raises(sa.exc.IntegrityError):
+        store.write(Batch(objects={7: _obj(7, b"", blob=failed)}, users=dup))
+    assert _blob_files(store) == {orphan}
+
+    store = _reopen(store)  # a new process: nothing is staged any more
+    store.load()
+    assert _blob_files(store) == set()
+    store.close()
+
+
 # ---------------------------------------------------------------------- setup checks
 def test_sqlite_runs_in_wal_mode_with_normal_sync(tmp_path: Path) -> None:
     store = SQLStore(_url(tmp_path))
@@ -356,6 +391,61 @@ def test_a_large_tensor_goes_to_a_blob_file_and_back(tmp_path: Path) -> None:
     assert isinstance(node2.store, SQLStore)
     assert not any(f.startswith(f"{ptr.id}-") for f in _blob_files(node2.store))
     node2.close()
+
+
+def test_a_large_upload_is_written_outside_the_node_lock_and_survives(tmp_path: Path) -> None:
+    url = _url(tmp_path)
+    node = _node(url, owner_email=OWNER, owner_password=OWNER_PW)
+    store = node.store
+    assert isinstance(store, SQLStore)
+    locked_while_writing = []
+    real_write = store._write_blob
+
+    def write_blob(*args: object, **kwargs: object) -> str:
+        def probe() -> None:  # could another user's call take the node's lock now?
+            free = node._lock.acquire(blocking=False)
+            if free:
+                node._lock.release()
+            locked_while_writing.append(not free)
+
+        other = threading.Thread(target=probe)
+        other.start()
+        other.join()
+        return real_write(*args, **kwargs)  # type: ignore[arg-type]
+
+    store._write_blob = write_blob  # type: ignore[method-assign]
+    owner = veil.VirtualWorker(node=node)
+    big = torch.randn(2**19)  # 2 MiB
+
+    ptr = owner.send(big)
+
+    assert locked_while_writing == [False]
+    node.close()
+    again = _node(url)
+    assert torch.equal(veil.VirtualWorker(node=again).pointer(ptr.id).get(), big)
+    again.close()
+
+
+def test_a_refused_large_upload_leaves_no_file(tmp_path: Path) -> None:
+    node = _node(_url(tmp_path), owner_email=OWNER, owner_password=OWNER_PW)
+    owner = veil.VirtualWorker(node=node)
+    owner.create_user(SCI, SCI_PW)
+    sci = owner.login(SCI, SCI_PW)
+    with pytest.raises(PermissionDenied):
+        sci.send(torch.randn(2**19), private=True)  # refused before anything is written
+    store = node.store
+    assert isinstance(store, SQLStore)
+
+    def failing_write(batch: Batch) -> None:
+        raise OSError("disk full")
+
+    real = store.write
+    store.write = failing_write  # type: ignore[method-assign]
+    with pytest.raises(veil.errors.StorageError):
+        owner.send(torch.randn(2**19))  # staged, then the commit fails
+    store.write = real  # type: ignore[method-assign]
+    assert not [f for f in _blob_files(store) if f.endswith(".obj")]
+    node.close()
 
 
 # ---------------------------------------------------------------------- a killed process

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import socket
 import threading
+import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -18,6 +20,8 @@ from veil.errors import (
     ConnectError,
     ConnectionLost,
     MessageTooLarge,
+    RateLimited,
+    SessionExpired,
     Timeout,
     TransportError,
     VersionMismatch,
@@ -27,6 +31,7 @@ from veil.node.framing import (
     BULK_MIN_BYTES,
     Assembler,
     bulk_hello,
+    readable,
     recv_frame,
     send_frame,
     split_frame,
@@ -87,7 +92,11 @@ class NodeClient(Worker):
         self.bulk_port: int | None = info.get("bulk_port")
         self._bulk: socket.socket | None = None
         self._token = ""
-        self._login()
+        try:
+            self._login()
+        except BaseException:  # wrong password, rate limited...: nothing is left open
+            self._http.close()
+            raise
 
     # -- REST ----------------------------------------------------------------------
     def _rest(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -102,10 +111,51 @@ class NodeClient(Worker):
         if resp.status_code >= 400:
             try:
                 err = resp.json()["error"]
-                raise error_from_code(err["code"], err["message"])
+                error = error_from_code(err["code"], err["message"])
             except (ValueError, KeyError, TypeError):
                 raise TransportError(f"{method} {path} failed: HTTP {resp.status_code}") from None
+            if resp.status_code == 429:
+                raise self._rate_limited(str(error), resp.headers.get("Retry-After"))
+            raise error
         return resp.json()
+
+    def _rate_limited(self, message: str, retry_after: str | None) -> RateLimited:
+        try:
+            wait = float(retry_after) if retry_after is not None else None
+        except ValueError:
+            wait = None
+        when = (
+            f"; retry after {math.ceil(wait)} s (at {time.strftime('%H:%M:%S', time.localtime(time.time() + wait))})"
+            if wait is not None
+            else "; retry later"
+        )
+        return RateLimited(f"node at {self.url} refused to log in {self._email}: {message}{when}",
+                           retry_after=wait)  # fmt: skip
+
+    def _authorized(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A REST call with the session's token (logging in again once if it ended)."""
+        for attempt in range(2):
+            try:
+                return self._rest(
+                    method, path, headers={"Authorization": f"Bearer {self._token}"}, **kwargs
+                )
+            except SessionExpired:
+                if attempt:
+                    raise
+                self._login()
+        raise AssertionError("unreachable")
+
+    def revoke_sessions(self, email: str) -> int:
+        """End every session of user ``email`` on the node (yours: log out everywhere;
+        owners and admins: anyone's). Their open connections fail their next call; a
+        client holding the password (like this one) logs in again by itself. Returns how
+        many sessions ended.
+
+        Raises:
+            PermissionDenied: another user's sessions, and you are not an owner or admin.
+        """
+        out = self._authorized("POST", f"/api/v1/users/{quote(email, safe='@')}/revoke-sessions")
+        return int(out["revoked"])
 
     def _login(self) -> None:
         out = self._rest(
@@ -160,23 +210,39 @@ class NodeClient(Worker):
                 "to raise the node's max message size"
             )
         with self._ws_lock:
-            try:
-                if self.bulk_port is not None and max(size, expect_bytes) >= BULK_MIN_BYTES:
-                    return self._bulk_roundtrip(parts)
-                return self._ws_roundtrip(parts[0] if len(parts) == 1 else b"".join(parts))
-            except TimeoutError as exc:
+            reply = self._send_on_a_lane(parts, size, expect_bytes)
+            if _session_ended(reply):  # refused before it ran: log in again, send it again
                 self._drop()
-                raise Timeout(
-                    f"node {self.name!r} did not answer within {self.timeout}s; the call may "
-                    "still run there. Raise timeout= in veil.connect for long operations"
-                ) from exc
-            except (ConnectionClosed, OSError) as exc:
-                self._drop()
-                raise ConnectionLost(
-                    f"the connection to node {self.name!r} at {self.url} dropped during a call "
-                    f"({type(exc).__name__}); it may or may not have run on the node. The next "
-                    "call reconnects."
-                ) from exc
+                self._login()
+                reply = self._send_on_a_lane(parts, size, expect_bytes)
+            return reply
+
+    def _send_on_a_lane(self, parts: list[bytes | bytearray | memoryview], size: int,
+                        expect_bytes: int) -> bytearray | memoryview:  # fmt: skip
+        try:
+            # Large frames take the bulk lane; so does anything while it is the only lane
+            # open (a client that only moved large tensors opens no WebSocket to close).
+            if self.bulk_port is not None and (
+                max(size, expect_bytes) >= BULK_MIN_BYTES
+                or (self._ws is None and self._bulk is not None)
+            ):
+                reply = self._bulk_roundtrip(parts)
+                if reply is not None:
+                    return reply  # else the lane is full: take the WebSocket
+            return self._ws_roundtrip(parts[0] if len(parts) == 1 else b"".join(parts))
+        except TimeoutError as exc:
+            self._drop()
+            raise Timeout(
+                f"node {self.name!r} did not answer within {self.timeout}s; the call may "
+                "still run there. Raise timeout= in veil.connect for long operations"
+            ) from exc
+        except (ConnectionClosed, OSError) as exc:
+            self._drop()
+            raise ConnectionLost(
+                f"the connection to node {self.name!r} at {self.url} dropped during a call "
+                f"({type(exc).__name__}); it may or may not have run on the node. The next "
+                "call reconnects."
+            ) from exc
 
     def _ws_roundtrip(self, frame: bytes | bytearray | memoryview) -> bytearray | memoryview:
         if self._ws is None:
@@ -194,16 +260,21 @@ class NodeClient(Worker):
             if reply is not None:
                 return reply
 
-    def _bulk_roundtrip(self, parts: list[bytes | bytearray | memoryview]) -> memoryview:
+    def _bulk_roundtrip(self, parts: list[bytes | bytearray | memoryview]) -> memoryview | None:
         """One call over the bulk lane: the parts go out as they are (a tensor's own memory),
-        and the reply is read into one buffer that decoded tensors share."""
+        and the reply is read into one buffer that decoded tensors share. None: the lane is
+        at its connection limit, nothing was sent."""
+        if self._bulk is not None and readable(self._bulk):
+            self._drop_bulk()  # unasked bytes or EOF: the node closed it (idle); reconnect
         if self._bulk is None:
             self._bulk = self._open_bulk()
+            if self._bulk is None:
+                return None
         send_frame(self._bulk, *parts)
         del parts
         return recv_frame(self._bulk, self.max_message_bytes)
 
-    def _open_bulk(self) -> socket.socket:
+    def _open_bulk(self) -> socket.socket | None:
         host = urlsplit(self.url).hostname or "127.0.0.1"
         for attempt in range(2):
             try:
@@ -215,23 +286,33 @@ class NodeClient(Worker):
                     "with --bulk-port -1 so everything goes over the WebSocket"
                 ) from exc
             tune(sock)
-            sock.sendall(bulk_hello(self._token))
-            answer = codec.decode_reply(recv_frame(sock, 1024**2))
+            with contextlib.suppress(OSError):  # a node that refuses may close first
+                sock.sendall(bulk_hello(self._token))
+            try:
+                answer = codec.decode_reply(recv_frame(sock, 1024**2))
+            except OSError:
+                sock.close()
+                raise
             if isinstance(answer, Done):
                 return sock
             sock.close()
             assert isinstance(answer, ErrorReply)
-            if attempt == 0 and answer.code == "authentication_failed":
+            if answer.code == "connect_error":  # at its connection limit
+                return None
+            if attempt == 0 and answer.code in ("authentication_failed", "session_expired"):
                 self._login()  # the token expired or the node restarted
                 continue
             raise error_from_code(answer.code, answer.message)
         raise AssertionError("unreachable")
 
-    def _drop(self) -> None:
+    def _drop_bulk(self) -> None:
         bulk, self._bulk = self._bulk, None
         if bulk is not None:
             with contextlib.suppress(OSError):
                 bulk.close()
+
+    def _drop(self) -> None:
+        self._drop_bulk()
         ws, self._ws = self._ws, None
         if ws is not None:
             try:
@@ -240,9 +321,10 @@ class NodeClient(Worker):
                 pass
 
     def close(self) -> None:
-        """Flush pending deletions and close the connections."""
+        """Send pipelined ops and the deletions of dropped pointers (over whichever lane is
+        open), then close the connections."""
         try:
-            if self._ws is not None or self._deferred:
+            if self._deferred or self._released:
                 self.flush()
         except TransportError:
             pass
@@ -257,3 +339,12 @@ class NodeClient(Worker):
 
     def __repr__(self) -> str:
         return f"NodeClient({self.name!r}, url={self.url!r}, user={self._email!r})"
+
+
+def _session_ended(reply: bytes | bytearray | memoryview) -> bool:
+    """Is ``reply`` the node's refusal of a message whose session expired or was revoked
+    (sent before anything ran, so the same frame can go again after a new login)?"""
+    if len(reply) > 512 or b"session_expired" not in bytes(reply):
+        return False
+    answer = codec.decode_reply(reply)
+    return isinstance(answer, ErrorReply) and answer.code == SessionExpired.code

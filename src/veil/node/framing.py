@@ -12,6 +12,7 @@ The receiver checks the announced length against its limit, then preallocates it
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import struct
 
@@ -146,6 +147,26 @@ def recv_frame(sock: socket.socket, max_bytes: int) -> memoryview:
             "max_message_bytes on both sides or send smaller objects"
         )
     return recv_exact(sock, n)
+
+
+def readable(sock: socket.socket) -> bool:
+    """Has the peer sent something (or closed), without waiting? On an idle request/reply
+    connection that means the peer hung up, or is about to.
+
+    Example:
+        >>> a, b = socket.socketpair()
+        >>> readable(a)
+        False
+        >>> b.close()
+        >>> readable(a)
+        True
+        >>> a.close()
+    """
+    if hasattr(select, "poll"):  # no FD_SETSIZE limit
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def bulk_hello(token: str) -> bytes:

@@ -23,6 +23,7 @@ from veil.errors import (
     PermissionDenied,
     RemoteError,
     SerdeError,
+    SessionExpired,
     StorageError,
     VeilError,
 )
@@ -48,14 +49,9 @@ from veil.node.store import (
     Store,
     UserRow,
 )
-from veil.node.users import (
-    Session,
-    check_new_user,
-    hash_password,
-    new_token,
-    token_key,
-    verify_password,
-)
+from veil.node.tokens import TOKEN_TTL_S, TokenTable
+from veil.node.uploads import StagedUpload, stage_upload
+from veil.node.users import STAND_IN_HASH, Session, check_new_user, hash_password, verify_password
 from veil.ops import OpFacts, OpRegistry, OpSpec, default_registry
 from veil.ops.facts import shape_values_of
 from veil.serde import codec
@@ -113,7 +109,6 @@ from veil.version import WIRE_VERSION, __version__
 
 log = logging.getLogger("veil.node")
 
-TOKEN_TTL_S = 12 * 3600
 REQUEST_STATUSES = ("pending", "approved", "denied")
 
 
@@ -166,7 +161,7 @@ class Node:
         # not be secret: every use of an id is checked against the caller's permissions.
         self._ids = itertools.count(secrets.randbits(61))
         self._users: dict[int, UserRow] = {}
-        self._tokens: dict[str, tuple[int, float]] = {}
+        self._tokens = TokenTable(TOKEN_TTL_S)  # in memory: a restart ends every session
         self._datasets: dict[str, _Dataset] = {}
         self._requests: dict[int, RequestRow] = {}
         #: Result ids a client chose (``RunOp.out``), per user: (user id, client id) -> id.
@@ -251,15 +246,15 @@ class Node:
             self._rows.setdefault(state.kind, {})[state.key] = state.value
         self._dp.load(snap)  # veil.dp
 
-    def _persist(self, rec: ObjectRecord) -> None:
+    def _persist(self, rec: ObjectRecord, blob: str | None = None) -> None:
         if not self.store.persistent or rec.kind == "optimizer":
             return
-        payload = codec.encode(Value(_value_to_wire(rec.value)))
+        payload = b"" if blob else codec.encode(Value(_value_to_wire(rec.value)))  # blob: staged
         extra = {"label": rec.label, "error": rec.error, "alias": rec.alias}
         self._batch.objects[rec.id] = ObjectRow(
             rec.id, rec.kind, rec.owner, rec.private, sorted(rec.approved), sorted(rec.sources),
             rec.asset_of, rec.description, rec.created, payload,
-            {k: v for k, v in extra.items() if v},
+            {k: v for k, v in extra.items() if v}, blob,
         )  # fmt: skip
 
     def _audit_row(self, session: Session, action: str, detail: str = "",
@@ -341,7 +336,8 @@ class Node:
             AuthenticationError: unknown email or wrong password (same message for both).
         """
         user = next((u for u in list(self._users.values()) if u.email == email), None)
-        stored = user.password_hash if user else hash_password("timing-equalizer")
+        # One scrypt either way: an unknown email must cost what a known one costs.
+        stored = user.password_hash if user else STAND_IN_HASH
         if not verify_password(password, stored) or user is None:
             raise AuthenticationError(f"wrong email or password for node {self.name!r}")
         return Session(user.id, user.email, user.role)
@@ -355,21 +351,45 @@ class Node:
         return session
 
     def issue_token(self, session: Session) -> str:
-        """A bearer token for network clients (valid for 12 hours)."""
-        token = new_token()
-        with self._lock:
-            now = time.time()
-            self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
-            self._tokens[token_key(token)] = (session.user_id, now + TOKEN_TTL_S)
-        return token
+        """A bearer token for network clients (valid for 12 hours, or until revoked)."""
+        return self._tokens.issue(session.user_id)
 
     def session_for_token(self, token: str) -> Session:
-        """The session a bearer token stands for; :class:`AuthenticationError` if none."""
-        entry = self._tokens.get(token_key(token))
-        if entry is None or entry[1] < time.time() or entry[0] not in self._users:
-            raise AuthenticationError("invalid or expired token; log in again")
-        user = self._users[entry[0]]
+        """The session a bearer token stands for, checked on every message a connection
+        carries; :class:`SessionExpired` if the token is unknown, expired or revoked."""
+        uid = self._tokens.user_of(token)
+        user = self._users.get(uid) if uid is not None else None
+        if user is None:
+            raise SessionExpired(
+                f"node {self.name!r} has no live session for this token (it expired, was "
+                "revoked, or never existed); log in again (veil.connect does so by itself)"
+            )
         return Session(user.id, user.email, user.role)
+
+    def revoke_sessions(self, by: Session, email: str) -> int:
+        """End every session (token) of user ``email``: their open connections fail their
+        next message. Users may end their own; owners and admins anyone's, but only an
+        owner an owner's. Returns how many live sessions ended.
+
+        Example:
+            >>> node = Node("n", owner_email="o@n.org", owner_password="password-1")
+            >>> owner = node.login("o@n.org", "password-1")
+            >>> token = node.issue_token(owner)
+            >>> node.revoke_sessions(owner, "o@n.org")
+            1
+        """
+        if email != by.email and not by.is_admin:  # before the lookup: no user enumeration
+            raise PermissionDenied("only the node's owner or admins end other users' sessions")
+        with self._lock:
+            user = next((u for u in self._users.values() if u.email == email), None)
+            if user is None:
+                raise ObjectNotFound(f"node {self.name!r} has no user {email!r}")
+            if user.role == "owner" and by.role != "owner":
+                raise PermissionDenied("only an owner can end an owner's sessions")
+            revoked = self._tokens.revoke_user(user.id)
+            self._audit_row(by, "revoke_sessions", email)
+            self._commit()
+        return revoked
 
     # ------------------------------------------------------------------ entry points
     def handle_frame(self, session: Session, frame: bytes | bytearray | memoryview) -> bytearray:
@@ -414,20 +434,50 @@ class Node:
     #: True while a message is being handled (its changes commit when it ends).
     _handling = False
 
+    def try_handle_frame(self, session: Session,
+                         frame: bytes | bytearray | memoryview) -> bytearray | None:  # fmt: skip
+        """:meth:`handle_frame` if the node is free right now, else None at once: an event
+        loop calls this, and must never wait for the node (it would stall every client)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self.handle_frame(session, frame)
+        finally:
+            self._lock.release()
+
     def handle(self, session: Session, call: Call) -> Reply:
         """Run one decoded call; errors are returned as :class:`ErrorReply`.
 
         Order: the deferred ops in ``call.before`` (each committed on its own; the first
         failure stops the call and names its index), then the releases, then the request.
+        A large upload is written to the store first, outside the node's lock
+        (:mod:`veil.node.uploads`), so that it does not stall other users.
         """
+        msg = call.msg
+        if (
+            type(msg) is SendObject
+            and self.store.persistent
+            and (session.is_admin or not msg.private)
+        ):
+            staged = stage_upload(self.store, next(self._ids), msg)  # outside the lock
+            if staged is not None:
+                reply = self._locked(session, call, functools.partial(self._send, staged=staged))
+                if isinstance(reply, ErrorReply):  # no row names the staged payload
+                    self.store.discard(staged.blob)
+                return reply
+        return self._locked(session, call, self._handlers[type(msg)])
+
+    def _locked(self, session: Session, call: Call,
+                handler: Callable[[Session, Any], Reply]) -> Reply:  # fmt: skip
         with self._lock:
             self._handling = True
             try:
-                return self._handle(session, call)
+                return self._handle(session, call, handler)
             finally:
                 self._handling = False
 
-    def _handle(self, session: Session, call: Call) -> Reply:
+    def _handle(self, session: Session, call: Call,
+                handler: Callable[[Session, Any], Reply]) -> Reply:  # fmt: skip
         if call.before:
             for i, op in enumerate(call.before):
                 error = self._guarded(session, self._run_op, op)
@@ -437,7 +487,7 @@ class Node:
             self._release(session, call.release)
             if self.store.persistent:
                 self._commit()
-        return self._guarded(session, self._handlers[type(call.msg)], call.msg)
+        return self._guarded(session, handler, call.msg)
 
     def _guarded(self, session: Session, handler: Callable[[Session, Any], Reply],
                  msg: Any) -> Reply:  # fmt: skip
@@ -525,7 +575,7 @@ class Node:
     def _store(self, session: Session, value: Any, *, private: bool = False,
                sources: frozenset[str] = frozenset(), description: str = "",
                asset_of: str | None = None, oid: int | None = None, error: str = "",
-               label: str = "", alias: int = 0) -> ObjectRecord:  # fmt: skip
+               label: str = "", alias: int = 0, blob: str | None = None) -> ObjectRecord:  # fmt: skip
         kind = "tensor" if type(value) is torch.Tensor else kind_of(value)
         if kind is None:
             raise RemoteError(f"cannot store a {type(value).__name__} on a node")
@@ -541,7 +591,7 @@ class Node:
                 self._aliases[(session.user_id, alias)] = oid
         self._objects[oid] = rec
         if self.store.persistent:
-            self._persist(rec)
+            self._persist(rec, blob)
         return rec
 
     def _email(self, user_id: int) -> str:
@@ -552,11 +602,17 @@ class Node:
         return rec.info(self._email(rec.owner))
 
     # ------------------------------------------------------------------ objects
-    def _send(self, session: Session, msg: SendObject) -> Reply:
+    def _send(self, session: Session, msg: SendObject, staged: StagedUpload | None = None) -> Reply:
         if msg.private and not session.is_admin:
             raise PermissionDenied(
                 "only the node's owner or admins upload private data; create a dataset instead"
             )
+        if staged is not None:  # decoded and written to the store already (Node.handle)
+            oid = None if staged.oid in self._objects else staged.oid
+            rec = self._store(session, staged.value, private=msg.private, oid=oid,
+                              description=msg.description[:1000], blob=staged.blob)  # fmt: skip
+            self._audit_row(session, "send", rec.kind, [rec.id])
+            return self._info_of(rec)
         value = _value_from_wire(
             msg.value, copy=False, resolve=lambda oid: self._record(session, oid).value
         )

@@ -52,6 +52,12 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got, bytes.fromhex(digest))
 
 
+#: A well-formed hash with the current cost parameters that no password matches (its
+#: digest is all zeros). :meth:`veil.node.Node.authenticate` checks an unknown email's
+#: password against it, so that path runs exactly the one scrypt a known email runs.
+STAND_IN_HASH = f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${'00' * 16}${'00' * 64}"
+
+
 def check_new_user(email: str, password: str, role: str) -> None:
     """Validate a new user's fields; every problem is reported at once."""
     problems = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -123,6 +123,26 @@ class Worker(Remote):
         """Send pipelined ops and deletions of dropped pointers now (they also ride on the
         next call); raises the error of a pipelined op that failed."""
         self._flush()
+
+    def close(self) -> None:
+        """Send pipelined ops and the deletions of dropped pointers now; a network client
+        then closes its connections (an in-process worker stays usable).
+
+        Example:
+            >>> import torch, veil
+            >>> with veil.VirtualWorker("bob") as bob:
+            ...     x = torch.ones(2).send(bob)
+            ...     del x  # released on the next call, or at close()
+            >>> bob.node.object_count()
+            0
+        """
+        self.flush()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def datasets(self) -> Datasets:

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import msgspec
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, WebSocket, WebSocketDisconnect
+from fastapi import (
+    Depends,
+    FastAPI,
+    Header,
+    HTTPException,
+    Query,
+    WebSocket,
+    WebSocketDisconnect,
+)
+from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from veil.errors import AuthenticationError, VeilError
+from veil.errors import AuthenticationError, RateLimited, VeilError
 from veil.node.framing import Assembler, split_frame
 from veil.node.node import Node
+from veil.node.server.limits import BodyLimit, LoginLimiter, ServerLimits
 from veil.node.users import Session
 from veil.serde import codec
 from veil.serde.messages import (
@@ -37,6 +48,8 @@ INLINE_LIMIT = 1 << 20
 
 _STATUS = {
     "authentication_failed": 401,
+    "session_expired": 401,
+    "rate_limited": 429,
     "permission_denied": 403,
     "op_not_allowed": 403,
     "budget_exceeded": 403,
@@ -72,21 +85,25 @@ def _json(reply: Reply) -> Any:
     return msgspec.to_builtins(reply, enc_hook=lambda o: None)
 
 
-def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES,
-               bulk_port: int | None = None) -> FastAPI:  # fmt: skip
+def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES, bulk_port: int | None = None,
+               limits: ServerLimits | None = None) -> FastAPI:  # fmt: skip
     """The ASGI app serving ``node``.
 
     REST under ``/api/v1`` (JSON) for people and tools; ``/api/v1/ws`` carries veil
     frames (the same messages a VirtualWorker exchanges) for the Python client;
-    ``bulk_port``, when given, is advertised for large frames (:mod:`.bulk`).
+    ``bulk_port``, when given, is advertised for large frames (:mod:`.bulk`). ``limits``
+    (:class:`ServerLimits`) bounds login guessing and request bodies.
 
     Example:
         >>> node = Node("n", owner_email="o@n.org", owner_password="password-1")
         >>> create_app(node).title
         'veil node n'
     """
+    limits = limits or ServerLimits()
     app = FastAPI(title=f"veil node {node.name}", version=__version__)
     app.state.node = node
+    app.state.login_limiter = limiter = LoginLimiter(limits)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
     @app.exception_handler(HTTPException)
     async def _http_error(_request: Any, exc: HTTPException) -> JSONResponse:
@@ -111,11 +128,11 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES,
         return _json(node.handle(s, Call(msg)))
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:  # on the event loop: never queued behind the node
         return {"ok": True}
 
     @app.get("/api/v1/info")
-    def info() -> dict[str, Any]:
+    async def info() -> dict[str, Any]:
         return {
             "name": node.name,
             "version": __version__,
@@ -125,11 +142,21 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES,
         }
 
     @app.post("/api/v1/login")
-    def login(body: LoginBody) -> dict[str, Any]:
+    def login(body: LoginBody, request: HTTPRequest) -> Any:
+        address = request.client.host if request.client else ""
         try:
+            limiter.attempt(body.email, address)  # counted before the password is checked
             s = node.login(body.email, body.password)
+        except RateLimited as exc:
+            wait = str(math.ceil(exc.retry_after or 1))
+            return JSONResponse(
+                {"error": {"code": exc.code, "message": str(exc)}},
+                status_code=429,
+                headers={"Retry-After": wait},
+            )
         except AuthenticationError as exc:
             raise HTTPException(401, {"code": exc.code, "message": str(exc)}) from None
+        limiter.succeeded(body.email, address)
         return {"token": node.issue_token(s), "user": {"email": s.email, "role": s.role}}
 
     @app.get("/api/v1/datasets")
@@ -165,6 +192,17 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES,
     def create_user(body: UserBody, s: Session = Depends(session)) -> Any:
         return run(s, CreateUser(body.email, body.password, body.role, body.name))
 
+    @app.post("/api/v1/users/{email}/revoke-sessions")
+    def revoke_sessions(email: str, s: Session = Depends(session)) -> dict[str, Any]:
+        """End every session of a user (yourself; owners and admins: anyone)."""
+        try:
+            revoked = node.revoke_sessions(s, email)
+        except VeilError as exc:
+            raise HTTPException(
+                _STATUS.get(exc.code, 500), {"code": exc.code, "message": str(exc)}
+            ) from None
+        return {"email": email, "revoked": revoked}
+
     @app.get("/api/v1/audit")
     def audit(
         limit: int = Query(default=100, ge=0, le=100_000), s: Session = Depends(session)
@@ -196,10 +234,21 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES,
                     return
                 if frame is None:
                     continue
+                try:  # every message: the token may have expired or been revoked since
+                    s = node.session_for_token(token)
+                except AuthenticationError as exc:
+                    await websocket.send_bytes(
+                        b"\x00" + codec.encode(ErrorReply(exc.code, str(exc)))
+                    )
+                    await websocket.close(code=4401)
+                    return
                 if len(frame) > INLINE_LIMIT:
                     reply = await run_in_threadpool(node.handle_frame, s, frame)
-                else:
-                    reply = node.handle_frame(s, frame)
+                else:  # inline, unless the node is busy: then wait in a worker thread
+                    inline = node.try_handle_frame(s, frame)
+                    if inline is None:
+                        inline = await run_in_threadpool(node.handle_frame, s, frame)
+                    reply = inline
                 del frame
                 for part in split_frame(reply, chunk_bytes):
                     await websocket.send_bytes(part)  # type: ignore[arg-type]

@@ -11,6 +11,11 @@ token (2-byte length + UTF-8), and the node answers with a frame: ``Done`` when 
 is valid, else an ``ErrorReply``, after which it closes. The lane speaks only to clients
 that logged in over REST, and is advertised as ``bulk_port`` in ``GET /api/v1/info``.
 Like the WebSocket it is plain TCP: across machines, put both behind TLS.
+
+At most ``bulk_max_connections`` connections are open at once (:class:`ServerLimits`):
+another one is answered with a ``connect_error`` frame and closed, and the Python client
+then sends over its WebSocket. A connection idle for ``bulk_idle_timeout_s`` is sent a
+``timeout`` frame and closed; the client notices before its next call and reconnects.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 from veil.errors import AuthenticationError, VeilError, VersionMismatch
 from veil.node.framing import BULK_HELLO, BULK_MAGIC, recv_exact, recv_frame, send_frame, tune
 from veil.node.node import Node
+from veil.node.server.limits import ServerLimits
 from veil.serde import codec
 from veil.serde.messages import Done, ErrorReply
 from veil.version import WIRE_VERSION
@@ -35,7 +41,8 @@ HANDSHAKE_TIMEOUT_S = 10.0
 
 
 class BulkServer:
-    """Serve ``node``'s bulk lane on ``host`` (a thread per connection).
+    """Serve ``node``'s bulk lane on ``host`` (a thread per connection, at most
+    ``limits.bulk_max_connections`` of them).
 
     Example:
         >>> node = Node("n", owner_email="o@n.org", owner_password="password-1")
@@ -44,8 +51,10 @@ class BulkServer:
         True
     """
 
-    def __init__(self, node: Node, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, node: Node, host: str = "127.0.0.1", port: int = 0, *,
+                 limits: ServerLimits | None = None) -> None:  # fmt: skip
         self.node = node
+        self.limits = limits or ServerLimits()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -54,6 +63,7 @@ class BulkServer:
         self.host = host
         self.port: int = self._sock.getsockname()[1]
         self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._accept, name="veil-bulk", daemon=True)
         self._thread.start()
@@ -65,20 +75,60 @@ class BulkServer:
             except OSError:
                 return
             tune(conn)
-            self._conns.add(conn)
+            with self._conns_lock:
+                full = len(self._conns) >= self.limits.bulk_max_connections
+                if not full:
+                    self._conns.add(conn)
+            if full:
+                self._refuse(conn)
+                continue
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _refuse(self, conn: socket.socket) -> None:
+        """Answer a connection over the cap and close it, without a thread or a wait."""
+        limit = self.limits.bulk_max_connections
+        message = (
+            f"node {self.node.name!r} has its bulk lane's limit of {limit} connections open; "
+            "veil's client sends over its WebSocket meanwhile. Retry later, or ask the owner "
+            "to raise --bulk-max-connections"
+        )
+        try:
+            conn.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                conn.recv(1024)  # the hello, if here: closing on unread data would reset
+            conn.setblocking(True)
+            conn.settimeout(1.0)
+            send_frame(conn, codec.encode(ErrorReply("connect_error", message)))
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
             conn.settimeout(HANDSHAKE_TIMEOUT_S)  # a silent peer must not hold a thread
-            session = self._handshake(conn)
-            if session is None:
+            token = self._handshake(conn)
+            if token is None:
                 return
-            conn.settimeout(None)
+            idle = self.limits.bulk_idle_timeout_s
+            conn.settimeout(idle)  # also bounds a send to a peer that stopped reading
             while True:
                 try:
                     frame = recv_frame(conn, self.node.max_message_bytes)
                 except VeilError as exc:  # over the limit: answer, then drop the connection
+                    send_frame(conn, codec.encode(ErrorReply(exc.code, str(exc))))
+                    return
+                except TimeoutError:  # idle (or stalled mid-frame): free the slot
+                    message = (
+                        f"bulk connection closed after {idle:g} s idle; veil's client "
+                        "reconnects by itself"
+                    )
+                    send_frame(conn, codec.encode(ErrorReply("timeout", message)))
+                    return
+                try:  # every frame: the token may have expired or been revoked since
+                    session = self.node.session_for_token(token)
+                except AuthenticationError as exc:
                     send_frame(conn, codec.encode(ErrorReply(exc.code, str(exc))))
                     return
                 parts = self.node.handle_frame_parts(session, frame)
@@ -90,11 +140,13 @@ class BulkServer:
         except Exception:  # a bug must not take the node down; the client sees a drop
             log.exception("bulk connection failed on node %s", self.node.name)
         finally:
-            self._conns.discard(conn)
+            with self._conns_lock:
+                self._conns.discard(conn)
             with contextlib.suppress(OSError):
                 conn.close()
 
-    def _handshake(self, conn: socket.socket) -> Any:
+    def _handshake(self, conn: socket.socket) -> str | None:
+        """The connection's token once it checks out; None (after an error frame) if not."""
         magic, version, n = BULK_HELLO.unpack(recv_exact(conn, BULK_HELLO.size))
         try:
             if magic != BULK_MAGIC:
@@ -104,13 +156,14 @@ class BulkServer:
                     f"wire version mismatch: the client speaks v{version}, this node speaks "
                     f"v{WIRE_VERSION}; install the same veil version on both sides"
                 )
-            session = self.node.session_for_token(bytes(recv_exact(conn, n)).decode())
+            token = bytes(recv_exact(conn, n)).decode()
+            self.node.session_for_token(token)
         except (VeilError, UnicodeDecodeError) as exc:
             code = exc.code if isinstance(exc, VeilError) else "authentication_failed"
             send_frame(conn, codec.encode(ErrorReply(code, str(exc))))
             return None
         send_frame(conn, codec.encode(Done()))
-        return session
+        return token
 
     def close(self) -> None:
         """Stop accepting and close every open connection."""
@@ -118,7 +171,9 @@ class BulkServer:
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
-        for conn in list(self._conns):
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=5)

@@ -14,13 +14,17 @@ from veil.errors import ConnectError
 from veil.node.node import Node
 from veil.node.server.app import create_app
 from veil.node.server.bulk import BulkServer
+from veil.node.server.limits import ServerLimits
 from veil.serde import codec
 
 
-def _config(node: Node, chunk_bytes: int, log_level: str,
-            bulk: BulkServer | None) -> uvicorn.Config:  # fmt: skip
+def _config(node: Node, chunk_bytes: int, log_level: str, bulk: BulkServer | None,
+            limits: ServerLimits | None) -> uvicorn.Config:  # fmt: skip
+    app = create_app(
+        node, chunk_bytes=chunk_bytes, bulk_port=bulk.port if bulk else None, limits=limits
+    )
     return uvicorn.Config(
-        create_app(node, chunk_bytes=chunk_bytes, bulk_port=bulk.port if bulk else None),
+        app,
         log_level=log_level,
         lifespan="off",
         ws_max_size=chunk_bytes + 64,
@@ -31,7 +35,10 @@ def _config(node: Node, chunk_bytes: int, log_level: str,
 
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A listening socket (``port=0`` picks a free port; read it with ``getsockname()``)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP named: asyncio then sets TCP_NODELAY on accepted connections (with proto 0
+    # it does not, and a response written in two parts waited 40 ms for a delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)
@@ -41,15 +48,20 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 def serve(node: Node, *, host: str = "127.0.0.1", port: int = 8765, sock: socket.socket | None = None,
           chunk_bytes: int = codec.CHUNK_BYTES, log_level: str = "info",
-          bulk_port: int | None = 0) -> None:  # fmt: skip
+          bulk_port: int | None = 0, limits: ServerLimits | None = None) -> None:  # fmt: skip
     """Serve ``node`` until interrupted (what ``veil node serve`` runs).
 
     ``bulk_port``: the TCP port of the bulk lane for large frames (0 picks a free one,
-    None turns it off; see :mod:`veil.node.server.bulk`).
+    None turns it off; see :mod:`veil.node.server.bulk`). ``limits``: login rate limits,
+    the REST body limit and the bulk lane's caps (:class:`ServerLimits`).
     """
     sock = sock or bind(host, port)
-    bulk = None if bulk_port is None else BulkServer(node, sock.getsockname()[0], bulk_port)
-    server = uvicorn.Server(_config(node, chunk_bytes, log_level, bulk))
+    bulk = (
+        None
+        if bulk_port is None
+        else BulkServer(node, sock.getsockname()[0], bulk_port, limits=limits)
+    )
+    server = uvicorn.Server(_config(node, chunk_bytes, log_level, bulk, limits))
     try:
         server.run(sockets=[sock])
     finally:
@@ -61,9 +73,10 @@ def serve(node: Node, *, host: str = "127.0.0.1", port: int = 8765, sock: socket
 @contextlib.contextmanager
 def serve_in_thread(node: Node, *, host: str = "127.0.0.1", port: int = 0,
                     chunk_bytes: int = codec.CHUNK_BYTES, log_level: str = "warning",
-                    startup_timeout: float = 20.0,
-                    bulk_port: int | None = 0) -> Iterator[str]:  # fmt: skip
-    """Serve ``node`` on a free loopback port in a background thread; yields its URL.
+                    startup_timeout: float = 20.0, bulk_port: int | None = 0,
+                    limits: ServerLimits | None = None) -> Iterator[str]:  # fmt: skip
+    """Serve ``node`` on a free loopback port in a background thread; yields its URL
+    (the arguments are :func:`serve`'s).
 
     Example:
         >>> import veil
@@ -76,8 +89,8 @@ def serve_in_thread(node: Node, *, host: str = "127.0.0.1", port: int = 0,
     """
     sock = bind(host, port)
     bound_port = sock.getsockname()[1]
-    bulk = None if bulk_port is None else BulkServer(node, host, bulk_port)
-    server = uvicorn.Server(_config(node, chunk_bytes, log_level, bulk))
+    bulk = None if bulk_port is None else BulkServer(node, host, bulk_port, limits=limits)
+    server = uvicorn.Server(_config(node, chunk_bytes, log_level, bulk, limits))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout

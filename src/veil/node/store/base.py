@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,9 @@ class ObjectRow:
     payload: bytes | bytearray | memoryview  # an encoded serde frame (Value)
     #: label / error / alias of the record (see ``ObjectRecord``), only those that are set
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The payload was written ahead by :meth:`Store.stage`, under this name (``payload``
+    #: is then empty).
+    blob: str | None = None
 
 
 @dataclass(slots=True)
@@ -129,6 +133,20 @@ class Store(ABC):
     @abstractmethod
     def audit(self, limit: int) -> list[AuditRow]:
         """The newest ``limit`` audit entries, newest first."""
+
+    def stage(self, oid: int, parts: Sequence[bytes | bytearray | memoryview]) -> str | None:
+        """Write an object's large payload (given as buffers to concatenate) durably ahead of
+        the :meth:`write` whose row names it (``ObjectRow.blob``), so a node can do this
+        slow part without holding its lock. Returns that name, or None when this store
+        keeps the payload in the row instead (the default).
+
+        A staged payload that no write names is removed by :meth:`discard`, or at the
+        next start if the process dies first.
+        """
+        return None
+
+    def discard(self, staged: str) -> None:  # noqa: B027 - optional hook
+        """Remove a staged payload that no write will name."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""

@@ -10,7 +10,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -280,7 +280,9 @@ class SQLStore(Store):
     Every :meth:`write` is one transaction. Payloads of ``inline_limit`` bytes or more are
     files in ``blob_dir``, written and fsynced *before* the transaction commits (each write
     gets a fresh file name, so a failed write never touches a file a committed row names);
-    files of replaced or deleted objects are removed after the commit. SQLite runs in WAL
+    files of replaced or deleted objects are removed after the commit. :meth:`stage`
+    writes such a file ahead of the write that names it (a node does that outside its
+    lock); until then no :meth:`load` sweeps it away. SQLite runs in WAL
     mode with ``synchronous=NORMAL``: everything acknowledged survives a killed process.
 
     Args:
@@ -333,6 +335,7 @@ class SQLStore(Store):
         self._write_lock = threading.Lock()
         self._writer: Any = None  # SQLite: a connection kept for writes (see _write_sqlite)
         self._store_id = ""
+        self._staged: set[str] = set()  # blob files written ahead, not yet named by a row
         self._sqlite = parsed.get_backend_name() == "sqlite"
         memory = self._sqlite and parsed.database in (None, "", ":memory:")
         memory = memory or (self._sqlite and parsed.query.get("mode") == "memory")
@@ -451,17 +454,19 @@ class SQLStore(Store):
             raise ValueError(f"this SQLStore ({self._safe_url()}) is closed; open a new one")
 
     # ------------------------------------------------------------------ blob files
-    def _write_blob(self, oid: int, suffix: str, payload: bytes | bytearray | memoryview) -> str:
-        """Write ``payload`` durably under a fresh name and return the name."""
+    def _write_blob(self, oid: int, suffix: str, *parts: bytes | bytearray | memoryview,
+                    name: str | None = None) -> str:  # fmt: skip
+        """Write the concatenated ``parts`` durably under a fresh name and return the name."""
         directory = self.blob_dir
         if not self._claimed:
             self._claim(directory)
-        name = f"{oid}-{secrets.token_hex(8)}.{suffix}"
+        name = name or f"{oid}-{secrets.token_hex(8)}.{suffix}"
         path = directory / name
         tmp = directory / (name + ".tmp")
         try:
             with open(tmp, "wb") as f:
-                f.write(payload)  # large buffers go straight to the OS: no copy
+                for part in parts:
+                    f.write(part)  # large buffers go straight to the OS: no copy
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -520,11 +525,46 @@ class SQLStore(Store):
         if directory is None or not directory.is_dir():
             return
         self._claim(directory)
+        with self._lock:
+            referenced = referenced | self._staged  # being written, or about to be named
         for entry in os.scandir(directory):
-            if entry.is_file() and _BLOB_NAME.match(entry.name) and entry.name not in referenced:
+            name = entry.name.removesuffix(".tmp")
+            if entry.is_file() and _BLOB_NAME.match(entry.name) and name not in referenced:
                 self._remove_blobs([entry.name])
 
     # ------------------------------------------------------------------ Store API
+    def stage(self, oid: int, parts: Sequence[bytes | bytearray | memoryview]) -> str | None:
+        """Write a payload of ``inline_limit`` bytes or more to its blob file now (fsynced),
+        for a later :meth:`write` whose ``ObjectRow.blob`` names it; None if it is smaller.
+
+        Example:
+            >>> store = SQLStore("sqlite://", inline_limit=4)
+            >>> name = store.stage(7, [b"VL", b"payload"])
+            >>> row = ObjectRow(7, "tensor", 1, False, [], [], None, "", 0.0, b"", blob=name)
+            >>> store.write(Batch(objects={7: row}))
+            >>> bytes(store.load().objects[0].payload)
+            b'VLpayload'
+            >>> store.close()
+        """
+        self._check_open()
+        if sum(_nbytes(p) for p in parts) < self.inline_limit:
+            return None
+        name = f"{oid}-{secrets.token_hex(8)}.obj"
+        with self._lock:
+            self._staged.add(name)
+        try:
+            return self._write_blob(oid, "obj", *parts, name=name)
+        except BaseException:
+            with self._lock:
+                self._staged.discard(name)
+            raise
+
+    def discard(self, staged: str) -> None:
+        """Remove a staged blob file that no write named."""
+        with self._lock:
+            self._staged.discard(staged)
+        self._remove_blobs([staged])
+
     def write(self, batch: Batch) -> None:
         """Apply one message's changes in one transaction.
 
@@ -536,6 +576,7 @@ class SQLStore(Store):
         if not batch:
             return
         new_files: list[str] = []
+        staged = [row.blob for row in batch.objects.values() if row.blob is not None]
         try:
             objects = [self._object_params(row, new_files) for row in batch.objects.values()]
             datasets = list({d.name: d for d in batch.datasets}.values())  # the last one wins
@@ -552,6 +593,10 @@ class SQLStore(Store):
         except BaseException:
             self._remove_blobs(new_files)
             raise
+        finally:
+            if staged:
+                with self._lock:
+                    self._staged.difference_update(staged)  # named by a row now, or removed
         self._remove_blobs(old_files)
 
     def _write_sqlite(
@@ -589,8 +634,11 @@ class SQLStore(Store):
 
     def _object_params(self, row: ObjectRow, new_files: list[str]) -> dict[str, Any]:
         params = _params(row)
-        params["blob"] = None
-        if _nbytes(row.payload) >= self.inline_limit:
+        if row.blob is not None:  # written by stage(): the row only names it
+            self._blob_path(row.blob)  # a valid name of ours
+            new_files.append(row.blob)  # removed if this write fails
+            params["payload"] = None
+        elif _nbytes(row.payload) >= self.inline_limit:
             params["blob"] = self._write_blob(row.id, "obj", row.payload)
             new_files.append(params["blob"])
             params["payload"] = None
