@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from veil.errors import InvalidRequest, RemoteError
+from veil.errors import InvalidRequest, RemoteError, VeilError
 from veil.ops import OpSpec, Predicted
 
 __all__ = [
@@ -101,7 +101,17 @@ def predict(spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> Prediction
     """
     facts = spec.facts
     if facts is not None and facts.predict is not None:
-        return facts.predict(args, kwargs)
+        try:
+            out = facts.predict(args, kwargs)
+        except (VeilError, Unpredictable):
+            raise
+        except Exception as exc:  # the declared prediction refuses these (public) arguments
+            raise RemoteError(f"{spec.name} failed: {type(exc).__name__}: {exc}") from None
+        if isinstance(out, Predicted) or (
+            isinstance(out, list) and out and all(isinstance(p, Predicted) for p in out)
+        ):
+            return out
+        return describe(out)
     index = facts.index_arg if facts is not None else -1
     try:
         key: Any = (spec.name, _signature(args), _signature(kwargs))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import itertools
 import logging
@@ -109,7 +110,8 @@ from veil.version import WIRE_VERSION, __version__
 
 log = logging.getLogger("veil.node")
 
-REQUEST_STATUSES = ("pending", "approved", "denied")
+#: ``void``: the object changed after the request, so the request no longer describes it.
+REQUEST_STATUSES = ("pending", "approved", "denied", "void")
 
 
 @dataclass(slots=True)
@@ -564,7 +566,7 @@ class Node:
         return set().union(*self._asset_keys_by_dataset().values())
 
     def _check_readable(self, session: Session, rec: ObjectRecord) -> None:
-        if session.is_admin or not rec.private or session.user_id in rec.approved:
+        if session.is_admin or not rec.private or self._approved_for(session, rec):
             return
         src = f" (derived from dataset {', '.join(sorted(rec.sources))})" if rec.sources else ""
         raise PermissionDenied(
@@ -1102,10 +1104,36 @@ class Node:
     def _request_info(self, r: RequestRow) -> RequestInfo:
         rec = self._objects.get(r.object_id)
         decided = self._email(r.decided_by) if r.decided_by is not None else ""
+        shown = rec.alias or r.object_id if rec is not None else r.object_id
         return RequestInfo(
-            r.id, r.object_id, self._email(r.requester), r.reason, r.status, r.created,
+            r.id, shown, self._email(r.requester), r.reason, r.status, r.created,
             decided, r.note, self._info_of(rec) if rec is not None else None,
         )  # fmt: skip
+
+    def _digest(self, rec: ObjectRecord) -> str:
+        """SHA-256 of an object's content (and of the error it holds, if any): what an
+        access request describes, and all that its approval covers."""
+        h = hashlib.sha256(rec.error.encode())
+        if rec.kind != "optimizer":
+            for part in codec.encode_parts(Value(_value_to_wire(rec.value, storage=False))):
+                h.update(part)
+        return h.hexdigest()
+
+    def _void_if_changed(self, row: RequestRow) -> bool:
+        """Mark a pending or approved request void if its object changed since it was made."""
+        rec = self._objects.get(row.object_id)
+        if row.status not in ("pending", "approved") or rec is None or not row.digest:
+            return False
+        if self._digest(rec) == row.digest:
+            return False
+        row.status = "void"
+        row.note = (
+            f"void: object {row.object_id} was written after this request was made, so the "
+            "request no longer describes it; ask again to have the new content reviewed"
+        ) + (f" (was: {row.note})" if row.note else "")
+        self._batch.requests.append(row)
+        self._audit_row(_SYSTEM, "void", f"request {row.id}", [row.object_id])
+        return True
 
     def _request_access(self, session: Session, msg: RequestAccess) -> Reply:
         rec = self._record(session, msg.id)
@@ -1117,6 +1145,8 @@ class Node:
         row = RequestRow(rid, rec.id, session.user_id, msg.reason[:2000], "pending", time.time())
         if not rec.private or session.is_admin:
             row.status, row.note = "approved", "not private: no approval needed"
+        else:
+            row.digest = self._digest(rec)  # the approval will cover this content only
         self._requests[rid] = row
         self._batch.requests.append(row)
         self._audit_row(session, "request", msg.reason[:200], [rec.id], rec.sources)
@@ -1125,6 +1155,9 @@ class Node:
     def _list_requests(self, session: Session, msg: ListRequests) -> Reply:
         if msg.status is not None and msg.status not in REQUEST_STATUSES:
             raise InvalidRequest(f"status must be one of {REQUEST_STATUSES}, got {msg.status!r}")
+        for r in self._requests.values():
+            if session.is_admin or r.requester == session.user_id:
+                self._void_if_changed(r)
         rows = [
             r for r in self._requests.values()
             if (session.is_admin or r.requester == session.user_id)
@@ -1138,17 +1171,34 @@ class Node:
         row = self._requests.get(msg.id)
         if row is None:
             raise ObjectNotFound(f"no request {msg.id} on node {self.name!r}")
+        if self._void_if_changed(row):  # the owner sees why, and nothing is approved
+            return self._request_info(row)
         if row.status != "pending":
             raise InvalidRequest(f"request {msg.id} was already {row.status}")
         row.status = "approved" if msg.approve else "denied"
         row.decided_by, row.note = session.user_id, msg.note[:2000]
         rec = self._objects.get(row.object_id)
         if msg.approve and rec is not None:
+            if not row.digest:  # a request from before digests: bind it to what is approved
+                row.digest = self._digest(rec)
             rec.approved.add(row.requester)
             self._persist(rec)
         self._batch.requests.append(row)
         self._audit_row(session, row.status, f"request {row.id}", [row.object_id])
         return self._request_info(row)
+
+    def _approved_for(self, session: Session, rec: ObjectRecord) -> bool:
+        """Does an approved request of this user cover the object's current content?"""
+        if session.user_id not in rec.approved:
+            return False
+        rows = [
+            r for r in self._requests.values()
+            if r.object_id == rec.id and r.requester == session.user_id and r.status == "approved"
+        ]  # fmt: skip
+        if not rows:
+            return False
+        digest = self._digest(rec)  # a write after the request voids it (listing shows why)
+        return any(r.digest == digest for r in rows)
 
     # ------------------------------------------------------------------ datasets
     def _create_dataset(self, session: Session, msg: CreateDataset) -> Reply:
@@ -1290,6 +1340,8 @@ def _label_of(inputs: list[ObjectRecord]) -> str:
 #: its failures are reported with their message withheld).
 _UNPREDICTED: Any = object()
 _CLIENT_START = CLIENT_IDS.start
+#: Who the audit log names for what the node does by itself (voiding a stale request).
+_SYSTEM = Session(0, "node", "system")
 _NO_FACTS = OpFacts()
 
 

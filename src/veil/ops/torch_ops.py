@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -283,7 +284,22 @@ def _has_param(fn: Any, name: str) -> bool:
 def _get_attr(tensor: torch.Tensor, name: str) -> Any:
     if name not in ATTRIBUTES:
         raise AttributeError(name)
+    if name == "grad" and not (tensor.is_leaf or tensor.retains_grad):
+        return None  # torch would warn: a non-leaf that does not retain its gradient has none
     return getattr(tensor, name)
+
+
+def _predict_attr(args: Any, kwargs: dict[str, Any]) -> Any:
+    """``Tensor.__getattr__`` from public facts: whether a tensor has a gradient (and its
+    shape) follows from the program's structure; the other attributes are views."""
+    tensor, name = args[0], args[1]
+    if name not in ATTRIBUTES:
+        raise AttributeError(name)
+    if name == "grad":
+        grad = tensor.grad if tensor.is_leaf or tensor.retains_grad else None
+        return None if grad is None else torch.empty(grad.shape, dtype=grad.dtype, device="meta")
+    meta = torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+    return getattr(meta.requires_grad_(tensor.requires_grad), name)
 
 
 def _cpu(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -336,4 +352,7 @@ def register_torch_ops(reg: OpRegistry) -> None:
         if callable(fn):
             _add(reg, f"linalg.{base}", fn, base=base)
     _add(reg, "Tensor.backward", _backward, "backward", base="backward")
-    _add(reg, "Tensor.__getattr__", _get_attr, base="__getattr__")
+    attr = facts_for("__getattr__", _get_attr)
+    reg.register(
+        OpSpec("Tensor.__getattr__", _get_attr, facts=replace(attr, predict=_predict_attr))
+    )
