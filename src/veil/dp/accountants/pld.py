@@ -7,9 +7,11 @@ parameters are convolved in. This is done for both neighbouring relations (remov
 add one) and ε is the larger of the two, as dp-accounting does for "add or remove one".
 
 Every approximation over-states δ: the connect-the-dots PLD dominates the mechanism, and the
-tails cut during composition go to the ``+∞`` atom. So :meth:`PLDAccountant.get_epsilon` is an
-upper bound on the true ε (up to floating-point rounding); it agrees with dp-accounting 0.6.0's
-``PLDAccountant`` to about 1e-7 relative. :meth:`PLDAccountant.get_epsilon_bounds` adds a lower
+tails cut during composition go to the ``+∞`` atom, as does an estimate of the FFT's round-off.
+So :meth:`PLDAccountant.get_epsilon` is an upper bound on the true ε (up to floating-point
+rounding in the single-step δ, about 1e-13); it agrees with dp-accounting 0.6.0's
+``PLDAccountant`` to about 1e-7 relative at δ >= 1e-7. ε(δ) is solved exactly on the discrete
+PLD; above ε ≈ 700 dp-accounting's solver underflows and over-states ε (by 1.0 at ε ≈ 9 337). :meth:`PLDAccountant.get_epsilon_bounds` adds a lower
 bound from an optimistic discretization of the same grid (see
 :meth:`SubsampledGaussianLoss.tangents`).
 
