@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check install bench bench-mpc bench-dp bench-he clean
+.PHONY: demo test check install bench bench-mpc bench-dp bench-he fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,12 @@ check: $(STAMP)
 
 test: check
 	$(BIN)/pytest -n 2 -q
+
+# Property tests of the privacy rules for as long as asked: make fuzz FUZZ_SECONDS=3600
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	VEIL_FUZZ_SECONDS=$(FUZZ_SECONDS) VEIL_FUZZ_EXAMPLES=100000000 $(BIN)/pytest -q -p no:randomly \
+		tests/node/test_noninterference.py tests/dp -k "property or look_the_same"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/remote_ops.py

@@ -1358,8 +1358,6 @@ def _signature(fn: Any) -> inspect.Signature | None:
         return None
 
 
-#: Ops whose result size is set by the values of their first argument.
-_VALUE_SHAPED = {"nonzero", "argwhere", "unique", "unique_consecutive", "bincount"}
 
 #: Modules whose output may be their input itself or a view of it.
 _PASS_THROUGH = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
