@@ -1358,7 +1358,6 @@ def _signature(fn: Any) -> inspect.Signature | None:
         return None
 
 
-
 #: Modules whose output may be their input itself or a view of it.
 _PASS_THROUGH = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
                  nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)  # fmt: skip
