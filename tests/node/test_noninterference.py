@@ -49,15 +49,19 @@ class World:
     ids: dict[int, int] = field(default_factory=dict)
 
 
-def _world(data: torch.Tensor, labels: torch.Tensor) -> World:
-    node = Node("nodeA", owner_email="o@t.org", owner_password="owner-pass-1")
+def _world(data: torch.Tensor, labels: torch.Tensor, url: str | None = None,
+           node: Node | None = None) -> World:  # fmt: skip
+    node = node or Node("nodeA", owner_email="o@t.org", owner_password="owner-pass-1")
     owner = veil.VirtualWorker(node=node)
     owner.datasets.create(
         "d", private={"x": data, "y": labels},
         mock={"x": torch.zeros_like(data), "y": torch.zeros_like(labels)}, bounds=(-1e9, 1e9),
     )  # fmt: skip
     owner.create_user("s@t.org", "sci-pass-123")
-    sci = owner.login("s@t.org", "sci-pass-123")
+    if url is None:
+        sci = owner.login("s@t.org", "sci-pass-123")
+    else:  # a real client over the network (pipelining on)
+        sci = veil.connect(url, email="s@t.org", password="sci-pass-123")
     ds = sci.datasets["d"]
     gen = torch.Generator().manual_seed(0)  # the scientist's own data: the same in both worlds
     w = torch.randn(COLS, 3, generator=gen).send(sci)
@@ -286,3 +290,22 @@ REGRESSIONS: dict[str, list[tuple[str, int, int, int]]] = {
 def test_known_attacks_look_the_same_on_both_datasets(name: str) -> None:
     check(REGRESSIONS[name], (1, 1.0, 0.0), (2, 1e6, 7.0))
     check(REGRESSIONS[name], (3, 1e-3, 0.0), (4, 100.0, -2.0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["index_out_of_range", "failed_write_then_backward", "retain_grad"]
+)
+def test_known_attacks_look_the_same_on_a_served_node(name: str) -> None:
+    from veil.node.server import serve_in_thread
+
+    logs = []
+    for seed, scale, shift in ((1, 1.0, 0.0), (2, 1e6, 7.0)):
+        node = Node("nodeA", owner_email="o@t.org", owner_password="owner-pass-1")
+        with serve_in_thread(node) as url:
+            world = _world(*_dataset(seed, scale, shift), url=url, node=node)
+            try:
+                logs.append(_run(world, REGRESSIONS[name]))
+            finally:
+                world.sci.close()
+    assert logs[0] == logs[1]
