@@ -316,7 +316,7 @@ def _signature(a: Any) -> Any:
             None if g is None else (g.shape, g.dtype),
         )
     if isinstance(a, nn.Module):
-        return ("M", id(a), _modes(a))
+        return ("M", _architecture(a), _modes(a))
     if t is list or t is tuple:
         return (t.__name__, *(_signature(v) for v in a))
     if t is dict:
@@ -326,6 +326,23 @@ def _signature(a: Any) -> Any:
     if a is None or t in (bool, int, float, str, torch.dtype) or a is Ellipsis:
         return (t.__name__, a)
     raise Unpredictable(f"no signature for a {t.__name__}")
+
+
+#: Architecture keys of modules (computed once per module object).
+_ARCH: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
+
+
+def _architecture(module: nn.Module) -> Any:
+    """What a forward pass's output description can depend on besides its inputs and
+    modes: classes and configuration (``repr``), and each state tensor's shape and dtype."""
+    key = _ARCH.get(module)
+    if key is None:
+        state = tuple(
+            (name, tuple(t.shape), t.dtype)
+            for name, t in [*module.named_parameters(), *module.named_buffers()]
+        )
+        key = _ARCH[module] = (repr(module), state)
+    return key
 
 
 def _modes(module: nn.Module) -> tuple[Any, ...]:
