@@ -156,6 +156,26 @@ OPS: dict[str, Callable[[Any, Any, int, World], Any]] = {
 }
 
 
+#: Every torch op on the allowlist, called with register and number arguments in a few
+#: shapes (most calls fail on shapes or dtypes: that must look the same too).
+ALLOWLISTED = sorted(
+    n for n in veil.ops.names()
+    if n.startswith(("torch.", "Tensor.", "F.", "linalg."))
+    and n not in ("Tensor.backward",)  # covered by the programs above
+)  # fmt: skip
+ARITIES: dict[str, Callable[[Any, Any, int], tuple[Any, ...]]] = {
+    "a": lambda a, b, k: (a,),
+    "ab": lambda a, b, k: (a, b),
+    "ak": lambda a, b, k: (a, k),
+    "abk": lambda a, b, k: (a, b, k),
+    "ak0": lambda a, b, k: (a, k % 2),
+}
+
+
+def _any_op(world: World, name: str, arity: str, a: Any, b: Any, k: int) -> Any:
+    return world.sci.run_op(name, *ARITIES[arity](a, b, k))
+
+
 def _retain(a: Any, w: World) -> Any:
     h = w.regs[4] * 2
     h.retain_grad()
@@ -207,11 +227,15 @@ def _run(world: World, program: list[tuple[str, int, int, int]]) -> list[Any]:
     for op, i, j, k in program:
         a, b = _pick(world, i), _pick(world, j)
         try:
-            out = OPS[op](a, b, k, world)
+            if op.startswith("any:"):
+                _, name, arity = op.split(":")
+                out = _any_op(world, name, arity, a, b, k)
+            else:
+                out = OPS[op](a, b, k, world)
         except VeilError as exc:
             world.log.append((op, "error", type(exc).__name__, _norm_text(str(exc), world)))
             continue
-        except (RuntimeError, TypeError, IndexError, ValueError) as exc:  # raised client-side
+        except (RuntimeError, TypeError, IndexError, ValueError, AttributeError) as exc:  # client
             world.log.append((op, "local-error", type(exc).__name__, _norm_text(str(exc), world)))
             continue
         world.log.append((op, "ok", _describe(out, world)))
@@ -242,7 +266,14 @@ def check(program: list[tuple[str, int, int, int]], a: tuple[int, float, float],
 
 
 STEP = st.tuples(
-    st.sampled_from(sorted(OPS)),
+    st.one_of(
+        st.sampled_from(sorted(OPS)),
+        st.builds(
+            lambda n, a: f"any:{n}:{a}",
+            st.sampled_from(ALLOWLISTED),
+            st.sampled_from(sorted(ARITIES)),
+        ),
+    ),
     st.integers(0, 15),
     st.integers(0, 15),
     st.integers(0, 4),
