@@ -269,6 +269,11 @@ def test_placeholders_decrypt_to_zeros_under_the_same_key(ckks_ctx, paillier_key
     assert q.level == 1 and torch.allclose(q.decrypt(), torch.zeros(2, dtype=torch.float64),
                                            atol=1e-6)  # fmt: skip
     assert (q + (c @ torch.ones(3, 2))).decrypt().sub(3.0).abs().max() < 1e-3  # usable
+    from veil.he import wire
+
+    for held in (p, q):  # a node stores and reloads them like any encrypted object
+        back = wire.from_wire(wire.to_wire(held, storage=True))
+        assert public_meta(back)[1:-1] == public_meta(held)[1:-1]
 
 
 # ------------------------------------------------------- item 5: arguments, typed errors

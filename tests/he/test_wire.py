@@ -13,6 +13,7 @@ from veil.he import ckks, limits, paillier, wire
 from veil.he.remote import _SENT
 from veil.he.tenseal_proto import proto_field, proto_fields, varint
 from veil.serde.messages import EncryptedData, EncryptionContextData, SendObject
+from veil.serde.tensors import tensor_from_data, tensor_to_data
 
 pytest.importorskip("tenseal", reason="CKKS needs TenSEAL: pip install 'veil[he]'")
 
@@ -62,17 +63,29 @@ def test_scale_and_level_claims_must_match_the_ciphertext(ckks_wire, ckks_ctx) -
         ds.call(SendObject(forged(deeper, level=0)))
 
 
-def test_unused_ciphertexts_are_refused_and_views_travel_compact(ckks_wire, ckks_ctx) -> None:
-    ds, ctx_id = ckks_wire
+def test_views_travel_compact_and_unused_ciphertexts_are_dropped(virtual, ckks_ctx) -> None:
+    """Ciphertexts a tensor's layout does not use cost work in every op: they are not sent,
+    and a node drops any it receives before loading them."""
+    ds = virtual.scientist()
     x = torch.arange(float(ckks_ctx.slots + 3))
     enc = ckks.encrypt(x, ckks_ctx)  # two ciphertexts
     view = enc[-2:]  # values of the second only
-    data = wire.to_wire(view, context=ctx_id)
+    ptr = view.send(ds)
+    data = wire.to_wire(view, context=_SENT[ds][ckks_ctx.fingerprint])
     assert len(data.parts) == 1  # compacted on the way out
-    assert torch.allclose(view.send(ds).decrypt(), x[-2:].double(), atol=1e-3)
-    padded = forged(data, [bytes(wire.to_wire(enc, context=ctx_id).parts[0]), bytes(data.parts[0])])
-    with pytest.raises(InvalidRequest, match="compact"):
-        ds.call(SendObject(padded))
+    assert torch.allclose(ptr.decrypt(), x[-2:].double(), atol=1e-3)
+    garbage = b"not a ciphertext" * 100  # never parsed: the layout does not use it
+    layout = tensor_from_data(data.layout, copy=True)
+    layout[..., 0] += 1  # the values now sit in the second part
+    padded = forged(EncryptedData(data.scheme, data.shape, data.parts, data.meta,
+                                  tensor_to_data(layout), data.context),
+                    [garbage, bytes(data.parts[0])])  # fmt: skip
+    info = ds.call(SendObject(padded))
+    stored = virtual.node._objects[info.id].value
+    assert stored.ciphertexts == 1 and stored._ct.tolist() == [0, 0]
+    again = ds.pointer(info.id)
+    again._local = ckks_ctx
+    assert torch.allclose(again.decrypt(), x[-2:].double(), atol=1e-3)
 
 
 def test_nodes_refuse_small_keys_without_the_test_opt_in(virtual, monkeypatch) -> None:

@@ -222,16 +222,17 @@ class CKKSScheme(HEScheme):
         if layout.dtype != np.int64 or list(layout.shape) != [*shape, 2]:
             raise ValueError("CKKS slot layout does not match the shape")
         nct = len(parts)
-        if nct > max(numel, 1) or (numel and nct == 0):  # each holds a value of the tensor
-            raise ValueError(f"{nct} CKKS ciphertexts for {numel} values: send a compact tensor")
+        if numel and nct == 0:
+            raise ValueError("a CKKS tensor with values needs ciphertexts")
         cts_idx, slot_idx = layout[..., 0], layout[..., 1]
         if numel and (cts_idx.min() < 0 or cts_idx.max() >= nct or slot_idx.min() < 0
                       or slot_idx.max() >= ctx.slots):  # fmt: skip
             raise ValueError("CKKS slot layout points outside the ciphertexts")
-        if numel and np.unique(cts_idx).size != nct:
-            raise ValueError(
-                "a CKKS ciphertext holds no value of the tensor: send a compact tensor"
-            )
+        used = np.unique(cts_idx)
+        if used.size < nct:  # ciphertexts holding no value (a view sent whole): never loaded
+            parts = [parts[i] for i in used]
+            cts_idx = np.searchsorted(used, cts_idx)
+            nct = len(parts)
         tile = _int_meta(meta, "tile", 1, lo=1, hi=ctx.slots)
         block = _int_meta(meta, "block", 0, hi=ctx.slots)
         if tile > 1 and (
