@@ -262,12 +262,14 @@ def out_of_range(f: Operand, exponent: int) -> str:
     )
 
 
-def too_big_for_slot(big: int, packing: Packing, exponent: int) -> str:
+def too_big_for_slot(big: int | None, packing: Packing, exponent: int) -> str:
+    """The message for a value too large for a packed slot (``big=None``: a plaintext
+    tensor's value, which the message must not quote: it may be private)."""
     limit = 2.0 ** (packing.value_bits - exponent)
+    what = "a plaintext value" if big is None else f"a value of magnitude {big / 2.0**exponent:.4g}"
     return (
-        f"a value of magnitude {big / 2.0**exponent:.4g} does not fit a packed slot (|x| < "
-        f"{limit:.4g} at precision {exponent}); lower precision, or use "
-        f"Packing(value_bits=...) with more value bits"
+        f"{what} does not fit a packed slot (|x| < {limit:.4g} at precision {exponent}); "
+        "lower precision, or use Packing(value_bits=...) with more value bits"
     )
 
 

@@ -513,7 +513,7 @@ class EncryptedTensor:
         data = self._need_data()
         if self.packing is not None:
             if big >= self.packing.offset:  # the values of a plain tensor: fails when it runs
-                raise OverflowError(too_big_for_slot(big, self.packing, e))
+                raise OverflowError(too_big_for_slot(None, self.packing, e))
             flat = list(np.broadcast_to(ints, tuple(self.shape)).reshape(-1))
             ms = fp.pack(flat, self.packing, self._slots(), 1)
             plain = np.array([1 + m * pk.n for m in ms], dtype=object)
