@@ -196,3 +196,40 @@ def test_views_of_a_replicated_vector_keep_the_fast_matmul_right(ckks_ctx) -> No
     with pytest.raises(ValueError, match="several times"):
         fast[[1, 1, 2]] * torch.tensor([1.0, 2.0, 3.0])
     assert close((fast * 2 + 1)[::3][:3] @ w, (x * 2 + 1)[::3][:3] @ w, 1e-2)
+
+
+# ------------------------------------------------------------- ranges (issue 10, item 4)
+
+
+def test_values_hold_up_to_max_abs_at_every_level(ckks_ctx) -> None:
+    """Item 4: after the last rescale about 20 bits hold the integer part (1e6 decrypted as
+    -48,575). The range of each level is ``max_abs``, documented and tested here; numbers
+    and plaintexts beyond it are refused, since CKKS cannot detect a value that wrapped."""
+    assert [ckks_ctx.max_abs(level) for level in range(3)] == [2.0**99, 2.0**59, 2.0**19]
+    for level in range(3):
+        v = 0.9 * ckks_ctx.max_abs(level)
+        x = ckks.encrypt(torch.tensor([v, -v, 1.0]) / 2**level, ckks_ctx)
+        for _ in range(level):
+            x = x * 2.0
+        assert x.level == level and x.max_abs == ckks_ctx.max_abs(level)
+        err = (x.decrypt() - torch.tensor([v, -v, 1.0], dtype=torch.float64)).abs().max()
+        assert err < v * 1e-6  # CKKS error is relative to the largest value of the vector
+    last = ckks.encrypt(torch.ones(2), ckks_ctx) * 1.0 * 1.0
+    with pytest.raises(ValueError, match="level 2 holds"):
+        last + 1e6  # a public number: refused on public facts
+    with pytest.raises(ValueError, match="level 2 holds"):
+        last + torch.tensor([1.0, 1e6])  # a plaintext's values: refused when it runs
+    with pytest.raises(ValueError, match="not finite"):
+        ckks.encrypt(torch.ones(2), ckks_ctx) * torch.tensor([1.0, float("nan")])
+    with pytest.raises(ValueError, match="fresh CKKS ciphertext holds"):
+        ckks.encrypt(torch.tensor([1e30]), ckks_ctx)
+
+
+def test_a_difference_that_is_exactly_zero_is_a_ciphertext_of_zeros(ckks_ctx) -> None:
+    x = ckks.encrypt(torch.tensor([1.0, 2.0]), ckks_ctx)
+    z = x - x  # SEAL refuses such a "transparent" ciphertext; veil encrypts zeros instead
+    assert z.level == 0 and torch.allclose(
+        z.decrypt(), torch.zeros(2, dtype=torch.float64), atol=1e-6
+    )
+    assert torch.allclose((x + (-x) + 3.0).decrypt(), torch.full((2,), 3.0, dtype=torch.float64),
+                          atol=1e-3)  # fmt: skip

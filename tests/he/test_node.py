@@ -32,7 +32,7 @@ def test_ckks_ops_run_on_the_node_and_decrypt_locally(deployment, ckks_ctx) -> N
     assert y.shape == (2, 2) and not y.private
     ref = ((x - 1) @ w) ** 2 + torch.tensor([1.0, 0.0])
     assert torch.allclose(y.decrypt(), ref.double(), atol=1e-2)
-    with pytest.raises(veil.errors.RemoteError, match="depth=3"):
+    with pytest.raises(InvalidRequest, match="depth=3"):
         y.square()
     w_ptr = ds.send(w)
     z = ptr @ w_ptr  # a plaintext operand that lives on the node
@@ -165,7 +165,7 @@ def test_ciphertexts_from_another_context_or_tampered_are_refused(virtual, ckks_
     good = ckks.encrypt(torch.ones(3), ckks_ctx).send(ds)
     other = ckks.context(galois_keys=False)
     foreign = ckks.encrypt(torch.ones(3), other).send(ds)
-    with pytest.raises(veil.errors.RemoteError, match="different CKKS contexts"):
+    with pytest.raises(InvalidRequest, match="different CKKS contexts"):
         good + foreign
     from veil.he import wire
     from veil.he.remote import _SENT
@@ -192,7 +192,7 @@ def test_ciphertexts_from_another_context_or_tampered_are_refused(virtual, ckks_
 def test_ops_refuse_non_encrypted_inputs(virtual) -> None:
     ds = virtual.scientist()
     x = ds.send(torch.ones(3))
-    with pytest.raises(InvalidRequest, match="encrypted tensor first"):
+    with pytest.raises(InvalidRequest, match="argument 'x' must be an encrypted tensor"):
         ds.run_op("he.add", x, 1)
 
 
@@ -247,7 +247,7 @@ def test_stored_ciphertexts_do_not_each_carry_galois_keys(tmp_path) -> None:
     p = owner3.pointer(last)
     p._local = ckks_ctx
     assert torch.allclose(p.decrypt(), torch.tensor([6.0], dtype=torch.float64), atol=1e-3)
-    with pytest.raises(veil.errors.RemoteError, match="galois_keys=True"):
+    with pytest.raises(InvalidRequest, match="galois_keys=True"):
         (p + p).reshape(1, 1).sum(0)
     node3.close()
 
@@ -264,12 +264,12 @@ def test_private_values_cannot_shape_an_encrypted_result(virtual, ckks_ctx) -> N
     with pytest.raises(InvalidRequest, match="no tensor indices"):
         ds.run_op("he.getitem", enc, mask)
     count = private.sum().long()  # refused by the node's shape-leak check, or by he.* itself
-    with pytest.raises((PermissionDenied, InvalidRequest), match="shape|plain integers"):
+    with pytest.raises((PermissionDenied, InvalidRequest), match="shape|plain int"):
         ds.run_op("he.reshape", enc, [count, -1])
-    with pytest.raises((PermissionDenied, InvalidRequest), match="shape|plain integers"):
+    with pytest.raises((PermissionDenied, InvalidRequest), match="shape|plain int"):
         ds.run_op("he.sum", enc, count)
     own = ds.send(torch.tensor(2))  # not private: still no tensor as a size
-    with pytest.raises(InvalidRequest, match="plain integers"):
+    with pytest.raises(InvalidRequest, match="plain int"):
         ds.run_op("he.reshape", enc, [own, -1])
     assert enc[1:3].shape == (2,)  # plain slices are fine
 
@@ -343,3 +343,35 @@ def test_garbage_ciphertexts_are_refused_and_the_node_keeps_serving(
         assert all(d >= 0 for d in shape) and len(blob) == width * math.prod(shape)
     out = (good + 1).decrypt(ckks_ctx) if scheme == "ckks" else (good + 1).decrypt(paillier_keys[1])
     assert torch.allclose(out, torch.full((2,), 2.0, dtype=torch.float64), atol=1e-3)
+
+
+def test_approved_results_carry_no_metadata_derived_from_the_data(paillier_keys) -> None:
+    """Item 3 (issue 10): an approved result's bound was the private table's exact maximum,
+    and its exponent showed whether the table was all integers. Now both follow from public
+    facts (key, shapes, dtypes, ops): the same for any table of that shape and dtype."""
+    pk, sk = paillier_keys
+    seen = []
+    for table in (
+        torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
+        torch.tensor([[0.5, -2.0], [300.0, 4.25]]),
+    ):
+        node = Node("bank", owner_email="o@bank.example", owner_password="owner-pass-1")
+        owner = veil.VirtualWorker(node=node)
+        owner.datasets.create("t", private=table, mock=torch.zeros(2, 2))
+        owner.create_user("ds@lab.example", "scientist-pass", role="data_scientist")
+        ds = owner.login("ds@lab.example", "scientist-pass")
+        w = paillier.encrypt(torch.tensor([1.0, -1.0]), pk).send(ds)
+        private = ds.datasets["t"].private
+        metas = []
+        for result, expect in ((private @ w + 0.25, table @ torch.tensor([1.0, -1.0]) + 0.25),
+                               (w * private[1], torch.tensor([1.0, -1.0]) * table[1])):  # fmt: skip
+            owner.requests.approve(result.request("scores").id)
+            got = result.get()
+            assert torch.allclose(got.decrypt(sk), expect.double(), atol=1e-6)
+            metas.append((got.exponent, got.bound, got.offsets))
+        packed = paillier.encrypt(torch.ones(2), pk, pack=True).send(ds)
+        with pytest.raises(InvalidRequest, match="multiplies only by a Python number"):
+            packed * private[0, 0]  # its bound would be the private value itself
+        seen.append(metas)
+        node.close()
+    assert seen[0] == seen[1]

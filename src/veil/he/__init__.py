@@ -4,7 +4,8 @@
   (:func:`paillier.keygen`, :func:`paillier.encrypt` -> :class:`EncryptedTensor`).
 * :mod:`veil.he.ckks`: approximate arithmetic with ciphertext products on TenSEAL
   (:func:`ckks.context`, :func:`ckks.encrypt` -> :class:`CKKSTensor`).
-* ``enc.send(worker)`` -> :class:`EncryptedPointer`: compute on a node that holds no key.
+* ``enc.send(worker)`` -> :class:`EncryptedPointer`: compute on a node that holds no key;
+  :mod:`veil.he.limits` bounds what one call there may cost.
 
 Both libraries are optional (``pip install 'veil[he]'``) and imported on first use.
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from veil.he import ckks, paillier
+from veil.he import ckks, limits, paillier
 from veil.he.ckks import CKKSContext, CKKSTensor, DepthExceeded
 from veil.he.paillier import EncryptedTensor, Packing, PrivateKey, PublicKey
 from veil.he.remote import ContextPointer, EncryptedPointer, register
@@ -39,6 +40,7 @@ __all__ = [
     "PublicKey",
     "ckks",
     "encrypt",
+    "limits",
     "paillier",
     "register_scheme",
     "scheme_for",

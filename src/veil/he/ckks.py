@@ -34,11 +34,9 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -46,386 +44,46 @@ import numpy as np
 import torch
 
 from veil.he import _deps
+from veil.he.ckks_context import (
+    DEFAULT_POLY_MODULUS_DEGREE,
+    DEFAULT_SCALE_BITS,
+    MAX_LOG_Q_128,
+    CKKSContext,
+    DepthExceeded,
+    check_parameters,
+    context,
+)
+from veil.he.tenseal_proto import resized
 
-#: HomomorphicEncryption.org security standard (2018), 128-bit classical security,
-#: ternary secret: the largest total coefficient modulus (bits) for each ring degree.
-MAX_LOG_Q_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
-#: Default ring degree: 4096 slots, room for 218 bits of modulus.
-DEFAULT_POLY_MODULUS_DEGREE = 8192
-#: Default scale (2**40: about 12 decimal digits of fixed point before noise).
-DEFAULT_SCALE_BITS = 40
-
-
-class DepthExceeded(ValueError):
-    """A multiplication needs more levels than the context's modulus chain has."""
-
-
-class CKKSContext:
-    """A CKKS context: parameters, keys, and which of them may travel.
-
-    Build one with :func:`context`. :meth:`public` drops the secret key (what a node
-    receives); :meth:`serialize` never includes the secret key.
-    """
-
-    def __init__(self, raw: Any, *, poly_modulus_degree: int, coeff_mod_bit_sizes: Sequence[int],
-                 scale_bits: int, galois_span: int | None = None) -> None:  # fmt: skip
-        self.raw = raw
-        self.poly_modulus_degree = int(poly_modulus_degree)
-        self.coeff_mod_bit_sizes = [int(b) for b in coeff_mod_bit_sizes]
-        self.scale_bits = int(scale_bits)
-        if galois_span is not None:
-            self.__dict__["rotation_span"] = int(galois_span)
-
-    @property
-    def slots(self) -> int:
-        """Values per ciphertext (``poly_modulus_degree / 2``)."""
-        return self.poly_modulus_degree // 2
-
-    @property
-    def depth(self) -> int:
-        """Multiplications a fresh ciphertext can go through."""
-        return len(self.coeff_mod_bit_sizes) - 2
-
-    @property
-    def is_private(self) -> bool:
-        """Holds the secret key (can decrypt)."""
-        return bool(self.raw.is_private())
-
-    @cached_property
-    def rotation_span(self) -> int:
-        """Sums over up to this many slots are possible where this context is sent: its
-        Galois keys rotate by 1, 2, 4, ... ``rotation_span / 2`` (0: no keys)."""
-        if not self.raw.has_galois_keys():
-            return 0
-        keys = self.raw.galois_keys().data
-        span, step = 1, 1
-        while step < self.slots and keys.has_key(pow(3, step, 2 * self.poly_modulus_degree)):
-            span, step = step * 2, step * 2
-        return span
-
-    @property
-    def has_galois_keys(self) -> bool:
-        return self.rotation_span > 0
-
-    def _galois_bytes(self) -> bytes:
-        """Galois keys for rotations by 1, 2, 4, ... < rotation_span only (SEAL format), made
-        with the secret key and kept: TenSEAL's own generator makes every power of two in
-        both directions, twice the size."""
-        data = self.__dict__.get("_galois")
-        if data is None:
-            ts = _deps.tenseal()
-            elts = [pow(3, 1 << i, 2 * self.poly_modulus_degree)
-                    for i in range(max(0, self.rotation_span - 1).bit_length())]  # fmt: skip
-            gen = ts._ts_cpp.KeyGenerator(self.raw.data.seal_context(), self.raw.data.secret_key())
-            keys = ts._ts_cpp.GaloisKeys()
-            gen.create_galois_keys(elts, keys)
-            with tempfile.TemporaryDirectory() as tmp:  # public material only
-                path = os.path.join(tmp, "galois")
-                keys.save(path)
-                with open(path, "rb") as f:
-                    data = f.read()
-            self.__dict__["_galois"] = data
-        return data  # type: ignore[no-any-return]
-
-    def _local_rotations(self) -> None:
-        """Rotations on the key owner's machine use TenSEAL's full key set (made on demand)."""
-        if self.is_private and not self.raw.has_galois_keys():
-            self.raw.generate_galois_keys()
-
-    @cached_property
-    def fingerprint(self) -> str:
-        """Identifies the key pair (a hash of the public key)."""
-        data = self.raw.serialize(
-            save_public_key=True, save_secret_key=False, save_galois_keys=False,
-            save_relin_keys=False,
-        )  # fmt: skip
-        return hashlib.sha256(data).hexdigest()[:16]
-
-    def public(self) -> CKKSContext:
-        """A copy without the secret key: it encrypts and computes, never decrypts."""
-        if not self.is_private:
-            return self
-        ts = _deps.tenseal()
-        raw = ts.context_from(self.serialize())
-        ctx = CKKSContext(raw, poly_modulus_degree=self.poly_modulus_degree,
-                          coeff_mod_bit_sizes=self.coeff_mod_bit_sizes,
-                          scale_bits=self.scale_bits)  # fmt: skip
-        ctx.__dict__["fingerprint"] = self.fingerprint
-        return ctx
-
-    def serialize(self, *, galois_keys: bool = True) -> bytes:
-        """The public context (public, relinearization and, if asked, Galois keys): TenSEAL's
-        own serialization, never with the secret key."""
-        with_keys = galois_keys and self.rotation_span > 0
-        if with_keys and not self.is_private:
-            data: bytes = self.raw.serialize(
-                save_public_key=True, save_secret_key=False, save_galois_keys=True,
-                save_relin_keys=True,
-            )  # fmt: skip
-            return data
-        data = self.raw.serialize(
-            save_public_key=True, save_secret_key=False, save_galois_keys=False,
-            save_relin_keys=True,
-        )  # fmt: skip
-        if not with_keys:
-            return data
-        # TenSEALContextProto field 2 (TenSEALPublicProto) gets field 5 (galois_keys):
-        # tenseal/proto/tensealcontext.proto.
-        fields = _proto_fields(data)
-        out = b"".join(
-            _proto_field(f, wt, v + _proto_field(5, 2, self._galois_bytes()) if f == 2 else v)
-            for f, wt, v in fields
-        )
-        return out
-
-    @classmethod
-    def from_bytes(cls, data: bytes | memoryview) -> CKKSContext:
-        """Load a public context sent by :meth:`serialize` (refuses one holding a secret key)."""
-        ts = _deps.tenseal()
-        try:
-            raw = ts.context_from(bytes(data))
-        except Exception as exc:
-            raise ValueError(f"not a valid TenSEAL context: {exc}") from None
-        if raw.is_private():
-            raise ValueError("refusing a context that carries a secret key: send ctx.public()")
-        ctx = _wrap_raw(raw)
-        problems = check_parameters(
-            ctx.poly_modulus_degree, ctx.coeff_mod_bit_sizes, ctx.scale_bits
-        )
-        if problems:
-            raise ValueError("refusing a CKKS context: " + "; ".join(problems))
-        return ctx
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        raise TypeError("CKKS contexts travel only as ctx.serialize() (public keys), never pickled")
-
-    def __repr__(self) -> str:
-        kind = "private" if self.is_private else "public"
-        return (
-            f"CKKSContext(N={self.poly_modulus_degree}, coeff_mod_bit_sizes="
-            f"{self.coeff_mod_bit_sizes}, scale=2**{self.scale_bits}, depth={self.depth}, "
-            f"{kind}, rotation_span={self.rotation_span})"
-        )
-
-
-def _wrap_raw(raw: Any) -> CKKSContext:
-    """Wrap a TenSEAL context, reading its parameters back from SEAL."""
-    _deps.tenseal()
-    import tenseal.sealapi  # noqa: F401 - registers seal::Modulus so the chain can be read
-
-    parms = raw.seal_context().data.key_context_data().parms()
-    bits = [m.bit_count() for m in parms.coeff_modulus()]
-    n = int(parms.poly_modulus_degree())
-    scale = raw.global_scale
-    scale_bits = int(round(math.log2(scale))) if scale and scale > 0 else DEFAULT_SCALE_BITS
-    return CKKSContext(raw, poly_modulus_degree=n, coeff_mod_bit_sizes=bits, scale_bits=scale_bits)
-
-
-def check_parameters(poly_modulus_degree: int, coeff_mod_bit_sizes: Sequence[int],
-                     scale_bits: int) -> list[str]:  # fmt: skip
-    """Every problem with a set of CKKS parameters, each saying what to change.
-
-    Example:
-        >>> check_parameters(8192, [60, 40, 40, 60], 40)
-        []
-        >>> print(check_parameters(4096, [60, 40, 40, 60], 40)[0])  # doctest: +ELLIPSIS
-        poly_modulus_degree=4096 allows at most 109 bits ...
-    """
-    problems: list[str] = []
-    n = poly_modulus_degree
-    bits = list(coeff_mod_bit_sizes)
-    if n not in MAX_LOG_Q_128:
-        problems.append(f"poly_modulus_degree must be one of {sorted(MAX_LOG_Q_128)}, got {n}")
-        return problems
-    if len(bits) < 2:
-        problems.append(
-            "coeff_mod_bit_sizes needs at least 2 primes ([first, ...middle..., last]); "
-            "e.g. [60, 40, 40, 60] for depth 2"
-        )
-        return problems
-    if any(not 17 <= b <= 60 for b in bits):
-        problems.append(f"every coefficient modulus prime must have 17-60 bits, got {bits}")
-    total = sum(bits)
-    if total > MAX_LOG_Q_128[n]:
-        bigger = next((d for d, q in sorted(MAX_LOG_Q_128.items()) if q >= total), None)
-        hint = f"use poly_modulus_degree={bigger}" if bigger else "use fewer or smaller primes"
-        problems.append(
-            f"poly_modulus_degree={n} allows at most {MAX_LOG_Q_128[n]} bits of coefficient "
-            f"modulus for 128-bit security (HomomorphicEncryption.org standard), got {total} "
-            f"({bits}); {hint}, or lower the depth or the scale (TenSEAL's SEAL build "
-            "refuses weaker parameters, so this cannot be forced)"
-        )
-    if not 20 <= scale_bits <= 60:
-        problems.append(f"scale_bits must be in 20..60, got {scale_bits}; 40 is typical")
-    middle = bits[1:-1]
-    if middle and any(b != scale_bits for b in middle):
-        problems.append(
-            f"the middle primes {middle} should equal the scale (2**{scale_bits}) so each "
-            f"rescale divides the scale back out; use coeff_mod_bit_sizes=[60, "
-            f"{', '.join([str(scale_bits)] * len(middle))}, 60]"
-        )
-    if bits[0] < scale_bits + 10:
-        problems.append(
-            f"the first prime ({bits[0]} bits) should exceed the scale by ~10-20 bits "
-            f"(room for the integer part); use {min(60, scale_bits + 20)}"
-        )
-    return problems
-
-
-def context(poly_modulus_degree: int = DEFAULT_POLY_MODULUS_DEGREE,
-            coeff_mod_bit_sizes: Sequence[int] | None = None, *, scale_bits: int = DEFAULT_SCALE_BITS,
-            depth: int | None = None, galois_keys: bool | int = True) -> CKKSContext:  # fmt: skip
-    """A CKKS context with a fresh key pair.
-
-    Defaults: ``N = 8192`` (4096 slots), ``coeff_mod_bit_sizes = [60, 40, 40, 60]``
-    (depth 2, 200 bits of the 218 that 128-bit security allows at N=8192), scale
-    ``2**40``, relinearization and Galois keys (rotations: ``sum``, ``dot``, ``@``).
-
-    Args:
-        poly_modulus_degree: ring degree N (1024..32768, a power of two).
-        coeff_mod_bit_sizes: bit sizes of the modulus chain; default
-            ``[60] + [scale_bits] * depth + [60]``.
-        scale_bits: ``log2`` of the encoding scale.
-        depth: multiplications to support (sets the chain when ``coeff_mod_bit_sizes``
-            is not given; default 2).
-        galois_keys: rotation keys sent with the public context, needed where it is sent by
-            ``sum``, ``dot`` and ``@``: ``True`` for sums over any number of slots (rotations
-            by 1, 2, 4, ... slots/2: a 1.8 MiB context becomes ~18 MiB at N=8192, half of
-            TenSEAL's default key set), an int ``n`` for sums over at most ``n`` slots
-            (``log2(n)`` keys; ``galois_keys=1024`` serves a 784-input ``x @ W`` on a
-            replicated vector), ``False`` for none. The key owner's own context makes
-            rotation keys on demand for local computations.
-
-    Parameters below 128-bit security are refused, with no override: SEAL (inside
-    TenSEAL) enforces the same HomomorphicEncryption.org bound and cannot be told
-    otherwise, so veil checks first and says what to change.
-
-    Raises:
-        ValueError: insecure or inconsistent parameters, with the fix.
-
-    Example:
-        >>> context(8192, depth=4)
-        Traceback (most recent call last):
-        ...
-        ValueError: poly_modulus_degree=8192 allows at most 218 bits ...
-        >>> context(16384, depth=4, galois_keys=False).depth
-        4
-    """
-    if coeff_mod_bit_sizes is None:
-        d = 2 if depth is None else int(depth)
-        if d < 0:
-            raise ValueError(f"depth must be >= 0, got {d}")
-        coeff_mod_bit_sizes = [60] + [scale_bits] * d + [60]
-    elif depth is not None and depth != len(coeff_mod_bit_sizes) - 2:
-        raise ValueError(
-            f"depth={depth} contradicts coeff_mod_bit_sizes={list(coeff_mod_bit_sizes)} "
-            f"(depth {len(coeff_mod_bit_sizes) - 2}); give one of them"
-        )
-    problems = check_parameters(poly_modulus_degree, coeff_mod_bit_sizes, scale_bits)
-    if problems:
-        raise ValueError("; ".join(problems))
-    ts = _deps.tenseal()
-    raw = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=poly_modulus_degree,
-                     coeff_mod_bit_sizes=list(coeff_mod_bit_sizes))  # fmt: skip
-    raw.global_scale = 2.0**scale_bits
-    slots = poly_modulus_degree // 2
-    if galois_keys is True:
-        span = slots
-    elif galois_keys is False:
-        span = 0
-    elif isinstance(galois_keys, int) and 2 <= galois_keys <= slots:
-        span = 1 << (galois_keys - 1).bit_length()
-    else:
-        raise ValueError(f"galois_keys is True, False or a number of slots in 2..{slots}")
-    return CKKSContext(raw, poly_modulus_degree=poly_modulus_degree,
-                       coeff_mod_bit_sizes=coeff_mod_bit_sizes, scale_bits=scale_bits,
-                       galois_span=span)  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        c, n = n & 0x7F, n >> 7
-        out.append(c | 0x80 if n else c)
-        if not n:
-            return bytes(out)
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        c = data[pos]
-        pos += 1
-        value |= (c & 0x7F) << shift
-        shift += 7
-        if c < 0x80:
-            return value, pos
-
-
-def _proto_fields(data: bytes) -> list[tuple[int, int, Any]]:
-    """Top-level (field, wire type, value) of a protobuf message (varint, 64-bit, bytes)."""
-    out: list[tuple[int, int, Any]] = []
-    pos = 0
-    while pos < len(data):
-        tag, pos = _read_varint(data, pos)
-        field, wt = tag >> 3, tag & 7
-        value: Any
-        if wt == 0:
-            value, pos = _read_varint(data, pos)
-        elif wt == 1:
-            value, pos = data[pos : pos + 8], pos + 8
-        elif wt == 2:
-            n, pos = _read_varint(data, pos)
-            value, pos = data[pos : pos + n], pos + n
-        else:
-            raise ValueError(f"unexpected protobuf wire type {wt}")
-        out.append((field, wt, value))
-    return out
-
-
-def _proto_field(field: int, wt: int, value: Any) -> bytes:
-    head = _varint((field << 3) | wt)
-    if wt == 0:
-        return head + _varint(value)
-    if wt == 1:
-        return head + bytes(value)
-    return head + _varint(len(value)) + bytes(value)
-
-
-def _resized(vec: Any, size: int, raw_ctx: Any) -> Any:
-    """The same ciphertext, read as a vector of ``size`` slots.
-
-    TenSEAL's ``CKKSVectorProto`` starts with field 1 (``repeated uint32 sizes``, packed);
-    rewriting it changes how many slots ``sum``/``decrypt`` read without touching the
-    ciphertext (tenseal/proto/tensors.proto).
-    """
-    ts = _deps.tenseal()
-    data = vec.serialize()
-    if data[:1] != b"\x0a":
-        raise RuntimeError("unexpected TenSEAL vector serialization; pin tenseal==0.3.18")
-    pos, length, shift = 1, 0, 0
-    while True:
-        c = data[pos]
-        pos += 1
-        length |= (c & 0x7F) << shift
-        shift += 7
-        if c < 0x80:
-            break
-    body = _varint(size)
-    return ts.ckks_vector_from(raw_ctx, b"\x0a" + _varint(len(body)) + body + data[pos + length :])
+__all__ = [
+    "DEFAULT_POLY_MODULUS_DEGREE",
+    "DEFAULT_SCALE_BITS",
+    "MAX_LOG_Q_128",
+    "CKKSContext",
+    "CKKSPlan",
+    "CKKSTensor",
+    "DepthExceeded",
+    "check_parameters",
+    "context",
+    "encrypt",
+    "placeholder",
+    "sigmoid",
+    "sigmoid_coefficients",
+]
 
 
 def _as_plain(x: Any) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
-        t = x.detach().cpu()
+        t = x.detach() if x.is_meta else x.detach().cpu()
     else:
         t = torch.as_tensor(np.asarray(x, dtype=np.float64))
     if t.is_complex():
         raise TypeError("CKKS tensors here hold real values; got a complex plaintext")
     return t.to(torch.float64)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
 
 
 def _ts_call(fn: Any, *args: Any) -> Any:
@@ -442,11 +100,82 @@ def _ts_call(fn: Any, *args: Any) -> Any:
         raise
 
 
+def _zero_ct(ctx: CKKSContext, level: int, size: int) -> Any:
+    """An encryption of ``size`` zeros at ``level``: a stand-in for results that are exactly
+    zero, and for placeholders. One full-size encryption per level is kept with the context;
+    other sizes are the same ciphertext read with another slot count (a few kept, LRU)."""
+    cache: dict[tuple[int, int], Any] = ctx.__dict__.setdefault("_zeros", {})
+    vec = cache.pop((level, size), None)
+    if vec is None:
+        full = cache.get((level, ctx.slots))
+        if full is None:
+            full = _deps.tenseal().ckks_vector(ctx.raw, np.zeros(ctx.slots))
+            for _ in range(level):
+                full = full * 1.0
+            cache[(level, ctx.slots)] = full
+        vec = full if size == ctx.slots else resized(full, size, ctx.raw)
+    cache[(level, size)] = vec  # most recently used last
+    while len(cache) > 16 + ctx.depth + 1:
+        oldest = next(k for k in cache if k[1] != ctx.slots)
+        del cache[oldest]
+    return vec
+
+
+def _combine(a: Any, b: Any, sub: bool, ctx: CKKSContext, level: int) -> Any:
+    """``a + b`` or ``a - b`` of two ciphertexts; a result that is exactly zero (``x - x``:
+    SEAL refuses a 'transparent' ciphertext) becomes a fresh encryption of zeros."""
+    try:
+        return a - b if sub else a + b
+    except RuntimeError as exc:
+        if "transparent" not in str(exc):
+            raise
+        return _zero_ct(ctx, level, a.size())
+
+
+class _MetaCt:
+    """A ciphertext stand-in holding only its slot count: plans run on these."""
+
+    __slots__ = ("_size",)
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+
+    def size(self) -> int:
+        return self._size
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CKKSPlan:
+    """What an operation on a :class:`CKKSTensor` produces and costs, from public facts
+    only: computed before anything runs, and what a node predicts its reply from.
+
+    Attributes:
+        shape: the result's shape.
+        ct_index, slot_index: its layout (element -> ciphertext, slot).
+        sizes: slots each result ciphertext holds.
+        level: multiplications its ciphertexts went through.
+        tile, block: the replicated layout (``tile`` copies of ``block`` slots), or 1, 0.
+        work: ciphertext operations at N=8192 (see :mod:`veil.he.limits`).
+    """
+
+    shape: tuple[int, ...]
+    ct_index: np.ndarray
+    slot_index: np.ndarray
+    sizes: tuple[int, ...]
+    level: int
+    tile: int = 1
+    block: int = 0
+    work: float = 0.0
+
+
 class CKKSTensor:
     """A tensor encrypted with CKKS; its shape is public and preserved by every op.
 
     Build one with :func:`encrypt`. Operations need only the public context; decryption
-    needs the context holding the secret key.
+    needs the context holding the secret key. Every operation's result layout, level and
+    cost follow from public facts (:meth:`plan`). Values must stay below :attr:`max_abs`
+    (the capacity of the ciphertext's level): plaintext operands above it are refused,
+    encrypted values that grow past it wrap around (CKKS cannot detect it; docs/he.md).
     """
 
     __array_priority__ = 1000
@@ -487,8 +216,19 @@ class CKKSTensor:
         return len(self._cts)
 
     @property
+    def sizes(self) -> tuple[int, ...]:
+        """Slots each ciphertext holds (what TenSEAL's ``size()`` reports)."""
+        return tuple(int(v.size()) for v in self._cts)
+
+    @property
     def depth_left(self) -> int:
         return self.context.depth - self.level
+
+    @property
+    def max_abs(self) -> float:
+        """Largest magnitude this tensor's level holds (``CKKSContext.max_abs(level)``):
+        2**99, 2**59, 2**19 at levels 0, 1, 2 of the default context."""
+        return self.context.max_abs(self.level)
 
     def __repr__(self) -> str:
         layout = f"replicated x{self.tile}" if self.tile > 1 else (
@@ -521,6 +261,14 @@ class CKKSTensor:
         if level is not None:
             d["level"] = level
         return out
+
+    def _from_plan(self, cts: list[Any], plan: CKKSPlan) -> CKKSTensor:
+        return CKKSTensor(self.context, cts, plan.ct_index, plan.slot_index, tile=plan.tile,
+                          block=plan.block, level=plan.level)  # fmt: skip
+
+    def _shadow(self, plan: CKKSPlan) -> CKKSTensor:
+        """A tensor with a plan's layout and stand-in ciphertexts: plans the next operation."""
+        return self._from_plan([_MetaCt(s) for s in plan.sizes], plan)
 
     # -- decryption ------------------------------------------------------------------
     def decrypt(self, context: CKKSContext | None = None) -> torch.Tensor:
@@ -556,19 +304,56 @@ class CKKSTensor:
             flat = padded[self._ct.reshape(-1), self._slot.reshape(-1)]
         return torch.from_numpy(np.ascontiguousarray(flat).reshape(tuple(self.shape)))
 
+    # -- public checks (shared by the operations and their plans) ---------------------
+    def _broadcast_to_me(self, shape: Sequence[int]) -> None:
+        if tuple(shape) == tuple(self._ct.shape):
+            return
+        try:
+            ok = torch.broadcast_shapes(tuple(shape), tuple(self.shape)) == self.shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"a plain tensor of shape {tuple(shape)} does not broadcast to the encrypted "
+                f"shape {tuple(self.shape)}"
+            )
+
+    def _check_number(self, v: Any, level: int) -> float:
+        """A Python number as a plaintext at ``level`` (public: refused when it cannot be
+        encoded there)."""
+        x = float(v)
+        if not math.isfinite(x):
+            raise ValueError(f"cannot compute with {x} (not a finite number)")
+        cap = self.context.max_abs(level)
+        if not abs(x) < cap:
+            raise ValueError(
+                f"the number {x:.6g} is outside what a CKKS ciphertext at level {level} holds "
+                f"(|x| < {cap:.6g}); scale it down, or use it before earlier multiplications"
+            )
+        return x
+
+    def _check_plain(self, flat: np.ndarray, level: int) -> None:
+        """Plaintext values (a tensor's: this check depends on them, so it fails when the
+        operation runs; on a node that failure is kept as the result's error)."""
+        if not flat.size:
+            return
+        cap = self.context.max_abs(level)
+        if not (-cap < flat.min() and flat.max() < cap):  # (NaN and infinity fail too)
+            raise ValueError(
+                f"a plaintext value is not finite or outside what a CKKS ciphertext at level "
+                f"{level} holds (|x| < {cap:.6g}); scale the values into range, or apply the "
+                "operation at an earlier level"
+            )
+
     # -- plaintext layout ------------------------------------------------------------
     def _plain_chunks(self, p: Any, fill: float = 0.0) -> list[np.ndarray]:
         """A plaintext broadcast to this shape, laid out like the ciphertexts (float64 arrays,
-        which TenSEAL takes as they are)."""
+        which TenSEAL takes as they are); its values checked against the level's range."""
         t = _as_plain(p)
-        try:
-            arr = np.broadcast_to(t.numpy(), tuple(self.shape))
-        except ValueError:
-            raise ValueError(
-                f"a plain tensor of shape {tuple(t.shape)} does not broadcast to the encrypted "
-                f"shape {tuple(self.shape)}"
-            ) from None
+        self._broadcast_to_me(t.shape)
+        arr = np.broadcast_to(t.numpy(), tuple(self.shape))
         flat = np.ascontiguousarray(arr).reshape(-1)
+        self._check_plain(flat, self.level)
         if self._contiguous:
             out, start = [], 0
             for v in self._cts:
@@ -615,6 +400,7 @@ class CKKSTensor:
             other.shape != self.shape
             or len(other._cts) != len(self._cts)
             or other.tile != self.tile
+            or other.sizes != self.sizes
             or not np.array_equal(other._ct, self._ct)
             or not np.array_equal(other._slot, self._slot)
         ):
@@ -632,15 +418,208 @@ class CKKSTensor:
                 "asks), or decrypt and re-encrypt in between"
             )
 
+    # -- plans (public facts only: never a ciphertext, never a plaintext's values) -------
+    def plan(self, op: str, *args: Any) -> CKKSPlan:
+        """What ``op`` would produce and cost, from public facts only.
+
+        Tensor arguments may be meta tensors: only their shapes are read.
+
+        Args:
+            op: ``add sub rsub mul truediv neg square polyval sum matmul rmatmul dot
+                rerandomize`` (the last does nothing: TenSEAL offers no rerandomization).
+            args: the operation's arguments after ``self``.
+
+        Raises:
+            ValueError, TypeError, DepthExceeded, ZeroDivisionError: what the operation
+                itself would raise on these facts, whatever the values.
+
+        Example:
+            >>> ctx = context()
+            >>> x = encrypt(torch.ones(2, 3), ctx)
+            >>> p = x.plan("matmul", torch.empty(3, 4, device="meta"))
+            >>> p.shape, p.level, p.sizes
+            ((2, 4), 1, (1, 1, 1, 1, 1, 1, 1, 1))
+        """
+        planners = {
+            "add": self._plan_add, "sub": self._plan_add, "rsub": self._plan_rsub,
+            "mul": self._plan_mul, "truediv": self._plan_truediv, "neg": self._plan_neg,
+            "square": self._plan_square, "polyval": self._plan_polyval, "sum": self._plan_sum,
+            "matmul": self._plan_matmul, "rmatmul": self._plan_rmatmul, "dot": self._plan_dot,
+            "rerandomize": lambda: self._plan_same(self.level, 0.0),
+        }  # fmt: skip
+        if op not in planners:
+            raise ValueError(f"no plan for {op!r}; plans exist for {sorted(planners)}")
+        return planners[op](*args)  # type: ignore[no-any-return, operator]
+
+    @property
+    def _weight(self) -> float:
+        return self.context.poly_modulus_degree / 8192
+
+    def _plan_same(self, level: int, per_ct: float) -> CKKSPlan:
+        return CKKSPlan(tuple(self.shape), self._ct, self._slot, self.sizes, level, self.tile,
+                        self.block, per_ct * len(self._cts) * self._weight)  # fmt: skip
+
+    def _plan_add(self, other: Any) -> CKKSPlan:
+        if isinstance(other, CKKSTensor):
+            self._check_other(other)
+            return self._plan_same(max(self.level, other.level), 0.05)
+        if _is_number(other):
+            self._check_number(other, self.level)
+        else:
+            self._broadcast_to_me(_as_plain(other).shape)
+        return self._plan_same(self.level, 0.1)
+
+    def _plan_neg(self) -> CKKSPlan:
+        return self._plan_same(self.level, 0.05)
+
+    def _plan_rsub(self, other: Any) -> CKKSPlan:
+        neg = self._plan_neg()
+        out = self._shadow(neg)._plan_add(other)
+        return _with_work(out, out.work + neg.work)
+
+    def _plan_mul(self, other: Any) -> CKKSPlan:
+        if isinstance(other, CKKSTensor):
+            self._check_other(other)
+            top = self if self.level >= other.level else other
+            top._need_level()
+            return self._plan_same(top.level + 1, 2.0)
+        self._need_level()
+        if _is_number(other):
+            self._check_number(other, self.level)
+        else:
+            self._broadcast_to_me(_as_plain(other).shape)
+        return self._plan_same(self.level + 1, 1.0)
+
+    def _plan_truediv(self, other: Any) -> CKKSPlan:
+        return self._plan_mul(_reciprocal(other, plan=True))
+
+    def _plan_square(self) -> CKKSPlan:
+        self._need_level()
+        return self._plan_same(self.level + 1, 2.0)
+
+    def _plan_polyval(self, coefficients: Sequence[float]) -> CKKSPlan:
+        coeffs = _coefficients(coefficients)
+        degree = len(coeffs) - 1
+        if degree < 1:
+            prod = self._plan_mul(0.0)
+            if not coeffs:
+                return prod
+            out = self._shadow(prod)._plan_add(coeffs[0])
+            return _with_work(out, out.work + prod.work)
+        need = degree.bit_length()
+        self._need_level(need)
+        for c in coeffs:  # encoded down to the last level the power tree reaches
+            self._check_number(c, self.level + need)
+        return self._plan_same(self.level + need, 2.0 * (degree + need))
+
+    def _sum_cost(self, size: int) -> float:
+        return 1 + max(size - 1, 0).bit_length()  # log2(size) rotations and additions
+
+    def _need_values(self, what: str) -> None:
+        if self.numel() == 0:
+            raise ValueError(f"{what} of an empty encrypted tensor: it has no ciphertext to reduce")
+
+    def _plan_sum(self, dim: int | None = None) -> CKKSPlan:
+        self._need_values("sum")
+        self._need_galois()
+        one = np.zeros((), dtype=np.int64)
+        if dim is None:
+            if self._contiguous:
+                work = sum(self._sum_cost(s) for s in self.sizes) * self._weight
+                return CKKSPlan((), one, one.copy(), (1,), self.level, work=work)
+            self._need_level()
+            work = len(self._cts) * (1 + self._sum_cost(self.context.slots)) * self._weight
+            return CKKSPlan((), one, one.copy(), (1,), self.level + 1, work=work)
+        if not -max(self.ndim, 1) <= dim < max(self.ndim, 1) or self.ndim == 0:
+            raise ValueError(f"dim {dim} is out of range for a {self.ndim}-d encrypted tensor")
+        dim = dim % self.ndim
+        out_shape = tuple(d for i, d in enumerate(self.shape) if i != dim)
+        self._need_level()
+        return self._scalars_plan(out_shape, self._total_cost())
+
+    def _total_cost(self) -> float:
+        """Ciphertext operations of one masked total (``_masked_total``)."""
+        if self._contiguous:
+            return sum(1 + self._sum_cost(s) for s in self.sizes)
+        return len(self._cts) * 1.0 + 2 + self._sum_cost(self.context.slots)
+
+    def _scalars_plan(self, shape: Sequence[int], per_output: float) -> CKKSPlan:
+        n = math.prod(shape)
+        return CKKSPlan(tuple(shape), np.arange(n).reshape(tuple(shape)),
+                        np.zeros(tuple(shape), dtype=np.int64), (1,) * n, self.level + 1,
+                        work=n * per_output * self._weight)  # fmt: skip
+
+    def _plan_matmul(self, other: Any) -> CKKSPlan:
+        if isinstance(other, CKKSTensor):
+            raise TypeError("matmul of two ciphertexts is not supported; one side must be plain")
+        if _is_number(other):
+            raise ValueError(
+                "matmul needs a 1-d or 2-d plain tensor, not a number; use * for scaling"
+            )
+        self._need_values("matmul")
+        if not (self.tile > 1 and self.ndim == 1):
+            self._need_galois()
+        w = tuple(_as_plain(other).shape)
+        if len(w) not in (1, 2) or self.ndim not in (1, 2) or w[0] != self.shape[-1]:
+            raise ValueError(
+                f"matmul: shapes {tuple(self.shape)} and {w} do not match "
+                "(1-d or 2-d, inner sizes equal)"
+            )
+        self._need_level()
+        m = w[1] if len(w) == 2 else 1
+        if self.tile > 1 and self.ndim == 1:
+            self._need_galois(self.block)
+            j = np.arange(m)
+            ct: np.ndarray = j // self.tile
+            slot: np.ndarray = (j % self.tile) * self.block
+            groups = -(-m // self.tile)
+            if len(w) == 1:
+                ct, slot = ct.reshape(()), slot.reshape(())
+            work = groups * (1 + self._sum_cost(self.block)) * self._weight
+            return CKKSPlan(tuple(ct.shape), ct, slot, (self.context.slots,) * groups,
+                            self.level + 1, work=work)  # fmt: skip
+        rows = 1 if self.ndim == 1 else self.shape[0]
+        shape = [*(self.shape[:-1]), m] if len(w) == 2 else list(self.shape[:-1])
+        return self._scalars_plan(shape, self._total_cost() * rows * m / max(rows * m, 1))
+
+    def _plan_rmatmul(self, other: Any) -> CKKSPlan:
+        w = tuple(_as_plain(other).shape) if not isinstance(other, CKKSTensor) else None
+        if w is None or _is_number(other):
+            return self._plan_matmul(other)  # the same refusal
+        wt = torch.empty(tuple(reversed(w)), device="meta")
+        if self.ndim == 1:
+            return self._plan_matmul(wt)
+        if self.ndim != 2:
+            raise ValueError(f"matmul: shapes {w} and {tuple(self.shape)} do not match (1-d/2-d)")
+        inner = self.transpose(0, 1)._plan_matmul(wt)
+        out = self._shadow(inner).transpose(0, 1)
+        return CKKSPlan(tuple(out.shape), out._ct, out._slot, inner.sizes, inner.level,
+                        work=inner.work)  # fmt: skip
+
+    def _plan_dot(self, other: Any) -> CKKSPlan:
+        if self.ndim != 1:
+            raise ValueError(f"dot needs a 1-d tensor, got shape {tuple(self.shape)}")
+        if isinstance(other, CKKSTensor):
+            prod = self._plan_mul(other)
+            total = self._shadow(prod)._plan_sum()
+            return _with_work(total, prod.work + total.work)
+        return self._plan_matmul(other)
+
     # -- arithmetic ------------------------------------------------------------------
     def __add__(self, other: Any) -> CKKSTensor:
         if isinstance(other, CKKSTensor):
             if other._ct is not self._ct or other.context is not self.context:
                 self._check_other(other)  # (one layout and context need no check)
-            return self._like([a + b for a, b in zip(self._cts, other._cts)],
-                              level=max(self.level, other.level))  # fmt: skip
-        if isinstance(other, int | float):
-            return self._like([v + float(other) for v in self._cts])
+            level = max(self.level, other.level)
+            try:
+                cts = [a + b for a, b in zip(self._cts, other._cts)]
+            except RuntimeError:  # a sum that is exactly zero
+                cts = [_combine(a, b, False, self.context, level)
+                       for a, b in zip(self._cts, other._cts)]  # fmt: skip
+            return self._like(cts, level=level)
+        if _is_number(other):
+            v = self._check_number(other, self.level)
+            return self._like([c + v for c in self._cts])
         return self._like([v + p for v, p in zip(self._cts, self._plain_chunks(other))])
 
     __radd__ = __add__
@@ -648,10 +627,12 @@ class CKKSTensor:
     def __sub__(self, other: Any) -> CKKSTensor:
         if isinstance(other, CKKSTensor):
             self._check_other(other)
-            return self._like([a - b for a, b in zip(self._cts, other._cts)],
-                              level=max(self.level, other.level))  # fmt: skip
-        if isinstance(other, int | float):
-            return self._like([v - float(other) for v in self._cts])
+            level = max(self.level, other.level)
+            cts = [_combine(a, b, True, self.context, level) for a, b in zip(self._cts, other._cts)]
+            return self._like(cts, level=level)
+        if _is_number(other):
+            v = self._check_number(other, self.level)
+            return self._like([c - v for c in self._cts])
         return self._like([v - p for v, p in zip(self._cts, self._plain_chunks(other))])
 
     def __rsub__(self, other: Any) -> CKKSTensor:
@@ -668,8 +649,9 @@ class CKKSTensor:
             cts = [_ts_call(lambda a, b: a * b, a, b) for a, b in zip(self._cts, other._cts)]
             return self._like(cts, level=level + 1)
         self._need_level()
-        if isinstance(other, int | float):
-            return self._like([_ts_call(lambda v: v * float(other), v) for v in self._cts],
+        if _is_number(other):
+            v = self._check_number(other, self.level)
+            return self._like([_ts_call(lambda c: c * v, c) for c in self._cts],
                               level=self.level + 1)  # fmt: skip
         chunks = self._plain_chunks(other)
         cts = [_ts_call(lambda v, p: v * p, v, p) for v, p in zip(self._cts, chunks)]
@@ -678,9 +660,7 @@ class CKKSTensor:
     __rmul__ = __mul__
 
     def __truediv__(self, other: Any) -> CKKSTensor:
-        if isinstance(other, CKKSTensor):
-            raise TypeError("CKKS cannot divide by a ciphertext; multiply by a plain reciprocal")
-        return self * (1.0 / _as_plain(other))
+        return self * _reciprocal(other)
 
     def square(self) -> CKKSTensor:
         self._need_level()
@@ -701,16 +681,12 @@ class CKKSTensor:
         Uses ``floor(log2(degree)) + 1`` levels (TenSEAL's power tree): degree 3 (the
         usual sigmoid approximation) fits the default depth-2 context.
         """
-        coeffs = [float(c) for c in coefficients]
-        while len(coeffs) > 1 and coeffs[-1] == 0.0:
-            coeffs.pop()
-        degree = len(coeffs) - 1
-        if degree < 1:
+        plan = self._plan_polyval(coefficients)
+        coeffs = _coefficients(coefficients)
+        if len(coeffs) < 2:
             return self * 0.0 + coeffs[0] if coeffs else self * 0.0
-        need = degree.bit_length()
-        self._need_level(need)
         return self._like([_ts_call(lambda v: v.polyval(coeffs), v) for v in self._cts],
-                          level=self.level + need)  # fmt: skip
+                          level=plan.level)  # fmt: skip
 
     # -- reductions and products -----------------------------------------------------
     def _masked_total(self, weights: np.ndarray | None = None) -> Any:
@@ -722,8 +698,8 @@ class CKKSTensor:
             for vec, chunk in zip(
                 self._cts, self._plain_chunks(torch.from_numpy(flat_w.reshape(tuple(self.shape))))
             ):
-                if total is not None and not any(chunk):
-                    continue
+                if total is not None and not chunk.any():
+                    continue  # (only the time this takes depends on the weights)
                 s = _ts_call(lambda a, c: a.dot(c), vec, chunk)
                 total = s if total is None else total + s
             if total is None:
@@ -736,19 +712,14 @@ class CKKSTensor:
                 continue
             mask = np.zeros(max(vec.size(), int(self._slot.reshape(-1)[sel].max()) + 1))
             np.add.at(mask, self._slot.reshape(-1)[sel], flat_w[sel])  # repeated views add up
-            v = vec if vec.size() >= len(mask) else _resized(vec, len(mask), self.context.raw)
+            v = vec if vec.size() >= len(mask) else resized(vec, len(mask), self.context.raw)
             term = _ts_call(lambda a, m: a * m, v, mask[: v.size()].tolist())
             acc = term if acc is None else acc + term
         if acc is None:
             raise ValueError("sum of an empty encrypted tensor")
         if acc.size() != ts_size:
-            acc = _resized(acc, ts_size, self.context.raw)
+            acc = resized(acc, ts_size, self.context.raw)
         return _ts_call(lambda a: a.sum(), acc)
-
-    def _from_scalars(self, cts: list[Any], shape: Sequence[int], level: int) -> CKKSTensor:
-        n = math.prod(shape)
-        return CKKSTensor(self.context, cts, np.arange(n).reshape(tuple(shape)),
-                          np.zeros(tuple(shape), dtype=np.int64), level=level)  # fmt: skip
 
     def sum(self, dim: int | None = None) -> CKKSTensor:
         """Sum of all elements (``dim=None``) or over one dimension.
@@ -756,26 +727,23 @@ class CKKSTensor:
         A contiguous tensor sums with rotations only; other layouts first multiply by a
         0/1 mask (one level) so unused slots cannot leak into the total.
         """
-        self._need_galois()
+        plan = self._plan_sum(dim)
         if dim is None:
             if self._contiguous:
                 total = None
                 for v in self._cts:
                     s = _ts_call(lambda a: a.sum(), v)
                     total = s if total is None else total + s
-                return self._from_scalars([total], (), self.level)
-            self._need_level()
-            return self._from_scalars([self._masked_total()], (), self.level + 1)
+                return self._from_plan([total], plan)
+            return self._from_plan([self._masked_total()], plan)
         dim = dim % self.ndim
         moved = self.transpose(dim, -1) if dim != self.ndim - 1 else self
-        out_shape = moved.shape[:-1]
         cts = []
-        self._need_level()
-        for idx in np.ndindex(*out_shape):
+        for idx in np.ndindex(*moved.shape[:-1]):
             w = np.zeros(tuple(moved.shape))
             w[idx] = 1.0
             cts.append(moved._masked_total(np.ascontiguousarray(w)))
-        return self._from_scalars(cts, out_shape, self.level + 1)
+        return self._from_plan(cts, plan)
 
     def _need_galois(self, span: int | None = None) -> None:
         """Check the rotations a sum over ``span`` slots needs (default: this layout's)."""
@@ -802,11 +770,10 @@ class CKKSTensor:
 
     def dot(self, other: Any) -> CKKSTensor:
         """Dot product of 1-d tensors (with a plain vector or an encrypted one)."""
-        if self.ndim != 1:
-            raise ValueError(f"dot needs a 1-d tensor, got shape {tuple(self.shape)}")
+        self._plan_dot(other)
         if isinstance(other, CKKSTensor):
             return (self * other).sum()
-        return self.matmul(_as_plain(other))
+        return self.matmul(other)
 
     def matmul(self, other: Any) -> CKKSTensor:
         """``self @ W`` with a plaintext vector or matrix ``W``.
@@ -816,22 +783,12 @@ class CKKSTensor:
         and a rotate-and-sum inside each block (``log2(block)`` rotations), one level.
         Otherwise each output is a masked product and a full rotate-and-sum.
         """
-        if isinstance(other, CKKSTensor):
-            raise TypeError("matmul of two ciphertexts is not supported; one side must be plain")
-        if not (self.tile > 1 and self.ndim == 1):
-            self._need_galois()
+        plan = self._plan_matmul(other)
         w = _as_plain(other)
-        if w.ndim not in (1, 2) or self.ndim not in (1, 2) or w.shape[0] != self.shape[-1]:
-            raise ValueError(
-                f"matmul: shapes {tuple(self.shape)} and {tuple(w.shape)} do not match "
-                "(1-d or 2-d, inner sizes equal)"
-            )
-        self._need_level()
         if self.tile > 1 and self.ndim == 1:
-            self._need_galois(self.block)
-            out = self._replicated_matmul(w if w.ndim == 2 else w[:, None])
-            return out.reshape(()) if w.ndim == 1 else out
+            return self._from_plan(self._replicated_matmul(w if w.ndim == 2 else w[:, None]), plan)
         wn = w.numpy() if w.ndim == 2 else w.numpy()[:, None]
+        self._check_plain(wn.reshape(-1), self.level)
         rows = [()] if self.ndim == 1 else [(i,) for i in range(self.shape[0])]
         cts = []
         for r in rows:
@@ -839,32 +796,32 @@ class CKKSTensor:
                 weights = np.zeros(tuple(self.shape))
                 weights[r] = wn[:, j]
                 cts.append(self._masked_total(weights))
-        shape = [*(self.shape[:-1]), wn.shape[1]] if w.ndim == 2 else list(self.shape[:-1])
-        return self._from_scalars(cts, shape, self.level + 1)
+        return self._from_plan(cts, plan)
 
     __matmul__ = matmul
 
     def __rmatmul__(self, other: Any) -> CKKSTensor:
+        self._plan_rmatmul(other)
         w = _as_plain(other)
         if self.ndim == 1:
             return self.matmul(w.T if w.ndim == 2 else w)
         return self.transpose(0, 1).matmul(w.T if w.ndim == 2 else w).transpose(0, 1)
 
-    def _replicated_matmul(self, w: torch.Tensor) -> CKKSTensor:
+    def _replicated_matmul(self, w: torch.Tensor) -> list[Any]:
         k, m = w.shape
         block, tile, slots = self.block, self.tile, self.context.slots
         vec = self._cts[0]
         cts, wn = [], w.numpy()
+        self._check_plain(wn.reshape(-1), self.level)
         for g in range(0, m, tile):
             cols = min(tile, m - g)
             layout = np.zeros((tile, block))
             for c in range(cols):  # element i sits in slot[i] (views may repeat an element)
                 np.add.at(layout[c], self._slot, wn[:, g + c])
             prod = _ts_call(lambda a, p: a * p, vec, layout.reshape(-1)[: vec.size()].tolist())
-            summed = _ts_call(lambda a: a.sum(), _resized(prod, block, self.context.raw))
-            cts.append(_resized(summed, slots, self.context.raw))
-        j = np.arange(m)
-        return CKKSTensor(self.context, cts, j // tile, (j % tile) * block, level=self.level + 1)
+            summed = _ts_call(lambda a: a.sum(), resized(prod, block, self.context.raw))
+            cts.append(resized(summed, slots, self.context.raw))
+        return cts
 
     # -- shape (free: only the index maps move) --------------------------------------
     def _view(self, ct: np.ndarray, slot: np.ndarray) -> CKKSTensor:
@@ -900,6 +857,56 @@ class CKKSTensor:
         return send(self, worker, description=description)
 
 
+def _with_work(plan: CKKSPlan, work: float) -> CKKSPlan:
+    return CKKSPlan(plan.shape, plan.ct_index, plan.slot_index, plan.sizes, plan.level,
+                    plan.tile, plan.block, work)  # fmt: skip
+
+
+def _coefficients(coefficients: Sequence[float]) -> list[float]:
+    coeffs = [float(c) for c in coefficients]
+    if not all(math.isfinite(c) for c in coeffs):
+        raise ValueError("polynomial coefficients must be finite numbers")
+    while len(coeffs) > 1 and coeffs[-1] == 0.0:
+        coeffs.pop()
+    return coeffs
+
+
+def _reciprocal(other: Any, *, plan: bool = False) -> Any:
+    """``1 / other``: a number (public; zero refused) or a float64 tensor (a zero in it is
+    a value: it fails when the product runs, as a value outside the level's range)."""
+    if isinstance(other, CKKSTensor):
+        raise TypeError("CKKS cannot divide by a ciphertext; multiply by a plain reciprocal")
+    if _is_number(other):
+        if other == 0:
+            raise ZeroDivisionError("division of an encrypted tensor by zero")
+        return 1.0 / float(other)
+    t = _as_plain(other)
+    if plan:
+        return torch.empty(t.shape, dtype=torch.float64, device="meta")
+    with np.errstate(divide="ignore"):
+        return 1.0 / t
+
+
+def placeholder(ctx: CKKSContext, plan: CKKSPlan) -> CKKSTensor:
+    """A tensor of zeros with a plan's public layout, level and ciphertext sizes.
+
+    What a node stores in place of a result whose computation failed on private values
+    (it keeps the error with it): later operations on it are planned and predicted exactly
+    as on the real result. Its ciphertexts are encryptions of zeros made once per context,
+    level and size, and shared.
+
+    Example:
+        >>> ctx = context()
+        >>> x = encrypt(torch.ones(2, 3), ctx)
+        >>> p = placeholder(ctx, x.plan("sum", 0))
+        >>> p.shape, p.level, p.decrypt().abs().max().item() < 1e-6
+        (torch.Size([3]), 1, True)
+    """
+    cts = [_zero_ct(ctx, plan.level, s) for s in plan.sizes]
+    return CKKSTensor(ctx, cts, plan.ct_index, plan.slot_index, tile=plan.tile, block=plan.block,
+                      level=plan.level)  # fmt: skip
+
+
 def encrypt(x: Any, ctx: CKKSContext, *, replicate: bool = False) -> CKKSTensor:
     """Encrypt a real tensor (any shape) under ``ctx``.
 
@@ -922,6 +929,11 @@ def encrypt(x: Any, ctx: CKKSContext, *, replicate: bool = False) -> CKKSTensor:
     flat = t.reshape(-1).numpy()
     if not np.isfinite(flat).all():  # (numpy: a twentieth of torch's cost at this size)
         raise ValueError("cannot encrypt NaN or infinity")
+    if flat.size and not float(np.abs(flat).max()) < ctx.max_abs(0):
+        raise ValueError(
+            f"a value is above what a fresh CKKS ciphertext holds (|x| < {ctx.max_abs(0):.4g}); "
+            "scale the values down"
+        )
     slots = ctx.slots
     if replicate:
         if t.ndim != 1 or t.numel() == 0:

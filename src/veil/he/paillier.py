@@ -1,9 +1,9 @@
-"""Paillier encryption of tensors: keys, fixed-point encoding, slot packing, EncryptedTensor.
+"""Paillier encryption of tensors: keys, EncryptedTensor, and what each operation may cost.
 
 Paillier is additively homomorphic: anyone holding the public key can add ciphertexts,
 add plaintexts and multiply by plaintexts; only the private key decrypts. Values are
-encoded in fixed point (``round(x * 2**exponent)``), the exponent grows with each
-plaintext product and is tracked per tensor.
+encoded in fixed point (``round(x * 2**exponent)``, :mod:`veil.he.fixedpoint`), the
+exponent grows with each fractional plaintext product and is tracked per tensor.
 
 Two layouts:
 
@@ -14,10 +14,18 @@ Two layouts:
   transfer and addition cost ~31x less per value. Each slot holds ``v + k * offset``
   (``offset = 2**value_bits``) so negative values never borrow from the next slot. A
   packed tensor supports ``+``/``-`` with packed tensors of the same layout, ``+ plain``,
-  negation and ``* scalar``: the linear algebra of federated sums. The largest value a
+  negation and ``* number``: the linear algebra of federated sums. The largest value a
   slot can reach is tracked exactly and an operation that could overflow a slot raises
   :class:`OverflowError` before it runs; with the defaults a packed tensor absorbs
   ``Packing().max_additions() == 2**23`` additions of fresh ciphertexts.
+
+**Public metadata.** A tensor's ``exponent``, ``bound`` (of its fixed-point integers) and
+``offsets`` derive from public facts only: the encryption parameters, the operations
+applied, the shapes and dtypes of plaintext operands and the values of Python numbers,
+never from a plaintext tensor's values. Every operation computes them first (a
+:class:`Plan`, also what a node predicts its reply from) and refuses, on those facts
+alone, what could overflow; the only failures that depend on values are plaintext values
+outside their dtype's public range (:mod:`veil.he.fixedpoint`).
 
 Example:
     >>> import torch
@@ -33,12 +41,8 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import secrets
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,272 +50,117 @@ import numpy as np
 import torch
 
 from veil.he import _deps
+from veil.he import fixedpoint as fp
+from veil.he.fixedpoint import (
+    DEFAULT_PRECISION,
+    Operand,
+    Packing,
+    as_tensor,
+    encode,
+    is_number,
+    operand,
+    out_of_range,
+    to_float,
+    too_big_for_slot,
+    unpack,
+)
+from veil.he.paillier_keys import MIN_SECURE_BITS, PrivateKey, PublicKey, keygen
 
-#: Fractional bits of the fixed-point encoding (about 7 decimal digits).
-DEFAULT_PRECISION = 24
-#: Smallest key size accepted without ``force=True`` (NIST SP 800-57: 112-bit security).
-MIN_SECURE_BITS = 2048
-#: Work below this many values runs on the calling thread.
-_PARALLEL_MIN = 64
+__all__ = [
+    "DEFAULT_PRECISION",
+    "MAX_EXPONENT",
+    "MIN_SECURE_BITS",
+    "EncryptedTensor",
+    "Packing",
+    "Plan",
+    "PrivateKey",
+    "PublicKey",
+    "encrypt",
+    "keygen",
+    "placeholder",
+]
 
+# ----------------------------------------------------------------------------- plans
 
-def _fingerprint(n: int) -> str:
-    return hashlib.sha256(int(n).to_bytes((int(n).bit_length() + 7) // 8, "big")).hexdigest()[:16]
-
-
-class PublicKey:
-    """A Paillier public key ``n`` (generator ``g = n + 1``): encrypts and computes.
-
-    Args:
-        n: the modulus, a product of two large primes.
-    """
-
-    __slots__ = ("n", "nsq", "bits", "fingerprint", "__weakref__")
-
-    def __init__(self, n: int) -> None:
-        gmpy2 = _deps.gmpy2()
-        if int(n) < 15 or int(n) % 2 == 0:
-            raise ValueError("a Paillier modulus is an odd product of two primes")
-        self.n = gmpy2.mpz(n)
-        self.nsq = self.n * self.n
-        self.bits = int(self.n.bit_length())
-        self.fingerprint = _fingerprint(int(n))
-
-    def raw_encrypt(self, ms: Sequence[Any], *, workers: int | None = None) -> list[Any]:
-        """Encrypt integers already reduced mod ``n``: ``(1 + m n) r^n mod n^2``.
-
-        The ``r^n`` powers (the whole cost) run in gmpy2's C loop, which releases the GIL,
-        split over ``workers`` threads (default: every core).
-        """
-        gmpy2 = _deps.gmpy2()
-        n, nsq = self.n, self.nsq
-        rs = [gmpy2.mpz(secrets.randbelow(int(n) - 1) + 1) for _ in range(len(ms))]
-        rn = _parallel_powmod(rs, n, nsq, workers)
-        return [(1 + m * n) * r % nsq for m, r in zip(ms, rn)]
-
-    def to_bytes(self) -> bytes:
-        return int(self.n).to_bytes((self.bits + 7) // 8, "big")
-
-    @classmethod
-    def from_bytes(cls, data: bytes | memoryview) -> PublicKey:
-        return cls(int.from_bytes(bytes(data), "big"))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PublicKey) and self.n == other.n
-
-    def __hash__(self) -> int:
-        return hash(self.fingerprint)
-
-    def __repr__(self) -> str:
-        return f"PaillierPublicKey(bits={self.bits}, fingerprint={self.fingerprint!r})"
+#: Most fractional bits a tensor may carry (tiny multipliers add many; decryption stays exact).
+MAX_EXPONENT = 1 << 16
 
 
-class PrivateKey:
-    """The factorization of ``n``: decrypts (with the CRT). Never leaves its owner:
-    it refuses to be pickled, copied into a wire message or sent to a node."""
-
-    __slots__ = ("public_key", "_p", "_q", "_psq", "_qsq", "_hp", "_hq", "_pinv")
-
-    def __init__(self, public_key: PublicKey, p: int, q: int) -> None:
-        gmpy2 = _deps.gmpy2()
-        p, q = gmpy2.mpz(p), gmpy2.mpz(q)
-        if p * q != public_key.n:
-            raise ValueError("p * q does not match the public key's modulus")
-        self.public_key = public_key
-        self._p, self._q = p, q
-        self._psq, self._qsq = p * p, q * q
-        g = public_key.n + 1
-        self._hp = gmpy2.invert((gmpy2.powmod(g, p - 1, self._psq) - 1) // p, p)
-        self._hq = gmpy2.invert((gmpy2.powmod(g, q - 1, self._qsq) - 1) // q, q)
-        self._pinv = gmpy2.invert(p, q)
-
-    def raw_decrypt(self, cs: Sequence[Any], *, workers: int | None = None) -> list[Any]:
-        """Decrypt ciphertexts to integers in ``[0, n)`` (CRT: two half-size exponentiations)."""
-        p, q = self._p, self._q
-        xp = _parallel_powmod([c % self._psq for c in cs], p - 1, self._psq, workers)
-        xq = _parallel_powmod([c % self._qsq for c in cs], q - 1, self._qsq, workers)
-        out = []
-        for a, b in zip(xp, xq):
-            mp = (a - 1) // p * self._hp % p
-            mq = (b - 1) // q * self._hq % q
-            out.append(mp + (mq - mp) * self._pinv % q * p)
-        return out
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        raise TypeError("a Paillier private key never leaves its owner: it cannot be serialized")
-
-    def __repr__(self) -> str:
-        return f"PaillierPrivateKey(for={self.public_key.fingerprint!r})"
-
-
-def keygen(bits: int = 2048, *, force: bool = False) -> tuple[PublicKey, PrivateKey]:
-    """Generate a Paillier key pair with an ``bits``-bit modulus.
-
-    Args:
-        bits: modulus size; at least 2048 (112-bit security) unless ``force=True``.
-        force: allow smaller keys (tests, demos); never for real data.
-
-    Raises:
-        ValueError: ``bits`` under 2048 without ``force``, or under 256.
-
-    Example:
-        >>> pk, sk = keygen(256, force=True)
-        >>> pk.bits, sk
-        (256, PaillierPrivateKey(for=...))
-    """
-    if bits < 256 or bits % 2:
-        raise ValueError(f"bits must be an even number >= 256, got {bits}; use 2048 or more")
-    if bits < MIN_SECURE_BITS and not force:
-        raise ValueError(
-            f"a {bits}-bit Paillier key is not secure (it can be factored); use bits>=2048, "
-            "or pass force=True for tests"
-        )
-    gmpy2 = _deps.gmpy2()
-    half = bits // 2
-    while True:
-        p = _prime(gmpy2, half)
-        q = _prime(gmpy2, half)
-        n = p * q
-        if p != q and n.bit_length() == bits and gmpy2.gcd(n, (p - 1) * (q - 1)) == 1:
-            break
-    pub = PublicKey(n)
-    return pub, PrivateKey(pub, p, q)
-
-
-def _prime(gmpy2: Any, bits: int) -> Any:
-    # Top two bits set: the product of two such primes has exactly 2 * bits bits.
-    return gmpy2.next_prime(gmpy2.mpz(secrets.randbits(bits)) | (gmpy2.mpz(3) << (bits - 2)))
-
-
-def _parallel_powmod(bases: list[Any], exp: Any, mod: Any, workers: int | None) -> list[Any]:
-    gmpy2 = _deps.gmpy2()
-    workers = workers or os.cpu_count() or 1
-    if workers <= 1 or len(bases) < _PARALLEL_MIN:
-        return list(gmpy2.powmod_base_list(bases, exp, mod))
-    size = math.ceil(len(bases) / workers)
-    chunks = [bases[i : i + size] for i in range(0, len(bases), size)]
-    with ThreadPoolExecutor(workers) as pool:  # powmod_base_list releases the GIL
-        parts = list(pool.map(lambda c: gmpy2.powmod_base_list(c, exp, mod), chunks))
-    return [v for part in parts for v in part]
-
-
-# ----------------------------------------------------------------------------- packing
+def _pow_cost(bits: int) -> float:
+    """Modular multiplications of one exponentiation by a ``bits``-bit exponent."""
+    return 1.25 * bits + 1
 
 
 @dataclass(frozen=True, slots=True)
-class Packing:
-    """How fixed-point values share one Paillier plaintext.
+class Plan:
+    """What an operation on an :class:`EncryptedTensor` produces and costs, from public
+    facts only: computed before anything runs, and what a node predicts its reply from.
 
-    A plaintext is split into slots of ``slot_bits`` bits. A fresh slot holds
-    ``v + offset`` with ``offset = 2**value_bits`` and ``|v| < 2**value_bits`` (``v`` is
-    the fixed-point integer ``round(x * 2**precision)``), so every slot stays
-    non-negative and never borrows from its neighbour. Sums add offsets too: a slot
-    holds ``v + k * offset`` and decryption subtracts ``k * offset``.
-
-    Bounds (enforced: an operation that could exceed them raises OverflowError):
-
-    * a fresh slot is below ``2 * offset = 2**(value_bits + 1)``;
-    * a slot must stay below ``2**slot_bits``, so ``max_additions()`` fresh tensors
-      (``2**(slot_bits - value_bits - 1)``) can be summed;
-    * ``slots(key_bits) = (key_bits - 1) // slot_bits`` slots fit below ``n``.
-
-    Example:
-        >>> Packing().slots(2048), Packing().max_additions()
-        (31, 8388608)
+    Attributes:
+        shape: the result's shape.
+        exponent: its fixed-point exponent.
+        bound: public bound of its fixed-point integers (of each slot when packed).
+        offsets: offsets added to each packed slot (0 when unpacked).
+        work: modular multiplications in 2048-bit equivalents (see :mod:`veil.he.limits`).
     """
 
-    slot_bits: int = 64
-    value_bits: int = 40
+    shape: tuple[int, ...]
+    exponent: int
+    bound: int
+    offsets: int
+    work: float
 
-    def __post_init__(self) -> None:
-        if self.value_bits < 8 or self.slot_bits < self.value_bits + 2:
-            raise ValueError(
-                f"Packing(slot_bits={self.slot_bits}, value_bits={self.value_bits}) leaves no "
-                "room for additions: need value_bits >= 8 and slot_bits >= value_bits + 2"
+
+def _check_bound(pk: PublicKey, packing: Packing | None, bound: int) -> None:
+    if packing is None:
+        if 2 * bound >= pk.n:
+            raise OverflowError(
+                f"an encrypted value could reach 2**{bound.bit_length()}, past the "
+                f"{pk.bits}-bit modulus (the bound is public: it grows by each plaintext "
+                "operand's dtype range, see veil.he.fixedpoint); multiply by fewer or "
+                "integer-typed plaintexts, lower the precision, or use a larger key"
             )
-
-    @property
-    def offset(self) -> int:
-        return 1 << self.value_bits
-
-    def slots(self, key_bits: int) -> int:
-        """Values per ciphertext under a ``key_bits``-bit key."""
-        return max(0, (key_bits - 1) // self.slot_bits)
-
-    def max_additions(self) -> int:
-        """How many fresh packed tensors can be summed before a slot could overflow."""
-        return 1 << (self.slot_bits - self.value_bits - 1)
+    elif bound >= 1 << packing.slot_bits:
+        raise OverflowError(
+            f"a packed slot could reach 2**{bound.bit_length()}, past its "
+            f"{packing.slot_bits} bits; sum fewer tensors (at most "
+            f"{packing.max_additions()} fresh ones), use Packing(slot_bits=...) with "
+            "wider slots, or encrypt with pack=False"
+        )
 
 
-def _pack(values: list[int], packing: Packing, slots: int, count: int) -> list[int]:
-    """Fixed-point ints -> plaintexts of ``slots`` slots each (slot 0 in the low bits)."""
-    w, off = packing.slot_bits, packing.offset * count
-    out = []
-    for start in range(0, len(values), slots):
-        m = 0
-        for v in reversed(values[start : start + slots]):
-            m = (m << w) | (v + off)
-        out.append(m)
-    return out
-
-
-def _unpack(ms: list[int], packing: Packing, slots: int, numel: int, count: int) -> list[int]:
-    w = packing.slot_bits
-    mask, off = (1 << w) - 1, packing.offset * count
-    out: list[int] = []
-    for m in ms:
-        m = int(m)
-        for _ in range(min(slots, numel - len(out))):
-            out.append((m & mask) - off)
-            m >>= w
-        if m:
-            raise ValueError("decryption gave bits past the last slot")
-    return out
+def _broadcast(a: Sequence[int], b: Sequence[int], what: str) -> tuple[int, ...]:
+    try:
+        return tuple(torch.broadcast_shapes(tuple(a), tuple(b)))
+    except RuntimeError:
+        raise ValueError(f"{what}: shapes {tuple(a)} and {tuple(b)} do not broadcast") from None
 
 
 # ----------------------------------------------------------------------------- tensors
-
-
-def _as_tensor(x: Any) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu()
-    return torch.as_tensor(np.asarray(x, dtype=np.float64))
-
-
-def _encode(x: torch.Tensor, precision: int) -> tuple[np.ndarray, int]:
-    """Fixed-point ints (an object array of Python ints) and the largest magnitude."""
-    a = x.to(torch.float64).numpy()
-    if not np.isfinite(a).all():
-        raise ValueError("cannot encrypt NaN or infinity")
-    scaled = np.asarray(np.rint(np.ldexp(a, precision)))
-    big = float(np.abs(scaled).max()) if scaled.size else 0.0
-    if big < 2.0**62:
-        ints = scaled.astype(np.int64).astype(object)
-    else:
-        ints = np.vectorize(int, otypes=[object])(scaled) if scaled.size else scaled.astype(object)
-    return ints, int(big)
 
 
 class EncryptedTensor:
     """A tensor encrypted under a Paillier public key; its shape is public.
 
     Build one with :func:`encrypt`. Operations need only the public key (they run on a
-    node that never sees the private key); :meth:`decrypt` needs the private key.
+    node that never sees the private key); :meth:`decrypt` needs the private key. Each
+    operation has a :meth:`plan` computed from public facts first (shape, exponent,
+    bound, offsets, cost).
     """
 
     __array_priority__ = 1000  # numpy defers to our reflected operators
 
-    def __init__(self, public_key: PublicKey, data: np.ndarray, shape: Sequence[int], *,
+    def __init__(self, public_key: PublicKey, data: np.ndarray | None, shape: Sequence[int], *,
                  exponent: int, bound: int, packing: Packing | None = None,
                  offsets: int = 0) -> None:  # fmt: skip
         self.public_key = public_key
-        self._data = data
+        self._data = data  # None: a shadow used only to plan operations
         self.shape = torch.Size(shape)
         self.exponent = int(exponent)
         self.bound = int(bound)
         self.packing = packing
         self.offsets = int(offsets)
-        self._check_bound()
+        _check_bound(public_key, packing, self.bound)
 
     # -- metadata --------------------------------------------------------------------
     @property
@@ -321,7 +170,9 @@ class EncryptedTensor:
     @property
     def ciphertexts(self) -> int:
         """How many Paillier ciphertexts hold the tensor."""
-        return int(self._data.size)
+        if self.packing is None:
+            return self.numel()
+        return -(-self.numel() // self._slots())
 
     @property
     def ndim(self) -> int:
@@ -347,22 +198,6 @@ class EncryptedTensor:
             f"exponent={self.exponent}, key={self.public_key.fingerprint!r})"
         )
 
-    def _check_bound(self) -> None:
-        pk = self.public_key
-        if self.packing is None:
-            if 2 * self.bound >= pk.n:
-                raise OverflowError(
-                    f"an encrypted value could reach 2**{self.bound.bit_length()}, past the "
-                    f"{pk.bits}-bit modulus; lower the precision or use a larger key"
-                )
-        elif self.bound >= 1 << self.packing.slot_bits:
-            raise OverflowError(
-                f"a packed slot could reach 2**{self.bound.bit_length()}, past its "
-                f"{self.packing.slot_bits} bits; sum fewer tensors (at most "
-                f"{self.packing.max_additions()} fresh ones), use Packing(slot_bits=...) with "
-                "wider slots, or encrypt with pack=False"
-            )
-
     def _like(self, data: np.ndarray, shape: Sequence[int] | None = None, *, exponent: int | None = None,
               bound: int | None = None, offsets: int | None = None) -> EncryptedTensor:  # fmt: skip
         return EncryptedTensor(
@@ -372,9 +207,18 @@ class EncryptedTensor:
             offsets=self.offsets if offsets is None else offsets,
         )  # fmt: skip
 
+    def _from_plan(self, data: np.ndarray | None, plan: Plan) -> EncryptedTensor:
+        return EncryptedTensor(self.public_key, data, plan.shape, exponent=plan.exponent,
+                               bound=plan.bound, packing=self.packing, offsets=plan.offsets)  # fmt: skip
+
+    def _shadow(self, plan: Plan) -> EncryptedTensor:
+        """A data-less tensor with a plan's metadata: plans the next operation."""
+        return self._from_plan(None, plan)
+
     # -- decryption ------------------------------------------------------------------
     def decrypt(self, private_key: PrivateKey, *, workers: int | None = None) -> torch.Tensor:
-        """Decrypt to a float64 tensor of this shape.
+        """Decrypt to a float64 tensor of this shape (exact: the fixed-point integers are
+        divided by ``2**exponent`` with correct rounding, at any exponent).
 
         Raises:
             ValueError: the key is not the one it was encrypted under, or the ciphertext
@@ -389,7 +233,7 @@ class EncryptedTensor:
                 f"this tensor is encrypted under key {self.public_key.fingerprint!r}, not under "
                 f"{private_key.public_key.fingerprint!r}: decrypt it with the matching private key"
             )
-        ms = private_key.raw_decrypt(list(self._data.reshape(-1)), workers=workers)
+        ms = private_key.raw_decrypt(list(self._need_data().reshape(-1)), workers=workers)
         n = int(self.public_key.n)
         if self.packing is None:
             vals = [int(m) if m <= n // 2 else int(m) - n for m in ms]
@@ -397,13 +241,13 @@ class EncryptedTensor:
                 raise ValueError(_TAMPERED)
         else:
             try:
-                vals = _unpack(ms, self.packing, self._slots(), self.numel(), self.offsets)
+                vals = unpack(ms, self.packing, self._slots(), self.numel(), self.offsets)
             except ValueError:
                 raise ValueError(_TAMPERED) from None
             lim = self.offsets * self.packing.offset
             if any(v < -lim or v + lim > self.bound for v in vals):
                 raise ValueError(_TAMPERED)
-        out = np.ldexp(np.array(vals, dtype=np.float64), -self.exponent)
+        out = to_float(vals, self.exponent)
         return torch.from_numpy(out.reshape(tuple(self.shape)))
 
     def _slots(self) -> int:
@@ -411,8 +255,18 @@ class EncryptedTensor:
         return self.packing.slots(self.public_key.bits)
 
     # -- helpers ---------------------------------------------------------------------
+    def _need_data(self) -> np.ndarray:
+        if self._data is None:
+            raise TypeError("a shadow tensor (from a plan) holds no ciphertexts")
+        return self._data
+
     def _mulmod(self, a: Any, b: Any) -> np.ndarray:
         return np.asarray(a * b % self.public_key.nsq, dtype=object)
+
+    @property
+    def _weight(self) -> float:
+        """Cost of one multiplication mod n**2 relative to a 2048-bit key."""
+        return (self.public_key.bits / 2048) ** 2
 
     def _scaled(self, exponent: int) -> EncryptedTensor:
         """The same values at a higher fixed-point exponent (multiplies by 2**d)."""
@@ -422,7 +276,7 @@ class EncryptedTensor:
         if d < 0:
             raise ValueError("cannot lower a ciphertext's exponent")
         s = 1 << d
-        data = _powmod_array(self._data, s, self.public_key.nsq)
+        data = _powmod_array(self._need_data(), s, self.public_key.nsq)
         return self._like(data, exponent=exponent, bound=self.bound * s, offsets=self.offsets * s)
 
     def _check_same_key(self, other: EncryptedTensor) -> None:
@@ -437,122 +291,6 @@ class EncryptedTensor:
                 "encrypt both the same way"
             )
 
-    def _plain(self, other: Any) -> torch.Tensor:
-        t = _as_tensor(other)
-        if t.is_complex():
-            raise TypeError("complex values cannot be Paillier-encrypted")
-        return t
-
-    # -- arithmetic ------------------------------------------------------------------
-    def __add__(self, other: Any) -> EncryptedTensor:
-        if isinstance(other, EncryptedTensor):
-            self._check_same_key(other)
-            e = max(self.exponent, other.exponent)
-            a, b = self._scaled(e), other._scaled(e)
-            if self.packing is not None:
-                if a.shape != b.shape:
-                    raise ValueError(
-                        f"packed tensors add only at equal shapes, got {tuple(a.shape)} and "
-                        f"{tuple(b.shape)}; encrypt with pack=False to broadcast"
-                    )
-                return a._like(a._mulmod(a._data, b._data), bound=a.bound + b.bound,
-                               offsets=a.offsets + b.offsets)  # fmt: skip
-            shape = torch.broadcast_shapes(a.shape, b.shape)
-            return a._like(a._mulmod(a._data, b._data), shape, bound=a.bound + b.bound)
-        return self._add_plain(self._plain(other))
-
-    __radd__ = __add__
-
-    def _add_plain(self, p: torch.Tensor) -> EncryptedTensor:
-        pk = self.public_key
-        ints, big = _encode(p, self.exponent)
-        if self.packing is not None:
-            try:
-                ints = np.broadcast_to(ints, tuple(self.shape))
-            except ValueError:
-                raise ValueError(
-                    f"a plain tensor of shape {tuple(p.shape)} does not broadcast to the packed "
-                    f"shape {tuple(self.shape)}"
-                ) from None
-            if big >= self.packing.offset:
-                raise OverflowError(_too_big(big, self.packing, self.exponent))
-            ms = _pack(list(ints.reshape(-1)), self.packing, self._slots(), 1)
-            plain = np.array([1 + m * pk.n for m in ms], dtype=object)
-            return self._like(self._mulmod(self._data, plain),
-                              bound=self.bound + 2 * self.packing.offset - 1,
-                              offsets=self.offsets + 1)  # fmt: skip
-        shape = torch.broadcast_shapes(self.shape, p.shape)
-        plain = (ints % pk.n) * pk.n + 1
-        return self._like(self._mulmod(self._data, plain), shape, bound=self.bound + big)
-
-    def __neg__(self) -> EncryptedTensor:
-        gmpy2 = _deps.gmpy2()
-        pk = self.public_key
-        inv = np.vectorize(lambda c: gmpy2.invert(c, pk.nsq), otypes=[object])(self._data)
-        if self.packing is None:
-            return self._like(np.asarray(inv, dtype=object))
-        # Slot v + k*o becomes 2*k*o - (v + k*o) = -v + k*o: add 2*k*o to every slot.
-        top = 2 * self.offsets * self.packing.offset
-        if top >= 1 << self.packing.slot_bits:
-            raise OverflowError(
-                "negating this packed tensor could overflow a slot; use wider slots"
-            )
-        slots, numel = self._slots(), self.numel()
-        fill = top - self.offsets * self.packing.offset  # _pack adds k * o back
-        counts = [min(slots, numel - i) for i in range(0, numel, slots)]
-        const = np.array(
-            [1 + _pack([fill] * c, self.packing, slots, self.offsets)[0] * pk.n for c in counts],
-            dtype=object,
-        )
-        return self._like(self._mulmod(inv, const), bound=top)
-
-    def __sub__(self, other: Any) -> EncryptedTensor:
-        if isinstance(other, EncryptedTensor):
-            return self + (-other)
-        return self._add_plain(-self._plain(other))
-
-    def __rsub__(self, other: Any) -> EncryptedTensor:
-        return (-self) + other
-
-    def __mul__(self, other: Any) -> EncryptedTensor:
-        if isinstance(other, EncryptedTensor):
-            raise TypeError(
-                "Paillier cannot multiply two ciphertexts; multiply by a plain tensor, or use "
-                "CKKS (veil.he.ckks) for ciphertext products"
-            )
-        p = self._plain(other)
-        exact = bool(torch.all(p == torch.round(p))) if p.numel() else True
-        e = 0 if exact else DEFAULT_PRECISION
-        if self.packing is not None and not exact and p.numel() == 1:
-            # As many fractional bits as the slot headroom allows (at most the default).
-            room = self.packing.slot_bits - self.bound.bit_length() - 1
-            e = max(0, min(e, room - int(abs(float(p))).bit_length()))
-        ints, big = _encode(p, e)
-        if self.packing is not None:
-            if p.numel() != 1:
-                raise ValueError(
-                    "a packed tensor multiplies only by a scalar (one multiplier per "
-                    "ciphertext); encrypt with pack=False for elementwise products"
-                )
-            s = int(ints.reshape(-1)[0])
-            base = -self if s < 0 else self
-            s = abs(s)
-            data = _powmod_array(base._data, s, self.public_key.nsq)
-            return base._like(data, exponent=base.exponent + e, bound=base.bound * s,
-                              offsets=base.offsets * s)  # fmt: skip
-        shape = torch.broadcast_shapes(self.shape, p.shape)
-        data = _powmod_array(self._data, ints, self.public_key.nsq)
-        return self._like(data, shape, exponent=self.exponent + e, bound=self.bound * max(big, 1))
-
-    __rmul__ = __mul__
-
-    def __truediv__(self, other: Any) -> EncryptedTensor:
-        p = self._plain(other)
-        if torch.any(p == 0):
-            raise ZeroDivisionError("division of an encrypted tensor by zero")
-        return self * (1.0 / p.to(torch.float64))
-
-    # -- reductions and products (unpacked only) --------------------------------------
     def _need_unpacked(self, what: str) -> None:
         if self.packing is not None:
             raise ValueError(
@@ -560,34 +298,297 @@ class EncryptedTensor:
                 "to, negated and scaled as a whole. Encrypt with pack=False"
             )
 
+    # -- plans (public facts only: never a ciphertext, never a plaintext tensor's values) --
+    def plan(self, op: str, *args: Any, rerandomized: bool = False) -> Plan:
+        """What ``op`` would produce and cost, from public facts only.
+
+        Tensor arguments may be meta tensors: only their shape and dtype are read.
+
+        Args:
+            op: ``add sub rsub mul truediv neg sum matmul rmatmul dot rerandomize``.
+            args: the operation's arguments after ``self``.
+            rerandomized: add the cost of rerandomizing the result (what a node does after
+                a product).
+
+        Raises:
+            ValueError, TypeError, OverflowError, ZeroDivisionError: what the operation
+                itself would raise on these facts, whatever the values.
+
+        Example:
+            >>> pk, _ = keygen(512, force=True)
+            >>> x = encrypt(torch.ones(3), pk)
+            >>> p = x.plan("mul", torch.empty(2, 3, device="meta"))
+            >>> p.shape, p.exponent, p.bound == x.bound * 2**63
+            ((2, 3), 48, True)
+        """
+        planners = {
+            "add": lambda o: self._plan_add(o, 1), "sub": lambda o: self._plan_add(o, -1),
+            "rsub": self._plan_rsub, "mul": self._plan_mul, "truediv": self._plan_truediv,
+            "neg": self._plan_neg, "sum": self._plan_sum, "matmul": self._plan_matmul,
+            "rmatmul": lambda o: self._plan_matmul(o, enc_left=False), "dot": self._plan_dot,
+            "rerandomize": self._plan_rerandomize,
+        }  # fmt: skip
+        if op not in planners:
+            raise ValueError(f"no plan for {op!r}; plans exist for {sorted(planners)}")
+        plan: Plan = planners[op](*args)  # type: ignore[operator]
+        if rerandomized:
+            extra = self._shadow(plan)._plan_rerandomize().work
+            plan = Plan(plan.shape, plan.exponent, plan.bound, plan.offsets, plan.work + extra)
+        return plan
+
+    def _plan(self, shape: Sequence[int], mults: float, *, exponent: int | None = None,
+              bound: int | None = None, offsets: int | None = None) -> Plan:  # fmt: skip
+        plan = Plan(
+            tuple(int(d) for d in shape), self.exponent if exponent is None else exponent,
+            self.bound if bound is None else bound, self.offsets if offsets is None else offsets,
+            mults * self._weight,
+        )  # fmt: skip
+        _check_bound(self.public_key, self.packing, plan.bound)
+        if plan.exponent > MAX_EXPONENT:
+            raise OverflowError(
+                f"the fixed-point exponent would reach {plan.exponent} fractional bits (at most "
+                f"{MAX_EXPONENT}); decrypt and re-encrypt, or multiply by fewer tiny numbers"
+            )
+        return plan
+
+    def _plan_neg(self) -> Plan:
+        cts = self.ciphertexts
+        if self.packing is None:
+            return self._plan(self.shape, 4 * cts)
+        # Slot v + k*o becomes 2*k*o - (v + k*o) = -v + k*o: add 2*k*o to every slot.
+        top = 2 * self.offsets * self.packing.offset
+        if top >= 1 << self.packing.slot_bits:
+            raise OverflowError(
+                "negating this packed tensor could overflow a slot; use wider slots"
+            )
+        return self._plan(self.shape, 5 * cts, bound=top)
+
+    def _plan_add(self, other: Any, sign: int) -> Plan:
+        if isinstance(other, EncryptedTensor):
+            b = other._shadow(other._plan_neg()) if sign < 0 else other
+            extra = other._plan_neg().work / self._weight if sign < 0 else 0.0
+            self._check_same_key(b)
+            e = max(self.exponent, b.exponent)
+            sa, sb = 1 << (e - self.exponent), 1 << (e - b.exponent)
+            if self.packing is not None:
+                if self.shape != b.shape:
+                    raise ValueError(
+                        f"packed tensors add only at equal shapes, got {tuple(self.shape)} and "
+                        f"{tuple(b.shape)}; encrypt with pack=False to broadcast"
+                    )
+                shape: tuple[int, ...] = tuple(self.shape)
+            else:
+                shape = _broadcast(self.shape, b.shape, "add")
+            mults = (
+                extra + math.prod(shape) if self.packing is None else extra + self.ciphertexts
+            ) + self.ciphertexts * _pow_cost(e - self.exponent) * (sa > 1)
+            mults += b.ciphertexts * _pow_cost(e - b.exponent) * (sb > 1)
+            return self._plan(shape, mults, exponent=e, bound=self.bound * sa + b.bound * sb,
+                              offsets=self.offsets * sa + b.offsets * sb)  # fmt: skip
+        f = other if isinstance(other, Operand) else operand(other)
+        if self.packing is not None:
+            if _broadcast(f.shape, self.shape, "add") != tuple(self.shape):
+                raise ValueError(
+                    f"a plain tensor of shape {f.shape} does not broadcast to the packed "
+                    f"shape {tuple(self.shape)}"
+                )
+            if f.number is not None and f.bound_at(self.exponent) >= self.packing.offset:
+                raise OverflowError(too_big_for_slot(f.bound_at(self.exponent), self.packing,
+                                                     self.exponent))  # fmt: skip
+            return self._plan(self.shape, 2 * self.ciphertexts,
+                              bound=self.bound + 2 * self.packing.offset - 1,
+                              offsets=self.offsets + 1)  # fmt: skip
+        shape = _broadcast(self.shape, f.shape, "add")
+        return self._plan(shape, 2 * math.prod(shape), bound=self.bound + f.bound_at(self.exponent))
+
+    def _plan_rsub(self, other: Any) -> Plan:
+        neg = self._plan_neg()
+        plan = self._shadow(neg)._plan_add(other, 1)
+        return Plan(plan.shape, plan.exponent, plan.bound, plan.offsets, plan.work + neg.work)
+
+    def _plan_mul(self, other: Any) -> Plan:
+        if isinstance(other, EncryptedTensor):
+            raise TypeError(
+                "Paillier cannot multiply two ciphertexts; multiply by a plain tensor, or use "
+                "CKKS (veil.he.ckks) for ciphertext products"
+            )
+        f = other if isinstance(other, Operand) else operand(other)
+        if self.packing is None:
+            shape = _broadcast(self.shape, f.shape, "mul")
+            return self._plan(shape, math.prod(shape) * _pow_cost(f.bound.bit_length()),
+                              exponent=self.exponent + f.exponent, bound=self.bound * max(f.bound, 1))  # fmt: skip
+        if f.number is None:
+            raise ValueError(
+                "a packed tensor multiplies only by a Python number (one public multiplier for "
+                "all slots; a tensor's values are not public and its dtype range does not fit a "
+                "slot): pass float(x), or encrypt with pack=False for elementwise products"
+            )
+        s = f.scaled_number(f.exponent)
+        base = self._shadow(self._plan_neg()) if s < 0 else self
+        bound = base.bound * abs(s)
+        if bound >= 1 << self.packing.slot_bits:
+            room = max(self.packing.slot_bits - base.bound.bit_length(), 0)
+            need = abs(s).bit_length()
+            raise OverflowError(
+                f"multiplying this packed tensor by {f.number} needs {need} bits of slot room "
+                f"(its encoding {abs(s)} / 2**{f.exponent}), but its slots have {room} left; "
+                "divide or scale after decrypting (exact), multiply by an integer or a short "
+                "binary fraction (0.5, 0.25), or use "
+                f"Packing(slot_bits={self.packing.slot_bits + need - room}) or wider"
+            )  # fmt: skip
+        work = (base is not self) * self._plan_neg().work / self._weight
+        return self._plan(self.shape, work + self.ciphertexts * _pow_cost(abs(s).bit_length()),
+                          exponent=self.exponent + f.exponent, bound=bound,
+                          offsets=base.offsets * abs(s))  # fmt: skip
+
+    def _plan_truediv(self, other: Any) -> Plan:
+        return self._plan_mul(_reciprocal(other, plan=True))
+
+    def _plan_sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> Plan:
+        self._need_unpacked("sum")
+        axes = _axes(self.ndim, dim)
+        shape = list(self.shape)
+        count = 1
+        for ax in axes:
+            if shape[ax] == 0:
+                raise ValueError("sum over an empty dimension of an encrypted tensor")
+            count *= shape[ax]
+            shape[ax] = 1
+        out = [d for i, d in enumerate(shape) if keepdim or i not in axes]
+        return self._plan(out, self.numel(), bound=self.bound * max(count, 1))
+
+    def _plan_matmul(self, other: Any, *, enc_left: bool = True) -> Plan:
+        self._need_unpacked("matmul")
+        if isinstance(other, EncryptedTensor):
+            raise TypeError("Paillier matmul needs a plaintext operand (one side must be plain)")
+        f = other if isinstance(other, Operand) else operand(other)
+        if f.number is not None:
+            raise ValueError(
+                "matmul needs a 1-d or 2-d plain tensor, not a number; use * for scaling"
+            )
+        a, b = (self.shape, f.shape) if enc_left else (f.shape, self.shape)
+        a2 = (1, *a) if len(a) == 1 else tuple(a)
+        b2 = (*b, 1) if len(b) == 1 else tuple(b)
+        if len(a2) != 2 or len(b2) != 2 or a2[1] != b2[0]:
+            raise ValueError(
+                f"matmul: shapes {tuple(a)} and {tuple(b)} do not match (1-d/2-d only)"
+            )
+        k = a2[1]
+        out = [*([a2[0]] if len(a) == 2 else []), *([b2[1]] if len(b) == 2 else [])]
+        mults = math.prod(out) * k * (_pow_cost(f.bound.bit_length()) + 1)
+        return self._plan(out, mults, exponent=self.exponent + f.exponent,
+                          bound=self.bound * max(f.bound, 1) * max(k, 1))  # fmt: skip
+
+    def _plan_dot(self, other: Any) -> Plan:
+        prod = self._plan_mul(other)
+        total = self._shadow(prod)._plan_sum()
+        return Plan(total.shape, total.exponent, total.bound, total.offsets, prod.work + total.work)
+
+    def _plan_rerandomize(self) -> Plan:
+        return self._plan(self.shape, self.ciphertexts * _pow_cost(self.public_key.bits))
+
+    # -- arithmetic ------------------------------------------------------------------
+    def __add__(self, other: Any) -> EncryptedTensor:
+        if isinstance(other, EncryptedTensor):
+            plan = self._plan_add(other, 1)
+            a, b = self._scaled(plan.exponent), other._scaled(plan.exponent)
+            return self._from_plan(self._mulmod(a._need_data(), b._need_data()), plan)
+        return self._add_plain(other, 1)
+
+    __radd__ = __add__
+
+    def _add_plain(self, other: Any, sign: int) -> EncryptedTensor:
+        f = operand(other)
+        plan = self._plan_add(f, 1)
+        pk, e = self.public_key, self.exponent
+        if f.number is not None:
+            ints: Any = np.array(sign * f.scaled_number(e), dtype=object)
+            big = abs(int(ints))
+        else:
+            ints, big = encode(as_tensor(other), e)
+            if big > f.bound_at(e):
+                raise ValueError(out_of_range(f, e))
+            if sign < 0:
+                ints = -ints
+        data = self._need_data()
+        if self.packing is not None:
+            if big >= self.packing.offset:  # the values of a plain tensor: fails when it runs
+                raise OverflowError(too_big_for_slot(None, self.packing, e))
+            flat = list(np.broadcast_to(ints, tuple(self.shape)).reshape(-1))
+            ms = fp.pack(flat, self.packing, self._slots(), 1)
+            plain = np.array([1 + m * pk.n for m in ms], dtype=object)
+            return self._from_plan(self._mulmod(data, plain), plan)
+        plain = (ints % pk.n) * pk.n + 1
+        return self._from_plan(self._mulmod(data, plain), plan)
+
+    def __neg__(self) -> EncryptedTensor:
+        gmpy2 = _deps.gmpy2()
+        pk = self.public_key
+        plan = self._plan_neg()
+        inv = np.vectorize(lambda c: gmpy2.invert(c, pk.nsq), otypes=[object])(self._need_data())
+        if self.packing is None:
+            return self._from_plan(np.asarray(inv, dtype=object), plan)
+        slots, numel = self._slots(), self.numel()
+        fill = plan.bound - self.offsets * self.packing.offset  # pack() adds k * o back
+        counts = [min(slots, numel - i) for i in range(0, numel, slots)]
+        const = np.array(
+            [1 + fp.pack([fill] * c, self.packing, slots, self.offsets)[0] * pk.n for c in counts],
+            dtype=object,
+        )
+        return self._from_plan(self._mulmod(inv, const), plan)
+
+    def __sub__(self, other: Any) -> EncryptedTensor:
+        if isinstance(other, EncryptedTensor):
+            return self + (-other)
+        return self._add_plain(other, -1)
+
+    def __rsub__(self, other: Any) -> EncryptedTensor:
+        return (-self) + other
+
+    def __mul__(self, other: Any) -> EncryptedTensor:
+        plan = self._plan_mul(other)
+        f = operand(other)
+        nsq = self.public_key.nsq
+        if self.packing is not None:
+            s = f.scaled_number(f.exponent)
+            base = -self if s < 0 else self
+            return self._from_plan(_powmod_array(base._need_data(), abs(s), nsq), plan)
+        if f.number is not None:
+            ints: Any = f.scaled_number(f.exponent)
+        else:
+            ints, big = encode(as_tensor(other), f.exponent)
+            if big > f.bound:
+                raise ValueError(out_of_range(f, f.exponent))
+        return self._from_plan(_powmod_array(self._need_data(), ints, nsq), plan)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Any) -> EncryptedTensor:
+        if isinstance(other, EncryptedTensor):
+            raise TypeError(
+                "Paillier cannot divide by a ciphertext; multiply by a plain reciprocal"
+            )
+        return self * _reciprocal(other)
+
+    # -- reductions and products (unpacked only) --------------------------------------
     def sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> EncryptedTensor:
         """Sum of elements (over ``dim``, or all)."""
-        self._need_unpacked("sum")
+        plan = self._plan_sum(dim, keepdim)
         nsq = self.public_key.nsq
         mulmod = np.frompyfunc(lambda a, b: a * b % nsq, 2, 1)
-        ndim = self._data.ndim
-        axes = list(range(ndim)) if dim is None else [dim] if isinstance(dim, int) else list(dim)
-        axes = sorted({a % ndim for a in axes}, reverse=True) if ndim else []
-        data = self._data
-        for ax in axes:
-            if data.shape[ax] == 0:
-                raise ValueError("sum over an empty dimension of an encrypted tensor")
+        data = self._need_data()
+        for ax in sorted(_axes(self.ndim, dim), reverse=True):
             data = mulmod.reduce(data, axis=ax, keepdims=keepdim)
-        data = np.asarray(data, dtype=object)
-        count = self.numel() // max(1, data.size)
-        return self._like(data, data.shape, bound=self.bound * max(count, 1))
+        return self._from_plan(np.asarray(data, dtype=object).reshape(plan.shape), plan)
 
     def matmul(self, other: Any) -> EncryptedTensor:
         """``self @ plain`` (vector or matrix on either side: see :meth:`__rmatmul__`)."""
-        self._need_unpacked("matmul")
-        p = self._plain(other)
-        return _enc_matmul(self, p, enc_left=True)
+        return _enc_matmul(self, other, enc_left=True)
 
     __matmul__ = matmul
 
     def __rmatmul__(self, other: Any) -> EncryptedTensor:
-        self._need_unpacked("matmul")
-        return _enc_matmul(self, self._plain(other), enc_left=False)
+        return _enc_matmul(self, other, enc_left=False)
 
     def dot(self, other: Any) -> EncryptedTensor:
         """Dot product of a 1-d encrypted tensor with a plain vector."""
@@ -597,25 +598,25 @@ class EncryptedTensor:
     def reshape(self, *shape: Any) -> EncryptedTensor:
         self._need_unpacked("reshape")
         dims = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], Sequence) else shape
-        data = self._data.reshape(dims)
+        data = self._need_data().reshape(dims)
         return self._like(data, data.shape)
 
     view = reshape
 
     def transpose(self, dim0: int, dim1: int) -> EncryptedTensor:
         self._need_unpacked("transpose")
-        data = np.swapaxes(self._data, dim0, dim1)
+        data = np.swapaxes(self._need_data(), dim0, dim1)
         return self._like(data, data.shape)
 
     @property
     def T(self) -> EncryptedTensor:  # noqa: N802 - torch's spelling
         self._need_unpacked("T")
-        data = self._data.T
+        data = self._need_data().T
         return self._like(data, data.shape)
 
     def __getitem__(self, index: Any) -> EncryptedTensor:
         self._need_unpacked("indexing")
-        data = np.asarray(self._data[index], dtype=object)
+        data = np.asarray(self._need_data()[index], dtype=object)
         return self._like(data, data.shape)
 
     def rerandomize(self, *, workers: int | None = None) -> EncryptedTensor:
@@ -624,9 +625,10 @@ class EncryptedTensor:
         A ciphertext computed from plaintexts (``c ** w``) carries randomness that the key
         holder could relate to ``w``; rerandomize before handing results back.
         """
+        data = self._need_data()
         zeros = self.public_key.raw_encrypt([0] * self.ciphertexts, workers=workers)
-        fresh = np.array(zeros, dtype=object).reshape(self._data.shape)
-        return self._like(self._mulmod(self._data, fresh))
+        fresh = np.array(zeros, dtype=object).reshape(data.shape)
+        return self._like(self._mulmod(data, fresh))
 
     def send(self, worker: Any, **kwargs: Any) -> Any:
         """Send to a node (``worker.send(self)``): returns an :class:`~veil.he.EncryptedPointer`."""
@@ -644,13 +646,36 @@ _TAMPERED = (
 )
 
 
-def _too_big(big: int, packing: Packing, exponent: int) -> str:
-    limit = 2.0 ** (packing.value_bits - exponent)
-    return (
-        f"a value of magnitude {big / 2.0**exponent:.4g} does not fit a packed slot (|x| < "
-        f"{limit:.4g} at precision {exponent}); lower precision, or use "
-        f"Packing(value_bits=...) with more value bits"
-    )
+def _axes(ndim: int, dim: int | Sequence[int] | None) -> list[int]:
+    """Normalized, checked reduction axes (torch's rules: -ndim <= d < ndim, no repeats)."""
+    if dim is None:
+        return list(range(ndim))
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    span = max(ndim, 1)
+    out = []
+    for d in dims:
+        if not -span <= d < span:
+            raise ValueError(f"dim {d} is out of range for a {ndim}-d tensor")
+        out.append(d % span)
+    if len(set(out)) != len(out):
+        raise ValueError(f"dim {list(dims)} repeats a dimension")
+    return out if ndim else []
+
+
+def _reciprocal(other: Any, *, plan: bool = False) -> Any:
+    """``1 / other``: a number (public; zero refused) or a float64 tensor (a zero in it is
+    a value: it fails when the product runs, as a value outside the public range)."""
+    if is_number(other):
+        if other == 0:
+            raise ZeroDivisionError("division of an encrypted tensor by zero")
+        return 1.0 / float(other)
+    t = other if isinstance(other, torch.Tensor) else as_tensor(other)
+    if t.is_complex():
+        raise TypeError("complex values cannot be Paillier-encrypted")
+    if plan:
+        return operand(torch.empty(t.shape, dtype=torch.float64, device="meta"))
+    with np.errstate(divide="ignore"):
+        return 1.0 / t.to(torch.float64)
 
 
 def _powmod_array(data: np.ndarray, exps: Any, nsq: Any) -> np.ndarray:
@@ -659,23 +684,20 @@ def _powmod_array(data: np.ndarray, exps: Any, nsq: Any) -> np.ndarray:
     return np.asarray(fn(data, exps), dtype=object)
 
 
-def _enc_matmul(enc: EncryptedTensor, p: torch.Tensor, *, enc_left: bool) -> EncryptedTensor:
+def _enc_matmul(enc: EncryptedTensor, other: Any, *, enc_left: bool) -> EncryptedTensor:
     """``enc @ p`` or ``p @ enc``: each output is a product of ``c ** w`` over the shared axis."""
+    plan = enc._plan_matmul(other, enc_left=enc_left)
     gmpy2 = _deps.gmpy2()
     nsq = enc.public_key.nsq
-    exact = bool(torch.all(p == torch.round(p))) if p.numel() else True
-    e = 0 if exact else DEFAULT_PRECISION
-    ints, big = _encode(p, e)
-    a = enc._data if enc_left else ints
-    b = ints if enc_left else enc._data
+    f = operand(other)
+    ints, big = encode(as_tensor(other), f.exponent)
+    if big > f.bound:
+        raise ValueError(out_of_range(f, f.exponent))
+    data = enc._need_data()
+    a = data if enc_left else ints
+    b = ints if enc_left else data
     a2 = a[None, :] if a.ndim == 1 else a
     b2 = b[:, None] if b.ndim == 1 else b
-    if a2.ndim != 2 or b2.ndim != 2 or a2.shape[1] != b2.shape[0]:
-        shapes = (
-            (tuple(enc.shape), tuple(p.shape)) if enc_left else (tuple(p.shape), tuple(enc.shape))
-        )
-        raise ValueError(f"matmul: shapes {shapes[0]} and {shapes[1]} do not match (1-d/2-d only)")
-    k = a2.shape[1]
     out = np.empty((a2.shape[0], b2.shape[1]), dtype=object)
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
@@ -685,17 +707,50 @@ def _enc_matmul(enc: EncryptedTensor, p: torch.Tensor, *, enc_left: bool) -> Enc
                 if w:
                     acc = acc * gmpy2.powmod(c, int(w), nsq) % nsq
             out[i, j] = acc
-    if a.ndim == 1:
-        out = out[0]
-    if b.ndim == 1:
-        out = out[..., 0]
-    return enc._like(np.asarray(out, dtype=object), out.shape, exponent=enc.exponent + e,
-                     bound=enc.bound * max(big, 1) * k)  # fmt: skip
+    return enc._from_plan(np.asarray(out, dtype=object).reshape(plan.shape), plan)
+
+
+def placeholder(public_key: PublicKey, packing: Packing | None, plan: Plan) -> EncryptedTensor:
+    """A tensor of zeros with a plan's public metadata, at no cryptographic cost.
+
+    What a node stores in place of a result whose computation failed on private values
+    (it keeps the error with it): every public fact (shape, exponent, bound, offsets,
+    layout, key) is the plan's, so later operations on it are planned and predicted
+    exactly as on the real result. The ciphertexts are trivial encryptions (randomness
+    1): a stand-in, never a result to release.
+
+    Example:
+        >>> pk, sk = keygen(512, force=True)
+        >>> x = encrypt(torch.ones(3), pk, pack=True)
+        >>> p = placeholder(pk, x.packing, x.plan("add", x))
+        >>> p.offsets, p.shape, p.decrypt(sk)
+        (2, torch.Size([3]), tensor([0., 0., 0.], dtype=torch.float64))
+    """
+    gmpy2 = _deps.gmpy2()
+    n, nsq = public_key.n, public_key.nsq
+    numel = math.prod(plan.shape)
+    if packing is None:
+        data = np.empty(plan.shape, dtype=object)
+        data.fill(gmpy2.mpz(1))  # (1 + 0 n) * 1**n
+    else:
+        slots = packing.slots(public_key.bits)
+        counts = [min(slots, numel - i) for i in range(0, numel, slots)]
+        cache: dict[int, Any] = {}
+        for c in set(counts):
+            cache[c] = (1 + fp.pack([0] * c, packing, slots, plan.offsets)[0] * n) % nsq
+        data = np.array([cache[c] for c in counts], dtype=object)
+    return EncryptedTensor(public_key, data, plan.shape, exponent=plan.exponent, bound=plan.bound,
+                           packing=packing, offsets=plan.offsets)  # fmt: skip
 
 
 def encrypt(x: Any, public_key: PublicKey, *, precision: int = DEFAULT_PRECISION,
-            pack: bool | Packing = False, workers: int | None = None) -> EncryptedTensor:  # fmt: skip
+            pack: bool | Packing = False, max_abs: float | None = None,
+            workers: int | None = None) -> EncryptedTensor:  # fmt: skip
     """Encrypt a tensor (or array / nested list) under ``public_key``.
+
+    The tensor's public metadata never depends on the values: unpacked, its bound is
+    ``max_abs * 2**precision`` (``max_abs`` defaults to ``2**39``, the public range of
+    floating-point plaintexts); packed, the packing's ``2**value_bits`` range.
 
     Args:
         x: values to encrypt; any real dtype.
@@ -703,30 +758,46 @@ def encrypt(x: Any, public_key: PublicKey, *, precision: int = DEFAULT_PRECISION
         precision: fractional bits of the fixed-point encoding (``2**-precision`` steps).
         pack: ``True`` (default :class:`Packing`) or a :class:`Packing`: many values per
             ciphertext, for sums; ``False``: one per ciphertext, every operation.
+        max_abs: unpacked only: a public bound on ``|x|`` you declare (a smaller one leaves
+            room for more products before the key's modulus is reached).
         workers: threads for the modular exponentiations (default: every core).
 
     Raises:
+        ValueError: a value above ``max_abs``, NaN or infinite.
         OverflowError: a value does not fit the packing's ``value_bits``.
 
     Example:
         >>> pk, sk = keygen(512, force=True)
         >>> encrypt([[1.0, 2.0]], pk).sum().decrypt(sk)
         tensor(3., dtype=torch.float64)
+        >>> encrypt([1.0], pk, max_abs=4).bound == 4 * 2**24
+        True
     """
     if not isinstance(public_key, PublicKey):
         raise TypeError(f"encrypt() needs a paillier.PublicKey, got {type(public_key).__name__}")
     if not 0 <= precision <= 64:
         raise ValueError(f"precision is a number of fractional bits in 0..64, got {precision}")
-    t = _as_tensor(x)
+    t = as_tensor(x)
     if t.is_complex():
         raise TypeError("complex values cannot be Paillier-encrypted")
-    ints, big = _encode(t, precision)
+    ints, big = encode(t, precision)
     flat = list(ints.reshape(-1))
     if pack is False:
+        if max_abs is not None and not (math.isfinite(max_abs) and max_abs > 0):
+            raise ValueError(f"max_abs must be a positive finite number, got {max_abs}")
+        limit = operand(torch.empty(0, device="meta")).limit if max_abs is None else max_abs
+        bound = math.ceil(limit * (1 << precision))
+        if big > bound:
+            raise ValueError(
+                f"a value is above max_abs={float(limit):.4g} (the public bound of this "
+                "encryption); pass a larger max_abs, or scale the values"
+            )
         n = public_key.n
         data = np.array(public_key.raw_encrypt([v % n for v in flat], workers=workers) or [],
                         dtype=object).reshape(tuple(t.shape))  # fmt: skip
-        return EncryptedTensor(public_key, data, t.shape, exponent=precision, bound=big)
+        return EncryptedTensor(public_key, data, t.shape, exponent=precision, bound=bound)
+    if max_abs is not None:
+        raise ValueError("a packed tensor's range is its packing's: use Packing(value_bits=...)")
     packing = Packing() if pack is True else pack
     slots = packing.slots(public_key.bits)
     if slots < 1:
@@ -734,8 +805,8 @@ def encrypt(x: Any, public_key: PublicKey, *, precision: int = DEFAULT_PRECISION
             f"a {public_key.bits}-bit key holds no {packing.slot_bits}-bit slot; use a larger key"
         )
     if big >= packing.offset:
-        raise OverflowError(_too_big(big, packing, precision))
-    ms = _pack(flat, packing, slots, 1)
+        raise OverflowError(too_big_for_slot(big, packing, precision))
+    ms = fp.pack(flat, packing, slots, 1)
     data = np.array(public_key.raw_encrypt(ms, workers=workers), dtype=object)
     return EncryptedTensor(public_key, data, t.shape, exponent=precision,
                            bound=2 * packing.offset - 1, packing=packing, offsets=1)  # fmt: skip

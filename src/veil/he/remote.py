@@ -1,9 +1,10 @@
-"""Encrypted tensors on nodes: the pointer, the allowlisted HE ops, and the node object kinds.
+"""Encrypted tensors on nodes: the pointer, the node object kinds, and registering the he.* ops.
 
 ``enc.send(worker)`` stores an encrypted tensor on a node (its public context travels
 once per node and key; the secret key never does) and returns an
 :class:`EncryptedPointer`. Operators on the pointer run on the node as allowlisted
-``he.*`` ops; plaintext operands may be local tensors or pointers to tensors on that
+``he.*`` ops (:mod:`veil.he.nodeops`: checked arguments, predictions from public facts,
+work limits); plaintext operands may be local tensors or pointers to tensors on that
 node (a dataset's private data included: the node's privacy rules then make the
 encrypted result private, see docs/he.md). ``ptr.get()`` brings the ciphertext back,
 linked to the local context, and ``ptr.decrypt(key)`` decrypts it.
@@ -30,11 +31,11 @@ from typing import Any
 import torch
 
 from veil.errors import InvalidRequest, ObjectNotFound
-from veil.he import wire
+from veil.he import nodeops, wire
 from veil.he.ckks import CKKSContext, CKKSTensor, sigmoid_coefficients
 from veil.he.paillier import EncryptedTensor, PrivateKey, PublicKey
 from veil.node.objects import ValueKind, register_kind
-from veil.ops import OpFacts, OpSpec, default_registry
+from veil.ops import default_registry
 from veil.pointers.handle import ReleasedOnDrop
 from veil.pointers.remote import Remote, register_pointer_kind
 from veil.serde.messages import (
@@ -48,9 +49,6 @@ from veil.serde.messages import (
     SendObject,
     Value,
 )
-
-#: Most output elements one HE op may produce on a node (bounds the work a caller causes).
-MAX_RESULT_ELEMENTS = 1 << 22
 
 # Per connection: the node object holding each public context already sent (by fingerprint).
 # Values are object ids, not pointers: a pointer would hold its connection (the weak key)
@@ -254,161 +252,6 @@ def send(value: wire.Encrypted, worker: Remote, *, description: str = "") -> Enc
     return EncryptedPointer(worker, info, ctx)
 
 
-# ------------------------------------------------------------------------- node ops
-
-
-def _enc(x: Any, op: str) -> wire.Encrypted:
-    if not isinstance(x, EncryptedTensor | CKKSTensor):
-        raise InvalidRequest(f"he.{op} takes an encrypted tensor first, got {type(x).__name__}")
-    return x
-
-
-def _operand(x: Any, op: str) -> Any:
-    if isinstance(x, EncryptedTensor | CKKSTensor | torch.Tensor) or type(x) in (int, float):
-        return x
-    raise InvalidRequest(
-        f"he.{op}: operands are encrypted tensors, tensors or numbers, not {type(x).__name__}"
-    )
-
-
-def _guard_broadcast(a: Any, b: Any, op: str) -> None:
-    sb = b.shape if hasattr(b, "shape") else ()
-    try:
-        shape = torch.broadcast_shapes(tuple(a.shape), tuple(sb))
-    except RuntimeError:
-        raise InvalidRequest(
-            f"he.{op}: shapes {tuple(a.shape)} and {tuple(sb)} do not broadcast"
-        ) from None
-    if math.prod(shape) > MAX_RESULT_ELEMENTS:
-        raise InvalidRequest(f"he.{op}: result of {math.prod(shape)} elements is over the limit")
-
-
-def _rerandomized(x: Any) -> Any:
-    # A Paillier product carries randomness r**w that the key holder could relate to the
-    # plaintext w: hand back fresh randomness. (CKKS noise is discussed in docs/he.md.)
-    return x.rerandomize() if isinstance(x, EncryptedTensor) else x
-
-
-#: Facts of the he.* ops: each checks its own work and size limits; never pipelined.
-_FACTS = OpFacts(size="input", pipeline="never")
-
-
-def _binary(name: str, fn: Any, *, rerandomize: bool = False) -> OpSpec:
-    def run(a: Any, b: Any) -> Any:
-        a, b = _enc(a, name), _operand(b, name)
-        _guard_broadcast(a, b, name)
-        out = fn(a, b)
-        return _rerandomized(out) if rerandomize else out
-
-    run.__name__ = f"he_{name}"
-    return OpSpec(f"he.{name}", run, facts=_FACTS)
-
-
-def _unary(name: str, fn: Any, *, rerandomize: bool = False) -> OpSpec:
-    def run(a: Any, *args: Any) -> Any:
-        out = fn(_enc(a, name), *args)
-        return _rerandomized(out) if rerandomize else out
-
-    run.__name__ = f"he_{name}"
-    return OpSpec(f"he.{name}", run, facts=_FACTS)
-
-
-def _matmul(a: Any, w: Any) -> Any:
-    a, w = _enc(a, "matmul"), _operand(w, "matmul")
-    if isinstance(w, torch.Tensor) and a.numel() * w.numel() > MAX_RESULT_ELEMENTS * 16:
-        raise InvalidRequest("he.matmul: the product is over the node's work limit")
-    return _rerandomized(a @ w)
-
-
-def _rmatmul(a: Any, w: Any) -> Any:
-    a, w = _enc(a, "rmatmul"), _operand(w, "rmatmul")
-    if isinstance(w, torch.Tensor) and a.numel() * w.numel() > MAX_RESULT_ELEMENTS * 16:
-        raise InvalidRequest("he.rmatmul: the product is over the node's work limit")
-    return _rerandomized(a.__rmatmul__(w))
-
-
-def _int_arg(v: Any, op: str) -> int:
-    # Sizes and dimensions must be plain numbers from the caller: a value read from a
-    # tensor (a pointer to private data) would make the public result shape depend on it.
-    if type(v) is not int:
-        raise InvalidRequest(f"he.{op}: dimensions and sizes must be plain integers")
-    return v
-
-
-def _sum(a: Any, dim: int | None = None) -> Any:
-    a = _enc(a, "sum")
-    return a.sum() if dim is None else a.sum(_int_arg(dim, "sum"))
-
-
-def _dot(a: Any, b: Any) -> Any:
-    return _rerandomized(_enc(a, "dot").dot(_operand(b, "dot")))
-
-
-def _polyval(a: Any, coefficients: list[float]) -> Any:
-    a = _enc(a, "polyval")
-    if not isinstance(a, CKKSTensor):
-        raise InvalidRequest(
-            "he.polyval needs a CKKS tensor (Paillier cannot multiply ciphertexts)"
-        )
-    if not isinstance(coefficients, list | tuple) or not 1 <= len(coefficients) <= 32:
-        raise InvalidRequest("he.polyval takes 1-32 coefficients")
-    if any(type(c) not in (int, float) for c in coefficients):
-        raise InvalidRequest("he.polyval coefficients are plain numbers")
-    return a.polyval([float(c) for c in coefficients])
-
-
-def _square(a: Any) -> Any:
-    a = _enc(a, "square")
-    if not isinstance(a, CKKSTensor):
-        raise InvalidRequest("he.square needs a CKKS tensor (Paillier cannot multiply ciphertexts)")
-    return a.square()
-
-
-def _reshape(a: Any, shape: list[int]) -> Any:
-    if not isinstance(shape, list | tuple):
-        raise InvalidRequest("he.reshape takes a list of plain integers")
-    return _enc(a, "reshape").reshape(tuple(_int_arg(d, "reshape") for d in shape))
-
-
-def _transpose(a: Any, dim0: Any, dim1: Any) -> Any:
-    return _enc(a, "transpose").transpose(_int_arg(dim0, "transpose"), _int_arg(dim1, "transpose"))
-
-
-def _getitem(a: Any, index: Any) -> Any:
-    a = _enc(a, "getitem")
-    items = index if isinstance(index, tuple) else (index,)
-    for item in items:  # a tensor index (a mask of private data...) could shape the result
-        if not (type(item) is int or item is None or item is Ellipsis or (
-            isinstance(item, slice) and all(type(v) in (int, type(None))
-                                            for v in (item.start, item.stop, item.step)))):  # fmt: skip
-            raise InvalidRequest(
-                "he.getitem takes integers, slices, None and ... only (no tensor indices: a "
-                "mask would make the result's public shape depend on its values)"
-            )
-    return a[index]
-
-
-def _ops() -> list[OpSpec]:
-    return [
-        _binary("add", lambda a, b: a + b),
-        _binary("sub", lambda a, b: a - b),
-        _binary("rsub", lambda a, b: (-a) + b),
-        _binary("mul", lambda a, b: a * b, rerandomize=True),
-        _binary("truediv", lambda a, b: a / b, rerandomize=True),
-        _unary("neg", lambda a: -a),
-        OpSpec("he.matmul", _matmul, facts=_FACTS),
-        OpSpec("he.rmatmul", _rmatmul, facts=_FACTS),
-        OpSpec("he.sum", _sum, facts=_FACTS),
-        OpSpec("he.dot", _dot, facts=_FACTS),
-        OpSpec("he.square", _square, facts=_FACTS),
-        OpSpec("he.polyval", _polyval, facts=_FACTS),
-        OpSpec("he.reshape", _reshape, facts=_FACTS),
-        OpSpec("he.transpose", _transpose, facts=_FACTS),
-        OpSpec("he.getitem", _getitem, facts=_FACTS),
-        _unary("rerandomize", lambda a: a.rerandomize() if isinstance(a, EncryptedTensor) else a),
-    ]
-
-
 # ----------------------------------------------------------------------- registration
 
 
@@ -480,7 +323,7 @@ def register() -> None:
     register_pointer_kind("encrypted", EncryptedPointer, _wrap_encrypted)
     register_pointer_kind("he_context", ContextPointer, _wrap_context)
     reg = default_registry()
-    for spec in _ops():
+    for spec in nodeops.specs():
         reg.register(spec)
     # The one entry point HE adds to torch, next to Tensor.send (veil.pointers.hook).
     torch.Tensor.encrypt = _tensor_encrypt  # type: ignore[attr-defined]

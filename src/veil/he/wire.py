@@ -19,17 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from veil.he import _deps, ckks, paillier
+from veil.he import _deps, ckks, limits, paillier
 from veil.he.ckks import CKKSContext, CKKSTensor
 from veil.he.paillier import EncryptedTensor, Packing, PublicKey
 from veil.he.scheme import HEScheme, register_scheme, scheme_for, scheme_named
+from veil.he.tenseal_proto import vector_claims
 from veil.serde.messages import EncryptedData, EncryptionContextData
 from veil.serde.tensors import tensor_from_data, tensor_to_data
-
-#: Largest Paillier modulus a receiver accepts (bits): bounds the work a peer can cause.
-MAX_PAILLIER_BITS = 16384
-#: Most elements in one received encrypted tensor.
-MAX_ELEMENTS = 1 << 24
 
 Encrypted = EncryptedTensor | CKKSTensor
 Context = PublicKey | CKKSContext
@@ -100,12 +96,16 @@ class PaillierScheme(HEScheme):
         return ctx.to_bytes()  # type: ignore[no-any-return]
 
     def context_from_bytes(self, data: bytes) -> PublicKey:
-        if len(data) * 8 > MAX_PAILLIER_BITS:
-            raise ValueError(f"a Paillier modulus over {MAX_PAILLIER_BITS} bits is refused")
-        pk = PublicKey.from_bytes(data)
-        if pk.bits < 256:
-            raise ValueError("a Paillier modulus under 256 bits is refused")
-        return pk
+        top = limits.current().max_paillier_bits
+        bits = int.from_bytes(data[:64], "big").bit_length() + 8 * max(0, len(data) - 64)
+        if bits > top:
+            raise ValueError(
+                f"a {bits}-bit Paillier modulus is over this node's limit of {top} bits (each "
+                "operation costs (bits/2048)**2 times a 2048-bit key's); use a 2048-4096-bit key"
+            )
+        # Under 2048 bits only where the process opted in (VEIL_HE_INSECURE_KEYS=1, tests);
+        # PublicKey also refuses what is not an odd non-square without small factors.
+        return PublicKey.from_bytes(data)
 
     def tensor_to_parts(self, value: Any) -> tuple[list[bytes], dict[str, Any], Any]:
         pk = value.public_key
@@ -120,6 +120,13 @@ class PaillierScheme(HEScheme):
 
     def tensor_from_parts(self, parts: list[bytes], meta: dict[str, Any], layout: Any,
                           ctx: Any, shape: list[int]) -> EncryptedTensor:  # fmt: skip
+        try:
+            return self._tensor_from_parts(parts, meta, ctx, shape)
+        except OverflowError as exc:  # a claimed bound past the modulus
+            raise ValueError(str(exc)) from None
+
+    def _tensor_from_parts(self, parts: list[bytes], meta: dict[str, Any], ctx: Any,
+                           shape: list[int]) -> EncryptedTensor:  # fmt: skip
         gmpy2 = _deps.gmpy2()
         pk: PublicKey = ctx
         numel = math.prod(shape)
@@ -141,14 +148,19 @@ class PaillierScheme(HEScheme):
               for i in range(0, len(blob), width)]  # fmt: skip
         if any(c <= 0 or c >= nsq for c in cs):
             raise ValueError("a Paillier ciphertext is outside (0, n^2): corrupted or tampered")
+        n = pk.n
+        if any(gmpy2.gcd(c, n) != 1 for c in cs):  # not a unit: no encryption gives it
+            raise ValueError("a Paillier ciphertext shares a factor with n: not an encryption")
+        offsets = _int_meta(meta, "offsets", 0, hi=1 << 64)
+        if packing is None and offsets:
+            raise ValueError("an unpacked Paillier tensor carries no offsets")
         arr = np.empty(count, dtype=object)
         arr[:] = cs
         if packing is None:
             arr = arr.reshape(tuple(shape))
         return EncryptedTensor(
-            pk, arr, shape, exponent=_int_meta(meta, "exponent", hi=4096),
-            bound=_int_meta(meta, "bound"), packing=packing,
-            offsets=_int_meta(meta, "offsets", 0),
+            pk, arr, shape, exponent=_int_meta(meta, "exponent", hi=paillier.MAX_EXPONENT),
+            bound=_int_meta(meta, "bound"), packing=packing, offsets=offsets,
         )  # fmt: skip
 
     def nbytes(self, value: Any) -> int:
@@ -191,9 +203,14 @@ class CKKSScheme(HEScheme):
         return ctx
 
     def tensor_to_parts(self, value: Any) -> tuple[list[bytes], dict[str, Any], Any]:
-        layout = np.stack([value._ct, value._slot], axis=-1).astype(np.int64)
+        cts, ct_idx = value._cts, value._ct
+        used = np.unique(ct_idx)
+        if len(used) < len(cts):  # a view of some ciphertexts: send only those
+            cts = [cts[i] for i in used]
+            ct_idx = np.searchsorted(used, ct_idx)
+        layout = np.stack([ct_idx, value._slot], axis=-1).astype(np.int64)
         meta = {"tile": value.tile, "block": value.block, "level": value.level}
-        return [v.serialize() for v in value._cts], meta, tensor_to_data(torch.from_numpy(layout))
+        return [v.serialize() for v in cts], meta, tensor_to_data(torch.from_numpy(layout))
 
     def tensor_from_parts(self, parts: list[bytes], meta: dict[str, Any], layout_data: Any,
                           ctx: Any, shape: list[int]) -> CKKSTensor:  # fmt: skip
@@ -205,25 +222,37 @@ class CKKSScheme(HEScheme):
         if layout.dtype != np.int64 or list(layout.shape) != [*shape, 2]:
             raise ValueError("CKKS slot layout does not match the shape")
         nct = len(parts)
-        if nct > MAX_ELEMENTS // max(1, ctx.slots) + 1 or (numel and nct == 0):
-            raise ValueError("wrong number of CKKS ciphertexts")
+        if numel and nct == 0:
+            raise ValueError("a CKKS tensor with values needs ciphertexts")
         cts_idx, slot_idx = layout[..., 0], layout[..., 1]
         if numel and (cts_idx.min() < 0 or cts_idx.max() >= nct or slot_idx.min() < 0
                       or slot_idx.max() >= ctx.slots):  # fmt: skip
             raise ValueError("CKKS slot layout points outside the ciphertexts")
+        used = np.unique(cts_idx)
+        if used.size < nct:  # ciphertexts holding no value (a view sent whole): never loaded
+            parts = [parts[i] for i in used]
+            cts_idx = np.searchsorted(used, cts_idx)
+            nct = len(parts)
         tile = _int_meta(meta, "tile", 1, lo=1, hi=ctx.slots)
         block = _int_meta(meta, "block", 0, hi=ctx.slots)
         if tile > 1 and (
             len(shape) != 1 or block < 1 or block & (block - 1) or tile * block > ctx.slots
-        ):
+            or nct != 1
+        ):  # fmt: skip
             raise ValueError("bad replicated layout")
         level = _int_meta(meta, "level", 0, hi=ctx.depth)
-        try:
-            cts = [ts.ckks_vector_from(ctx.raw, bytes(p)) for p in parts]
-        except Exception as exc:
-            raise ValueError(
-                f"a CKKS ciphertext failed to load (corrupted, or another context): {exc}"
-            ) from None
+        cts = []
+        for p in parts:
+            raw = bytes(p)
+            _check_vector_claims(raw, ctx)
+            try:
+                vec = ts.ckks_vector_from(ctx.raw, raw)
+            except Exception as exc:
+                raise ValueError(
+                    f"a CKKS ciphertext failed to load (corrupted, or another context): {exc}"
+                ) from None
+            _check_loaded_vector(vec, ctx, level)
+            cts.append(vec)
         return CKKSTensor(ctx, cts, np.ascontiguousarray(cts_idx), np.ascontiguousarray(slot_idx),
                           tile=tile, block=block, level=level)  # fmt: skip
 
@@ -233,6 +262,34 @@ class CKKSScheme(HEScheme):
         ctx = value.context  # 2 polynomials of N coefficients per remaining prime
         primes = max(1, len(ctx.coeff_mod_bit_sizes) - 1 - value.level)
         return int(len(value._cts) * 2 * ctx.poly_modulus_degree * primes * 8)
+
+
+def _check_vector_claims(raw: bytes, ctx: CKKSContext) -> None:
+    """What a serialized TenSEAL vector claims, checked against its context before loading
+    it: a slot count (field 1) within the ring's slots, the context's scale (field 3)."""
+    claimed, scale = vector_claims(raw)
+    if len(claimed) != 1 or not 1 <= claimed[0] <= ctx.slots:
+        raise ValueError(
+            f"a CKKS ciphertext claims {claimed[:2]} slots; its context has {ctx.slots}"
+        )
+    if scale != 2.0**ctx.scale_bits:
+        raise ValueError(
+            f"a CKKS ciphertext claims scale {scale:.6g}, not its context's 2**{ctx.scale_bits}"
+        )
+
+
+def _check_loaded_vector(vec: Any, ctx: CKKSContext, level: int) -> None:
+    """The SEAL ciphertext inside: two polynomials, the context's scale, at ``level``."""
+    inner = vec.data.ciphertext()
+    if len(inner) != 1:
+        raise ValueError("a CKKS vector must hold exactly one ciphertext")
+    c = inner[0]
+    want = ctx.depth + 1 - level
+    if c.size() != 2 or c.scale != 2.0**ctx.scale_bits or c.coeff_modulus_size() != want:
+        raise ValueError(
+            f"a CKKS ciphertext does not match its claims (size {c.size()}, scale {c.scale:.6g}, "
+            f"{c.coeff_modulus_size()} primes left; level {level} of this context has {want})"
+        )
 
 
 register_scheme(PaillierScheme())
@@ -322,7 +379,7 @@ def from_wire(data: EncryptedData, resolve: Callable[[int], Any] | None = None,
             "a mismatched context cannot read it"
         )
     shape = [int(d) for d in data.shape]
-    if any(d < 0 for d in shape) or math.prod(shape) > MAX_ELEMENTS:
+    if any(d < 0 for d in shape) or math.prod(shape) > limits.current().max_elements:
         raise ValueError(f"encrypted tensor shape {shape[:8]} is invalid or over the limit")
     parts = [bytes(p) for p in data.parts]
     if data.meta.get("parts_digest") != _parts_digest(parts):
