@@ -356,3 +356,23 @@ def test_ckks_sums_and_result_sizes_are_bounded(ckks_ctx) -> None:
             spec("mul").facts.predict([x, 2.0], {})
     with pytest.raises(ValueError, match="unknown HE limit"):
         limits.configure(cheap=True)
+
+
+@pytest.mark.parametrize("case", ["ckks add at the last level (2**19)", "paillier mul beyond 2**39"])
+def test_the_node_answers_the_same_when_an_he_op_fails_on_private_values(
+    case: str, ckks_ctx: Any, paillier_keys: Any
+) -> None:
+    """Item 1 through a real node: the scientist combines its ciphertext with private data
+    that is in range on one dataset and out of range on the other; the replies are equal,
+    and the failed result holds its error for the owner."""
+    op, build, good, bad = CASES[case]
+    replies, held = [], []
+    for secret in (good, bad):
+        ds = scientist_with(secret)
+        private = ds.datasets["salaries"].private
+        enc = build(ckks_ctx, paillier_keys[0]).send(ds)
+        out = ds.run_op(f"he.{op}", enc, private)
+        replies.append((type(out).__name__, tuple(out.shape), out.private))
+        held.append(ds.node.lookup(out.id).error)
+    assert replies[0] == replies[1] and replies[0][2] is True
+    assert not held[0] and held[1]
