@@ -930,6 +930,12 @@ class Node:
         args = [from_arg(a, resolve) for a in msg.args]
         kwargs = {k: from_arg(v, resolve) for k, v in msg.kwargs.items()}
         ctx = OpContext(self, session, inputs)
+        sig = _signature(spec.fn)
+        if sig is not None:  # missing or unknown arguments: say which, never a traceback
+            try:
+                sig.bind(ctx, *args, **kwargs)
+            except TypeError as exc:
+                raise InvalidRequest(f"{msg.op}: {exc}") from None
         try:
             reply = spec.fn(ctx, *args, **kwargs)
         except VeilError:
