@@ -775,22 +775,22 @@ class Node:
             sources = inputs[0].sources
         else:
             sources = frozenset().union(*(r.sources for r in inputs)) if inputs else frozenset()
+        label = _label_of(inputs) if private else ""
         if spec.effect != "none":
-            self._apply_effects(spec, target, args, private, sources, error)
+            self._apply_effects(spec, target, args, private, sources, error, label)
         if private:  # any input the op wrote into (e.g. batch-norm running stats) is tainted
             written = declared + [r for r, v in zip(inputs, before) if _versions(r.value) != v]
             if error and target is not None and spec.effect == "inplace":
                 written.append(target)  # a failed in-place op leaves its target unknown
             if written:
                 keys = storage_keys(t for r in written for t in tensors_of(r.value))
-                self._taint(keys, sources, error)
+                self._taint(keys, sources, error, label)
                 for r in written:
                     if error and r.asset_of is None:
                         r.error = r.error or error
                 self._dp.invalidate(keys)  # veil.dp: written data loses its bounds
         if sources:  # ops on dataset-derived data are audited (uploads, gets and requests always)
             self._audit_row(session, "op", msg.op, [r.id for r in inputs], sources)
-        label = _label_of(inputs) if private else ""
         if msg.out:
             reply = self._named_result(session, msg, result, private, sources, error, label)
         elif type(result) is torch.Tensor and target is None and not error and not label:
@@ -1007,11 +1007,12 @@ class Node:
         return False
 
     def _apply_effects(self, spec: OpSpec, target: ObjectRecord | None, args: list[Any],
-                       private: bool, sources: frozenset[str], error: str = "") -> None:  # fmt: skip
+                       private: bool, sources: frozenset[str], error: str = "",
+                       label: str = "") -> None:  # fmt: skip
         effect = spec.effect
         if effect == "inplace" and target is not None:
             if private:
-                self._taint(storage_keys(tensors_of(target.value)), sources, error)
+                self._taint(storage_keys(tensors_of(target.value)), sources, error, label)
             self._persist(target)
         elif effect == "backward" and args and isinstance(args[0], torch.Tensor):
             if private:  # the graph walk costs ~0.1 ms a step: only when there is taint to spread
@@ -1039,16 +1040,21 @@ class Node:
             ):
                 self._taint(storage_keys(tensors_of(module)), sources, error)
 
-    def _taint(self, keys: set[int], sources: frozenset[str], error: str = "") -> None:
+    def _taint(self, keys: set[int], sources: frozenset[str], error: str = "",
+               label: str | None = None) -> None:  # fmt: skip
         """Mark private every object sharing storage with ``keys``; approvals lapse. An
-        ``error`` (a write that failed on private values) is carried into them too."""
+        ``error`` (a write that failed on private values) is carried into them too, and a
+        capability ``label`` survives only a write whose private inputs all carry it."""
         if not keys:
             return
         for rec in self._objects.values():
             if rec.asset_of is None and storage_keys(tensors_of(rec.value)) & keys:
-                self._mark(rec, sources, error)
+                self._mark(rec, sources, error, label)
 
-    def _mark(self, rec: ObjectRecord, sources: frozenset[str], error: str = "") -> None:
+    def _mark(self, rec: ObjectRecord, sources: frozenset[str], error: str = "",
+              label: str | None = None) -> None:  # fmt: skip
+        if label is not None and rec.label != label:
+            rec.label = ""  # written with other private data: no longer what the capability made
         rec.private = True
         rec.sources = rec.sources | sources
         rec.approved.clear()
