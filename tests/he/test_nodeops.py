@@ -358,7 +358,9 @@ def test_ckks_sums_and_result_sizes_are_bounded(ckks_ctx) -> None:
         limits.configure(cheap=True)
 
 
-@pytest.mark.parametrize("case", ["ckks add at the last level (2**19)", "paillier mul beyond 2**39"])
+@pytest.mark.parametrize(
+    "case", ["ckks add at the last level (2**19)", "paillier mul beyond 2**39"]
+)
 def test_the_node_answers_the_same_when_an_he_op_fails_on_private_values(
     case: str, ckks_ctx: Any, paillier_keys: Any
 ) -> None:

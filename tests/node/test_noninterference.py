@@ -151,6 +151,7 @@ OPS: dict[str, Callable[[Any, Any, int, World], Any]] = {
     "grad": lambda a, b, k, w: w.regs[4].grad,
     "model": lambda a, b, k, w: w.regs[5](a.float()),
     "train_step": lambda a, b, k, w: _step(a, w),
+    "view_write_backward": lambda a, b, k, w: _view_write_backward(a, b, k, w),
     "get": lambda a, b, k, w: a.get(),
     "item": lambda a, b, k, w: a.sum().item(),
 }
@@ -181,6 +182,18 @@ def _retain(a: Any, w: World) -> Any:
     h.retain_grad()
     (a.float() @ h).sum().backward()
     return h.grad
+
+
+def _view_write_backward(a: Any, b: Any, k: int, w: World) -> Any:
+    """A view taken with a private index, its base written in place, then backward: the
+    graph below a failed index differs from a healthy one; what the scientist sees after
+    (does the leaf have a gradient?) must not."""
+    h = w.regs[4] * 1
+    v = h[(b.view(-1)[0].abs() * k).long().clamp(max=9)]
+    loss = (v * v).sum()
+    h.add_(1)
+    loss.backward()
+    return w.regs[4].grad
 
 
 def _step(a: Any, w: World) -> Any:
@@ -314,6 +327,7 @@ REGRESSIONS: dict[str, list[tuple[str, int, int, int]]] = {
     "private_slice_bound": [("slice_by_value", 2, 0, 3)],
     "private_mask": [("mask", 2, 0, 0), ("nonzero", 0, 0, 0)],
     "train_then_read_grad": [("train_step", 0, 0, 0), ("grad", 0, 0, 0), ("get", 7, 0, 0)],
+    "view_write_backward": [("view_write_backward", 0, 0, 3), ("grad", 0, 0, 0)],
 }  # fmt: skip
 
 

@@ -748,6 +748,8 @@ class Node:
             if guarded and prediction is not _UNPREDICTED:  # it failed on private values
                 error = error or _failure(msg.op, exc)
                 result = self._placeholder(spec, prediction, args, target)
+                if spec.effect == "backward" and args and isinstance(args[0], torch.Tensor):
+                    self._fill_grads(args[0])
             elif isinstance(exc, VeilError):
                 raise
             elif guarded:  # torch's message may quote private values
@@ -854,6 +856,21 @@ class Node:
                 f"{self.max_result_bytes}"
             )
         return prediction
+
+    def _fill_grads(self, root: torch.Tensor) -> None:
+        """After a backward that failed on private values: give every tensor it would have
+        written a gradient (zeros; the taint that follows carries the error), so whether a
+        ``.grad`` exists afterwards does not tell the scientist that it failed."""
+        leaves, nodes = autograd_graph(root)
+        targets = [t for t in leaves if t.requires_grad and t.is_leaf]
+        for oid in self._retaining:
+            rec = self._objects.get(oid)
+            if rec is not None and isinstance(rec.value, torch.Tensor):
+                if rec.value.grad_fn is not None and rec.value.grad_fn in nodes:
+                    targets.append(rec.value)
+        for t in targets:
+            if t.grad is None:
+                t.grad = torch.zeros_like(t)
 
     def _placeholder(self, spec: OpSpec, prediction: Any, args: list[Any],
                      target: ObjectRecord | None) -> Any:  # fmt: skip
