@@ -235,3 +235,27 @@ def test_a_refusal_for_an_id_is_the_same_whether_it_exists_or_not(deployment: An
             sci.call(RunOp("torch.neg", [Ref(oid)], {}))
         messages.add(str(err.value).replace(str(oid), "ID"))
     assert len(messages) == 1
+
+
+# ------------------------------------------------------------------ randomness as a channel
+
+
+def _public_draws_after_a_private_bernoulli(data: torch.Tensor) -> torch.Tensor:
+    node = veil.Node("rng", owner_email="o@test.local", owner_password="owner-password")
+    owner = veil.VirtualWorker(node=node)
+    owner.datasets.create("d", private=data, mock=torch.zeros_like(data))
+    owner.create_user("s@test.local", "scientist-pw")
+    sci = owner.login("s@test.local", "scientist-pw")
+    priv = sci.datasets["d"].private
+    torch.manual_seed(0)
+    # draws one number per element up to the first p outside [0, 1]: a count of private values
+    torch.bernoulli(torch.where(priv > 0, 0.5, 2.0))
+    return torch.zeros(8).send(sci).uniform_().get()
+
+
+def test_how_many_random_numbers_an_op_on_private_data_draws_is_not_public() -> None:
+    """torch's generator is shared: a scientist can clone it from her own random tensors and
+    count what an op on private data drew. Ops on private data draw from their own stream."""
+    a = _public_draws_after_a_private_bernoulli(torch.tensor([1.0, 1.0, 1.0, 1.0, -1.0]))
+    b = _public_draws_after_a_private_bernoulli(torch.tensor([-1.0, 1.0, 1.0, 1.0, 1.0]))
+    assert torch.equal(a, b)

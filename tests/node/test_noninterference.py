@@ -152,6 +152,8 @@ OPS: dict[str, Callable[[Any, Any, int, World], Any]] = {
     "model": lambda a, b, k, w: w.regs[5](a.float()),
     "train_step": lambda a, b, k, w: _step(a, w),
     "view_write_backward": lambda a, b, k, w: _view_write_backward(a, b, k, w),
+    "bernoulli": lambda a, b, k, w: torch.bernoulli((a.float() / (k + 1)).clamp(-1, 2)),
+    "uniform_public": lambda a, b, k, w: torch.zeros(4).send(w.sci).uniform_().get(),
     "get": lambda a, b, k, w: a.get(),
     "item": lambda a, b, k, w: a.sum().item(),
 }
@@ -270,7 +272,9 @@ def check(program: list[tuple[str, int, int, int]], a: tuple[int, float, float],
     """Run ``program`` on two datasets; the scientist's view must be the same."""
     wa = _world(*_dataset(*a))
     wb = _world(*_dataset(*b))
+    torch.manual_seed(0)  # the public random stream starts alike: it must stay alike
     log_a = _run(wa, program)
+    torch.manual_seed(0)
     log_b = _run(wb, program)
     for step, (x, y) in enumerate(zip(log_a, log_b, strict=True)):
         assert x == y, (
@@ -328,6 +332,7 @@ REGRESSIONS: dict[str, list[tuple[str, int, int, int]]] = {
     "private_mask": [("mask", 2, 0, 0), ("nonzero", 0, 0, 0)],
     "train_then_read_grad": [("train_step", 0, 0, 0), ("grad", 0, 0, 0), ("get", 7, 0, 0)],
     "view_write_backward": [("view_write_backward", 0, 0, 3), ("grad", 0, 0, 0)],
+    "random_draws": [("bernoulli", 0, 0, 0), ("uniform_public", 0, 0, 0)],
 }  # fmt: skip
 
 

@@ -90,8 +90,12 @@ _CACHE_MAX = 8192
 _MODULES: weakref.WeakKeyDictionary[nn.Module, tuple[Any, nn.Module]] = weakref.WeakKeyDictionary()
 
 
-def predict(spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> Prediction:
+def predict(spec: OpSpec, args: list[Any], kwargs: dict[str, Any], *,
+            public: bool = False) -> Prediction:  # fmt: skip
     """Predict ``spec.fn(*args, **kwargs)`` from public facts.
+
+    ``public=True`` (every input is public: for size checks) lets one-element integer
+    tensors stand as the numbers they hold (``x.repeat(k)`` for a public ``k``).
 
     Raises:
         RemoteError: the op fails on public facts alone (torch's message, which can quote
@@ -113,6 +117,9 @@ def predict(spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> Prediction
             return out
         return describe(out)
     index = facts.index_arg if facts is not None else -1
+    if public and (facts is None or facts.value_size is None):
+        args = [_numbers(a) for a in args]
+        kwargs = {k: _numbers(v) for k, v in kwargs.items()}
     try:
         key: Any = (spec.name, _signature(args), _signature(kwargs))
         if 0 <= index < len(args):  # a (public) boolean mask's count decides the shape
@@ -286,6 +293,7 @@ def _dtype_of(name: str) -> torch.dtype:
 
 
 def _tensors(values: list[Any]) -> list[torch.Tensor]:
+    """Tensors in arguments, a module's parameters included (they feed its output)."""
     out: list[torch.Tensor] = []
     stack = list(values)
     while stack:
@@ -296,14 +304,20 @@ def _tensors(values: list[Any]) -> list[torch.Tensor]:
             stack.extend(v)
         elif isinstance(v, dict):
             stack.extend(v.values())
+        elif isinstance(v, nn.Module):
+            out.extend(v.parameters())
     return out
 
 
 # ----------------------------------------------------------------------------- meta
 
 
+#: Lists and tuples longer than this are not cached (a key must not pin memory).
+_KEY_ITEMS = 64
+
+
 def _signature(a: Any) -> Any:
-    """What an argument contributes to its op's result description (hashable)."""
+    """What an argument contributes to its op's result description (hashable, small)."""
     t = type(a)
     if t is torch.Tensor or t is nn.Parameter:
         g = a.grad if a.is_leaf or a.retains_grad else None
@@ -317,14 +331,18 @@ def _signature(a: Any) -> Any:
         )
     if isinstance(a, nn.Module):
         return ("M", _architecture(a), _modes(a))
-    if t is list or t is tuple:
+    if t is list or t is tuple or t is dict:
+        if len(a) > _KEY_ITEMS:
+            raise Unpredictable("too long to cache")
+        if t is dict:
+            return ("d", *((k, _signature(v)) for k, v in a.items()))
         return (t.__name__, *(_signature(v) for v in a))
-    if t is dict:
-        return ("d", *((k, _signature(v)) for k, v in a.items()))
     if t is slice:
         return ("s", _signature(a.start), _signature(a.stop), _signature(a.step))
-    if a is None or t in (bool, int, float, str, torch.dtype) or a is Ellipsis:
+    if a is None or t in (bool, int, float, torch.dtype) or a is Ellipsis:
         return (t.__name__, a)
+    if t is str and len(a) <= 256:
+        return ("str", a)
     raise Unpredictable(f"no signature for a {t.__name__}")
 
 
@@ -367,6 +385,20 @@ def _meta(a: Any, memo: dict[int, Any]) -> Any:
     if a is None or t in (bool, int, float, str, torch.dtype) or a is Ellipsis:
         return a
     raise Unpredictable(f"a {t.__name__} has no meta form")
+
+
+def _numbers(a: Any) -> Any:
+    """One-element integer tensors as Python ints (for public arguments only)."""
+    if isinstance(a, torch.Tensor):
+        if a.numel() == 1 and not (a.is_floating_point() or a.is_complex()):
+            if a.dtype != torch.bool and a.dim() <= 1:
+                return int(a) if a.dim() == 0 else [int(a)]
+        return a
+    if type(a) is list or type(a) is tuple:
+        return type(a)(_numbers(v) for v in a)
+    if type(a) is slice:
+        return slice(_numbers(a.start), _numbers(a.stop), _numbers(a.step))
+    return a
 
 
 def _positions(index: Any, meta: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -10,7 +11,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +172,13 @@ class Node:
         #: Non-leaf tensors asked to keep their gradient (``retain_grad``): a backward from
         #: private data makes them private.
         self._retaining: set[int] = set()
+        #: Per user: how many of their public objects were later written with private data
+        #: (a public backward or step may then read private data through them).
+        self._late_taints: dict[int, int] = {}
+        #: Requests still pending or approved, by object id (a write voids them).
+        self._open_requests: dict[int, set[int]] = {}
+        #: torch's generator state for ops on private data (see :meth:`_private_rng`).
+        self._rng = torch.Generator().manual_seed(secrets.randbits(63)).get_state()
         #: Durable keyed state of capabilities (kind -> key -> JSON value), see :meth:`put_row`.
         self._rows: dict[str, dict[str, dict[str, Any]]] = {}
         self._batch = Batch()
@@ -244,6 +252,8 @@ class Node:
             self._datasets[d.name] = _Dataset(d.name, d.description, d.created, assets)  # type: ignore[arg-type]
         for r in snap.requests:
             self._requests[r.id] = r
+            if r.status in ("pending", "approved") and r.digest:
+                self._open_requests.setdefault(r.object_id, set()).add(r.id)
         for state in snap.dp:
             self._rows.setdefault(state.kind, {})[state.key] = state.value
         self._dp.load(snap)  # veil.dp
@@ -284,6 +294,7 @@ class Node:
     def _reload(self) -> None:
         self._objects.clear()
         self._aliases.clear()
+        self._open_requests.clear()
         self._users.clear()
         self._datasets.clear()
         self._requests.clear()
@@ -734,16 +745,31 @@ class Node:
         )
         for rec in declared:
             self._check_mutable(session, rec)
+        if (
+            not private
+            and spec.effect in ("backward", "step")
+            and self._late_taints.get(uid)
+            and args
+        ):  # written with private data after it was made: what backward or step reads
+            hidden = self._private_behind(spec.effect, args[0], uid)
+            if hidden:
+                private = True
+                inputs = [*inputs, *hidden]
         guarded = private and not session.is_admin
         prediction: Any = _UNPREDICTED
         if guarded:  # the privacy kernel: the reply depends on public facts only
-            prediction = self._predict(spec, args, kwargs, inputs)
+            with self._private_rng():
+                prediction = self._predict(spec, args, kwargs, inputs)
         else:
             self._check_size(spec, args, kwargs, inputs, nested)
         error = next((r.error for r in inputs if r.error), "") if private else ""
         before = [_versions(r.value) for r in inputs] if private else []
         try:
-            result = spec.fn(*args, **kwargs)
+            if guarded:  # randomness it draws comes from a stream no public op sees
+                with self._private_rng():
+                    result = spec.fn(*args, **kwargs)
+            else:
+                result = spec.fn(*args, **kwargs)
         except Exception as exc:
             if guarded and prediction is not _UNPREDICTED:  # it failed on private values
                 error = error or _failure(msg.op, exc)
@@ -765,6 +791,16 @@ class Node:
         else:
             if (
                 guarded
+                and spec.facts is not None
+                and spec.facts.index_arg >= 0
+                and spec.effect == "none"
+                and isinstance(result, torch.Tensor)
+                and _private_in(args[spec.facts.index_arg : spec.facts.index_arg + 1], inputs)
+                and storage_keys([result]) & storage_keys(_tensor_args(args))
+            ):  # a view picked by a private index: a copy, as a failed pick would be
+                result = result.clone()
+            if (
+                guarded
                 and prediction is not _UNPREDICTED
                 and spec.effect not in ("backward", "step")
                 and not kernel.matches(prediction, result)
@@ -784,6 +820,13 @@ class Node:
             written = declared + [r for r, v in zip(inputs, before) if _versions(r.value) != v]
             if error and target is not None and spec.effect == "inplace":
                 written.append(target)  # a failed in-place op leaves its target unknown
+            if (
+                spec.effect == "module_call"
+                and target is not None
+                and isinstance(target.value, nn.Module)
+                and _module_may_write(target.value)
+            ):  # whether or not this call wrote it (or failed first): the same taint
+                written.append(target)
             if written:
                 keys = storage_keys(t for r in written for t in tensors_of(r.value))
                 self._taint(keys, sources, error, label)
@@ -857,6 +900,40 @@ class Node:
             )
         return prediction
 
+    def _private_behind(self, effect: str, root: Any, user: int) -> list[ObjectRecord]:
+        """Private records whose storage a public ``backward`` (its graph's leaves and saved
+        tensors) or ``step`` (the optimizer's parameters, gradients and state) would read:
+        data written into them after the graph or optimizer was made."""
+        unreadable = False
+        if effect == "backward" and isinstance(root, torch.Tensor):
+            tensors, unreadable = _graph_tensors(root)
+        else:
+            tensors = tensors_of(root)
+        keys = storage_keys(tensors)
+        hidden = [
+            r for r in self._objects.values()
+            if r.private and storage_keys(tensors_of(r.value)) & keys
+        ]  # fmt: skip
+        if unreadable and not hidden:  # a saved tensor was written since: assume private data
+            hidden = [
+                r for r in self._objects.values()
+                if r.private and r.asset_of is None and r.owner == user and not r.error
+            ][:1]  # fmt: skip
+        return hidden
+
+    @contextlib.contextmanager
+    def _private_rng(self) -> Iterator[None]:
+        """Run with torch's generator switched to a stream of its own: how many random
+        numbers an op on private data draws may depend on the data, and the public stream
+        (which a scientist can clone from her own random tensors) must not show it."""
+        public = torch.get_rng_state()
+        torch.set_rng_state(self._rng)
+        try:
+            yield
+        finally:
+            self._rng = torch.get_rng_state()
+            torch.set_rng_state(public)
+
     def _fill_grads(self, root: torch.Tensor) -> None:
         """After a backward that failed on private values: give every tensor it would have
         written a gradient (zeros; the taint that follows carries the error), so whether a
@@ -892,13 +969,31 @@ class Node:
                 return
         elif rule == "product" and not self._may_exceed(args, kwargs):
             return
+        bound = spec.facts.value_size if spec.facts is not None else None
         try:
-            prediction = kernel.predict(spec, args, kwargs)
-        except (kernel.Unpredictable, RemoteError):
-            # the op will fail (torch explains why) or has no meta form: bound size arguments
-            ints = [v for v in list(args) + list(kwargs.values()) if isinstance(v, int)]
-            if any(abs(v) > limit // 8 for v in ints):
-                raise InvalidRequest(f"{spec.name}: size argument over the node's limit") from None
+            prediction = kernel.predict(spec, args, kwargs, public=True)
+        except (kernel.NeedsValues, kernel.Unpredictable, RemoteError) as exc:
+            if bound is None and not isinstance(exc, kernel.NeedsValues):
+                # the op will fail (torch explains why) or has no meta form: bound sizes
+                ints = [v for v in list(args) + list(kwargs.values()) if isinstance(v, int)]
+                if any(abs(v) > limit // 8 for v in ints):
+                    raise InvalidRequest(
+                        f"{spec.name}: size argument over the node's limit"
+                    ) from None
+                return
+            if bound is None:
+                raise InvalidRequest(
+                    f"{spec.name}: its result's size depends on tensor values this node cannot "
+                    "bound before running it; pass sizes as plain numbers"
+                ) from None
+            try:
+                size = 16 * int(bound(args, kwargs))
+            except (TypeError, ValueError, RuntimeError, IndexError):
+                return  # the op itself will fail and say why
+            if size > limit:
+                raise InvalidRequest(
+                    f"{spec.name} could create {size} bytes, over this node's limit of {limit}"
+                ) from None
             return
         size = kernel.result_bytes(prediction)
         if size > limit:
@@ -1072,6 +1167,10 @@ class Node:
               label: str | None = None) -> None:  # fmt: skip
         if label is not None and rec.label != label:
             rec.label = ""  # written with other private data: no longer what the capability made
+        if not rec.private:
+            self._late_taints[rec.owner] = self._late_taints.get(rec.owner, 0) + 1
+        if rec.id in self._open_requests:
+            self._void_requests(rec)
         rec.private = True
         rec.sources = rec.sources | sources
         rec.approved.clear()
@@ -1148,21 +1247,22 @@ class Node:
                 h.update(part)
         return h.hexdigest()
 
-    def _void_if_changed(self, row: RequestRow) -> bool:
-        """Mark a pending or approved request void if its object changed since it was made."""
-        rec = self._objects.get(row.object_id)
-        if row.status not in ("pending", "approved") or rec is None or not row.digest:
-            return False
-        if self._digest(rec) == row.digest:
-            return False
-        row.status = "void"
-        row.note = (
-            f"void: object {row.object_id} was written after this request was made, so the "
-            "request no longer describes it; ask again to have the new content reviewed"
-        ) + (f" (was: {row.note})" if row.note else "")
-        self._batch.requests.append(row)
-        self._audit_row(_SYSTEM, "void", f"request {row.id}", [row.object_id])
-        return True
+    def _void_requests(self, rec: ObjectRecord) -> None:
+        """A write into an object voids its pending and approved requests: what the owner was
+        asked about is not what the object holds any more. Every write the node records
+        voids them (not only those that changed the content, which could depend on private
+        values)."""
+        for rid in sorted(self._open_requests.pop(rec.id, ())):
+            row = self._requests.get(rid)
+            if row is None or row.status not in ("pending", "approved"):
+                continue
+            row.status = "void"
+            row.note = (
+                f"void: object {row.object_id} was written after this request was made, so the "
+                "request no longer describes it; ask again to have the new content reviewed"
+            ) + (f" (was: {row.note})" if row.note else "")
+            self._batch.requests.append(row)
+            self._audit_row(_SYSTEM, "void", f"request {row.id}", [row.object_id])
 
     def _request_access(self, session: Session, msg: RequestAccess) -> Reply:
         rec = self._record(session, msg.id)
@@ -1176,6 +1276,7 @@ class Node:
             row.status, row.note = "approved", "not private: no approval needed"
         else:
             row.digest = self._digest(rec)  # the approval will cover this content only
+            self._open_requests.setdefault(rec.id, set()).add(rid)
         self._requests[rid] = row
         self._batch.requests.append(row)
         self._audit_row(session, "request", msg.reason[:200], [rec.id], rec.sources)
@@ -1184,9 +1285,6 @@ class Node:
     def _list_requests(self, session: Session, msg: ListRequests) -> Reply:
         if msg.status is not None and msg.status not in REQUEST_STATUSES:
             raise InvalidRequest(f"status must be one of {REQUEST_STATUSES}, got {msg.status!r}")
-        for r in self._requests.values():
-            if session.is_admin or r.requester == session.user_id:
-                self._void_if_changed(r)
         rows = [
             r for r in self._requests.values()
             if (session.is_admin or r.requester == session.user_id)
@@ -1200,12 +1298,14 @@ class Node:
         row = self._requests.get(msg.id)
         if row is None:
             raise ObjectNotFound(f"no request {msg.id} on node {self.name!r}")
-        if self._void_if_changed(row):  # the owner sees why, and nothing is approved
+        if row.status == "void":  # written after it was made: the owner sees why
             return self._request_info(row)
         if row.status != "pending":
             raise InvalidRequest(f"request {msg.id} was already {row.status}")
         row.status = "approved" if msg.approve else "denied"
         row.decided_by, row.note = session.user_id, msg.note[:2000]
+        if not msg.approve:
+            self._open_requests.get(row.object_id, set()).discard(row.id)
         rec = self._objects.get(row.object_id)
         if msg.approve and rec is not None:
             if not row.digest:  # a request from before digests: bind it to what is approved
@@ -1410,6 +1510,65 @@ def _input_effect(module: Any) -> str:
     if getattr(module, "inplace", False) is True:
         return "writes"
     return "passes" if isinstance(module, _PASS_THROUGH) else "new"
+
+
+def _module_may_write(module: nn.Module) -> bool:
+    """Can a forward pass write into the module itself (BatchNorm statistics in training,
+    ``Embedding(max_norm=...)`` renormalizing the rows it looks up)?"""
+    for m in module.modules():
+        if getattr(m, "max_norm", None) is not None:
+            return True
+        if m.training and any(True for _ in m.buffers(recurse=False)):
+            return True
+    return False
+
+
+def _private_in(args: list[Any], inputs: list[ObjectRecord]) -> bool:
+    """Does an argument hold (in a tuple or slice too) a tensor of a private input?"""
+    ids = {id(r.value) for r in inputs if r.private}
+    stack = list(args)
+    while stack:
+        a = stack.pop()
+        if isinstance(a, torch.Tensor):
+            if id(a) in ids:
+                return True
+        elif isinstance(a, list | tuple):
+            stack.extend(a)
+        elif isinstance(a, slice):
+            stack.extend((a.start, a.stop, a.step))
+    return False
+
+
+def _tensor_args(args: list[Any]) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            out.append(a)
+        elif isinstance(a, list | tuple):
+            out.extend(_tensor_args(list(a)))
+    return out
+
+
+def _graph_tensors(root: torch.Tensor) -> tuple[list[torch.Tensor], bool]:
+    """Tensors a ``root.backward()`` reads: the root, the graph's leaves (with their
+    gradients) and every tensor its nodes saved; and whether a saved tensor could not be
+    read because it was written in place since it was saved."""
+    leaves, nodes = autograd_graph(root)
+    out = [root, *leaves]
+    unreadable = False
+    for fn in nodes:
+        for name in dir(fn):
+            if name.startswith("_saved_"):
+                try:
+                    v = getattr(fn, name)
+                except RuntimeError as exc:  # freed, or written in place since it was saved
+                    unreadable = unreadable or "modified by an inplace" in str(exc)
+                    continue
+                if isinstance(v, torch.Tensor):
+                    out.append(v)
+                elif isinstance(v, list | tuple):
+                    out.extend(t for t in v if isinstance(t, torch.Tensor))
+    return out, unreadable
 
 
 def _path_allowed(path: tuple[str, ...], patterns: tuple[str, ...]) -> bool:

@@ -156,14 +156,20 @@ def extension_for(value: Any) -> ValueKind | None:
 
 
 def tensors_of(value: Any) -> list[torch.Tensor]:
-    """The tensors an object holds (for storage aliasing and size accounting)."""
+    """The tensors an object holds (for storage aliasing and size accounting): a tensor
+    and its gradient, a module's parameters, buffers and gradients, an optimizer's
+    parameters, their gradients and its state (momentum...). Private data written into
+    any of them makes the object private."""
     if isinstance(value, torch.Tensor):
-        return [value]
+        grad = value.grad if value.is_leaf or value.retains_grad else None
+        return [value] if grad is None else [value, grad]
     if isinstance(value, nn.Module):
         out = list(value.parameters()) + list(value.buffers())
         return out + [p.grad for p in value.parameters() if p.grad is not None]
     if isinstance(value, torch.optim.Optimizer):
-        return [p for g in value.param_groups for p in g["params"]]
+        params = [p for g in value.param_groups for p in g["params"]]
+        state = [t for s in value.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+        return params + [p.grad for p in params if p.grad is not None] + state
     return []
 
 

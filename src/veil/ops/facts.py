@@ -99,6 +99,7 @@ class OpFacts:
     predict: Callable[..., Any] | None = None
     private_args: tuple[str, ...] | None = None
     index_arg: int = -1
+    value_size: Callable[[Sequence[Any], dict[str, Any]], int] | None = None
 
 
 def _first(args: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
@@ -156,6 +157,52 @@ SHAPE_VALUES: dict[str, Callable[[Sequence[Any], dict[str, Any]], list[Any]]] = 
     "split": _rest,
     "hsplit": _rest,
     "vsplit": _rest,
+}
+
+
+def _numel(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    x = args[0] if args else kwargs.get("input")
+    return int(x.numel() * max(x.dim(), 1)) if isinstance(x, torch.Tensor) else 0
+
+
+def _largest(t: Any) -> int:
+    return int(t.max()) if isinstance(t, torch.Tensor) and t.numel() else 0
+
+
+def _bincount_size(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    minlength = args[2] if len(args) > 2 else kwargs.get("minlength", 0)
+    return max(_largest(args[0] if args else kwargs.get("input")) + 1, int(minlength or 0))
+
+
+def _one_hot_size(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    x = args[0] if args else kwargs.get("input")
+    classes = args[1] if len(args) > 1 else kwargs.get("num_classes", -1)
+    classes = _largest(x) + 1 if classes == -1 else int(classes)
+    return int(x.numel()) * max(classes, 0) if isinstance(x, torch.Tensor) else 0
+
+
+def _repeat_interleave_size(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    x = args[0] if args else kwargs.get("input")
+    repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
+    if repeats is None:  # repeat_interleave(repeats): sum of the counts
+        return int(x.sum()) if isinstance(x, torch.Tensor) and x.numel() else 0
+    most = _largest(repeats) if isinstance(repeats, torch.Tensor) else int(repeats)
+    return int(x.numel()) * max(most, 0) if isinstance(x, torch.Tensor) else 0
+
+
+#: ``value_size`` rules by base name (see :attr:`OpFacts.value_size`).
+VALUE_SIZE: dict[str, Callable[[Sequence[Any], dict[str, Any]], int]] = {
+    "bincount": _bincount_size,
+    "one_hot": _one_hot_size,
+    "repeat_interleave": _repeat_interleave_size,
+    "nonzero": _numel,
+    "argwhere": _numel,
+    "where": _numel,
+    "unique": lambda a, k: 3 * _numel(a, k),
+    "unique_consecutive": lambda a, k: 3 * _numel(a, k),
+    "masked_select": lambda a, k: sum(
+        int(t.numel()) for t in (*a, *k.values()) if isinstance(t, torch.Tensor)
+    ),
 }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from veil.ops.facts import SHAPE_VALUES, OpFacts
+from veil.ops.facts import SHAPE_VALUES, VALUE_SIZE, OpFacts
 from veil.ops.registry import OpRegistry, OpSpec
 
 # Elementwise ops that exist as ``torch.X`` and ``Tensor.X`` (and mostly ``Tensor.X_``).
@@ -70,6 +70,8 @@ __rand__ __iand__ __or__ __ror__ __ior__ __xor__ __rxor__ __ixor__ __lshift__ __
 __eq__ __ne__ __lt__ __le__ __gt__ __ge__ __getitem__ __setitem__
 """.split()
 
+#: Not allowlisted: ``ctc_loss`` (torch's CPU kernel reads log-probabilities at target
+#: labels it never bounds-checks: a label out of range reads the node's memory).
 FUNCTIONAL = """
 linear bilinear conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d
 max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices
@@ -86,7 +88,7 @@ scaled_dot_product_attention cross_entropy nll_loss mse_loss l1_loss smooth_l1_l
 huber_loss binary_cross_entropy binary_cross_entropy_with_logits kl_div poisson_nll_loss
 gaussian_nll_loss cosine_embedding_loss margin_ranking_loss hinge_embedding_loss
 soft_margin_loss multilabel_soft_margin_loss multilabel_margin_loss multi_margin_loss
-triplet_margin_loss ctc_loss
+triplet_margin_loss
 """.split()
 
 LINALG_MODULE = """
@@ -271,6 +273,7 @@ def facts_for(base: str, fn: Any, effect: str = "none", *, functional: bool = Fa
         writes=writes, write_switch=switch, shape_values=SHAPE_VALUES.get(key), size=size,  # type: ignore[arg-type]
         dp=dp, pipeline=pipeline,  # type: ignore[arg-type]
         index_arg=1 if key in ("__getitem__", "__setitem__") else -1,
+        value_size=VALUE_SIZE.get(key),
     )  # fmt: skip
 
 
