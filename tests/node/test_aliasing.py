@@ -140,6 +140,21 @@ def test_views_of_a_tensor_are_views_after_a_restart(tmp_path: Path, snapshot: S
     want[:, 2] *= -1
     assert torch.equal(x.get(), want)
     assert torch.equal(t.get(), want.T) and torch.equal(flat.get(), want.view(-1)[2:9])
+    sci.flush()
+    written = snapshot(node)
+
+    node, sci = _again(node, tmp_path)  # what was written through the views was stored
+    assert snapshot(node) == written
+    x, row, col, t, flat = (sci.pointer(i) for i in ids)
+    x.delete()  # the owner goes: its views keep their memory, and store it themselves
+    sci.flush()
+    gone = snapshot(node)
+
+    node, sci = _again(node, tmp_path)
+    assert snapshot(node) == gone
+    row, t = sci.pointer(ids[1]), sci.pointer(ids[3])
+    row.zero_()
+    assert torch.equal(t.get()[:, 1], torch.zeros(4))  # still one memory
     node.close()
 
 
