@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -77,6 +78,62 @@ def test_kill_and_restart_keeps_datasets_objects_requests_and_audit(tmp_path: Pa
             sci.pointer(ids[2]).get()  # still private after the restart
         owner.requests.approve(req.id)
         torch.testing.assert_close(sci.pointer(ids[2]).get(), secret.mean(0))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_training_resumes_after_kill_and_restart_as_if_uninterrupted(tmp_path: Path) -> None:
+    """A model, its parameter records and its momentum optimizer come back from a SIGKILL
+    sharing their tensors: training continues where the acknowledged steps left it."""
+    import torch.nn.functional as F  # noqa: N812
+    from torch import nn
+
+    torch.manual_seed(5)
+    local = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    init = {k: v.clone() for k, v in local.state_dict().items()}
+    x, y = torch.randn(12, 4), torch.randint(0, 2, (12,))
+
+    def step(model: Any, opt: Any, xs: Any, ys: Any) -> None:
+        opt.zero_grad()
+        F.cross_entropy(model(xs), ys).backward()
+        opt.step()
+
+    local_opt = torch.optim.SGD(local.parameters(), lr=0.2, momentum=0.9)
+    for _ in range(4):
+        step(local, local_opt, x, y)
+
+    db = f"sqlite:///{tmp_path / 'node.db'}"
+    proc, url = _start(db)
+    try:
+        owner = veil.connect(url, email=EMAIL, password=PASSWORD)
+        owner.create_user(SCI, SCI_PW)
+        sci = veil.connect(url, email=SCI, password=SCI_PW)
+        start = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+        start.load_state_dict(init)
+        model = start.send(sci)
+        params = model.parameters()
+        opt = veil.RemoteOptimizer(torch.optim.SGD, params, lr=0.2, momentum=0.9)
+        xs, ys = sci.send(x), sci.send(y)
+        for _ in range(2):
+            step(model, opt, xs, ys)
+        sci.flush()
+        ids = model.id, opt.id, xs.id, ys.id, params[0].id
+    finally:
+        proc.kill()  # SIGKILL: no shutdown hooks run
+        proc.wait(timeout=10)
+
+    proc, url = _start(db)
+    try:
+        sci = veil.connect(url, email=SCI, password=SCI_PW)
+        model, opt, xs, ys, weight = (sci.pointer(i) for i in ids)
+        for _ in range(2):
+            step(model, opt, xs, ys)
+        got = model.get()
+        for name, want in local.state_dict().items():
+            torch.testing.assert_close(got.state_dict()[name], want, atol=1e-6, rtol=0)
+        torch.testing.assert_close(weight.get(), local[0].weight.detach(), atol=1e-6, rtol=0)
     finally:
         proc.terminate()
         proc.wait(timeout=10)

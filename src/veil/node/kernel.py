@@ -172,7 +172,11 @@ def _answer(result: tuple[bool | None, Any]) -> Prediction:
 def _on_zeros(spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool | None, Any]:
     """Predict an op whose code cannot run on meta tensors by running it on zeros of its
     inputs' shapes and dtypes (public values), for inputs of moderate size."""
-    if sum(t.numel() for t in _tensors([*args, *kwargs.values()])) > _ZEROS_MAX:
+    tensors = _tensors([*args, *kwargs.values()])
+    bound = 1  # the product of the inputs' sizes bounds what broadcasting or products make
+    for t in tensors:
+        bound *= max(t.numel(), 2)
+    if sum(t.numel() for t in tensors) > _ZEROS_MAX or bound > _ZEROS_MAX:
         raise Unpredictable(f"{spec.name} has no meta form and its inputs are large")
     memo: dict[int, Any] = {}
 

@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 
 from veil.errors import InvalidRequest
+from veil.node.text import text_problem
 from veil.types import ADMIN_ROLES, ROLES
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -48,7 +49,8 @@ def verify_password(password: str, stored: str) -> bool:
         return False
     if scheme != "scrypt":
         return False
-    got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p))
+    raw = password.encode("utf-8", "surrogatepass")  # a lone surrogate matches nothing, quietly
+    got = hashlib.scrypt(raw, salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p))
     return hmac.compare_digest(got, bytes.fromhex(digest))
 
 
@@ -58,9 +60,21 @@ def verify_password(password: str, stored: str) -> bool:
 STAND_IN_HASH = f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${'00' * 16}${'00' * 64}"
 
 
-def check_new_user(email: str, password: str, role: str) -> None:
-    """Validate a new user's fields; every problem is reported at once."""
-    problems = []
+def check_new_user(email: str, password: str, role: str, name: str = "") -> None:
+    """Validate a new user's fields; every problem is reported at once.
+
+    Example:
+        >>> check_new_user("ann@clinic.org", "long-enough-pw", "data_scientist", "Ann")
+        >>> check_new_user("ann@clinic.org", "short", "data_scientist", "Ann\\x00")
+        Traceback (most recent call last):
+        ...
+        veil.errors.InvalidRequest: name contains a NUL character (\\x00) at position 3, which databases refuse in text: remove it; password must have at least 8 characters
+    """
+    problems = [
+        f"{field} contains {problem}: remove it"
+        for field, value in (("email", email), ("password", password), ("name", name))
+        if (problem := text_problem(value)) is not None
+    ]
     if "@" not in email or len(email) > 254:
         problems.append(f"email {email[:60]!r} is not an email address")
     if len(password) < MIN_PASSWORD:

@@ -241,15 +241,25 @@ class RemoteOptimizer(ReleasedOnDrop):
             raise TypeError("RemoteOptimizer optimizes PointerTensors; send the model first")
         self.location: Remote = first.location
         self.name = name
-        info = self.location.run_op(f"optim.{name}", params, **options)
-        self.id: int = info.id
+        made = self.location.run_op(f"optim.{name}", params, **options)
+        made._owned = False  # this handle owns the optimizer
+        self.id: int = made.id
         self._owned = True
 
     _remote_ref = True
 
     @classmethod
-    def _from_info(cls, location: Remote, info: ObjectInfo) -> Any:
-        return info  # constructor unwraps the id
+    def _from_info(cls, location: Remote, info: ObjectInfo) -> RemoteOptimizer:
+        """A handle on an optimizer the node holds (``worker.pointer(id)`` after a reconnect
+        or a restart of the node: optimizers are durable like every object)."""
+        handle = cls.__new__(cls)
+        handle.location, handle.name, handle.id, handle._owned = (
+            location,
+            "optimizer",
+            info.id,
+            True,
+        )
+        return handle
 
     def step(self) -> None:
         self.location.run_op("Optimizer.step", self)

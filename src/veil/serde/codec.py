@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from veil.errors import MessageTooLarge, SerdeError, VersionMismatch
-from veil.serde.messages import Call, Reply
+from veil.serde.messages import Call, Reply, Stored
 from veil.version import WIRE_VERSION
 
 MAGIC = b"VL"
@@ -26,6 +26,7 @@ _HEAD = HEADER.pack(MAGIC, WIRE_VERSION)
 _encoder = msgspec.msgpack.Encoder()
 _call_decoder = msgspec.msgpack.Decoder(Call)
 _reply_decoder = msgspec.msgpack.Decoder(Reply)
+_stored_decoder = msgspec.msgpack.Decoder(Stored)
 
 
 def encode(message: Any, *, version: int = WIRE_VERSION) -> bytearray:
@@ -144,4 +145,10 @@ decode_call: Callable[..., Call] = _decoder(
 #: ``decode_reply(frame, *, max_bytes=...) -> Reply``
 decode_reply: Callable[..., Reply] = _decoder(
     _reply_decoder, "node", "Decode a node -> client frame. Every bad input raises a SerdeError."
+)
+#: ``decode_stored(frame, *, max_bytes=...) -> Stored``
+decode_stored: Callable[..., Stored] = _decoder(
+    _stored_decoder,
+    "store",
+    "Decode a node's stored object (a ``Value``, ``TensorView`` or ``OptimizerSpec``).",
 )

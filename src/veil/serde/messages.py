@@ -106,6 +106,56 @@ Arg = Union[  # noqa: UP007 - msgspec needs a runtime Union here
     ModuleSpec,
 ]
 
+# -------------------------------------------- a node's own storage (never sent on the wire)
+
+
+class TensorView(msgspec.Struct, tag="tensor_view", frozen=True, gc=False):
+    """A stored tensor that shares memory with a tensor of another record, its base: the
+    node rebuilds it as a view of that tensor (``as_strided``), so that a write through
+    one is seen through the other after a restart too.
+
+    ``slot`` names the base's tensor ("" for a tensor record; a parameter or buffer name
+    of a module); ``offset`` is the view's storage offset minus that tensor's (elements);
+    ``same``: the view is that very tensor (a module's parameter as its own record).
+    ``leaf``: it had no autograd history (rebuilt detached, with ``requires_grad``);
+    otherwise it is rebuilt linked to its base's graph."""
+
+    base: int
+    slot: str
+    offset: int
+    shape: list[int]
+    stride: list[int]
+    same: bool = False
+    leaf: bool = True
+    requires_grad: bool = False
+
+
+class ParamRef(msgspec.Struct, tag="param_ref", frozen=True, gc=False):
+    """A tensor another record holds: its ``slot`` (see :class:`TensorView`)."""
+
+    record: int
+    slot: str = ""
+
+
+class OptimizerGroup(msgspec.Struct, frozen=True, gc=False):
+    """One parameter group: its parameters (references, or the tensors themselves when
+    no record holds them) and its hyperparameters."""
+
+    params: list[ParamRef | TensorData]
+    options: dict[str, Arg] = {}
+
+
+class OptimizerSpec(msgspec.Struct, tag="optimizer", frozen=True, gc=False):
+    """A torch optimizer of an allowlisted class (``veil.ops.OPTIMIZER_CLASSES``): its
+    constructor defaults, parameter groups, and per-parameter state (momentum buffers,
+    Adam moments, step counts), in the order of the groups' parameters."""
+
+    cls: str
+    groups: list[OptimizerGroup]
+    defaults: dict[str, Arg] = {}
+    state: list[dict[str, Arg]] = []
+
+
 # --------------------------------------------------------------------------- requests
 
 
@@ -408,3 +458,8 @@ Reply = Union[  # noqa: UP007
     BudgetInfo,
     BudgetList,
 ]
+
+#: What a node writes to its store for one object: its value, or (when it shares tensors
+#: with other objects) a view of another object's tensor, or an optimizer that refers to
+#: the tensors it steps.
+Stored = Union[Value, TensorView, OptimizerSpec]  # noqa: UP007

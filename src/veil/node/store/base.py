@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +125,36 @@ class Store(ABC):
     @abstractmethod
     def load(self) -> Snapshot:
         """Everything persisted, for a node starting up."""
+
+    def load_keys(
+        self,
+        *,
+        objects: Collection[int] = (),
+        users: Collection[int] = (),
+        datasets: Collection[str] = (),
+        requests: Collection[int] = (),
+        rows: Collection[str] = (),
+    ) -> Snapshot:
+        """The stored rows with these keys (those that exist), for a node undoing a write
+        the store refused: it restores just what that write named. ``rows`` are keys of
+        capability rows (``Snapshot.dp``).
+
+        This default filters :meth:`load`; stores override it to read by key.
+
+        Example:
+            >>> from veil.node.store import MemoryStore
+            >>> MemoryStore().load_keys(objects=[1], users=[1])
+            Snapshot(users=[], objects=[], datasets=[], requests=[], dp=[])
+        """
+        snap = self.load()
+        oids, uids, names, rids, keys = (set(c) for c in (objects, users, datasets, requests, rows))
+        return Snapshot(
+            [u for u in snap.users if u.id in uids],
+            [o for o in snap.objects if o.id in oids],
+            [d for d in snap.datasets if d.name in names],
+            [r for r in snap.requests if r.id in rids],
+            [r for r in snap.dp if r.key in keys],
+        )
 
     @abstractmethod
     def write(self, batch: Batch) -> None:

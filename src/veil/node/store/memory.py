@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from veil.node.store.base import AuditRow, Batch, Snapshot, Store
 
@@ -24,6 +25,10 @@ class MemoryStore(Store):
         self._audit: deque[AuditRow] = deque(maxlen=audit_limit)
 
     def load(self) -> Snapshot:
+        return Snapshot([], [], [], [])
+
+    def load_keys(self, **keys: Any) -> Snapshot:
+        """Nothing is stored: no rows."""
         return Snapshot([], [], [], [])
 
     def write(self, batch: Batch) -> None:

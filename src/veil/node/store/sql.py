@@ -10,7 +10,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,11 @@ from veil.node.store.base import (
 
 __all__ = ["SCHEMA_VERSION", "SQLStore"]
 
-#: The layout of the tables below; bump it (and add a migration) when it changes.
-SCHEMA_VERSION = 2
+#: The layout of the tables below and of what they hold; bump it (and add a migration)
+#: when either changes. 2: ``objects.extra``, ``requests.digest``. 3: no new columns, but
+#: an object's payload may now be a view of another object's tensor or an optimizer
+#: (``veil.node.aliasing``), which a veil reading up to version 2 cannot load.
+SCHEMA_VERSION = 3
 #: Columns added since version 1: (table, column, SQL type, default), added by ALTER TABLE.
 _ADDED = [("objects", "extra", "JSON", None), ("requests", "digest", "VARCHAR(64)", "''")]
 
@@ -671,39 +674,85 @@ class SQLStore(Store):
         referenced: set[str] = set()
         with self._engine.connect() as conn:
             users = [UserRow(**r._mapping) for r in conn.execute(_SELECT_ALL["users"])]
-            objects = []
-            for r in conn.execute(_SELECT_ALL["objects"]):
-                fields = dict(r._mapping)
-                blob = fields.pop("blob")
-                if blob is not None:
-                    referenced.add(blob)
-                    fields["payload"] = self._read_blob(blob, f"object {r.id}")
-                fields.update(
-                    private=bool(r.private), approved=list(r.approved), extra=r.extra or {}
-                )
-                objects.append(ObjectRow(**fields))
+            objects = [
+                self._object_row(r, referenced) for r in conn.execute(_SELECT_ALL["objects"])
+            ]
             assets: dict[str, list[Any]] = {}
             for r in conn.execute(_SELECT_ALL["dataset_assets"]):
-                mock = r.mock
-                if r.mock_blob is not None:
-                    referenced.add(r.mock_blob)
-                    what = f"the mock of asset {r.name!r} of dataset {r.dataset!r}"
-                    mock = bytes(self._read_blob(r.mock_blob, what))
-                bounds = [(float(lo), float(hi)) for lo, hi in r.bounds]
-                assets.setdefault(r.dataset, []).append(
-                    (r.name, r.object_id, mock, r.columns, bounds, r.description)
-                )
+                assets.setdefault(r.dataset, []).append(self._asset(r, referenced))
             datasets = [
                 DatasetRow(**r._mapping, assets=assets.get(r.name, []))
                 for r in conn.execute(_SELECT_ALL["datasets"])
             ]
-            requests = [
-                RequestRow(**{**r._mapping, "digest": r.digest or ""})
-                for r in conn.execute(_SELECT_ALL["requests"])
-            ]
+            requests = [_request_row(r) for r in conn.execute(_SELECT_ALL["requests"])]
             dp = [DPRow(**r._mapping) for r in conn.execute(_SELECT_ALL["dp_state"])]
         self._sweep(referenced)
         return Snapshot(users, objects, datasets, requests, dp)
+
+    def load_keys(
+        self,
+        *,
+        objects: Collection[int] = (),
+        users: Collection[int] = (),
+        datasets: Collection[str] = (),
+        requests: Collection[int] = (),
+        rows: Collection[str] = (),
+    ) -> Snapshot:
+        """The rows with these keys (those that exist), read by key in one transaction; blob
+        files are read back but never swept (a node is running).
+
+        Example:
+            >>> store = SQLStore("sqlite://")
+            >>> store.write(Batch(users=[UserRow(1, "a@b.org", "owner", "", "h", 0.0)]))
+            >>> [u.email for u in store.load_keys(users=[1, 2]).users]
+            ['a@b.org']
+            >>> store.close()
+        """
+        self._check_open()
+        seen: set[str] = set()
+
+        def select(conn: Connection, table: sa.Table, column: str, keys: Collection[Any]) -> Any:
+            for chunk in _chunks(sorted(set(keys))):
+                yield from conn.execute(sa.select(table).where(table.c[column].in_(chunk)))
+
+        with self._engine.connect() as conn:
+            snap = Snapshot(
+                [UserRow(**r._mapping) for r in select(conn, users_table, "id", users)],
+                [self._object_row(r, seen) for r in select(conn, objects_table, "id", objects)],
+                [],
+                [_request_row(r) for r in select(conn, requests_table, "id", requests)],
+                [DPRow(**r._mapping) for r in select(conn, dp_table, "key", rows)],
+            )
+            assets: dict[str, list[Any]] = {}
+            found = sorted(
+                select(conn, assets_table, "dataset", datasets), key=lambda r: r.position
+            )
+            for r in found:
+                assets.setdefault(r.dataset, []).append(self._asset(r, seen))
+            snap.datasets = [
+                DatasetRow(r.name, r.description, r.created, assets.get(r.name, []))
+                for r in select(conn, datasets_table, "name", datasets)
+            ]
+        snap.objects.sort(key=lambda o: (o.created, o.id))
+        return snap
+
+    def _object_row(self, r: Any, referenced: set[str]) -> ObjectRow:
+        fields = dict(r._mapping)
+        blob = fields.pop("blob")
+        if blob is not None:
+            referenced.add(blob)
+            fields["payload"] = self._read_blob(blob, f"object {r.id}")
+        fields.update(private=bool(r.private), approved=list(r.approved), extra=r.extra or {})
+        return ObjectRow(**fields)
+
+    def _asset(self, r: Any, referenced: set[str]) -> tuple[Any, ...]:
+        mock = r.mock
+        if r.mock_blob is not None:
+            referenced.add(r.mock_blob)
+            what = f"the mock of asset {r.name!r} of dataset {r.dataset!r}"
+            mock = bytes(self._read_blob(r.mock_blob, what))
+        bounds = [(float(lo), float(hi)) for lo, hi in r.bounds]
+        return (r.name, r.object_id, mock, r.columns, bounds, r.description)
 
     def audit(self, limit: int) -> list[AuditRow]:
         """The newest ``limit`` audit entries, newest first."""
@@ -769,6 +818,10 @@ def _apply(
         ex.delete("dp_state", list(dp))
         ex.insert("dp_state", [_params(r) for r in dp.values()])
     return old_files
+
+
+def _request_row(r: Any) -> RequestRow:
+    return RequestRow(**{**r._mapping, "digest": r.digest or ""})
 
 
 def _sqlite_pragmas(memory: bool) -> Any:
