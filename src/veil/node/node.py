@@ -1175,6 +1175,11 @@ class Node:
         try:
             prediction = kernel.predict(spec, args, kwargs, public=True)
         except (kernel.NeedsValues, kernel.Unpredictable, RemoteError) as exc:
+            if rule == "product" and bound is None and isinstance(exc, kernel.Unpredictable):
+                raise InvalidRequest(  # its inputs' product passed the limit: no proof it fits
+                    f"{spec.name} could create more than this node's limit of {limit} bytes "
+                    "(the product of its inputs' sizes); split the work into smaller pieces"
+                ) from None
             if bound is None and not isinstance(exc, kernel.NeedsValues):
                 # the op will fail (torch explains why) or has no meta form: bound sizes
                 ints = [v for v in list(args) + list(kwargs.values()) if isinstance(v, int)]
