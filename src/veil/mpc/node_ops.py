@@ -30,9 +30,10 @@ from typing import Any
 
 import torch
 
-from veil.errors import InvalidRequest, PermissionDenied, ProtocolError
+from veil.errors import InvalidRequest, PermissionDenied
 from veil.mpc import kinds, r128, ring, seal, spdz
 from veil.mpc.kinds import Slot, numel
+from veil.mpc.typed import describe, typed
 from veil.node.extension import OpContext
 from veil.ops import OpFacts, OpRegistry, OpSpec, default_registry
 from veil.serde.messages import Done, Reply
@@ -151,7 +152,8 @@ def _context(purpose: str, sid: str, index: int, n: int) -> bytes:
     return f"{purpose}|{sid}|{index}|{n}".encode()
 
 
-def op_join(ctx: OpContext, sid: Any, index: Any, n: Any, dealer: Any, box: Any) -> Reply:
+def op_join(ctx: OpContext, sid: str, index: int, n: int, dealer: torch.Tensor,
+            box: torch.Tensor) -> Reply:  # fmt: skip
     """Party: accept the dealer's sealed seed for session ``sid`` as party ``index`` of ``n``."""
     st = _st(ctx)
     sid = _sid(sid)
@@ -182,7 +184,7 @@ def op_join(ctx: OpContext, sid: Any, index: Any, n: Any, dealer: Any, box: Any)
 # ------------------------------------------------------------------------ dealer
 
 
-def op_deal(ctx: OpContext, sid: Any, groups: Any) -> Reply:
+def op_deal(ctx: OpContext, sid: str, groups: list[Any]) -> Reply:
     """Dealer: new groups ``[(kind, params), ...]``; answers ``[gid_0, ..., deltas...]``
     (int64): the group ids, then each group's delta for the last party, concatenated.
     Takes shapes only: the dealer never sees a share."""
@@ -194,11 +196,10 @@ def op_deal(ctx: OpContext, sid: Any, groups: Any) -> Reply:
         raise InvalidRequest("deal needs a non-empty list of (kind, params)")
     gids, deltas = [], []
     total = 0
-    for g in groups:
-        if not (isinstance(g, list | tuple) and len(g) == 2 and isinstance(g[1], dict)):
-            raise InvalidRequest("each group is (kind name, params dict)")
-        kind = kinds.get_kind(g[0])
-        slots = kind.slots(g[1])
+    for k, g in enumerate(groups):
+        if not (isinstance(g, list | tuple) and len(g) == 2):
+            raise InvalidRequest(f"groups.{k} must be a pair (kind name, params dict)")
+        kind, _, slots = _group(g[0], g[1], f"groups.{k}")
         total += sum(numel(s.shape) for s in slots)
         ctx.check_elements(total)
         gid = sess.next_gid
@@ -218,7 +219,7 @@ def _party(ctx: OpContext, sid: Any) -> _PartySession:
     return sess
 
 
-def op_open(ctx: OpContext, sid: Any, items: Any) -> Reply:
+def op_open(ctx: OpContext, sid: str, items: list[Any]) -> Reply:
     """Party: for each item ``{gid, kind, params, inputs, delta}`` derive the group's
     slots, compute the operands from ``inputs`` (this user's objects) and answer them
     masked with the opened slots, all concatenated (int64, public)."""
@@ -233,37 +234,22 @@ def _open(ctx: OpContext, sid: Any, items: Any) -> torch.Tensor:
     out: list[torch.Tensor] = []
     staged: list[tuple[int, _Pending]] = []
     total = 0
-    for it in items:
+    for k, it in enumerate(items):
         if not isinstance(it, dict):
-            raise InvalidRequest("each open item is a dict")
-        gid = it.get("gid")
-        if not isinstance(gid, int) or isinstance(gid, bool) or gid <= 0:
-            raise InvalidRequest("gid must be a positive integer")
+            raise InvalidRequest(f"items.{k} must be a dict (gid, kind, params, inputs, delta)")
+        gid = _gid(it.get("gid"), f"items.{k}.gid")
         if gid in sess.used or any(g == gid for g, _ in staged):
             raise PermissionDenied(
                 f"dealer randomness {gid} was already opened on node {ctx.node.name!r}: a mask "
                 "is used once (reusing it would unmask a share)"
             )
-        kind = kinds.get_kind(it.get("kind"))
-        params = it.get("params")
-        if not isinstance(params, dict):
-            raise InvalidRequest("params must be a dict")
-        slots = kind.slots(params)
+        kind, params, slots = _group(it.get("kind"), it.get("params"), f"items.{k}")
         total += sum(numel(s.shape) for s in slots)
         ctx.check_elements(total)
-        inputs = it.get("inputs")
-        if (
-            not isinstance(inputs, list)
-            or len(inputs) != kind.n_inputs
-            or not all(isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in inputs)
-        ):
-            raise InvalidRequest(f"{kind.name} takes {kind.n_inputs} int64 share tensors")
+        inputs = _inputs(kind, params, it.get("inputs"), f"items.{k}.inputs")
         masks = kinds.party_slots(sess.seed, gid, slots)
         if sess.index == sess.n - 1 and any(kinds.has_delta(s) for s in slots):
-            delta = it.get("delta")
-            if not isinstance(delta, torch.Tensor):
-                raise InvalidRequest("the last party needs the dealer's delta")
-            kinds.apply_delta(slots, masks, delta)
+            _apply_delta(slots, masks, it.get("delta"), f"items.{k}.delta")
         if any(s.domain in kinds.AUTH for s in slots):
             masks["__alpha"] = kinds.mac_key(sess.seed)
             masks["__alpha64"] = kinds.mac_key64(sess.seed)
@@ -297,13 +283,65 @@ def _open(ctx: OpContext, sid: Any, items: Any) -> torch.Tensor:
     return torch.cat(out)
 
 
-def op_finish(ctx: OpContext, sid: Any, items: Any) -> Reply:
+def _group(name: Any, params: Any, where: str) -> tuple[kinds.Kind, dict[str, Any], list[Slot]]:
+    """A kind of dealer randomness, its params and its slots, checked (``where`` names the
+    position in the message)."""
+    if not isinstance(name, str) or name not in kinds.KINDS:
+        got = repr(name) if isinstance(name, str) else describe(name)
+        raise InvalidRequest(f"{where}.kind: unknown kind of dealer randomness {got[:80]}; "
+                             f"known: {sorted(kinds.KINDS)}")  # fmt: skip
+    if not isinstance(params, dict):
+        raise InvalidRequest(f"{where}.params must be a dict, got {describe(params)}")
+    kind = kinds.KINDS[name]
+    try:
+        return kind, params, kind.slots(params)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{where}.params: {exc}") from None
+
+
+def _apply_delta(slots: list[Slot], masks: dict[str, torch.Tensor], delta: Any, where: str) -> None:
+    """The last party: add the dealer's delta (relayed by the driver) to its slots."""
+    if not isinstance(delta, torch.Tensor):
+        raise InvalidRequest(f"{where}: the last party needs the dealer's delta (an int64 tensor)")
+    try:
+        kinds.apply_delta(slots, masks, delta)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{where}: {exc}") from None
+
+
+def _gid(gid: Any, where: str) -> int:
+    if not isinstance(gid, int) or isinstance(gid, bool) or gid <= 0:
+        raise InvalidRequest(f"{where} must be a positive integer (a group id the dealer dealt)")
+    return gid
+
+
+def _inputs(
+    kind: kinds.Kind, params: dict[str, Any], inputs: Any, where: str
+) -> list[torch.Tensor]:
+    """The shares a kind takes, checked: their count, dtype and exact shapes."""
+    want = kind.inputs(params)
+    if not isinstance(inputs, list) or len(inputs) != len(want):
+        raise InvalidRequest(f"{where}: {kind.name} takes {len(want)} shares, in a list")
+    for j, (t, (_, shape)) in enumerate(zip(inputs, want, strict=True)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or tuple(t.shape) != shape:
+            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InvalidRequest(f"{where}.{j}: {kind.name} takes an int64 share of shape "
+                                 f"{shape} here, got {got}")  # fmt: skip
+    return inputs
+
+
+def _opened(s: Slot) -> tuple[int, ...]:
+    """The shape of an opening of slot ``s`` (the value half of an ``auth`` slot)."""
+    return (2, *s.shape) if s.domain == "auth" else s.shape
+
+
+def op_finish(ctx: OpContext, sid: str, items: list[Any]) -> Reply:
     """Party: for each item ``{gid, opened: [public tensors]}`` compute this party's
     shares of the results; answers them as new private objects (a flat list)."""
     return ctx.results([info for info, _ in _finish(ctx, sid, items)])
 
 
-def op_step(ctx: OpContext, sid: Any, finish: Any, open_: Any) -> Reply:
+def op_step(ctx: OpContext, sid: str, finish: list[Any], open_: list[Any]) -> Reply:
     """Party: ``finish`` one round and ``open`` the next in one message. Inputs of the
     open items may be ``["out", k]``: the k-th result of this finish. The finish's results
     feed this opening only and are not stored (semi-honest groups only). Answers (int64,
@@ -327,16 +365,20 @@ def op_step(ctx: OpContext, sid: Any, finish: Any, open_: Any) -> Reply:
 def _finish(
     ctx: OpContext, sid: Any, items: Any, *, store: bool = True
 ) -> list[tuple[Any, torch.Tensor]]:
+    """Finish opened groups: every item is checked first, so a malformed message finishes
+    nothing and leaves its groups pending."""
     st = _st(ctx)
     sess = _party(ctx, sid)
     if not isinstance(items, list) or not items:
         raise InvalidRequest("finish needs a non-empty list of items")
-    results: list[Any] = []
-    for it in items:
-        gid = it.get("gid") if isinstance(it, dict) else None
+    todo: list[tuple[tuple[int, str, int], _Pending, list[torch.Tensor], list[Any], Any]] = []
+    for k, it in enumerate(items):
+        if not isinstance(it, dict):
+            raise InvalidRequest(f"items.{k} must be a dict (gid, opened, extra, rho)")
+        gid = _gid(it.get("gid"), f"items.{k}.gid")
         key = (ctx.session.user_id, str(sid), gid)
-        pend = st.pending.pop(key, None)  # type: ignore[arg-type]
-        if pend is None:
+        pend = st.pending.get(key)
+        if pend is None or any(key == t[0] for t in todo):
             raise InvalidRequest(f"no opened group {gid!r} to finish on node {ctx.node.name!r}")
         if pend.macs and not store:
             raise InvalidRequest("authenticated groups finish with mpc.finish (their MAC check)")
@@ -348,25 +390,45 @@ def _finish(
             or not all(
                 isinstance(t, torch.Tensor)
                 and t.dtype == torch.int64
-                and tuple(t.shape) == ((2, *s.shape) if s.domain == "auth" else s.shape)
+                and tuple(t.shape) == _opened(s)
                 for t, s in zip(opened, want, strict=False)
             )
         ):
-            raise InvalidRequest(f"{pend.kind.name}: openings of the wrong count or shape")
+            raise InvalidRequest(
+                f"items.{k}.opened: {pend.kind.name} needs {len(want)} int64 openings of shapes "
+                f"{[_opened(s) for s in want]}"
+            )
         extra = it.get("extra", [])
         if not isinstance(extra, list) or not all(
             isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in extra
         ):
-            raise InvalidRequest("extra public values must be int64 tensors")
+            raise InvalidRequest(f"items.{k}.extra must be a list of int64 tensors")
+        rho = it.get("rho")
+        if pend.macs:
+            if not isinstance(rho, list) or len(rho) != len(opened):
+                raise InvalidRequest(f"items.{k}.rho: a MAC check needs one coefficient tensor "
+                                     "per opening")  # fmt: skip
+            for j, (r, y) in enumerate(zip(rho, opened, strict=True)):
+                if (
+                    not isinstance(r, torch.Tensor)
+                    or r.dtype != torch.int64
+                    or (
+                        tuple(r.shape)
+                        != tuple(y.shape[1:] if want[j].domain == "auth" else y.shape)
+                    )
+                ):
+                    raise InvalidRequest(f"items.{k}.rho.{j}: an int64 tensor shaped like the "
+                                         "opened value")  # fmt: skip
+        todo.append((key, pend, opened, extra, rho))
+    results: list[Any] = []
+    for key, pend, opened, extra, rho in todo:
+        del st.pending[key]
         if pend.macs:
             pend.masks["__extra"] = extra  # type: ignore[assignment]
         outs = pend.kind.finish(pend.params, opened, pend.masks, pend.inputs, sess.index, sess.n)
         results.extend((ctx.new(o.contiguous(), private=True) if store else None, o) for o in outs)
         if pend.macs:  # SPDZ2k check share: sum rho * (mac(y) - alpha_i y), public
-            rho = it.get("rho")
-            if not isinstance(rho, list) or len(rho) != len(opened):
-                raise InvalidRequest("a MAC check needs one coefficient tensor per opening")
-            if any(s.domain == "auth64" for s in want):
+            if any(s.domain == "auth64" for s in pend.slots if s.opened):
                 z = spdz.check_share64(pend.masks["__alpha64"], pend.macs, opened, rho)
             else:
                 z = spdz.check_share(pend.masks["__alpha"], pend.macs, opened, rho)
@@ -377,14 +439,14 @@ def _finish(
 # ------------------------------------------------------------------------ inputs
 
 
-def op_as_share(ctx: OpContext, x: Any) -> Reply:
+def op_as_share(ctx: OpContext, x: torch.Tensor) -> Reply:
     """Store a copy of ``x`` (an int64 share the scientist uploaded) as a private share."""
     if not isinstance(x, torch.Tensor) or x.dtype != torch.int64:
         raise InvalidRequest("a share is an int64 tensor")
     return ctx.new(x.clone(), private=True)
 
 
-def op_split(ctx: OpContext, x: Any, keys: Any, index: Any, tag: Any) -> Reply:
+def op_split(ctx: OpContext, x: torch.Tensor, keys: list[Any], index: int, tag: str) -> Reply:
     """Data holder: split int64 ``x`` (its own, possibly private, data) into shares for the
     parties with public ``keys``; this node is party ``index`` and keeps its share. Answers
     [its share (private), the sealed seeds of the other parties (public, 60 bytes each)]."""
@@ -410,9 +472,8 @@ def op_split(ctx: OpContext, x: Any, keys: Any, index: Any, tag: Any) -> Reply:
     return ctx.results([mine, ctx.new(_u8(b"".join(boxes)), private=False)])
 
 
-def op_receive(
-    ctx: OpContext, sender: Any, box: Any, shape: Any, index: Any, n: Any, tag: Any
-) -> Reply:
+def op_receive(ctx: OpContext, sender: torch.Tensor, box: torch.Tensor, shape: list[Any],
+               index: int, n: int, tag: str) -> Reply:  # fmt: skip
     """Party ``index``: expand the seed sealed for it by the data holder ``sender`` into its
     share of a tensor of ``shape`` (stored private)."""
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
@@ -429,28 +490,29 @@ def op_receive(
     return ctx.new(ring.prg(seed, 0, 0, size).reshape(shape), private=True)
 
 
-def op_add_public(ctx: OpContext, sid: Any, x: Any, c: Any) -> Reply:
+def op_add_public(ctx: OpContext, sid: str, x: torch.Tensor, c: torch.Tensor) -> Reply:
     """Malicious mode: add the public 128-bit value ``c`` (shape (2, *shape)) to the
     authenticated share ``x`` (party 0 adds to the value; every party adds alpha_i c to
     its MAC share)."""
     sess = _party(ctx, sid)
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64 or x.shape[0] != 4:
-        raise InvalidRequest("add_public takes an authenticated share (4, *shape)")
-    if not isinstance(c, torch.Tensor) or c.dtype != torch.int64 or c.shape[0] != 2:
-        raise InvalidRequest("add_public takes a public 128-bit value (2, *shape)")
-    c = c.expand(2, *x.shape[1:]).contiguous()
+    _auth("mpc.a128.add_public", x=x)
+    if c.dtype != torch.int64 or tuple(c.shape) != (2, *x.shape[1:]):
+        raise InvalidRequest(
+            f"mpc.a128.add_public: argument 'c' must be a public 128-bit value of the share's "
+            f"shape, int64 {(2, *x.shape[1:])}; got {c.dtype} {tuple(c.shape)}"
+        )
     return ctx.new(spdz.add(x, spdz.const(c, kinds.mac_key(sess.seed), sess.index)))
 
 
-def op_check_value(ctx: OpContext, sid: Any, x: Any, y: Any, rho: Any) -> Reply:
+def op_check_value(ctx: OpContext, sid: str, x: torch.Tensor, y: torch.Tensor,
+                   rho: torch.Tensor) -> Reply:  # fmt: skip
     """Malicious mode: this party's MAC check share for a value ``y`` the caller
     reconstructed from shares it may read (it reveals nothing the caller does not hold)."""
     sess = _party(ctx, sid)
     for rec in ctx.inputs:
         ctx.node._check_readable(ctx.session, rec)
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64 or x.shape[0] != 4:
-        raise InvalidRequest("check takes an authenticated share (4, *shape)")
-    if not isinstance(y, torch.Tensor) or tuple(y.shape) != (2, *x.shape[1:]):
+    _auth("mpc.a128.check", x=x)
+    if y.dtype != torch.int64 or tuple(y.shape) != (2, *x.shape[1:]):
         raise InvalidRequest("check takes the reconstructed 128-bit value (2, *shape)")
     z = spdz.check_share(kinds.mac_key(sess.seed), [x[2:4]], [y], [rho])
     return ctx.new(z, private=False)
@@ -458,9 +520,66 @@ def op_check_value(ctx: OpContext, sid: Any, x: Any, y: Any, rho: Any) -> Reply:
 
 def op_trunc_local(x: torch.Tensor, f: int, party: int) -> torch.Tensor:
     """Local (2-party) truncation of a share by ``f`` bits (see ``kinds._trunc_local``)."""
-    if not isinstance(f, int) or not 0 <= f <= 62 or party not in (0, 1):
-        raise ProtocolError("trunc_local needs 0 <= f <= 62 and party 0 or 1")
+    if x.dtype != torch.int64 or not 0 <= f <= 62 or party not in (0, 1):
+        raise InvalidRequest("mpc.trunc_local needs an int64 share, 0 <= f <= 62 and party 0 or 1")
     return kinds._trunc_local(x, f, party)
+
+
+def _auth(op: str, **shares: torch.Tensor) -> None:
+    """Refuse arguments that are not authenticated shares (4, *shape) int64, naming them."""
+    for name, t in shares.items():
+        if t.dtype != torch.int64 or t.dim() < 1 or t.shape[0] != 4:
+            raise InvalidRequest(
+                f"{op}: argument {name!r} must be an authenticated share, an int64 tensor of "
+                f"shape (4, *shape); got {t.dtype} {tuple(t.shape)}"
+            )
+
+
+def op_a128_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Malicious mode: the sum of two authenticated shares of one shape."""
+    _auth("mpc.a128.add", x=x, y=y)
+    if x.shape != y.shape:
+        raise InvalidRequest("mpc.a128.add: the shares differ in shape; expand one first")
+    return spdz.add(x, y)
+
+
+def op_a128_sub(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Malicious mode: the difference of two authenticated shares of one shape."""
+    _auth("mpc.a128.sub", x=x, y=y)
+    if x.shape != y.shape:
+        raise InvalidRequest("mpc.a128.sub: the shares differ in shape; expand one first")
+    return spdz.sub(x, y)
+
+
+def op_a128_neg(x: torch.Tensor) -> torch.Tensor:
+    """Malicious mode: the negation of an authenticated share."""
+    _auth("mpc.a128.neg", x=x)
+    return spdz.neg(x)
+
+
+def op_a128_scale(x: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
+    """Malicious mode: an authenticated share times a public integer (or integer tensor
+    that broadcasts to its shape)."""
+    _auth("mpc.a128.scale", x=x)
+    kt = torch.as_tensor(k)
+    if kt.is_floating_point() or kt.is_complex() or kt.dtype == torch.bool:
+        raise InvalidRequest("mpc.a128.scale: argument 'k' must hold integers")
+    try:
+        fits = torch.broadcast_shapes(kt.shape, x.shape[1:]) == x.shape[1:]
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise InvalidRequest(f"mpc.a128.scale: a factor of shape {tuple(kt.shape)} does not "
+                             f"broadcast to the share's {tuple(x.shape[1:])}")  # fmt: skip
+    return spdz.scale(x, kt)
+
+
+def op_a128_sum(x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    """Malicious mode: the sum of an authenticated share over data dimension ``dim``."""
+    _auth("mpc.a128.sum", x=x)
+    if not 0 <= dim < x.dim() - 1:
+        raise InvalidRequest(f"mpc.a128.sum: dim must be in 0..{x.dim() - 2}, got {dim}")
+    return spdz.sum_(x, dim, keepdim)
 
 
 NODE_OPS: dict[str, Callable[..., Any]] = {
@@ -481,11 +600,11 @@ PURE_OPS: dict[str, Callable[..., Any]] = {
     "mpc.trunc_local": op_trunc_local,
     "mpc.conv2d": ring.conv2d,
     "mpc.matmul": ring.matmul,
-    "mpc.a128.add": spdz.add,
-    "mpc.a128.sub": spdz.sub,
-    "mpc.a128.neg": spdz.neg,
-    "mpc.a128.scale": spdz.scale,
-    "mpc.a128.sum": spdz.sum_,
+    "mpc.a128.add": op_a128_add,
+    "mpc.a128.sub": op_a128_sub,
+    "mpc.a128.neg": op_a128_neg,
+    "mpc.a128.scale": op_a128_scale,
+    "mpc.a128.sum": op_a128_sum,
 }
 
 
@@ -502,21 +621,23 @@ PRIVATE_ARGS: dict[str, tuple[str, ...]] = {
 
 
 def register(reg: OpRegistry | None = None) -> None:
-    """Add the MPC ops to ``reg`` (the default allowlist); idempotent."""
+    """Add the MPC ops to ``reg`` (the default allowlist); idempotent. Each runs behind
+    :func:`~veil.mpc.typed.typed`: a missing or mistyped argument is an InvalidRequest
+    that names it."""
     reg = reg if reg is not None else default_registry()
     for name, fn in NODE_OPS.items():
         if name not in reg:
             facts = OpFacts(size="input", pipeline="never", private_args=PRIVATE_ARGS.get(name, ()))
-            reg.register(OpSpec(name, fn, "node", facts))
+            reg.register(OpSpec(name, typed(name, fn, context=True), "node", facts))
     for name, fn in PURE_OPS.items():
         if name not in reg:
-            reg.register(OpSpec(name, fn, facts=OpFacts(size="product")))
+            reg.register(OpSpec(name, typed(name, fn), facts=OpFacts(size="product")))
 
 
 # ------------------------------------------------------------------------ malicious-mode additions
 
 
-def op_a128_public(ctx: OpContext, sid: Any, c: Any) -> Reply:
+def op_a128_public(ctx: OpContext, sid: str, c: torch.Tensor) -> Reply:
     """Malicious mode: this party's authenticated share of the public 128-bit value ``c``
     (shape (2, *shape)): party 0 holds ``c``, every party the MAC share ``alpha_i c``. Stored
     private (a MAC share of a public value would reveal the party's key share)."""
@@ -532,13 +653,12 @@ def op_a128_product_public(x: torch.Tensor, c: torch.Tensor, op: str, left: bool
     """Malicious mode: ``op(x, c)`` (``op(c, x)`` when ``left``) for an authenticated share
     ``x`` (4, *shape) and a public int64 ``c``, op ``matmul`` or ``conv2d``: applied to the
     value and the MAC share alike (both are linear in the share, so the MAC stays valid)."""
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64 or x.shape[0] != 4:
-        raise ProtocolError("product_public takes an authenticated share (4, *shape)")
-    if not isinstance(c, torch.Tensor) or c.dtype != torch.int64:
-        raise ProtocolError("product_public takes a public int64 operand")
+    _auth("mpc.a128.product_public", x=x)
+    if c.dtype != torch.int64:
+        raise InvalidRequest("mpc.a128.product_public: argument 'c' must be an int64 tensor")
     if op not in ("matmul", "conv2d") or (op == "conv2d" and left):
-        raise ProtocolError(
-            "product_public op must be matmul, or conv2d with the share on the left"
+        raise InvalidRequest(
+            "mpc.a128.product_public: op must be matmul, or conv2d with the share on the left"
         )
     kw = {"stride": stride, "padding": padding} if op == "conv2d" else {}
     c128 = r128.from64(c)
@@ -573,7 +693,7 @@ def _input_group(shape: Any) -> tuple[kinds.Kind, dict[str, Any], list[Slot]]:
     return kind, params, kind.slots(params)
 
 
-def op_a128_deal_owner_input(ctx: OpContext, sid: Any, shape: Any, owner: Any) -> Reply:
+def op_a128_deal_owner_input(ctx: OpContext, sid: str, shape: list[Any], owner: int) -> Reply:
     """Dealer: a fresh authenticated mask R of ``shape`` for an input by party ``owner``.
     Answers (uint8, public): the gid (8 bytes), the last party's delta (int64), and R's
     value sealed for party ``owner`` under a key derived from its seed."""
@@ -618,8 +738,8 @@ def _input_share(sess: _PartySession, ctx: OpContext, gid: Any, shape: tuple[int
     return spdz.add(masks["r"], spdz.const(d, kinds.mac_key(sess.seed), sess.index))
 
 
-def op_a128_owner_input(ctx: OpContext, sid: Any, x: Any, gid: Any, box: Any,
-                        delta: Any = None) -> Reply:  # fmt: skip
+def op_a128_owner_input(ctx: OpContext, sid: str, x: torch.Tensor, gid: int, box: torch.Tensor,
+                        delta: torch.Tensor | None = None) -> Reply:  # fmt: skip
     """Data owner (a party): share its int64 tensor ``x`` with MACs. Opens the dealer's
     sealed mask R of group ``gid``, answers [its authenticated share (private),
     d = x - R (public: a one-time pad of 128 bits)]."""
@@ -640,7 +760,8 @@ def op_a128_owner_input(ctx: OpContext, sid: Any, x: Any, gid: Any, box: Any,
     return ctx.results([ctx.new(share, private=True), ctx.new(d, private=False)])
 
 
-def op_a128_input_share(ctx: OpContext, sid: Any, gid: Any, d: Any, delta: Any = None) -> Reply:
+def op_a128_input_share(ctx: OpContext, sid: str, gid: int, d: torch.Tensor,
+                        delta: torch.Tensor | None = None) -> Reply:  # fmt: skip
     """Party: its authenticated share r_i + d of the input of group ``gid``, given the
     owner's public d = x - R (shape (2, *shape))."""
     sess = _party(ctx, sid)

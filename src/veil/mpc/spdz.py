@@ -38,7 +38,7 @@ import torch
 
 from veil.errors import InvalidRequest
 from veil.mpc import r128
-from veil.mpc.kinds import _MAX63, KINDS, Kind, Params, Slot, _int, _shape
+from veil.mpc.kinds import _MAX63, KINDS, Inputs, Kind, Params, ShareDomain, Slot, _int, _shape
 
 _BITS = 64
 
@@ -151,7 +151,12 @@ class MInput(Kind):
     d = x - R and each party sets its share to r_i + d (MAC: r_mac_i + alpha_i d)."""
 
     name = "m_input"
-    n_inputs = 0
+
+    def inputs(self, p: Params) -> Inputs:
+        return []
+
+    def outputs(self, p: Params) -> list[ShareDomain]:
+        return ["auth"]
 
     def slots(self, p: Params) -> list[Slot]:
         return [Slot("r", _shape(p, "x"), "auth", opened=True)]
@@ -183,7 +188,12 @@ class MBeaver(Kind):
     """Authenticated Beaver triple for mul / matmul / conv2d (no truncation)."""
 
     name = "m_beaver"
-    n_inputs = 2
+
+    def inputs(self, p: Params) -> Inputs:
+        return [("auth", (4, *_shape(p, "x"))), ("auth", (4, *_shape(p, "y")))]
+
+    def outputs(self, p: Params) -> list[ShareDomain]:
+        return ["auth"]
 
     def slots(self, p: Params) -> list[Slot]:
         beaver = KINDS["beaver"]
@@ -268,6 +278,12 @@ class MTrunc(Kind):
 
     name = "m_trunc"
 
+    def inputs(self, p: Params) -> Inputs:
+        return [("auth", (4, *_shape(p, "x")))]
+
+    def outputs(self, p: Params) -> list[ShareDomain]:
+        return ["auth"]
+
     def slots(self, p: Params) -> list[Slot]:
         s = _shape(p, "x")
         _int(p, "f", 1, 62)
@@ -317,8 +333,11 @@ class MBits(Kind):
             Slot("bits", (_BITS, *s), "auth64", corrected=True),
         ]
 
-    def n_outputs(self, p: Params) -> int:
-        return 3
+    def inputs(self, p: Params) -> Inputs:
+        return [("auth", (4, *_shape(p, "x")))]
+
+    def outputs(self, p: Params) -> list[ShareDomain]:
+        return ["auth64"] * 3
 
     def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         big_r = r128.neg(v["r"])
@@ -350,7 +369,10 @@ class MCarry(Kind):
     one authenticated Beaver group; on the last level (width 2) only G'."""
 
     name = "m_carry"
-    n_inputs = 2
+
+    def inputs(self, p: Params) -> Inputs:
+        shape = (2, _int(p, "width", 2, _BITS), *_shape(p, "x"))
+        return [("auth64", shape), ("auth64", shape)]  # G, P
 
     def _k(self, p: Params) -> int:
         w = _int(p, "width", 2, _BITS)
@@ -363,8 +385,8 @@ class MCarry(Kind):
         return [Slot("a", s, "auth64", opened=True), Slot("b", s, "auth64", opened=True),
                 Slot("c", s, "auth64", corrected=True)]  # fmt: skip
 
-    def n_outputs(self, p: Params) -> int:
-        return 2 if self._k(p) > 1 else 1
+    def outputs(self, p: Params) -> list[ShareDomain]:
+        return ["auth64"] * (2 if self._k(p) > 1 else 1)
 
     def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"c": v["a"] * v["b"]}
@@ -395,7 +417,13 @@ class MBitToAuth(Kind):
     dealer gives M mod 2 as an ``auth`` value mb, and c = t0 XOR mb = t0 + mb - 2 t0 mb."""
 
     name = "m_bit2a"
-    n_inputs = 2
+
+    def inputs(self, p: Params) -> Inputs:
+        s = _shape(p, "x")
+        return [("auth64", (2, 1, *s)), ("auth64", (2, *s))]  # the carry, P63
+
+    def outputs(self, p: Params) -> list[ShareDomain]:
+        return ["auth"]
 
     def slots(self, p: Params) -> list[Slot]:
         s = _shape(p, "x")
