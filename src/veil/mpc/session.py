@@ -24,6 +24,7 @@ import torch
 
 from veil.errors import InvalidRequest, MACCheckFailed, ProtocolError, RemoteError
 from veil.mpc import kinds, seal
+from veil.mpc.approvals import approve_for_owner
 from veil.mpc.kinds import numel
 from veil.mpc.preprocessing import Preprocessor
 from veil.mpc.ring import FixedPoint, prg
@@ -55,7 +56,7 @@ def public_key(worker: Any) -> bytes:
 
 
 def fingerprint(worker: Any) -> str:
-    """The fingerprint of a node's MPC key, for :func:`veil.mpc.pin_dealers`."""
+    """The short form of a node's MPC key (what ``veil dealers list`` shows beside a name)."""
     return seal.fingerprint(public_key(worker))
 
 
@@ -171,19 +172,17 @@ class MPCSession:
         keys = self.fanout(public_key, self.parties)
         self.keys = keys
         self.provider_key = public_key(provider)
-        blob = reply_tensor(node_call(provider, "mpc.dealer_setup", [_u8(k) for k in keys]))
+        for p in self.parties:  # nodes you created in this process: you approve your provider
+            approve_for_owner(p, provider, self.provider_key)
+        key_list = [_u8(k) for k in keys]
+        blob = reply_tensor(node_call(provider, "mpc.dealer_setup", key_list))
         raw = blob.numpy().tobytes()
         self.sid = raw[:32].decode()
         boxes = [raw[32 + 60 * i : 32 + 60 * (i + 1)] for i in range(self.n)]
+        dealer = _u8(self.provider_key)
         self.fanout(
             lambda i: node_call(
-                self.parties[i],
-                "mpc.join",
-                self.sid,
-                i,
-                self.n,
-                _u8(self.provider_key),
-                _u8(boxes[i]),
+                self.parties[i], "mpc.join", self.sid, i, key_list, dealer, _u8(boxes[i])
             ),  # fmt: skip
             range(self.n),
         )

@@ -89,14 +89,19 @@ def typed(name: str, fn: Callable[..., Any], *, context: bool = False) -> Callab
              or hints.get(p.name) is list}  # fmt: skip
     takes = ", ".join(p.name for p in params) or "no arguments"
 
+    n_all = len(sig.parameters)
+    plain = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in sig.parameters.values())
+
     @functools.wraps(fn)
     def op(*args: Any, **kwargs: Any) -> Any:
-        try:
-            bound = sig.bind(*args, **kwargs)
-        except TypeError:
-            raise InvalidRequest(_binding_problem(name, params, takes, args[int(context):],
-                                                  kwargs)) from None  # fmt: skip
-        values = bound.arguments
+        if plain and not kwargs and len(args) == n_all:  # the common case: every argument
+            values = dict(zip(sig.parameters, args, strict=True))  # given in order
+        else:
+            try:
+                values = sig.bind(*args, **kwargs).arguments
+            except TypeError:
+                raise InvalidRequest(_binding_problem(name, params, takes, args[int(context):],
+                                                      kwargs)) from None  # fmt: skip
         for pname, check in checks:
             if check is None or pname not in values:
                 continue
@@ -107,7 +112,7 @@ def typed(name: str, fn: Callable[..., Any], *, context: bool = False) -> Callab
                 )
             if pname in lists and isinstance(values[pname], tuple):
                 values[pname] = list(values[pname])
-        return fn(*bound.args, **bound.kwargs)
+        return fn(**values)
 
     return op
 
