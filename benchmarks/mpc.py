@@ -116,6 +116,8 @@ def deployment(kind: str, n: int) -> Iterator[tuple[list[Any], Any]]:
             w = veil.connect(url, email=OWNER, password=OWNER_PW)
             stack.callback(w.close)
             workers.append(w)
+        for party in workers[:n]:  # each party's owner approves the dealer (a remote node)
+            veil.mpc.dealers(party).add("dealer", workers[n])
         yield workers[:n], workers[n]
 
 

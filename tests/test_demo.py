@@ -13,3 +13,5 @@ def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "PermissionDenied" in out and "approved" in out and "node server stopped" in out
     assert "matches the hospital's true column means" in out
+    assert "node accepts crypto provider trusted-dealer" in out  # the owner approved the dealer
+    assert "matches; the hospital never saw her weights" in out  # the MPC step ran

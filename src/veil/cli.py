@@ -29,6 +29,11 @@ budgets_app = typer.Typer(
     help="Set and show users' privacy budgets (DP releases).", no_args_is_help=True
 )
 app.add_typer(budgets_app, name="budgets")
+# veil.mpc: the crypto providers (dealers) a node accepts
+dealers_app = typer.Typer(
+    help="Approve the crypto providers (MPC dealers) a node accepts.", no_args_is_help=True
+)
+app.add_typer(dealers_app, name="dealers")
 console = Console()
 
 Url = Annotated[str, typer.Option(help="Base URL of a running node.", envvar="VEIL_URL")]
@@ -145,6 +150,15 @@ def node_serve(
     bulk_idle_timeout: Annotated[
         float, typer.Option(help="Seconds before an idle bulk-lane connection is closed.")
     ] = 300.0,
+    dealer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dealer",
+            help="A crypto provider this node accepts for MPC: NAME=URL (another veil node; "
+            "its key is read from URL/api/v1/info) or NAME=KEY (its MPC key, 64 hex "
+            "digits). Repeatable; kept in DB (see `veil dealers`).",
+        ),
+    ] = None,
 ) -> None:
     """Serve a node: REST + WebSocket API on HOST:PORT, state persisted in DB."""
     from veil.node.node import Node
@@ -170,6 +184,7 @@ def node_serve(
         console.print(
             f"created owner [bold]{owner_email}[/bold] with password [bold]{node.owner_password}[/bold] (shown once)"
         )
+    _approve_dealers(node, dealer or [])
     url = f"http://{host}:{sock.getsockname()[1]}"
     print(f"veil node {name!r} serving on {url} (db: {db})", flush=True)
     serve(node, sock=sock, log_level=log_level, bulk_port=None if bulk_port < 0 else bulk_port,
@@ -329,6 +344,83 @@ def budgets_show(
         table.add_row(b.user, b.dataset, f"{b.epsilon:g}", f"{b.delta:g}", f"{b.spent_epsilon:.4g}",
                       f"{b.spent_delta:.3g}", str(b.releases))  # fmt: skip
     console.print(table)
+
+
+# ---------------------------------------------------------------- veil.mpc: dealers
+def _dealer_spec(spec: str) -> tuple[str, str]:
+    """``NAME=URL`` or ``NAME=KEY`` -> (name, value)."""
+    name, sep, value = spec.partition("=")
+    if not sep or not name or not value:
+        raise typer.BadParameter(
+            f"{spec!r}: give NAME=URL (another veil node) or NAME=KEY (64 hex digits), "
+            "e.g. carol=http://10.0.0.7:8765"
+        )
+    return name.strip(), value.strip()
+
+
+def _approve_dealers(node: Any, specs: list[str]) -> None:
+    """``veil node serve --dealer``: approve each crypto provider as the node's owner
+    (audited, kept in the node's store) before serving."""
+    import veil
+    from veil.mpc.state import public_info
+
+    for spec in specs:
+        name, value = _dealer_spec(spec)
+        try:
+            d = veil.mpc.dealers(veil.VirtualWorker(node=node)).add(name, value)
+        except VeilError as exc:
+            _fail(exc)
+        console.print(f"accepts crypto provider [bold]{d.name}[/bold] (key {d.fingerprint})")
+    console.print(f"MPC key of this node: {public_info(node)['fingerprint']}")
+
+
+@dealers_app.command("add")
+def dealers_add(
+    spec: Annotated[
+        str,
+        typer.Argument(
+            help="NAME=URL (another veil node: its key is read from URL/api/v1/info) or "
+            "NAME=KEY (the dealer's MPC key, 64 hex digits)."
+        ),
+    ],
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Approve a crypto provider: the node then joins MPC sessions it deals for."""
+    import veil
+
+    name, value = _dealer_spec(spec)
+    d = _ask(url, email, password, lambda client: veil.mpc.dealers(client).add(name, value))
+    console.print(f"node accepts crypto provider [bold]{d.name}[/bold] (key {d.fingerprint})")
+
+
+@dealers_app.command("list")
+def dealers_list(
+    url: Url = "http://127.0.0.1:8765", email: Email = "owner@localhost", password: Password = ""
+) -> None:
+    """List the crypto providers a node accepts."""
+    import veil
+
+    items = _ask(url, email, password, lambda client: veil.mpc.dealers(client).list())
+    table = Table("name", "key fingerprint", "from", "approved by", title="crypto providers")
+    for d in items:
+        table.add_row(d.name, d.fingerprint, d.url or "key", d.added_by)
+    console.print(table)
+
+
+@dealers_app.command("remove")
+def dealers_remove(
+    name: Annotated[str, typer.Argument(help="The dealer's name (see `veil dealers list`).")],
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Withdraw a crypto provider's approval (sessions it dealt for on the node end)."""
+    import veil
+
+    _ask(url, email, password, lambda client: veil.mpc.dealers(client).remove(name))
+    console.print(f"node no longer accepts crypto provider [bold]{name}[/bold]")
 
 
 def main() -> None:

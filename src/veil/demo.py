@@ -22,6 +22,7 @@ from veil.errors import PermissionDenied
 console = Console(highlight=False)
 OWNER = ("owner@hospital.example", "owner-demo-password")
 SCIENTIST = ("ada@university.example", "ada-demo-password")
+DEALER_OWNER = ("ops@dealer.example", "dealer-demo-password")
 COLUMNS = ["age", "systolic_bp", "cholesterol", "bmi"]
 
 
@@ -42,16 +43,23 @@ def _patients(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def start_node(workdir: Path) -> tuple[subprocess.Popen[str], str]:
-    """Start ``veil node serve`` in its own process and return it with its URL."""
-    env = dict(os.environ, VEIL_OWNER_PASSWORD=OWNER[1], PYTHONUNBUFFERED="1")
+def spawn_node(workdir: Path, name: str, owner: tuple[str, str]) -> subprocess.Popen[str]:
+    """Start ``veil node serve`` for ``name`` in its own process (see :func:`start_node`)."""
+    env = dict(os.environ, VEIL_OWNER_PASSWORD=owner[1], PYTHONUNBUFFERED="1")
     cmd = [
-        sys.executable, "-m", "veil", "node", "serve", "--name", "st-mary-hospital", "--port", "0",
-        "--db", f"sqlite:///{workdir / 'hospital.db'}", "--owner-email", OWNER[0],
+        sys.executable, "-m", "veil", "node", "serve", "--name", name, "--port", "0",
+        "--db", f"sqlite:///{workdir / (name + '.db')}", "--owner-email", owner[0],
     ]  # fmt: skip
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
+
+
+def start_node(workdir: Path, name: str = "st-mary-hospital", owner: tuple[str, str] = OWNER,
+               proc: subprocess.Popen[str] | None = None) -> tuple[subprocess.Popen[str], str]:  # fmt: skip
+    """Start ``veil node serve`` in its own process (or wait for ``proc``, started with
+    :func:`spawn_node`) and return it with its URL."""
+    proc = proc or spawn_node(workdir, name, owner)
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
     seen: list[str] = []
@@ -63,7 +71,7 @@ def start_node(workdir: Path) -> tuple[subprocess.Popen[str], str]:
             raise RuntimeError(f"node server exited with code {proc.returncode}:\n{tail}")
         if "serving on " in line:
             console.print(
-                "  [dim]$ veil node serve --name st-mary-hospital --port 0 --db sqlite:///…/hospital.db[/dim]"
+                f"  [dim]$ veil node serve --name {name} --port 0 --db sqlite:///…/{name}.db[/dim]"
             )
             console.print(f"  {line.strip()}")
             return proc, line.split("serving on ")[1].split()[0]
@@ -81,6 +89,41 @@ def cli(*args: str) -> None:
     console.print(out.stdout.rstrip())
 
 
+def _private_inference(ada: Any, dealer_url: str, x: torch.Tensor) -> bool:
+    """Step 9: the scientist scores the hospital's patients with a model she keeps secret,
+    under 2-party MPC between the hospital's node and her own lab node; only the owner's
+    approved mean comes out. Returns whether it matched the plaintext."""
+    dealer_owner: Any = veil.connect(dealer_url, email=DEALER_OWNER[0], password=DEALER_OWNER[1])
+    dealer_owner.create_user(*SCIENTIST, role="data_scientist")  # the dealer's operator lets her in
+    dealer_owner.close()
+    dealer: Any = veil.connect(dealer_url, email=SCIENTIST[0], password=SCIENTIST[1])
+    lab = veil.VirtualWorker("ada-lab")  # her own node, in her process: she owns it
+    w = torch.tensor([[0.04], [0.05], [0.02], [0.0]])  # her risk model, secret from the hospital
+    b = -(0.04 * 55 + 0.05 * 133 + 0.02 * 194)
+    feats = ada.datasets["patients"]["features"].private
+    shared_x = feats.fix_precision().share(
+        ada, lab, crypto_provider=dealer
+    )  # split by the hospital
+    shared_w = w.share(session=shared_x.session)  # type: ignore[attr-defined]
+    risk = ((shared_x @ shared_w) + b).mean()
+    console.print(f"  {shared_x!r}")
+    console.print("  the hospital's node split the records itself; her weights were split in "
+                  "her process; every opening is masked with the dealer's randomness")  # fmt: skip
+    reqs = risk.request("mean predicted risk of the cohort, for our model card")
+    cli("requests", "approve", str(reqs[0].id), "--url", ada.url, "--note", "one mean: fine")
+    got = float(risk.reconstruct())
+    want = float(((x @ w) + b).mean())
+    dealer.close()
+    console.print(f"  mean predicted risk: {got:.4f} (plaintext: {want:.4f})")
+    if abs(got - want) > 1e-2:
+        console.print("[red]  the secure computation does not match the plaintext[/red]")
+        return False
+    console.print(
+        "  [green]matches; the hospital never saw her weights, she never saw a record[/green]"
+    )
+    return True
+
+
 def run_demo(*, keep: bool = False) -> int:
     """Run the tour; returns a process exit code (0 when every step behaved)."""
     console.print(
@@ -88,8 +131,10 @@ def run_demo(*, keep: bool = False) -> int:
     )
     workdir = Path(tempfile.mkdtemp(prefix="veil-demo-"))
     proc: subprocess.Popen[str] | None = None
+    dealer_proc: subprocess.Popen[str] | None = None
     try:
         step("1. The data owner (a hospital) starts its node: a real server on 127.0.0.1")
+        dealer_proc = spawn_node(workdir, "trusted-dealer", DEALER_OWNER)  # used in step 9
         proc, url = start_node(workdir)
 
         step("2. The owner uploads private patient records, with a mock of the same shape")
@@ -166,7 +211,15 @@ def run_demo(*, keep: bool = False) -> int:
         owner.requests.approve(acc_req.id, "a single accuracy figure is fine")
         console.print(f"  approved: training accuracy after 30 epochs = {acc.get().item():.1%}")
 
-        step("9. Everything the scientist did is in the owner's audit log")
+        step("9. Secure computation: the owner approves a crypto provider run by a third party")
+        dealer_proc, dealer_url = start_node(workdir, "trusted-dealer", DEALER_OWNER, dealer_proc)
+        cli("dealers", "add", f"trusted-dealer={dealer_url}", "--url", url)
+        console.print("  (the dealer deals correlated randomness; whoever deals could unmask what "
+                      "the parties open, so the data owner chooses it, never the scientist)")  # fmt: skip
+        if not _private_inference(ada, dealer_url, x):
+            return 1
+
+        step("10. Everything the scientist did is in the owner's audit log")
         for entry in owner.audit(limit=200)[::-1][-6:]:
             console.print(
                 f"  {time.strftime('%H:%M:%S', time.localtime(entry.ts))} {entry.user:<26} {entry.action:<8} {entry.detail}"
@@ -178,12 +231,15 @@ def run_demo(*, keep: bool = False) -> int:
         )
         return 0
     finally:
-        if proc is not None:
-            proc.terminate()
+        for p in (dealer_proc, proc):
+            if p is None:
+                continue
+            p.terminate()
             try:
-                proc.wait(timeout=10)
+                p.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                p.kill()
+        if proc is not None:
             console.print("  [dim]node server stopped[/dim]")
         if keep:
             console.print(f"  [dim]kept {workdir}[/dim]")

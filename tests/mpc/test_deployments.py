@@ -24,6 +24,7 @@ PASSWORD = "owner-password-1"
 
 @contextlib.contextmanager
 def _servers(names: list[str]) -> Iterator[list[Any]]:
+    """Node servers in threads; the last one deals, and every other owner approves it."""
     from veil.node.server import serve_in_thread
 
     with contextlib.ExitStack() as stack:
@@ -34,18 +35,20 @@ def _servers(names: list[str]) -> Iterator[list[Any]]:
             w = veil.connect(url, email=f"o@{name}.org", password=PASSWORD)
             stack.callback(w.close)
             workers.append(w)
+        for w in workers[:-1]:
+            veil.mpc.dealers(w).add(names[-1], workers[-1])
         yield workers
 
 
-def _start_process(name: str, db_dir: str) -> subprocess.Popen[str]:
+def _start_process(name: str, db_dir: str, *extra: str) -> subprocess.Popen[str]:
     """``python -m veil node serve`` for one party on a free loopback port, running the
-    same veil source as this test."""
+    same veil source as this test (``extra``: more options, e.g. ``--dealer``)."""
     src = str(Path(veil.__file__).resolve().parents[1])
     path = os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])
     env = dict(os.environ, VEIL_OWNER_PASSWORD=PASSWORD, PYTHONUNBUFFERED="1", PYTHONPATH=path)
     cmd = [sys.executable, "-m", "veil", "node", "serve", "--name", name, "--host", "127.0.0.1",
            "--port", "0", "--bulk-port", "-1", "--db", f"sqlite:///{db_dir}/{name}.db",
-           "--owner-email", f"o@{name}.org"]  # fmt: skip
+           "--owner-email", f"o@{name}.org", *extra]  # fmt: skip
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
@@ -66,14 +69,21 @@ def _url_of(proc: subprocess.Popen[str]) -> str:
 
 @contextlib.contextmanager
 def _processes(names: list[str]) -> Iterator[list[Any]]:
-    """Each party and the dealer in its own ``veil node serve`` process on loopback."""
+    """Each party and the dealer in its own ``veil node serve`` process on loopback: the
+    dealer (the last name) first, then the parties with ``--dealer NAME=URL``, so that each
+    party's node reads the dealer's key from its ``/api/v1/info`` and approves it."""
     procs: list[subprocess.Popen[str]] = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         try:
-            procs = [_start_process(name, tmp) for name in names]  # start all, then wait
+            procs = [_start_process(names[-1], tmp)]
+            dealer_url = _url_of(procs[0])
+            procs += [_start_process(name, tmp, "--dealer", f"{names[-1]}={dealer_url}")
+                      for name in names[:-1]]  # fmt: skip
+            urls = [_url_of(p) for p in procs[1:]] + [dealer_url]
+            procs = procs[1:] + procs[:1]
             workers = []
-            for name, proc in zip(names, procs, strict=True):
-                w = veil.connect(_url_of(proc), email=f"o@{name}.org", password=PASSWORD)
+            for name, url in zip(names, urls, strict=True):
+                w = veil.connect(url, email=f"o@{name}.org", password=PASSWORD)
                 stack.callback(w.close)
                 workers.append(w)
             yield workers
@@ -173,8 +183,15 @@ def test_over_loopback_the_scientist_cannot_fetch_shares_either() -> None:
 
     with contextlib.ExitStack() as stack:
         scientists = []
-        for name in ["alice", "bob", "carol"]:
-            node = Node(name, owner_email=f"o@{name}.org", owner_password=PASSWORD)
+        nodes = [
+            Node(n, owner_email=f"o@{n}.org", owner_password=PASSWORD)
+            for n in ("alice", "bob", "carol")
+        ]
+        for node in nodes[:2]:  # their owners approve carol as a crypto provider
+            veil.mpc.dealers(veil.VirtualWorker(node=node)).add(
+                "carol", veil.VirtualWorker(node=nodes[2])
+            )
+        for node in nodes:
             node.create_user("ds@lab.org", "ds-password-123")
             url = stack.enter_context(serve_in_thread(node))
             w = veil.connect(url, email="ds@lab.org", password="ds-password-123")

@@ -257,3 +257,191 @@ def test_a_party_that_alters_its_share_before_a_new_op_is_caught(op: str) -> Non
     _tamper(workers[1], sx.shares[1], 0, 1)
     with pytest.raises(MACCheckFailed):
         _ = sx.max_pool2d(2) if op == "max_pool2d" else sx.exp()
+
+
+# ----------------------------------------------------------------- a party that sends a bogus check share
+
+
+def _cheating_party(monkeypatch: Any, cheater: Any, check: str) -> None:
+    """``cheater``'s node shifts every masked value it opens and answers its MAC check
+    shares as ``check``: ``"empty"`` (a (2, 0) tensor), ``"missing"`` (no check share at
+    all) or ``"wide"`` (zeros shaped like a batch, broadcast against the others)."""
+    from veil.serde.messages import Results
+
+    open_spec = veil.ops.default_registry().get("mpc.open")
+    finish_spec = veil.ops.default_registry().get("mpc.finish")
+    check_spec = veil.ops.default_registry().get("mpc.a128.check")
+
+    def bogus(ctx: Any, like: torch.Tensor) -> Any:
+        if check == "empty":
+            return ctx.new(torch.zeros(like.shape[0], 0, dtype=torch.int64), private=False)
+        return ctx.new(torch.zeros(like.shape[0], 5, dtype=torch.int64), private=False)
+
+    def lying_open(ctx: Any, *args: Any) -> Any:
+        reply = open_spec.fn(ctx, *args)
+        if ctx.node is cheater:
+            t = veil.serde.tensors.tensor_from_data(reply.value, copy=True)
+            t[0] += 1 << 20
+            return ctx.value(t)
+        return reply
+
+    def lying_finish(ctx: Any, sid: Any, items: Any) -> Any:
+        reply = finish_spec.fn(ctx, sid, items)
+        if ctx.node is not cheater or not isinstance(reply, Results):
+            return reply
+        out = list(reply.items)
+        checks = [i for i, info in enumerate(out) if not info.private]  # the public check shares
+        for i in reversed(checks):
+            if check == "missing":
+                del out[i]
+            else:
+                out[i] = bogus(ctx, ctx.node._objects[out[i].id].value)
+        return Results(out, reply.tuple_type)
+
+    def lying_check(ctx: Any, *args: Any) -> Any:
+        reply = check_spec.fn(ctx, *args)
+        if ctx.node is not cheater or check == "missing":
+            return reply
+        return bogus(ctx, ctx.node._objects[reply.id].value)
+
+    reg = veil.ops.default_registry()._by_name
+    for name, fn in (("mpc.open", lying_open), ("mpc.finish", lying_finish),
+                     ("mpc.a128.check", lying_check)):  # fmt: skip
+        spec = reg[name]
+        monkeypatch.setitem(reg, name, veil.ops.OpSpec(name, fn, spec.effect, spec.facts))
+
+
+_WORKLOADS = {
+    "mul": lambda x, y: x * y,
+    "lt": lambda x, y: x < y,
+    "relu": lambda x, y: (x - y).relu(),
+}
+
+
+@pytest.mark.parametrize("check", ["empty", "missing", "wide"])
+@pytest.mark.parametrize("op", sorted(_WORKLOADS))
+def test_a_party_answering_a_bogus_check_share_is_caught(
+    monkeypatch: Any, op: str, check: str
+) -> None:
+    a, b, c = (veil.VirtualWorker(n) for n in ("alice", "bob", "carol"))
+    x, y = torch.tensor([1.0, -2.0, 3.5]), torch.tensor([0.5, 4.0, -1.0])
+    sx = x.share(a, b, crypto_provider=c, security="malicious")
+    sy = y.share(a, b, crypto_provider=c, security="malicious")
+    _cheating_party(monkeypatch, b.node, check)
+    with pytest.raises(MACCheckFailed):
+        _WORKLOADS[op](sx, sy).reconstruct()
+
+
+def test_a_bogus_check_share_is_caught_over_http(monkeypatch: Any) -> None:
+    import contextlib
+
+    from veil.node import Node
+    from veil.node.server import serve_in_thread
+
+    with contextlib.ExitStack() as stack:
+        workers = []
+        for name in ("alice", "bob", "carol"):
+            node = Node(name, owner_email=f"o@{name}.org", owner_password="owner-password-1")
+            url = stack.enter_context(serve_in_thread(node, bulk_port=None))
+            w = veil.connect(url, email=f"o@{name}.org", password="owner-password-1")
+            stack.callback(w.close)
+            workers.append((node, w))
+        (_, a), (bob, b), (_, c) = workers
+        _approve_dealer([a, b], c)
+        sx = torch.tensor([1.0, -2.0]).share(a, b, crypto_provider=c, security="malicious")
+        sy = torch.tensor([3.0, 0.5]).share(a, b, crypto_provider=c, security="malicious")
+        _cheating_party(monkeypatch, bob, "empty")
+        for op in sorted(_WORKLOADS):
+            with pytest.raises(MACCheckFailed):
+                _WORKLOADS[op](sx, sy).reconstruct()
+
+
+def _approve_dealer(parties: list[Any], provider: Any) -> None:
+    """The parties' owners approve ``provider`` as a crypto provider (remote nodes)."""
+    approve = getattr(veil.mpc, "dealers", None)
+    if approve is not None:
+        for p in parties:
+            approve(p).add(provider.name, provider)
+
+
+# ----------------------------------------------------------------- errors the MAC check must not miss
+
+
+def _add_error(stored: torch.Tensor, half: int, bit: int) -> None:
+    """Add 2^bit (mod 2^128) to the value (half 0) or the MAC share (half 1) of element 0."""
+    from veil.mpc import r128
+
+    e = torch.zeros_like(stored[0:2])
+    e[bit // 64].view(-1)[0] = -(2**63) if bit % 64 == 63 else 1 << (bit % 64)
+    stored[2 * half : 2 * half + 2] = r128.add(stored[2 * half : 2 * half + 2], e)
+
+
+def _sub_error(stored: torch.Tensor, half: int, bit: int) -> None:
+    from veil.mpc import r128
+
+    e = torch.zeros_like(stored[0:2])
+    e[bit // 64].view(-1)[0] = -(2**63) if bit % 64 == 63 else 1 << (bit % 64)
+    stored[2 * half : 2 * half + 2] = r128.sub(stored[2 * half : 2 * half + 2], e)
+
+
+def test_an_error_in_the_top_bit_of_a_value_and_its_mac_never_reaches_a_result() -> None:
+    """The attack of issue 10: +2^127 on a party's value share and MAC share passes the
+    check whenever the MAC key is odd; truncations used to move it into the result (about
+    2^31 off after five products in most sessions)."""
+    x = torch.tensor([1.25, -0.5, 2.0, 0.75])
+    y = torch.tensor([65537.0, 70001.0, 59999.0, 66667.0]) / 65536  # odd encodings: the error
+    want = x * y**5  # is not multiplied away
+    for _ in range(8):
+        a, b, c = (veil.VirtualWorker(n) for n in ("alice", "bob", "carol"))
+        sx = x.share(a, b, crypto_provider=c, security="malicious")
+        sy = y.share(a, b, crypto_provider=c, security="malicious")
+        stored = a.node._objects[sx.shares[0].id].value
+        _add_error(stored, 0, 127)
+        _add_error(stored, 1, 127)
+        try:
+            z = sx
+            for _ in range(5):
+                z = z * sy
+            got = z.reconstruct()
+        except MACCheckFailed:
+            continue
+        assert torch.allclose(got, want, atol=1e-3), (got, want)
+
+
+@pytest.fixture(scope="module")
+def bits_parties() -> tuple[list[Any], Any]:
+    return [veil.VirtualWorker("alice"), veil.VirtualWorker("bob")], veil.VirtualWorker("carol")
+
+
+@pytest.mark.parametrize("how", ["consistent", "value", "mac"])
+def test_an_error_at_any_bit_is_caught_or_cannot_reach_a_result(
+    bits_parties: Any, how: str
+) -> None:
+    """An error 2^j, j = 0..127, on one party's value share and MAC share (``consistent``:
+    the same error on both, which passes a MAC check exactly when alpha = 1 mod 2^(128-j)),
+    on the value only, or on the MAC only. Every error below bit 64 (the data) is caught;
+    an error at bit 64 or above may pass a check (a 128-bit MAC cannot bind those bits
+    with 64 bits of security), and then it must never reach a result: truncations,
+    comparisons and reconstruction read the low 64 bits only."""
+    x = torch.tensor([1.5, -2.25, 0.75])
+    y = torch.tensor([65537.0, -70001.0, 59999.0]) / 65536  # odd encodings (see above)
+    sx, sy = _share(x, bits_parties), _share(y, bits_parties)
+    stored = bits_parties[0][0].node._objects[sx.shares[0].id].value
+    halves = {"consistent": (0, 1), "value": (0,), "mac": (1,)}[how]
+    passed = []
+    for bit in range(128):
+        for h in halves:
+            _add_error(stored, h, bit)
+        try:  # four products: truncations would move an error from bit 127 down to bit 63
+            z = sx
+            for _ in range(4):
+                z = z * sy
+            got = z.reconstruct()
+        except MACCheckFailed:
+            continue
+        finally:
+            for h in halves:
+                _sub_error(stored, h, bit)
+        passed.append(bit)
+        assert torch.allclose(got, x * y**4, atol=1e-3), (bit, got)
+    assert all(bit >= 64 for bit in passed), f"errors at bits {passed} passed the MAC checks"

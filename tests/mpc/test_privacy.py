@@ -15,8 +15,8 @@ import torch
 from scipy import stats as sps
 
 import veil
-from veil.errors import PermissionDenied, ProtocolError
-from veil.mpc import MPCSession, node_ops, ring, seal
+from veil.errors import InvalidRequest, PermissionDenied, ProtocolError
+from veil.mpc import MPCSession, ring, seal, state
 from veil.mpc import session as msession
 from veil.mpc.kinds import get_kind, party_slots
 from veil.node import Node
@@ -25,13 +25,16 @@ DS_EMAIL, DS_PASSWORD = "ds@lab.org", "ds-password-123"
 
 
 def _deploy(names: list[str]) -> tuple[list[Any], list[Any]]:
-    """(owner workers, scientist workers) of fresh nodes."""
+    """(owner workers, scientist workers) of fresh nodes; the last node is the crypto
+    provider, which every other node's owner approves."""
     owners, scientists = [], []
     for name in names:
         owner = veil.VirtualWorker(node=Node(name, owner_password="owner-password-1"))
         owner.create_user(DS_EMAIL, DS_PASSWORD)
         owners.append(owner)
         scientists.append(owner.login(DS_EMAIL, DS_PASSWORD))
+    for owner in owners[:-1]:
+        veil.mpc.dealers(owner).add(names[-1], owners[-1])
     return owners, scientists
 
 
@@ -237,56 +240,147 @@ def test_finish_results_are_private_and_pending_masks_are_not_objects(deployed: 
 def test_a_sealed_seed_cannot_be_replayed_or_redirected(deployed: Any) -> None:
     owners, (alice, bob, carol) = deployed
     keys = [msession.public_key(w) for w in (alice, bob)]
-    blob = (
-        msession.reply_tensor(
-            msession.node_call(carol, "mpc.dealer_setup", [msession._u8(k) for k in keys])
-        )
-        .numpy()
-        .tobytes()
-    )
-    sid, box_a, box_b = blob[:32].decode(), blob[32:92], blob[92:152]
+    key_list = [msession._u8(k) for k in keys]
+    blob = msession.reply_tensor(msession.node_call(carol, "mpc.dealer_setup", key_list))
+    raw = blob.numpy().tobytes()
+    sid, box_a, box_b = raw[:32].decode(), raw[32:92], raw[92:152]
     dealer = msession._u8(msession.public_key(carol))
-    msession.node_call(alice, "mpc.join", sid, 0, 2, dealer, msession._u8(box_a))
+    msession.node_call(alice, "mpc.join", sid, 0, key_list, dealer, msession._u8(box_a))
     with pytest.raises(PermissionDenied, match="already exists"):
-        msession.node_call(alice, "mpc.join", sid, 0, 2, dealer, msession._u8(box_a))
+        msession.node_call(alice, "mpc.join", sid, 0, key_list, dealer, msession._u8(box_a))
     with pytest.raises(ProtocolError, match="failed authentication"):  # bound to its session
-        msession.node_call(alice, "mpc.join", "another-session", 0, 2, dealer, msession._u8(box_a))
+        msession.node_call(alice, "mpc.join", "another-session", 0, key_list, dealer,
+                           msession._u8(box_a))  # fmt: skip
     with pytest.raises(ProtocolError, match="failed authentication"):  # bound to its party
-        msession.node_call(alice, "mpc.join", "third-session", 0, 2, dealer, msession._u8(box_b))
+        msession.node_call(alice, "mpc.join", "third-session", 0, key_list, dealer,
+                           msession._u8(box_b))  # fmt: skip
+    other = [key_list[0], msession._u8(seal.KeyPair.generate().public)]
+    with pytest.raises(ProtocolError, match="failed authentication"):  # bound to its parties
+        msession.node_call(alice, "mpc.join", "fourth-session", 0, other, dealer,
+                           msession._u8(box_a))  # fmt: skip
     with pytest.raises(PermissionDenied, match="cannot also be a party"):
-        msession.node_call(carol, "mpc.dealer_setup", [msession._u8(keys[0]), dealer])
+        msession.node_call(carol, "mpc.dealer_setup", [key_list[0], dealer])
 
 
-def test_a_scientist_playing_dealer_is_stopped_by_pinned_dealer_keys(deployed: Any) -> None:
-    owners, (alice, bob, carol) = deployed
-    x = torch.tensor([123.0, -4.5]).share(alice, bob, crypto_provider=carol)
-    fake = seal.KeyPair.generate()  # the scientist's own "dealer" key: it knows the seed
+def _open_item(gid: int, share: Any, n: int = 4) -> dict[str, Any]:
+    params = {"x": [n], "y": [n], "op": "mul", "trunc": 0}
+    return {"gid": gid, "kind": "beaver", "params": params, "inputs": [share, share]}
+
+
+def _join_with(alice: Any, dealer: seal.KeyPair, sid: str) -> bytes:
+    """Join alice to session ``sid`` as party 0 of [alice, someone] with a seed sealed by
+    ``dealer``; returns the seed (which whoever holds ``dealer`` knows)."""
     seed = bytes(range(32))
-    alice_key = msession.public_key(alice)
-    box = seal.seal(fake, alice_key, seed, node_ops._context("seed", "forged-session", 0, 2))
-    args = ("forged-session", 0, 2, msession._u8(fake.public), msession._u8(box))
-    # Unpinned, the node trusts the dealer key the scientist names: the attack works ...
-    msession.node_call(alice, "mpc.join", *args)
-    params = {"x": [2], "y": [2], "op": "mul", "trunc": 0}
-    item = {"gid": 1, "kind": "beaver", "params": params, "inputs": [x.shares[0], x.shares[0]]}
-    e = msession.reply_tensor(msession.node_call(alice, "mpc.open", "forged-session", [item]))
-    slots = get_kind("beaver").slots(params)
-    mask = party_slots(seed, 1, slots)[slots[0].name]  # the group key derives from the seed
-    share0 = e[:2] + mask  # the scientist unmasked alice's share with its own seed
-    assert torch.equal(share0, owners[0].node._objects[x.shares[0].id].value)
-    assert slots[0].opened
-    # ... so node owners pin the dealers they trust, and the forged seed is refused.
-    veil.mpc.pin_dealers(owners[0].node, [veil.mpc.fingerprint(carol)])
-    box2 = seal.seal(fake, alice_key, seed[::-1], node_ops._context("seed", "forged-again", 0, 2))
-    with pytest.raises(PermissionDenied, match="does not trust"):
-        msession.node_call(alice, "mpc.join", "forged-again", 0, 2, msession._u8(fake.public),
-                           msession._u8(box2))  # fmt: skip
-    sess = MPCSession([alice, bob], carol)  # a new session with the pinned, real dealer works
-    z = torch.tensor([123.0, -4.5]).share(session=sess) * torch.tensor([1.0, 2.0]).share(
-        session=sess
-    )
-    got = sum(o.node._objects[s.id].value for o, s in zip(owners, z.shares, strict=False))
-    assert torch.allclose(ring.FixedPoint(16).decode(got), torch.tensor([123.0, -9.0]), atol=1e-3)
+    keys = [msession.public_key(alice), seal.KeyPair.generate().public]
+    box = seal.seal(dealer, keys[0], seed, state.seed_context(sid, 0, keys))
+    msession.node_call(alice, "mpc.join", sid, 0, [msession._u8(k) for k in keys],
+                       msession._u8(dealer.public), msession._u8(box))  # fmt: skip
+    return seed
+
+
+def test_a_scientist_cannot_read_a_dataset_through_mpc() -> None:
+    """Issue 10: a scientist joined a node to a session with a dealer key of its own, then
+    opened ``(x * 65536).long()`` of a private dataset and unmasked every value with the
+    seed it knew. Now a node joins only with a dealer its owner approved, and it opens
+    only shares it made, never other private data."""
+    owners, (alice, bob, carol) = _deploy(["alice", "bob", "carol"])
+    secret = torch.tensor([3.25, -7.5, 0.125, 42.0])
+    owners[0].datasets.create("scans", private=secret, mock=torch.zeros(4))
+    data = (alice.datasets["scans"].private * 65536).long()  # private int64, not a share
+    # 1. the scientist's own dealer is refused, and the node says how to approve one
+    fake = seal.KeyPair.generate()
+    with pytest.raises(PermissionDenied, match="veil dealers add") as info:
+        _join_with(alice, fake, "forged-session")
+    assert "does not accept crypto provider key" in str(info.value)
+    # 2. with the approved dealer, the dataset still cannot be opened: it is not a share
+    sess = MPCSession([alice, bob], carol)
+    params = _open_item(0, None)["params"]
+    ((gid, _),) = sess.deal([("beaver", params)])
+    with pytest.raises(PermissionDenied, match="opens only arith shares") as info:
+        msession.node_call(alice, "mpc.open", sess.sid, [_open_item(gid, data)])
+    assert "items.0.inputs.0" in str(info.value)
+    # 3. nor can it be made a share: as_share takes public values only
+    with pytest.raises(PermissionDenied, match="argument x must be public"):
+        msession.node_call(alice, "mpc.as_share", sess.sid, data)
+    # 4. even with a dealer key the owner was tricked into approving, only shares open
+    veil.mpc.dealers(owners[0]).add("tricked", fake.public)
+    _join_with(alice, fake, "tricked-session")
+    with pytest.raises(PermissionDenied, match="opens only arith shares"):
+        msession.node_call(alice, "mpc.open", "tricked-session", [_open_item(1, data)])
+    # 5. nothing computed from the dataset is a share, even with a share in it
+    share = torch.zeros(4).share(session=sess).shares[0]
+    for k, mixed in enumerate(
+        [share + data, share * 0 + data, torch.where(data > 0, share, share)]
+    ):
+        item = {**_open_item(gid + 100 + k, share), "inputs": [mixed, share]}
+        with pytest.raises(PermissionDenied, match="opens only arith shares"):
+            msession.node_call(alice, "mpc.open", sess.sid, [item])
+    # 6. writing the data into a share (in place, or through a view) takes its label away
+    view = share.view(-1)
+    view[:] = data
+    for k, written in enumerate([share, view]):
+        with pytest.raises(PermissionDenied, match="opens only arith shares"):
+            msession.node_call(alice, "mpc.open", sess.sid, [_open_item(gid + 200 + k, written)])
+
+
+def test_shares_open_only_in_their_session_and_domain(deployed: Any) -> None:
+    owners, (alice, bob, carol) = deployed
+    s1, s2 = MPCSession([alice, bob], carol), MPCSession([alice, bob], carol)
+    x = torch.tensor([1.0, 2.0]).share(session=s1)
+    with pytest.raises(PermissionDenied, match=f"session {s2.sid}"):
+        msession.node_call(alice, "mpc.open", s2.sid, [_open_item(1, x.shares[0], 2)])
+    bit = (x > 1.5).shares[0]  # a comparison's result is an arithmetic share again, not XOR
+    carry = {"gid": 5000, "kind": "carry", "params": {"x": [2], "shift": 1, "last": False},
+             "inputs": [bit] * 3}  # fmt: skip
+    with pytest.raises(PermissionDenied, match="opens only xor shares"):
+        msession.node_call(alice, "mpc.open", s1.sid, [carry])
+    mal = torch.tensor([1.0, 2.0]).share(alice, bob, crypto_provider=carol, security="malicious")
+    fake_auth = torch.cat([x.shares[0]] * 4).reshape(4, 2)
+    m_item = {"gid": 5001, "kind": "m_trunc", "params": {"x": [2], "f": 16}, "inputs": [fake_auth]}
+    with pytest.raises(PermissionDenied, match="opens only auth shares"):
+        msession.node_call(alice, "mpc.open", mal.session.sid, [m_item])
+
+
+def test_a_node_shares_its_data_only_with_the_parties_its_dealer_dealt_for(deployed: Any) -> None:
+    """``mpc.split`` used to seal seeds to whatever keys the scientist listed: with keys of
+    its own it held every other share, and the node's own share (one approval away) gave
+    the data; listing the node twice handed it both shares. Now the keys are the
+    session's, bound by the approved dealer into each party's seed box, and each party
+    key appears once."""
+    owners, (alice, bob, carol) = deployed
+    secret = torch.tensor([3.25, -7.5])
+    owners[0].datasets.create("scans", private=secret, mock=torch.zeros(2))
+    x = (alice.datasets["scans"].private * 65536).long()
+    mine = seal.KeyPair.generate()
+    mine_u8 = msession._u8(mine.public)
+    # the scientist's keys are no argument of split any more
+    with pytest.raises(InvalidRequest, match="mpc.split: (5 arguments given|too many positional)"):
+        msession.node_call(alice, "mpc.split", "a-session-id", x, [mine_u8, mine_u8], 0, "tag")
+    # a session listing alice twice (so that alice would receive bob's share) is refused
+    alice_key = msession._u8(msession.public_key(alice))
+    with pytest.raises(InvalidRequest, match="appears twice"):
+        msession.node_call(carol, "mpc.dealer_setup", [alice_key, alice_key])
+    # a seed the dealer sealed for [alice, bob] does not open as [alice, a scientist key]
+    bob_key = msession._u8(msession.public_key(bob))
+    raw = msession.reply_tensor(msession.node_call(carol, "mpc.dealer_setup", [alice_key, bob_key]))
+    sid, box = raw[:32].numpy().tobytes().decode(), raw[32:92]
+    with pytest.raises(ProtocolError, match="failed authentication"):
+        msession.node_call(alice, "mpc.join", sid, 0, [alice_key, mine_u8],
+                           msession._u8(msession.public_key(carol)), box)  # fmt: skip
+    # receive takes the holder's key from the session: a seed sealed by another key fails
+    sess = MPCSession([alice, bob], carol)
+    reply = msession.node_call(alice, "mpc.split", sess.sid, x, "tag-1")
+    boxes = veil.PointerTensor(alice, reply.items[1]).get()
+    with pytest.raises(InvalidRequest, match="another party's index"):
+        msession.node_call(alice, "mpc.receive", sess.sid, 0, boxes, [2], "tag-1")
+    forged = seal.seal(mine, msession.public_key(bob), bytes(32),
+                       state.context("share|tag-2", sess.sid, 1, 2))  # fmt: skip
+    with pytest.raises(ProtocolError):
+        msession.node_call(bob, "mpc.receive", sess.sid, 0, msession._u8(forged), [2], "tag-2")
+    # the honest path works, and only the parties' shares together give the data
+    shared = alice.datasets["scans"].private.fix_precision().share(session=sess)
+    parts = [o.node._objects[s.id].value for o, s in zip(owners, shared.shares, strict=False)]
+    assert torch.equal(parts[0] + parts[1], ring.FixedPoint(16).encode(secret))
 
 
 def _uniform01(words: torch.Tensor) -> np.ndarray:
@@ -355,8 +449,15 @@ def test_there_is_no_unmasked_opening(deployed: Any) -> None:
         )
     with pytest.raises(veil.errors.InvalidRequest, match="no opened group"):
         msession.node_call(alice, "mpc.finish", sess.sid, [{"gid": 10_002, "opened": []}])
-    # bit masks hide bit 0 only, so they can only open bit 0
+    # bit masks hide bit 0 only, so b2a opens XOR-shared bits (never an arithmetic share)
+    # and reveals bit 0 of them only
     bit = {"gid": 10_003, "kind": "b2a", "params": {"x": [2]}, "inputs": [share]}
+    with pytest.raises(PermissionDenied, match="opens only xor shares"):
+        msession.node_call(alice, "mpc.open", sess.sid, [bit])
+    a2b = {"gid": 10_004, "kind": "a2b", "params": {"x": [2]}, "inputs": [share]}
+    c = msession.reply_tensor(msession.node_call(alice, "mpc.open", sess.sid, [a2b]))
+    g, _ = msession.node_call(alice, "mpc.finish", sess.sid, [{"gid": 10_004, "opened": [c]}]).items
+    bit = {**bit, "gid": 10_005, "inputs": [veil.PointerTensor(alice, g)]}
     opened = msession.reply_tensor(msession.node_call(alice, "mpc.open", sess.sid, [bit]))
     assert bool(((opened == 0) | (opened == 1)).all())
 

@@ -11,6 +11,7 @@ from veil.mpc import protocols as P
 
 
 def _objects(worker: Any) -> int:
+    worker.flush()  # deletions of dropped pointers ride on the next call: send them now
     return len(worker.node._objects)
 
 

@@ -17,24 +17,26 @@ Example:
 from __future__ import annotations
 
 from veil.mpc import nn
+from veil.mpc.approvals import Dealer, dealers
 from veil.mpc.nn import encrypt_model
-from veil.mpc.node_ops import pin_dealers, register
+from veil.mpc.node_ops import register
 from veil.mpc.ring import FixedPoint
 from veil.mpc.session import MPCSession, fingerprint
 from veil.mpc.shared import FixedPrecisionPointer, FixedPrecisionTensor, SharedTensor
 from veil.mpc.stats import reset_stats, stats
 
 __all__ = [
+    "Dealer",
     "FixedPoint",
     "FixedPrecisionPointer",
     "FixedPrecisionTensor",
     "MPCSession",
     "SharedTensor",
+    "dealers",
     "encrypt_model",
     "fingerprint",
     "install",
     "nn",
-    "pin_dealers",
     "reset_stats",
     "stats",
 ]

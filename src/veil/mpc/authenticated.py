@@ -34,7 +34,7 @@ import torch
 from veil.errors import InvalidRequest, MACCheckFailed, WorkerMismatch
 from veil.mpc import kinds, r128
 from veil.mpc.ring import FixedPoint, prg
-from veil.mpc.session import MPCSession, Request, node_call
+from veil.mpc.session import MPCSession, Request, checked, node_call
 from veil.mpc.surface import DerivedOps
 
 if TYPE_CHECKING:
@@ -288,7 +288,9 @@ class AuthenticatedTensor(DerivedOps):
         from veil.mpc.shared import FixedPrecisionTensor
 
         sess = self.session
-        parts = sess.fanout(lambda p: p.get(), self.shares)
+        shape = (4, *self.shape)
+        parts = [checked(p, shape, f"party {i}'s share", True)
+                 for i, p in enumerate(sess.fanout(lambda p: p.get(), self.shares))]  # fmt: skip
         y = kinds.combine("auth", parts)[0:2]
         rho = prg(os.urandom(32), 0, 0, self.numel()).reshape(self.shape)
         zs = sess.fanout(
@@ -297,7 +299,10 @@ class AuthenticatedTensor(DerivedOps):
             ),
             range(sess.n),
         )
-        z = kinds.combine("r128", [sess.parties[i]._unwrap(zs[i], ()).get() for i in range(sess.n)])
+        z = kinds.combine("r128", [
+            checked(sess.parties[i]._unwrap(zs[i], ()).get(), (2,), f"party {i}'s MAC check share", True)
+            for i in range(sess.n)
+        ])  # fmt: skip
         if bool((z != 0).any()):
             raise MACCheckFailed(
                 "the MAC check of the reconstructed value failed: a share was altered"

@@ -30,6 +30,12 @@ from veil.errors import InvalidRequest
 from veil.mpc import ring
 
 Domain = Literal["arith", "xor", "bit", "auth", "auth64"]
+#: How a party's share of a value is held: ``arith`` (Z_2^64 words), ``xor`` (XOR-shared
+#: words, or single bits in bit 0), ``auth`` (value and MAC in Z_2^128, (4, *shape) words),
+#: ``auth64`` (a bit and its MAC in Z_2^64, (2, *shape) words). A node labels every share
+#: it makes with its session and domain, and each kind names the domains it takes.
+ShareDomain = Literal["arith", "xor", "auth", "auth64"]
+Inputs = list[tuple[ShareDomain, tuple[int, ...]]]
 Params = dict[str, Any]
 _MAX63 = (1 << 63) - 1
 
@@ -65,6 +71,13 @@ def _shape(p: Params, key: str) -> tuple[int, ...]:
     ):
         raise InvalidRequest(f"parameter {key!r} must be a shape (a list of at most 8 sizes)")
     return tuple(v)
+
+
+def _bool(p: Params, key: str) -> bool:
+    v = p.get(key, False)
+    if not isinstance(v, bool):
+        raise InvalidRequest(f"parameter {key!r} must be true or false")
+    return v
 
 
 def _int(p: Params, key: str, lo: int, hi: int) -> int:
@@ -112,18 +125,26 @@ def full_shape(s: Slot) -> tuple[int, ...]:
 
 
 class Kind(ABC):
-    """A kind of group: its slots, the dealer's relation, and the two local steps."""
+    """A kind of group: its slots, the shares it takes and makes, the dealer's relation,
+    and the two local steps."""
 
     name: ClassVar[str]
-    #: How many operands ``reveal`` takes (the node checks the count).
-    n_inputs: ClassVar[int] = 1
 
     @abstractmethod
     def slots(self, p: Params) -> list[Slot]: ...
 
+    @abstractmethod
+    def inputs(self, p: Params) -> Inputs:
+        """The domain and exact shape of each share ``reveal`` takes (the node checks
+        both before it computes anything)."""
+
+    def outputs(self, p: Params) -> list[ShareDomain]:
+        """The domain of each result share ``finish`` returns."""
+        return ["arith"]
+
     def n_outputs(self, p: Params) -> int:
         """How many result shares ``finish`` returns."""
-        return 1
+        return len(self.outputs(p))
 
     @abstractmethod
     def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -145,7 +166,7 @@ def _product(p: Params, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a * b
     if op == "matmul":
         return ring.matmul(a, b)
-    return ring.conv2d(a, b, stride=p["stride"], padding=p["padding"])
+    return ring.conv2d(a, b, stride=p.get("stride", 1), padding=p.get("padding", 0))
 
 
 def _trunc_local(z: torch.Tensor, f: int, party: int) -> torch.Tensor:
@@ -170,7 +191,9 @@ class Beaver(Kind):
     """
 
     name = "beaver"
-    n_inputs = 2
+
+    def inputs(self, p: Params) -> Inputs:
+        return [("arith", _shape(p, "x")), ("arith", _shape(p, "y"))]
 
     def _out(self, p: Params) -> tuple[int, ...]:
         xs, ys = _shape(p, "x"), _shape(p, "y")
@@ -229,6 +252,9 @@ class Square(Kind):
 
     name = "square"
 
+    def inputs(self, p: Params) -> Inputs:
+        return [("arith", _shape(p, "x"))]
+
     def slots(self, p: Params) -> list[Slot]:
         s = _shape(p, "x")
         _int(p, "trunc", 0, 62)
@@ -258,6 +284,9 @@ class Truncate(Kind):
     """
 
     name = "trunc"
+
+    def inputs(self, p: Params) -> Inputs:
+        return [("arith", _shape(p, "x"))]
 
     def slots(self, p: Params) -> list[Slot]:
         s = _shape(p, "x")
@@ -290,8 +319,11 @@ class A2B(Kind):
 
     name = "a2b"
 
-    def n_outputs(self, p: Params) -> int:
-        return 2
+    def inputs(self, p: Params) -> Inputs:
+        return [("arith", _shape(p, "x"))]
+
+    def outputs(self, p: Params) -> list[ShareDomain]:
+        return ["xor", "xor"]
 
     def slots(self, p: Params) -> list[Slot]:
         s = _shape(p, "x")
@@ -318,14 +350,17 @@ class CarryLevel(Kind):
     ``P0[63] XOR G[62]`` (inputs: G, P, P0; other levels pass P0 on as a third result)."""
 
     name = "carry"
-    n_inputs = 3
 
-    def n_outputs(self, p: Params) -> int:
-        return 1 if p.get("last") else 3  # G, P and P0 passed on for the last level
+    def inputs(self, p: Params) -> Inputs:
+        return [("xor", _shape(p, "x"))] * 3  # G, P, P0
+
+    def outputs(self, p: Params) -> list[ShareDomain]:
+        return ["xor"] if _bool(p, "last") else ["xor"] * 3  # the sign bit, or G, P and P0
 
     def slots(self, p: Params) -> list[Slot]:
         s = _shape(p, "x")
         _int(p, "shift", 1, 63)
+        _bool(p, "last")
         out = [Slot("a", s, "xor", opened=True), Slot("b1", s, "xor", opened=True)]
         if not p.get("last"):
             out.append(Slot("b2", s, "xor", opened=True))
@@ -370,6 +405,9 @@ class B2A(Kind):
     shared both ways: open t = b XOR s; b = t + s - 2 t s."""
 
     name = "b2a"
+
+    def inputs(self, p: Params) -> Inputs:
+        return [("xor", _shape(p, "x"))]  # a bit, in bit 0 of an XOR-shared word
 
     def slots(self, p: Params) -> list[Slot]:
         s = _shape(p, "x")

@@ -1,22 +1,27 @@
 """The ops a node runs for MPC, and the privacy rule they enforce.
 
 The rule: a party's share of anything is a private object on its node; a data scientist
-who drives the computation sees only values *masked with fresh dealer randomness*:
+who drives the computation sees only values *masked with fresh dealer randomness*, and only
+a dealer its node's owner approved can know those masks:
 
-* dealer randomness reaches a party as one PRG seed, sealed by the dealer's node key for
-  the party's node key (:mod:`veil.mpc.seal`); the scientist relays a box it cannot open;
-* ``mpc.open`` masks each operand with the party's share of a slot of group ``gid``
-  (derived from the seed, never stored as an object, never usable by any other op) and
-  answers the masked value publicly. A group id is opened at most once per party
-  session, so a mask is never reused; a node never accepts the same seed twice;
+* a node joins a session only with a crypto provider (dealer) its owner approved
+  (:mod:`veil.mpc.approvals`); dealer randomness reaches it as one PRG seed, sealed by the
+  dealer's node key for the party's node key and bound to the session's party keys
+  (:mod:`veil.mpc.seal`); the scientist relays a box it cannot open;
+* ``mpc.open`` opens only *shares*: objects this node labelled as shares of that session
+  when it made them (results of torch ops on such shares alone keep the label; see
+  :func:`~veil.mpc.state.share_label`), of the domain and shape the group takes. Never a
+  dataset, nor anything else computed from private data;
+* it masks each operand with the party's share of a slot of group ``gid`` (derived from
+  the seed, never stored as an object, never usable by any other op) and answers the
+  masked value publicly. A group id is opened at most once per party session, so a mask is
+  never reused; a node never accepts the same seed twice;
 * ``mpc.finish`` turns the public openings and the group's slots into new *private* shares;
 * the dealer (``mpc.deal``) takes only shapes: it never receives a share of data;
-* ``mpc.split`` lets a data owner's node share a private tensor: it keeps one share and
-  seals a PRG seed for each other party, so the value never passes the scientist.
+* a data owner's node shares its own data itself (:mod:`veil.mpc.inputs`).
 
-Node owners may pin the dealer keys they trust (:func:`pin_dealers`); unpinned nodes
-accept any dealer key the scientist presents (enough against a curious scientist, not
-against one who plays dealer itself).
+Every op takes typed arguments (:mod:`veil.mpc.typed`); a private object is accepted only
+where :data:`PRIVATE_ARGS` declares one, and refused anywhere else before the op runs.
 """
 
 from __future__ import annotations
@@ -25,180 +30,116 @@ import hashlib
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from veil.errors import InvalidRequest, PermissionDenied, ProtocolError
-from veil.mpc import kinds, r128, ring, seal, spdz
-from veil.mpc.kinds import Slot, numel
+from veil.errors import InvalidRequest, PermissionDenied
+from veil.mpc import approvals, inputs, kinds, local_ops, seal, spdz, state
+from veil.mpc.approvals import party
+from veil.mpc.kinds import ShareDomain, Slot, numel
+from veil.mpc.state import (
+    MAX_PENDING,
+    DealerSession,
+    PartySession,
+    Pending,
+    check_share,
+    check_sid,
+    dealer_of,
+    public_key_of,
+    raw_bytes,
+    seed_context,
+    share_label,
+    state_of,
+    u8,
+)
+from veil.mpc.typed import describe, typed
+from veil.node import extension
 from veil.node.extension import OpContext
 from veil.ops import OpFacts, OpRegistry, OpSpec, default_registry
 from veil.serde.messages import Done, Reply
-
-#: Groups opened but not finished that a node keeps per user before dropping the oldest.
-MAX_PENDING = 4096
-
-
-@dataclass
-class _PartySession:
-    seed: bytes
-    index: int
-    n: int
-    dealer: bytes
-    used: set[int] = field(default_factory=set)
-
-
-@dataclass
-class _DealerSession:
-    seeds: list[bytes]
-    next_gid: int = 1
-
-
-@dataclass
-class _Pending:
-    kind: kinds.Kind
-    params: dict[str, Any]
-    slots: list[Slot]
-    masks: dict[str, torch.Tensor]
-    inputs: list[torch.Tensor]
-    macs: list[torch.Tensor] = field(default_factory=list)  # MAC shares of opened values
-
-
-@dataclass
-class MPCState:
-    """A node's MPC state (in memory: a restarted node starts fresh sessions)."""
-
-    keys: seal.KeyPair = field(default_factory=seal.KeyPair.generate)
-    parties: dict[tuple[int, str], _PartySession] = field(default_factory=dict)
-    dealers: dict[tuple[int, str], _DealerSession] = field(default_factory=dict)
-    pending: dict[tuple[int, str, int], _Pending] = field(default_factory=dict)
-    seen_seeds: set[bytes] = field(default_factory=set)
-    pinned: set[str] | None = None
-
-
-def state_of(node: Any) -> MPCState:
-    """The MPC state of a :class:`~veil.node.Node` (created on first use)."""
-    st = node.extensions.get("mpc")
-    if st is None:
-        st = node.extensions["mpc"] = MPCState()
-    return st  # type: ignore[no-any-return]
-
-
-def pin_dealers(node: Any, fingerprints: list[str] | None) -> None:
-    """Node owners: accept dealer randomness only from these key fingerprints
-    (``veil.mpc.fingerprint(worker)``); ``None`` accepts any dealer again.
-
-    Example:
-        >>> import veil
-        >>> node = veil.Node("clinic", owner_password="pw-long-enough")
-        >>> pin_dealers(node, ["0123456789abcdef"])
-        >>> state_of(node).pinned
-        {'0123456789abcdef'}
-    """
-    state_of(node).pinned = None if fingerprints is None else set(fingerprints)
-
-
-def _st(ctx: OpContext) -> MPCState:
-    return state_of(ctx.node)
-
-
-def _bytes(t: Any, what: str, size: int | None = None) -> bytes:
-    if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.dim() != 1:
-        raise InvalidRequest(f"{what} must be a 1-d uint8 tensor")
-    if size is not None and t.numel() != size:
-        raise InvalidRequest(f"{what} must be {size} bytes, got {t.numel()}")
-    return t.numpy().tobytes()
-
-
-def _u8(b: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(b), dtype=torch.uint8)
-
-
-def _sid(sid: Any) -> str:
-    if not isinstance(sid, str) or not 8 <= len(sid) <= 64:
-        raise InvalidRequest("an MPC session id is a string of 8-64 characters")
-    return sid
-
 
 # ------------------------------------------------------------------------ keys, setup
 
 
 def op_public_key(ctx: OpContext) -> Reply:
     """This node's X25519 public key (32 bytes)."""
-    return ctx.value(_u8(_st(ctx).keys.public))
+    return ctx.value(u8(public_key_of(ctx.node)))
+
+
+def _party_keys(keys: list[Any], where: str) -> list[bytes]:
+    if not 2 <= len(keys) <= 64:
+        raise InvalidRequest(f"{where}: a session has the public keys of 2-64 parties")
+    pubs = [raw_bytes(k, f"{where}.{i}", 32) for i, k in enumerate(keys)]
+    if len(set(pubs)) != len(pubs):
+        raise InvalidRequest(
+            f"{where}: a party key appears twice; each party is a different node (one node "
+            "holding two shares of a value could add them up)"
+        )
+    return pubs
 
 
 def op_dealer_setup(ctx: OpContext, keys: list[Any]) -> Reply:
     """Dealer: start a session for parties with these public keys; answers the session id
-    (as the first 32 bytes, hex) followed by one sealed seed per party (60 bytes each)."""
-    st = _st(ctx)
-    if not isinstance(keys, list) or not 2 <= len(keys) <= 64:
-        raise InvalidRequest("a dealer session needs the public keys of 2-64 parties")
-    pubs = [_bytes(k, "a party key", 32) for k in keys]
-    if st.keys.public in pubs:
+    (as the first 32 bytes, hex) followed by one sealed seed per party (60 bytes each),
+    each bound to the session, the party's index and the list of party keys."""
+    st = state_of(ctx.node)
+    pubs = _party_keys(keys, "keys")
+    if public_key_of(ctx.node) in pubs:
         raise PermissionDenied("the crypto provider cannot also be a party of its own session")
     sid = secrets.token_hex(16)
     seeds = [os.urandom(32) for _ in pubs]
-    st.dealers[(ctx.session.user_id, sid)] = _DealerSession(seeds)
-    boxes = [seal.seal(st.keys, pub, seed, _context("seed", sid, i, len(pubs)))
+    st.dealers[(ctx.session.user_id, sid)] = DealerSession(seeds)
+    boxes = [seal.seal(st.keys, pub, seed, seed_context(sid, i, pubs))
              for i, (pub, seed) in enumerate(zip(pubs, seeds, strict=True))]  # fmt: skip
-    return ctx.value(_u8(sid.encode() + b"".join(boxes)))
+    return ctx.value(u8(sid.encode() + b"".join(boxes)))
 
 
-def _context(purpose: str, sid: str, index: int, n: int) -> bytes:
-    return f"{purpose}|{sid}|{index}|{n}".encode()
-
-
-def op_join(ctx: OpContext, sid: Any, index: Any, n: Any, dealer: Any, box: Any) -> Reply:
-    """Party: accept the dealer's sealed seed for session ``sid`` as party ``index`` of ``n``."""
-    st = _st(ctx)
-    sid = _sid(sid)
-    if not (isinstance(n, int) and isinstance(index, int) and 2 <= n <= 64 and 0 <= index < n):
-        raise InvalidRequest("party index must be in 0..n-1 with 2 <= n <= 64")
-    dealer_pub = _bytes(dealer, "the dealer key", 32)
-    if dealer_pub == st.keys.public:
-        raise PermissionDenied("a node cannot be the crypto provider of a session it is a party of")
-    if st.pinned is not None and seal.fingerprint(dealer_pub) not in st.pinned:
-        raise PermissionDenied(
-            f"node {ctx.node.name!r} does not trust crypto provider key "
-            f"{seal.fingerprint(dealer_pub)}; its owner pinned other dealers"
+def op_join(ctx: OpContext, sid: str, index: int, keys: list[Any], dealer: torch.Tensor,
+            box: torch.Tensor) -> Reply:  # fmt: skip
+    """Party: accept the dealer's sealed seed for session ``sid`` as party ``index`` of the
+    parties with public ``keys`` (the box proves the dealer dealt for exactly these keys).
+    The dealer must be one this node's owner approved (:mod:`veil.mpc.approvals`)."""
+    st = state_of(ctx.node)
+    check_sid(sid)
+    dealer_pub = raw_bytes(dealer, "dealer", 32)
+    approvals.check_dealer(ctx, dealer_pub)
+    pubs = _party_keys(keys, "keys")
+    if not 0 <= index < len(pubs) or pubs[index] != public_key_of(ctx.node):
+        raise InvalidRequest(
+            f"keys.{index} must be node {ctx.node.name!r}'s own key (index is this node's "
+            f"place among the {len(pubs)} parties)"
         )
+    if dealer_pub in pubs:
+        raise PermissionDenied("the crypto provider cannot also be a party of its own session")
     key = (ctx.session.user_id, sid)
     if key in st.parties or key in st.dealers:
         raise PermissionDenied(f"session {sid} already exists on node {ctx.node.name!r}")
-    seed = seal.unseal(
-        st.keys, dealer_pub, _bytes(box, "the sealed seed"), _context("seed", sid, index, n)
-    )
+    seed = seal.unseal(st.keys, dealer_pub, raw_bytes(box, "box"), seed_context(sid, index, pubs))
     digest = hashlib.sha256(seed).digest()
     if digest in st.seen_seeds:
         raise PermissionDenied("this dealer seed was already used on this node: replay refused")
     st.seen_seeds.add(digest)
-    st.parties[key] = _PartySession(seed, index, n, dealer_pub)
+    st.parties[key] = PartySession(seed, index, pubs, dealer_pub)
     return Done()
 
 
 # ------------------------------------------------------------------------ dealer
 
 
-def op_deal(ctx: OpContext, sid: Any, groups: Any) -> Reply:
+def op_deal(ctx: OpContext, sid: str, groups: list[Any]) -> Reply:
     """Dealer: new groups ``[(kind, params), ...]``; answers ``[gid_0, ..., deltas...]``
     (int64): the group ids, then each group's delta for the last party, concatenated.
     Takes shapes only: the dealer never sees a share."""
-    st = _st(ctx)
-    sess = st.dealers.get((ctx.session.user_id, _sid(sid)))
-    if sess is None:
-        raise InvalidRequest(f"node {ctx.node.name!r} deals for no session {sid!r} of yours")
-    if not isinstance(groups, list) or not groups:
+    sess = dealer_of(ctx, sid)
+    if not groups:
         raise InvalidRequest("deal needs a non-empty list of (kind, params)")
     gids, deltas = [], []
     total = 0
-    for g in groups:
-        if not (isinstance(g, list | tuple) and len(g) == 2 and isinstance(g[1], dict)):
-            raise InvalidRequest("each group is (kind name, params dict)")
-        kind = kinds.get_kind(g[0])
-        slots = kind.slots(g[1])
+    for k, g in enumerate(groups):
+        if not (isinstance(g, list | tuple) and len(g) == 2):
+            raise InvalidRequest(f"groups.{k} must be a pair (kind name, params dict)")
+        kind, _, slots = _group(g[0], g[1], f"groups.{k}")
         total += sum(numel(s.shape) for s in slots)
         ctx.check_elements(total)
         gid = sess.next_gid
@@ -211,64 +152,100 @@ def op_deal(ctx: OpContext, sid: Any, groups: Any) -> Reply:
 # ------------------------------------------------------------------------ party steps
 
 
-def _party(ctx: OpContext, sid: Any) -> _PartySession:
-    sess = _st(ctx).parties.get((ctx.session.user_id, _sid(sid)))
-    if sess is None:
-        raise InvalidRequest(f"node {ctx.node.name!r} is in no MPC session {sid!r} of yours")
-    return sess
+def _group(name: Any, params: Any, where: str) -> tuple[kinds.Kind, dict[str, Any], list[Slot]]:
+    """A kind of dealer randomness, its params and its slots, checked (``where`` names the
+    position in the message)."""
+    if not isinstance(name, str) or name not in kinds.KINDS:
+        got = repr(name) if isinstance(name, str) else describe(name)
+        raise InvalidRequest(f"{where}.kind: unknown kind of dealer randomness {got[:80]}; "
+                             f"known: {sorted(kinds.KINDS)}")  # fmt: skip
+    if not isinstance(params, dict):
+        raise InvalidRequest(f"{where}.params must be a dict, got {describe(params)}")
+    kind = kinds.KINDS[name]
+    try:
+        return kind, params, kind.slots(params)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{where}.params: {exc}") from None
 
 
-def op_open(ctx: OpContext, sid: Any, items: Any) -> Reply:
+def _apply_delta(slots: list[Slot], masks: dict[str, torch.Tensor], delta: Any, where: str) -> None:
+    """The last party: add the dealer's delta (relayed by the driver) to its slots."""
+    if not isinstance(delta, torch.Tensor):
+        raise InvalidRequest(f"{where}: the last party needs the dealer's delta (an int64 tensor)")
+    try:
+        kinds.apply_delta(slots, masks, delta)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{where}: {exc}") from None
+
+
+def _gid(gid: Any, where: str) -> int:
+    if not isinstance(gid, int) or isinstance(gid, bool) or gid <= 0:
+        raise InvalidRequest(f"{where} must be a positive integer (a group id the dealer dealt)")
+    return gid
+
+
+#: Results of a step's finish fed to its opening, by identity: (domain, session id).
+Own = dict[int, tuple[ShareDomain, str]]
+
+
+def _inputs(ctx: OpContext, sid: str, kind: kinds.Kind, params: dict[str, Any], inputs: Any,
+            where: str, own: Own | None = None) -> list[torch.Tensor]:  # fmt: skip
+    """The shares a kind takes, checked: their count, dtype and exact shapes, and that each
+    is a share of this session's right domain (a labelled object, or a result of this
+    step's finish)."""
+    want = kind.inputs(params)
+    if not isinstance(inputs, list) or len(inputs) != len(want):
+        raise InvalidRequest(f"{where}: {kind.name} takes {len(want)} shares, in a list")
+    for j, (t, (domain, shape)) in enumerate(zip(inputs, want, strict=True)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or tuple(t.shape) != shape:
+            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else describe(t)
+            raise InvalidRequest(f"{where}.{j}: {kind.name} takes an int64 share of shape "
+                                 f"{shape} here, got {got}")  # fmt: skip
+        mine = (own or {}).get(id(t))
+        if mine is None:
+            check_share(ctx, t, sid, domain, f"{where}.{j}")
+        elif mine != (domain, sid):
+            raise PermissionDenied(f"{where}.{j}: {kind.name} takes a {domain} share here, and "
+                                   f"this step's result is a {mine[0]} share")  # fmt: skip
+    return inputs
+
+
+def op_open(ctx: OpContext, sid: str, items: list[Any]) -> Reply:
     """Party: for each item ``{gid, kind, params, inputs, delta}`` derive the group's
-    slots, compute the operands from ``inputs`` (this user's objects) and answer them
-    masked with the opened slots, all concatenated (int64, public)."""
+    slots, compute the operands from ``inputs`` (this user's shares of this session) and
+    answer them masked with the opened slots, all concatenated (int64, public)."""
     return ctx.value(_open(ctx, sid, items))
 
 
-def _open(ctx: OpContext, sid: Any, items: Any) -> torch.Tensor:
-    st = _st(ctx)
-    sess = _party(ctx, sid)
-    if not isinstance(items, list) or not items:
+def _open(ctx: OpContext, sid: str, items: list[Any], own: Own | None = None) -> torch.Tensor:
+    st = state_of(ctx.node)
+    sess = party(ctx, sid)
+    if not items:
         raise InvalidRequest("open needs a non-empty list of items")
     out: list[torch.Tensor] = []
-    staged: list[tuple[int, _Pending]] = []
+    staged: list[tuple[int, Pending]] = []
     total = 0
-    for it in items:
+    for k, it in enumerate(items):
         if not isinstance(it, dict):
-            raise InvalidRequest("each open item is a dict")
-        gid = it.get("gid")
-        if not isinstance(gid, int) or isinstance(gid, bool) or gid <= 0:
-            raise InvalidRequest("gid must be a positive integer")
+            raise InvalidRequest(f"items.{k} must be a dict (gid, kind, params, inputs, delta)")
+        gid = _gid(it.get("gid"), f"items.{k}.gid")
         if gid in sess.used or any(g == gid for g, _ in staged):
             raise PermissionDenied(
                 f"dealer randomness {gid} was already opened on node {ctx.node.name!r}: a mask "
                 "is used once (reusing it would unmask a share)"
             )
-        kind = kinds.get_kind(it.get("kind"))
-        params = it.get("params")
-        if not isinstance(params, dict):
-            raise InvalidRequest("params must be a dict")
-        slots = kind.slots(params)
+        kind, params, slots = _group(it.get("kind"), it.get("params"), f"items.{k}")
         total += sum(numel(s.shape) for s in slots)
         ctx.check_elements(total)
-        inputs = it.get("inputs")
-        if (
-            not isinstance(inputs, list)
-            or len(inputs) != kind.n_inputs
-            or not all(isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in inputs)
-        ):
-            raise InvalidRequest(f"{kind.name} takes {kind.n_inputs} int64 share tensors")
+        ins = _inputs(ctx, sid, kind, params, it.get("inputs"), f"items.{k}.inputs", own)
         masks = kinds.party_slots(sess.seed, gid, slots)
         if sess.index == sess.n - 1 and any(kinds.has_delta(s) for s in slots):
-            delta = it.get("delta")
-            if not isinstance(delta, torch.Tensor):
-                raise InvalidRequest("the last party needs the dealer's delta")
-            kinds.apply_delta(slots, masks, delta)
+            _apply_delta(slots, masks, it.get("delta"), f"items.{k}.delta")
         if any(s.domain in kinds.AUTH for s in slots):
             masks["__alpha"] = kinds.mac_key(sess.seed)
             masks["__alpha64"] = kinds.mac_key64(sess.seed)
             params = {**params, "__alpha": masks["__alpha"], "__alpha64": masks["__alpha64"]}
-        operands = kind.reveal(params, inputs, sess.index)
+        operands = kind.reveal(params, ins, sess.index)
         opened = [s for s in slots if s.opened]
         macs = []
         for s, v in zip(opened, operands, strict=True):
@@ -278,8 +255,8 @@ def _open(ctx: OpContext, sid: Any, items: Any) -> torch.Tensor:
                 )
             m = masks[s.name]
             if s.domain == "auth":  # reveal the value half; keep the MAC share for the check
-                masked = r128.sub(v[0:2], m[0:2])
-                macs.append(r128.sub(v[2:4], m[2:4]))
+                masked = spdz.r128.sub(v[0:2], m[0:2])
+                macs.append(spdz.r128.sub(v[2:4], m[2:4]))
             elif s.domain == "auth64":
                 masked = v[0] - m[0]
                 macs.append(v[1] - m[1])
@@ -288,55 +265,67 @@ def _open(ctx: OpContext, sid: Any, items: Any) -> torch.Tensor:
             else:
                 masked = (v & 1) ^ m if s.domain == "bit" else v ^ m
             out.append(masked.reshape(-1))
-        staged.append((gid, _Pending(kind, params, slots, masks, inputs, macs)))
+        staged.append((gid, Pending(kind, params, slots, masks, ins, macs)))
     for gid, p in staged:  # commit only when every item was valid
         sess.used.add(gid)
-        st.pending[(ctx.session.user_id, str(sid), gid)] = p
+        st.pending[(ctx.session.user_id, sid, gid)] = p
     while len(st.pending) > MAX_PENDING:
         st.pending.pop(next(iter(st.pending)))
     return torch.cat(out)
 
 
-def op_finish(ctx: OpContext, sid: Any, items: Any) -> Reply:
+def _opened(s: Slot) -> tuple[int, ...]:
+    """The shape of an opening of slot ``s`` (the value half of an ``auth`` slot)."""
+    return (2, *s.shape) if s.domain == "auth" else s.shape
+
+
+def op_finish(ctx: OpContext, sid: str, items: list[Any]) -> Reply:
     """Party: for each item ``{gid, opened: [public tensors]}`` compute this party's
-    shares of the results; answers them as new private objects (a flat list)."""
-    return ctx.results([info for info, _ in _finish(ctx, sid, items)])
+    shares of the results; answers them as new private objects (a flat list; in malicious
+    mode each group's public MAC check share follows its results)."""
+    return ctx.results([info for info, _, _ in _finish(ctx, sid, items)])
 
 
-def op_step(ctx: OpContext, sid: Any, finish: Any, open_: Any) -> Reply:
+def op_step(ctx: OpContext, sid: str, finish: list[Any], open_: list[Any]) -> Reply:
     """Party: ``finish`` one round and ``open`` the next in one message. Inputs of the
     open items may be ``["out", k]``: the k-th result of this finish. The finish's results
     feed this opening only and are not stored (semi-honest groups only). Answers (int64,
     public): the number of stored results (0), then the masked values of the opening."""
     done = _finish(ctx, sid, finish, store=False)
-    if not isinstance(open_, list):
-        raise InvalidRequest("step needs a list of open items")
-    for it in open_:
+    own: Own = {}
+    for k, it in enumerate(open_):
         ins = it.get("inputs") if isinstance(it, dict) else None
         if isinstance(ins, list):
             for j, v in enumerate(ins):
                 if isinstance(v, list) and len(v) == 2 and v[0] == "out":
-                    k = v[1]
-                    if not isinstance(k, int) or not 0 <= k < len(done):
-                        raise InvalidRequest(f"no result {k!r} of this step's finish")
-                    ins[j] = done[k][1]
-    masked = _open(ctx, sid, open_)
+                    r = v[1]
+                    if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r < len(done):
+                        raise InvalidRequest(
+                            f"open_.{k}.inputs.{j}: no result {r!r} of this step's finish"
+                        )
+                    ins[j] = done[r][1]
+                    own[id(ins[j])] = (done[r][2], sid)
+    masked = _open(ctx, sid, open_, own)
     return ctx.value(torch.cat([torch.zeros(1, dtype=torch.int64), masked]))
 
 
-def _finish(
-    ctx: OpContext, sid: Any, items: Any, *, store: bool = True
-) -> list[tuple[Any, torch.Tensor]]:
-    st = _st(ctx)
-    sess = _party(ctx, sid)
-    if not isinstance(items, list) or not items:
+def _finish(ctx: OpContext, sid: str, items: list[Any], *,
+            store: bool = True) -> list[tuple[Any, torch.Tensor, ShareDomain]]:  # fmt: skip
+    """Finish opened groups: every item is checked first, so a malformed message finishes
+    nothing and leaves its groups pending. Returns (stored object or None, tensor, domain)
+    for each result."""
+    st = state_of(ctx.node)
+    sess = party(ctx, sid)
+    if not items:
         raise InvalidRequest("finish needs a non-empty list of items")
-    results: list[Any] = []
-    for it in items:
-        gid = it.get("gid") if isinstance(it, dict) else None
-        key = (ctx.session.user_id, str(sid), gid)
-        pend = st.pending.pop(key, None)  # type: ignore[arg-type]
-        if pend is None:
+    todo: list[tuple[tuple[int, str, int], Pending, list[torch.Tensor], list[Any], Any]] = []
+    for k, it in enumerate(items):
+        if not isinstance(it, dict):
+            raise InvalidRequest(f"items.{k} must be a dict (gid, opened, extra, rho)")
+        gid = _gid(it.get("gid"), f"items.{k}.gid")
+        key = (ctx.session.user_id, sid, gid)
+        pend = st.pending.get(key)
+        if pend is None or any(key == t[0] for t in todo):
             raise InvalidRequest(f"no opened group {gid!r} to finish on node {ctx.node.name!r}")
         if pend.macs and not store:
             raise InvalidRequest("authenticated groups finish with mpc.finish (their MAC check)")
@@ -348,119 +337,95 @@ def _finish(
             or not all(
                 isinstance(t, torch.Tensor)
                 and t.dtype == torch.int64
-                and tuple(t.shape) == ((2, *s.shape) if s.domain == "auth" else s.shape)
+                and tuple(t.shape) == _opened(s)
                 for t, s in zip(opened, want, strict=False)
             )
         ):
-            raise InvalidRequest(f"{pend.kind.name}: openings of the wrong count or shape")
+            raise InvalidRequest(
+                f"items.{k}.opened: {pend.kind.name} needs {len(want)} int64 openings of shapes "
+                f"{[_opened(s) for s in want]}"
+            )
         extra = it.get("extra", [])
         if not isinstance(extra, list) or not all(
             isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in extra
         ):
-            raise InvalidRequest("extra public values must be int64 tensors")
+            raise InvalidRequest(f"items.{k}.extra must be a list of int64 tensors")
+        rho = it.get("rho")
+        if pend.macs:
+            if not isinstance(rho, list) or len(rho) != len(opened):
+                raise InvalidRequest(f"items.{k}.rho: a MAC check needs one coefficient tensor "
+                                     "per opening")  # fmt: skip
+            for j, (r, y) in enumerate(zip(rho, opened, strict=True)):
+                if (
+                    not isinstance(r, torch.Tensor)
+                    or r.dtype != torch.int64
+                    or (
+                        tuple(r.shape)
+                        != tuple(y.shape[1:] if want[j].domain == "auth" else y.shape)
+                    )
+                ):
+                    raise InvalidRequest(f"items.{k}.rho.{j}: an int64 tensor shaped like the "
+                                         "opened value")  # fmt: skip
+        todo.append((key, pend, opened, extra, rho))
+    results: list[tuple[Any, torch.Tensor, ShareDomain]] = []
+    for key, pend, opened, extra, rho in todo:
+        del st.pending[key]
         if pend.macs:
             pend.masks["__extra"] = extra  # type: ignore[assignment]
         outs = pend.kind.finish(pend.params, opened, pend.masks, pend.inputs, sess.index, sess.n)
-        results.extend((ctx.new(o.contiguous(), private=True) if store else None, o) for o in outs)
+        domains = pend.kind.outputs(pend.params)
+        for o, domain in zip(outs, domains, strict=True):
+            info = (
+                ctx.new(o.contiguous(), private=True, label=share_label(sid, domain))
+                if store
+                else None
+            )
+            results.append((info, o, domain))
         if pend.macs:  # SPDZ2k check share: sum rho * (mac(y) - alpha_i y), public
-            rho = it.get("rho")
-            if not isinstance(rho, list) or len(rho) != len(opened):
-                raise InvalidRequest("a MAC check needs one coefficient tensor per opening")
-            if any(s.domain == "auth64" for s in want):
+            if any(s.domain == "auth64" for s in pend.slots if s.opened):
                 z = spdz.check_share64(pend.masks["__alpha64"], pend.macs, opened, rho)
             else:
                 z = spdz.check_share(pend.masks["__alpha"], pend.macs, opened, rho)
-            results.append((ctx.new(z, private=False), z))
+            results.append((ctx.new(z, private=False), z, "arith"))
     return results
 
 
-# ------------------------------------------------------------------------ inputs
+# ------------------------------------------------------------------------ authenticated shares
 
 
-def op_as_share(ctx: OpContext, x: Any) -> Reply:
-    """Store a copy of ``x`` (an int64 share the scientist uploaded) as a private share."""
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64:
-        raise InvalidRequest("a share is an int64 tensor")
-    return ctx.new(x.clone(), private=True)
-
-
-def op_split(ctx: OpContext, x: Any, keys: Any, index: Any, tag: Any) -> Reply:
-    """Data holder: split int64 ``x`` (its own, possibly private, data) into shares for the
-    parties with public ``keys``; this node is party ``index`` and keeps its share. Answers
-    [its share (private), the sealed seeds of the other parties (public, 60 bytes each)]."""
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64:
-        raise InvalidRequest("split takes an int64 (fixed-point encoded) tensor")
-    if not isinstance(keys, list) or not 2 <= len(keys) <= 64:
-        raise InvalidRequest("split needs the public keys of 2-64 parties")
-    if not (isinstance(index, int) and 0 <= index < len(keys)) or not isinstance(tag, str):
-        raise InvalidRequest("split needs this node's party index and a tag")
-    st = _st(ctx)
-    pubs = [_bytes(k, "a party key", 32) for k in keys]
-    if pubs[index] != st.keys.public:
-        raise InvalidRequest("keys[index] must be this node's own public key")
-    share = x.clone()
-    boxes = []
-    for j, pub in enumerate(pubs):
-        if j == index:
-            continue
-        seed = os.urandom(32)
-        share = share - ring.prg(seed, 0, 0, x.numel()).reshape(x.shape)
-        boxes.append(seal.seal(st.keys, pub, seed, _context("share|" + tag, "-", j, len(pubs))))
-    mine = ctx.new(share, private=True)
-    return ctx.results([mine, ctx.new(_u8(b"".join(boxes)), private=False)])
-
-
-def op_receive(
-    ctx: OpContext, sender: Any, box: Any, shape: Any, index: Any, n: Any, tag: Any
-) -> Reply:
-    """Party ``index``: expand the seed sealed for it by the data holder ``sender`` into its
-    share of a tensor of ``shape`` (stored private)."""
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InvalidRequest("shape must be a list of sizes")
-    if not (
-        isinstance(index, int) and isinstance(n, int) and 0 <= index < n <= 64
-    ) or not isinstance(tag, str):
-        raise InvalidRequest("receive needs the party index, the party count and the tag")
-    size = numel(tuple(shape))
-    ctx.check_elements(size)
-    st = _st(ctx)
-    seed = seal.unseal(st.keys, _bytes(sender, "the sender key", 32), _bytes(box, "the box"),
-                       _context("share|" + tag, "-", index, n))  # fmt: skip
-    return ctx.new(ring.prg(seed, 0, 0, size).reshape(shape), private=True)
-
-
-def op_add_public(ctx: OpContext, sid: Any, x: Any, c: Any) -> Reply:
+def op_add_public(ctx: OpContext, sid: str, x: torch.Tensor, c: torch.Tensor) -> Reply:
     """Malicious mode: add the public 128-bit value ``c`` (shape (2, *shape)) to the
     authenticated share ``x`` (party 0 adds to the value; every party adds alpha_i c to
     its MAC share)."""
-    sess = _party(ctx, sid)
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64 or x.shape[0] != 4:
-        raise InvalidRequest("add_public takes an authenticated share (4, *shape)")
-    if not isinstance(c, torch.Tensor) or c.dtype != torch.int64 or c.shape[0] != 2:
-        raise InvalidRequest("add_public takes a public 128-bit value (2, *shape)")
-    c = c.expand(2, *x.shape[1:]).contiguous()
-    return ctx.new(spdz.add(x, spdz.const(c, kinds.mac_key(sess.seed), sess.index)))
+    sess = party(ctx, sid)
+    local_ops.check_auth("mpc.a128.add_public", x=x)
+    check_share(ctx, x, sid, "auth", "x")
+    if c.dtype != torch.int64 or tuple(c.shape) != (2, *x.shape[1:]):
+        raise InvalidRequest(
+            f"mpc.a128.add_public: argument 'c' must be a public 128-bit value of the share's "
+            f"shape, int64 {(2, *x.shape[1:])}; got {c.dtype} {tuple(c.shape)}"
+        )
+    share = spdz.add(x, spdz.const(c, kinds.mac_key(sess.seed), sess.index))
+    return ctx.new(share, private=True, label=share_label(sid, "auth"))
 
 
-def op_check_value(ctx: OpContext, sid: Any, x: Any, y: Any, rho: Any) -> Reply:
+def op_check_value(ctx: OpContext, sid: str, x: torch.Tensor, y: torch.Tensor,
+                   rho: torch.Tensor) -> Reply:  # fmt: skip
     """Malicious mode: this party's MAC check share for a value ``y`` the caller
     reconstructed from shares it may read (it reveals nothing the caller does not hold)."""
-    sess = _party(ctx, sid)
+    sess = party(ctx, sid)
+    local_ops.check_auth("mpc.a128.check", x=x)
+    check_share(ctx, x, sid, "auth", "x")
     for rec in ctx.inputs:
         ctx.node._check_readable(ctx.session, rec)
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64 or x.shape[0] != 4:
-        raise InvalidRequest("check takes an authenticated share (4, *shape)")
-    if not isinstance(y, torch.Tensor) or tuple(y.shape) != (2, *x.shape[1:]):
-        raise InvalidRequest("check takes the reconstructed 128-bit value (2, *shape)")
-    z = spdz.check_share(kinds.mac_key(sess.seed), [x[2:4]], [y], [rho])
+    if y.dtype != torch.int64 or tuple(y.shape) != (2, *x.shape[1:]):
+        raise InvalidRequest("mpc.a128.check: argument 'y' must be the reconstructed 128-bit "
+                             f"value, int64 {(2, *x.shape[1:])}")  # fmt: skip
+    try:
+        z = spdz.check_share(kinds.mac_key(sess.seed), [x[2:4]], [y], [rho])
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"mpc.a128.check: argument 'rho': {exc}") from None
     return ctx.new(z, private=False)
-
-
-def op_trunc_local(x: torch.Tensor, f: int, party: int) -> torch.Tensor:
-    """Local (2-party) truncation of a share by ``f`` bits (see ``kinds._trunc_local``)."""
-    if not isinstance(f, int) or not 0 <= f <= 62 or party not in (0, 1):
-        raise ProtocolError("trunc_local needs 0 <= f <= 62 and party 0 or 1")
-    return kinds._trunc_local(x, f, party)
 
 
 NODE_OPS: dict[str, Callable[..., Any]] = {
@@ -471,23 +436,11 @@ NODE_OPS: dict[str, Callable[..., Any]] = {
     "mpc.open": op_open,
     "mpc.finish": op_finish,
     "mpc.step": op_step,
-    "mpc.as_share": op_as_share,
-    "mpc.split": op_split,
-    "mpc.receive": op_receive,
     "mpc.a128.add_public": op_add_public,
     "mpc.a128.check": op_check_value,
+    **inputs.NODE_OPS,
+    **approvals.NODE_OPS,
 }
-PURE_OPS: dict[str, Callable[..., Any]] = {
-    "mpc.trunc_local": op_trunc_local,
-    "mpc.conv2d": ring.conv2d,
-    "mpc.matmul": ring.matmul,
-    "mpc.a128.add": spdz.add,
-    "mpc.a128.sub": spdz.sub,
-    "mpc.a128.neg": spdz.neg,
-    "mpc.a128.scale": spdz.scale,
-    "mpc.a128.sum": spdz.sum_,
-}
-
 
 #: Where each node op accepts private objects (its shares, or a data owner's own data); a
 #: private object in any other argument is refused by the node before the op runs.
@@ -502,155 +455,15 @@ PRIVATE_ARGS: dict[str, tuple[str, ...]] = {
 
 
 def register(reg: OpRegistry | None = None) -> None:
-    """Add the MPC ops to ``reg`` (the default allowlist); idempotent."""
+    """Add the MPC ops to ``reg`` (the default allowlist) and the node's MPC key to its
+    public info; idempotent. Each op runs behind :func:`~veil.mpc.typed.typed`: a missing
+    or mistyped argument is an InvalidRequest that names it."""
     reg = reg if reg is not None else default_registry()
     for name, fn in NODE_OPS.items():
         if name not in reg:
             facts = OpFacts(size="input", pipeline="never", private_args=PRIVATE_ARGS.get(name, ()))
-            reg.register(OpSpec(name, fn, "node", facts))
-    for name, fn in PURE_OPS.items():
+            reg.register(OpSpec(name, typed(name, fn, context=True), "node", facts))
+    for name, fn in local_ops.OPS.items():
         if name not in reg:
-            reg.register(OpSpec(name, fn, facts=OpFacts(size="product")))
-
-
-# ------------------------------------------------------------------------ malicious-mode additions
-
-
-def op_a128_public(ctx: OpContext, sid: Any, c: Any) -> Reply:
-    """Malicious mode: this party's authenticated share of the public 128-bit value ``c``
-    (shape (2, *shape)): party 0 holds ``c``, every party the MAC share ``alpha_i c``. Stored
-    private (a MAC share of a public value would reveal the party's key share)."""
-    sess = _party(ctx, sid)
-    if not isinstance(c, torch.Tensor) or c.dtype != torch.int64 or c.dim() < 1 or c.shape[0] != 2:
-        raise InvalidRequest("a128.public takes a public 128-bit value (2, *shape)")
-    ctx.check_elements(2 * c.numel())
-    return ctx.new(spdz.const(c.contiguous(), kinds.mac_key(sess.seed), sess.index), private=True)
-
-
-def op_a128_product_public(x: torch.Tensor, c: torch.Tensor, op: str, left: bool,
-                           stride: int = 1, padding: int = 0) -> torch.Tensor:  # fmt: skip
-    """Malicious mode: ``op(x, c)`` (``op(c, x)`` when ``left``) for an authenticated share
-    ``x`` (4, *shape) and a public int64 ``c``, op ``matmul`` or ``conv2d``: applied to the
-    value and the MAC share alike (both are linear in the share, so the MAC stays valid)."""
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64 or x.shape[0] != 4:
-        raise ProtocolError("product_public takes an authenticated share (4, *shape)")
-    if not isinstance(c, torch.Tensor) or c.dtype != torch.int64:
-        raise ProtocolError("product_public takes a public int64 operand")
-    if op not in ("matmul", "conv2d") or (op == "conv2d" and left):
-        raise ProtocolError(
-            "product_public op must be matmul, or conv2d with the share on the left"
-        )
-    kw = {"stride": stride, "padding": padding} if op == "conv2d" else {}
-    c128 = r128.from64(c)
-
-    def prod(h: torch.Tensor) -> torch.Tensor:
-        return r128.product(c128, h, op) if left else r128.product(h, c128, op, **kw)
-
-    return spdz.join(prod(spdz.val(x)), prod(spdz.mac(x)))
-
-
-NODE_OPS["mpc.a128.public"] = op_a128_public
-PURE_OPS["mpc.a128.product_public"] = op_a128_product_public
-
-
-# ------------------------------------------------------------------------ malicious input of a node's data
-#
-# A data owner's node (party k) shares its own tensor x with MACs: the dealer deals an
-# authenticated random mask R (group gid) as usual and seals R's value for party k alone,
-# under a key derived from party k's dealer seed; party k computes d = x - R (uniform to
-# anyone without R) and every party sets its share to r_i + d (MAC r_mac_i + alpha_i d).
-# The scientist relays the box and d, never R. The group is consumed once on every party
-# (its gid joins ``used``), so R's shares can never be opened afterwards, nor before.
-
-
-def _owner_context(sid: str, gid: int, owner: int, n: int) -> bytes:
-    return _context(f"owner-input|{gid}", sid, owner, n)
-
-
-def _input_group(shape: Any) -> tuple[kinds.Kind, dict[str, Any], list[Slot]]:
-    kind = kinds.get_kind("m_input")
-    params = {"x": shape}
-    return kind, params, kind.slots(params)
-
-
-def op_a128_deal_owner_input(ctx: OpContext, sid: Any, shape: Any, owner: Any) -> Reply:
-    """Dealer: a fresh authenticated mask R of ``shape`` for an input by party ``owner``.
-    Answers (uint8, public): the gid (8 bytes), the last party's delta (int64), and R's
-    value sealed for party ``owner`` under a key derived from its seed."""
-    st = _st(ctx)
-    sess = st.dealers.get((ctx.session.user_id, _sid(sid)))
-    if sess is None:
-        raise InvalidRequest(f"node {ctx.node.name!r} deals for no session {sid!r} of yours")
-    n = len(sess.seeds)
-    if not isinstance(owner, int) or isinstance(owner, bool) or not 0 <= owner < n:
-        raise InvalidRequest(f"owner must be a party index in 0..{n - 1}")
-    kind, params, slots = _input_group(shape)
-    ctx.check_elements(4 * numel(slots[0].shape))
-    gid = sess.next_gid
-    sess.next_gid += 1
-    delta = kinds.dealer_delta(kind, params, slots, sess.seeds, gid)
-    shares = [kinds.party_slots(s, gid, slots)["r"] for s in sess.seeds]
-    big_r = kinds.combine("auth", shares)[0:2].contiguous()
-    box = seal.seal_with_secret(
-        sess.seeds[owner], big_r.numpy().tobytes(), _owner_context(str(sid), gid, owner, n)
-    )
-    head = torch.tensor([gid, delta.numel()], dtype=torch.int64).numpy().tobytes()
-    return ctx.value(_u8(head + delta.numpy().tobytes() + box))
-
-
-def _input_share(sess: _PartySession, ctx: OpContext, gid: Any, shape: tuple[int, ...],
-                 d: torch.Tensor, delta: Any) -> torch.Tensor:  # fmt: skip
-    """This party's authenticated share r_i + d of input group ``gid`` (consumes the gid)."""
-    if not isinstance(gid, int) or isinstance(gid, bool) or gid <= 0:
-        raise InvalidRequest("gid must be a positive integer")
-    if gid in sess.used:
-        raise PermissionDenied(
-            f"dealer randomness {gid} was already used on node {ctx.node.name!r}: an input "
-            "mask is used once"
-        )
-    _, _, slots = _input_group(list(shape))
-    masks = kinds.party_slots(sess.seed, gid, slots)
-    if sess.index == sess.n - 1:
-        if not isinstance(delta, torch.Tensor):
-            raise InvalidRequest("the last party needs the dealer's delta")
-        kinds.apply_delta(slots, masks, delta)
-    sess.used.add(gid)
-    return spdz.add(masks["r"], spdz.const(d, kinds.mac_key(sess.seed), sess.index))
-
-
-def op_a128_owner_input(ctx: OpContext, sid: Any, x: Any, gid: Any, box: Any,
-                        delta: Any = None) -> Reply:  # fmt: skip
-    """Data owner (a party): share its int64 tensor ``x`` with MACs. Opens the dealer's
-    sealed mask R of group ``gid``, answers [its authenticated share (private),
-    d = x - R (public: a one-time pad of 128 bits)]."""
-    sess = _party(ctx, sid)
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.int64:
-        raise InvalidRequest("owner_input takes an int64 (fixed-point encoded) tensor")
-    if not isinstance(gid, int) or isinstance(gid, bool) or gid <= 0:
-        raise InvalidRequest("gid must be a positive integer")
-    ctx.check_elements(4 * x.numel())
-    raw = seal.unseal_with_secret(
-        sess.seed, _bytes(box, "the sealed mask"), _owner_context(str(sid), gid, sess.index, sess.n)
-    )
-    if len(raw) != 16 * x.numel():
-        raise InvalidRequest("the sealed mask does not match the tensor's shape")
-    big_r = torch.frombuffer(bytearray(raw), dtype=torch.int64).reshape(2, *x.shape)
-    d = r128.sub(r128.from64(x), big_r)
-    share = _input_share(sess, ctx, gid, tuple(x.shape), d, delta)
-    return ctx.results([ctx.new(share, private=True), ctx.new(d, private=False)])
-
-
-def op_a128_input_share(ctx: OpContext, sid: Any, gid: Any, d: Any, delta: Any = None) -> Reply:
-    """Party: its authenticated share r_i + d of the input of group ``gid``, given the
-    owner's public d = x - R (shape (2, *shape))."""
-    sess = _party(ctx, sid)
-    if not isinstance(d, torch.Tensor) or d.dtype != torch.int64 or d.dim() < 1 or d.shape[0] != 2:
-        raise InvalidRequest("input_share takes d as a 128-bit value (2, *shape)")
-    ctx.check_elements(2 * d.numel())
-    share = _input_share(sess, ctx, gid, tuple(d.shape[1:]), d.contiguous(), delta)
-    return ctx.new(share, private=True)
-
-
-NODE_OPS["mpc.a128.deal_owner_input"] = op_a128_deal_owner_input
-NODE_OPS["mpc.a128.owner_input"] = op_a128_owner_input
-NODE_OPS["mpc.a128.input_share"] = op_a128_input_share
+            reg.register(OpSpec(name, typed(name, fn), facts=OpFacts(size="product")))
+    extension.INFO.setdefault("mpc", state.public_info)

@@ -24,7 +24,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from veil.errors import ProtocolError
 
@@ -38,8 +43,24 @@ class KeyPair:
 
     @classmethod
     def generate(cls) -> KeyPair:
-        key = X25519PrivateKey.generate()
+        return cls.from_private(X25519PrivateKey.generate())
+
+    @classmethod
+    def from_private(cls, key: X25519PrivateKey | bytes) -> KeyPair:
+        """The key pair of a private key (or its 32 raw bytes, as :meth:`private_bytes`).
+
+        Example:
+            >>> a = KeyPair.generate()
+            >>> KeyPair.from_private(a.private_bytes()).public == a.public
+            True
+        """
+        if isinstance(key, bytes):
+            key = X25519PrivateKey.from_private_bytes(key)
         return cls(key, key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+    def private_bytes(self) -> bytes:
+        """The 32 raw bytes of the private key (for the node's own store only)."""
+        return self.private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
     def __repr__(self) -> str:
         return f"KeyPair(public={fingerprint(self.public)})"

@@ -22,8 +22,9 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
-from veil.errors import InvalidRequest, MACCheckFailed, RemoteError
+from veil.errors import InvalidRequest, MACCheckFailed, ProtocolError, RemoteError
 from veil.mpc import kinds, seal
+from veil.mpc.approvals import approve_for_owner
 from veil.mpc.kinds import numel
 from veil.mpc.preprocessing import Preprocessor
 from veil.mpc.ring import FixedPoint, prg
@@ -55,12 +56,32 @@ def public_key(worker: Any) -> bytes:
 
 
 def fingerprint(worker: Any) -> str:
-    """The fingerprint of a node's MPC key, for :func:`veil.mpc.pin_dealers`."""
+    """The short form of a node's MPC key (what ``veil dealers list`` shows beside a name)."""
     return seal.fingerprint(public_key(worker))
 
 
 def _u8(b: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(b), dtype=torch.uint8)
+
+
+def deviation(authenticated: bool, message: str) -> Exception:
+    """The error for a party whose answer breaks the protocol's form (a wrong count, shape
+    or dtype): :class:`MACCheckFailed` in malicious mode, where answers are checked,
+    else :class:`ProtocolError`."""
+    if authenticated:
+        return MACCheckFailed(
+            f"{message}: a party deviated from the protocol; the result was discarded. "
+            "Re-run with parties you trust"
+        )
+    return ProtocolError(f"{message}; check that every party runs the same veil version")
+
+
+def checked(t: Any, shape: tuple[int, ...], what: str, authenticated: bool) -> torch.Tensor:
+    """``t`` if it is an int64 tensor of exactly ``shape``, else :func:`deviation`."""
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or tuple(t.shape) != shape:
+        got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise deviation(authenticated, f"{what}: expected int64 {shape}, got {got}")
+    return t
 
 
 @dataclass
@@ -151,19 +172,17 @@ class MPCSession:
         keys = self.fanout(public_key, self.parties)
         self.keys = keys
         self.provider_key = public_key(provider)
-        blob = reply_tensor(node_call(provider, "mpc.dealer_setup", [_u8(k) for k in keys]))
+        for p in self.parties:  # nodes you created in this process: you approve your provider
+            approve_for_owner(p, provider, self.provider_key)
+        key_list = [_u8(k) for k in keys]
+        blob = reply_tensor(node_call(provider, "mpc.dealer_setup", key_list))
         raw = blob.numpy().tobytes()
         self.sid = raw[:32].decode()
         boxes = [raw[32 + 60 * i : 32 + 60 * (i + 1)] for i in range(self.n)]
+        dealer = _u8(self.provider_key)
         self.fanout(
             lambda i: node_call(
-                self.parties[i],
-                "mpc.join",
-                self.sid,
-                i,
-                self.n,
-                _u8(self.provider_key),
-                _u8(boxes[i]),
+                self.parties[i], "mpc.join", self.sid, i, key_list, dealer, _u8(boxes[i])
             ),  # fmt: skip
             range(self.n),
         )
@@ -298,7 +317,13 @@ class MPCSession:
             record_stats(self.labels[i], out.numel() * 8)
             return out
 
-        flats = self.fanout(open_on, range(self.n))
+        authed = [any(s.domain in kinds.AUTH for s in r.slots) for r in requests]
+        any_auth = any(authed)
+        size = sum(numel(_opened_shape(s)) for r in requests for s in r.slots if s.opened)
+        flats = [
+            checked(f, (size,), f"the openings of party {i}", any_auth)
+            for i, f in enumerate(self.fanout(open_on, range(self.n)))
+        ]
         opened_per_req: list[list[torch.Tensor]] = []
         off = 0
         for r in requests:
@@ -306,17 +331,14 @@ class MPCSession:
             for s in r.slots:
                 if not s.opened:
                     continue
-                shape = (2, *s.shape) if s.domain == "auth" else s.shape
+                shape = _opened_shape(s)
                 k = numel(shape)
                 parts = [f[off : off + k].reshape(shape) for f in flats]
                 off += k
                 dom = {"arith": "arith", "auth": "r128", "auth64": "arith"}.get(s.domain, "xor")
                 vals.append(kinds.combine(dom, parts))
             opened_per_req.append(vals)
-        if off != flats[0].numel():
-            raise RemoteError("a party answered openings of the wrong size")
         extras = extra(opened_per_req) if extra is not None else [[] for _ in requests]
-        authed = [any(s.domain in kinds.AUTH for s in r.slots) for r in requests]
         rhos = [
             [prg(os.urandom(32), 0, 0, numel(s.shape)).reshape(s.shape) for s in r.slots if s.opened]
             if a else None
@@ -338,20 +360,26 @@ class MPCSession:
             return [PointerTensor(self.parties[i], info) for info in reply.items]  # type: ignore[arg-type]
 
         per_party = self.fanout(finish_on, range(self.n))
+        sizes = [kinds.get_kind(r.kind).n_outputs(r.params) for r in requests]
+        want = sum(sizes) + sum(authed)
+        for i, results in enumerate(per_party):
+            if len(results) != want:
+                raise deviation(any_auth, f"party {i} finished with {len(results)} results, "
+                                          f"expected {want}")  # fmt: skip
         out: list[list[list[PointerTensor]]] = []
         pos = 0
-        sizes = [kinds.get_kind(r.kind).n_outputs(r.params) for r in requests]
         checks: list[list[PointerTensor]] = []
-        for size, a in zip(sizes, authed, strict=True):
+        check_shapes: list[tuple[int, ...]] = []
+        for r, size, a in zip(requests, sizes, authed, strict=True):
             out.append([[per_party[i][pos + j] for i in range(self.n)] for j in range(size)])
             pos += size
             if a:
                 checks.append([per_party[i][pos] for i in range(self.n)])
+                check_shapes.append((1,) if any(s.domain == "auth64" for s in r.slots
+                                                if s.opened) else (2,))  # fmt: skip
                 pos += 1
-        if pos != len(per_party[0]):
-            raise RemoteError("a party finished with an unexpected number of results")
         if checks:
-            self.verify(checks)
+            self.verify(checks, check_shapes)
         return out
 
     def chain(self, requests: list[Request]) -> list[list[PointerTensor]]:
@@ -383,6 +411,9 @@ class MPCSession:
             return it
 
         def combine_open(r: Request, flats: list[torch.Tensor]) -> list[torch.Tensor]:
+            size = sum(numel(s.shape) for s in r.slots if s.opened)
+            flats = [checked(f, (size,), f"the openings of party {i}", False)
+                     for i, f in enumerate(flats)]  # fmt: skip
             vals, off = [], 0
             for s in r.slots:
                 if s.opened:
@@ -390,8 +421,6 @@ class MPCSession:
                     parts = [f[off : off + k].reshape(s.shape) for f in flats]
                     off += k
                     vals.append(kinds.combine("arith" if s.domain == "arith" else "xor", parts))
-            if any(f.numel() != off for f in flats):
-                raise RemoteError("a party answered openings of the wrong size")
             return vals
 
         def first(i: int) -> torch.Tensor:
@@ -410,13 +439,10 @@ class MPCSession:
                 reply = reply_tensor(
                     node_call(self.parties[i], "mpc.step", self.sid, [fin], [item(cur, i)])
                 )
-                n_out, pos = int(reply[0]), 1
-                for _ in range(
-                    n_out
-                ):  # skip the result descriptions: only the last round's are kept
-                    pos += 2 + int(reply[pos + 1])
-                record_stats(self.labels[i], (reply.numel() - pos) * 8)
-                return reply[pos:]
+                if reply.dim() != 1 or reply.numel() < 1 or int(reply[0]) != 0:
+                    raise deviation(False, f"party {i} answered a step in another form")
+                record_stats(self.labels[i], (reply.numel() - 1) * 8)
+                return reply[1:]  # after the count of stored results (0)
 
             opened = combine_open(cur, self.fanout(step, range(self.n)))
         fin = {"gid": requests[-1].dealt[0] if requests[-1].dealt else 0, "opened": opened}
@@ -429,21 +455,34 @@ class MPCSession:
 
         per_party = self.fanout(final, range(self.n))
         size = kinds.get_kind(requests[-1].kind).n_outputs(requests[-1].params)
+        for i, results in enumerate(per_party):
+            if len(results) != size:
+                raise deviation(False, f"party {i} finished with {len(results)} results, "
+                                       f"expected {size}")  # fmt: skip
         return [[per_party[i][j] for i in range(self.n)] for j in range(size)]
 
-    def verify(self, checks: list[list[PointerTensor]]) -> None:
-        """Sum each check's public z_i over the parties: all must be 0 mod 2^128."""
+    def verify(self, checks: list[list[PointerTensor]], shapes: list[tuple[int, ...]]) -> None:
+        """Sum each check's public z_i over the parties: all must be 0 (mod 2^128 for
+        values, shape (2,); mod 2^64 for ``auth64`` bits, shape (1,)). Every party's z_i
+        must have exactly that shape: an empty or broadcastable one would make the sum
+        vanish whatever the others hold."""
         zs = self.fanout(lambda i: [c[i].get() for c in checks], range(self.n))
         for label in self.labels[:-1]:
             record_stats(label, 16 * len(checks), rounds=0)
-        for j in range(len(checks)):
-            parts = [zs[i][j] for i in range(self.n)]
-            total = kinds.combine("r128" if parts[0].numel() == 2 else "arith", parts)
+        for j, shape in enumerate(shapes):
+            parts = [checked(zs[i][j], shape, f"party {i}'s MAC check share", True)
+                     for i in range(self.n)]  # fmt: skip
+            total = kinds.combine("r128" if shape == (2,) else "arith", parts)
             if bool((total != 0).any()):
                 raise MACCheckFailed(
                     "a MAC check failed after an opening: some party altered a share or a "
                     "message; the result was discarded. Re-run with parties you trust"
                 )
+
+
+def _opened_shape(s: kinds.Slot) -> tuple[int, ...]:
+    """The shape of one party's opening of slot ``s`` (a value half for ``auth``)."""
+    return (2, *s.shape) if s.domain == "auth" else s.shape
 
 
 # ------------------------------------------------------------------ session cache

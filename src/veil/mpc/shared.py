@@ -164,31 +164,27 @@ class SharedTensor(DerivedOps):
 
         def put(i: int) -> PointerTensor:
             w = sess.parties[i]
-            tmp = w.send(parts[i])
-            reply = node_call(w, "mpc.as_share", tmp)
-            del tmp
-            return w._unwrap(reply, ())  # type: ignore[no-any-return]
+            return w._unwrap(node_call(w, "mpc.as_share", sess.sid, parts[i]), ())  # type: ignore[no-any-return]
 
         return cls(sess.fanout(put, range(sess.n)), sess, encoding)
 
     @classmethod
     def from_pointer(cls, sess: MPCSession, ptr: PointerTensor, index: int,
                      encoding: FixedPoint) -> SharedTensor:  # fmt: skip
-        """Share an int64 tensor that lives on party ``index``'s node (see ``mpc.split``)."""
+        """Share an int64 tensor that lives on party ``index``'s node: that node splits it
+        and seals a seed to each other party of the session (``mpc.split``)."""
         if ptr.dtype != torch.int64:
             raise InvalidRequest("share a fixed-point pointer: ptr.fix_precision().share(...)")
         from veil.mpc.session import _u8, new_tag
 
         tag = new_tag()
         holder = sess.parties[index]
-        keys = [_u8(k) for k in sess.keys]
-        reply = node_call(holder, "mpc.split", ptr, keys, index, tag)
+        reply = node_call(holder, "mpc.split", sess.sid, ptr, tag)
         if not isinstance(reply, Results):
             raise InvalidRequest("unexpected reply to split")
         mine = PointerTensor(holder, reply.items[0])  # type: ignore[arg-type]
         boxes_ptr = PointerTensor(holder, reply.items[1])  # type: ignore[arg-type]
         raw = boxes_ptr.get().numpy().tobytes()
-        holder_key = _u8(sess.keys[index])
         others = [j for j in range(sess.n) if j != index]
         shares: list[PointerTensor | None] = [None] * sess.n
         shares[index] = mine
@@ -197,7 +193,7 @@ class SharedTensor(DerivedOps):
             j = others[k]
             box = _u8(raw[60 * k : 60 * (k + 1)])
             r = node_call(
-                sess.parties[j], "mpc.receive", holder_key, box, list(ptr.shape), j, sess.n, tag
+                sess.parties[j], "mpc.receive", sess.sid, index, box, list(ptr.shape), tag
             )
             shares[j] = sess.parties[j]._unwrap(r, ())
 
@@ -308,10 +304,13 @@ class SharedTensor(DerivedOps):
         """Shares of the public ``t`` (party 0 holds it encoded, the others zeros)."""
         enc = encoding.encode(t) if t.is_floating_point() else t.to(torch.int64)
         sess = self.session
-        shares = sess.fanout(
-            lambda i: sess.parties[i].send(enc if i == 0 else torch.zeros_like(enc)), range(sess.n)
-        )
-        return SharedTensor(shares, sess, encoding)
+
+        def put(i: int) -> PointerTensor:
+            w = sess.parties[i]
+            part = enc if i == 0 else torch.zeros_like(enc)
+            return w._unwrap(node_call(w, "mpc.as_share", sess.sid, part), ())  # type: ignore[no-any-return]
+
+        return SharedTensor(sess.fanout(put, range(sess.n)), sess, encoding)
 
     def _product_trunc(self, other: FixedPoint) -> int:
         """Bits to truncate after a product so the result keeps the larger of the two

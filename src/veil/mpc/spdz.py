@@ -4,16 +4,30 @@ Why Z_2^128: a MAC ``m = alpha * x`` over Z_2^64 alone is not sound. A cheater w
 ``2^63`` to its share of ``x`` and ``2^63`` to its MAC share passes the check whenever the
 key ``alpha`` is odd (probability 1/2): in a ring with zero divisors the MAC does not bind
 the value. SPDZ2k (Cramer et al., CRYPTO 2018) keeps the data in the low k = 64 bits but
-computes shares and MACs modulo 2^(k+s) with s = 64 extra bits; a cheater then passes a
-check with probability about 2^-s + log2(s) ~ 2^-57. We store each authenticated share as
-four int64 words per element: value (low, high) and MAC (low, high), see
+computes shares and MACs modulo 2^(k+s) with s = 64 extra bits. We store each authenticated
+share as four int64 words per element: value (low, high) and MAC (low, high), see
 :mod:`veil.mpc.r128`.
+
+What the check guarantees, exactly. An error ``e 2^j`` (e odd) on an opened value, with
+whatever error on its MAC, passes a check only if the cheater guesses ``alpha mod
+2^(128-j)``: for j < 64 (the data) that is more than 64 bits, and with the 64-bit check
+coefficients a cheater passes with probability about 2^-(s - log2 s) ~ 2^-57. For j >= 64
+it is 128 - j bits, down to one bit (alpha odd) at j = 127: no MAC in Z_2^128 binds the top
+bits with 64 bits of security. SPDZ2k's answer, and ours: those bits are never read. Every
+step that could carry a high bit of a value into a result works on the low 64 bits only:
+truncation (:class:`MTrunc` opens c = x + 2^62 + R and uses c mod 2^64), comparisons (the
+carry tree takes the low word of c = x + R), and reconstruction (the low word). Products
+and sums only move an error up (an error with its lowest bit at j >= 64 keeps it there).
+So a result is correct unless a check failed, except with probability ~2^-57 per check;
+``tests/mpc/test_malicious.py`` injects errors at every bit 0..127, on the value, the MAC,
+or both.
 
 After every opening the parties compute ``z_i = sum_j rho_j (m_ij - alpha_i y_j)`` for the
 opened values ``y_j`` and MAC shares ``m_ij``, with random public coefficients ``rho``
-drawn by the driver after the openings; the driver checks ``sum_i z_i = 0`` and raises
-:class:`~veil.errors.MACCheckFailed` otherwise. Comparisons run their carry circuit on
-authenticated arithmetic bits, so every opening of every protocol is checked.
+drawn by the driver after the openings; the driver checks ``sum_i z_i = 0`` (and that every
+party's z_i has its exact shape) and raises :class:`~veil.errors.MACCheckFailed` otherwise.
+Comparisons run their carry circuit on authenticated arithmetic bits, so every opening of
+every protocol is checked.
 """
 
 from __future__ import annotations
@@ -24,7 +38,7 @@ import torch
 
 from veil.errors import InvalidRequest
 from veil.mpc import r128
-from veil.mpc.kinds import KINDS, Kind, Params, Slot, _int, _shape
+from veil.mpc.kinds import _MAX63, KINDS, Inputs, Kind, Params, ShareDomain, Slot, _int, _shape
 
 _BITS = 64
 
@@ -137,7 +151,12 @@ class MInput(Kind):
     d = x - R and each party sets its share to r_i + d (MAC: r_mac_i + alpha_i d)."""
 
     name = "m_input"
-    n_inputs = 0
+
+    def inputs(self, p: Params) -> Inputs:
+        return []
+
+    def outputs(self, p: Params) -> list[ShareDomain]:
+        return ["auth"]
 
     def slots(self, p: Params) -> list[Slot]:
         return [Slot("r", _shape(p, "x"), "auth", opened=True)]
@@ -169,7 +188,12 @@ class MBeaver(Kind):
     """Authenticated Beaver triple for mul / matmul / conv2d (no truncation)."""
 
     name = "m_beaver"
-    n_inputs = 2
+
+    def inputs(self, p: Params) -> Inputs:
+        return [("auth", (4, *_shape(p, "x"))), ("auth", (4, *_shape(p, "y")))]
+
+    def outputs(self, p: Params) -> list[ShareDomain]:
+        return ["auth"]
 
     def slots(self, p: Params) -> list[Slot]:
         beaver = KINDS["beaver"]
@@ -238,9 +262,27 @@ def _pair_left(op: str, kw: dict[str, Any], x1: torch.Tensor, x2: torch.Tensor,
 
 
 class MTrunc(Kind):
-    """Authenticated probabilistic truncation (Escudero et al. 2020 in Z_2^128)."""
+    """Authenticated probabilistic truncation (Escudero et al. 2020) of the k = 64-bit value.
+
+    Opens c = x + 2^62 + R (R uniform in Z_2^128, MAC-checked) and reads only its low 64
+    bits: with x' = (x + 2^62) mod 2^64 in [0, 2^63) (|x| < 2^62, the semi-honest bound),
+    R' = R mod 2^64 = rmsb 2^63 + rlow', and c' = c mod 2^64, the integer identity
+    x' = (c' mod 2^63) + 2^63 (msb(c') XOR rmsb) - rlow' holds exactly, so the result
+    (x' >> f) - 2^(62-f) is exact to one unit *as a 128-bit integer*. Nothing above bit 63
+    of x reaches it: that is where a cheater can hide an error the MAC check cannot bind
+    with 64 bits of security (an error 2^j passes with probability 2^-(128-j)), and this is
+    the only step that could move high bits down (see the module docstring).
+
+    Slots: r (opened mask; R = -sum of the masks), rmsb = bit 63 of R, rlow = (R mod 2^63) >> f.
+    """
 
     name = "m_trunc"
+
+    def inputs(self, p: Params) -> Inputs:
+        return [("auth", (4, *_shape(p, "x")))]
+
+    def outputs(self, p: Params) -> list[ShareDomain]:
+        return ["auth"]
 
     def slots(self, p: Params) -> list[Slot]:
         s = _shape(p, "x")
@@ -249,9 +291,8 @@ class MTrunc(Kind):
                 Slot("rlow", s, "auth", corrected=True)]  # fmt: skip
 
     def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        big_r = r128.neg(v["r"])
-        msb = r128.from64(r128.bit(big_r, 127))
-        return {"rmsb": msb, "rlow": r128.sar(r128.low_bits(big_r, 127), p["f"])}
+        low = r128.neg(v["r"])[0]  # R mod 2^64
+        return {"rmsb": r128.from64((low >> 63) & 1), "rlow": r128.from64((low & _MAX63) >> p["f"])}
 
     def reveal(self, p: Params, x: list[torch.Tensor], party: int) -> list[torch.Tensor]:
         offset = r128.from64(torch.full(x[0].shape[1:], 1 << 62, dtype=torch.int64))
@@ -261,18 +302,15 @@ class MTrunc(Kind):
                x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
         (c,) = opened
         f = p["f"]
-        c_msb = r128.bit(c, 127)
-        pub = r128.add(r128.sar(r128.low_bits(c, 127), f), r128.shl(r128.from64(c_msb), 127 - f))
-        pub = r128.sub(pub, r128.from64(torch.full_like(c_msb, 1 << (62 - f))))
-        # rmsb * (1 - 2 c_msb) * 2^(127 - f): a shift (127 - f >= 65 keeps only the low
-        # word, in the high word) and a sign, for the value and the MAC alike
-        sign = 1 - 2 * c_msb
-        rm = m["rmsb"]
-        z = torch.zeros_like(rm)
-        z[1] = (rm[0] << (63 - f)) * sign
-        z[3] = (rm[2] << (63 - f)) * sign
-        z = sub(z, m["rlow"])
-        return [add(z, const(pub, m["__alpha"], party))]
+        low = c[0]  # the low 64 bits only: nothing above bit 63 reaches the result
+        c_msb = (low >> 63) & 1
+        # public part: (c' mod 2^63) >> f + c_msb 2^(63-f) - 2^(62-f), in [0, 2^(64-f))
+        pub = ((low & _MAX63) >> f) + c_msb * (1 << (63 - f)) - (1 << (62 - f))
+        # secret part: rmsb (1 - 2 c_msb) 2^(63-f) - rlow, for the value and the MAC alike
+        t = r128.shl(_pairs(m["rmsb"]), 63 - f)
+        t = torch.where(c_msb.bool(), r128.neg(t), t)
+        z = sub(_unpairs(t), m["rlow"])
+        return [add(z, const(r128.from64(pub), m["__alpha"], party))]
 
 
 class MBits(Kind):
@@ -295,8 +333,11 @@ class MBits(Kind):
             Slot("bits", (_BITS, *s), "auth64", corrected=True),
         ]
 
-    def n_outputs(self, p: Params) -> int:
-        return 3
+    def inputs(self, p: Params) -> Inputs:
+        return [("auth", (4, *_shape(p, "x")))]
+
+    def outputs(self, p: Params) -> list[ShareDomain]:
+        return ["auth64"] * 3
 
     def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         big_r = r128.neg(v["r"])
@@ -328,7 +369,10 @@ class MCarry(Kind):
     one authenticated Beaver group; on the last level (width 2) only G'."""
 
     name = "m_carry"
-    n_inputs = 2
+
+    def inputs(self, p: Params) -> Inputs:
+        shape = (2, _int(p, "width", 2, _BITS), *_shape(p, "x"))
+        return [("auth64", shape), ("auth64", shape)]  # G, P
 
     def _k(self, p: Params) -> int:
         w = _int(p, "width", 2, _BITS)
@@ -341,8 +385,8 @@ class MCarry(Kind):
         return [Slot("a", s, "auth64", opened=True), Slot("b", s, "auth64", opened=True),
                 Slot("c", s, "auth64", corrected=True)]  # fmt: skip
 
-    def n_outputs(self, p: Params) -> int:
-        return 2 if self._k(p) > 1 else 1
+    def outputs(self, p: Params) -> list[ShareDomain]:
+        return ["auth64"] * (2 if self._k(p) > 1 else 1)
 
     def relation(self, p: Params, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"c": v["a"] * v["b"]}
@@ -373,7 +417,13 @@ class MBitToAuth(Kind):
     dealer gives M mod 2 as an ``auth`` value mb, and c = t0 XOR mb = t0 + mb - 2 t0 mb."""
 
     name = "m_bit2a"
-    n_inputs = 2
+
+    def inputs(self, p: Params) -> Inputs:
+        s = _shape(p, "x")
+        return [("auth64", (2, 1, *s)), ("auth64", (2, *s))]  # the carry, P63
+
+    def outputs(self, p: Params) -> list[ShareDomain]:
+        return ["auth"]
 
     def slots(self, p: Params) -> list[Slot]:
         s = _shape(p, "x")

@@ -18,6 +18,16 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: What capabilities add to a node's public ``GET /api/v1/info``: name -> ``fn(node)`` -> a
+#: JSON-able dict of facts that do not change while the node runs (read once, when the
+#: server starts); ``veil.mpc`` shows the node's MPC public key, for approving it as a dealer.
+INFO: dict[str, Callable[[Node], dict[str, Any]]] = {}
+
+
+def public_info(node: Node) -> dict[str, Any]:
+    """Every capability's public facts about ``node`` (see :data:`INFO`)."""
+    return {name: fn(node) for name, fn in list(INFO.items())}
+
 
 class OpContext:
     """Handed to an extension op as its first argument.
@@ -76,6 +86,10 @@ class OpContext:
         sources = self.sources if priv else frozenset()
         rec = self.node._store(self.session, value, private=priv, sources=sources, label=label)
         return self.node._info_of(rec)
+
+    def audit(self, action: str, detail: str = "") -> None:
+        """Write an entry to the node's audit log as the caller (committed with the op)."""
+        self.node._audit_row(self.session, action, detail[:1000])
 
     def record_of(self, value: Any) -> ObjectRecord | None:
         """The record behind ``value`` if it came from one of this op's ``Ref`` arguments."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Any
@@ -22,6 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from veil.errors import AuthenticationError, RateLimited, VeilError
+from veil.node.extension import public_info
 from veil.node.framing import Assembler, split_frame
 from veil.node.node import Node
 from veil.node.server.limits import BodyLimit, LoginLimiter, ServerLimits
@@ -38,7 +40,10 @@ from veil.serde.messages import (
     ListUsers,
     Reply,
     Request,
+    RunOp,
+    Value,
 )
+from veil.serde.tensors import tensor_from_data
 from veil.version import WIRE_VERSION, __version__
 
 log = logging.getLogger("veil.server")
@@ -77,6 +82,12 @@ class UserBody(BaseModel):
     name: str = Field(default="", max_length=200)
 
 
+class DealerBody(BaseModel):
+    name: str = Field(max_length=64)
+    key: str = Field(max_length=64, description="the dealer node's MPC public key (64 hex digits)")
+    url: str = Field(default="", max_length=2000, description="where the key was read from")
+
+
 def _json(reply: Reply) -> Any:
     if isinstance(reply, ErrorReply):
         raise HTTPException(
@@ -102,6 +113,10 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES, bulk_port: i
     limits = limits or ServerLimits()
     app = FastAPI(title=f"veil node {node.name}", version=__version__)
     app.state.node = node
+    # Facts capabilities publish (e.g. "mpc": the node's MPC public key, written to its
+    # store before it is shown): fixed while the node runs, so read once, here, and the
+    # async info endpoint never waits for the node.
+    capabilities = public_info(node)
     app.state.login_limiter = limiter = LoginLimiter(limits)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
@@ -127,6 +142,13 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES, bulk_port: i
     def run(s: Session, msg: Request) -> Any:
         return _json(node.handle(s, Call(msg)))
 
+    def run_json_op(s: Session, op: str, *args: Any) -> Any:
+        """A capability's node op that answers JSON (UTF-8 bytes in a uint8 tensor)."""
+        reply = node.handle(s, Call(RunOp(op, list(args), {})))
+        if not isinstance(reply, Value):
+            return _json(reply)  # an error: raised as its HTTP status
+        return json.loads(tensor_from_data(reply.value, copy=True).numpy().tobytes())  # type: ignore[arg-type]
+
     @app.get("/health")
     async def health() -> dict[str, Any]:  # on the event loop: never queued behind the node
         return {"ok": True}
@@ -139,6 +161,7 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES, bulk_port: i
             "wire_version": WIRE_VERSION,
             "max_message_bytes": node.max_message_bytes,
             "bulk_port": bulk_port,
+            **capabilities,
         }
 
     @app.post("/api/v1/login")
@@ -208,6 +231,19 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES, bulk_port: i
         limit: int = Query(default=100, ge=0, le=100_000), s: Session = Depends(session)
     ) -> Any:
         return run(s, GetAudit(limit))
+
+    # veil.mpc: the crypto providers (dealers) the node's owner approved
+    @app.get("/api/v1/dealers")
+    def dealers(s: Session = Depends(session)) -> Any:
+        return {"items": run_json_op(s, "mpc.dealers.list")}
+
+    @app.post("/api/v1/dealers")
+    def add_dealer(body: DealerBody, s: Session = Depends(session)) -> Any:
+        return run_json_op(s, "mpc.dealers.add", body.name, body.key, body.url)
+
+    @app.delete("/api/v1/dealers/{name}")
+    def remove_dealer(name: str, s: Session = Depends(session)) -> Any:
+        return run_json_op(s, "mpc.dealers.remove", name)
 
     @app.websocket("/api/v1/ws")
     async def ws(websocket: WebSocket) -> None:
