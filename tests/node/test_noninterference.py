@@ -333,6 +333,8 @@ REGRESSIONS: dict[str, list[tuple[str, int, int, int]]] = {
     "train_then_read_grad": [("train_step", 0, 0, 0), ("grad", 0, 0, 0), ("get", 7, 0, 0)],
     "view_write_backward": [("view_write_backward", 0, 0, 3), ("grad", 0, 0, 0)],
     "random_draws": [("bernoulli", 0, 0, 0), ("uniform_public", 0, 0, 0)],
+    # found by the property: a private tensor as the attribute name was quoted in the refusal
+    "attribute_name": [("abs", 0, 0, 0), ("any:Tensor.__getattr__:ab", 0, 0, 0)],
 }  # fmt: skip
 
 

@@ -285,8 +285,8 @@ def _has_param(fn: Any, name: str) -> bool:
 
 
 def _get_attr(tensor: torch.Tensor, name: str) -> Any:
-    if name not in ATTRIBUTES:
-        raise AttributeError(name)
+    if type(name) is not str or name not in ATTRIBUTES:  # never print it: it may be data
+        raise AttributeError(f"readable tensor attributes are {', '.join(ATTRIBUTES)}")
     if name == "grad" and not (tensor.is_leaf or tensor.retains_grad):
         return None  # torch would warn: a non-leaf that does not retain its gradient has none
     return getattr(tensor, name)
@@ -296,8 +296,8 @@ def _predict_attr(args: Any, kwargs: dict[str, Any]) -> Any:
     """``Tensor.__getattr__`` from public facts: whether a tensor has a gradient (and its
     shape) follows from the program's structure; the other attributes are views."""
     tensor, name = args[0], args[1]
-    if name not in ATTRIBUTES:
-        raise AttributeError(name)
+    if type(name) is not str or name not in ATTRIBUTES:  # never print it: it may be data
+        raise AttributeError(f"readable tensor attributes are {', '.join(ATTRIBUTES)}")
     if name == "grad":
         grad = tensor.grad if tensor.is_leaf or tensor.retains_grad else None
         return None if grad is None else torch.empty(grad.shape, dtype=grad.dtype, device="meta")
