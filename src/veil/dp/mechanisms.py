@@ -31,6 +31,8 @@ from veil.dp.calibration import gaussian_epsilon, gaussian_sigma
 from veil.dp.samplers import (
     RandomSource,
     _bernoulli,
+    check_gaussian_sigma,
+    check_laplace_scale,
     discrete_gaussian,
     discrete_laplace,
     uniform_below,
@@ -110,6 +112,11 @@ def _like(out: npt.NDArray[Any], template: Any, *, integer: bool = False) -> Any
 
 
 def _snap(x: npt.NDArray[Any], g: float) -> npt.NDArray[np.int64]:
+    """``x / g`` rounded half to even, exactly (integers never pass through a float)."""
+    x = np.asarray(x)
+    m, e = math.frexp(g)
+    if x.dtype.kind in "iub" and m == 0.5:
+        return _snap_int(x.astype(np.int64), e - 1)
     units = np.rint(np.asarray(x, dtype=np.float64) / g)
     if not np.isfinite(units).all():
         raise ValueError("a mechanism cannot release NaN or infinite values")
@@ -119,6 +126,24 @@ def _snap(x: npt.NDArray[Any], g: float) -> npt.NDArray[np.int64]:
             "clip or rescale it first"
         )
     return units.astype(np.int64)
+
+
+def _snap_int(x: npt.NDArray[np.int64], p: int) -> npt.NDArray[np.int64]:
+    """``x / 2**p`` rounded half to even, in integer arithmetic."""
+    if x.size and float(np.max(np.abs(x.astype(np.float64)))) >= 2.0 ** (51 + p):
+        raise ValueError(
+            "the value is too large relative to its sensitivity for an exact release on a grid; "
+            "clip or rescale it first"
+        )
+    if p <= 0:
+        return x << np.int64(-p)
+    if p > 62:  # a grid wider than int64's range: Python integers (round: half to even)
+        out = [round(Fraction(int(v), 1 << p)) for v in x.ravel().tolist()]
+        return np.asarray(out, dtype=np.int64).reshape(x.shape)
+    q = x >> np.int64(p)
+    r = x & np.int64((1 << p) - 1)
+    half = np.int64(1 << (p - 1))
+    return q + ((r > half) | ((r == half) & ((q & 1) == 1))).astype(np.int64)
 
 
 def _pow2_below(x: float) -> float:
@@ -158,6 +183,14 @@ class LaplaceMechanism(Mechanism):
         """The noise scale (in the value's units) of a release of ``n`` coordinates."""
         g = self.granularity(n)
         return (self.sensitivity / g + max(n, 1)) / self.epsilon * g
+
+    def check(self, n: int) -> None:
+        """Raise ``ValueError`` unless a release of ``n`` coordinates can be sampled (it
+        depends on ε, the sensitivity and ``n`` only)."""
+        g = self.granularity(n)
+        if not (math.isfinite(g) and g > 0):
+            raise ValueError(f"sensitivity {self.sensitivity} gives no usable grid")
+        check_laplace_scale(self.scale(n) / g)
 
     @property
     def guarantee(self) -> tuple[float, float]:
@@ -219,6 +252,13 @@ class GaussianMechanism(Mechanism):
     @property
     def guarantee(self) -> tuple[float, float]:
         return (self.epsilon, self.delta)
+
+    def check(self, n: int) -> None:
+        """Raise ``ValueError`` unless a release of ``n`` coordinates can be sampled."""
+        g = self.granularity(n)
+        if not (math.isfinite(g) and g > 0):
+            raise ValueError(f"sensitivity {self.sensitivity} gives no usable grid")
+        check_gaussian_sigma(self.sigma / g)
 
     def __call__(self, value: Any) -> Any:
         x, template = _to_numpy(value)

@@ -29,6 +29,8 @@ __all__ = [
     "RandomSource",
     "SeededSource",
     "bernoulli_exp",
+    "check_gaussian_sigma",
+    "check_laplace_scale",
     "discrete_gaussian",
     "discrete_laplace",
     "uniform_below",
@@ -186,11 +188,43 @@ def _scale_fraction(scale: float, bits: int = 20) -> tuple[int, int]:
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive finite number, got {scale}")
     exp = max(0, bits - math.frexp(scale)[1])
+    if exp >= 62:
+        raise ValueError(f"scale {scale} is too small for the exact sampler (min about 1e-12)")
     s = 1 << exp
     t = math.ceil(Fraction(scale) * s)
     if t >= _MAX_DEN:
         raise ValueError(f"scale {scale} is too large for the exact sampler (max about 1e16)")
     return t, s
+
+
+def check_laplace_scale(scale: float) -> None:
+    """Raise ``ValueError`` unless :func:`discrete_laplace` can sample with ``scale``
+    (decided by ``scale`` alone, so a caller can check before it commits to a release).
+
+    Example:
+        >>> check_laplace_scale(3.0)
+        >>> check_laplace_scale(1e300)
+        Traceback (most recent call last):
+        ...
+        ValueError: scale 1e+300 is too large for the exact sampler (max about 1e16)
+    """
+    _scale_fraction(scale)
+
+
+def check_gaussian_sigma(sigma: float) -> None:
+    """Raise ``ValueError`` unless :func:`discrete_gaussian` can sample with ``sigma``.
+
+    Example:
+        >>> check_gaussian_sigma(1e9)
+        Traceback (most recent call last):
+        ...
+        ValueError: sigma 1000000000.0 is too large for the exact sampler (max about 1e8)
+    """
+    t, m, d = _gaussian_params(sigma)
+    if 2 * t * m * d >= _MAX_DEN:
+        raise ValueError(f"sigma {sigma} is too large for the exact sampler (max about 1e8)")
+    if t >= _MAX_DEN:  # pragma: no cover - implied by the line above
+        raise ValueError(f"sigma {sigma} is too large for the exact sampler")
 
 
 def discrete_laplace(
@@ -262,14 +296,13 @@ def discrete_gaussian(
         (True, True)
     """
     src = _src(source)
+    check_gaussian_sigma(sigma)
     t, m, d = _gaussian_params(sigma)
     shape = (size,) if isinstance(size, int) else tuple(size)
     n = math.prod(shape)
     out = np.empty(n, dtype=np.int64)
     todo = np.arange(n)
     den = 2 * t * m * d
-    if den >= _MAX_DEN:
-        raise ValueError(f"sigma {sigma} is too large for the exact sampler (max about 1e8)")
     while todo.size:
         y = discrete_laplace(float(t), todo.size, src)
         a = d * np.abs(y) - m  # γ = (|y| - σ'²/t)² / 2σ'² = a² / (2·t·m·d)

@@ -164,20 +164,47 @@ PRODUCT_SIZED = (
     | set(OPERATORS) - {"__getitem__", "__setitem__", "__neg__", "__pos__", "__abs__", "__invert__"}
 ) - INPUT_SIZED  # fmt: skip
 
-#: The DP sensitivity rule of each op, by base name (``veil.dp.sensitivity`` implements
-#: them); ops not listed have no proven rule, and their results cannot be published.
+#: The DP sensitivity rule of each op, by base name: the rule *name* that
+#: ``veil.dp.sensitivity`` implements (one rule per name; this table is the only place that
+#: maps ops to rules). Ops not listed have no proven rule, and their results cannot be
+#: published.
 DP_RULES: dict[str, str] = {
     **dict.fromkeys(["clone", "detach", "contiguous", "cpu", "positive", "__pos__"], "same"),
-    **dict.fromkeys(["float", "double"], "float_cast"),
+    **dict.fromkeys(
+        [
+            "float",
+            "double",
+            "half",
+            "bfloat16",
+            "int",
+            "long",
+            "short",
+            "bool",
+            "byte",
+            "char",
+            "to",
+            "type_as",
+        ],
+        "cast",
+    ),
     **dict.fromkeys(["neg", "negative", "__neg__"], "neg"),
     **dict.fromkeys(["abs", "absolute", "__abs__"], "abs"),
     "square": "square",
     **dict.fromkeys(["pow", "__pow__"], "pow"),
     "sqrt": "sqrt",
-    **dict.fromkeys(
-        ["relu", "sigmoid", "tanh", "exp", "floor", "ceil", "round", "trunc"], "monotone"
-    ),
-    **dict.fromkeys(["clamp", "clip", "clamp_min", "clamp_max"], "clamp"),
+    "reciprocal": "reciprocal",
+    "relu": "relu",
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "exp": "exp",
+    "floor": "floor",
+    "ceil": "ceil",
+    **dict.fromkeys(["trunc", "fix"], "trunc"),
+    "round": "round",
+    "nan_to_num": "nan_to_num",
+    **dict.fromkeys(["clamp", "clip"], "clamp"),
+    "clamp_min": "clamp_min",
+    "clamp_max": "clamp_max",
     **dict.fromkeys(
         [
             "gt",
@@ -205,14 +232,18 @@ DP_RULES: dict[str, str] = {
     **dict.fromkeys(["__rsub__", "rsub"], "rsub"),
     **dict.fromkeys(["mul", "multiply", "__mul__", "__rmul__"], "mul"),
     **dict.fromkeys(["div", "divide", "true_divide", "__truediv__"], "div"),
-    **dict.fromkeys(["matmul", "mm", "__matmul__", "linear"], "linear"),
-    **dict.fromkeys(["sum", "nansum"], "sum"),
+    **dict.fromkeys(["floor_divide", "__floordiv__"], "floor_divide"),
+    "__rtruediv__": "rdiv",
+    "__rfloordiv__": "rfloor_divide",
+    **dict.fromkeys(["matmul", "mm", "__matmul__"], "matmul"),
+    "linear": "linear",
+    "sum": "sum",
+    "nansum": "nansum",
     "mean": "mean",
     "count_nonzero": "count_nonzero",
     "histc": "histc",
     "__getitem__": "index",
-    "flatten": "flatten",
-    **dict.fromkeys(["reshape", "view"], "reshape"),
+    **dict.fromkeys(["reshape", "view", "flatten"], "reshape"),
     "__getattr__": "attribute",
 }
 

@@ -1,0 +1,18 @@
+"""Sensitivity rules, by the rule name an op's facts declare (``veil.ops.OpFacts.dp``).
+
+Importing this package registers every rule in :data:`veil.dp.bounds.RULES`:
+:mod:`~veil.dp.rules.elementwise` (arithmetic, comparisons, clamp, unary functions),
+:mod:`~veil.dp.rules.reductions` (sums, means, counts, histograms, matrix products) and
+:mod:`~veil.dp.rules.layout` (copies, casts, indexing, reshapes).
+
+Example:
+    >>> from veil.dp.bounds import RULES
+    >>> {"add", "sum", "index", "round"} <= set(RULES)
+    True
+"""
+
+from __future__ import annotations
+
+from veil.dp.rules import elementwise, layout, reductions
+
+__all__ = ["elementwise", "layout", "reductions"]
