@@ -12,7 +12,8 @@ neighbour. Then, for every result the tracker calls bounded:
 * the observed L1 and L2 change never exceeds the tracked sensitivity;
 * the bound is the same when computed from a neighbour's run (public facts only).
 
-``VEIL_FUZZ_EXAMPLES`` sets the number of programs (``make fuzz`` runs many more).
+``VEIL_FUZZ_EXAMPLES`` sets the number of programs and ``VEIL_FUZZ_SECONDS`` a time limit
+(``make fuzz`` sets both).
 Counterexamples found here become explicit tests in ``test_sensitivity_gaps.py``.
 """
 
@@ -20,9 +21,11 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
@@ -32,10 +35,12 @@ from veil.dp.intervals import Interval
 from veil.dp.sensitivity import propagate
 from veil.ops import default_registry
 
-#: ``make test`` runs a fixed sample (about 20 s); ``make fuzz`` sets ``VEIL_FUZZ_EXAMPLES`` and
-#: explores new programs on every run.
+#: ``make test`` runs a fixed sample (about 20 s); ``make fuzz`` sets ``VEIL_FUZZ_EXAMPLES``
+#: (and ``VEIL_FUZZ_SECONDS``, the time to spend) and explores new programs on every run.
 FUZZ = os.environ.get("VEIL_FUZZ_EXAMPLES")
 EXAMPLES = int(FUZZ or "1000")
+SECONDS = float(os.environ.get("VEIL_FUZZ_SECONDS", "0"))  # 0: no time limit
+_START = time.monotonic()
 REG = default_registry()
 
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -413,14 +418,7 @@ def _sub(args: list[Any], v: torch.Tensor, x: torch.Tensor) -> list[Any]:
     return out
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    derandomize=FUZZ is None,
-)
-@given(st.data())
-def test_tracked_sensitivity_bounds_every_neighbour(data: st.DataObject) -> None:
+def _program(data: st.DataObject) -> None:
     ds = data.draw(datasets())
     rng = np.random.default_rng(ds["seed"])
     x = _values(ds, rng, ds["shape"][0], "mixed")
@@ -469,3 +467,21 @@ def test_tracked_sensitivity_bounds_every_neighbour(data: st.DataObject) -> None
         cur, cur_n, bound = out, outs, (new if isinstance(new, Rowwise | Aggregate) else None)
         if bound is None:
             break
+
+
+_settings = settings(
+    max_examples=min(EXAMPLES, 500) if SECONDS else EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=FUZZ is None,
+)
+_property = _settings(given(st.data())(_program))
+
+
+@pytest.mark.timeout(SECONDS + 600 if SECONDS else 300)  # make fuzz runs past pytest's limit
+def test_tracked_sensitivity_bounds_every_neighbour() -> None:
+    """The property, on ``EXAMPLES`` programs; under ``make fuzz``, batch after batch of new
+    ones until ``VEIL_FUZZ_SECONDS`` are spent."""
+    _property()
+    while SECONDS and time.monotonic() - _START < SECONDS:
+        _property()

@@ -271,7 +271,12 @@ def register_rule(name: str) -> Callable[[Rule], Rule]:
     """Decorator adding a rule to :data:`RULES` under ``name`` (refuses duplicates)."""
 
     def add(fn: Rule) -> Rule:
-        if name in RULES:
+        old = RULES.get(name)
+        # the same function again (its module imported twice, as doctests may) replaces itself
+        if old is not None and (old.__module__, old.__qualname__) != (
+            fn.__module__,
+            fn.__qualname__,
+        ):
             raise ValueError(f"a sensitivity rule named {name!r} is already registered")
         RULES[name] = fn
         return fn

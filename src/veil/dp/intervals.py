@@ -394,7 +394,20 @@ def round_out(a: Interval, dtype: torch.dtype) -> Interval:
     return Interval(_to_dtype(a.lo, dtype, -INF), _to_dtype(a.hi, dtype, INF), a.nan)
 
 
+_NUMPY_FLOATS = {torch.float32: np.float32, torch.float16: np.float16}
+
+
 def _to_dtype(x: Array, dtype: torch.dtype, toward: float) -> Array:
+    np_dtype = _NUMPY_FLOATS.get(dtype)
+    if np_dtype is not None:  # numpy rounds float64 to these correctly (to nearest, even)
+        xf = np.asarray(x, dtype=np.float64)
+        with np.errstate(over="ignore"):
+            nt: Array = xf.astype(np_dtype)
+            nback = nt.astype(np.float64)
+            nbad = nback > xf if toward < 0 else nback < xf
+            nt = np.where(nbad, np.nextafter(nt, np.full_like(nt, toward)), nt)
+        out_np: Array = np.asarray(nt.astype(np.float64)).reshape(np.shape(x))
+        return out_np
     src = torch.from_numpy(np.array(x, dtype=np.float64).reshape(np.shape(x)))
     t = src.to(dtype)
     for _ in range(3):  # one step suffices for a correctly rounded cast; torch may round twice

@@ -49,6 +49,7 @@ from veil.dp.bounds import (
     bound_from_json,
     bound_to_json,
 )
+from veil.dp.intervals import Interval
 
 __all__ = [
     "RULES",
@@ -135,9 +136,18 @@ def propagate(rule: str, args: tuple[Any, ...], kwargs: dict[str, Any],
 
 
 def _checked(b: Bound, shape: tuple[int, ...]) -> Bound:
-    """A rule's answer, checked against the result's shape."""
+    """A rule's answer, checked against the result's shape (and a NaN bound made infinite)."""
     if isinstance(b, Unbounded):
         return b
+    v = b.value
+    if not v.exact and (bool(np.isnan(v.lo).any()) or bool(np.isnan(v.hi).any())):
+        v = Interval(
+            np.where(np.isnan(v.lo), -math.inf, v.lo),
+            np.where(np.isnan(v.hi), math.inf, v.hi),
+            True,
+        )
+        b = (Rowwise(b.source, b.rows, b.k, v) if isinstance(b, Rowwise)
+             else Aggregate(b.source, math.inf, math.inf, v))  # fmt: skip
     try:
         if isinstance(b, Rowwise):
             if not shape or b.k < 0:

@@ -144,6 +144,12 @@ def _finish_sum(
 ) -> tuple[Interval, Array, bool]:
     """The exact sums ``s`` of ``count`` terms as the op's results (float: with the
     summation's rounding error, returned per output; mean: divided), and whether they may wrap."""
+    if count == 0:  # a sum of nothing is exactly 0 (a mean of nothing is NaN)
+        zero = np.zeros(np.shape(mag))
+        if mode == "mean":
+            return Interval(zero - INF, zero + INF, True), zero, False
+        return (Interval(zero.astype(np.int64), zero.astype(np.int64)) if not ct.is_floating_point
+                else Interval(zero, zero)), zero, False  # fmt: skip
     if not ct.is_floating_point:
         out, wrapped = iv.fit(s, ct)
         return out, np.zeros(np.shape(mag)), wrapped
