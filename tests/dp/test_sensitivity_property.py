@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
 from veil.dp.bounds import Aggregate, Rowwise, bound_to_json
@@ -46,7 +46,7 @@ REG = default_registry()
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 INT_DTYPES = [torch.int64, torch.int32, torch.int8, torch.uint8, torch.int16]
 FLOATS = [0.0, 1.0, -1.0, 0.5, 0.1, 2.0, 3.0, 100.0, -100.0, 1e-3, 1e10, 1e30, -1e30, 3e38,
-          65504.0, 1e-40, 88.0, 89.0, 2.0**24, 2.0**53, -0.5, 7.5]  # fmt: skip
+          65504.0, 1e-40, 88.0, 89.0, 2.0**24, 2.0**53, -0.5, 7.5, 1e-160, -1e-200, 1e300]  # fmt: skip
 INTS = [0, 1, -1, 2, 3, 7, 127, 128, 255, 1000, -1000, 2**31, 2**62, -(2**62), 2**63 - 1, -(2**63)]
 
 
@@ -418,55 +418,140 @@ def _sub(args: list[Any], v: torch.Tensor, x: torch.Tensor) -> list[Any]:
     return out
 
 
-def _program(data: st.DataObject) -> None:
-    ds = data.draw(datasets())
-    rng = np.random.default_rng(ds["seed"])
-    x = _values(ds, rng, ds["shape"][0], "mixed")
-    neigh = _neighbours(ds, x, rng, 6)
-    b0 = Rowwise.for_asset(1, x, ds["bounds"], ds["k"])
-    _check(b0, x, neigh, "the dataset")
-    cur, cur_n, bound = x, neigh, b0
-    steps = data.draw(st.integers(1, 6))
-    trail = []
-    for _ in range(steps):
-        name, args, kwargs = _step(data.draw, cur, rng)
+class _Run:
+    """A program under way: the dataset, its neighbours, the current value on each and its bound."""
+
+    def __init__(self, ds: dict[str, Any]) -> None:
+        self.ds = ds
+        self.rng = np.random.default_rng(ds["seed"])
+        self.x = _values(ds, self.rng, ds["shape"][0], "mixed")
+        self.neigh = _neighbours(ds, self.x, self.rng, 6)
+        self.b0 = Rowwise.for_asset(1, self.x, ds["bounds"], ds["k"])
+        _check(self.b0, self.x, self.neigh, "the dataset")
+        self.cur, self.cur_n = self.x, self.neigh
+        self.bound: Any = self.b0
+        self.trail: list[str] = []
+
+    def step(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> bool:
+        """Run one op on the dataset and every neighbour and check its bound; False when the
+        op fails on the dataset (public facts) and nothing changed."""
         spec = REG.get(name)
+        x, cur = self.x, self.cur
         try:
             out = spec.fn(*_sub(args, cur, x), **kwargs)
         except Exception:  # noqa: BLE001 - fails on public facts: try another op
-            continue
+            return False
         if not isinstance(out, torch.Tensor) or out.is_complex():
-            continue
+            return False
         outs = []
-        for c, xn in zip(cur_n, neigh, strict=True):
+        for c, xn in zip(self.cur_n, self.neigh, strict=True):
             try:
                 outs.append(spec.fn(*_sub(args, c, xn), **kwargs))
             except Exception:  # noqa: BLE001 - fails on private values: the node's affair
                 outs = []
                 break
-        assume(outs)
+        if not outs:
+            assume(False) if currently_in_test_context() else pytest.fail(
+                f"{name} fails on a neighbour"
+            )
         rule = spec.facts.dp if spec.facts else ""
-        bound_of = {id(cur): bound, id(x): b0}.get if bound is not None else {id(x): b0}.get
-        new = propagate(rule, tuple(_sub(args, cur, x)), kwargs, bound_of, out)
-        trail.append(
-            f"{name}{tuple(a if not isinstance(a, torch.Tensor) else ('tensor', tuple(a.shape), a.dtype) for a in args)} {kwargs}"
+        of = {id(cur): self.bound, id(x): self.b0}.get
+        new = propagate(rule, tuple(_sub(args, cur, x)), kwargs, of, out)
+        shown = tuple(
+            a if not isinstance(a, torch.Tensor) else ("tensor", tuple(a.shape), a.dtype)
+            for a in args
         )
+        self.trail.append(f"{name}{shown} {kwargs}")
+        ds = self.ds
         where = (
-            " -> ".join(trail)
+            " -> ".join(self.trail)
             + f" [{ds['dtype']}, {ds['shape']}, bounds={ds['bounds']}, k={ds['k']}]"
         )
-        event(f"{rule or name}: {type(new).__name__}")
+        if currently_in_test_context():
+            event(f"{rule or name}: {type(new).__name__}")
         if isinstance(new, Rowwise | Aggregate):
             _check(new, out, outs, where)
             # the same bound from a neighbour's run: it depends on public facts only
-            n_of = {id(cur_n[0]): bound, id(neigh[0]): b0}.get
-            again = propagate(rule, tuple(_sub(args, cur_n[0], neigh[0])), kwargs, n_of, outs[0])
-            assert isinstance(again, Rowwise | Aggregate) and bound_to_json(again) == bound_to_json(
+            n_of = {id(self.cur_n[0]): self.bound, id(self.neigh[0]): self.b0}.get
+            again = propagate(
+                rule, tuple(_sub(args, self.cur_n[0], self.neigh[0])), kwargs, n_of, outs[0]
+            )
+            same = isinstance(again, Rowwise | Aggregate) and bound_to_json(again) == bound_to_json(
                 new
-            ), where
-        cur, cur_n, bound = out, outs, (new if isinstance(new, Rowwise | Aggregate) else None)
-        if bound is None:
+            )
+            assert same, where
+        self.cur, self.cur_n = out, outs
+        self.bound = new if isinstance(new, Rowwise | Aggregate) else None
+        return True
+
+
+def _program(data: st.DataObject) -> None:
+    run = _Run(data.draw(datasets()))
+    for _ in range(data.draw(st.integers(1, 6))):
+        run.step(*_step(data.draw, run.cur, run.rng))
+        if run.bound is None:
             break
+
+
+def _ds(
+    dtype: torch.dtype, shape: tuple[int, ...], bounds: Any, k: int = 1, seed: int = 0
+) -> dict[str, Any]:
+    return {"dtype": dtype, "shape": shape, "bounds": bounds, "k": k, "seed": seed,
+            "subjects": [i // k for i in range(shape[0])], "kind": ""}  # fmt: skip
+
+
+_W = torch.tensor([[1.0, -2.0, 3.0], [0.5, 0.0, 1.0]])
+
+#: Counterexamples the property found, each a program that broke an earlier version.
+REGRESSIONS: dict[str, tuple[dict[str, Any], list[tuple[str, list[Any], dict[str, Any]]]]] = {
+    # a finite value times 2 overflows to inf; floor division of inf is NaN (through fmod)
+    "floor_division_of_an_overflow": (
+        _ds(
+            torch.float32,
+            (1, 3),
+            [(0.0, 0.0), (0.0, _representable(3e38, torch.float32)), (0.0, 0.0)],
+        ),
+        [("F.linear", ["V", _W], {"bias": torch.ones(2)}), ("Tensor.__floordiv__", ["V", 1], {})],
+    ),
+    # two values near float32's max: their sum overflows before the mean divides it
+    "mean_overflows_while_summing": (
+        _ds(torch.float32, (1, 2), [(0.0, 0.0), (0.0, 1.0)]),
+        [("Tensor.__add__", ["V", 3e38], {}), ("Tensor.mean", ["V"], {})],
+    ),
+    # a float16 sum is accumulated in float32, then rounded to float16 once more
+    "half_sum_rounds_at_the_end": (
+        _ds(torch.float16, (3, 3), [(0.0, 0.0), (0.0, 0.0), (0.0, 1.0)], seed=1),
+        [("Tensor.nansum", ["V"], {})],
+    ),
+    # int16 values in float16: their sum may be inf, so no finite sensitivity holds
+    "int16_sum_in_half_overflows": (
+        _ds(torch.int16, (1, 2), None),
+        [("Tensor.sum", ["V"], {"dtype": torch.float16})],
+    ),
+    # c / x is computed as x.reciprocal() * c: 1 / 1e-40 is inf in float32, and 0 * inf NaN
+    "rtruediv_is_reciprocal_times": (
+        _ds(torch.float32, (1,), [(_representable(1e-40, torch.float32), 1.0)]),
+        [("Tensor.__rtruediv__", ["V", 0], {})],
+    ),
+    # numpy's own int64 inside object arrays wrapped silently: exact integers only
+    "int64_square_wraps": (
+        _ds(torch.int64, (1,), [(0, 2**62)]),
+        [("Tensor.nansum", ["V"], {}), ("Tensor.square", ["V"], {})],
+    ),
+    # a sum of no rows is exactly 0, even of values that may be infinite
+    "sum_of_no_rows": (
+        _ds(torch.float32, (1,), None),
+        [("Tensor.__getitem__", ["V", slice(1, None)], {}), ("Tensor.sum", ["V"], {})],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REGRESSIONS))
+def test_regression(name: str) -> None:
+    ds, steps = REGRESSIONS[name]
+    run = _Run(ds)
+    for step in steps:
+        assert run.step(*step), f"{step[0]} failed on the dataset"
 
 
 _settings = settings(

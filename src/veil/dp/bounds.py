@@ -194,7 +194,7 @@ class Rowwise:
             l1 = l2 = INF
         else:
             l1 = mul_up(kk, sum_up(w))
-            l2 = sqrt_up(mul_up(kk, sum_up(np.nextafter(w * w, INF))))
+            l2 = mul_up(sqrt_up(kk), norm2_up(w))
         lo, hi = np.expand_dims(self.value.lo, 0), np.expand_dims(self.value.hi, 0)
         return Aggregate(self.source, l1, l2, Interval(lo, hi, self.value.nan))
 

@@ -245,8 +245,10 @@ def _two_prod_err(a: Array, b: Array, p: Array) -> Array:
 
 
 def _safe_for_prod(a: Array, b: Array, p: Array) -> Array:
+    """Where ``a*b`` neither overflows nor underflows (a zero product counts only when a
+    factor is zero: a product that underflowed to 0 is not exact)."""
     m = np.maximum(np.abs(a), np.abs(b))
-    return np.isfinite(p) & (m < 2.0**995) & ((np.abs(p) > 2.0**-900) | (p == 0))
+    return np.isfinite(p) & (m < 2.0**995) & ((np.abs(p) > 2.0**-900) | (a == 0) | (b == 0))
 
 
 def _round_sum(s: Array, err: Array, ok: Array) -> tuple[Array, Array]:
