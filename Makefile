@@ -29,7 +29,7 @@ test: check
 # Property tests of the privacy rules for as long as asked: make fuzz FUZZ_SECONDS=3600
 FUZZ_SECONDS ?= 600
 fuzz: $(STAMP)
-	VEIL_FUZZ_SECONDS=$(FUZZ_SECONDS) VEIL_FUZZ_EXAMPLES=100000000 $(BIN)/pytest -q \
+	VEIL_FUZZ_SECONDS=$(FUZZ_SECONDS) VEIL_FUZZ_EXAMPLES=100000000 $(BIN)/pytest -q --timeout=0 \
 		tests/node/test_noninterference.py tests/dp -k "scientist or property"
 
 bench: $(STAMP)

@@ -858,7 +858,8 @@ class Node:
                 if rec.alias:
                     self._aliases.pop((rec.owner, rec.alias), None)
                 self._retaining.discard(oid)
-                bound = self._dp.bounds.pop(oid, None)  # veil.dp: its tracked bound goes with it
+                bound = self._dp.bounds.get(oid)
+                self._dp.forget(oid)  # veil.dp: its tracked bound goes with it (a tombstone)
                 if self.store.persistent:
                     self._batch.deleted.add(oid)
                     self._dirty.pop(oid, None)
