@@ -47,14 +47,14 @@ cfg = remote_ops.Config.make({quick!r})
 def _with_node(fn):
     from veil.node import Node
     from veil.node.server.runner import serve_in_thread
-    node = Node("bench", owner_email="o@bench.local", owner_password="bench-password")
+    node = Node("bench", owner_email=remote_ops.OWNER, owner_password=remote_ops.OWNER_PW)
     with serve_in_thread(node) as url:
         return fn(url)
 
 def _training():
     import veil
     def run(url):
-        client = veil.connect(url, email="o@bench.local", password="bench-password")
+        client = veil.connect(url, email=remote_ops.OWNER, password=remote_ops.OWNER_PW)
         try:
             return remote_ops.rows_training(cfg, client)
         finally:
