@@ -31,7 +31,7 @@ from veil.mpc.ring import FixedPoint, prg
 from veil.mpc.stats import record as record_stats
 from veil.node.worker import Worker
 from veil.pointers import PointerTensor
-from veil.serde.messages import Reply, Results, RunOp, Value
+from veil.serde.messages import Reply, Results, Value
 from veil.serde.tensors import tensor_from_data
 
 T = TypeVar("T")
@@ -40,8 +40,7 @@ Security = Literal["semi-honest", "malicious"]
 
 def node_call(worker: Any, op: str, *args: Any) -> Reply:
     """Run extension op ``op`` on ``worker`` and return its raw reply."""
-    enc, _ = worker._encode_args(args, {})
-    return worker.call(RunOp(op, enc, {}))  # type: ignore[no-any-return]
+    return worker.call_op(op, *args)  # type: ignore[no-any-return]
 
 
 def reply_tensor(reply: Reply) -> torch.Tensor:

@@ -218,6 +218,22 @@ class Remote(ABC):
         default_registry().get(op)  # refuse unknown ops before a round trip
         return self._run(op, args, kwargs)
 
+    def call_op(self, op: str, *args: Any, **kwargs: Any) -> Reply:
+        """Run op ``op`` on the node and return its raw reply (a :class:`Value`, the
+        :class:`ObjectInfo` of a new object, :class:`Results`...): the public entry point for
+        capabilities whose node ops answer with values (``veil.mpc`` protocol steps).
+
+        Example:
+            >>> import torch, veil
+            >>> alice = veil.VirtualWorker("alice")
+            >>> x = torch.tensor([1.0, 2.0]).send(alice)
+            >>> type(alice.call_op("torch.add", x, 1)).__name__
+            'ObjectInfo'
+        """
+        default_registry().get(op)  # refuse unknown ops before a round trip
+        enc_args, enc_kwargs = self._encode_args(args, kwargs)
+        return self.call(RunOp(op, enc_args, enc_kwargs))
+
     def _run(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """:meth:`run_op` for callers that took ``op`` from the registry already."""
         if self.pipeline:
