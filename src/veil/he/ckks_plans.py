@@ -62,7 +62,7 @@ class CKKSTensorPlans(CKKSTensorLayout):
                         self.block, per_ct * len(self._cts) * self._weight)  # fmt: skip
 
     def _plan_add(self, other: Any) -> CKKSPlan:
-        if isinstance(other, CKKSTensorLayout):
+        if isinstance(other, CKKSTensorPlans):
             self._check_other(other)
             return self._plan_same(max(self.level, other.level), 0.05)
         if is_number(other):
@@ -80,7 +80,7 @@ class CKKSTensorPlans(CKKSTensorLayout):
         return with_work(out, out.work + neg.work)
 
     def _plan_mul(self, other: Any) -> CKKSPlan:
-        if isinstance(other, CKKSTensorLayout):
+        if isinstance(other, CKKSTensorPlans):
             self._check_other(other)
             top = self if self.level >= other.level else other
             top._need_level()
@@ -152,7 +152,7 @@ class CKKSTensorPlans(CKKSTensorLayout):
                         work=n * per_output * self._weight)  # fmt: skip
 
     def _plan_matmul(self, other: Any) -> CKKSPlan:
-        if isinstance(other, CKKSTensorLayout):
+        if isinstance(other, CKKSTensorPlans):
             raise TypeError("matmul of two ciphertexts is not supported; one side must be plain")
         if is_number(other):
             raise ValueError(
@@ -185,7 +185,7 @@ class CKKSTensorPlans(CKKSTensorLayout):
         return self._scalars_plan(shape, self._total_cost() * rows * m / max(rows * m, 1))
 
     def _plan_rmatmul(self, other: Any) -> CKKSPlan:
-        w = tuple(as_plain(other).shape) if not isinstance(other, CKKSTensorLayout) else None
+        w = tuple(as_plain(other).shape) if not isinstance(other, CKKSTensorPlans) else None
         if w is None or is_number(other):
             return self._plan_matmul(other)  # the same refusal
         wt = torch.empty(tuple(reversed(w)), device="meta")
@@ -201,7 +201,7 @@ class CKKSTensorPlans(CKKSTensorLayout):
     def _plan_dot(self, other: Any) -> CKKSPlan:
         if self.ndim != 1:
             raise ValueError(f"dot needs a 1-d tensor, got shape {tuple(self.shape)}")
-        if isinstance(other, CKKSTensorLayout):
+        if isinstance(other, CKKSTensorPlans):
             prod = self._plan_mul(other)
             total = self._shadow(prod)._plan_sum()
             return with_work(total, prod.work + total.work)
@@ -248,7 +248,7 @@ def check_coefficients(coefficients: Sequence[float]) -> list[float]:
 def reciprocal(other: Any, *, plan: bool = False) -> Any:
     """``1 / other``: a number (public; zero refused) or a float64 tensor (a zero in it is
     a value: it fails when the product runs, as a value outside the level's range)."""
-    if isinstance(other, CKKSTensorLayout):
+    if isinstance(other, CKKSTensorPlans):
         raise TypeError("CKKS cannot divide by a ciphertext; multiply by a plain reciprocal")
     if is_number(other):
         if other == 0:

@@ -49,7 +49,7 @@ from veil.node.store.statements import (
     row_params,
 )
 
-__all__ = ["SCHEMA_VERSION", "SQLStore", "metadata"]
+__all__ = ["SCHEMA_VERSION", "SQLStore"]
 
 
 class SQLStore(BlobFiles, Store):
