@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from veil.he import _deps
+from veil.he import _deps, scheme
 from veil.he.ckks_context import (
     DEFAULT_POLY_MODULUS_DEGREE,
     DEFAULT_SCALE_BITS,
@@ -282,9 +282,7 @@ class CKKSTensor(CKKSTensorPlans):
         return worker.send(self, **kwargs)
 
     def __veil_send__(self, worker: Any, *, description: str = "") -> Any:
-        from veil.he.remote import send  # the node-facing half lives above this module
-
-        return send(self, worker, description=description)
+        return scheme.send(self, worker, description=description)  # veil.he.remote.send
 
 
 def placeholder(ctx: CKKSContext, plan: CKKSPlan) -> CKKSTensor:

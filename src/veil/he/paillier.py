@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from veil.he import _deps
+from veil.he import _deps, scheme
 from veil.he import fixedpoint as fp
 from veil.he.fixedpoint import (
     DEFAULT_PRECISION,
@@ -210,9 +210,7 @@ class EncryptedTensor(EncryptedTensorPlans):
         return worker.send(self, **kwargs)
 
     def __veil_send__(self, worker: Any, *, description: str = "") -> Any:
-        from veil.he.remote import send  # the node-facing half lives above this module
-
-        return send(self, worker, description=description)
+        return scheme.send(self, worker, description=description)  # veil.he.remote.send
 
 
 def _enc_matmul(enc: EncryptedTensor, other: Any, *, enc_left: bool) -> EncryptedTensor:

@@ -34,6 +34,7 @@ from veil.errors import InvalidRequest, ObjectNotFound
 from veil.he import nodeops, wire
 from veil.he.ckks import CKKSContext, CKKSTensor, sigmoid_coefficients
 from veil.he.paillier import EncryptedTensor, PrivateKey, PublicKey
+from veil.he.scheme import encrypt, set_sender
 from veil.node.objects import ValueKind, register_kind
 from veil.ops import default_registry
 from veil.pointers.handle import ReleasedOnDrop
@@ -296,8 +297,6 @@ def _wrap_context(remote: Remote, info: ObjectInfo, inputs: tuple[Any, ...]) -> 
 def _tensor_encrypt(self: torch.Tensor, key: Any, **kwargs: Any) -> wire.Encrypted:
     """``x.encrypt(key)``: encrypt this tensor under a Paillier public key or a CKKS context
     (same as ``veil.he.encrypt(x, key, **kwargs)``)."""
-    from veil.he import encrypt
-
     return encrypt(self, key, **kwargs)
 
 
@@ -322,6 +321,7 @@ def register() -> None:
     ))  # fmt: skip
     register_pointer_kind("encrypted", EncryptedPointer, _wrap_encrypted)
     register_pointer_kind("he_context", ContextPointer, _wrap_context)
+    set_sender(send)  # what CKKSTensor / EncryptedTensor.__veil_send__ call
     reg = default_registry()
     for spec in nodeops.specs():
         reg.register(spec)
