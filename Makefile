@@ -46,3 +46,10 @@ clean:
 
 bench-he: $(STAMP)
 	$(BIN)/python benchmarks/he.py
+
+# The package import graph from the code (Mermaid + layered listing); `make architecture
+# ARCH_ARGS=--write` refreshes the diagram in docs/ARCHITECTURE.md (tests check it is current).
+.PHONY: architecture
+ARCH_ARGS ?=
+architecture: $(STAMP)
+	$(BIN)/python scripts/architecture.py $(ARCH_ARGS)

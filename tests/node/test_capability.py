@@ -231,3 +231,31 @@ def test_public_info_shows_capability_facts(tally: Capability) -> None:
     from veil.node.extension import public_info
 
     assert public_info(veil.VirtualWorker("i").node)["tally"] == {"k": K}
+
+
+def test_a_request_of_a_capability_kind_outlives_a_restart(
+    tmp_path: Any, tally: Capability
+) -> None:
+    from veil.node import Node
+    from veil.node.store.sql import SQLStore
+
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    node = Node("n", store=SQLStore(url), owner_password="owner-password-1")
+    owner = node.login("owner@n.local", "owner-password-1")
+    node.create_user("ds@n.org", "password-ds-1")
+    ds = node.login("ds@n.org", "password-ds-1")
+    import veil
+
+    info = capability.request(veil.VirtualWorker(node=node, session=ds), "tally.enrol", "c9", "why")
+    veil.VirtualWorker(node=node, session=owner).requests.approve(info.id)
+    node.set_release_policy("tally.k-anonymous")
+    node.close()
+
+    again = Node("n", store=SQLStore(url))
+    ds = again.login("ds@n.org", "password-ds-1")
+    row = again.approved_request(ds, "tally.enrol", "c9", _digest("c9"))
+    assert row is not None and (row.kind, row.subject, row.object_id) == ("tally.enrol", "c9", 0)
+    assert again.release_policies() == ["tally.k-anonymous"]
+    listed = veil.VirtualWorker(node=again, session=ds).requests.list()
+    assert [(r.kind, r.subject, r.summary) for r in listed] == [("tally.enrol", "c9", "cohort c9")]
+    again.close()

@@ -592,7 +592,7 @@ def test_load_keys_reads_just_the_rows_named(store: SQLStore) -> None:
     assert _blob_files(store) == files  # reading by key sweeps nothing
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_a_database_of_an_older_schema_is_migrated(store: SQLStore, version: int) -> None:
     store.write(
         Batch(
@@ -607,6 +607,8 @@ def test_a_database_of_an_older_schema_is_migrated(store: SQLStore, version: int
         if version == 1:
             conn.exec_driver_sql("ALTER TABLE objects DROP COLUMN extra")
             conn.exec_driver_sql("ALTER TABLE requests DROP COLUMN digest")
+        conn.exec_driver_sql("ALTER TABLE requests DROP COLUMN kind")  # both new in 4
+        conn.exec_driver_sql("ALTER TABLE requests DROP COLUMN subject")
         conn.execute(
             sa.text("UPDATE meta SET value = :v WHERE key = 'schema_version'"), {"v": str(version)}
         )
@@ -617,12 +619,13 @@ def test_a_database_of_an_older_schema_is_migrated(store: SQLStore, version: int
     with store._engine.connect() as conn:
         assert (
             conn.execute(sa.text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar()
-            == "3"
+            == "4"
         )
     snap = store.load()
     assert [(o.id, bytes(o.payload)) for o in snap.objects] == [(1, b"payload")]
     assert snap.objects[0].extra == ({} if version == 1 else {"alias": 5})
     assert snap.requests[0].digest == ("" if version == 1 else "ab" * 32)
+    assert (snap.requests[0].kind, snap.requests[0].subject) == ("object", "")
     store.write(Batch(objects={2: _obj(2, b"new", extra={"label": "x"})}))  # the new layout works
     assert {o.id: o.extra for o in store.load().objects}[2] == {"label": "x"}
     store.close()

@@ -19,13 +19,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
 from veil.he import ckks, limits, paillier
 from veil.he.ckks import CKKSContext, CKKSTensor, DepthExceeded
 from veil.he.paillier import EncryptedTensor, Packing, PrivateKey, PublicKey
 from veil.he.remote import ContextPointer, EncryptedPointer, register
-from veil.he.scheme import HEScheme, register_scheme, scheme_for, schemes
+from veil.he.scheme import HEScheme, encrypt, register_scheme, scheme_for, schemes
 
 __all__ = [
     "CKKSContext",
@@ -46,18 +44,6 @@ __all__ = [
     "scheme_for",
     "schemes",
 ]
-
-
-def encrypt(x: Any, key: PublicKey | CKKSContext, **kwargs: Any) -> EncryptedTensor | CKKSTensor:
-    """Encrypt ``x`` under a Paillier public key or a CKKS context (keyword arguments go
-    to :func:`paillier.encrypt` / :func:`ckks.encrypt`)."""
-    try:
-        scheme = scheme_for(key)
-    except TypeError:
-        raise TypeError(
-            f"encrypt() needs a paillier.PublicKey or a ckks.CKKSContext, got {type(key).__name__}"
-        ) from None
-    return scheme.encrypt(x, key, **kwargs)  # type: ignore[no-any-return]
 
 
 register()

@@ -34,6 +34,7 @@ from veil.errors import InvalidRequest, ObjectNotFound
 from veil.he import nodeops, wire
 from veil.he.ckks import CKKSContext, CKKSTensor, sigmoid_coefficients
 from veil.he.paillier import EncryptedTensor, PrivateKey, PublicKey
+from veil.he.scheme import encrypt, set_sender
 from veil.node import capability
 from veil.node.capability import Capability
 from veil.node.objects import ValueKind
@@ -297,8 +298,6 @@ def _wrap_context(remote: Remote, info: ObjectInfo, inputs: tuple[Any, ...]) -> 
 def _tensor_encrypt(self: torch.Tensor, key: Any, **kwargs: Any) -> wire.Encrypted:
     """``x.encrypt(key)``: encrypt this tensor under a Paillier public key or a CKKS context
     (same as ``veil.he.encrypt(x, key, **kwargs)``)."""
-    from veil.he import encrypt
-
     return encrypt(self, key, **kwargs)
 
 
@@ -340,5 +339,6 @@ def register() -> None:
     """Teach nodes and connections about encrypted tensors (idempotent; on ``import veil.he``)."""
     if not capability.is_installed("he"):
         capability.install(CAPABILITY)
+    set_sender(send)  # what CKKSTensor / EncryptedTensor.__veil_send__ call
     # The one entry point HE adds to torch, next to Tensor.send (veil.pointers.hook).
     torch.Tensor.encrypt = _tensor_encrypt  # type: ignore[attr-defined]

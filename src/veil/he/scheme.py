@@ -1,10 +1,16 @@
 """HEScheme: what an encryption scheme supplies so its tensors can be encrypted, shipped and
-computed on by nodes; and the registry of schemes (``paillier``, ``ckks``)."""
+computed on by nodes; the registry of schemes (``paillier``, ``ckks``); :func:`encrypt` under
+whichever scheme a key belongs to; and :func:`send`, how an encrypted tensor reaches a node."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # (the schemes import this module)
+    from veil.he.ckks import CKKSContext, CKKSTensor
+    from veil.he.paillier import EncryptedTensor, PublicKey
 
 
 class HEScheme(ABC):
@@ -79,3 +85,34 @@ def scheme_for(value: Any) -> HEScheme:
 
 def schemes() -> list[str]:
     return sorted(_SCHEMES)
+
+
+def encrypt(x: Any, key: PublicKey | CKKSContext, **kwargs: Any) -> EncryptedTensor | CKKSTensor:
+    """Encrypt ``x`` under a Paillier public key or a CKKS context (keyword arguments go
+    to :func:`paillier.encrypt` / :func:`ckks.encrypt`)."""
+    try:
+        scheme = scheme_for(key)
+    except TypeError:
+        raise TypeError(
+            f"encrypt() needs a paillier.PublicKey or a ckks.CKKSContext, got {type(key).__name__}"
+        ) from None
+    return scheme.encrypt(x, key, **kwargs)  # type: ignore[no-any-return]
+
+
+#: How an encrypted tensor goes to a node. :mod:`veil.he.remote` (the node-facing half,
+#: above the schemes) installs it when ``veil.he`` is imported, which importing any scheme
+#: module does first; the schemes' ``__veil_send__`` calls it, so they never import upward.
+_sender: Callable[..., Any] | None = None
+
+
+def set_sender(sender: Callable[..., Any]) -> None:
+    """Install how encrypted tensors are sent to a node (``veil.he.remote.register`` does)."""
+    global _sender
+    _sender = sender
+
+
+def send(value: Any, worker: Any, *, description: str = "") -> Any:
+    """Send an encrypted tensor to ``worker`` (a connection to a node): returns its pointer."""
+    if _sender is None:  # pragma: no cover - veil.he's import installs it
+        raise RuntimeError("import veil.he to send encrypted tensors to a node")
+    return _sender(value, worker, description=description)

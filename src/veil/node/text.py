@@ -37,7 +37,7 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 #: (``[]``: every item of a list). Add a field here when a handler starts storing it.
 STORED_TEXT: dict[type, tuple[str, ...]] = {
     SendObject: ("description",),
-    RequestAccess: ("reason",),
+    RequestAccess: ("reason", "subject"),
     DecideRequest: ("note",),
     CreateDataset: (
         "name",

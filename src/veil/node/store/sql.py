@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import secrets
 import shutil
 import sqlite3
-import tempfile
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
@@ -31,253 +26,33 @@ from veil.node.store.base import (
     Store,
     UserRow,
 )
+from veil.node.store.blobs import BlobFiles, nbytes
+from veil.node.store.schema import (
+    ADDED_COLUMNS,
+    SCHEMA_VERSION,
+    assets_table,
+    audit_table,
+    datasets_table,
+    dp_table,
+    meta_table,
+    metadata,
+    objects_table,
+    requests_table,
+    users_table,
+)
+from veil.node.store.statements import (
+    SELECT_ALL,
+    CoreWriter,
+    SQLiteWriter,
+    apply_batch,
+    chunks,
+    row_params,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLStore"]
 
-#: The layout of the tables below and of what they hold; bump it (and add a migration)
-#: when either changes. 2: ``objects.extra``, ``requests.digest``. 3: no new columns, but
-#: an object's payload may now be a view of another object's tensor or an optimizer
-#: (``veil.node.aliasing``), which a veil reading up to version 2 cannot load.
-SCHEMA_VERSION = 3
-#: Columns added since version 1: (table, column, SQL type, default), added by ALTER TABLE.
-_ADDED = [("objects", "extra", "JSON", None), ("requests", "digest", "VARCHAR(64)", "''")]
 
-#: Blob files are ``<object id>-<16 hex>.obj`` (a payload) or ``.mock`` (a dataset asset's mock);
-#: a fresh name per write, so a rolled-back write never touches a file a committed row names.
-_BLOB_NAME = re.compile(r"^\d+-[0-9a-f]{16}\.(obj|mock)(\.tmp)?$")
-_CHUNK = 5_000  # ids per IN (...) clause: under every backend's bound-parameter limit
-#: A file in the blob directory naming the database it belongs to (its ``store_id``), so
-#: two databases never share one directory (each would delete the other's files).
-_MARKER = ".veil-store"
-
-metadata = sa.MetaData()
-
-meta_table = sa.Table(
-    "meta",
-    metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
-)
-users_table = sa.Table(
-    "users",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("email", sa.String(320), nullable=False, unique=True),
-    sa.Column("role", sa.String(32), nullable=False),
-    sa.Column("name", sa.Text, nullable=False),
-    sa.Column("password_hash", sa.Text, nullable=False),
-    sa.Column("created", sa.Double, nullable=False),
-)
-objects_table = sa.Table(
-    "objects",
-    metadata,
-    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("owner", sa.Integer, nullable=False),
-    sa.Column("private", sa.Boolean, nullable=False),
-    sa.Column("approved", sa.JSON, nullable=False),
-    sa.Column("sources", sa.JSON, nullable=False),
-    sa.Column("asset_of", sa.Text, nullable=True),
-    sa.Column("description", sa.Text, nullable=False),
-    sa.Column("created", sa.Double, nullable=False),
-    sa.Column("payload", sa.LargeBinary, nullable=True),  # inline, below inline_limit
-    sa.Column("blob", sa.String(64), nullable=True),  # else the file in blob_dir
-    sa.Column("extra", sa.JSON, nullable=True),  # schema 2: label, error, alias
-)
-datasets_table = sa.Table(
-    "datasets",
-    metadata,
-    sa.Column("name", sa.String(200), primary_key=True),
-    sa.Column("description", sa.Text, nullable=False),
-    sa.Column("created", sa.Double, nullable=False),
-)
-assets_table = sa.Table(
-    "dataset_assets",
-    metadata,
-    sa.Column("dataset", sa.String(200), primary_key=True),
-    sa.Column("position", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("name", sa.Text, nullable=False),
-    sa.Column("object_id", sa.BigInteger, nullable=False),
-    sa.Column("mock", sa.LargeBinary, nullable=True),
-    sa.Column("mock_blob", sa.String(64), nullable=True),
-    sa.Column("columns", sa.JSON, nullable=False),
-    sa.Column("bounds", sa.JSON, nullable=False),
-    sa.Column("description", sa.Text, nullable=False),
-)
-requests_table = sa.Table(
-    "requests",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("object_id", sa.BigInteger, nullable=False),
-    sa.Column("requester", sa.Integer, nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("created", sa.Double, nullable=False),
-    sa.Column("decided_by", sa.Integer, nullable=True),
-    sa.Column("note", sa.Text, nullable=False),
-    sa.Column("digest", sa.String(64), nullable=True),  # schema 2
-)
-audit_table = sa.Table(
-    "audit",
-    metadata,
-    sa.Column(
-        "seq",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),  # SQLite: the rowid
-        primary_key=True,
-        autoincrement=True,
-    ),
-    sa.Column("ts", sa.Double, nullable=False),
-    sa.Column("user", sa.Text, nullable=False),
-    sa.Column("action", sa.String(64), nullable=False),
-    sa.Column("detail", sa.Text, nullable=False),
-    sa.Column("objects", sa.JSON, nullable=False),
-    sa.Column("sources", sa.JSON, nullable=False),
-)
-
-# veil.dp: budgets, ledger releases and dataset subject counts (keyed JSON values)
-dp_table = sa.Table(
-    "dp_state",
-    metadata,
-    sa.Column("key", sa.String(400), primary_key=True),
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("value", sa.JSON, nullable=False),
-)
-
-#: Each table's key (what an upsert or a delete matches) and the column naming a blob file.
-_KEY = {
-    "users": "id",
-    "objects": "id",
-    "datasets": "name",
-    "dataset_assets": "dataset",
-    "requests": "id",
-    "dp_state": "key",
-}
-_BLOB_COLUMN = {"objects": "blob", "dataset_assets": "mock_blob"}
-
-# Core statements, built once: a node writes once per message, so per-call overhead matters.
-_IDS: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
-_INSERT = {t.name: sa.insert(t) for t in metadata.sorted_tables}
-_DELETE = {
-    n: sa.delete(metadata.tables[n]).where(metadata.tables[n].c[k].in_(_IDS))
-    for n, k in _KEY.items()
-}
-_DELETE_RETURNING = {
-    n: _DELETE[n].returning(metadata.tables[n].c[c]) for n, c in _BLOB_COLUMN.items()
-}
-_SELECT_BLOBS = {
-    n: sa.select(metadata.tables[n].c[c]).where(
-        metadata.tables[n].c[_KEY[n]].in_(_IDS), metadata.tables[n].c[c].is_not(None)
-    )
-    for n, c in _BLOB_COLUMN.items()
-}
-_SELECT_ALL = {
-    "users": sa.select(users_table).order_by(users_table.c.id),
-    "objects": sa.select(objects_table).order_by(objects_table.c.created, objects_table.c.id),
-    "dataset_assets": sa.select(assets_table).order_by(
-        assets_table.c.dataset, assets_table.c.position
-    ),
-    "datasets": sa.select(
-        datasets_table.c.name, datasets_table.c.description, datasets_table.c.created
-    ).order_by(datasets_table.c.created, datasets_table.c.name),
-    "requests": sa.select(requests_table).order_by(requests_table.c.id),
-    "dp_state": sa.select(dp_table).order_by(dp_table.c.key),
-}
-
-# The same for the sqlite3 cursor: columns in order (an autoincrement key left out), and
-# which of them hold JSON (stored as ``json.dumps`` text, as Core's JSON type stores it).
-_quote = sqlite_dialect().identifier_preparer.quote
-_COLUMNS = {
-    t.name: [c.key for c in t.columns if not (c.primary_key and c.autoincrement is True)]
-    for t in metadata.sorted_tables
-}
-_JSON_AT = {
-    n: [i for i, k in enumerate(cols) if isinstance(metadata.tables[n].c[k].type, sa.JSON)]
-    for n, cols in _COLUMNS.items()
-}
-_SQLITE_INSERT = {
-    n: f"INSERT INTO {_quote(n)} ({', '.join(map(_quote, cols))}) VALUES ({', '.join('?' * len(cols))})"
-    for n, cols in _COLUMNS.items()
-}
-_SQLITE_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
-
-
-def _params(row: Any, skip: str = "") -> dict[str, Any]:
-    """A dataclass row as statement parameters (its fields are the table's columns)."""
-    return {f: getattr(row, f) for f in row.__slots__ if f != skip}
-
-
-def _nbytes(payload: bytes | bytearray | memoryview) -> int:
-    return payload.nbytes if isinstance(payload, memoryview) else len(payload)
-
-
-def _chunks(items: list[Any]) -> Iterator[list[Any]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
-
-
-class _Core:
-    """Runs a write's statements through SQLAlchemy Core: any dialect."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
-        self.conn.execute(_INSERT[table], rows)
-
-    def delete(self, table: str, keys: list[Any]) -> list[str]:
-        """Delete rows by key; returns the blob files they named."""
-        found: list[str] = []
-        for chunk in _chunks(keys):
-            params = {"ids": chunk}
-            if table not in _BLOB_COLUMN:
-                self.conn.execute(_DELETE[table], params)
-            elif self.conn.dialect.delete_returning:
-                res = self.conn.execute(_DELETE_RETURNING[table], params)
-                found.extend(name for (name,) in res if name)
-            else:
-                found.extend(name for (name,) in self.conn.execute(_SELECT_BLOBS[table], params))
-                self.conn.execute(_DELETE[table], params)
-        return found
-
-
-class _SQLiteCursor:
-    """The same statements on a sqlite3 cursor: a small write costs half as much as via Core."""
-
-    def __init__(self, cursor: Any) -> None:
-        self.cursor = cursor
-
-    def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
-        cols, json_at = _COLUMNS[table], _JSON_AT[table]
-        params = []
-        for r in rows:
-            values = [r[k] for k in cols]
-            for i in json_at:
-                values[i] = json.dumps(values[i])
-            params.append(values)
-        self.cursor.executemany(_SQLITE_INSERT[table], params)
-
-    def delete(self, table: str, keys: list[Any]) -> list[str]:
-        """Delete rows by key; returns the blob files they named."""
-        found: list[str] = []
-        blob = _BLOB_COLUMN.get(table)
-        for chunk in _chunks(keys):
-            marks = ", ".join("?" * len(chunk))
-            where = f"FROM {_quote(table)} WHERE {_quote(_KEY[table])} IN ({marks})"
-            if blob is None:
-                self.cursor.execute(f"DELETE {where}", chunk)
-            elif _SQLITE_RETURNING:
-                rows = self.cursor.execute(
-                    f"DELETE {where} RETURNING {_quote(blob)}", chunk
-                ).fetchall()
-                found.extend(name for (name,) in rows if name)
-            else:
-                rows = self.cursor.execute(f"SELECT {_quote(blob)} {where}", chunk).fetchall()
-                found.extend(name for (name,) in rows if name)
-                self.cursor.execute(f"DELETE {where}", chunk)
-        return found
-
-
-class SQLStore(Store):
+class SQLStore(BlobFiles, Store):
     """A node's users, objects, datasets, requests and audit log in a SQL database.
 
     Every :meth:`write` is one transaction. Payloads of ``inline_limit`` bytes or more are
@@ -417,7 +192,7 @@ class SQLStore(Store):
     def _migrate(self, conn: Connection) -> None:
         """Bring a database of an older schema up to this one (columns added since)."""
         inspector = sa.inspect(conn)
-        for table, column, sql_type, default in _ADDED:
+        for table, column, sql_type, default in ADDED_COLUMNS:
             if column not in {c["name"] for c in inspector.get_columns(table)}:
                 extra = f" DEFAULT {default}" if default is not None else ""
                 conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}{extra}"))
@@ -427,113 +202,9 @@ class SQLStore(Store):
             .values(value=str(SCHEMA_VERSION))
         )
 
-    def _claim(self, directory: Path) -> None:
-        """Mark ``directory`` as this database's, or refuse it if another's."""
-        marker = directory / _MARKER
-        try:
-            owner = marker.read_text().strip()
-        except FileNotFoundError:
-            directory.mkdir(parents=True, exist_ok=True)
-            marker.write_text(self._store_id + "\n")
-            owner = self._store_id
-        if owner != self._store_id:
-            raise ValueError(
-                f"blob directory {str(directory)!r} belongs to another database (store id "
-                f"{owner}, this one is {self._store_id}); give each database its own blob_dir"
-            )
-        self._claimed = True
-
-    @property
-    def blob_dir(self) -> Path:
-        """Where payloads of ``inline_limit`` bytes or more are kept (created on first use)."""
-        with self._lock:
-            if self._blob_dir is None:
-                self._blob_dir = Path(tempfile.mkdtemp(prefix="veil-blobs-"))
-                self._temp_blob_dir = True
-            return self._blob_dir
-
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"this SQLStore ({self._safe_url()}) is closed; open a new one")
-
-    # ------------------------------------------------------------------ blob files
-    def _write_blob(self, oid: int, suffix: str, *parts: bytes | bytearray | memoryview,
-                    name: str | None = None) -> str:  # fmt: skip
-        """Write the concatenated ``parts`` durably under a fresh name and return the name."""
-        directory = self.blob_dir
-        if not self._claimed:
-            self._claim(directory)
-        name = name or f"{oid}-{secrets.token_hex(8)}.{suffix}"
-        path = directory / name
-        tmp = directory / (name + ".tmp")
-        try:
-            with open(tmp, "wb") as f:
-                for part in parts:
-                    f.write(part)  # large buffers go straight to the OS: no copy
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        if os.name == "posix":  # make the rename itself durable
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        return name
-
-    def _blob_path(self, name: str) -> Path:
-        if not _BLOB_NAME.match(name):
-            raise ValueError(f"database {self._safe_url()!r} names an invalid blob file {name!r}")
-        return self.blob_dir / name
-
-    def _read_blob(self, name: str, what: str) -> bytearray:
-        path = self._blob_path(name)
-        try:
-            with open(path, "rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
-                buf = bytearray(size)
-                view = memoryview(buf)
-                got = 0
-                while got < size:
-                    n = f.readinto(view[got:])
-                    if not n:
-                        break
-                    got += n
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(
-                f"{what} is stored in {str(path)!r}, which is missing; restore the blob "
-                f"directory {str(self.blob_dir)!r} from a backup (or pass blob_dir=...)"
-            ) from exc
-        if got != size:
-            raise OSError(f"{str(path)!r} changed while being read; try again")
-        return buf
-
-    def _remove_blobs(self, names: Iterable[str | None]) -> None:
-        directory = self._blob_dir
-        if directory is None:
-            return
-        for name in names:
-            if name and _BLOB_NAME.match(name):
-                try:
-                    (directory / name).unlink(missing_ok=True)
-                except OSError:  # pragma: no cover - left for the sweep in load()
-                    pass
-
-    def _sweep(self, referenced: set[str]) -> None:
-        """Remove blob files no row names (left by a process killed mid-write)."""
-        directory = self._blob_dir
-        if directory is None or not directory.is_dir():
-            return
-        self._claim(directory)
-        with self._lock:
-            referenced = referenced | self._staged  # being written, or about to be named
-        for entry in os.scandir(directory):
-            name = entry.name.removesuffix(".tmp")
-            if entry.is_file() and _BLOB_NAME.match(entry.name) and name not in referenced:
-                self._remove_blobs([entry.name])
 
     # ------------------------------------------------------------------ Store API
     def stage(self, oid: int, parts: Sequence[bytes | bytearray | memoryview]) -> str | None:
@@ -550,7 +221,7 @@ class SQLStore(Store):
             >>> store.close()
         """
         self._check_open()
-        if sum(_nbytes(p) for p in parts) < self.inline_limit:
+        if sum(nbytes(p) for p in parts) < self.inline_limit:
             return None
         name = f"{oid}-{secrets.token_hex(8)}.obj"
         with self._lock:
@@ -592,7 +263,7 @@ class SQLStore(Store):
                 old_files = self._write_sqlite(batch, objects, datasets, assets)
             else:
                 with self._engine.begin() as conn:
-                    old_files = _apply(_Core(conn), batch, objects, datasets, assets)
+                    old_files = apply_batch(CoreWriter(conn), batch, objects, datasets, assets)
         except BaseException:
             self._remove_blobs(new_files)
             raise
@@ -618,7 +289,7 @@ class SQLStore(Store):
             try:
                 if not raw.in_transaction:  # whatever sqlite3's transaction mode
                     cursor.execute("BEGIN IMMEDIATE")
-                old_files = _apply(_SQLiteCursor(cursor), batch, objects, datasets, assets)
+                old_files = apply_batch(SQLiteWriter(cursor), batch, objects, datasets, assets)
                 raw.commit()
             except BaseException as exc:
                 try:
@@ -636,12 +307,12 @@ class SQLStore(Store):
         return old_files
 
     def _object_params(self, row: ObjectRow, new_files: list[str]) -> dict[str, Any]:
-        params = _params(row)
+        params = row_params(row)
         if row.blob is not None:  # written by stage(): the row only names it
             self._blob_path(row.blob)  # a valid name of ours
             new_files.append(row.blob)  # removed if this write fails
             params["payload"] = None
-        elif _nbytes(row.payload) >= self.inline_limit:
+        elif nbytes(row.payload) >= self.inline_limit:
             params["blob"] = self._write_blob(row.id, "obj", row.payload)
             new_files.append(params["blob"])
             params["payload"] = None
@@ -652,7 +323,7 @@ class SQLStore(Store):
     ) -> dict[str, Any]:
         name, oid, mock, columns, bounds, description = asset
         blob = None
-        if _nbytes(mock) >= self.inline_limit:
+        if nbytes(mock) >= self.inline_limit:
             blob = self._write_blob(oid, "mock", mock)
             new_files.append(blob)
             mock = None
@@ -673,19 +344,17 @@ class SQLStore(Store):
         self._check_open()
         referenced: set[str] = set()
         with self._engine.connect() as conn:
-            users = [UserRow(**r._mapping) for r in conn.execute(_SELECT_ALL["users"])]
-            objects = [
-                self._object_row(r, referenced) for r in conn.execute(_SELECT_ALL["objects"])
-            ]
+            users = [UserRow(**r._mapping) for r in conn.execute(SELECT_ALL["users"])]
+            objects = [self._object_row(r, referenced) for r in conn.execute(SELECT_ALL["objects"])]
             assets: dict[str, list[Any]] = {}
-            for r in conn.execute(_SELECT_ALL["dataset_assets"]):
+            for r in conn.execute(SELECT_ALL["dataset_assets"]):
                 assets.setdefault(r.dataset, []).append(self._asset(r, referenced))
             datasets = [
                 DatasetRow(**r._mapping, assets=assets.get(r.name, []))
-                for r in conn.execute(_SELECT_ALL["datasets"])
+                for r in conn.execute(SELECT_ALL["datasets"])
             ]
-            requests = [_request_row(r) for r in conn.execute(_SELECT_ALL["requests"])]
-            dp = [DPRow(**r._mapping) for r in conn.execute(_SELECT_ALL["dp_state"])]
+            requests = [_request_row(r) for r in conn.execute(SELECT_ALL["requests"])]
+            dp = [DPRow(**r._mapping) for r in conn.execute(SELECT_ALL["dp_state"])]
         self._sweep(referenced)
         return Snapshot(users, objects, datasets, requests, dp)
 
@@ -712,7 +381,7 @@ class SQLStore(Store):
         seen: set[str] = set()
 
         def select(conn: Connection, table: sa.Table, column: str, keys: Collection[Any]) -> Any:
-            for chunk in _chunks(sorted(set(keys))):
+            for chunk in chunks(sorted(set(keys))):
                 yield from conn.execute(sa.select(table).where(table.c[column].in_(chunk)))
 
         with self._engine.connect() as conn:
@@ -782,46 +451,11 @@ class SQLStore(Store):
         return f"SQLStore({self._safe_url()!r}, blob_dir={str(self._blob_dir)!r})"
 
 
-def _apply(
-    ex: _Core | _SQLiteCursor,
-    batch: Batch,
-    objects: list[dict[str, Any]],
-    datasets: list[DatasetRow],
-    assets: list[dict[str, Any]],
-) -> list[str]:
-    """Run a batch's statements (upsert = delete + insert); returns blob files now unnamed."""
-    old_files: list[str] = []
-    gone = [*batch.objects, *(i for i in batch.deleted if i not in batch.objects)]
-    if gone:
-        old_files += ex.delete("objects", gone)
-    if objects:
-        ex.insert("objects", objects)
-    if batch.users:
-        users = {u.id: u for u in batch.users}  # the last one wins
-        ex.delete("users", list(users))
-        ex.insert("users", [_params(u) for u in users.values()])
-    if datasets:
-        names = [d.name for d in datasets]
-        old_files += ex.delete("dataset_assets", names)
-        ex.delete("datasets", names)
-        ex.insert("datasets", [_params(d, skip="assets") for d in datasets])
-        if assets:
-            ex.insert("dataset_assets", assets)
-    if batch.requests:
-        requests = {r.id: r for r in batch.requests}  # written again when decided
-        ex.delete("requests", list(requests))
-        ex.insert("requests", [_params(r) for r in requests.values()])
-    if batch.audit:
-        ex.insert("audit", [_params(a) for a in batch.audit])
-    if batch.dp:  # veil.dp state: upsert by key
-        dp = {r.key: r for r in batch.dp}
-        ex.delete("dp_state", list(dp))
-        ex.insert("dp_state", [_params(r) for r in dp.values()])
-    return old_files
-
-
 def _request_row(r: Any) -> RequestRow:
-    return RequestRow(**{**r._mapping, "digest": r.digest or ""})
+    return RequestRow(**{
+        **r._mapping, "digest": r.digest or "", "kind": r.kind or "object",
+        "subject": r.subject or "",
+    })  # fmt: skip
 
 
 def _sqlite_pragmas(memory: bool) -> Any:
