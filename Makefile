@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check install bench bench-mpc bench-dp bench-he fuzz clean
+.PHONY: demo test check install bench bench-mpc bench-dp bench-he bench-compare fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,11 @@ clean:
 
 bench-he: $(STAMP)
 	$(BIN)/python benchmarks/he.py
+
+# The three benchmarks for this checkout and another commit, side by side: make bench-compare REF=HEAD~1
+REF ?= HEAD~1
+bench-compare: $(STAMP)
+	$(BIN)/python benchmarks/compare.py --ref $(REF)
 
 # The package import graph from the code (Mermaid + layered listing); `make architecture
 # ARCH_ARGS=--write` refreshes the diagram in docs/ARCHITECTURE.md (tests check it is current).
