@@ -90,12 +90,10 @@ class WebSocketTransport(Transport):
         bulk_port: the node's bulk lane for frames of ``BULK_MIN_BYTES`` or more (None: none).
 
     Example:
-        >>> t = WebSocketTransport("http://127.0.0.1:9", name="nowhere", token=lambda: "",
-        ...                        login=lambda: None, timeout=1.0)
-        >>> t.roundtrip(b"frame")
-        Traceback (most recent call last):
-        ...
-        veil.errors.ConnectError: cannot open the op stream to http://127.0.0.1:9: ...
+        >>> t = WebSocketTransport("http://127.0.0.1:8765", name="hospital",
+        ...                        token=lambda: "a-token", login=lambda: None)
+        >>> t._ws_url(), t.websocket is None  # nothing opens before the first round trip
+        ('ws://127.0.0.1:8765/api/v1/ws', True)
     """
 
     scatter = True
