@@ -32,6 +32,9 @@ class NodeClient(Worker):
         email / password: the user's credentials.
         timeout: seconds to wait for any single reply.
 
+    Ops travel over its :attr:`transport`, a
+    :class:`~veil.node.transports.WebSocketTransport` (a WebSocket op stream, plus the
+    node's bulk lane for large frames); the client itself logs in and makes REST calls.
     The connection reconnects by itself on the next call after a drop; the call that
     was in flight raises :class:`~veil.errors.ConnectionLost`.
 

@@ -367,7 +367,8 @@ class VirtualWorker(Worker):
     """An in-process node, plus a client session on it (its owner's, unless logged in).
 
     Every call still goes through the wire format, so what works on a VirtualWorker
-    works against a node server.
+    works against a node server; its :attr:`transport` is an
+    :class:`~veil.node.transports.InProcessTransport` that hands frames to the node.
 
     Args:
         name: the node's name; ``VirtualWorker(hook, id="alice")`` (PySyft 0.2) also works.
