@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -61,8 +63,10 @@ class NodeClient(Worker):
                 f"v{WIRE_VERSION}; install the same veil version on both sides"
             )
         name = str(info["name"])
+        me = weakref.ref(self)  # no cycle through the transport: a dropped client is freed
         self._net = WebSocketTransport(
-            self.url, name=name, token=lambda: self._token, login=self._login, timeout=timeout,
+            self.url, name=name, token=partial(_token, me), login=partial(_login, me),
+            timeout=timeout,
             chunk_bytes=chunk_bytes, max_message_bytes=max_message_bytes,
             node_max_message_bytes=int(info.get("max_message_bytes", max_message_bytes)),
             bulk_port=info.get("bulk_port"),
@@ -194,3 +198,14 @@ class NodeClient(Worker):
 
     def __repr__(self) -> str:
         return f"NodeClient({self.name!r}, url={self.url!r}, user={self._email!r})"
+
+
+def _token(client: weakref.ref[NodeClient]) -> str:
+    c = client()
+    return "" if c is None else c._token
+
+
+def _login(client: weakref.ref[NodeClient]) -> None:
+    c = client()
+    if c is not None:
+        c._login()

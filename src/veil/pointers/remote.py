@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import weakref
 from typing import Any
 
 import torch
@@ -100,9 +101,16 @@ class Remote:
         self.name = name
         self._released: list[int] = []
         self._lock = threading.RLock()
+        me = weakref.ref(self)  # no cycle: a dropped worker is freed at once, as before
+
+        def send() -> None:
+            remote = me()
+            if remote is not None:
+                remote.flush()
+
         #: Ops queued to ride on the next call (see :mod:`veil.pointers.pipeline`).
         self.queue = OpQueue(
-            self.flush, lock=self._lock, first_id=CLIENT_IDS.start + secrets.randbits(60)
+            send, lock=self._lock, first_id=CLIENT_IDS.start + secrets.randbits(60)
         )
         self.transport = transport
 
