@@ -50,9 +50,9 @@ def test_large_tensors_take_the_bulk_lane_and_arrive_exactly(server: tuple[Node,
     with veil.connect(url, email=EMAIL, password=PASSWORD) as c:
         assert c.bulk_port == _port(url)
         small = torch.ones(3).send(c)
-        assert c._bulk is None  # small frames stay on the WebSocket
+        assert c.transport.bulk is None  # small frames stay on the WebSocket
         ptr = t.send(c)
-        assert c._bulk is not None
+        assert c.transport.bulk is not None
         assert torch.equal(node.lookup(ptr.id).value, t)
         back = ptr.get()
         assert torch.equal(back, t)
@@ -67,7 +67,7 @@ def test_without_a_bulk_lane_everything_goes_over_the_websocket() -> None:
         t = torch.randn(BIG)
         with veil.connect(url, email=EMAIL, password=PASSWORD) as c:
             assert torch.equal(t.send(c).get(), t)
-            assert c._bulk is None
+            assert c.transport.bulk is None
 
 
 def _raw(url: str) -> socket.socket:
@@ -151,7 +151,9 @@ def test_close_of_a_client_that_used_only_the_bulk_lane_sends_its_releases(
     node, url = server
     c = veil.connect(url, email=EMAIL, password=PASSWORD)
     ptr = torch.randn(BIG).send(c)
-    assert c._bulk is not None and c._ws is None  # the only lane this client opened
+    assert (
+        c.transport.bulk is not None and c.transport.websocket is None
+    )  # the only lane this client opened
     assert node.object_count() == 1
     del ptr  # queued for release, to ride on the next call
 
@@ -209,7 +211,7 @@ def test_a_client_goes_over_the_websocket_while_the_bulk_lane_is_full() -> None:
         t = torch.randn(BIG)
         with veil.connect(url, email=EMAIL, password=PASSWORD) as c:
             assert torch.equal(t.send(c).get(), t)
-            assert c._bulk is None  # refused, so the frames went over the WebSocket
+            assert c.transport.bulk is None  # refused, so the frames went over the WebSocket
         sock.close()
 
 
@@ -227,8 +229,8 @@ def test_an_idle_connection_is_closed_and_the_client_reconnects_by_itself() -> N
         t = torch.randn(BIG)
         with veil.connect(url, email=EMAIL, password=PASSWORD) as c:
             x = t.send(c)
-            stale = c._bulk
+            stale = c.transport.bulk
             assert stale is not None
             assert select.select([stale], [], [], 30)[0]  # the node closed it, idle
             assert torch.equal(x.get(), t)  # no ConnectionLost: a fresh connection
-            assert c._bulk is not stale
+            assert c.transport.bulk is not stale

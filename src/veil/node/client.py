@@ -1,25 +1,18 @@
-"""NodeClient: a Worker for a node server (REST login, WebSocket op stream)."""
+"""NodeClient: a Worker for a node server (REST login; ops over a WebSocketTransport)."""
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import math
-import socket
-import threading
 import time
+import weakref
+from functools import partial
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import httpx
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
 
 from veil.errors import (
-    AuthenticationError,
     ConnectError,
-    ConnectionLost,
-    MessageTooLarge,
     RateLimited,
     SessionExpired,
     Timeout,
@@ -27,25 +20,10 @@ from veil.errors import (
     VersionMismatch,
     error_from_code,
 )
-from veil.node.framing import (
-    BULK_MIN_BYTES,
-    Assembler,
-    bulk_hello,
-    readable,
-    recv_frame,
-    send_frame,
-    split_frame,
-    tune,
-)
+from veil.node.transports import WebSocketTransport
 from veil.node.worker import Worker
 from veil.serde import codec
-from veil.serde.messages import Done, ErrorReply
 from veil.version import WIRE_VERSION
-
-# websockets >= 17 wants connect() used as a context manager unless legacy=True is passed.
-_CONNECT_EXTRA: dict[str, Any] = (
-    {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
-)
 
 
 class NodeClient(Worker):
@@ -56,6 +34,9 @@ class NodeClient(Worker):
         email / password: the user's credentials.
         timeout: seconds to wait for any single reply.
 
+    Ops travel over its :attr:`transport`, a
+    :class:`~veil.node.transports.WebSocketTransport` (a WebSocket op stream, plus the
+    node's bulk lane for large frames); the client itself logs in and makes REST calls.
     The connection reconnects by itself on the next call after a drop; the call that
     was in flight raises :class:`~veil.errors.ConnectionLost`.
 
@@ -70,13 +51,9 @@ class NodeClient(Worker):
                  pipeline: bool = True) -> None:  # fmt: skip
         self.pipeline = pipeline
         self.url = url.rstrip("/")
-        self.timeout = timeout
-        self.chunk_bytes = chunk_bytes
-        self.max_message_bytes = max_message_bytes
         self._email, self._password = email, password
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
-        self._ws: ClientConnection | None = None
-        self._ws_lock = threading.Lock()
+        self._token = ""
         info = self._rest("GET", "/api/v1/info")
         if info.get("wire_version") != WIRE_VERSION:
             self._http.close()
@@ -85,13 +62,16 @@ class NodeClient(Worker):
                 f"v{info.get('wire_version')} (veil {info.get('version')}), this client speaks "
                 f"v{WIRE_VERSION}; install the same veil version on both sides"
             )
-        super().__init__(str(info["name"]))
-        #: The largest frame the node accepts; bigger sends fail here, before any byte goes out.
-        self.node_max_message_bytes = int(info.get("max_message_bytes", max_message_bytes))
-        #: The node's bulk lane for frames of BULK_MIN_BYTES or more (None: WebSocket only).
-        self.bulk_port: int | None = info.get("bulk_port")
-        self._bulk: socket.socket | None = None
-        self._token = ""
+        name = str(info["name"])
+        me = weakref.ref(self)  # no cycle through the transport: a dropped client is freed
+        self._net = WebSocketTransport(
+            self.url, name=name, token=partial(_token, me), login=partial(_login, me),
+            timeout=timeout,
+            chunk_bytes=chunk_bytes, max_message_bytes=max_message_bytes,
+            node_max_message_bytes=int(info.get("max_message_bytes", max_message_bytes)),
+            bulk_port=info.get("bulk_port"),
+        )  # fmt: skip
+        super().__init__(name, self._net)
         try:
             self._login()
         except BaseException:  # wrong password, rate limited...: nothing is left open
@@ -103,7 +83,9 @@ class NodeClient(Worker):
         try:
             resp = self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
-            raise Timeout(f"node at {self.url} did not answer {path} in {self.timeout}s") from exc
+            raise Timeout(
+                f"node at {self.url} did not answer {path} in {self._http.timeout.read}s"
+            ) from exc
         except httpx.HTTPError as exc:
             raise ConnectError(
                 f"cannot reach a veil node at {self.url} ({exc}); is `veil node serve` running?"
@@ -164,171 +146,48 @@ class NodeClient(Worker):
         self._token = out["token"]
         self.role = out["user"]["role"]
 
-    # -- WebSocket -------------------------------------------------------------------
-    def _ws_url(self) -> str:
-        parts = urlsplit(self.url)
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        return urlunsplit((scheme, parts.netloc, parts.path + "/api/v1/ws", "", ""))
+    # -- the transport's settings, as NodeClient offered them before it had a transport --
+    @property
+    def timeout(self) -> float:
+        """Seconds to wait for any single reply on the op stream."""
+        return self._net.timeout
 
-    def _open(self) -> ClientConnection:
-        for attempt in range(2):
-            try:
-                return connect(  # type: ignore[no-any-return,call-overload]
-                    self._ws_url(),
-                    additional_headers={"Authorization": f"Bearer {self._token}"},
-                    max_size=self.chunk_bytes + 64,
-                    compression=None,
-                    open_timeout=self.timeout,
-                    close_timeout=1,
-                    ping_interval=None,
-                    **_CONNECT_EXTRA,
-                )
-            except InvalidStatus as exc:
-                if attempt == 0 and exc.response.status_code in (401, 403):
-                    self._login()  # the token expired or the node restarted
-                    continue
-                raise AuthenticationError(
-                    f"node at {self.url} refused the connection: {exc}"
-                ) from exc
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
-                raise ConnectError(f"cannot open the op stream to {self.url}: {exc}") from exc
-        raise AssertionError("unreachable")
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self._net.timeout = value
 
-    _scatter = True
+    @property
+    def chunk_bytes(self) -> int:
+        """The largest WebSocket message; larger frames travel in chunks."""
+        return self._net.chunk_bytes
 
-    def _roundtrip(self, frame: bytearray, expect_bytes: int = 0) -> bytearray | memoryview:
-        return self._roundtrip_parts([frame], expect_bytes)
+    @chunk_bytes.setter
+    def chunk_bytes(self, value: int) -> None:
+        self._net.chunk_bytes = value
 
-    def _roundtrip_parts(
-        self, parts: list[bytes | bytearray | memoryview], expect_bytes: int = 0
-    ) -> bytearray | memoryview:
-        size = sum(len(p) for p in parts)
-        if size > self.node_max_message_bytes:
-            raise MessageTooLarge(
-                f"this message is {size} bytes, over the limit of node {self.name!r} "
-                f"({self.node_max_message_bytes} bytes); send smaller pieces or ask the owner "
-                "to raise the node's max message size"
-            )
-        with self._ws_lock:
-            reply = self._send_on_a_lane(parts, size, expect_bytes)
-            if _session_ended(reply):  # refused before it ran: log in again, send it again
-                self._drop()
-                self._login()
-                reply = self._send_on_a_lane(parts, size, expect_bytes)
-            return reply
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest reply frame this client accepts."""
+        return self._net.max_message_bytes
 
-    def _send_on_a_lane(self, parts: list[bytes | bytearray | memoryview], size: int,
-                        expect_bytes: int) -> bytearray | memoryview:  # fmt: skip
-        try:
-            # Large frames take the bulk lane; so does anything while it is the only lane
-            # open (a client that only moved large tensors opens no WebSocket to close).
-            if self.bulk_port is not None and (
-                max(size, expect_bytes) >= BULK_MIN_BYTES
-                or (self._ws is None and self._bulk is not None)
-            ):
-                reply = self._bulk_roundtrip(parts)
-                if reply is not None:
-                    return reply  # else the lane is full: take the WebSocket
-            return self._ws_roundtrip(parts[0] if len(parts) == 1 else b"".join(parts))
-        except TimeoutError as exc:
-            self._drop()
-            raise Timeout(
-                f"node {self.name!r} did not answer within {self.timeout}s; the call may "
-                "still run there. Raise timeout= in veil.connect for long operations"
-            ) from exc
-        except (ConnectionClosed, OSError) as exc:
-            self._drop()
-            raise ConnectionLost(
-                f"the connection to node {self.name!r} at {self.url} dropped during a call "
-                f"({type(exc).__name__}); it may or may not have run on the node. The next "
-                "call reconnects."
-            ) from exc
+    @max_message_bytes.setter
+    def max_message_bytes(self, value: int) -> None:
+        self._net.max_message_bytes = value
 
-    def _ws_roundtrip(self, frame: bytes | bytearray | memoryview) -> bytearray | memoryview:
-        if self._ws is None:
-            self._ws = self._open()
-        ws = self._ws
-        for part in split_frame(frame, self.chunk_bytes):
-            ws.send(part)
-        del frame
-        assembler = Assembler(self.max_message_bytes)
-        while True:
-            message = ws.recv(timeout=self.timeout)
-            if isinstance(message, str):
-                raise TransportError("node sent a text message on the op stream")
-            reply = assembler.feed(message)
-            if reply is not None:
-                return reply
+    @property
+    def node_max_message_bytes(self) -> int:
+        """The largest frame the node accepts; bigger sends fail here, before any byte goes out."""
+        return self._net.node_max_message_bytes
 
-    def _bulk_roundtrip(self, parts: list[bytes | bytearray | memoryview]) -> memoryview | None:
-        """One call over the bulk lane: the parts go out as they are (a tensor's own memory),
-        and the reply is read into one buffer that decoded tensors share. None: the lane is
-        at its connection limit, nothing was sent."""
-        if self._bulk is not None and readable(self._bulk):
-            self._drop_bulk()  # unasked bytes or EOF: the node closed it (idle); reconnect
-        if self._bulk is None:
-            self._bulk = self._open_bulk()
-            if self._bulk is None:
-                return None
-        send_frame(self._bulk, *parts)
-        del parts
-        return recv_frame(self._bulk, self.max_message_bytes)
-
-    def _open_bulk(self) -> socket.socket | None:
-        host = urlsplit(self.url).hostname or "127.0.0.1"
-        for attempt in range(2):
-            try:
-                sock = socket.create_connection((host, self.bulk_port), timeout=self.timeout)
-            except OSError as exc:
-                raise ConnectError(
-                    f"cannot open the bulk lane to {host}:{self.bulk_port} ({exc}); connect "
-                    "with the node's firewall open to that port, or ask the owner to serve "
-                    "with --bulk-port -1 so everything goes over the WebSocket"
-                ) from exc
-            tune(sock)
-            with contextlib.suppress(OSError):  # a node that refuses may close first
-                sock.sendall(bulk_hello(self._token))
-            try:
-                answer = codec.decode_reply(recv_frame(sock, 1024**2))
-            except OSError:
-                sock.close()
-                raise
-            if isinstance(answer, Done):
-                return sock
-            sock.close()
-            assert isinstance(answer, ErrorReply)
-            if answer.code == "connect_error":  # at its connection limit
-                return None
-            if attempt == 0 and answer.code in ("authentication_failed", "session_expired"):
-                self._login()  # the token expired or the node restarted
-                continue
-            raise error_from_code(answer.code, answer.message)
-        raise AssertionError("unreachable")
-
-    def _drop_bulk(self) -> None:
-        bulk, self._bulk = self._bulk, None
-        if bulk is not None:
-            with contextlib.suppress(OSError):
-                bulk.close()
-
-    def _drop(self) -> None:
-        self._drop_bulk()
-        ws, self._ws = self._ws, None
-        if ws is not None:
-            try:
-                ws.close()
-            except Exception:  # noqa: S110 - already broken
-                pass
+    @property
+    def bulk_port(self) -> int | None:
+        """The node's bulk lane for large frames (None: everything goes over the WebSocket)."""
+        return self._net.bulk_port
 
     def close(self) -> None:
         """Send pipelined ops and the deletions of dropped pointers (over whichever lane is
         open), then close the connections."""
-        try:
-            if self._deferred or self._released:
-                self.flush()
-        except TransportError:
-            pass
-        self._drop()
+        super().close()
         self._http.close()
 
     def __enter__(self) -> NodeClient:
@@ -341,10 +200,12 @@ class NodeClient(Worker):
         return f"NodeClient({self.name!r}, url={self.url!r}, user={self._email!r})"
 
 
-def _session_ended(reply: bytes | bytearray | memoryview) -> bool:
-    """Is ``reply`` the node's refusal of a message whose session expired or was revoked
-    (sent before anything ran, so the same frame can go again after a new login)?"""
-    if len(reply) > 512 or b"session_expired" not in bytes(reply):
-        return False
-    answer = codec.decode_reply(reply)
-    return isinstance(answer, ErrorReply) and answer.code == SessionExpired.code
+def _token(client: weakref.ref[NodeClient]) -> str:
+    c = client()
+    return "" if c is None else c._token
+
+
+def _login(client: weakref.ref[NodeClient]) -> None:
+    c = client()
+    if c is not None:
+        c._login()

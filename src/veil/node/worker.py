@@ -9,8 +9,9 @@ from typing import Any, Self
 import torch
 from torch import nn
 
-from veil.errors import InvalidRequest, ObjectNotFound
+from veil.errors import InvalidRequest, ObjectNotFound, TransportError
 from veil.node.node import Node
+from veil.node.transports import InProcessTransport
 from veil.node.users import Session
 from veil.pointers import PointerModule, PointerTensor, Remote
 from veil.pointers.hook import TorchHook
@@ -119,11 +120,6 @@ class Worker(Remote):
         """Delete every object you hold on the node (datasets are kept)."""
         self.call(ClearObjects())
 
-    def flush(self) -> None:
-        """Send pipelined ops and deletions of dropped pointers now (they also ride on the
-        next call); raises the error of a pipelined op that failed."""
-        self._flush()
-
     def close(self) -> None:
         """Send pipelined ops and the deletions of dropped pointers now; a network client
         then closes its connections (an in-process worker stays usable).
@@ -136,7 +132,11 @@ class Worker(Remote):
             >>> bob.node.object_count()
             0
         """
-        self.flush()
+        try:
+            self.flush()
+        except TransportError:  # the link is gone: nothing more can be sent
+            pass
+        self.transport.close()
 
     def __enter__(self) -> Self:
         return self
@@ -367,7 +367,8 @@ class VirtualWorker(Worker):
     """An in-process node, plus a client session on it (its owner's, unless logged in).
 
     Every call still goes through the wire format, so what works on a VirtualWorker
-    works against a node server.
+    works against a node server; its :attr:`transport` is an
+    :class:`~veil.node.transports.InProcessTransport` that hands frames to the node.
 
     Args:
         name: the node's name; ``VirtualWorker(hook, id="alice")`` (PySyft 0.2) also works.
@@ -389,16 +390,22 @@ class VirtualWorker(Worker):
             if not isinstance(name, str) or not name:
                 raise ValueError("VirtualWorker needs a name: VirtualWorker('alice')")
             node = Node(name, **node_options)
-        super().__init__(node.name)
-        self.node = node
-        self.id = node.name
         if session is None:
             owner = next(u for u in node._users.values() if u.role == "owner")
             session = Session(owner.id, owner.email, owner.role)
-        self.session = session
+        self._local = InProcessTransport(node, session)
+        super().__init__(node.name, self._local)
+        self.node = node
+        self.id = node.name
 
-    def _roundtrip(self, frame: bytearray, expect_bytes: int = 0) -> bytearray:
-        return self.node.handle_frame(self.session, frame)
+    @property
+    def session(self) -> Session:
+        """The user this worker acts as on its node."""
+        return self._local.session
+
+    @session.setter
+    def session(self, session: Session) -> None:
+        self._local.session = session
 
     def login(self, email: str, password: str) -> VirtualWorker:
         """Another client of the same node, as the given user."""

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from veil.pointers.hook import TorchHook, install
 from veil.pointers.module import PointerModule, RemoteOptimizer
+from veil.pointers.queue import OpQueue
 from veil.pointers.remote import Remote
 from veil.pointers.tensor import PointerTensor
+from veil.pointers.transport import RecordingTransport, Transport
 
-__all__ = ["PointerModule", "PointerTensor", "Remote", "RemoteOptimizer", "TorchHook", "install"]
+__all__ = [
+    "OpQueue",
+    "PointerModule",
+    "PointerTensor",
+    "RecordingTransport",
+    "Remote",
+    "RemoteOptimizer",
+    "TorchHook",
+    "Transport",
+    "install",
+]

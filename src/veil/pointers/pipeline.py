@@ -1,4 +1,4 @@
-"""Pipelining: ops whose result the client can predict are queued and sent with the next call.
+"""Pipelining: which ops a client may queue and what they will return, predicted on meta tensors.
 
 Over a network every op costs a round trip, and a training step makes five of them
 (``zero_grad``, forward, loss, ``backward``, ``step``). A pipelining client instead
@@ -28,28 +28,29 @@ error such as an index out of range) raises from the call that flushed it, namin
 op and the line that issued it; the ops queued after it do not run, and their pointers
 raise the same error when used. Objects made by queued ops exist on the node once the
 queue is sent: ``worker.flush()`` before handing an id to someone else.
+
+The queue itself, and the breaking of results after a refused op, is
+:class:`veil.pointers.queue.OpQueue`; :class:`veil.pointers.remote.Remote` asks
+:func:`prepare` whether an op may be queued and what it returns.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from veil.ops import default_registry
-from veil.serde.messages import ObjectInfo, RunOp
+from veil.pointers.queue import MAX_QUEUED
+from veil.serde.messages import ObjectInfo
 from veil.serde.tensors import dtype_name
 
-if TYPE_CHECKING:
-    from veil.pointers.remote import Remote
+__all__ = ["MAX_LOCAL_BYTES", "MAX_QUEUED", "MAX_RESULT_BYTES", "prepare", "result_info", "site"]
 
 #: Queue at most this much local tensor data per op (it is copied when queued).
 MAX_LOCAL_BYTES = 1024**2
-#: Flush when this many ops are queued.
-MAX_QUEUED = 256
 #: Larger predicted results are sent at once (the node may refuse them by its size limit).
 MAX_RESULT_BYTES = 64 * 1024**2
 
@@ -58,48 +59,60 @@ class _Unpredictable(Exception):
     pass
 
 
-NOT_QUEUED: Any = object()
+_Meta = tuple[tuple[int, ...], torch.dtype, bool]  # shape, dtype, requires_grad
 
 
-def try_defer(remote: Remote, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Queue ``op`` on ``remote`` and return its predicted result, or :data:`NOT_QUEUED`."""
+#: What a queued op's arguments and result look like: (args, kwargs, result metadata or
+#: None for an op that returns nothing). The arguments are the caller's, with local
+#: tensors copied (a queued op must send what they hold now).
+Prepared = tuple[tuple[Any, ...], dict[str, Any], _Meta | None]
+
+
+def prepare(op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Prepared | None:
+    """Can ``op`` be queued, and what will it return? None: send it now.
+
+    Example:
+        >>> import torch
+        >>> args, kwargs, meta = prepare("torch.add", (torch.ones(2, 3), 1), {})
+        >>> meta
+        ((2, 3), torch.float32, False)
+        >>> prepare("Tensor.add_", (torch.ones(2), 1), {}) is None  # in place: never queued
+        True
+    """
     spec = default_registry().get(op)
     if not _own_and_public(args, kwargs):
-        return NOT_QUEUED
+        return None
     meta: _Meta | None = None
     rule = spec.facts.pipeline if spec.facts is not None else "never"
     if rule != "done":
         if rule == "never" or kwargs.get("inplace") or kwargs.get("out") is not None:
-            return NOT_QUEUED
+            return None
         meta = _prediction(op, spec.fn, args, kwargs)
         if meta is None or math.prod(meta[0]) * meta[1].itemsize > MAX_RESULT_BYTES:
-            return NOT_QUEUED
+            return None
     local = [0]
     args = tuple(_own_copy(a, local) for a in args)
     kwargs = {k: _own_copy(v, local) for k, v in kwargs.items()}
     if local[0] > MAX_LOCAL_BYTES:
-        return NOT_QUEUED
-    enc_args, enc_kwargs = remote._encode_args(args, kwargs)
-    ptr = None
-    with remote._lock:
-        out = 0
-        if meta is not None:
-            out = remote._next_id
-            remote._next_id += 1
-            private, sources = _privacy(args, kwargs)
-            shape, dtype, requires_grad = meta
-            info = ObjectInfo(out, "tensor", list(shape), dtype_name(dtype), requires_grad,
-                              private, "", sources)  # fmt: skip
-            ptr = remote._wrap(info)
-        remote._deferred.append(RunOp(op, enc_args, enc_kwargs, out))
-        remote._pending.append((None if ptr is None else weakref.ref(ptr), op, _site()))
-        full = len(remote._deferred) >= MAX_QUEUED
-    if full:
-        remote._flush()
-    return ptr
+        return None
+    return args, kwargs, meta
 
 
-_Meta = tuple[tuple[int, ...], torch.dtype, bool]  # shape, dtype, requires_grad
+def result_info(oid: int, meta: _Meta, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ObjectInfo:
+    """The :class:`ObjectInfo` the node will give the result of a queued op (id ``oid``),
+    private if any input is (the node's rule), with their sources.
+
+    Example:
+        >>> import torch
+        >>> result_info(5, ((2,), torch.float32, False), (), {}).shape
+        [2]
+    """
+    private, sources = _privacy(args, kwargs)
+    shape, dtype, requires_grad = meta
+    return ObjectInfo(oid, "tensor", list(shape), dtype_name(dtype), requires_grad,
+                      private, "", sources)  # fmt: skip
+
+
 #: Predictions by op and argument signature: a training loop repeats the same shapes, and
 #: running an op on meta tensors costs milliseconds (torch decomposes it in Python).
 _CACHE: dict[Any, _Meta | None] = {}
@@ -239,9 +252,14 @@ def _privacy(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, list[
     return private, sorted(sources)
 
 
-def _site() -> str:
-    """Where the user's code issued the op (the first frame outside veil)."""
-    f: Any = sys._getframe(2)
+def site() -> str:
+    """Where the user's code issued the op (the first frame outside veil).
+
+    Example:
+        >>> isinstance(site(), str)
+        True
+    """
+    f: Any = sys._getframe(1)
     while f is not None and str(f.f_globals.get("__name__", "")).startswith("veil"):
         f = f.f_back
     return "?" if f is None else f"{f.f_code.co_filename}:{f.f_lineno}"

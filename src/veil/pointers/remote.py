@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from abc import ABC, abstractmethod
+import weakref
 from typing import Any
 
 import torch
@@ -12,6 +12,8 @@ import torch
 from veil.errors import InvalidRequest, RemoteError, VeilError, WorkerMismatch, error_from_code
 from veil.ops import default_registry
 from veil.pointers import pipeline
+from veil.pointers.queue import OpQueue
+from veil.pointers.transport import Buffer, Transport
 from veil.serde import codec
 from veil.serde.messages import (
     CLIENT_IDS,
@@ -72,12 +74,27 @@ def _tensor_pointer_type() -> Any:
     return _TENSOR_POINTER or _pointer_types()[0]
 
 
-class Remote(ABC):
-    """A connection to one node, as one user. Subclasses supply the byte transport.
+class Remote:
+    """A connection to one node, as one user, over a :class:`Transport` it owns.
 
     Every call goes through the wire format (:mod:`veil.serde`), for in-process and
     network nodes alike. Pointers dropped by the program are released in batches
-    piggybacked on the next call, so garbage collection costs no extra round trips.
+    piggybacked on the next call, so garbage collection costs no extra round trips;
+    so are the ops of its :class:`OpQueue` (pipelining, see :mod:`veil.pointers.pipeline`).
+
+    Args:
+        name: the node's name, used in reprs and error messages.
+        transport: how frames reach the node.
+
+    Example:
+        >>> import torch, veil
+        >>> from veil.pointers.transport import RecordingTransport
+        >>> alice = veil.VirtualWorker("alice")
+        >>> spy = alice.transport = RecordingTransport(alice.transport)
+        >>> (torch.ones(2).send(alice) + 1).get()
+        tensor([2., 2.])
+        >>> [type(c.msg).__name__ for c in spy.calls]
+        ['SendObject', 'RunOp', 'GetObject']
     """
 
     #: The node's name, used in reprs and error messages.
@@ -87,29 +104,43 @@ class Remote(ABC):
     #: (:mod:`veil.pointers.pipeline`); network clients turn this on.
     pipeline = False
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, transport: Transport) -> None:
         self.name = name
         self._released: list[int] = []
         self._lock = threading.RLock()
-        self._deferred: list[RunOp] = []
-        #: (weak pointer to the result or None, op name, call site) per deferred op.
-        self._pending: list[tuple[Any, str, str]] = []
-        self._next_id = CLIENT_IDS.start + secrets.randbits(60)
+        me = weakref.ref(self)  # no cycle: a dropped worker is freed at once, as before
+
+        def send() -> None:
+            remote = me()
+            if remote is not None:
+                remote.flush()
+
+        #: Ops queued to ride on the next call (see :mod:`veil.pointers.pipeline`).
+        self.queue = OpQueue(
+            send, lock=self._lock, first_id=CLIENT_IDS.start + secrets.randbits(60)
+        )
+        self.transport = transport
 
     # -- transport ---------------------------------------------------------------
-    @abstractmethod
-    def _roundtrip(self, frame: bytearray, expect_bytes: int = 0) -> bytes | bytearray | memoryview:
-        """Send one encoded frame and return the encoded reply frame (``expect_bytes``: the
-        size of the reply, when the caller knows it is large)."""
+    @property
+    def transport(self) -> Transport:
+        """How frames reach the node; assigning another one takes effect on the next call."""
+        return self._transport
 
-    #: Transports that send a list of buffers as one frame set this and implement
-    #: :meth:`_roundtrip_parts`, so large tensors go out without being copied.
-    _scatter = False
+    @transport.setter
+    def transport(self, transport: Transport) -> None:
+        self._transport = transport
+        # Bound once, so a call costs no lookups of the transport (instance attributes
+        # shadow the methods below, which stay as the fallback).
+        self._scatter = transport.scatter
+        self._roundtrip = transport.roundtrip  # type: ignore[method-assign]
+        self._roundtrip_parts = transport.roundtrip_parts  # type: ignore[method-assign]
 
-    def _roundtrip_parts(
-        self, parts: list[bytes | bytearray | memoryview], expect_bytes: int = 0
-    ) -> bytes | bytearray | memoryview:
-        raise NotImplementedError
+    def _roundtrip(self, frame: Buffer, expect_bytes: int = 0) -> Buffer:
+        return self._transport.roundtrip(frame, expect_bytes)
+
+    def _roundtrip_parts(self, parts: list[Buffer], expect_bytes: int = 0) -> Buffer:
+        return self._transport.roundtrip_parts(parts, expect_bytes)
 
     def call(self, msg: Request, *, expect_bytes: int = 0) -> Reply:
         """Send one request and return its reply; a node-side error is raised here.
@@ -119,41 +150,47 @@ class Remote(ABC):
 
         Raises:
             VeilError: the subclass the node raised (same ``code``), or a transport error.
+
+        Example:
+            >>> import veil
+            >>> from veil.serde.messages import GetInfo
+            >>> veil.VirtualWorker("alice").call(GetInfo()).name
+            'alice'
         """
         with self._lock:
             released, self._released = self._released, []
-            if self._deferred:
-                before, self._deferred = self._deferred, []
-                pending, self._pending = self._pending, []
-                call = Call(msg, released, before)
-            else:
-                pending = []
-                call = Call(msg, released)
+            batch = self.queue.take()
+            call = Call(msg, released) if batch is None else Call(msg, released, batch.ops)
             try:
                 if self._scatter:
                     raw = self._roundtrip_parts(codec.encode_parts(call), expect_bytes)
                 else:
                     raw = self._roundtrip(codec.encode(call), expect_bytes)
                 reply = codec.decode_reply(raw)
-            except VeilError as exc:  # the deferred ops' fate is unknown: their results too
-                _break(pending, 0, exc)
+            except VeilError as exc:  # the queued ops' fate is unknown: their results too
+                if batch is not None:
+                    batch.break_from(0, exc)
                 raise
         if isinstance(reply, ErrorReply):
-            if 0 <= reply.deferred < len(pending):
-                _, op, site = pending[reply.deferred]
-                failed = error_from_code(
-                    reply.code,
-                    f"{reply.message} [raised by {op}, called at {site} and run pipelined; "
-                    "the ops after it did not run]",
-                )
-                _break(pending, reply.deferred, failed)
-                raise failed
+            if batch is not None and 0 <= reply.deferred < len(batch):
+                raise batch.refused(reply.deferred, reply.code, reply.message)
             raise error_from_code(reply.code, reply.message)
         return reply
 
-    def _flush(self) -> None:
-        """Send deferred ops and pending deletions now (both also ride on the next call)."""
-        if self._deferred or self._released:
+    def flush(self) -> None:
+        """Send pipelined ops and deletions of dropped pointers now (they also ride on the
+        next call); raises the error of a pipelined op that failed.
+
+        Example:
+            >>> import torch, veil
+            >>> alice = veil.VirtualWorker("alice")
+            >>> x = torch.ones(2).send(alice)
+            >>> del x
+            >>> alice.flush()
+            >>> alice.node.object_count()
+            0
+        """
+        if self.queue.pending or self._released:
             self.call(DeleteObjects([]))
 
     def _release(self, obj_id: int) -> None:
@@ -244,14 +281,27 @@ class Remote(ABC):
     def _run(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """:meth:`run_op` for callers that took ``op`` from the registry already."""
         if self.pipeline:
-            out = pipeline.try_defer(self, op, args, kwargs)
-            if out is not pipeline.NOT_QUEUED:
-                return out
+            prepared = pipeline.prepare(op, args, kwargs)
+            if prepared is not None:
+                return self._enqueue(op, *prepared)
         enc_args, enc_kwargs = self._encode_args(args, kwargs)
         reply = self.call(RunOp(op, enc_args, enc_kwargs))
         if type(reply) is ObjectInfo:
             return self._wrap(reply, args)
         return self._unwrap(reply, args)
+
+    def _enqueue(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 meta: Any) -> Any:  # fmt: skip
+        """Queue ``op`` (:func:`pipeline.prepare` allowed it) and return its predicted result."""
+        enc_args, enc_kwargs = self._encode_args(args, kwargs)
+        queue = self.queue
+        with self._lock:  # the id, the pointer and the queued op: one step
+            ptr = out = None
+            if meta is not None:
+                out = queue.new_id()
+                ptr = self._wrap(pipeline.result_info(out, meta, args, kwargs))
+            queue.enqueue(RunOp(op, enc_args, enc_kwargs, out or 0), ptr, site=pipeline.site())
+        return ptr
 
     def _unwrap(self, reply: Reply, inputs: tuple[Any, ...]) -> Any:
         if isinstance(reply, ObjectInfo):
@@ -265,11 +315,3 @@ class Remote(ABC):
         if isinstance(reply, Done):
             return None
         raise RemoteError(f"unexpected reply {type(reply).__name__} to an op")
-
-
-def _break(pending: list[tuple[Any, str, str]], start: int, exc: VeilError) -> None:
-    """Mark the results of deferred ops from ``start`` on as failed with ``exc``."""
-    for ref, _, _ in pending[start:]:
-        ptr = ref() if ref is not None else None
-        if ptr is not None:
-            ptr._error = exc
