@@ -23,44 +23,20 @@ from typing import Any, Literal, TypeVar
 import torch
 
 from veil.errors import InvalidRequest, MACCheckFailed, ProtocolError, RemoteError
-from veil.mpc import kinds, seal
-from veil.mpc.approvals import approve_for_owner
-from veil.mpc.kinds import numel
-from veil.mpc.preprocessing import Preprocessor
+from veil.mpc.protocols.groups import product_groups
+from veil.mpc.providers import kinds
+from veil.mpc.providers.approvals import approve_for_owner
+from veil.mpc.providers.kinds import numel
+from veil.mpc.providers.preprocessing import Preprocessor
+from veil.mpc.providers.remote import _u8, fingerprint, node_call, public_key, reply_tensor  # noqa: F401  (veil.mpc.session kept these names)
 from veil.mpc.ring import FixedPoint, prg
 from veil.mpc.stats import record as record_stats
 from veil.node.worker import Worker
 from veil.pointers import PointerTensor
-from veil.serde.messages import Reply, Results, Value
-from veil.serde.tensors import tensor_from_data
+from veil.serde.messages import Results
 
 T = TypeVar("T")
 Security = Literal["semi-honest", "malicious"]
-
-
-def node_call(worker: Any, op: str, *args: Any) -> Reply:
-    """Run extension op ``op`` on ``worker`` and return its raw reply."""
-    return worker.call_op(op, *args)  # type: ignore[no-any-return]
-
-
-def reply_tensor(reply: Reply) -> torch.Tensor:
-    if not isinstance(reply, Value):
-        raise RemoteError(f"expected a value from the node, got {type(reply).__name__}")
-    return tensor_from_data(reply.value, copy=True)  # type: ignore[arg-type]
-
-
-def public_key(worker: Any) -> bytes:
-    """A node's MPC public key (32 bytes)."""
-    return bytes(reply_tensor(node_call(worker, "mpc.public_key")).numpy().tobytes())
-
-
-def fingerprint(worker: Any) -> str:
-    """The short form of a node's MPC key (what ``veil dealers list`` shows beside a name)."""
-    return seal.fingerprint(public_key(worker))
-
-
-def _u8(b: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(b), dtype=torch.uint8)
 
 
 def deviation(authenticated: bool, message: str) -> Exception:
@@ -255,8 +231,6 @@ class MPCSession:
             >>> (x @ w).reconstruct()[0]
             tensor([3., 3.])
         """
-        from veil.mpc import protocols
-
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise ValueError(f"count must be an integer >= 1, got {count!r}")
         if self.security != "semi-honest":
@@ -265,7 +239,7 @@ class MPCSession:
                 "prepares groups ahead as they are used (prefetch=)"
             )
         f = self.encoding.frac_bits if frac_bits is None else frac_bits
-        groups = protocols.product_groups(self, op, list(x_shape),
+        groups = product_groups(self, op, list(x_shape),
                                           None if y_shape is None else list(y_shape),
                                           f=f, stride=stride, padding=padding)  # fmt: skip
         self._pre.add(groups, count, wait=wait)

@@ -38,9 +38,9 @@ import torch
 from torch import nn
 
 from veil.errors import UnsupportedError
-from veil.mpc.authenticated import AuthenticatedTensor
-from veil.mpc.session import MPCSession, Security, session_for
-from veil.mpc.shared import SharedTensor
+from veil.mpc.protocols.session import MPCSession, Security, session_for
+from veil.mpc.tensors.authenticated import AuthenticatedTensor
+from veil.mpc.tensors.shared import SharedTensor
 from veil.node.worker import Worker
 
 #: What shared layers compute on: semi-honest shares, or authenticated ones (``security="malicious"``).

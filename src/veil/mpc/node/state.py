@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from veil.errors import InvalidRequest, PermissionDenied
-from veil.mpc import kinds, seal
-from veil.mpc.kinds import ShareDomain, Slot
+from veil.mpc.providers import kinds, seal
+from veil.mpc.providers.kinds import ShareDomain, Slot
 from veil.node.extension import OpContext
 
 #: Groups opened but not finished that a node keeps per user before dropping the oldest.

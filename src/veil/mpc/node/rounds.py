@@ -1,158 +1,34 @@
-"""The ops a node runs for MPC, and the privacy rule they enforce.
-
-The rule: a party's share of anything is a private object on its node; a data scientist
-who drives the computation sees only values *masked with fresh dealer randomness*, and only
-a dealer its node's owner approved can know those masks:
-
-* a node joins a session only with a crypto provider (dealer) its owner approved
-  (:mod:`veil.mpc.approvals`); dealer randomness reaches it as one PRG seed, sealed by the
-  dealer's node key for the party's node key and bound to the session's party keys
-  (:mod:`veil.mpc.seal`); the scientist relays a box it cannot open;
-* ``mpc.open`` opens only *shares*: objects this node labelled as shares of that session
-  when it made them (results of torch ops on such shares alone keep the label; see
-  :func:`~veil.mpc.state.share_label`), of the domain and shape the group takes. Never a
-  dataset, nor anything else computed from private data;
-* it masks each operand with the party's share of a slot of group ``gid`` (derived from
-  the seed, never stored as an object, never usable by any other op) and answers the
-  masked value publicly. A group id is opened at most once per party session, so a mask is
-  never reused; a node never accepts the same seed twice;
-* ``mpc.finish`` turns the public openings and the group's slots into new *private* shares;
-* the dealer (``mpc.deal``) takes only shapes: it never receives a share of data;
-* a data owner's node shares its own data itself (:mod:`veil.mpc.inputs`).
-
-Every op takes typed arguments (:mod:`veil.mpc.typed`); a private object is accepted only
-where :data:`PRIVATE_ARGS` declares one, and refused anywhere else before the op runs.
-"""
+"""Node ops of a protocol round: open (mask operands with the group's slots), finish (new
+private shares from the public openings), step (both in one message), and the two
+authenticated-share ops that need the party's MAC key share."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import secrets
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from veil.errors import InvalidRequest, PermissionDenied
-from veil.mpc import approvals, inputs, kinds, local_ops, seal, spdz, state
-from veil.mpc.approvals import party
-from veil.mpc.kinds import ShareDomain, Slot, numel
-from veil.mpc.state import (
+from veil.mpc.node import local_ops
+from veil.mpc.node.approvals import party
+from veil.mpc.node.state import (
     MAX_PENDING,
-    DealerSession,
-    PartySession,
     Pending,
     check_share,
-    check_sid,
-    dealer_of,
-    public_key_of,
-    raw_bytes,
-    seed_context,
     share_label,
     state_of,
-    u8,
 )
-from veil.mpc.typed import describe, typed
-from veil.node import extension
+from veil.mpc.node.typed import describe
+from veil.mpc.providers import kinds
+from veil.mpc.providers.kinds import ShareDomain, Slot, numel
+from veil.mpc.ring import mac as spdz
 from veil.node.extension import OpContext
-from veil.ops import OpFacts, OpRegistry, OpSpec, default_registry
-from veil.serde.messages import Done, Reply
-
-# ------------------------------------------------------------------------ keys, setup
-
-
-def op_public_key(ctx: OpContext) -> Reply:
-    """This node's X25519 public key (32 bytes)."""
-    return ctx.value(u8(public_key_of(ctx.node)))
-
-
-def _party_keys(keys: list[Any], where: str) -> list[bytes]:
-    if not 2 <= len(keys) <= 64:
-        raise InvalidRequest(f"{where}: a session has the public keys of 2-64 parties")
-    pubs = [raw_bytes(k, f"{where}.{i}", 32) for i, k in enumerate(keys)]
-    if len(set(pubs)) != len(pubs):
-        raise InvalidRequest(
-            f"{where}: a party key appears twice; each party is a different node (one node "
-            "holding two shares of a value could add them up)"
-        )
-    return pubs
-
-
-def op_dealer_setup(ctx: OpContext, keys: list[Any]) -> Reply:
-    """Dealer: start a session for parties with these public keys; answers the session id
-    (as the first 32 bytes, hex) followed by one sealed seed per party (60 bytes each),
-    each bound to the session, the party's index and the list of party keys."""
-    st = state_of(ctx.node)
-    pubs = _party_keys(keys, "keys")
-    if public_key_of(ctx.node) in pubs:
-        raise PermissionDenied("the crypto provider cannot also be a party of its own session")
-    sid = secrets.token_hex(16)
-    seeds = [os.urandom(32) for _ in pubs]
-    st.dealers[(ctx.session.user_id, sid)] = DealerSession(seeds)
-    boxes = [seal.seal(st.keys, pub, seed, seed_context(sid, i, pubs))
-             for i, (pub, seed) in enumerate(zip(pubs, seeds, strict=True))]  # fmt: skip
-    return ctx.value(u8(sid.encode() + b"".join(boxes)))
-
-
-def op_join(ctx: OpContext, sid: str, index: int, keys: list[Any], dealer: torch.Tensor,
-            box: torch.Tensor) -> Reply:  # fmt: skip
-    """Party: accept the dealer's sealed seed for session ``sid`` as party ``index`` of the
-    parties with public ``keys`` (the box proves the dealer dealt for exactly these keys).
-    The dealer must be one this node's owner approved (:mod:`veil.mpc.approvals`)."""
-    st = state_of(ctx.node)
-    check_sid(sid)
-    dealer_pub = raw_bytes(dealer, "dealer", 32)
-    approvals.check_dealer(ctx, dealer_pub)
-    pubs = _party_keys(keys, "keys")
-    if not 0 <= index < len(pubs) or pubs[index] != public_key_of(ctx.node):
-        raise InvalidRequest(
-            f"keys.{index} must be node {ctx.node.name!r}'s own key (index is this node's "
-            f"place among the {len(pubs)} parties)"
-        )
-    if dealer_pub in pubs:
-        raise PermissionDenied("the crypto provider cannot also be a party of its own session")
-    key = (ctx.session.user_id, sid)
-    if key in st.parties or key in st.dealers:
-        raise PermissionDenied(f"session {sid} already exists on node {ctx.node.name!r}")
-    seed = seal.unseal(st.keys, dealer_pub, raw_bytes(box, "box"), seed_context(sid, index, pubs))
-    digest = hashlib.sha256(seed).digest()
-    if digest in st.seen_seeds:
-        raise PermissionDenied("this dealer seed was already used on this node: replay refused")
-    st.seen_seeds.add(digest)
-    st.parties[key] = PartySession(seed, index, pubs, dealer_pub)
-    return Done()
-
-
-# ------------------------------------------------------------------------ dealer
-
-
-def op_deal(ctx: OpContext, sid: str, groups: list[Any]) -> Reply:
-    """Dealer: new groups ``[(kind, params), ...]``; answers ``[gid_0, ..., deltas...]``
-    (int64): the group ids, then each group's delta for the last party, concatenated.
-    Takes shapes only: the dealer never sees a share."""
-    sess = dealer_of(ctx, sid)
-    if not groups:
-        raise InvalidRequest("deal needs a non-empty list of (kind, params)")
-    gids, deltas = [], []
-    total = 0
-    for k, g in enumerate(groups):
-        if not (isinstance(g, list | tuple) and len(g) == 2):
-            raise InvalidRequest(f"groups.{k} must be a pair (kind name, params dict)")
-        kind, _, slots = _group(g[0], g[1], f"groups.{k}")
-        total += sum(numel(s.shape) for s in slots)
-        ctx.check_elements(total)
-        gid = sess.next_gid
-        sess.next_gid += 1
-        gids.append(gid)
-        deltas.append(kinds.dealer_delta(kind, g[1], slots, sess.seeds, gid))
-    return ctx.value(torch.cat([torch.tensor(gids, dtype=torch.int64), *deltas]))
-
+from veil.serde.messages import Reply
 
 # ------------------------------------------------------------------------ party steps
 
 
-def _group(name: Any, params: Any, where: str) -> tuple[kinds.Kind, dict[str, Any], list[Slot]]:
+def group(name: Any, params: Any, where: str) -> tuple[kinds.Kind, dict[str, Any], list[Slot]]:
     """A kind of dealer randomness, its params and its slots, checked (``where`` names the
     position in the message)."""
     if not isinstance(name, str) or name not in kinds.KINDS:
@@ -234,7 +110,7 @@ def _open(ctx: OpContext, sid: str, items: list[Any], own: Own | None = None) ->
                 f"dealer randomness {gid} was already opened on node {ctx.node.name!r}: a mask "
                 "is used once (reusing it would unmask a share)"
             )
-        kind, params, slots = _group(it.get("kind"), it.get("params"), f"items.{k}")
+        kind, params, slots = group(it.get("kind"), it.get("params"), f"items.{k}")
         total += sum(numel(s.shape) for s in slots)
         ctx.check_elements(total)
         ins = _inputs(ctx, sid, kind, params, it.get("inputs"), f"items.{k}.inputs", own)
@@ -426,44 +302,3 @@ def op_check_value(ctx: OpContext, sid: str, x: torch.Tensor, y: torch.Tensor,
     except InvalidRequest as exc:
         raise InvalidRequest(f"mpc.a128.check: argument 'rho': {exc}") from None
     return ctx.new(z, private=False)
-
-
-NODE_OPS: dict[str, Callable[..., Any]] = {
-    "mpc.public_key": op_public_key,
-    "mpc.dealer_setup": op_dealer_setup,
-    "mpc.join": op_join,
-    "mpc.deal": op_deal,
-    "mpc.open": op_open,
-    "mpc.finish": op_finish,
-    "mpc.step": op_step,
-    "mpc.a128.add_public": op_add_public,
-    "mpc.a128.check": op_check_value,
-    **inputs.NODE_OPS,
-    **approvals.NODE_OPS,
-}
-
-#: Where each node op accepts private objects (its shares, or a data owner's own data); a
-#: private object in any other argument is refused by the node before the op runs.
-PRIVATE_ARGS: dict[str, tuple[str, ...]] = {
-    "mpc.open": ("items.*.inputs.*",),
-    "mpc.step": ("open_.*.inputs.*",),
-    "mpc.split": ("x",),
-    "mpc.a128.add_public": ("x",),
-    "mpc.a128.check": ("x",),
-    "mpc.a128.owner_input": ("x",),
-}
-
-
-def register(reg: OpRegistry | None = None) -> None:
-    """Add the MPC ops to ``reg`` (the default allowlist) and the node's MPC key to its
-    public info; idempotent. Each op runs behind :func:`~veil.mpc.typed.typed`: a missing
-    or mistyped argument is an InvalidRequest that names it."""
-    reg = reg if reg is not None else default_registry()
-    for name, fn in NODE_OPS.items():
-        if name not in reg:
-            facts = OpFacts(size="input", pipeline="never", private_args=PRIVATE_ARGS.get(name, ()))
-            reg.register(OpSpec(name, typed(name, fn, context=True), "node", facts))
-    for name, fn in local_ops.OPS.items():
-        if name not in reg:
-            reg.register(OpSpec(name, typed(name, fn), facts=OpFacts(size="product")))
-    extension.INFO.setdefault("mpc", state.public_info)

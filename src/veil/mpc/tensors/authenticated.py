@@ -27,18 +27,16 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from veil.errors import InvalidRequest, MACCheckFailed, WorkerMismatch
-from veil.mpc import kinds, r128
-from veil.mpc.ring import FixedPoint, prg
-from veil.mpc.session import MPCSession, Request, checked, node_call
-from veil.mpc.surface import DerivedOps
-
-if TYPE_CHECKING:
-    from veil.mpc.shared import FixedPrecisionTensor
+from veil.mpc.protocols.session import MPCSession, Request, checked, node_call
+from veil.mpc.providers import kinds
+from veil.mpc.ring import FixedPoint, prg, r128
+from veil.mpc.tensors.fixed import FixedPrecisionTensor, register_tensor_type
+from veil.mpc.tensors.surface import DerivedOps
 
 Shares = list[Any]
 
@@ -285,8 +283,6 @@ class AuthenticatedTensor(DerivedOps):
             >>> (x * 4).get()
             FixedPrecisionTensor(tensor([ 131072, -262144]), frac_bits=16)
         """
-        from veil.mpc.shared import FixedPrecisionTensor
-
         sess = self.session
         shape = (4, *self.shape)
         parts = [checked(p, shape, f"party {i}'s share", True)
@@ -449,7 +445,7 @@ class AuthenticatedTensor(DerivedOps):
         """Division by a public value (a product with its fixed-point reciprocal) or,
         through :func:`veil.mpc.approx.reciprocal`, by a shared one."""
         if isinstance(other, AuthenticatedTensor):
-            from veil.mpc import approx
+            from veil.mpc.protocols import approx
 
             return self * approx.reciprocal(other)
         d = torch.as_tensor(other).to(torch.float64)
@@ -488,7 +484,7 @@ class AuthenticatedTensor(DerivedOps):
         """
         import numpy as np
 
-        from veil.mpc.session import _u8
+        from veil.mpc.protocols.session import _u8
         from veil.mpc.stats import record
         from veil.pointers import PointerTensor
         from veil.serde.messages import Results
@@ -525,6 +521,9 @@ class AuthenticatedTensor(DerivedOps):
 
 def _reply_bytes(reply: Any) -> bytes:
     """The raw bytes of a node's uint8 value reply."""
-    from veil.mpc.session import reply_tensor
+    from veil.mpc.protocols.session import reply_tensor
 
     return bytes(reply_tensor(reply).numpy().tobytes())
+
+
+register_tensor_type("malicious", AuthenticatedTensor)

@@ -27,10 +27,9 @@ from typing import Any
 import torch
 
 from veil.errors import InvalidRequest, PermissionDenied
-from veil.mpc import kinds, r128, ring, seal, spdz
-from veil.mpc.approvals import party
-from veil.mpc.kinds import Slot, numel
-from veil.mpc.state import (
+from veil.mpc import ring
+from veil.mpc.node.approvals import party
+from veil.mpc.node.state import (
     PartySession,
     context,
     dealer_of,
@@ -39,6 +38,10 @@ from veil.mpc.state import (
     state_of,
     u8,
 )
+from veil.mpc.providers import kinds, seal
+from veil.mpc.providers.kinds import Slot, numel
+from veil.mpc.ring import mac as spdz
+from veil.mpc.ring import r128
 from veil.node.extension import OpContext
 from veil.serde.messages import Reply
 

@@ -1,0 +1,83 @@
+"""The ops a node runs for MPC, and the privacy rule they enforce.
+
+The rule: a party's share of anything is a private object on its node; a data scientist
+who drives the computation sees only values *masked with fresh dealer randomness*, and only
+a dealer its node's owner approved can know those masks:
+
+* a node joins a session only with a crypto provider (dealer) its owner approved
+  (:mod:`veil.mpc.approvals`); dealer randomness reaches it as one PRG seed, sealed by the
+  dealer's node key for the party's node key and bound to the session's party keys
+  (:mod:`veil.mpc.seal`); the scientist relays a box it cannot open;
+* ``mpc.open`` opens only *shares*: objects this node labelled as shares of that session
+  when it made them (results of torch ops on such shares alone keep the label; see
+  :func:`~veil.mpc.state.share_label`), of the domain and shape the group takes. Never a
+  dataset, nor anything else computed from private data;
+* it masks each operand with the party's share of a slot of group ``gid`` (derived from
+  the seed, never stored as an object, never usable by any other op) and answers the
+  masked value publicly. A group id is opened at most once per party session, so a mask is
+  never reused; a node never accepts the same seed twice;
+* ``mpc.finish`` turns the public openings and the group's slots into new *private* shares;
+* the dealer (``mpc.deal``) takes only shapes: it never receives a share of data;
+* a data owner's node shares its own data itself (:mod:`veil.mpc.inputs`).
+
+Every op takes typed arguments (:mod:`veil.mpc.typed`); a private object is accepted only
+where :data:`PRIVATE_ARGS` declares one, and refused anywhere else before the op runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from veil.mpc.node import approvals, inputs, local_ops, state
+from veil.mpc.node.rounds import (  # noqa: F401  (veil.mpc.node_ops kept these names)
+    op_add_public,
+    op_check_value,
+    op_finish,
+    op_open,
+    op_step,
+)
+from veil.mpc.node.setup import op_deal, op_dealer_setup, op_join, op_public_key
+from veil.mpc.node.typed import typed
+from veil.node import extension
+from veil.ops import OpFacts, OpRegistry, OpSpec, default_registry
+
+NODE_OPS: dict[str, Callable[..., Any]] = {
+    "mpc.public_key": op_public_key,
+    "mpc.dealer_setup": op_dealer_setup,
+    "mpc.join": op_join,
+    "mpc.deal": op_deal,
+    "mpc.open": op_open,
+    "mpc.finish": op_finish,
+    "mpc.step": op_step,
+    "mpc.a128.add_public": op_add_public,
+    "mpc.a128.check": op_check_value,
+    **inputs.NODE_OPS,
+    **approvals.NODE_OPS,
+}
+
+#: Where each node op accepts private objects (its shares, or a data owner's own data); a
+#: private object in any other argument is refused by the node before the op runs.
+PRIVATE_ARGS: dict[str, tuple[str, ...]] = {
+    "mpc.open": ("items.*.inputs.*",),
+    "mpc.step": ("open_.*.inputs.*",),
+    "mpc.split": ("x",),
+    "mpc.a128.add_public": ("x",),
+    "mpc.a128.check": ("x",),
+    "mpc.a128.owner_input": ("x",),
+}
+
+
+def register(reg: OpRegistry | None = None) -> None:
+    """Add the MPC ops to ``reg`` (the default allowlist) and the node's MPC key to its
+    public info; idempotent. Each op runs behind :func:`~veil.mpc.typed.typed`: a missing
+    or mistyped argument is an InvalidRequest that names it."""
+    reg = reg if reg is not None else default_registry()
+    for name, fn in NODE_OPS.items():
+        if name not in reg:
+            facts = OpFacts(size="input", pipeline="never", private_args=PRIVATE_ARGS.get(name, ()))
+            reg.register(OpSpec(name, typed(name, fn, context=True), "node", facts))
+    for name, fn in local_ops.OPS.items():
+        if name not in reg:
+            reg.register(OpSpec(name, typed(name, fn), facts=OpFacts(size="product")))
+    extension.INFO.setdefault("mpc", state.public_info)
