@@ -22,27 +22,34 @@ import sys
 from veil.mpc.node.ops import register
 from veil.mpc.protocols.session import MPCSession
 from veil.mpc.providers.approvals import Dealer, dealers
+from veil.mpc.providers.base import CryptoProvider
+from veil.mpc.providers.dealer import DealerFree, TrustedDealer
 from veil.mpc.providers.remote import fingerprint
 from veil.mpc.ring import FixedPoint
 from veil.mpc.stats import reset_stats, stats
 from veil.mpc.tensors import nn
+from veil.mpc.tensors.aggregate import secure_sum
 from veil.mpc.tensors.fixed import FixedPrecisionPointer, FixedPrecisionTensor
 from veil.mpc.tensors.nn import encrypt_model
 from veil.mpc.tensors.shared import SharedTensor
 
 __all__ = [
+    "CryptoProvider",
     "Dealer",
+    "DealerFree",
     "FixedPoint",
     "FixedPrecisionPointer",
     "FixedPrecisionTensor",
     "MPCSession",
     "SharedTensor",
+    "TrustedDealer",
     "dealers",
     "encrypt_model",
     "fingerprint",
     "install",
     "nn",
     "reset_stats",
+    "secure_sum",
     "stats",
 ]
 

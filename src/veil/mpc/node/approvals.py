@@ -41,9 +41,11 @@ def check_dealer(ctx: OpContext, dealer: bytes) -> None:
 def party(ctx: OpContext, sid: str) -> PartySession:
     """The caller's party session ``sid``, while its dealer is still approved."""
     sess = party_of(ctx, sid)
-    if sess.dealer not in approved_keys(ctx.node):  # e.g. the approval was replaced
+    if sess.dealer is not None and sess.dealer not in approved_keys(
+        ctx.node
+    ):  # e.g. the approval was replaced
         raise PermissionDenied(
-            f"the crypto provider of MPC session {sid} (key {seal.fingerprint(sess.dealer)}) is "
+            f"the crypto provider of MPC session {sid} (key {seal.fingerprint(sess.dealer or b'')}) is "
             f"no longer approved on node {ctx.node.name!r}; start a new session with an "
             "approved one"
         )

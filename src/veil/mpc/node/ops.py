@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from veil.mpc.node import approvals, inputs, local_ops, state
+from veil.mpc.node import approvals, inputs, local_ops, state, zero
 from veil.mpc.node.rounds import (  # noqa: F401  (veil.mpc.node_ops kept these names)
     op_add_public,
     op_check_value,
@@ -54,6 +54,7 @@ NODE_OPS: dict[str, Callable[..., Any]] = {
     "mpc.a128.check": op_check_value,
     **inputs.NODE_OPS,
     **approvals.NODE_OPS,
+    **zero.NODE_OPS,
 }
 
 #: Where each node op accepts private objects (its shares, or a data owner's own data); a
@@ -65,6 +66,7 @@ PRIVATE_ARGS: dict[str, tuple[str, ...]] = {
     "mpc.a128.add_public": ("x",),
     "mpc.a128.check": ("x",),
     "mpc.a128.owner_input": ("x",),
+    "mpc.masked_input": ("x",),
 }
 
 

@@ -114,12 +114,12 @@ def _open(ctx: OpContext, sid: str, items: list[Any], own: Own | None = None) ->
         total += sum(numel(s.shape) for s in slots)
         ctx.check_elements(total)
         ins = _inputs(ctx, sid, kind, params, it.get("inputs"), f"items.{k}.inputs", own)
-        masks = kinds.party_slots(sess.seed, gid, slots)
+        masks = kinds.party_slots(sess.dealer_seed, gid, slots)
         if sess.index == sess.n - 1 and any(kinds.has_delta(s) for s in slots):
             _apply_delta(slots, masks, it.get("delta"), f"items.{k}.delta")
         if any(s.domain in kinds.AUTH for s in slots):
-            masks["__alpha"] = kinds.mac_key(sess.seed)
-            masks["__alpha64"] = kinds.mac_key64(sess.seed)
+            masks["__alpha"] = kinds.mac_key(sess.dealer_seed)
+            masks["__alpha64"] = kinds.mac_key64(sess.dealer_seed)
             params = {**params, "__alpha": masks["__alpha"], "__alpha64": masks["__alpha64"]}
         operands = kind.reveal(params, ins, sess.index)
         opened = [s for s in slots if s.opened]
@@ -281,7 +281,7 @@ def op_add_public(ctx: OpContext, sid: str, x: torch.Tensor, c: torch.Tensor) ->
             f"mpc.a128.add_public: argument 'c' must be a public 128-bit value of the share's "
             f"shape, int64 {(2, *x.shape[1:])}; got {c.dtype} {tuple(c.shape)}"
         )
-    share = spdz.add(x, spdz.const(c, kinds.mac_key(sess.seed), sess.index))
+    share = spdz.add(x, spdz.const(c, kinds.mac_key(sess.dealer_seed), sess.index))
     return ctx.new(share, private=True, label=share_label(sid, "auth"))
 
 
@@ -298,7 +298,7 @@ def op_check_value(ctx: OpContext, sid: str, x: torch.Tensor, y: torch.Tensor,
         raise InvalidRequest("mpc.a128.check: argument 'y' must be the reconstructed 128-bit "
                              f"value, int64 {(2, *x.shape[1:])}")  # fmt: skip
     try:
-        z = spdz.check_share(kinds.mac_key(sess.seed), [x[2:4]], [y], [rho])
+        z = spdz.check_share(kinds.mac_key(sess.dealer_seed), [x[2:4]], [y], [rho])
     except InvalidRequest as exc:
         raise InvalidRequest(f"mpc.a128.check: argument 'rho': {exc}") from None
     return ctx.new(z, private=False)

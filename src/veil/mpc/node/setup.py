@@ -37,7 +37,7 @@ def op_public_key(ctx: OpContext) -> Reply:
     return ctx.value(u8(public_key_of(ctx.node)))
 
 
-def _party_keys(keys: list[Any], where: str) -> list[bytes]:
+def party_keys(keys: list[Any], where: str) -> list[bytes]:
     if not 2 <= len(keys) <= 64:
         raise InvalidRequest(f"{where}: a session has the public keys of 2-64 parties")
     pubs = [raw_bytes(k, f"{where}.{i}", 32) for i, k in enumerate(keys)]
@@ -54,7 +54,7 @@ def op_dealer_setup(ctx: OpContext, keys: list[Any]) -> Reply:
     (as the first 32 bytes, hex) followed by one sealed seed per party (60 bytes each),
     each bound to the session, the party's index and the list of party keys."""
     st = state_of(ctx.node)
-    pubs = _party_keys(keys, "keys")
+    pubs = party_keys(keys, "keys")
     if public_key_of(ctx.node) in pubs:
         raise PermissionDenied("the crypto provider cannot also be a party of its own session")
     sid = secrets.token_hex(16)
@@ -74,7 +74,7 @@ def op_join(ctx: OpContext, sid: str, index: int, keys: list[Any], dealer: torch
     check_sid(sid)
     dealer_pub = raw_bytes(dealer, "dealer", 32)
     approvals.check_dealer(ctx, dealer_pub)
-    pubs = _party_keys(keys, "keys")
+    pubs = party_keys(keys, "keys")
     if not 0 <= index < len(pubs) or pubs[index] != public_key_of(ctx.node):
         raise InvalidRequest(
             f"keys.{index} must be node {ctx.node.name!r}'s own key (index is this node's "

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from veil.errors import InvalidRequest, PermissionDenied
+from veil.errors import InvalidRequest, PermissionDenied, UnsupportedError
 from veil.mpc.providers import kinds, seal
 from veil.mpc.providers.kinds import ShareDomain, Slot
 from veil.node.extension import OpContext
@@ -27,18 +27,38 @@ KEY_KIND, KEY_ROW = "mpc.key", "mpc.key:node"
 
 @dataclass
 class PartySession:
-    """This node as party ``index`` of a session: its dealer seed, the session's party keys
-    (as the dealer sealed them) and the group ids it has used."""
+    """This node as party ``index`` of a session: its dealer seed (``None`` in a dealer-free
+    session), the session's party keys (as the dealer sealed them, or as the driver named
+    them when there is no dealer), the group ids it has used, and its pairwise seeds with
+    the other parties (derived on first use) and the zero-sharing counters it has used."""
 
-    seed: bytes
+    seed: bytes | None
     index: int
     keys: list[bytes]
-    dealer: bytes
+    dealer: bytes | None
     used: set[int] = field(default_factory=set)
+    pair_seeds: dict[int, bytes] = field(default_factory=dict)
+    zero_used: set[int] = field(default_factory=set)
 
     @property
     def n(self) -> int:
         return len(self.keys)
+
+    @property
+    def dealer_seed(self) -> bytes:
+        """The seed of this party's dealer randomness.
+
+        Raises:
+            UnsupportedError: the session has no dealer.
+        """
+        if self.seed is None:
+            raise UnsupportedError(
+                "this MPC session has no crypto provider (it is dealer-free: sums, means and "
+                "products with public values only); products of two shared values, "
+                "comparisons, dealer truncation and malicious mode need correlated "
+                "randomness: configure a dealer, e.g. x.share(alice, bob, crypto_provider=carol)"
+            )
+        return self.seed
 
 
 @dataclass

@@ -25,7 +25,8 @@ import torch
 from veil.errors import InvalidRequest, MACCheckFailed, ProtocolError, RemoteError
 from veil.mpc.protocols.groups import product_groups
 from veil.mpc.providers import kinds
-from veil.mpc.providers.approvals import approve_for_owner
+from veil.mpc.providers.base import CryptoProvider
+from veil.mpc.providers.dealer import DealerFree, as_provider
 from veil.mpc.providers.kinds import numel
 from veil.mpc.providers.preprocessing import Preprocessor
 from veil.mpc.providers.remote import _u8, fingerprint, node_call, public_key, reply_tensor  # noqa: F401  (veil.mpc.session kept these names)
@@ -76,7 +77,9 @@ class MPCSession:
 
     Args:
         parties: the workers holding shares, in party order.
-        provider: the trusted dealer's worker.
+        provider: the trusted dealer's worker, or a
+            :class:`~veil.mpc.providers.base.CryptoProvider` (e.g.
+            :class:`~veil.mpc.providers.dealer.DealerFree`: no dealer, linear work only).
         frac_bits: fixed-point fractional bits.
         security: ``"semi-honest"`` (default, fast) or ``"malicious"``.
         truncation: ``"auto"`` (local for 2 semi-honest parties, else dealer pairs),
@@ -97,11 +100,12 @@ class MPCSession:
         MPCSession(parties=['alice', 'bob'], provider='carol', frac_bits=16, security='semi-honest')
     """
 
-    def __init__(self, parties: Sequence[Worker], provider: Worker, *, frac_bits: int = 16,
+    def __init__(self, parties: Sequence[Worker], provider: Worker | CryptoProvider, *, frac_bits: int = 16,
                  security: Security = "semi-honest", truncation: str = "auto",
                  parallel: bool = True, prefetch: int = 1,
                  preprocess_bytes: int = 64 << 20) -> None:  # fmt: skip
         parties = list(parties)
+        crypto = as_provider(provider)
         problems = []
         for name, v in (("prefetch", prefetch), ("preprocess_bytes", preprocess_bytes)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -112,6 +116,9 @@ class MPCSession:
             problems.append("each party must appear once")
         if any(p is provider for p in parties):
             problems.append("the crypto provider must not be one of the parties")
+        if crypto.worker is None and security == "malicious":
+            problems.append("malicious mode authenticates shares with MAC keys a dealer deals: "
+                            "configure a dealer (crypto_provider=carol)")  # fmt: skip
         if security not in ("semi-honest", "malicious"):
             problems.append(f"security must be 'semi-honest' or 'malicious', got {security!r}")
         if truncation not in ("auto", "local", "dealer"):
@@ -122,8 +129,11 @@ class MPCSession:
             raise ValueError("; ".join(problems))
         self._truncation = truncation
         self.parties: list[Worker] = parties
-        self.provider = provider
-        names = [p.name for p in [*parties, provider]]
+        #: The crypto provider (:class:`~veil.mpc.providers.base.CryptoProvider`).
+        self.crypto = crypto
+        #: The dealer's worker, or the provider itself where there is no dealer node.
+        self.provider: Any = crypto.worker if crypto.worker is not None else crypto
+        names = [p.name for p in [*parties, self.provider]]
         #: Names used in :func:`veil.mpc.stats` (``name#i`` where node names repeat).
         self.labels = [nm if names.count(nm) == 1 else f"{nm}#{i}" for i, nm in enumerate(names)]
         self.encoding = FixedPoint(frac_bits)
@@ -144,23 +154,9 @@ class MPCSession:
             return sess._deal_now(groups)
 
         self._pre = Preprocessor(deal_now, ahead=prefetch, max_bytes=preprocess_bytes)
-        keys = self.fanout(public_key, self.parties)
-        self.keys = keys
-        self.provider_key = public_key(provider)
-        for p in self.parties:  # nodes you created in this process: you approve your provider
-            approve_for_owner(p, provider, self.provider_key)
-        key_list = [_u8(k) for k in keys]
-        blob = reply_tensor(node_call(provider, "mpc.dealer_setup", key_list))
-        raw = blob.numpy().tobytes()
-        self.sid = raw[:32].decode()
-        boxes = [raw[32 + 60 * i : 32 + 60 * (i + 1)] for i in range(self.n)]
-        dealer = _u8(self.provider_key)
-        self.fanout(
-            lambda i: node_call(
-                self.parties[i], "mpc.join", self.sid, i, key_list, dealer, _u8(boxes[i])
-            ),  # fmt: skip
-            range(self.n),
-        )
+        self.keys = self.fanout(public_key, self.parties)
+        self.provider_key: bytes | None = None  # the dealer's node key (set by a dealer)
+        self.sid = self.crypto.start(self)
 
     def close(self) -> None:
         """Stop the session's worker threads and drop the randomness dealt ahead (also done
@@ -202,7 +198,12 @@ class MPCSession:
 
     def deal(self, groups: list[tuple[str, dict[str, Any]]]) -> list[tuple[int, torch.Tensor]]:
         """Groups of dealer randomness, (gid, delta) for each: prepared ahead where one of
-        the same kind and params is ready, else dealt now (one provider message)."""
+        the same kind and params is ready, else dealt now (one provider message).
+
+        Raises:
+            UnsupportedError: the provider deals no such groups (a dealer-free session).
+        """
+        self.crypto.require(groups)
         return self._pre.take(groups)
 
     def preprocess(self, op: str, x_shape: Sequence[int], y_shape: Sequence[int] | None = None,
@@ -242,21 +243,12 @@ class MPCSession:
         groups = product_groups(self, op, list(x_shape),
                                           None if y_shape is None else list(y_shape),
                                           f=f, stride=stride, padding=padding)  # fmt: skip
+        self.crypto.require(groups)
         self._pre.add(groups, count, wait=wait)
 
     def _deal_now(self, groups: list[tuple[str, dict[str, Any]]]) -> list[tuple[int, torch.Tensor]]:
         """Ask the provider for groups of randomness; returns (gid, delta) for each."""
-        specs = [(k, p) for k, p in groups]
-        flat = reply_tensor(node_call(self.provider, "mpc.deal", self.sid, specs))
-        record_stats(self.labels[-1], (flat.numel() - len(groups)) * 8, rounds=0)
-        gids = flat[: len(groups)].tolist()
-        out, off = [], len(groups)
-        for (kind, params), gid in zip(groups, gids, strict=True):
-            slots = kinds.get_kind(kind).slots(params)
-            size = sum(kinds.words(s) for s in slots if kinds.has_delta(s))
-            out.append((int(gid), flat[off : off + size]))
-            off += size
-        return out
+        return self.crypto.deal(self, groups)
 
     # ---------------------------------------------------------------- one round
     def round(self, requests: list[Request],
@@ -464,7 +456,7 @@ def _opened_shape(s: kinds.Slot) -> tuple[int, ...]:
 _SESSIONS: weakref.WeakValueDictionary[tuple[Any, ...], MPCSession] = weakref.WeakValueDictionary()
 
 
-def session_for(parties: Sequence[Worker], provider: Worker | None, *, frac_bits: int = 16,
+def session_for(parties: Sequence[Worker], provider: Worker | CryptoProvider | None, *, frac_bits: int = 16,
                 security: Security = "semi-honest") -> MPCSession:  # fmt: skip
     """The session for these parties and provider (created once, then reused)."""
     if provider is None:
@@ -472,12 +464,14 @@ def session_for(parties: Sequence[Worker], provider: Worker | None, *, frac_bits
             "share() needs a crypto provider: x.share(alice, bob, crypto_provider=carol); "
             "it deals the correlated randomness and never sees your data"
         )
-    key = (tuple(id(p) for p in parties), id(provider), frac_bits, security)
+    free = isinstance(provider, DealerFree)  # every DealerFree() is the same provider
+    key = (tuple(id(p) for p in parties), "dealer-free" if free else id(provider), frac_bits,
+           security)  # fmt: skip
     sess = _SESSIONS.get(key)
     if (
         sess is None
         or any(a is not b for a, b in zip(sess.parties, parties, strict=True))
-        or (sess.provider is not provider)
+        or (sess.provider is not provider and not (free and isinstance(sess.crypto, DealerFree)))
     ):
         sess = MPCSession(parties, provider, frac_bits=frac_bits, security=security)
         _SESSIONS[key] = sess

@@ -513,7 +513,7 @@ class AuthenticatedTensor(DerivedOps):
         def put(i: int) -> None:
             w = sess.parties[i]
             r = node_call(w, "mpc.a128.input_share", sess.sid, gid, d, delta if i == last else None)
-            shares[i] = w._unwrap(r, ())
+            shares[i] = PointerTensor(w, r)  # type: ignore[arg-type]
 
         sess.fanout(put, [i for i in range(sess.n) if i != index])
         return cls(shares, sess, encoding)

@@ -106,7 +106,7 @@ class SharedTensor(DerivedOps):
             r = node_call(
                 sess.parties[j], "mpc.receive", sess.sid, index, box, list(ptr.shape), tag
             )
-            shares[j] = sess.parties[j]._unwrap(r, ())
+            shares[j] = PointerTensor(sess.parties[j], r)  # type: ignore[arg-type]
 
         sess.fanout(recv, range(len(others)))
         return cls([s for s in shares if s is not None], sess, encoding)
