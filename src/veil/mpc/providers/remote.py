@@ -16,7 +16,8 @@ import torch
 
 from veil.errors import RemoteError
 from veil.mpc.providers import seal
-from veil.serde.messages import Reply, Value
+from veil.pointers import PointerTensor
+from veil.serde.messages import ObjectInfo, Reply, Value
 from veil.serde.tensors import tensor_from_data
 
 
@@ -58,3 +59,14 @@ def u8(b: bytes) -> torch.Tensor:
 
 
 _u8 = u8
+
+
+def pointer(worker: Any, reply: Reply) -> PointerTensor:
+    """A pointer to the new tensor a node answered with (an :class:`ObjectInfo` reply).
+
+    Raises:
+        RemoteError: the node answered something else.
+    """
+    if not isinstance(reply, ObjectInfo):
+        raise RemoteError(f"expected a new object from the node, got {type(reply).__name__}")
+    return PointerTensor(worker, reply)

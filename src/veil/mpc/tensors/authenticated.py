@@ -34,6 +34,7 @@ import torch
 from veil.errors import InvalidRequest, MACCheckFailed, WorkerMismatch
 from veil.mpc.protocols.session import MPCSession, Request, checked, node_call
 from veil.mpc.providers import kinds
+from veil.mpc.providers.remote import pointer
 from veil.mpc.ring import FixedPoint, prg, r128
 from veil.mpc.tensors.fixed import FixedPrecisionTensor, register_tensor_type
 from veil.mpc.tensors.surface import DerivedOps
@@ -125,8 +126,9 @@ class AuthenticatedTensor(DerivedOps):
         c = self._public(other)
         sess = self.session
         out = sess.fanout(
-            lambda i: sess.parties[i]._unwrap(
-                node_call(sess.parties[i], "mpc.a128.add_public", sess.sid, self.shares[i], c), ()
+            lambda i: pointer(
+                sess.parties[i],
+                node_call(sess.parties[i], "mpc.a128.add_public", sess.sid, self.shares[i], c),
             ),
             range(sess.n),
         )
@@ -296,7 +298,7 @@ class AuthenticatedTensor(DerivedOps):
             range(sess.n),
         )
         z = kinds.combine("r128", [
-            checked(sess.parties[i]._unwrap(zs[i], ()).get(), (2,), f"party {i}'s MAC check share", True)
+            checked(pointer(sess.parties[i], zs[i]).get(), (2,), f"party {i}'s MAC check share", True)
             for i in range(sess.n)
         ])  # fmt: skip
         if bool((z != 0).any()):
@@ -396,8 +398,8 @@ class AuthenticatedTensor(DerivedOps):
         c = r128.from64(encoding.encode(t) if t.is_floating_point() else t.to(torch.int64))
         sess = self.session
         shares = sess.fanout(
-            lambda i: sess.parties[i]._unwrap(
-                node_call(sess.parties[i], "mpc.a128.public", sess.sid, c), ()
+            lambda i: pointer(
+                sess.parties[i], node_call(sess.parties[i], "mpc.a128.public", sess.sid, c)
             ),
             range(sess.n),
         )

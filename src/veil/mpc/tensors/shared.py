@@ -21,6 +21,7 @@ import torch
 from veil.errors import InvalidRequest, WorkerMismatch
 from veil.mpc.protocols import arith as P
 from veil.mpc.protocols.session import MPCSession, node_call
+from veil.mpc.providers.remote import pointer
 from veil.mpc.ring import FixedPoint, prg
 from veil.mpc.tensors.fixed import FixedPrecisionTensor, register_tensor_type
 from veil.mpc.tensors.surface import DerivedOps
@@ -75,7 +76,7 @@ class SharedTensor(DerivedOps):
 
         def put(i: int) -> PointerTensor:
             w = sess.parties[i]
-            return w._unwrap(node_call(w, "mpc.as_share", sess.sid, parts[i]), ())  # type: ignore[no-any-return]
+            return pointer(w, node_call(w, "mpc.as_share", sess.sid, parts[i]))
 
         return cls(sess.fanout(put, range(sess.n)), sess, encoding)
 
@@ -219,7 +220,7 @@ class SharedTensor(DerivedOps):
         def put(i: int) -> PointerTensor:
             w = sess.parties[i]
             part = enc if i == 0 else torch.zeros_like(enc)
-            return w._unwrap(node_call(w, "mpc.as_share", sess.sid, part), ())  # type: ignore[no-any-return]
+            return pointer(w, node_call(w, "mpc.as_share", sess.sid, part))
 
         return SharedTensor(sess.fanout(put, range(sess.n)), sess, encoding)
 
