@@ -29,14 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from veil.mpc.node import approvals, inputs, local_ops, state, zero
-from veil.mpc.node.rounds import (  # noqa: F401  (veil.mpc.node_ops kept these names)
-    op_add_public,
-    op_check_value,
-    op_finish,
-    op_open,
-    op_step,
-)
+from veil.mpc.node import approvals, inputs, local_ops, rounds, state, zero
 from veil.mpc.node.setup import op_deal, op_dealer_setup, op_join, op_public_key
 from veil.mpc.node.typed import typed
 from veil.node import extension
@@ -47,11 +40,11 @@ NODE_OPS: dict[str, Callable[..., Any]] = {
     "mpc.dealer_setup": op_dealer_setup,
     "mpc.join": op_join,
     "mpc.deal": op_deal,
-    "mpc.open": op_open,
-    "mpc.finish": op_finish,
-    "mpc.step": op_step,
-    "mpc.a128.add_public": op_add_public,
-    "mpc.a128.check": op_check_value,
+    "mpc.open": rounds.op_open,
+    "mpc.finish": rounds.op_finish,
+    "mpc.step": rounds.op_step,
+    "mpc.a128.add_public": rounds.op_add_public,
+    "mpc.a128.check": rounds.op_check_value,
     **inputs.NODE_OPS,
     **approvals.NODE_OPS,
     **zero.NODE_OPS,
@@ -83,3 +76,10 @@ def register(reg: OpRegistry | None = None) -> None:
         if name not in reg:
             reg.register(OpSpec(name, typed(name, fn), facts=OpFacts(size="product")))
     extension.INFO.setdefault("mpc", state.public_info)
+
+
+#: The protocol-round ops as the allowlist runs them (arguments decoded and checked first),
+#: under the names ``veil.mpc.node_ops`` had.
+op_open = typed("mpc.open", rounds.op_open, context=True)
+op_finish = typed("mpc.finish", rounds.op_finish, context=True)
+op_step = typed("mpc.step", rounds.op_step, context=True)

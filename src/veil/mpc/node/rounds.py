@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from veil.errors import InvalidRequest, PermissionDenied
+from veil.mpc.messages import FinishItem, OpenItem
 from veil.mpc.node import local_ops
 from veil.mpc.node.approvals import party
 from veil.mpc.node.state import (
@@ -28,15 +29,14 @@ from veil.serde.messages import Reply
 # ------------------------------------------------------------------------ party steps
 
 
-def group(name: Any, params: Any, where: str) -> tuple[kinds.Kind, dict[str, Any], list[Slot]]:
+def group(
+    name: str, params: dict[str, Any], where: str
+) -> tuple[kinds.Kind, dict[str, Any], list[Slot]]:
     """A kind of dealer randomness, its params and its slots, checked (``where`` names the
     position in the message)."""
-    if not isinstance(name, str) or name not in kinds.KINDS:
-        got = repr(name) if isinstance(name, str) else describe(name)
-        raise InvalidRequest(f"{where}.kind: unknown kind of dealer randomness {got[:80]}; "
+    if name not in kinds.KINDS:  # the types were checked as the message was decoded
+        raise InvalidRequest(f"{where}.kind: unknown kind of dealer randomness {name[:80]!r}; "
                              f"known: {sorted(kinds.KINDS)}")  # fmt: skip
-    if not isinstance(params, dict):
-        raise InvalidRequest(f"{where}.params must be a dict, got {describe(params)}")
     kind = kinds.KINDS[name]
     try:
         return kind, params, kind.slots(params)
@@ -44,20 +44,15 @@ def group(name: Any, params: Any, where: str) -> tuple[kinds.Kind, dict[str, Any
         raise InvalidRequest(f"{where}.params: {exc}") from None
 
 
-def _apply_delta(slots: list[Slot], masks: dict[str, torch.Tensor], delta: Any, where: str) -> None:
+def _apply_delta(slots: list[Slot], masks: dict[str, torch.Tensor], delta: torch.Tensor | None,
+                 where: str) -> None:  # fmt: skip
     """The last party: add the dealer's delta (relayed by the driver) to its slots."""
-    if not isinstance(delta, torch.Tensor):
+    if delta is None:
         raise InvalidRequest(f"{where}: the last party needs the dealer's delta (an int64 tensor)")
     try:
         kinds.apply_delta(slots, masks, delta)
     except InvalidRequest as exc:
         raise InvalidRequest(f"{where}: {exc}") from None
-
-
-def _gid(gid: Any, where: str) -> int:
-    if not isinstance(gid, int) or isinstance(gid, bool) or gid <= 0:
-        raise InvalidRequest(f"{where} must be a positive integer (a group id the dealer dealt)")
-    return gid
 
 
 #: Results of a step's finish fed to its opening, by identity: (domain, session id).
@@ -86,14 +81,14 @@ def _inputs(ctx: OpContext, sid: str, kind: kinds.Kind, params: dict[str, Any], 
     return inputs
 
 
-def op_open(ctx: OpContext, sid: str, items: list[Any]) -> Reply:
+def op_open(ctx: OpContext, sid: str, items: list[OpenItem]) -> Reply:
     """Party: for each item ``{gid, kind, params, inputs, delta}`` derive the group's
     slots, compute the operands from ``inputs`` (this user's shares of this session) and
     answer them masked with the opened slots, all concatenated (int64, public)."""
     return ctx.value(_open(ctx, sid, items))
 
 
-def _open(ctx: OpContext, sid: str, items: list[Any], own: Own | None = None) -> torch.Tensor:
+def _open(ctx: OpContext, sid: str, items: list[OpenItem], own: Own | None = None) -> torch.Tensor:
     st = state_of(ctx.node)
     sess = party(ctx, sid)
     if not items:
@@ -102,21 +97,19 @@ def _open(ctx: OpContext, sid: str, items: list[Any], own: Own | None = None) ->
     staged: list[tuple[int, Pending]] = []
     total = 0
     for k, it in enumerate(items):
-        if not isinstance(it, dict):
-            raise InvalidRequest(f"items.{k} must be a dict (gid, kind, params, inputs, delta)")
-        gid = _gid(it.get("gid"), f"items.{k}.gid")
+        gid = it.gid
         if gid in sess.used or any(g == gid for g, _ in staged):
             raise PermissionDenied(
                 f"dealer randomness {gid} was already opened on node {ctx.node.name!r}: a mask "
                 "is used once (reusing it would unmask a share)"
             )
-        kind, params, slots = group(it.get("kind"), it.get("params"), f"items.{k}")
+        kind, params, slots = group(it.kind, it.params, f"items.{k}")
         total += sum(numel(s.shape) for s in slots)
         ctx.check_elements(total)
-        ins = _inputs(ctx, sid, kind, params, it.get("inputs"), f"items.{k}.inputs", own)
+        ins = _inputs(ctx, sid, kind, params, it.inputs, f"items.{k}.inputs", own)
         masks = kinds.party_slots(sess.dealer_seed, gid, slots)
         if sess.index == sess.n - 1 and any(kinds.has_delta(s) for s in slots):
-            _apply_delta(slots, masks, it.get("delta"), f"items.{k}.delta")
+            _apply_delta(slots, masks, it.delta, f"items.{k}.delta")
         if any(s.domain in kinds.AUTH for s in slots):
             masks["__alpha"] = kinds.mac_key(sess.dealer_seed)
             masks["__alpha64"] = kinds.mac_key64(sess.dealer_seed)
@@ -155,14 +148,14 @@ def _opened(s: Slot) -> tuple[int, ...]:
     return (2, *s.shape) if s.domain == "auth" else s.shape
 
 
-def op_finish(ctx: OpContext, sid: str, items: list[Any]) -> Reply:
+def op_finish(ctx: OpContext, sid: str, items: list[FinishItem]) -> Reply:
     """Party: for each item ``{gid, opened: [public tensors]}`` compute this party's
     shares of the results; answers them as new private objects (a flat list; in malicious
     mode each group's public MAC check share follows its results)."""
     return ctx.results([info for info, _, _ in _finish(ctx, sid, items)])
 
 
-def op_step(ctx: OpContext, sid: str, finish: list[Any], open_: list[Any]) -> Reply:
+def op_step(ctx: OpContext, sid: str, finish: list[FinishItem], open_: list[OpenItem]) -> Reply:
     """Party: ``finish`` one round and ``open`` the next in one message. Inputs of the
     open items may be ``["out", k]``: the k-th result of this finish. The finish's results
     feed this opening only and are not stored (semi-honest groups only). Answers (int64,
@@ -170,22 +163,21 @@ def op_step(ctx: OpContext, sid: str, finish: list[Any], open_: list[Any]) -> Re
     done = _finish(ctx, sid, finish, store=False)
     own: Own = {}
     for k, it in enumerate(open_):
-        ins = it.get("inputs") if isinstance(it, dict) else None
-        if isinstance(ins, list):
-            for j, v in enumerate(ins):
-                if isinstance(v, list) and len(v) == 2 and v[0] == "out":
-                    r = v[1]
-                    if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r < len(done):
-                        raise InvalidRequest(
-                            f"open_.{k}.inputs.{j}: no result {r!r} of this step's finish"
-                        )
-                    ins[j] = done[r][1]
-                    own[id(ins[j])] = (done[r][2], sid)
+        ins = it.inputs
+        for j, v in enumerate(ins):
+            if isinstance(v, list) and len(v) == 2 and v[0] == "out":
+                r = v[1]
+                if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r < len(done):
+                    raise InvalidRequest(
+                        f"open_.{k}.inputs.{j}: no result {r!r} of this step's finish"
+                    )
+                ins[j] = done[r][1]
+                own[id(ins[j])] = (done[r][2], sid)
     masked = _open(ctx, sid, open_, own)
     return ctx.value(torch.cat([torch.zeros(1, dtype=torch.int64), masked]))
 
 
-def _finish(ctx: OpContext, sid: str, items: list[Any], *,
+def _finish(ctx: OpContext, sid: str, items: list[FinishItem], *,
             store: bool = True) -> list[tuple[Any, torch.Tensor, ShareDomain]]:  # fmt: skip
     """Finish opened groups: every item is checked first, so a malformed message finishes
     nothing and leaves its groups pending. Returns (stored object or None, tensor, domain)
@@ -196,49 +188,34 @@ def _finish(ctx: OpContext, sid: str, items: list[Any], *,
         raise InvalidRequest("finish needs a non-empty list of items")
     todo: list[tuple[tuple[int, str, int], Pending, list[torch.Tensor], list[Any], Any]] = []
     for k, it in enumerate(items):
-        if not isinstance(it, dict):
-            raise InvalidRequest(f"items.{k} must be a dict (gid, opened, extra, rho)")
-        gid = _gid(it.get("gid"), f"items.{k}.gid")
+        gid = it.gid
         key = (ctx.session.user_id, sid, gid)
         pend = st.pending.get(key)
         if pend is None or any(key == t[0] for t in todo):
             raise InvalidRequest(f"no opened group {gid!r} to finish on node {ctx.node.name!r}")
         if pend.macs and not store:
             raise InvalidRequest("authenticated groups finish with mpc.finish (their MAC check)")
-        opened = it.get("opened")
+        opened = it.opened
         want = [s for s in pend.slots if s.opened]
-        if (
-            not isinstance(opened, list)
-            or len(opened) != len(want)
-            or not all(
-                isinstance(t, torch.Tensor)
-                and t.dtype == torch.int64
-                and tuple(t.shape) == _opened(s)
-                for t, s in zip(opened, want, strict=False)
-            )
+        if len(opened) != len(want) or not all(
+            t.dtype == torch.int64 and tuple(t.shape) == _opened(s)
+            for t, s in zip(opened, want, strict=False)
         ):
             raise InvalidRequest(
                 f"items.{k}.opened: {pend.kind.name} needs {len(want)} int64 openings of shapes "
                 f"{[_opened(s) for s in want]}"
             )
-        extra = it.get("extra", [])
-        if not isinstance(extra, list) or not all(
-            isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in extra
-        ):
+        extra = it.extra
+        if not all(t.dtype == torch.int64 for t in extra):
             raise InvalidRequest(f"items.{k}.extra must be a list of int64 tensors")
-        rho = it.get("rho")
+        rho = it.rho
         if pend.macs:
-            if not isinstance(rho, list) or len(rho) != len(opened):
+            if rho is None or len(rho) != len(opened):
                 raise InvalidRequest(f"items.{k}.rho: a MAC check needs one coefficient tensor "
                                      "per opening")  # fmt: skip
             for j, (r, y) in enumerate(zip(rho, opened, strict=True)):
-                if (
-                    not isinstance(r, torch.Tensor)
-                    or r.dtype != torch.int64
-                    or (
-                        tuple(r.shape)
-                        != tuple(y.shape[1:] if want[j].domain == "auth" else y.shape)
-                    )
+                if r.dtype != torch.int64 or (
+                    tuple(r.shape) != tuple(y.shape[1:] if want[j].domain == "auth" else y.shape)
                 ):
                     raise InvalidRequest(f"items.{k}.rho.{j}: an int64 tensor shaped like the "
                                          "opened value")  # fmt: skip

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from veil.errors import InvalidRequest, PermissionDenied
+from veil.mpc.messages import Group
 from veil.mpc.node import approvals
 from veil.mpc.node.rounds import group
 from veil.mpc.node.state import (
@@ -97,7 +98,7 @@ def op_join(ctx: OpContext, sid: str, index: int, keys: list[Any], dealer: torch
 # ------------------------------------------------------------------------ dealer
 
 
-def op_deal(ctx: OpContext, sid: str, groups: list[Any]) -> Reply:
+def op_deal(ctx: OpContext, sid: str, groups: list[Group]) -> Reply:
     """Dealer: new groups ``[(kind, params), ...]``; answers ``[gid_0, ..., deltas...]``
     (int64): the group ids, then each group's delta for the last party, concatenated.
     Takes shapes only: the dealer never sees a share."""
@@ -107,8 +108,6 @@ def op_deal(ctx: OpContext, sid: str, groups: list[Any]) -> Reply:
     gids, deltas = [], []
     total = 0
     for k, g in enumerate(groups):
-        if not (isinstance(g, list | tuple) and len(g) == 2):
-            raise InvalidRequest(f"groups.{k} must be a pair (kind name, params dict)")
         kind, _, slots = group(g[0], g[1], f"groups.{k}")
         total += sum(numel(s.shape) for s in slots)
         ctx.check_elements(total)
