@@ -1,4 +1,5 @@
-"""Imports point downward only: ops < serde < pointers < node < cli/demo (CONVENTIONS.md)."""
+"""Imports point downward only, in DESIGN.md's order: ops < serde < pointers < node <
+{dp, he, mpc} < plans < fl < cli/demo; capabilities do not import each other."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ SRC = Path(veil.__file__).parent
 LAYERS = {
     "errors": 0, "types": 0, "version": 0,
     "ops": 1,
-    "dp": 1,  # veil.dp imports only errors/types and torch; node uses it for automatic DP
     "serde": 2,
     "pointers": 3,
     "node": 4,
-    "he": 5, "mpc": 5,
-    "cli": 6, "demo": 6, "__main__": 6, "__init__": 6,
+    "dp": 5, "he": 5, "mpc": 5,  # capabilities, on the node's seam (veil.node.capability)
+    "plans": 6,
+    "fl": 7,
+    "cli": 8, "demo": 8, "__main__": 8, "__init__": 8,
 }  # fmt: skip
+#: Parts of one layer that must not import each other.
+SIBLINGS = {"dp", "he", "mpc"}
 
 
 def _part(path: Path) -> str:
@@ -52,6 +56,34 @@ def test_imports_point_downward_only() -> None:
             if imported in LAYERS and LAYERS[imported] > mine:
                 bad.append(f"{path.relative_to(SRC)} imports veil.{imported}")
     assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_capabilities_do_not_import_each_other() -> None:
+    bad = []
+    for path in SRC.rglob("*.py"):
+        mine = _part(path)
+        if mine in SIBLINGS:
+            bad += [f"{path.relative_to(SRC)} imports veil.{i}"
+                    for i in _imports(path) & SIBLINGS if i != mine]  # fmt: skip
+    assert not bad, "capabilities meet only through the node's seam:\n" + "\n".join(bad)
+
+
+def test_the_node_imports_no_capability() -> None:
+    """The node knows capabilities only through veil.node.capability (DESIGN.md)."""
+    for path in (SRC / "node").rglob("*.py"):
+        text = path.read_text()
+        for cap in ("dp", "he", "mpc", "fl", "plans"):
+            assert f"veil.{cap}" not in _imports_text(text), f"{path.relative_to(SRC)}: veil.{cap}"
+
+
+def _imports_text(text: str) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(".".join(node.module.split(".")[:2]))
+        elif isinstance(node, ast.Import):
+            out.update(".".join(a.name.split(".")[:2]) for a in node.names)
+    return out
 
 
 def test_the_layer_check_catches_an_upward_import(tmp_path: Path) -> None:

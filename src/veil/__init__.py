@@ -24,6 +24,11 @@ from veil.version import WIRE_VERSION, __version__
 
 install()
 
+# The capabilities every node has (veil.node.capability): imported when a node starts.
+from veil.node import capability as _capability  # noqa: E402
+
+_capability.declare("dp", "veil.dp.node")
+
 # Capabilities that register object kinds, node ops and Tensor entry points on import.
 from veil import dp, he, mpc  # noqa: E402
 

@@ -46,13 +46,13 @@ def test_bounds_survive_a_restart(tmp_path: Path) -> None:
     sci = _setup(node)
     x = sci.datasets["p"].private
     count, rows = (x[:, 1] > 0.5).sum(), x[:, 0].clamp(30, 40)
-    kept = {o.id: node._dp.bounds[o.id] for o in (count, rows)}
+    kept = {o.id: node.capability_state("dp").bounds[o.id] for o in (count, rows)}
     assert isinstance(kept[count.id], Aggregate) and isinstance(kept[rows.id], Rowwise)
     node.close()
 
     node2 = _node(url)
     for oid, b in kept.items():
-        assert _same(node2._dp.bounds[oid], b)
+        assert _same(node2.capability_state("dp").bounds[oid], b)
     sci2 = veil.VirtualWorker(node=node2).login(SCI, SCI_PW)
     assert sci2.pointer(count.id).publish(epsilon=0.5).shape == ()
     assert sci2.pointer(rows.id).mean().publish(epsilon=0.5).shape == ()  # derives further
@@ -63,7 +63,7 @@ def test_a_store_failure_keeps_the_bounds(tmp_path: Path, monkeypatch: pytest.Mo
     node = _node(f"sqlite:///{tmp_path / 'n.db'}")
     sci = _setup(node)
     s = sci.datasets["p"].private[:, 1].sum()
-    before = node._dp.bounds[s.id]
+    before = node.capability_state("dp").bounds[s.id]
 
     def broken(batch: object) -> None:
         raise OSError("disk full")
@@ -72,7 +72,7 @@ def test_a_store_failure_keeps_the_bounds(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(StorageError, match="rolled back"):
         sci.send(torch.ones(2))  # the node reloads its durable state
     monkeypatch.undo()
-    assert _same(node._dp.bounds[s.id], before)
+    assert _same(node.capability_state("dp").bounds[s.id], before)
     assert s.publish(epsilon=0.5).shape == ()
     node.close()
 
@@ -86,7 +86,7 @@ def test_a_written_object_stays_unbounded_after_a_restart(tmp_path: Path) -> Non
     assert node.rows("bound")[f"bound:{y.id}"].get("deleted")
     node.close()
     node2 = _node(url)
-    assert not isinstance(node2._dp.bounds.get(y.id), Rowwise | Aggregate)
+    assert not isinstance(node2.capability_state("dp").bounds.get(y.id), Rowwise | Aggregate)
     sci2 = veil.VirtualWorker(node=node2).login(SCI, SCI_PW)
     with pytest.raises(UnboundedSensitivity):
         sci2.pointer(y.id).sum().publish(epsilon=0.5)
@@ -105,8 +105,8 @@ def test_a_row_binds_to_its_object_only(tmp_path: Path) -> None:
     node._persist(node._objects[s.id])
     node.close()
     node2 = _node(url)
-    assert mine.id not in node2._dp.bounds
-    assert not isinstance(node2._dp.bounds.get(s.id), Rowwise | Aggregate)
+    assert mine.id not in node2.capability_state("dp").bounds
+    assert not isinstance(node2.capability_state("dp").bounds.get(s.id), Rowwise | Aggregate)
     node2.close()
 
 
@@ -114,7 +114,7 @@ def test_unbounded_results_write_no_row(tmp_path: Path) -> None:
     node = _node(f"sqlite:///{tmp_path / 'n.db'}")
     sci = _setup(node)
     c = sci.datasets["p"].private.cumsum(0)
-    assert not isinstance(node._dp.bounds.get(c.id), Rowwise | Aggregate)
+    assert not isinstance(node.capability_state("dp").bounds.get(c.id), Rowwise | Aggregate)
     assert f"bound:{c.id}" not in node.rows("bound")
     node.close()
 

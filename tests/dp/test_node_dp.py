@@ -125,7 +125,7 @@ def test_duplicating_rows_through_a_public_index_counts_every_copy() -> None:
     # one subject's row counted 60 times: 60 rows change when that subject is replaced
     idx = torch.zeros(60, dtype=torch.long).send(sci)
     s = x[idx][:, 0].sum()
-    bound = node._dp.bounds[s.id]
+    bound = node.capability_state("dp").bounds[s.id]
     assert isinstance(bound, Aggregate) and bound.l1 >= 60 * 100
     # a private index is another matter: which rows it picks is private
     with pytest.raises(UnboundedSensitivity):
@@ -136,7 +136,7 @@ def test_subjects_with_several_rows_scale_the_sensitivity() -> None:
     node = Node("clinic", owner_email=OWNER, owner_password=OWNER_PW)
     _, sci, _ = _setup(node, subjects=[i // 3 for i in range(60)])  # 3 rows per person
     s = sci.datasets["patients"].private[:, 1].sum()
-    bound = node._dp.bounds[s.id]
+    bound = node.capability_state("dp").bounds[s.id]
     # one person moves 3 rows of [0, 1], plus float32 summation error in any order
     # (60 terms: 2 · 60 · 2**-23 · 60 on the two sides)
     assert isinstance(bound, Aggregate)
@@ -271,8 +271,8 @@ def test_casts_that_can_wrap_get_the_whole_range() -> None:
     owner, sci, _ = _setup(node, budget=(10.0, 1e-6))
     x = sci.datasets["patients"].private[:, 0]  # ages, declared in [0, 100]
     fits = x.to(torch.int8).sum()  # [0, 100] fits int8: truncated exactly
-    assert node._dp.bounds[fits.id].l1 == 100.0  # type: ignore[union-attr]
+    assert node.capability_state("dp").bounds[fits.id].l1 == 100.0  # type: ignore[union-attr]
     wraps = (x * 2).to(torch.int8).sum()  # [0, 200] may wrap: any int8, per row
-    assert node._dp.bounds[wraps.id].l1 == 255.0  # type: ignore[union-attr]
+    assert node.capability_state("dp").bounds[wraps.id].l1 == 255.0  # type: ignore[union-attr]
     assert wraps.publish(epsilon=0.5).shape == ()
     assert x.double().sum().publish(epsilon=0.5).dtype == torch.float64

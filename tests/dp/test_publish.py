@@ -64,7 +64,10 @@ def test_a_failed_op_publishes_like_a_healthy_one(monkeypatch: pytest.MonkeyPatc
     healthy, failed = x[:, 1].sum(), x[:, 1].sum()
     rec = node._objects[failed.id]
     rec.error, rec.value = "RuntimeError on private values", torch.zeros_like(rec.value)
-    assert node._dp.bounds[failed.id].l1 == node._dp.bounds[healthy.id].l1  # type: ignore[union-attr]
+    assert (
+        node.capability_state("dp").bounds[failed.id].l1
+        == node.capability_state("dp").bounds[healthy.id].l1
+    )  # type: ignore[union-attr]
     out = []
     for y in (healthy, failed):
         monkeypatch.setattr(samplers, "_DEFAULT", samplers.SeededSource(7))  # the same noise
@@ -95,11 +98,11 @@ def test_nan_and_infinity_never_reach_the_sampler() -> None:
 def test_a_value_with_one_possible_value_is_released_exactly() -> None:
     node, sci, x = _setup()
     z = x[:, 1].clamp(5, 5).long().sum()  # every row is 5: the sum is 300, whatever the data
-    b = node._dp.bounds[z.id]
+    b = node.capability_state("dp").bounds[z.id]
     assert isinstance(b, Aggregate) and b.l1 == 0.0
     assert float(z.publish(epsilon=0.1)) == 300.0
     f = x[:, 1].clamp(5, 5).sum()  # the same in float32: its rounding error is not 0
-    assert node._dp.bounds[f.id].l1 > 0  # type: ignore[union-attr]
+    assert node.capability_state("dp").bounds[f.id].l1 > 0  # type: ignore[union-attr]
 
 
 def test_a_tiny_sensitivity_still_gets_noise() -> None:

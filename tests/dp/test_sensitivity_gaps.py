@@ -41,7 +41,7 @@ def _pair(dep: Any, d1: torch.Tensor, d2: torch.Tensor, bounds: Any, *, budget: 
 
 
 def _tracked(dep: Any, ptr: Any) -> Aggregate | Unbounded:
-    b = dep.node._dp.bounds.get(ptr.id, UNBOUNDED)
+    b = dep.node.capability_state("dp").bounds.get(ptr.id, UNBOUNDED)
     if isinstance(b, Rowwise):
         return b.release(tuple(ptr.shape[1:]))
     return b  # type: ignore[no-any-return]

@@ -104,6 +104,8 @@ def _state(node: Node) -> dict[str, Any]:
             for k, r in node._requests.items()
         },  # fmt: skip
         "rows": node._rows,
-        "budgets": {k: (b.epsilon, b.delta) for k, b in node._dp.budgets.items()},
-        "ledger": {k: list(v) for k, v in node._dp.ledger.items()},
+        "budgets": {
+            k: (b.epsilon, b.delta) for k, b in node.capability_state("dp").budgets.items()
+        },
+        "ledger": {k: list(v) for k, v in node.capability_state("dp").ledger.items()},
     }

@@ -257,7 +257,7 @@ def test_a_failed_write_undoes_that_message_only(
     node.put_row("cap:1", "cap", {"v": 1})
     records = dict(node._objects)
     tensors = {oid: [t for _, t in _slots(r.value)] for oid, r in records.items()}
-    bounds = dict(node._dp.bounds)
+    bounds = dict(node.capability_state("dp").bounds)
     before = snapshot(node)
 
     def backward() -> None:
@@ -291,8 +291,8 @@ def test_a_failed_write_undoes_that_message_only(
             all(t is u for (_, t), u in zip(_slots(node._objects[oid].value), ts, strict=True))
             for oid, ts in tensors.items()
         ), what
-        assert node._dp.bounds.keys() == bounds.keys(), what
-        assert all(node._dp.bounds[k] is b for k, b in bounds.items()), what
+        assert node.capability_state("dp").bounds.keys() == bounds.keys(), what
+        assert all(node.capability_state("dp").bounds[k] is b for k, b in bounds.items()), what
         assert node.session_for_token(token).email == "a@dur.test"
         assert node.extensions["probe"] is probe
     monkeypatch.undo()

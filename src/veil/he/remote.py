@@ -34,10 +34,11 @@ from veil.errors import InvalidRequest, ObjectNotFound
 from veil.he import nodeops, wire
 from veil.he.ckks import CKKSContext, CKKSTensor, sigmoid_coefficients
 from veil.he.paillier import EncryptedTensor, PrivateKey, PublicKey
-from veil.node.objects import ValueKind, register_kind
-from veil.ops import default_registry
+from veil.node import capability
+from veil.node.capability import Capability
+from veil.node.objects import ValueKind
 from veil.pointers.handle import ReleasedOnDrop
-from veil.pointers.remote import Remote, register_pointer_kind
+from veil.pointers.remote import Remote
 from veil.serde.messages import (
     DeleteObjects,
     EncryptedData,
@@ -301,29 +302,43 @@ def _tensor_encrypt(self: torch.Tensor, key: Any, **kwargs: Any) -> wire.Encrypt
     return encrypt(self, key, **kwargs)
 
 
-_REGISTERED = False
+#: Encrypted tensors as a node capability: two object kinds (encrypted tensors, public
+#: contexts), their pointer kinds, and the HE node ops (veil.he.nodeops).
+CAPABILITY = Capability(
+    "he",
+    ops=tuple(nodeops.specs()),
+    kinds=(
+        ValueKind(
+            "encrypted",
+            (EncryptedTensor, CKKSTensor),
+            (EncryptedData,),
+            lambda v, storage: wire.to_wire(v, storage=storage),
+            _encrypted_from_wire,
+            _describe_encrypted,
+            wire.nbytes,
+            load_order=1,
+        ),
+        ValueKind(
+            "he_context",
+            (PublicKey, CKKSContext),
+            (EncryptionContextData,),
+            lambda v, storage: wire.context_to_wire(v),
+            _context_from_wire,
+            _describe_context,
+            wire.nbytes,
+            load_order=0,
+        ),
+    ),  # fmt: skip
+    pointer_kinds=(
+        ("encrypted", EncryptedPointer, _wrap_encrypted),
+        ("he_context", ContextPointer, _wrap_context),
+    ),
+)
 
 
 def register() -> None:
     """Teach nodes and connections about encrypted tensors (idempotent; on ``import veil.he``)."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    _REGISTERED = True
-    register_kind(ValueKind(
-        "encrypted", (EncryptedTensor, CKKSTensor), (EncryptedData,),
-        lambda v, storage: wire.to_wire(v, storage=storage), _encrypted_from_wire,
-        _describe_encrypted, wire.nbytes, load_order=1,
-    ))  # fmt: skip
-    register_kind(ValueKind(
-        "he_context", (PublicKey, CKKSContext), (EncryptionContextData,),
-        lambda v, storage: wire.context_to_wire(v), _context_from_wire, _describe_context,
-        wire.nbytes, load_order=0,
-    ))  # fmt: skip
-    register_pointer_kind("encrypted", EncryptedPointer, _wrap_encrypted)
-    register_pointer_kind("he_context", ContextPointer, _wrap_context)
-    reg = default_registry()
-    for spec in nodeops.specs():
-        reg.register(spec)
+    if not capability.is_installed("he"):
+        capability.install(CAPABILITY)
     # The one entry point HE adds to torch, next to Tensor.send (veil.pointers.hook).
     torch.Tensor.encrypt = _tensor_encrypt  # type: ignore[attr-defined]

@@ -21,8 +21,8 @@ from veil.ops import OpRegistry, OpSpec
 from veil.serde.messages import ObjectInfo, Reply, RunOp
 
 if TYPE_CHECKING:
+    from veil.node.capability import CapabilityState
     from veil.node.datasets import DatasetEntry
-    from veil.node.dp import NodeDP
     from veil.node.uploads import StagedUpload  # noqa: F401
 
 
@@ -58,8 +58,8 @@ class NodeBase:
     _dirty: dict[int, str | None]
     _dropped: dict[int, tuple[ObjectRecord, Any]]
     _aliasing: Aliasing
-    # -- capabilities
-    _dp: NodeDP
+    # -- capabilities (veil.node.capability): their states, by name
+    _caps: dict[str, CapabilityState]
 
     def _approved_for(self, session: Session, rec: ObjectRecord) -> bool:
         raise NotImplementedError  # see requests.py
@@ -67,6 +67,12 @@ class NodeBase:
     def _audit_row(self, session: Session, action: str, detail: str = "",
                    objects: list[int] | None = None, sources: Any = ()) -> None:  # fmt: skip
         raise NotImplementedError  # see audit.py
+
+    def put_row(self, key: str, kind: str, value: dict[str, Any]) -> None:
+        raise NotImplementedError  # see persistence.py
+
+    def capability_state(self, name: str) -> Any:
+        raise NotImplementedError  # see node.py
 
     def _check_mutable(self, session: Session, rec: ObjectRecord) -> None:
         raise NotImplementedError  # see access.py

@@ -80,7 +80,8 @@ class DatasetsMixin(NodeBase):
                 problems.append(f"asset {a.name!r}: give one (low, high) bound or one per column")
             if any(lo > hi for lo, hi in a.bounds):
                 problems.append(f"asset {a.name!r}: a bound has low > high")
-        problems += self._dp.check_assets(msg.assets)  # veil.dp
+        for cap in self._caps.values():  # e.g. veil.dp: rows per data subject
+            problems += cap.check_assets(msg.assets)
         if problems:
             raise InvalidRequest("; ".join(problems))
         assets = []
@@ -88,7 +89,8 @@ class DatasetsMixin(NodeBase):
             value = tensor_from_data(a.private, copy=True)
             rec = self._store(session, value, private=True, sources=frozenset({msg.name}),
                               description=a.description, asset_of=msg.name)  # fmt: skip
-            self._dp.add_asset(rec, a)  # veil.dp: bounds and rows per data subject
+            for cap in self._caps.values():  # e.g. veil.dp: bounds and rows per data subject
+                cap.on_asset(rec, a)
             mock = tensor_to_data(tensor_from_data(a.mock, copy=True))
             assets.append((a.name, rec.id, mock, list(a.columns), list(a.bounds), a.description))
         ds = DatasetEntry(msg.name, msg.description, time.time(), assets)

@@ -216,7 +216,8 @@ class ExecutionMixin(NodeBase):
                 for r in written:
                     if error and r.asset_of is None:
                         r.error = r.error or error
-                self._dp.invalidate(keys)  # veil.dp: written data loses its bounds
+                for cap in self._caps.values():  # e.g. veil.dp: written data loses its bounds
+                    cap.on_write(keys)
         if sources:  # ops on dataset-derived data are audited (uploads, gets and requests always)
             self._audit_row(session, "op", msg.op, [r.id for r in inputs], sources)
         if msg.out:
@@ -228,7 +229,8 @@ class ExecutionMixin(NodeBase):
         else:
             reply = self._wrap_result(session, result, target, private, sources, error, label)
         if private:  # veil.dp: sensitivity tracking of what derives from private data
-            self._dp.after_op(msg.op, args, kwargs, inputs, reply)
+            for cap in self._caps.values():
+                cap.after_op(msg.op, args, kwargs, inputs, reply)
         if spec.name == "Tensor.retain_grad" and target is not None:
             self._retaining.add(target.id)
         return reply

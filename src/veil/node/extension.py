@@ -26,7 +26,10 @@ INFO: dict[str, Callable[[Node], dict[str, Any]]] = {}
 
 def public_info(node: Node) -> dict[str, Any]:
     """Every capability's public facts about ``node`` (see :data:`INFO`)."""
-    return {name: fn(node) for name, fn in list(INFO.items())}
+    from veil.node.capability import public_info as capability_info
+
+    out = {name: fn(node) for name, fn in list(INFO.items())}
+    return out | capability_info(node)
 
 
 class OpContext:
@@ -84,12 +87,12 @@ class OpContext:
         """
         priv = self.private if private is None else private
         sources = self.sources if priv else frozenset()
-        rec = self.node._store(self.session, value, private=priv, sources=sources, label=label)
-        return self.node._info_of(rec)
+        rec = self.node.store_value(self.session, value, private=priv, sources=sources, label=label)
+        return self.node.info_of(rec)
 
     def audit(self, action: str, detail: str = "") -> None:
         """Write an entry to the node's audit log as the caller (committed with the op)."""
-        self.node._audit_row(self.session, action, detail[:1000])
+        self.node.write_audit(self.session, action, detail[:1000])
 
     def record_of(self, value: Any) -> ObjectRecord | None:
         """The record behind ``value`` if it came from one of this op's ``Ref`` arguments."""

@@ -17,6 +17,7 @@ from veil.errors import (
     StorageError,
     VeilError,
 )
+from veil.node import capability
 from veil.node.access import AccessMixin
 from veil.node.accounts import AccountsMixin
 from veil.node.aliasing import (
@@ -24,8 +25,8 @@ from veil.node.aliasing import (
 )
 from veil.node.audit import AuditMixin
 from veil.node.datasets import DatasetEntry, DatasetsMixin
-from veil.node.dp import NodeDP
 from veil.node.execution import ExecutionMixin
+from veil.node.host import HostMixin
 from veil.node.nodeops import NodeOpsMixin
 from veil.node.objects import (
     ObjectRecord,
@@ -48,6 +49,7 @@ from veil.ops import OpRegistry, default_registry
 from veil.serde import codec
 from veil.serde.messages import (
     Call,
+    CapabilityCall,
     ClearObjects,
     CreateDataset,
     CreateUser,
@@ -58,18 +60,15 @@ from veil.serde.messages import (
     GetDataset,
     GetInfo,
     GetObject,
-    ListBudgets,
     ListDatasets,
     ListObjects,
     ListRequests,
     ListUsers,
     NodeInfo,
-    Publish,
     Reply,
     RequestAccess,
     RunOp,
     SendObject,
-    SetBudget,
 )
 from veil.version import WIRE_VERSION, __version__
 
@@ -77,6 +76,7 @@ log = logging.getLogger("veil.node")
 
 
 class Node(
+    HostMixin,
     AccountsMixin,
     AuditMixin,
     RecordsMixin,
@@ -172,15 +172,11 @@ class Node(
             GetAudit: self._audit,
             GetInfo: self._info,
         }
-        # veil.dp: sensitivity tracking, DP releases, budgets and the ledger (node/dp.py)
-        self._dp = NodeDP(self)
-        self._handlers.update(
-            {
-                Publish: self._dp.publish,
-                SetBudget: self._dp.set_budget,
-                ListBudgets: self._dp.list_budgets,
-            }  # fmt: skip
-        )
+        self._builtin_handlers = dict(self._handlers)
+        #: Capabilities (veil.node.capability: DP, MPC, HE, ...): their states, by name.
+        self._caps = {}
+        self._cap_gen = -1
+        self._attach_capabilities()
         self._load()
         #: The generated owner password, when the node created its owner without one.
         self.owner_password: str | None = None
@@ -269,7 +265,55 @@ class Node(
                 if isinstance(reply, ErrorReply):  # no row names the staged payload
                     self.store.discard(staged.blob)
                 return reply
-        return self._locked(session, call, self._handlers[type(msg)])
+        if self._cap_gen != capability.generation:
+            self._attach_capabilities()
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            return ErrorReply(
+                "invalid_request",
+                f"node {self.name!r} has no capability that handles {type(msg).__name__} "
+                f"messages; installed: {sorted(self._caps)}",
+            )
+        return self._locked(session, call, handler)
+
+    def _attach_capabilities(self) -> None:
+        """Make the states and handlers of the installed capabilities (at start, and again
+        when one was installed or removed since)."""
+        with self._lock:
+            caps = capability.installed()
+            self._cap_gen = capability.generation
+            states = {
+                name: self._caps.get(name) or cap.state(self) for name, cap in caps.items()
+            }  # fmt: skip
+            handlers = dict(self._builtin_handlers)
+            handlers[CapabilityCall] = functools.partial(capability.run_method, self)
+            for name, cap in caps.items():
+                for msg_type, fn in cap.handlers.items():
+                    handlers[msg_type] = functools.partial(fn, states[name])
+            new = [s for name, s in states.items() if name not in self._caps]
+            self._caps, self._handlers = states, handlers
+            if self._users:  # a capability installed after the node started
+                for state in new:
+                    state.start()
+
+    def capability_state(self, name: str) -> Any:
+        """The state of capability ``name`` on this node (see :mod:`veil.node.capability`).
+
+        Example:
+            >>> from veil.node import Node
+            >>> node = Node("n", owner_password="pw-long-enough")
+            >>> type(node.capability_state("dp")).__name__
+            'NodeDP'
+        """
+        if self._cap_gen != capability.generation:
+            self._attach_capabilities()
+        try:
+            return self._caps[name]
+        except KeyError:
+            raise InvalidRequest(
+                f"capability {name!r} is not installed on node {self.name!r}; "
+                f"installed: {sorted(self._caps)}"
+            ) from None
 
     def _locked(self, session: Session, call: Call,
                 handler: Callable[[Session, Any], Reply]) -> Reply:  # fmt: skip

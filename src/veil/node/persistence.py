@@ -123,7 +123,8 @@ class PersistenceMixin(NodeBase):
                 self._open_requests.setdefault(r.object_id, set()).add(r.id)
         for state in snap.dp:
             self._rows.setdefault(state.kind, {})[state.key] = state.value
-        self._dp.load(snap)  # veil.dp
+        for cap in self._caps.values():  # start-up hooks (e.g. veil.dp reads its rows)
+            cap.start()
 
     def _load_objects(self, rows: list[ObjectRow], live: dict[int, ObjectRecord]) -> None:
         """Rebuild objects from their rows: values, then views of them, then optimizers
@@ -251,7 +252,7 @@ class PersistenceMixin(NodeBase):
         if written is None:
             snap, written = None, set()
         self._restore_rows(batch, got)
-        self._restore_dp(batch, written, dropped)
+        self._restore_caps(batch, written, dropped)
         return snap is not None
 
     def _restore_objects(self, oids: set[int], rows: list[ObjectRow],
@@ -316,27 +317,16 @@ class PersistenceMixin(NodeBase):
         for kind in [k for k, table in self._rows.items() if not table]:
             del self._rows[kind]
 
-    def _restore_dp(self, batch: Batch, written: set[int],
-                    dropped: dict[int, tuple[ObjectRecord, Any]]) -> None:  # fmt: skip
-        """veil.dp after a rollback: budgets and the ledger as their rows say; an object the
-        refused message wrote loses its bound (unbounded, refused for release, until
-        recomputed); one it deleted gets its bound back."""
-        for oid, (_, bound) in dropped.items():
-            if bound is not None and oid in self._objects and oid not in written:
-                self._dp.bounds[oid] = bound
-        if not batch.dp:
-            for oid in written:
-                self._dp.bounds.pop(oid, None)
-            return
-        bounds = {k: b for k, b in self._dp.bounds.items() if k not in written}
-        self._dp.clear()
-        self._dp.load(Snapshot([], [], [], [], [
-            DPRow(key, kind, value)
-            for kind, table in self._rows.items() for key, value in table.items()
-        ]))  # fmt: skip
-        for oid, bound in bounds.items():  # the bounds of everything else, as they were
-            if oid in self._objects:
-                self._dp.bounds[oid] = bound
+    def _restore_caps(self, batch: Batch, written: set[int],
+                      dropped: dict[int, tuple[ObjectRecord, Any]]) -> None:  # fmt: skip
+        """Capabilities after a rollback (:meth:`CapabilityState.on_rollback`): deleted
+        objects that came back and the message did not write get back what they had."""
+        for name, cap in self._caps.items():
+            restored = {
+                oid: saved.get(name) for oid, (_, saved) in dropped.items()
+                if oid in self._objects and oid not in written
+            }  # fmt: skip
+            cap.on_rollback(bool(batch.dp), written, restored)
 
     def _forget(self, oid: int, rec: ObjectRecord | None) -> None:
         """Drop an object from memory (no row holds it, or none could be read)."""
@@ -347,7 +337,8 @@ class PersistenceMixin(NodeBase):
             self._aliasing.untrack(rec)
         self._aliasing.forget(oid)
         self._retaining.discard(oid)
-        self._dp.bounds.pop(oid, None)  # veil.dp
+        for cap in self._caps.values():
+            cap.on_forget(oid)
 
     def rows(self, kind: str) -> dict[str, dict[str, Any]]:
         """A capability's durable rows of ``kind`` (key -> JSON value), as persisted.

@@ -146,12 +146,12 @@ class RecordsMixin(NodeBase):
                 if rec.alias:
                     self._aliases.pop((rec.owner, rec.alias), None)
                 self._retaining.discard(oid)
-                bound = self._dp.bounds.get(oid)
-                self._dp.forget(oid)  # veil.dp: its tracked bound goes with it (a tombstone)
+                # e.g. veil.dp: its tracked bound goes with it (a tombstone)
+                saved = {name: cap.on_drop(oid) for name, cap in self._caps.items()}
                 if self.store.persistent:
                     self._batch.deleted.add(oid)
                     self._dirty.pop(oid, None)
-                    self._dropped[oid] = (rec, bound)  # a failed write brings them back
+                    self._dropped[oid] = (rec, saved)  # a failed write brings them back
                     for other in self._aliasing.dependents(rec, self._objects):
                         self._dirty.setdefault(other)  # rows that referred to it
                     self._aliasing.untrack(rec)

@@ -11,6 +11,7 @@ from veil.errors import (
     ObjectNotFound,
     PermissionDenied,
 )
+from veil.node import capability
 from veil.node.base import NodeBase
 from veil.node.objects import (
     ObjectRecord,
@@ -45,13 +46,60 @@ class RequestsMixin(NodeBase):
     """Requests bound to an object's content; a write voids them."""
 
     def _request_info(self, r: RequestRow) -> RequestInfo:
-        rec = self._objects.get(r.object_id)
         decided = self._email(r.decided_by) if r.decided_by is not None else ""
+        if r.kind != "object":
+            found = capability.request_kind(r.kind)
+            summary = found[1].describe(self.capability_state(found[0].name), r) if found else ""
+            return RequestInfo(
+                r.id, 0, self._email(r.requester), r.reason, r.status, r.created, decided,
+                r.note, None, r.kind, r.subject, summary,
+            )  # fmt: skip
+        rec = self._objects.get(r.object_id)
         shown = rec.alias or r.object_id if rec is not None else r.object_id
         return RequestInfo(
             r.id, shown, self._email(r.requester), r.reason, r.status, r.created,
             decided, r.note, self._info_of(rec) if rec is not None else None,
         )  # fmt: skip
+
+    def _request_kind(self, session: Session, msg: RequestAccess) -> Reply:
+        """A request of a capability's kind: the kind checks the subject and says what the
+        approval binds to (its digest)."""
+        found = capability.request_kind(msg.kind)
+        if found is None:
+            raise InvalidRequest(
+                f"node {self.name!r} has no request kind {msg.kind!r}; it reviews objects"
+                + "".join(
+                    f", {k.name}" for c in capability.installed().values() for k in c.request_kinds
+                )  # fmt: skip
+            )
+        cap, kind = found
+        state = self.capability_state(cap.name)
+        digest = kind.open(state, session, msg.subject)
+        rid = max(self._requests, default=0) + 1
+        row = RequestRow(rid, 0, session.user_id, msg.reason[:2000], "pending", time.time(),
+                         digest=digest, kind=msg.kind, subject=msg.subject[:200])  # fmt: skip
+        self._requests[rid] = row
+        self._batch.requests.append(row)
+        self._audit_row(session, "request", f"{msg.kind} {msg.subject[:100]}: {msg.reason[:100]}")
+        return self._request_info(row)
+
+    def approved_request(self, session: Session, kind: str, subject: str,
+                         digest: str) -> RequestRow | None:  # fmt: skip
+        """An approved request of ``session``'s user, of a capability's ``kind``, about
+        ``subject`` with exactly this ``digest`` (what the owner reviewed); None if none.
+
+        Example:
+            >>> from veil.node import Node
+            >>> node = Node("n", owner_password="pw-long-enough")
+            >>> s = node.login("owner@n.local", "pw-long-enough")
+            >>> node.approved_request(s, "plan", "ab12", "ab12") is None
+            True
+        """
+        for r in self._requests.values():
+            if (r.kind, r.subject, r.requester, r.status) == (kind, subject, session.user_id,
+                                                              "approved") and r.digest == digest:  # fmt: skip
+                return r
+        return None
 
     def _digest(self, rec: ObjectRecord) -> str:
         """SHA-256 of an object's content (and of the error it holds, if any): what an
@@ -80,9 +128,11 @@ class RequestsMixin(NodeBase):
             self._audit_row(SYSTEM, "void", f"request {row.id}", [row.object_id])
 
     def _request_access(self, session: Session, msg: RequestAccess) -> Reply:
-        rec = self._record(session, msg.id)
         if not msg.reason.strip():
             raise InvalidRequest("say why you need the data: ptr.request('reason')")
+        if msg.kind != "object":
+            return self._request_kind(session, msg)
+        rec = self._record(session, msg.id)
         if rec.kind != "optimizer":
             self._persist(rec)  # a requested object must outlive a restart
         rid = max(self._requests, default=0) + 1
@@ -119,6 +169,13 @@ class RequestsMixin(NodeBase):
             raise InvalidRequest(f"request {msg.id} was already {row.status}")
         row.status = "approved" if msg.approve else "denied"
         row.decided_by, row.note = session.user_id, msg.note[:2000]
+        if row.kind != "object":
+            found = capability.request_kind(row.kind)
+            if found is not None and found[1].decided is not None:
+                found[1].decided(self.capability_state(found[0].name), row)
+            self._batch.requests.append(row)
+            self._audit_row(session, row.status, f"request {row.id} ({row.kind})")
+            return self._request_info(row)
         if not msg.approve:
             self._open_requests.get(row.object_id, set()).discard(row.id)
         rec = self._objects.get(row.object_id)

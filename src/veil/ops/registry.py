@@ -71,6 +71,16 @@ class OpRegistry:
         except TypeError:  # unhashable callables are only reachable by name
             pass
 
+    def unregister(self, name: str) -> None:
+        """Remove an op (a capability being uninstalled); unknown names are ignored."""
+        spec = self._by_name.pop(name, None)
+        if spec is not None:
+            try:
+                if self._by_fn.get(spec.fn) == name:
+                    del self._by_fn[spec.fn]
+            except TypeError:
+                pass
+
     @property
     def specs(self) -> Mapping[str, OpSpec]:
         """The live name -> spec table (read-only view for lookups on hot paths)."""

@@ -45,6 +45,13 @@ def register_pointer_kind(kind: str, cls: type, factory: Any) -> None:
     _POINTER_TYPES = ()
 
 
+def unregister_pointer_kind(kind: str) -> None:
+    """Forget a pointer kind (a capability being uninstalled); unknown kinds are ignored."""
+    global _POINTER_TYPES
+    _EXTRA_KINDS.pop(kind, None)
+    _POINTER_TYPES = ()
+
+
 def _pointer_types() -> tuple[type, ...]:
     """(PointerTensor, PointerModule, RemoteOptimizer, extension pointers), imported once."""
     global _POINTER_TYPES

@@ -195,9 +195,14 @@ class ListObjects(msgspec.Struct, tag="list_objects", frozen=True, gc=False):
     pass
 
 
-class RequestAccess(msgspec.Struct, tag="request", frozen=True, gc=False):
+class RequestAccess(msgspec.Struct, tag="request", frozen=True, omit_defaults=True, gc=False):
+    """Ask the owner for object ``id``, or (``kind`` other than ``"object"``) for what a
+    capability's request kind names by ``subject`` (e.g. runs of a plan, by its hash)."""
+
     id: int
     reason: str
+    kind: str = "object"
+    subject: str = ""
 
 
 class ListRequests(msgspec.Struct, tag="list_requests", frozen=True, gc=False):
@@ -292,6 +297,16 @@ class BudgetList(msgspec.Struct, tag="budgets", frozen=True):
     items: list[BudgetInfo]
 
 
+class CapabilityCall(msgspec.Struct, tag="capability", frozen=True, gc=False):
+    """A typed call of a capability's method (:mod:`veil.node.capability`): ``body`` is the
+    msgpack of the method's request Struct, decoded by the node against the type the
+    capability registered (so it is validated like every other message)."""
+
+    capability: str
+    method: str
+    body: bytes
+
+
 Request = Union[  # noqa: UP007
     SendObject,
     RunOp,
@@ -312,6 +327,7 @@ Request = Union[  # noqa: UP007
     Publish,
     SetBudget,
     ListBudgets,
+    CapabilityCall,
 ]
 
 
@@ -371,6 +387,10 @@ class RequestInfo(msgspec.Struct, tag="request_info", frozen=True, gc=False):
     decided_by: str = ""
     note: str = ""
     object: ObjectInfo | None = None
+    kind: str = "object"
+    subject: str = ""
+    #: What the request kind tells the owner about its subject.
+    summary: str = ""
 
 
 class RequestList(msgspec.Struct, tag="requests", frozen=True, gc=False):
@@ -440,6 +460,12 @@ class ErrorReply(msgspec.Struct, tag="error", frozen=True, omit_defaults=True, g
     deferred: int = -1
 
 
+class CapabilityReply(msgspec.Struct, tag="capability_reply", frozen=True, gc=False):
+    """A capability method's answer: the msgpack of its reply Struct."""
+
+    body: bytes
+
+
 Reply = Union[  # noqa: UP007
     ObjectInfo,
     Results,
@@ -457,6 +483,7 @@ Reply = Union[  # noqa: UP007
     ErrorReply,
     BudgetInfo,
     BudgetList,
+    CapabilityReply,
 ]
 
 #: What a node writes to its store for one object: its value, or (when it shares tensors

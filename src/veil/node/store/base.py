@@ -58,6 +58,10 @@ class RequestRow:
     note: str = ""
     #: SHA-256 of the object's content when it was requested: an approval covers that only
     digest: str = ""
+    #: What is asked for: ``"object"`` (``object_id``), or a capability's request kind
+    #: (:class:`veil.node.capability.RequestKind`) about ``subject`` (e.g. a plan's hash).
+    kind: str = "object"
+    subject: str = ""
 
 
 @dataclass(slots=True)

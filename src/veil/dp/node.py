@@ -41,8 +41,8 @@ from veil.errors import (
     PermissionDenied,
     UnboundedSensitivity,
 )
+from veil.node.capability import Capability, CapabilityState, install
 from veil.node.objects import ObjectRecord
-from veil.node.store import Snapshot
 from veil.serde.messages import (
     AssetSpec,
     BudgetInfo,
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from veil.node.node import Node
     from veil.node.users import Session
 
-__all__ = ["NodeDP"]
+__all__ = ["CAPABILITY", "NodeDP"]
 
 #: Kinds of the node's durable rows this module writes.
 ASSET, BUDGET, RELEASE, BOUND = "asset", "budget", "release", "bound"
@@ -72,11 +72,12 @@ class _Budget:
     delta: float
 
 
-class NodeDP:
-    """The node's DP state; the Node calls it from its handlers (see ``node.py``)."""
+class NodeDP(CapabilityState):
+    """veil.dp's state on one node: tracked bounds, budgets and the ledger (its hooks and
+    handlers are those of the ``dp`` capability, see :data:`CAPABILITY`)."""
 
     def __init__(self, node: Node) -> None:
-        self.node = node
+        super().__init__(node)
         self.clear()
 
     def clear(self) -> None:
@@ -88,7 +89,7 @@ class NodeDP:
         self._saved: set[int] = set()  # derived objects whose bound has a durable row
 
     # -------------------------------------------------------------- persistence
-    def load(self, snap: Snapshot | None = None) -> None:
+    def start(self) -> None:
         """Rebuild the state from the node's durable rows (the node loaded them already)."""
         rows = self.node.rows
         for v in rows(ASSET).values():
@@ -99,11 +100,10 @@ class NodeDP:
             rel = Release(v["epsilon"], v["delta"], v["rho"], v["mechanism"])
             self.ledger.setdefault((int(v["user"]), v["dataset"]), []).append(rel)
             self._seq = max(self._seq, int(v["seq"]))
-        for ds in self.node._datasets.values():
-            for _name, oid, _mock, _cols, bounds, _desc in ds.assets:
-                rec = self.node._objects.get(oid)
-                if rec is not None:
-                    self._asset_bound(rec, list(bounds))
+        for _ds, _name, oid, bounds in self.node.assets():
+            rec = self.node.record_by_id(oid)
+            if rec is not None:
+                self._asset_bound(rec, bounds)
         for v in rows(BOUND).values():
             self._load_bound(v)
 
@@ -111,7 +111,7 @@ class NodeDP:
         if v.get("deleted"):
             return
         oid = int(v["object_id"])
-        rec = self.node._objects.get(oid)
+        rec = self.node.record_by_id(oid)
         # the row belongs to this very object (ids can come back: check its creation time)
         if rec is None or rec.asset_of is not None or not rec.private:
             return
@@ -167,7 +167,7 @@ class NodeDP:
                 )
         return problems
 
-    def add_asset(self, rec: ObjectRecord, spec: AssetSpec) -> None:
+    def on_asset(self, rec: ObjectRecord, spec: AssetSpec) -> None:
         k = max(Counter(spec.subjects).values()) if spec.subjects else 1
         self.asset_k[rec.id] = k
         self.node.put_row(f"asset:{rec.id}", ASSET, {"object_id": rec.id, "k": k})
@@ -198,7 +198,7 @@ class NodeDP:
         because the op failed on private values gets the same bound as a real one."""
         if not isinstance(reply, ObjectInfo) or not any(r.private for r in inputs):
             return
-        rec = self.node._objects.get(reply.id)
+        rec = self.node.record_by_id(reply.id)
         if rec is None or rec.asset_of is not None:
             return
         spec = self.node.registry.specs.get(op)
@@ -225,19 +225,48 @@ class NodeDP:
             if isinstance(b, Unbounded) and b is not UNBOUNDED:
                 self.bounds[rec.id] = b  # in memory only, for its reason
 
-    def invalidate(self, keys: set[int]) -> None:
+    def on_write(self, keys: set[int]) -> None:
         """Objects whose storage was written lose their bound (they become unbounded)."""
         from veil.node.objects import storage_keys, tensors_of
 
         for oid in list(self.bounds):
-            rec = self.node._objects.get(oid)
+            rec = self.node.record_by_id(oid)
             if rec is None:
                 self.forget(oid)
             elif rec.asset_of is None and storage_keys(tensors_of(rec.value)) & keys:
                 self.forget(oid)
 
+    def on_drop(self, oid: int) -> Bound | None:
+        """The object was deleted: its bound goes, with a tombstone for its row; returned
+        so that a rollback can give it back."""
+        bound = self.bounds.get(oid)
+        self.forget(oid)
+        return bound
+
+    def on_forget(self, oid: int) -> None:
+        self.bounds.pop(oid, None)
+
+    def on_rollback(self, rows_changed: bool, written: set[int],
+                    restored: dict[int, Any]) -> None:  # fmt: skip
+        """Budgets and the ledger as their rows say; an object the refused message wrote
+        loses its bound (unbounded, refused for release, until recomputed); one it deleted
+        gets its bound back."""
+        for oid, bound in restored.items():
+            if bound is not None:
+                self.bounds[oid] = bound
+        if not rows_changed:
+            for oid in written:
+                self.bounds.pop(oid, None)
+            return
+        bounds = {k: b for k, b in self.bounds.items() if k not in written}
+        self.clear()
+        self.start()
+        for oid, bound in bounds.items():  # the bounds of everything else, as they were
+            if self.node.record_by_id(oid) is not None:
+                self.bounds[oid] = bound
+
     def forget(self, oid: int) -> None:
-        """Drop an object's bound (and its durable row). The node calls it when the object goes."""
+        """Drop an object's bound (and its durable row)."""
         self.bounds.pop(oid, None)
         if oid in self._saved and self.node.store.persistent:
             self.node.put_row(f"{BOUND}:{oid}", BOUND, {"object_id": oid, "deleted": True})
@@ -245,13 +274,13 @@ class NodeDP:
 
     # -------------------------------------------------------------- releases
     def _dataset_of(self, source: int) -> str:
-        rec = self.node._objects.get(source)
+        rec = self.node.record_by_id(source)
         if rec is None or rec.asset_of is None:
             raise UnboundedSensitivity("the object's dataset no longer exists")
         return rec.asset_of
 
     def publish(self, session: Session, msg: Publish) -> Reply:
-        rec = self.node._record(session, msg.id)
+        rec = self.node.record(session, msg.id)
         if rec.kind != "tensor":
             raise InvalidRequest("only tensors can be published")
         if not rec.private:
@@ -295,7 +324,7 @@ class NodeDP:
             "delta": release.delta, "rho": release.rho, "mechanism": release.mechanism,
             "object_id": rec.id, "ts": time.time(), "l1": agg.l1, "l2": agg.l2,
         })  # fmt: skip
-        self.node._audit_row(session, "publish", f"epsilon={epsilon:g} delta={delta:g}",
+        self.node.write_audit(session, "publish", f"epsilon={epsilon:g} delta={delta:g}",
                              [rec.id], rec.sources)  # fmt: skip
         out = torch.from_numpy(np.array(noisy, dtype=np.float64).reshape(shape))
         if dtype.is_floating_point:
@@ -331,35 +360,35 @@ class NodeDP:
     def set_budget(self, session: Session, msg: SetBudget) -> Reply:
         if not session.is_admin:
             raise PermissionDenied("only the node's owner or admins set privacy budgets")
-        user = next((u for u in self.node._users.values() if u.email == msg.user), None)
+        user = self.node.user_id_of(msg.user)
         if user is None:
             raise ObjectNotFound(f"node has no user {msg.user!r}")
-        if msg.dataset not in self.node._datasets:
+        if not self.node.has_dataset(msg.dataset):
             raise ObjectNotFound(f"node has no dataset {msg.dataset!r}")
         if not (math.isfinite(msg.epsilon) and msg.epsilon >= 0) or not (0 <= msg.delta < 1):
             raise InvalidRequest("a budget needs epsilon >= 0 and delta in [0, 1)")
-        key = (user.id, msg.dataset)
+        key = (user, msg.dataset)
         self.budgets[key] = _Budget(float(msg.epsilon), float(msg.delta))
-        self.node.put_row("budget:" + json.dumps([user.id, msg.dataset]), BUDGET, {
-            "user": user.id, "dataset": msg.dataset, "epsilon": float(msg.epsilon),
+        self.node.put_row("budget:" + json.dumps([user, msg.dataset]), BUDGET, {
+            "user": user, "dataset": msg.dataset, "epsilon": float(msg.epsilon),
             "delta": float(msg.delta),
         })  # fmt: skip
-        self.node._audit_row(session, "set_budget",
+        self.node.write_audit(session, "set_budget",
                              f"{msg.user} on {msg.dataset}: epsilon={msg.epsilon:g} delta={msg.delta:g}")  # fmt: skip
         return self._info(key)
 
     def _info(self, key: tuple[int, str]) -> BudgetInfo:
         b = self.budgets[key]
         rel = self.ledger.get(key, [])
-        return BudgetInfo(self.node._email(key[0]), key[1], b.epsilon, b.delta,
+        return BudgetInfo(self.node.email_of(key[0]), key[1], b.epsilon, b.delta,
                           spent_epsilon(rel, delta=b.delta), math.fsum(r.delta for r in rel), len(rel))  # fmt: skip
 
     def list_budgets(self, session: Session, msg: ListBudgets) -> Reply:
         items = []
-        for key in sorted(self.budgets, key=lambda k: (self.node._email(k[0]), k[1])):
+        for key in sorted(self.budgets, key=lambda k: (self.node.email_of(k[0]), k[1])):
             if not session.is_admin and key[0] != session.user_id:
                 continue
-            if msg.user is not None and self.node._email(key[0]) != msg.user:
+            if msg.user is not None and self.node.email_of(key[0]) != msg.user:
                 continue
             items.append(self._info(key))
         return BudgetList(items)
@@ -467,3 +496,17 @@ def _inside(x: torch.Tensor, bounds: list[tuple[float, float]]) -> bool:
     hi_i = torch.tensor([as_int(float(b[1]), False) for b in bounds], dtype=torch.int64)
     xi = x.to(torch.int64)
     return not bool(((xi < lo_i) | (xi > hi_i)).any())
+
+
+#: Automatic DP as a node capability: sensitivity tracking through the node's hooks, and
+#: the ``Publish``, ``SetBudget`` and ``ListBudgets`` messages.
+CAPABILITY = Capability(
+    "dp",
+    state=NodeDP,
+    handlers={
+        Publish: NodeDP.publish,
+        SetBudget: NodeDP.set_budget,
+        ListBudgets: NodeDP.list_budgets,
+    },
+)
+install(CAPABILITY)

@@ -1,0 +1,77 @@
+"""What a capability may use of the node it runs on (see :mod:`veil.node.capability`).
+
+Capabilities (``veil.dp``, ``veil.mpc``, ``veil.he``; next ``veil.fl`` and ``veil.plans``)
+call these public methods of :class:`~veil.node.Node`, never its private members, so that
+the node's concerns can change behind them. Everything here runs inside the message being
+handled (under the node's lock) and commits or rolls back with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from veil.node.base import NodeBase
+from veil.node.objects import ObjectRecord
+from veil.node.users import Session
+from veil.serde.messages import ObjectInfo
+
+
+class HostMixin(NodeBase):
+    """The node's interface to its capabilities."""
+
+    def record(self, session: Session, obj_id: int) -> ObjectRecord:
+        """The record of object ``obj_id`` as ``session`` names it (its own or an alias);
+        raises ObjectNotFound if the caller may not see it.
+
+        Example:
+            >>> import torch
+            >>> from veil.node import Node
+            >>> from veil.serde.messages import SendObject
+            >>> node = Node("n", owner_password="pw-long-enough")
+            >>> s = node.login("owner@n.local", "pw-long-enough")
+            >>> rec = node.store_value(s, torch.ones(2))
+            >>> node.record(s, rec.id).value
+            tensor([1., 1.])
+        """
+        return self._record(session, obj_id)
+
+    def record_by_id(self, obj_id: int) -> ObjectRecord | None:
+        """The record of object ``obj_id`` (its true id), whoever owns it; None if gone."""
+        return self._objects.get(obj_id)
+
+    def check_readable(self, session: Session, rec: ObjectRecord) -> None:
+        """Raise PermissionDenied unless ``session`` may read ``rec``'s value."""
+        self._check_readable(session, rec)
+
+    def store_value(self, session: Session, value: Any, *, private: bool = False,
+                    sources: frozenset[str] = frozenset(), label: str = "") -> ObjectRecord:  # fmt: skip
+        """Store ``value`` for ``session`` (private ones taint what is computed from them)."""
+        return self._store(session, value, private=private, sources=sources, label=label)
+
+    def info_of(self, rec: ObjectRecord) -> ObjectInfo:
+        """What the caller is told about a stored object."""
+        return self._info_of(rec)
+
+    def write_audit(self, session: Session, action: str, detail: str = "",
+                    objects: list[int] | None = None, sources: Any = ()) -> None:  # fmt: skip
+        """Add an entry to the audit log as ``session`` (committed with the message)."""
+        self._audit_row(session, action, detail, objects, sources)
+
+    def email_of(self, user_id: int) -> str:
+        """A user's email ('' if there is no such user)."""
+        return self._email(user_id)
+
+    def user_id_of(self, email: str) -> int | None:
+        """The id of the user with this email, if any."""
+        return next((u.id for u in self._users.values() if u.email == email), None)
+
+    def has_dataset(self, name: str) -> bool:
+        """Is there a dataset called ``name``?"""
+        return name in self._datasets
+
+    def assets(self) -> Iterator[tuple[str, str, int, list[tuple[float, float]]]]:
+        """Every dataset asset: (dataset, asset name, object id, declared bounds)."""
+        for ds in self._datasets.values():
+            for name, oid, _mock, _cols, bounds, _desc in ds.assets:
+                yield ds.name, name, oid, list(bounds)
