@@ -32,8 +32,9 @@ from typing import Any
 from veil.mpc.node import approvals, inputs, local_ops, rounds, state, zero
 from veil.mpc.node.setup import op_deal, op_dealer_setup, op_join, op_public_key
 from veil.mpc.node.typed import typed
-from veil.node import extension
-from veil.ops import OpFacts, OpRegistry, OpSpec, default_registry
+from veil.node import capability
+from veil.node.capability import Capability
+from veil.ops import OpFacts, OpSpec
 
 NODE_OPS: dict[str, Callable[..., Any]] = {
     "mpc.public_key": op_public_key,
@@ -63,19 +64,30 @@ PRIVATE_ARGS: dict[str, tuple[str, ...]] = {
 }
 
 
-def register(reg: OpRegistry | None = None) -> None:
-    """Add the MPC ops to ``reg`` (the default allowlist) and the node's MPC key to its
-    public info; idempotent. Each op runs behind :func:`~veil.mpc.typed.typed`: a missing
-    or mistyped argument is an InvalidRequest that names it."""
-    reg = reg if reg is not None else default_registry()
+def specs() -> list[OpSpec]:
+    """The allowlist entries of the MPC ops: node ops (typed, with their private
+    arguments) and the local steps on shares (typed torch-path ops)."""
+    out = []
     for name, fn in NODE_OPS.items():
-        if name not in reg:
-            facts = OpFacts(size="input", pipeline="never", private_args=PRIVATE_ARGS.get(name, ()))
-            reg.register(OpSpec(name, typed(name, fn, context=True), "node", facts))
+        facts = OpFacts(size="input", pipeline="never", private_args=PRIVATE_ARGS.get(name, ()))
+        out.append(OpSpec(name, typed(name, fn, context=True), "node", facts))
     for name, fn in local_ops.OPS.items():
-        if name not in reg:
-            reg.register(OpSpec(name, typed(name, fn), facts=OpFacts(size="product")))
-    extension.INFO.setdefault("mpc", state.public_info)
+        out.append(OpSpec(name, typed(name, fn), facts=OpFacts(size="product")))
+    return out
+
+
+#: MPC as a node capability (:mod:`veil.node.capability`): its ops, its per-node state (the
+#: node's key pair and sessions) and its public info (the node's MPC key).
+CAPABILITY = Capability("mpc", state=state.MPCState, ops=tuple(specs()), info=state.public_info)
+
+
+def register() -> None:
+    """Install the MPC capability on every node of this process (its ops in the default
+    allowlist, its state, the node's MPC key in its public info); idempotent. Each op runs
+    behind :func:`~veil.mpc.node.typed.typed`: a missing or mistyped argument is an
+    InvalidRequest that names it."""
+    if not capability.is_installed("mpc"):
+        capability.install(CAPABILITY)
 
 
 #: The protocol-round ops as the allowlist runs them (arguments decoded and checked first),

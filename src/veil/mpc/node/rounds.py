@@ -270,7 +270,7 @@ def op_check_value(ctx: OpContext, sid: str, x: torch.Tensor, y: torch.Tensor,
     local_ops.check_auth("mpc.a128.check", x=x)
     check_share(ctx, x, sid, "auth", "x")
     for rec in ctx.inputs:
-        ctx.node._check_readable(ctx.session, rec)
+        ctx.node.check_readable(ctx.session, rec)
     if y.dtype != torch.int64 or tuple(y.shape) != (2, *x.shape[1:]):
         raise InvalidRequest("mpc.a128.check: argument 'y' must be the reconstructed 128-bit "
                              f"value, int64 {(2, *x.shape[1:])}")  # fmt: skip
