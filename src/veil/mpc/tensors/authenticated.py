@@ -36,8 +36,8 @@ from veil.mpc.protocols.session import MPCSession, Request, checked, node_call
 from veil.mpc.providers import kinds
 from veil.mpc.providers.remote import pointer
 from veil.mpc.ring import FixedPoint, prg, r128
+from veil.mpc.tensors.auth_shapes import AuthenticatedShapes
 from veil.mpc.tensors.fixed import FixedPrecisionTensor, register_tensor_type
-from veil.mpc.tensors.surface import DerivedOps
 
 Shares = list[Any]
 
@@ -48,7 +48,7 @@ def _run(sess: MPCSession, op: str, *shares: Shares, args: tuple[Any, ...] = ())
     )
 
 
-class AuthenticatedTensor(DerivedOps):
+class AuthenticatedTensor(AuthenticatedShapes):
     """A fixed-point tensor shared with SPDZ2k MACs; each share is a private (4, *shape)
     int64 object (value and MAC, 128 bits each) on its party's node. Its methods mirror
     :class:`~veil.mpc.SharedTensor`'s, so code written for one runs on the other.
@@ -206,26 +206,6 @@ class AuthenticatedTensor(DerivedOps):
         b = bias if isinstance(bias, AuthenticatedTensor) else torch.as_tensor(bias)
         return res + b.reshape(1, -1, 1, 1)
 
-    # ------------------------------------------------------------- shape ops
-    def _map(self, fn: Any) -> AuthenticatedTensor:
-        return self._new(self.session.fanout(lambda i: fn(self.shares[i]), range(self.session.n)))
-
-    def t(self) -> AuthenticatedTensor:
-        return self._map(lambda s: s.transpose(1, 2).contiguous())
-
-    def transpose(self, d0: int, d1: int) -> AuthenticatedTensor:
-        nd = self.dim()
-        return self._map(lambda s: s.transpose(d0 % nd + 1, d1 % nd + 1).contiguous())
-
-    def reshape(self, *shape: Any) -> AuthenticatedTensor:
-        if len(shape) == 1 and isinstance(shape[0], list | tuple):
-            shape = tuple(shape[0])
-        return self._map(lambda s: s.reshape(4, *shape))
-
-    def __getitem__(self, idx: Any) -> AuthenticatedTensor:
-        idx = idx if isinstance(idx, tuple) else (idx,)
-        return self._map(lambda s: s[(slice(None), *idx)].contiguous())
-
     def sum(self, dim: Any = None, keepdim: bool = False) -> AuthenticatedTensor:
         """Sum over ``dim`` (an int, a tuple of ints, or all elements)."""
         if dim is None:
@@ -308,71 +288,10 @@ class AuthenticatedTensor(DerivedOps):
         return FixedPrecisionTensor(y[0], self.encoding)
 
     # shape ops: a share is (4, *shape), so data dimension d is share dimension d + 1
-    def _sd(self, dim: int) -> int:
-        return dim % max(self.dim(), 1) + 1
-
-    view = reshape
-
-    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> AuthenticatedTensor:
-        if self.dim() == 0:
-            return self.reshape(1)
-        a, b = self._sd(start_dim), self._sd(end_dim)
-        return self._map(lambda s: s.flatten(a, b))
-
-    @property
-    def T(self) -> AuthenticatedTensor:  # noqa: N802
-        return self.t()
-
-    def permute(self, *dims: Any) -> AuthenticatedTensor:
-        if len(dims) == 1 and isinstance(dims[0], list | tuple):
-            dims = tuple(dims[0])
-        order = [0, *(self._sd(d) for d in dims)]
-        return self._map(lambda s: s.permute(*order).contiguous())
-
-    def unsqueeze(self, dim: int) -> AuthenticatedTensor:
-        d = dim % (self.dim() + 1) + 1
-        return self._map(lambda s: s.unsqueeze(d))
-
-    def squeeze(self, dim: int | None = None) -> AuthenticatedTensor:
-        if dim is None:
-            return self.reshape(*(n for n in self.shape if n != 1))
-        d = self._sd(dim)
-        return self._map(lambda s: s.squeeze(d))
-
-    def expand(self, *shape: Any) -> AuthenticatedTensor:
-        if len(shape) == 1 and isinstance(shape[0], list | tuple):
-            shape = tuple(shape[0])
-        extra = len(shape) - self.dim()
-        src = self.reshape(*([1] * extra), *self.shape) if extra > 0 else self
-        return src._map(lambda s: s.expand(4, *shape).contiguous())
-
-    def unfold(self, dim: int, size: int, step: int) -> AuthenticatedTensor:
-        """Sliding windows along ``dim`` (``torch.Tensor.unfold``), e.g. for pooling."""
-        d = self._sd(dim)
-        return self._map(lambda s: s.unfold(d, size, step))
-
     def _broadcast_shape(self, other: Any) -> torch.Size:
         if isinstance(other, AuthenticatedTensor | torch.Tensor):
             return torch.broadcast_shapes(self.shape, other.shape)
         return self.shape
-
-    @staticmethod
-    def cat(tensors: Sequence[AuthenticatedTensor], dim: int = 0) -> AuthenticatedTensor:
-        """Concatenate along ``dim`` (free: each party concatenates its shares)."""
-        first = tensors[0]
-        for t in tensors[1:]:
-            first._check(t)
-        bits = max(t.encoding.frac_bits for t in tensors)
-        per = [t._rescaled(bits) for t in tensors]
-        d = first._sd(dim)
-        shares = first.session.fanout(
-            lambda i: torch.cat([p[i] for p in per], d), range(first.session.n)
-        )
-        return AuthenticatedTensor(shares, first.session, FixedPoint(bits))
-
-    @staticmethod
-    def stack(tensors: Sequence[AuthenticatedTensor], dim: int = 0) -> AuthenticatedTensor:
-        return AuthenticatedTensor.cat([t.unsqueeze(dim) for t in tensors], dim)
 
     # public operands and batched products
     def _product_public(self, other: Any, op: str, *, left: bool, stride: int = 1,
