@@ -91,3 +91,10 @@ def test_zero_shares_sum_to_zero_and_a_counter_is_used_once() -> None:
 def test_providers_are_registered_by_kind() -> None:
     assert set(PROVIDERS) == {"dealer", "dealer-free"}
     assert all(issubclass(c, CryptoProvider) for c in PROVIDERS.values())
+
+
+def test_a_node_shares_its_own_data_in_a_dealer_free_session() -> None:
+    sess = _free(3)
+    ptr = torch.tensor([1.5, -2.0]).send(sess.parties[1])
+    x = ptr.fix_precision().share(session=sess)
+    assert torch.allclose((x + x).reconstruct(), torch.tensor([3.0, -4.0]))

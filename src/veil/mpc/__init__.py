@@ -1,8 +1,9 @@
-"""Secure multi-party computation: fixed point in Z_2^64, additive sharing, a trusted dealer.
+"""Secure multi-party computation: fixed point in Z_2^64, additive sharing, crypto providers.
 
 Each party's share is a private object on its own node; the data scientist who drives the
 computation sees only values masked with one-time dealer randomness, and the dealer sees
-only shapes. See ``docs/mpc.md``.
+only shapes. A session without a dealer (:class:`DealerFree`) adds, averages and sums each
+party's own data (:func:`secure_sum`). See ``docs/mpc.md``.
 
 Example:
     >>> import torch, veil

@@ -16,7 +16,7 @@ import torch
 from veil.errors import MACCheckFailed, ProtocolError, RemoteError
 from veil.mpc.providers import kinds
 from veil.mpc.providers.kinds import numel
-from veil.mpc.providers.remote import node_call, reply_tensor
+from veil.mpc.providers.remote import reply_tensor
 from veil.mpc.ring import prg
 from veil.mpc.stats import record as record_stats
 from veil.pointers import PointerTensor
@@ -55,8 +55,8 @@ class Request:
 
 
 class Rounds:
-    """The rounds of a session; needs ``parties``, ``n``, ``sid``, ``labels``, ``fanout``
-    and ``deal`` from :class:`~veil.mpc.MPCSession`."""
+    """The rounds of a session; needs ``parties``, ``n``, ``sid``, ``labels``, ``fanout``,
+    ``deal`` and ``call`` from :class:`~veil.mpc.MPCSession`."""
 
     parties: list[Any]
     n: int
@@ -64,6 +64,7 @@ class Rounds:
     labels: list[str]
     fanout: Callable[..., Any]
     deal: Callable[..., Any]
+    call: Callable[..., Any]
 
     def round(self, requests: list[Request],
               extra: Callable[[list[list[torch.Tensor]]], list[list[torch.Tensor]]] | None = None,
@@ -92,7 +93,7 @@ class Rounds:
                 if i == last and any(kinds.has_delta(s) for s in r.slots):
                     item["delta"] = r.dealt[1]
                 items.append(item)
-            out = reply_tensor(node_call(self.parties[i], "mpc.open", self.sid, items))
+            out = reply_tensor(self.call(self.parties[i], "mpc.open", self.sid, items))
             record_stats(self.labels[i], out.numel() * 8)
             return out
 
@@ -133,7 +134,7 @@ class Rounds:
                 if rho is not None:
                     item["rho"] = rho
                 items.append(item)
-            reply = node_call(self.parties[i], "mpc.finish", self.sid, items)
+            reply = self.call(self.parties[i], "mpc.finish", self.sid, items)
             if not isinstance(reply, Results):
                 raise RemoteError(f"unexpected reply to finish: {type(reply).__name__}")
             return [PointerTensor(self.parties[i], info) for info in reply.items]  # type: ignore[arg-type]
@@ -204,7 +205,7 @@ class Rounds:
 
         def first(i: int) -> torch.Tensor:
             out = reply_tensor(
-                node_call(self.parties[i], "mpc.open", self.sid, [item(requests[0], i)])
+                self.call(self.parties[i], "mpc.open", self.sid, [item(requests[0], i)])
             )
             record_stats(self.labels[i], out.numel() * 8)
             return out
@@ -216,7 +217,7 @@ class Rounds:
 
             def step(i: int, fin: dict[str, Any] = fin, cur: Request = cur) -> torch.Tensor:
                 reply = reply_tensor(
-                    node_call(self.parties[i], "mpc.step", self.sid, [fin], [item(cur, i)])
+                    self.call(self.parties[i], "mpc.step", self.sid, [fin], [item(cur, i)])
                 )
                 if reply.dim() != 1 or reply.numel() < 1 or int(reply[0]) != 0:
                     raise deviation(False, f"party {i} answered a step in another form")
@@ -227,7 +228,7 @@ class Rounds:
         fin = {"gid": requests[-1].dealt[0] if requests[-1].dealt else 0, "opened": opened}
 
         def final(i: int) -> list[PointerTensor]:
-            reply = node_call(self.parties[i], "mpc.finish", self.sid, [fin])
+            reply = self.call(self.parties[i], "mpc.finish", self.sid, [fin])
             if not isinstance(reply, Results):
                 raise RemoteError(f"unexpected reply to finish: {type(reply).__name__}")
             return [PointerTensor(self.parties[i], info) for info in reply.items]  # type: ignore[arg-type]

@@ -145,6 +145,11 @@ class MPCSession(Rounds):
         )
 
     # ---------------------------------------------------------------- plumbing
+    def call(self, worker: Any, op: str, *args: Any) -> Any:
+        """Run MPC op ``op`` on ``worker``'s node and return its raw reply (the rounds send
+        every protocol message through here)."""
+        return node_call(worker, op, *args)
+
     def fanout(self, fn: Callable[[Any], T], items: Any) -> list[T]:
         """``[fn(i) for i in items]``, in parallel threads when parties are remote."""
         items = list(items)

@@ -15,6 +15,7 @@ import torch
 
 from veil.errors import WorkerMismatch
 from veil.mpc.protocols.session import MPCSession, session_for
+from veil.mpc.providers.base import CryptoProvider
 from veil.mpc.ring import FixedPoint
 from veil.node.worker import Worker
 from veil.pointers import PointerTensor
@@ -56,7 +57,7 @@ class FixedPrecisionTensor:
         """Decode (exactly in float64, then cast to ``dtype``)."""
         return self.encoding.decode(self.encoded, dtype)
 
-    def share(self, *parties: Worker, crypto_provider: Worker | None = None,
+    def share(self, *parties: Worker, crypto_provider: Worker | CryptoProvider | None = None,
               security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
         """Split among ``parties`` (random shares summing to the value mod 2^64); each
         share is stored as a private object on its party. ``session`` (an
@@ -91,7 +92,7 @@ class FixedPrecisionPointer:
     def shape(self) -> torch.Size:
         return self.pointer.shape
 
-    def share(self, *parties: Worker, crypto_provider: Worker | None = None,
+    def share(self, *parties: Worker, crypto_provider: Worker | CryptoProvider | None = None,
               security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
         holder = self.pointer.location
         if session is not None:
@@ -123,7 +124,7 @@ def _tensor_fix_precision(self: torch.Tensor, frac_bits: int = 16) -> FixedPreci
     return FixedPrecisionTensor(enc.encode(self), enc)
 
 
-def _tensor_share(self: torch.Tensor, *parties: Worker, crypto_provider: Worker | None = None,
+def _tensor_share(self: torch.Tensor, *parties: Worker, crypto_provider: Worker | CryptoProvider | None = None,
                   security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
     """Secret-share among ``parties``: ``x.share(alice, bob, crypto_provider=carol)``."""
     bits = session.encoding.frac_bits if session is not None else 16
@@ -139,7 +140,7 @@ def _pointer_fix_precision(self: PointerTensor, frac_bits: int = 16) -> FixedPre
     return FixedPrecisionPointer(encoded, enc)
 
 
-def _pointer_share(self: PointerTensor, *parties: Worker, crypto_provider: Worker | None = None,
+def _pointer_share(self: PointerTensor, *parties: Worker, crypto_provider: Worker | CryptoProvider | None = None,
                    security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
     """Share data on a node without fetching it: ``ptr.share(alice, bob, crypto_provider=carol)``."""
     bits = session.encoding.frac_bits if session is not None else 16
