@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 import torch
+from veil.mpc.authenticated import AuthenticatedTensor
 
 import veil
 from veil.errors import MACCheckFailed
 from veil.mpc import node_ops
-from veil.mpc.authenticated import AuthenticatedTensor
 
 
 @pytest.fixture(params=[2, 3], ids=["2-party", "3-party"])

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from sklearn.datasets import load_digits
 from torch import nn
+from veil.mpc.nn import SGD, cross_entropy_grad
 
 import veil
 from veil.errors import UnsupportedError
 from veil.mpc import encrypt_model
-from veil.mpc.nn import SGD, cross_entropy_grad
 
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,7 +56,7 @@ def _sample(name: str) -> Any:
             "inputs": [I64, I64], "delta": I64, "opened": [I64, I64], "rho": [I64],
             "extra": [I64]}  # fmt: skip
     samples: dict[str, Any] = {
-        "sid": SID, "index": 0, "n": 2, "owner": 0, "holder": 0, "gid": 1, "tag": "tag-123",
+        "sid": SID, "index": 0, "n": 2, "owner": 0, "holder": 0, "gid": 1, "tag": "tag-123", "counter": 1,
         "keys": [KEY, KEY], "dealer": KEY, "sender": KEY, "box": KEY, "groups": [["beaver", item["params"]]],
         "items": [item], "finish": [item], "open_": [item], "x": I64, "c": I64, "y": I64,
         "rho": I64, "d": I64, "delta": I64, "shape": [2], "name": "carol", "key": "ab" * 32,

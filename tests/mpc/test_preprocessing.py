@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 import torch
+from veil.mpc.preprocessing import Preprocessor, signature
 
 import veil
-from veil.mpc.preprocessing import Preprocessor, signature
 
 
 def _session(workers: Any, **kw: Any) -> veil.mpc.MPCSession:

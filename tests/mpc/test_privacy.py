@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats as sps
+from veil.mpc.kinds import get_kind, party_slots
 
 import veil
 from veil.errors import InvalidRequest, PermissionDenied, ProtocolError
 from veil.mpc import MPCSession, ring, seal, state
 from veil.mpc import session as msession
-from veil.mpc.kinds import get_kind, party_slots
 from veil.node import Node
 
 DS_EMAIL, DS_PASSWORD = "ds@lab.org", "ds-password-123"
@@ -102,8 +102,9 @@ def test_owner_data_is_shared_without_passing_through_the_scientist(deployed: An
 def test_owner_data_is_shared_with_macs_without_passing_through_the_scientist(
     deployed: Any,
 ) -> None:
-    from veil.mpc import r128
     from veil.mpc.kinds import combine
+
+    from veil.mpc import r128
 
     owners, (alice, bob, carol) = deployed
     secret = torch.tensor([[3.25, -7.5], [0.125, 42.0]])

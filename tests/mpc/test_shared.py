@@ -1,4 +1,5 @@
-"""SharedTensor ops against plaintext torch, for 2 and 3 parties (veil.mpc.shared)."""
+"""SharedTensor ops against plaintext torch, for 2 and 3 parties (veil.mpc.shared), under every
+crypto provider and security mode that supports the op (conftest.MODES)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from hypothesis import strategies as st
 
 import veil
 from veil.mpc import MPCSession, SharedTensor
+
+from .conftest import DEALT, modes
 
 SETTINGS = settings(
     max_examples=12,
@@ -41,10 +44,13 @@ def _close(got: torch.Tensor, want: torch.Tensor, atol: float) -> None:
     assert err <= atol, f"max error {err} > {atol}"
 
 
+@pytest.mark.parametrize("mode", ["dealer", "dealer-free"])
 @SETTINGS
 @given(data=st.data(), n=st.sampled_from([2, 3]))
-def test_linear_ops_are_exact_even_near_the_range(data: st.DataObject, n: int, reused: Any) -> None:
-    p = reused[n]
+def test_linear_ops_are_exact_even_near_the_range(
+    data: st.DataObject, n: int, reused: Any, mode: str
+) -> None:
+    p = reused[mode, n]
     shape = data.draw(_shapes())
     x = data.draw(_floats(-(2.0**40), 2.0**40, st.just(shape)))
     y = data.draw(_floats(-(2.0**40), 2.0**40, st.just(shape)))
@@ -58,10 +64,11 @@ def test_linear_ops_are_exact_even_near_the_range(data: st.DataObject, n: int, r
     assert torch.equal((sx * 3).get().encoded, torch.round(x * 2**16).long() * 3)
 
 
+@pytest.mark.parametrize("mode", DEALT)
 @SETTINGS
 @given(data=st.data(), n=st.sampled_from([2, 3]))
-def test_products_match_torch(data: st.DataObject, n: int, reused: Any) -> None:
-    p = reused[n]
+def test_products_match_torch(data: st.DataObject, n: int, reused: Any, mode: str) -> None:
+    p = reused[mode, n]
     shape = data.draw(_shapes())
     x = data.draw(_floats(-100, 100, st.just(shape)))
     y = data.draw(_floats(-100, 100, st.just(shape)))
@@ -75,11 +82,14 @@ def test_products_match_torch(data: st.DataObject, n: int, reused: Any) -> None:
     _close((sx / 4.0).reconstruct(), x / 4, 100 * LSB)
 
 
+@pytest.mark.parametrize("mode", DEALT)
 @SETTINGS
 @given(m=st.integers(1, 6), k=st.integers(1, 7), n=st.integers(1, 5), parties=st.sampled_from([2, 3]),
        seed=st.integers(0, 999))  # fmt: skip
-def test_matmul_matches_torch(m: int, k: int, n: int, parties: int, seed: int, reused: Any) -> None:
-    p = reused[parties]
+def test_matmul_matches_torch(
+    m: int, k: int, n: int, parties: int, seed: int, reused: Any, mode: str
+) -> None:
+    p = reused[mode, parties]
     g = torch.Generator().manual_seed(seed)
     a, b = torch.randn(m, k, generator=g) * 4, torch.randn(k, n, generator=g) * 4
     sa, sb = p.share(a), p.share(b)
@@ -97,7 +107,9 @@ def test_products_near_the_range_with_dealer_truncation(two: Any) -> None:
     _close(got, x.double() * y.double(), 2 * LSB * 20000)
 
 
-def test_conv2d_shared_and_public_weights(group: Any) -> None:
+@pytest.mark.parametrize("parties", modes(*DEALT), indirect=True)
+def test_conv2d_shared_and_public_weights(parties: Any) -> None:
+    group = parties
     torch.manual_seed(0)
     x, w, b = torch.randn(2, 3, 7, 7), torch.randn(4, 3, 3, 3), torch.randn(4)
     want = F.conv2d(x, w, b, stride=2, padding=1)
@@ -106,7 +118,9 @@ def test_conv2d_shared_and_public_weights(group: Any) -> None:
     _close(sx.conv2d(w, b, stride=2, padding=1).reconstruct(), want, 1e-3)
 
 
-def test_reductions_and_shape_ops(group: Any) -> None:
+@pytest.mark.parametrize("parties", modes(*DEALT) + modes("dealer-free", n=(2,)), indirect=True)
+def test_reductions_and_shape_ops(parties: Any) -> None:
+    group = parties
     x = torch.randn(3, 4, 5)
     sx = group.share(x)
     _close(sx.sum().reconstruct(), x.sum(), 1e-3)
@@ -115,14 +129,15 @@ def test_reductions_and_shape_ops(group: Any) -> None:
     _close(sx.reshape(12, 5).t().reconstruct(), x.reshape(12, 5).t(), LSB)
     _close(sx[1, :, 2:4].reconstruct(), x[1, :, 2:4], LSB)
     _close(sx.permute(2, 0, 1).flatten(1).reconstruct(), x.permute(2, 0, 1).flatten(1), LSB)
-    _close(SharedTensor.cat([sx, sx], 1).reconstruct(), torch.cat([x, x], 1), LSB)
-    _close(SharedTensor.stack([sx, sx]).reconstruct(), torch.stack([x, x]), LSB)
+    _close(type(sx).cat([sx, sx], 1).reconstruct(), torch.cat([x, x], 1), LSB)
+    _close(type(sx).stack([sx, sx]).reconstruct(), torch.stack([x, x]), LSB)
 
 
+@pytest.mark.parametrize("mode", DEALT)
 @SETTINGS
 @given(data=st.data(), n=st.sampled_from([2, 3]))
-def test_comparisons_and_relu(data: st.DataObject, n: int, reused: Any) -> None:
-    p = reused[n]
+def test_comparisons_and_relu(data: st.DataObject, n: int, reused: Any, mode: str) -> None:
+    p = reused[mode, n]
     shape = data.draw(_shapes())
     # values on a coarse grid so that equal pairs occur; and a few large magnitudes
     x = data.draw(_floats(-8, 8, st.just(shape))).mul(4).round().div(4)
@@ -137,7 +152,9 @@ def test_comparisons_and_relu(data: st.DataObject, n: int, reused: Any) -> None:
     _close(sx.relu().reconstruct().double(), torch.round(x.relu() * 2**16) / 2**16, 0)
 
 
-def test_max_argmax_and_pooling(group: Any) -> None:
+@pytest.mark.parametrize("parties", modes(*DEALT), indirect=True)
+def test_max_argmax_and_pooling(parties: Any) -> None:
+    group = parties
     torch.manual_seed(1)
     x = torch.randn(4, 7)
     x[0, 2] = x[0, 5] = 9.0  # a tie: the first position wins, like torch.argmax

@@ -1,8 +1,9 @@
-"""Secure multi-party computation: fixed point in Z_2^64, additive sharing, a trusted dealer.
+"""Secure multi-party computation: fixed point in Z_2^64, additive sharing, crypto providers.
 
 Each party's share is a private object on its own node; the data scientist who drives the
 computation sees only values masked with one-time dealer randomness, and the dealer sees
-only shapes. See ``docs/mpc.md``.
+only shapes. A session without a dealer (:class:`DealerFree`) adds, averages and sums each
+party's own data (:func:`secure_sum`). See ``docs/mpc.md``.
 
 Example:
     >>> import torch, veil
@@ -16,30 +17,68 @@ Example:
 
 from __future__ import annotations
 
-from veil.mpc import nn
-from veil.mpc.approvals import Dealer, dealers
-from veil.mpc.nn import encrypt_model
-from veil.mpc.node_ops import register
+import importlib
+import sys
+
+from veil.mpc.node.ops import register
+from veil.mpc.protocols.session import MPCSession
+from veil.mpc.providers.approvals import Dealer, dealers
+from veil.mpc.providers.base import CryptoProvider
+from veil.mpc.providers.dealer import DealerFree, TrustedDealer
+from veil.mpc.providers.remote import fingerprint
 from veil.mpc.ring import FixedPoint
-from veil.mpc.session import MPCSession, fingerprint
-from veil.mpc.shared import FixedPrecisionPointer, FixedPrecisionTensor, SharedTensor
 from veil.mpc.stats import reset_stats, stats
+from veil.mpc.tensors import nn
+from veil.mpc.tensors.aggregate import secure_sum
+from veil.mpc.tensors.fixed import FixedPrecisionPointer, FixedPrecisionTensor
+from veil.mpc.tensors.nn import encrypt_model
+from veil.mpc.tensors.shared import SharedTensor
 
 __all__ = [
+    "CryptoProvider",
     "Dealer",
+    "DealerFree",
     "FixedPoint",
     "FixedPrecisionPointer",
     "FixedPrecisionTensor",
     "MPCSession",
     "SharedTensor",
+    "TrustedDealer",
     "dealers",
     "encrypt_model",
     "fingerprint",
     "install",
     "nn",
     "reset_stats",
+    "secure_sum",
     "stats",
 ]
+
+#: Where each module of the former flat ``veil.mpc`` lives now, by layer (ring < providers <
+#: protocols < tensors < node): ``import veil.mpc.session`` and ``from veil.mpc import kinds``
+#: keep working, as the same module objects (so patching one patches the other).
+MOVED = {
+    "approvals": "veil.mpc.providers.approvals",
+    "approx": "veil.mpc.protocols.approx",
+    "authenticated": "veil.mpc.tensors.authenticated",
+    "inputs": "veil.mpc.node.inputs",
+    "kinds": "veil.mpc.providers.kinds",
+    "local_ops": "veil.mpc.node.local_ops",
+    "node_ops": "veil.mpc.node.ops",
+    "preprocessing": "veil.mpc.providers.preprocessing",
+    "r128": "veil.mpc.ring.r128",
+    "reduce": "veil.mpc.protocols.reduce",
+    "seal": "veil.mpc.providers.seal",
+    "session": "veil.mpc.protocols.session",
+    "shared": "veil.mpc.tensors.shared",
+    "spdz": "veil.mpc.ring.mac",
+    "state": "veil.mpc.node.state",
+    "surface": "veil.mpc.tensors.surface",
+    "typed": "veil.mpc.node.typed",
+}
+for _old, _new in MOVED.items():
+    sys.modules[f"{__name__}.{_old}"] = globals()[_old] = importlib.import_module(_new)
+sys.modules[f"{__name__}.nn"] = nn
 
 
 def install() -> None:
@@ -48,8 +87,8 @@ def install() -> None:
     ``PointerTensor.share`` and ``Module.share`` (called once by ``import veil``)."""
     import torch
 
-    from veil.mpc.nn import _module_share
-    from veil.mpc.shared import install as install_entry_points
+    from veil.mpc.tensors.fixed import install as install_entry_points
+    from veil.mpc.tensors.nn import _module_share
 
     register()
     install_entry_points()

@@ -19,8 +19,8 @@ import torch
 from veil.mpc.ring import FixedPoint
 
 if TYPE_CHECKING:
-    from veil.mpc.authenticated import AuthenticatedTensor
-    from veil.mpc.shared import SharedTensor
+    from veil.mpc.tensors.authenticated import AuthenticatedTensor
+    from veil.mpc.tensors.shared import SharedTensor
 
 T = TypeVar("T", "SharedTensor", "AuthenticatedTensor")
 

@@ -97,7 +97,7 @@ class DerivedOps:
     def max(self: Any, dim: int | None = None, keepdim: bool = False) -> Any:
         """Maximum (over all elements, or along ``dim`` with the one-hot argmax: returns
         ``(values, onehot_argmax)``); see :func:`veil.mpc.reduce.max_along`."""
-        from veil.mpc.reduce import max_along
+        from veil.mpc.protocols.reduce import max_along
 
         if dim is None:
             v, _ = max_along(self.reshape(-1), 0, keepdim=False, onehot=False)
@@ -106,54 +106,54 @@ class DerivedOps:
 
     def argmax(self: Any, dim: int | None = None, keepdim: bool = False) -> Any:
         """One-hot (shared) position of the maximum along ``dim`` (first one on ties)."""
-        from veil.mpc.reduce import max_along
+        from veil.mpc.protocols.reduce import max_along
 
         x = self.reshape(-1) if dim is None else self
         _, onehot = max_along(x, 0 if dim is None else dim, keepdim=True, onehot=True)
         return onehot
 
     def max_pool2d(self: Any, kernel_size: int, stride: int | None = None) -> Any:
-        from veil.mpc.reduce import max_pool2d
+        from veil.mpc.protocols.reduce import max_pool2d
 
         return max_pool2d(self, kernel_size, stride)
 
     def avg_pool2d(self: Any, kernel_size: int, stride: int | None = None) -> Any:
-        from veil.mpc.reduce import avg_pool2d
+        from veil.mpc.protocols.reduce import avg_pool2d
 
         return avg_pool2d(self, kernel_size, stride)
 
     # ------------------------------------------------------------- approximations
     def exp(self: Any) -> Any:
-        from veil.mpc import approx
+        from veil.mpc.protocols import approx
 
         return approx.exp(self)
 
     def reciprocal(self: Any) -> Any:
-        from veil.mpc import approx
+        from veil.mpc.protocols import approx
 
         return approx.reciprocal(self)
 
     def log(self: Any) -> Any:
-        from veil.mpc import approx
+        from veil.mpc.protocols import approx
 
         return approx.log(self)
 
     def sqrt(self: Any) -> Any:
-        from veil.mpc import approx
+        from veil.mpc.protocols import approx
 
         return approx.sqrt(self)
 
     def sigmoid(self: Any) -> Any:
-        from veil.mpc import approx
+        from veil.mpc.protocols import approx
 
         return approx.sigmoid(self)
 
     def tanh(self: Any) -> Any:
-        from veil.mpc import approx
+        from veil.mpc.protocols import approx
 
         return approx.tanh(self)
 
     def softmax(self: Any, dim: int = -1) -> Any:
-        from veil.mpc import approx
+        from veil.mpc.protocols import approx
 
         return approx.softmax(self, dim)

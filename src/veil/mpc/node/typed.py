@@ -27,6 +27,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import torch
 
 from veil.errors import InvalidRequest
@@ -63,6 +64,28 @@ def _check_of(hint: Any) -> Check | None:
     return _NAMES[base]
 
 
+def _structured(hint: Any) -> bool:
+    """Whether ``hint`` is a list of msgspec Structs or of tuples (a protocol payload that
+    :func:`typed` converts and validates field by field, see :mod:`veil.mpc.messages`)."""
+    if typing.get_origin(hint) is not list:
+        return False
+    (item,) = typing.get_args(hint) or (Any,)
+    return (isinstance(item, type) and issubclass(item, msgspec.Struct)) or (
+        typing.get_origin(item) is tuple
+    )
+
+
+def _convert(name: str, pname: str, value: Any, hint: Any) -> Any:
+    """``value`` as ``hint`` (msgspec), or an InvalidRequest naming the field that does not
+    fit by its place (``items.0.gid``), never quoting a value."""
+    try:
+        return msgspec.convert(value, hint)
+    except msgspec.ValidationError as exc:
+        reason, _, path = str(exc).partition(" - at `")
+        where = pname + path.rstrip("`").removeprefix("$").replace("[", ".").replace("]", "")
+        raise InvalidRequest(f"{name}: {where}: {reason[:1].lower()}{reason[1:]}") from None
+
+
 def describe(value: Any) -> str:
     """What a value is, for an error message (its type, never its content)."""
     for t in (bool, int, float, str, list, tuple, dict, torch.Tensor):
@@ -79,7 +102,8 @@ def typed(name: str, fn: Callable[..., Any], *, context: bool = False) -> Callab
         fn: the op; with ``context`` its first parameter is the node's ``OpContext`` (not
             checked, not counted as an argument).
 
-    Tuples passed where a list is annotated arrive as lists.
+    Tuples passed where a list is annotated arrive as lists. A list of msgspec Structs (or of
+    tuples) is converted and validated field by field (:mod:`veil.mpc.messages`).
     """
     sig = inspect.signature(fn)
     hints = typing.get_type_hints(fn)
@@ -88,6 +112,7 @@ def typed(name: str, fn: Callable[..., Any], *, context: bool = False) -> Callab
     lists = {p.name for p in params if typing.get_origin(hints.get(p.name)) is list
              or hints.get(p.name) is list}  # fmt: skip
     takes = ", ".join(p.name for p in params) or "no arguments"
+    structs = {p.name: hints[p.name] for p in params if _structured(hints.get(p.name))}
 
     n_all = len(sig.parameters)
     plain = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in sig.parameters.values())
@@ -110,7 +135,9 @@ def typed(name: str, fn: Callable[..., Any], *, context: bool = False) -> Callab
                 raise InvalidRequest(
                     f"{name}: argument {pname!r} must be {what}, got {describe(values[pname])}"
                 )
-            if pname in lists and isinstance(values[pname], tuple):
+            if pname in structs:
+                values[pname] = _convert(name, pname, values[pname], structs[pname])
+            elif pname in lists and isinstance(values[pname], tuple):
                 values[pname] = list(values[pname])
         return fn(**values)
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from veil.mpc import kinds
-from veil.mpc.session import MPCSession, Request
+from veil.mpc.protocols.groups import product_groups
+from veil.mpc.protocols.session import MPCSession, Request
 
 Shares = list[Any]  # PointerTensor per party (its operators are dynamic for mypy)
 
@@ -44,31 +44,6 @@ def trunc(sess: MPCSession, xs: Shares, f: int) -> Shares:
     shape = list(xs[0].shape)
     (res,) = sess.round([Request("trunc", {"x": shape, "f": f}, [[x] for x in xs])])
     return res[0]
-
-
-def product_groups(sess: MPCSession, op: str, x: list[int], y: list[int] | None, *, f: int,
-                   stride: int = 1, padding: int = 0) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
-    """The dealer groups of one product (Beaver triple or square pair, then a truncation
-    pair when the session truncates with the dealer): what :func:`product` and
-    :func:`square` deal, and :meth:`MPCSession.preprocess` prepares."""
-    local_f = f if sess.truncation == "local" else 0
-    if op == "square":
-        groups: list[tuple[str, dict[str, Any]]] = [("square", {"x": x, "trunc": local_f})]
-        out = tuple(x)
-    elif op in ("mul", "matmul", "conv2d"):
-        if y is None:
-            raise ValueError(f"{op} needs the shapes of both operands")
-        params: dict[str, Any] = {"x": x, "y": y, "op": op}
-        if op == "conv2d":
-            params.update(stride=stride, padding=padding)
-        params["trunc"] = local_f
-        groups = [("beaver", params)]
-        out = kinds.get_kind("beaver").slots(params)[2].shape
-    else:
-        raise ValueError(f"op must be 'mul', 'matmul', 'conv2d' or 'square', got {op!r}")
-    if f != local_f:
-        groups.append(("trunc", {"x": list(out), "f": f}))
-    return groups
 
 
 def _product_round(sess: MPCSession, groups: list[tuple[str, dict[str, Any]]],

@@ -39,8 +39,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from veil.mpc.authenticated import AuthenticatedTensor
-    from veil.mpc.shared import SharedTensor
+    from veil.mpc.tensors.authenticated import AuthenticatedTensor
+    from veil.mpc.tensors.shared import SharedTensor
 
 #: The functions run on semi-honest and on authenticated (malicious-mode) tensors alike.
 T = TypeVar("T", "SharedTensor", "AuthenticatedTensor")

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from veil.mpc import kinds
+from veil.mpc.providers import kinds
 
 Group = tuple[str, dict[str, Any]]
 Dealt = tuple[int, torch.Tensor]

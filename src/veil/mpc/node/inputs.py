@@ -27,10 +27,9 @@ from typing import Any
 import torch
 
 from veil.errors import InvalidRequest, PermissionDenied
-from veil.mpc import kinds, r128, ring, seal, spdz
-from veil.mpc.approvals import party
-from veil.mpc.kinds import Slot, numel
-from veil.mpc.state import (
+from veil.mpc import ring
+from veil.mpc.node.approvals import party
+from veil.mpc.node.state import (
     PartySession,
     context,
     dealer_of,
@@ -39,6 +38,10 @@ from veil.mpc.state import (
     state_of,
     u8,
 )
+from veil.mpc.providers import kinds, seal
+from veil.mpc.providers.kinds import Slot, numel
+from veil.mpc.ring import mac as spdz
+from veil.mpc.ring import r128
 from veil.node.extension import OpContext
 from veil.serde.messages import Reply
 
@@ -123,7 +126,7 @@ def op_a128_public(ctx: OpContext, sid: str, c: torch.Tensor) -> Reply:
             "mpc.a128.public: argument 'c' must be a 128-bit value, int64 (2, *shape)"
         )
     ctx.check_elements(2 * c.numel())
-    share = spdz.const(c.contiguous(), kinds.mac_key(sess.seed), sess.index)
+    share = spdz.const(c.contiguous(), kinds.mac_key(sess.dealer_seed), sess.index)
     return ctx.new(share, private=True, label=share_label(sid, "auth"))
 
 
@@ -172,13 +175,13 @@ def _input_share(sess: PartySession, ctx: OpContext, gid: int, shape: tuple[int,
             "mask is used once"
         )
     _, _, slots = _input_group(list(shape))
-    masks = kinds.party_slots(sess.seed, gid, slots)
+    masks = kinds.party_slots(sess.dealer_seed, gid, slots)
     if sess.index == sess.n - 1:
         if delta is None:
             raise InvalidRequest("delta: the last party needs the dealer's delta")
         kinds.apply_delta(slots, masks, delta)
     sess.used.add(gid)
-    return spdz.add(masks["r"], spdz.const(d, kinds.mac_key(sess.seed), sess.index))
+    return spdz.add(masks["r"], spdz.const(d, kinds.mac_key(sess.dealer_seed), sess.index))
 
 
 def op_a128_owner_input(ctx: OpContext, sid: str, x: torch.Tensor, gid: int, box: torch.Tensor,
@@ -193,7 +196,9 @@ def op_a128_owner_input(ctx: OpContext, sid: str, x: torch.Tensor, gid: int, box
         )
     ctx.check_elements(4 * x.numel())
     raw = seal.unseal_with_secret(
-        sess.seed, raw_bytes(box, "the sealed mask"), _owner_context(sid, gid, sess.index, sess.n)
+        sess.dealer_seed,
+        raw_bytes(box, "the sealed mask"),
+        _owner_context(sid, gid, sess.index, sess.n),
     )
     if len(raw) != 16 * x.numel():
         raise InvalidRequest("the sealed mask does not match the tensor's shape")

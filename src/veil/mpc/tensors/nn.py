@@ -38,9 +38,10 @@ import torch
 from torch import nn
 
 from veil.errors import UnsupportedError
-from veil.mpc.authenticated import AuthenticatedTensor
-from veil.mpc.session import MPCSession, Security, session_for
-from veil.mpc.shared import SharedTensor
+from veil.mpc.protocols.session import MPCSession, Security, session_for
+from veil.mpc.providers.base import CryptoProvider
+from veil.mpc.tensors.authenticated import AuthenticatedTensor
+from veil.mpc.tensors.shared import SharedTensor
 from veil.node.worker import Worker
 
 #: What shared layers compute on: semi-honest shares, or authenticated ones (``security="malicious"``).
@@ -316,7 +317,7 @@ def _leaves(m: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
         yield prefix, m
 
 
-def encrypt_model(model: nn.Module, parties: Sequence[Worker], provider: Worker | None = None, *,
+def encrypt_model(model: nn.Module, parties: Sequence[Worker], provider: Worker | CryptoProvider | None = None, *,
                   session: MPCSession | None = None,
                   security: Security = "semi-honest") -> SharedSequential:  # fmt: skip
     """Secret-share ``model``'s weights among ``parties`` (see the module docstring).
@@ -362,7 +363,7 @@ def encrypt_model(model: nn.Module, parties: Sequence[Worker], provider: Worker 
     return SharedSequential(_layer(model, share), sess)
 
 
-def _module_share(self: nn.Module, *parties: Worker, crypto_provider: Worker | None = None,
+def _module_share(self: nn.Module, *parties: Worker, crypto_provider: Worker | CryptoProvider | None = None,
                   security: Security = "semi-honest") -> SharedSequential:  # fmt: skip
     """``model.share(alice, bob, crypto_provider=carol[, security="malicious"])``: see
     :func:`encrypt_model`."""

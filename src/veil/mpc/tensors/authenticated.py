@@ -27,18 +27,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from veil.errors import InvalidRequest, MACCheckFailed, WorkerMismatch
-from veil.mpc import kinds, r128
-from veil.mpc.ring import FixedPoint, prg
-from veil.mpc.session import MPCSession, Request, checked, node_call
-from veil.mpc.surface import DerivedOps
-
-if TYPE_CHECKING:
-    from veil.mpc.shared import FixedPrecisionTensor
+from veil.mpc.protocols.session import MPCSession, Request, checked, node_call
+from veil.mpc.providers import kinds
+from veil.mpc.providers.remote import pointer
+from veil.mpc.ring import FixedPoint, prg, r128
+from veil.mpc.tensors.auth_shapes import AuthenticatedShapes
+from veil.mpc.tensors.fixed import FixedPrecisionTensor, register_tensor_type
 
 Shares = list[Any]
 
@@ -49,7 +48,7 @@ def _run(sess: MPCSession, op: str, *shares: Shares, args: tuple[Any, ...] = ())
     )
 
 
-class AuthenticatedTensor(DerivedOps):
+class AuthenticatedTensor(AuthenticatedShapes):
     """A fixed-point tensor shared with SPDZ2k MACs; each share is a private (4, *shape)
     int64 object (value and MAC, 128 bits each) on its party's node. Its methods mirror
     :class:`~veil.mpc.SharedTensor`'s, so code written for one runs on the other.
@@ -127,8 +126,9 @@ class AuthenticatedTensor(DerivedOps):
         c = self._public(other)
         sess = self.session
         out = sess.fanout(
-            lambda i: sess.parties[i]._unwrap(
-                node_call(sess.parties[i], "mpc.a128.add_public", sess.sid, self.shares[i], c), ()
+            lambda i: pointer(
+                sess.parties[i],
+                node_call(sess.parties[i], "mpc.a128.add_public", sess.sid, self.shares[i], c),
             ),
             range(sess.n),
         )
@@ -206,26 +206,6 @@ class AuthenticatedTensor(DerivedOps):
         b = bias if isinstance(bias, AuthenticatedTensor) else torch.as_tensor(bias)
         return res + b.reshape(1, -1, 1, 1)
 
-    # ------------------------------------------------------------- shape ops
-    def _map(self, fn: Any) -> AuthenticatedTensor:
-        return self._new(self.session.fanout(lambda i: fn(self.shares[i]), range(self.session.n)))
-
-    def t(self) -> AuthenticatedTensor:
-        return self._map(lambda s: s.transpose(1, 2).contiguous())
-
-    def transpose(self, d0: int, d1: int) -> AuthenticatedTensor:
-        nd = self.dim()
-        return self._map(lambda s: s.transpose(d0 % nd + 1, d1 % nd + 1).contiguous())
-
-    def reshape(self, *shape: Any) -> AuthenticatedTensor:
-        if len(shape) == 1 and isinstance(shape[0], list | tuple):
-            shape = tuple(shape[0])
-        return self._map(lambda s: s.reshape(4, *shape))
-
-    def __getitem__(self, idx: Any) -> AuthenticatedTensor:
-        idx = idx if isinstance(idx, tuple) else (idx,)
-        return self._map(lambda s: s[(slice(None), *idx)].contiguous())
-
     def sum(self, dim: Any = None, keepdim: bool = False) -> AuthenticatedTensor:
         """Sum over ``dim`` (an int, a tuple of ints, or all elements)."""
         if dim is None:
@@ -285,8 +265,6 @@ class AuthenticatedTensor(DerivedOps):
             >>> (x * 4).get()
             FixedPrecisionTensor(tensor([ 131072, -262144]), frac_bits=16)
         """
-        from veil.mpc.shared import FixedPrecisionTensor
-
         sess = self.session
         shape = (4, *self.shape)
         parts = [checked(p, shape, f"party {i}'s share", True)
@@ -300,7 +278,7 @@ class AuthenticatedTensor(DerivedOps):
             range(sess.n),
         )
         z = kinds.combine("r128", [
-            checked(sess.parties[i]._unwrap(zs[i], ()).get(), (2,), f"party {i}'s MAC check share", True)
+            checked(pointer(sess.parties[i], zs[i]).get(), (2,), f"party {i}'s MAC check share", True)
             for i in range(sess.n)
         ])  # fmt: skip
         if bool((z != 0).any()):
@@ -310,71 +288,10 @@ class AuthenticatedTensor(DerivedOps):
         return FixedPrecisionTensor(y[0], self.encoding)
 
     # shape ops: a share is (4, *shape), so data dimension d is share dimension d + 1
-    def _sd(self, dim: int) -> int:
-        return dim % max(self.dim(), 1) + 1
-
-    view = reshape
-
-    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> AuthenticatedTensor:
-        if self.dim() == 0:
-            return self.reshape(1)
-        a, b = self._sd(start_dim), self._sd(end_dim)
-        return self._map(lambda s: s.flatten(a, b))
-
-    @property
-    def T(self) -> AuthenticatedTensor:  # noqa: N802
-        return self.t()
-
-    def permute(self, *dims: Any) -> AuthenticatedTensor:
-        if len(dims) == 1 and isinstance(dims[0], list | tuple):
-            dims = tuple(dims[0])
-        order = [0, *(self._sd(d) for d in dims)]
-        return self._map(lambda s: s.permute(*order).contiguous())
-
-    def unsqueeze(self, dim: int) -> AuthenticatedTensor:
-        d = dim % (self.dim() + 1) + 1
-        return self._map(lambda s: s.unsqueeze(d))
-
-    def squeeze(self, dim: int | None = None) -> AuthenticatedTensor:
-        if dim is None:
-            return self.reshape(*(n for n in self.shape if n != 1))
-        d = self._sd(dim)
-        return self._map(lambda s: s.squeeze(d))
-
-    def expand(self, *shape: Any) -> AuthenticatedTensor:
-        if len(shape) == 1 and isinstance(shape[0], list | tuple):
-            shape = tuple(shape[0])
-        extra = len(shape) - self.dim()
-        src = self.reshape(*([1] * extra), *self.shape) if extra > 0 else self
-        return src._map(lambda s: s.expand(4, *shape).contiguous())
-
-    def unfold(self, dim: int, size: int, step: int) -> AuthenticatedTensor:
-        """Sliding windows along ``dim`` (``torch.Tensor.unfold``), e.g. for pooling."""
-        d = self._sd(dim)
-        return self._map(lambda s: s.unfold(d, size, step))
-
     def _broadcast_shape(self, other: Any) -> torch.Size:
         if isinstance(other, AuthenticatedTensor | torch.Tensor):
             return torch.broadcast_shapes(self.shape, other.shape)
         return self.shape
-
-    @staticmethod
-    def cat(tensors: Sequence[AuthenticatedTensor], dim: int = 0) -> AuthenticatedTensor:
-        """Concatenate along ``dim`` (free: each party concatenates its shares)."""
-        first = tensors[0]
-        for t in tensors[1:]:
-            first._check(t)
-        bits = max(t.encoding.frac_bits for t in tensors)
-        per = [t._rescaled(bits) for t in tensors]
-        d = first._sd(dim)
-        shares = first.session.fanout(
-            lambda i: torch.cat([p[i] for p in per], d), range(first.session.n)
-        )
-        return AuthenticatedTensor(shares, first.session, FixedPoint(bits))
-
-    @staticmethod
-    def stack(tensors: Sequence[AuthenticatedTensor], dim: int = 0) -> AuthenticatedTensor:
-        return AuthenticatedTensor.cat([t.unsqueeze(dim) for t in tensors], dim)
 
     # public operands and batched products
     def _product_public(self, other: Any, op: str, *, left: bool, stride: int = 1,
@@ -400,8 +317,8 @@ class AuthenticatedTensor(DerivedOps):
         c = r128.from64(encoding.encode(t) if t.is_floating_point() else t.to(torch.int64))
         sess = self.session
         shares = sess.fanout(
-            lambda i: sess.parties[i]._unwrap(
-                node_call(sess.parties[i], "mpc.a128.public", sess.sid, c), ()
+            lambda i: pointer(
+                sess.parties[i], node_call(sess.parties[i], "mpc.a128.public", sess.sid, c)
             ),
             range(sess.n),
         )
@@ -449,7 +366,7 @@ class AuthenticatedTensor(DerivedOps):
         """Division by a public value (a product with its fixed-point reciprocal) or,
         through :func:`veil.mpc.approx.reciprocal`, by a shared one."""
         if isinstance(other, AuthenticatedTensor):
-            from veil.mpc import approx
+            from veil.mpc.protocols import approx
 
             return self * approx.reciprocal(other)
         d = torch.as_tensor(other).to(torch.float64)
@@ -488,7 +405,7 @@ class AuthenticatedTensor(DerivedOps):
         """
         import numpy as np
 
-        from veil.mpc.session import _u8
+        from veil.mpc.protocols.session import _u8
         from veil.mpc.stats import record
         from veil.pointers import PointerTensor
         from veil.serde.messages import Results
@@ -517,7 +434,7 @@ class AuthenticatedTensor(DerivedOps):
         def put(i: int) -> None:
             w = sess.parties[i]
             r = node_call(w, "mpc.a128.input_share", sess.sid, gid, d, delta if i == last else None)
-            shares[i] = w._unwrap(r, ())
+            shares[i] = PointerTensor(w, r)  # type: ignore[arg-type]
 
         sess.fanout(put, [i for i in range(sess.n) if i != index])
         return cls(shares, sess, encoding)
@@ -525,6 +442,9 @@ class AuthenticatedTensor(DerivedOps):
 
 def _reply_bytes(reply: Any) -> bytes:
     """The raw bytes of a node's uint8 value reply."""
-    from veil.mpc.session import reply_tensor
+    from veil.mpc.protocols.session import reply_tensor
 
     return bytes(reply_tensor(reply).numpy().tobytes())
+
+
+register_tensor_type("malicious", AuthenticatedTensor)

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from veil.errors import InvalidRequest, PermissionDenied
-from veil.mpc import kinds, seal
-from veil.mpc.kinds import ShareDomain, Slot
+from veil.errors import InvalidRequest, PermissionDenied, UnsupportedError
+from veil.mpc.providers import kinds, seal
+from veil.mpc.providers.kinds import ShareDomain, Slot
+from veil.node.capability import CapabilityState
 from veil.node.extension import OpContext
 
 #: Groups opened but not finished that a node keeps per user before dropping the oldest.
@@ -27,18 +28,38 @@ KEY_KIND, KEY_ROW = "mpc.key", "mpc.key:node"
 
 @dataclass
 class PartySession:
-    """This node as party ``index`` of a session: its dealer seed, the session's party keys
-    (as the dealer sealed them) and the group ids it has used."""
+    """This node as party ``index`` of a session: its dealer seed (``None`` in a dealer-free
+    session), the session's party keys (as the dealer sealed them, or as the driver named
+    them when there is no dealer), the group ids it has used, and its pairwise seeds with
+    the other parties (derived on first use) and the zero-sharing counters it has used."""
 
-    seed: bytes
+    seed: bytes | None
     index: int
     keys: list[bytes]
-    dealer: bytes
+    dealer: bytes | None
     used: set[int] = field(default_factory=set)
+    pair_seeds: dict[int, bytes] = field(default_factory=dict)
+    zero_used: set[int] = field(default_factory=set)
 
     @property
     def n(self) -> int:
         return len(self.keys)
+
+    @property
+    def dealer_seed(self) -> bytes:
+        """The seed of this party's dealer randomness.
+
+        Raises:
+            UnsupportedError: the session has no dealer.
+        """
+        if self.seed is None:
+            raise UnsupportedError(
+                "this MPC session has no crypto provider (it is dealer-free: sums, means and "
+                "products with public values only); products of two shared values, "
+                "comparisons, dealer truncation and malicious mode need correlated "
+                "randomness: configure a dealer, e.g. x.share(alice, bob, crypto_provider=carol)"
+            )
+        return self.seed
 
 
 @dataclass
@@ -61,25 +82,40 @@ class Pending:
     macs: list[torch.Tensor] = field(default_factory=list)  # MAC shares of opened values
 
 
-@dataclass
-class MPCState:
-    """A node's MPC state."""
+class MPCState(CapabilityState):
+    """A node's MPC state, as the ``mpc`` capability's per-node state
+    (:mod:`veil.node.capability`): the node's key pair (read from its store, or made and
+    stored on first use), its sessions as a party and as a dealer, the groups it opened
+    and the dealer seeds it has seen."""
 
-    keys: seal.KeyPair
-    parties: dict[tuple[int, str], PartySession] = field(default_factory=dict)
-    dealers: dict[tuple[int, str], DealerSession] = field(default_factory=dict)
-    pending: dict[tuple[int, str, int], Pending] = field(default_factory=dict)
-    seen_seeds: set[bytes] = field(default_factory=set)
-    #: Sessions the node ended (its owner withdrew their dealer): why, by (user, sid).
-    ended: dict[tuple[int, str], str] = field(default_factory=dict)
+    def __init__(self, node: Any) -> None:
+        super().__init__(node)
+        self._keys: seal.KeyPair | None = None
+        self._lock = threading.Lock()
+        self.parties: dict[tuple[int, str], PartySession] = {}
+        self.dealers: dict[tuple[int, str], DealerSession] = {}
+        self.pending: dict[tuple[int, str, int], Pending] = {}
+        self.seen_seeds: set[bytes] = set()
+        #: Sessions the node ended (its owner withdrew their dealer): why, by (user, sid).
+        self.ended: dict[tuple[int, str], str] = {}
 
-
-_CREATE = threading.Lock()
+    @property
+    def keys(self) -> seal.KeyPair:
+        """The node's X25519 key pair (from its store when it has one)."""
+        if self._keys is None:
+            with self._lock:  # the info endpoint may ask from another thread
+                if self._keys is None:
+                    row = self.node.rows(KEY_KIND).get(KEY_ROW)
+                    self._keys = (
+                        seal.KeyPair.from_private(bytes.fromhex(row["private"]))
+                        if row
+                        else seal.KeyPair.generate()
+                    )
+        return self._keys
 
 
 def state_of(node: Any) -> MPCState:
-    """The MPC state of a :class:`~veil.node.Node`: created on first use, with the key pair
-    from the node's store when it has one.
+    """The MPC state of a :class:`~veil.node.Node` (the ``mpc`` capability's state).
 
     Example:
         >>> import veil
@@ -87,19 +123,7 @@ def state_of(node: Any) -> MPCState:
         >>> state_of(node) is state_of(node)
         True
     """
-    st = node.extensions.get("mpc")
-    if st is None:
-        with _CREATE:  # the info endpoint may ask from another thread
-            st = node.extensions.get("mpc")
-            if st is None:
-                row = node.rows(KEY_KIND).get(KEY_ROW)
-                keys = (
-                    seal.KeyPair.from_private(bytes.fromhex(row["private"]))
-                    if row
-                    else seal.KeyPair.generate()
-                )
-                st = node.extensions["mpc"] = MPCState(keys)
-    return st  # type: ignore[no-any-return]
+    return node.capability_state("mpc")  # type: ignore[no-any-return]
 
 
 def public_key_of(node: Any) -> bytes:

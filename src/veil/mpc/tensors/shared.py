@@ -19,104 +19,16 @@ from typing import Any
 import torch
 
 from veil.errors import InvalidRequest, WorkerMismatch
-from veil.mpc import protocols as P
+from veil.mpc.protocols import arith as P
+from veil.mpc.protocols.session import MPCSession, node_call
+from veil.mpc.providers.remote import pointer
 from veil.mpc.ring import FixedPoint, prg
-from veil.mpc.session import MPCSession, node_call, session_for
-from veil.mpc.surface import DerivedOps
-from veil.node.worker import Worker
+from veil.mpc.tensors.fixed import FixedPrecisionTensor, register_tensor_type
+from veil.mpc.tensors.surface import DerivedOps
 from veil.pointers import PointerTensor
 from veil.serde.messages import Results
 
 Shares = list[Any]  # PointerTensor per party (its operators are dynamic for mypy)
-
-
-class FixedPrecisionTensor:
-    """A local tensor encoded in fixed point (int64); ``share`` splits it among parties.
-
-    Example:
-        >>> t = torch.tensor([0.5, -1.25]).fix_precision()
-        >>> t
-        FixedPrecisionTensor(tensor([ 32768, -81920]), frac_bits=16)
-        >>> t.float_precision()
-        tensor([ 0.5000, -1.2500])
-    """
-
-    def __init__(self, encoded: torch.Tensor, encoding: FixedPoint) -> None:
-        self.encoded = encoded
-        self.encoding = encoding
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.encoded.shape
-
-    def float_precision(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Decode (exactly in float64, then cast to ``dtype``)."""
-        return self.encoding.decode(self.encoded, dtype)
-
-    def share(self, *parties: Worker, crypto_provider: Worker | None = None,
-              security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
-        """Split among ``parties`` (random shares summing to the value mod 2^64); each
-        share is stored as a private object on its party. ``session`` (an
-        :class:`MPCSession`) replaces parties, provider and options."""
-        sess = session or session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
-                                      security=security)  # type: ignore[arg-type]  # fmt: skip
-        if sess.security == "malicious":
-            from veil.mpc.authenticated import AuthenticatedTensor
-
-            return AuthenticatedTensor.from_encoded(sess, self.encoded, self.encoding)  # type: ignore[return-value]
-        return SharedTensor.from_encoded(sess, self.encoded, self.encoding)
-
-    def __repr__(self) -> str:
-        return f"FixedPrecisionTensor({self.encoded!r}, frac_bits={self.encoding.frac_bits})"
-
-
-def _session_bits(enc: FixedPoint) -> int:
-    return enc.frac_bits if enc.frac_bits > 0 else 16
-
-
-class FixedPrecisionPointer:
-    """A pointer to fixed-point data on its owner's node (from ``ptr.fix_precision()``).
-
-    ``share(...)`` has the owner's node split it: it keeps one share and seals a PRG seed
-    to each other party, so the value never passes through the data scientist. With
-    ``security="malicious"`` the dealer seals an authenticated mask R to the owner's node,
-    which answers ``x - R`` (see :meth:`AuthenticatedTensor.from_pointer
-    <veil.mpc.authenticated.AuthenticatedTensor.from_pointer>`).
-    """
-
-    def __init__(self, pointer: PointerTensor, encoding: FixedPoint) -> None:
-        self.pointer = pointer
-        self.encoding = encoding
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.pointer.shape
-
-    def share(self, *parties: Worker, crypto_provider: Worker | None = None,
-              security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
-        holder = self.pointer.location
-        if session is not None:
-            parties = tuple(session.parties)
-        idx = next((i for i, p in enumerate(parties) if p is holder), None)
-        if idx is None:
-            raise WorkerMismatch(
-                f"the data is on {holder.name!r}, which is not among the parties "
-                f"{[p.name for p in parties]}; make its node one of the parties"
-            )
-        sess = session or session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
-                                      security=security)  # type: ignore[arg-type]  # fmt: skip
-        if sess.security == "malicious":
-            from veil.mpc.authenticated import AuthenticatedTensor
-
-            return AuthenticatedTensor.from_pointer(sess, self.pointer, idx, self.encoding)  # type: ignore[return-value]
-        return SharedTensor.from_pointer(sess, self.pointer, idx, self.encoding)
-
-    def float_precision(self) -> PointerTensor:
-        """Decode on the node (a float pointer)."""
-        return self.pointer.double() / float(self.encoding.scale)  # type: ignore[no-any-return,operator]
-
-    def __repr__(self) -> str:
-        return f"FixedPrecisionPointer({self.pointer!r}, frac_bits={self.encoding.frac_bits})"
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
@@ -164,7 +76,7 @@ class SharedTensor(DerivedOps):
 
         def put(i: int) -> PointerTensor:
             w = sess.parties[i]
-            return w._unwrap(node_call(w, "mpc.as_share", sess.sid, parts[i]), ())  # type: ignore[no-any-return]
+            return pointer(w, node_call(w, "mpc.as_share", sess.sid, parts[i]))
 
         return cls(sess.fanout(put, range(sess.n)), sess, encoding)
 
@@ -175,7 +87,7 @@ class SharedTensor(DerivedOps):
         and seals a seed to each other party of the session (``mpc.split``)."""
         if ptr.dtype != torch.int64:
             raise InvalidRequest("share a fixed-point pointer: ptr.fix_precision().share(...)")
-        from veil.mpc.session import _u8, new_tag
+        from veil.mpc.protocols.session import _u8, new_tag
 
         tag = new_tag()
         holder = sess.parties[index]
@@ -195,7 +107,7 @@ class SharedTensor(DerivedOps):
             r = node_call(
                 sess.parties[j], "mpc.receive", sess.sid, index, box, list(ptr.shape), tag
             )
-            shares[j] = sess.parties[j]._unwrap(r, ())
+            shares[j] = PointerTensor(sess.parties[j], r)  # type: ignore[arg-type]
 
         sess.fanout(recv, range(len(others)))
         return cls([s for s in shares if s is not None], sess, encoding)
@@ -308,7 +220,7 @@ class SharedTensor(DerivedOps):
         def put(i: int) -> PointerTensor:
             w = sess.parties[i]
             part = enc if i == 0 else torch.zeros_like(enc)
-            return w._unwrap(node_call(w, "mpc.as_share", sess.sid, part), ())  # type: ignore[no-any-return]
+            return pointer(w, node_call(w, "mpc.as_share", sess.sid, part))
 
         return SharedTensor(sess.fanout(put, range(sess.n)), sess, encoding)
 
@@ -325,7 +237,7 @@ class SharedTensor(DerivedOps):
         """Division by a public value (multiplication by its fixed-point reciprocal:
         error at most |x| * 2^-(f+1) / |d| + 2^-f)."""
         if isinstance(other, SharedTensor):
-            from veil.mpc import approx
+            from veil.mpc.protocols import approx
 
             return self * approx.reciprocal(other)
         d = _as_tensor(other).to(torch.float64)
@@ -463,50 +375,4 @@ class SharedTensor(DerivedOps):
     # comparisons, relu, where, max/argmax, pooling, approximations: DerivedOps (surface.py)
 
 
-# ----------------------------------------------------------------- torch entry points
-
-
-def _tensor_fix_precision(self: torch.Tensor, frac_bits: int = 16) -> FixedPrecisionTensor:
-    """Encode in fixed point (Z_2^64, ``frac_bits`` fractional bits): ``x.fix_precision()``."""
-    enc = FixedPoint(frac_bits)
-    return FixedPrecisionTensor(enc.encode(self), enc)
-
-
-def _tensor_share(self: torch.Tensor, *parties: Worker, crypto_provider: Worker | None = None,
-                  security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
-    """Secret-share among ``parties``: ``x.share(alice, bob, crypto_provider=carol)``."""
-    bits = session.encoding.frac_bits if session is not None else 16
-    return _tensor_fix_precision(self, bits).share(
-        *parties, crypto_provider=crypto_provider, security=security, session=session
-    )
-
-
-def _pointer_fix_precision(self: PointerTensor, frac_bits: int = 16) -> FixedPrecisionPointer:
-    """Encode on the node: ``ptr.fix_precision().share(...)`` shares data you cannot see."""
-    enc = FixedPoint(frac_bits)
-    encoded = (self.double() * float(enc.scale)).round().long()  # type: ignore[attr-defined,operator]
-    return FixedPrecisionPointer(encoded, enc)
-
-
-def _pointer_share(self: PointerTensor, *parties: Worker, crypto_provider: Worker | None = None,
-                   security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
-    """Share data on a node without fetching it: ``ptr.share(alice, bob, crypto_provider=carol)``."""
-    bits = session.encoding.frac_bits if session is not None else 16
-    return _pointer_fix_precision(self, bits).share(
-        *parties, crypto_provider=crypto_provider, security=security, session=session
-    )
-
-
-_INSTALLED = False
-
-
-def install() -> None:
-    """Add ``Tensor.fix_precision``, ``Tensor.share`` and the same on PointerTensor (idempotent)."""
-    global _INSTALLED
-    if _INSTALLED:
-        return
-    torch.Tensor.fix_precision = _tensor_fix_precision  # type: ignore[attr-defined]
-    torch.Tensor.share = _tensor_share  # type: ignore[attr-defined]
-    PointerTensor.fix_precision = _pointer_fix_precision  # type: ignore[attr-defined]
-    PointerTensor.share = _pointer_share  # type: ignore[attr-defined]
-    _INSTALLED = True
+register_tensor_type("semi-honest", SharedTensor)

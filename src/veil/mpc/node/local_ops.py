@@ -19,14 +19,17 @@ from typing import Any
 import torch
 
 from veil.errors import InvalidRequest
-from veil.mpc import kinds, r128, ring, spdz
+from veil.mpc import ring
+from veil.mpc.providers import beaver
+from veil.mpc.ring import mac as spdz
+from veil.mpc.ring import r128
 
 
 def op_trunc_local(x: torch.Tensor, f: int, party: int) -> torch.Tensor:
-    """Local (2-party) truncation of a share by ``f`` bits (see ``kinds._trunc_local``)."""
+    """Local (2-party) truncation of a share by ``f`` bits (see ``beaver._trunc_local``)."""
     if x.dtype != torch.int64 or not 0 <= f <= 62 or party not in (0, 1):
         raise InvalidRequest("mpc.trunc_local needs an int64 share, 0 <= f <= 62 and party 0 or 1")
-    return kinds._trunc_local(x, f, party)
+    return beaver._trunc_local(x, f, party)
 
 
 def check_auth(op: str, **shares: torch.Tensor) -> None:

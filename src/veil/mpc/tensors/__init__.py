@@ -1,0 +1,11 @@
+"""The user's shared tensors: :class:`~veil.mpc.SharedTensor` (semi-honest),
+:class:`~veil.mpc.tensors.authenticated.AuthenticatedTensor` (SPDZ2k MACs), fixed-point
+tensors before sharing, and secret-shared ``torch.nn`` models."""
+
+from __future__ import annotations
+
+from veil.mpc.tensors.authenticated import AuthenticatedTensor
+from veil.mpc.tensors.fixed import FixedPrecisionPointer, FixedPrecisionTensor
+from veil.mpc.tensors.shared import SharedTensor
+
+__all__ = ["AuthenticatedTensor", "FixedPrecisionPointer", "FixedPrecisionTensor", "SharedTensor"]
