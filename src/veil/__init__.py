@@ -10,6 +10,9 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from veil import errors, ops
 from veil.errors import (
     BudgetExceeded,
@@ -24,15 +27,56 @@ from veil.version import WIRE_VERSION, __version__
 
 install()
 
-# The capabilities every node has (veil.node.capability): imported when a node starts.
+# The capabilities every node has (veil.node.capability), imported when the first node
+# starts; ``veil.dp``, ``veil.he`` and ``veil.mpc`` (and scipy) load on first use, so that
+# ``import veil`` stays light.
 from veil.node import capability as _capability  # noqa: E402
 
 _capability.declare("dp", "veil.dp.node")
+_capability.declare("he", "veil.he")
+_capability.declare("mpc", "veil.mpc")
+_LAZY = ("dp", "he", "mpc")
 
-# Capabilities that register object kinds, node ops and Tensor entry points on import.
-from veil import dp, he, mpc  # noqa: E402
 
-mpc.install()
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f"veil.{name}")
+    raise AttributeError(f"module 'veil' has no attribute {name!r}")
+
+
+def _lazy_entry_point(owner: type, attr: str, module: str) -> None:
+    """Put ``owner.attr`` in place now; it imports ``module`` (which installs the real
+    method over it) on first use and calls what that installed."""
+
+    def entry(self: Any, *args: Any, **kwargs: Any) -> Any:
+        importlib.import_module(module)
+        real = owner.__dict__.get(attr)
+        if real is None or getattr(real, "_veil_lazy", False):
+            raise AttributeError(f"{module} did not install {owner.__name__}.{attr}")
+        return real(self, *args, **kwargs)
+
+    entry._veil_lazy = True  # type: ignore[attr-defined]
+    entry.__name__ = entry.__qualname__ = attr
+    entry.__doc__ = f"``{owner.__name__}.{attr}`` of ``{module}`` (imported on first use)."
+    if attr not in owner.__dict__:
+        setattr(owner, attr, entry)
+
+
+def _lazy_entry_points() -> None:
+    import torch
+
+    for owner, attr, module in (
+        (torch.Tensor, "share", "veil.mpc"),
+        (torch.Tensor, "fix_precision", "veil.mpc"),
+        (PointerTensor, "share", "veil.mpc"),
+        (PointerTensor, "fix_precision", "veil.mpc"),
+        (torch.nn.Module, "share", "veil.mpc"),
+        (torch.Tensor, "encrypt", "veil.he"),
+    ):
+        _lazy_entry_point(owner, attr, module)
+
+
+_lazy_entry_points()
 
 
 def connect(url: str, *, email: str, password: str, timeout: float = 60.0,

@@ -362,7 +362,7 @@ def _approve_dealers(node: Any, specs: list[str]) -> None:
     """``veil node serve --dealer``: approve each crypto provider as the node's owner
     (audited, kept in the node's store) before serving."""
     import veil
-    from veil.mpc.state import public_info
+    from veil.mpc.node.state import public_info
 
     for spec in specs:
         name, value = _dealer_spec(spec)

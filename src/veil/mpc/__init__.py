@@ -84,7 +84,7 @@ sys.modules[f"{__name__}.nn"] = nn
 def install() -> None:
     """Register the MPC node ops in the default allowlist and add the torch entry points
     ``Tensor.fix_precision``, ``Tensor.share``, ``PointerTensor.fix_precision``,
-    ``PointerTensor.share`` and ``Module.share`` (called once by ``import veil``)."""
+    ``PointerTensor.share`` and ``Module.share`` (idempotent; run when ``veil.mpc`` is imported)."""
     import torch
 
     from veil.mpc.tensors.fixed import install as install_entry_points
@@ -92,5 +92,9 @@ def install() -> None:
 
     register()
     install_entry_points()
-    if not hasattr(torch.nn.Module, "share"):
+    current = getattr(torch.nn.Module, "share", None)
+    if current is None or getattr(current, "_veil_lazy", False):  # veil's placeholder
         torch.nn.Module.share = _module_share  # type: ignore[attr-defined]
+
+
+install()  # on import: the capability and the torch entry points

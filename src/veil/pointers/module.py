@@ -10,6 +10,7 @@ from torch import nn
 
 from veil.errors import InvalidRequest, UnsupportedError
 from veil.ops.modules import OPTIMIZER_NAMES
+from veil.pointers import classes
 from veil.pointers.handle import ReleasedOnDrop
 from veil.pointers.tensor import PointerTensor
 from veil.serde.messages import (
@@ -269,3 +270,6 @@ class RemoteOptimizer(ReleasedOnDrop):
 
     def __repr__(self) -> str:
         return f"RemoteOptimizer({self.name}, node={self.location.name!r}, id={self.id})"
+
+
+classes.module, classes.optimizer = PointerModule, RemoteOptimizer

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from veil.ops import default_registry
+from veil.pointers import classes
 from veil.pointers.queue import MAX_QUEUED
 from veil.serde.messages import ObjectInfo
 from veil.serde.tensors import dtype_name
@@ -149,13 +150,10 @@ _TYPES: tuple[Any, Any] | None = None
 
 
 def _types() -> tuple[Any, Any]:
-    """(PointerTensor, PointerModule), imported once (they import this module)."""
+    """(PointerTensor, PointerModule), as :mod:`veil.pointers.classes` holds them."""
     global _TYPES
     if _TYPES is None:
-        from veil.pointers.module import PointerModule
-        from veil.pointers.tensor import PointerTensor
-
-        _TYPES = (PointerTensor, PointerModule)
+        _TYPES = (classes.tensor, classes.module)
     return _TYPES
 
 

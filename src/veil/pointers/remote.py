@@ -11,7 +11,7 @@ import torch
 
 from veil.errors import InvalidRequest, RemoteError, VeilError, WorkerMismatch, error_from_code
 from veil.ops import default_registry
-from veil.pointers import pipeline
+from veil.pointers import classes, pipeline
 from veil.pointers.queue import OpQueue
 from veil.pointers.transport import Buffer, Transport
 from veil.serde import codec
@@ -55,14 +55,11 @@ def unregister_pointer_kind(kind: str) -> None:
 
 
 def _pointer_types() -> tuple[type, ...]:
-    """(PointerTensor, PointerModule, RemoteOptimizer, extension pointers), imported once."""
+    """(PointerTensor, PointerModule, RemoteOptimizer, extension pointers)."""
     global _POINTER_TYPES
     if not _POINTER_TYPES:
-        from veil.pointers.module import PointerModule, RemoteOptimizer
-        from veil.pointers.tensor import PointerTensor
-
         extra = tuple(cls for cls, _ in _EXTRA_KINDS.values())
-        _POINTER_TYPES = (PointerTensor, PointerModule, RemoteOptimizer, *extra)
+        _POINTER_TYPES = (classes.tensor, classes.module, classes.optimizer, *extra)
     return _POINTER_TYPES
 
 

@@ -9,6 +9,7 @@ import torch
 
 from veil.errors import OpNotAllowed, UnsupportedError
 from veil.ops import default_registry
+from veil.pointers import classes
 from veil.pointers import remote as _remote
 from veil.pointers.handle import ReleasedOnDrop
 from veil.serde.messages import GetObject, ObjectInfo, Publish, RequestAccess, RequestInfo, Value
@@ -341,3 +342,4 @@ for _name in (
     setattr(PointerTensor, _name, _binary(_name))
 
 _remote._TENSOR_POINTER = PointerTensor  # the client's per-op fast paths compare types with it
+classes.tensor = PointerTensor
