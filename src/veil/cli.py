@@ -258,11 +258,12 @@ def requests_list(
     )
     for r in items:
         obj = r.object
-        what = (
-            f"{obj.kind} {'x'.join(map(str, obj.shape)) or 'scalar'}"
-            if obj
-            else f"#{r.object_id} (deleted)"
-        )
+        if r.kind != "object":  # a capability's request kind (a plan's runs, an enrolment)
+            what = f"{r.kind}: {r.summary or r.subject}"
+        elif obj:
+            what = f"{obj.kind} {'x'.join(map(str, obj.shape)) or 'scalar'}"
+        else:
+            what = f"#{r.object_id} (deleted)"
         table.add_row(
             str(r.id), r.status, r.requester, what, ", ".join(obj.sources) if obj else "", r.reason
         )
