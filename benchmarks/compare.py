@@ -6,7 +6,10 @@ benchmark script once per tree, in a fresh process whose ``src/`` comes first on
 (the other tree is a ``git worktree`` of ``--ref``, made and removed here), alternating
 which tree goes first round by round so that both see the same machine. The table gives,
 per row, the median over rounds of veil's own time in each tree and their ratio (new /
-old; above 1: slower now); the figures are appended to ``RESULTS.md``.
+old; above 1: slower now), and the same ratio for veil's time divided by the baseline the
+script measured in the same run (plain torch, TenSEAL, a raw socket): on a shared machine
+the baselines drift with the load, and this ratio cancels that drift. The figures are
+appended to ``RESULTS.md``.
 
 Usage::
 
@@ -36,8 +39,9 @@ BENCHES = {
     "mpc": ("mpc.py", ["--crypten", "/nonexistent"]),  # CrypTen is not what is compared
     "he": ("he.py", []),
 }
-#: The field of each row that holds veil's own figure (lower is better).
+#: The field of each row that holds veil's own figure (lower is better), and its baseline's.
 _VALUE = ("veil_ms", "value")
+_BASELINE = ("torch_ms", "baseline")
 
 
 def _key(row: dict[str, object]) -> str:
@@ -56,8 +60,18 @@ def _value(row: dict[str, object]) -> float | None:
     return None
 
 
-def run_once(tree: Path, bench: str, quick: bool, out: Path) -> dict[str, float]:
-    """One run of one benchmark in ``tree``: row key -> veil's figure."""
+def _baseline(row: dict[str, object]) -> float | None:
+    for f in _BASELINE:
+        v = row.get(f)
+        if isinstance(v, int | float) and v > 0:
+            return float(v)
+    return None
+
+
+def run_once(
+    tree: Path, bench: str, quick: bool, out: Path
+) -> dict[str, tuple[float, float | None]]:
+    """One run of one benchmark in ``tree``: row key -> (veil's figure, veil / baseline)."""
     script, extra = BENCHES[bench]
     env = dict(os.environ, PYTHONPATH=str(tree / "src"))
     cmd = [sys.executable, str(tree / "benchmarks" / script), "--no-write", "--json", str(out),
@@ -66,7 +80,12 @@ def run_once(tree: Path, bench: str, quick: bool, out: Path) -> dict[str, float]
     if proc.returncode != 0 or not out.exists():
         raise SystemExit(f"{bench} in {tree} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     rows = json.loads(out.read_text())["rows"]
-    return {_key(r): v for r in rows if (v := _value(r)) is not None}
+    out_rows = {}
+    for r in rows:
+        v, b = _value(r), _baseline(r)
+        if v is not None:
+            out_rows[_key(r)] = (v, v / b if b else None)
+    return out_rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     old = tmp / "tree"
     subprocess.run(["git", "worktree", "add", "--detach", str(old), sha], cwd=ROOT, check=True,
                    capture_output=True)  # fmt: skip
-    got: dict[str, dict[str, dict[str, list[float]]]] = {}
+    got: dict[str, dict[str, dict[str, list[tuple[float, float | None]]]]] = {}
     try:
         for rnd in range(args.rounds):
             trees = [("new", ROOT), ("old", old)]
@@ -104,29 +123,35 @@ def main(argv: list[str] | None = None) -> int:
                        capture_output=True)  # fmt: skip
 
     lines = [
-        f"| benchmark | row | {sha} (old) | {head} (new) | new / old |",
-        "|---|---|---|---|---|",
+        f"| benchmark | row | {sha} (old) | {head} (new) | new / old | new / old, each vs its "
+        "same-run baseline |",
+        "|---|---|---|---|---|---|",
     ]
     worst = 0.0
     for bench, rows in got.items():
         for key, sides in rows.items():
             if "old" not in sides or "new" not in sides:
                 continue
-            o, n = statistics.median(sides["old"]), statistics.median(sides["new"])
+            o = statistics.median(v for v, _ in sides["old"])
+            n = statistics.median(v for v, _ in sides["new"])
             ratio = n / o if o else float("nan")
-            worst = max(worst, ratio)
-            lines.append(f"| {bench} | {key} | {o:.4g} | {n:.4g} | {ratio:.2f}× |")
+            on = [r for _, r in sides["old"] if r is not None]
+            nn = [r for _, r in sides["new"] if r is not None]
+            rel = statistics.median(nn) / statistics.median(on) if on and nn else None
+            worst = max(worst, rel if rel is not None else ratio)
+            shown = f"{rel:.2f}×" if rel is not None else "—"
+            lines.append(f"| {bench} | {key} | {o:.4g} | {n:.4g} | {ratio:.2f}× | {shown} |")
     table = "\n".join(lines)
     print(table)
-    print(f"slowest row: {worst:.2f}× of {sha}")
+    print(f"slowest row (vs its baseline where it has one): {worst:.2f}× of {sha}")
     if not args.no_write:
         when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         with args.results.open("a") as f:
             f.write(
                 f"\n## compare.py {sha} → {head} ({when}, {platform.machine()}, "
                 f"{os.cpu_count()} cores, {args.rounds} rounds{', quick' if args.quick else ''})\n\n"
-                f"Medians of veil's own figure per row (ms or µs, as each script reports it).\n\n"
-                f"{table}\n\nslowest row: {worst:.2f}× of {sha}\n"
+                f"Medians of veil's own figure per row (ms or µs, as each script reports it), and of that figure over the baseline measured in the same run.\n\n"
+                f"{table}\n\nslowest row (vs its baseline where it has one): {worst:.2f}× of {sha}\n"
             )
     return 0
 

@@ -34,6 +34,7 @@ ROOT = HERE.parent
 ROWS = {
     1: "[remote_ops.row_virtual_op(cfg)]",
     2: "_with_node(lambda url: [remote_ops.row_loopback_op(cfg, url)])",
+    3: "_big()",
     4: "_training()",
 }
 
@@ -57,6 +58,16 @@ def _training():
         client = veil.connect(url, email=remote_ops.OWNER, password=remote_ops.OWNER_PW)
         try:
             return remote_ops.rows_training(cfg, client)
+        finally:
+            client.close()
+    return _with_node(run)
+
+def _big():
+    import veil
+    def run(url):
+        client = veil.connect(url, email=remote_ops.OWNER, password=remote_ops.OWNER_PW)
+        try:
+            return [remote_ops.row_big_transfer(cfg, client)]
         finally:
             client.close()
     return _with_node(run)
