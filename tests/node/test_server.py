@@ -198,9 +198,9 @@ class CutProxy:
                         s.close()
                     self.cut_next.clear()
                     return
-                dst.sendall(data)
                 if upstream and self.cut_next.is_set():
-                    self.forwarded.set()
+                    self.forwarded.set()  # before forwarding: the reply may come back first
+                dst.sendall(data)
         except OSError:
             pass
 
