@@ -228,7 +228,7 @@ def test_install_refuses_clashes_and_uninstall_removes_everything(tally: Capabil
 
 def test_public_info_shows_capability_facts(tally: Capability) -> None:
     import veil
-    from veil.node.extension import public_info
+    from veil.node.capability import public_info
 
     assert public_info(veil.VirtualWorker("i").node)["tally"] == {"k": K}
 

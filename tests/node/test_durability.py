@@ -253,7 +253,7 @@ def test_a_failed_write_undoes_that_message_only(
     a.flush()
     b.flush()
     token = node.issue_token(node.login("a@dur.test", "a-password-1"))
-    node.extensions["probe"] = probe = object()
+    probe = node.capability_state("dp")  # a capability's state object
     node.put_row("cap:1", "cap", {"v": 1})
     records = dict(node._objects)
     tensors = {oid: [t for _, t in _slots(r.value)] for oid, r in records.items()}
@@ -294,7 +294,7 @@ def test_a_failed_write_undoes_that_message_only(
         assert node.capability_state("dp").bounds.keys() == bounds.keys(), what
         assert all(node.capability_state("dp").bounds[k] is b for k, b in bounds.items()), what
         assert node.session_for_token(token).email == "a@dur.test"
-        assert node.extensions["probe"] is probe
+        assert node.capability_state("dp") is probe
     monkeypatch.undo()
 
     # the node still works, from where it was: training continues, the bound is still there

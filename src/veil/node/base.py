@@ -38,7 +38,6 @@ class NodeBase:
     max_result_bytes: int
     _lock: threading.RLock
     _handling: bool
-    extensions: dict[str, Any]
     # -- records
     _objects: dict[int, ObjectRecord]
     _ids: itertools.count[int]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -18,19 +17,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: What capabilities add to a node's public ``GET /api/v1/info``: name -> ``fn(node)`` -> a
-#: JSON-able dict of facts that do not change while the node runs (read once, when the
-#: server starts); ``veil.mpc`` shows the node's MPC public key, for approving it as a dealer.
-INFO: dict[str, Callable[[Node], dict[str, Any]]] = {}
-
-
-def public_info(node: Node) -> dict[str, Any]:
-    """Every capability's public facts about ``node`` (see :data:`INFO`)."""
-    from veil.node.capability import public_info as capability_info
-
-    out = {name: fn(node) for name, fn in list(INFO.items())}
-    return out | capability_info(node)
-
 
 class OpContext:
     """Handed to an extension op as its first argument.
@@ -41,7 +27,7 @@ class OpContext:
     private; :meth:`new` does so by default.
 
     Attributes:
-        node: the node running the op (its name, limits and ``extensions`` state).
+        node: the node running the op (its name, limits and capability states).
         session: the caller.
         inputs: the records behind the op's ``Ref`` arguments, in the order they were resolved.
     """
@@ -62,13 +48,6 @@ class OpContext:
     def sources(self) -> frozenset[str]:
         """Datasets the inputs derive from."""
         return frozenset().union(*(r.sources for r in self.inputs)) if self.inputs else frozenset()
-
-    def state(self, key: str, factory: Callable[[], T]) -> T:
-        """The node's state for extension ``key`` (created with ``factory`` on first use)."""
-        ext = self.node.extensions
-        if key not in ext:
-            ext[key] = factory()
-        return ext[key]  # type: ignore[no-any-return]
 
     def check_elements(self, n: int) -> None:
         """Refuse to create more than the node's result size limit (8-byte elements)."""

@@ -152,8 +152,6 @@ class Node(
         self._dropped: dict[int, tuple[ObjectRecord, Any]] = {}
         #: How objects that share tensors are stored (persistent stores only)
         self._aliasing = Aliasing()
-        #: State of extension ops (effect "node"), by extension name; in memory only.
-        self.extensions: dict[str, Any] = {}
         self._handlers: dict[type, Callable[[Session, Any], Reply]] = {
             SendObject: self._send,
             RunOp: self._run_op,

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from veil.errors import AuthenticationError, RateLimited, VeilError
-from veil.node.extension import public_info
+from veil.node.capability import public_info
 from veil.node.framing import Assembler, split_frame
 from veil.node.node import Node
 from veil.node.server.limits import BodyLimit, LoginLimiter, ServerLimits
