@@ -35,12 +35,17 @@ from veil.node import capability as _capability  # noqa: E402
 _capability.declare("dp", "veil.dp.node")
 _capability.declare("he", "veil.he")
 _capability.declare("mpc", "veil.mpc")
-_LAZY = ("dp", "he", "mpc")
+_capability.declare("plans", "veil.plans.node")
+_LAZY = ("dp", "he", "mpc", "plans")
+#: Names at the top of the package that live in a lazily imported part.
+_LAZY_NAMES = {"Plan": "plans", "Protocol": "plans", "func2plan": "plans", "plan": "plans"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return importlib.import_module(f"veil.{name}")
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f"veil.{_LAZY_NAMES[name]}"), name)
     raise AttributeError(f"module 'veil' has no attribute {name!r}")
 
 
@@ -104,8 +109,10 @@ __all__ = [
     "ObjectNotFound",
     "OpNotAllowed",
     "PermissionDenied",
+    "Plan",
     "PointerModule",
     "PointerTensor",
+    "Protocol",
     "RemoteOptimizer",
     "TorchHook",
     "VeilError",
@@ -116,7 +123,10 @@ __all__ = [
     "connect",
     "dp",
     "errors",
+    "func2plan",
     "he",
     "mpc",
     "ops",
+    "plan",
+    "plans",
 ]

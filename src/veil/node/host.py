@@ -11,10 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import torch
+
+from veil.errors import ObjectNotFound
 from veil.node.base import NodeBase
 from veil.node.objects import ObjectRecord
+from veil.node.store import RequestRow
 from veil.node.users import Session
-from veil.serde.messages import ObjectInfo
+from veil.serde.messages import ObjectInfo, Reply, RunOp
+from veil.serde.tensors import tensor_from_data
 
 
 class HostMixin(NodeBase):
@@ -75,3 +80,45 @@ class HostMixin(NodeBase):
         for ds in self._datasets.values():
             for name, oid, _mock, _cols, bounds, _desc in ds.assets:
                 yield ds.name, name, oid, list(bounds)
+
+    def run_op(self, session: Session, msg: RunOp) -> Reply:
+        """Run one op for ``session`` exactly as a ``RunOp`` message from it would run
+        (allowlist, privacy rules, size limits, audit, capability hooks); raises what the
+        message would answer with. For capabilities that run several ops in one message
+        (``veil.plans``).
+
+        Example:
+            >>> import torch
+            >>> from veil.node import Node
+            >>> from veil.serde.messages import Ref, RunOp
+            >>> node = Node("n", owner_password="pw-long-enough")
+            >>> s = node.login("owner@n.local", "pw-long-enough")
+            >>> rec = node.store_value(s, torch.ones(2))
+            >>> node.run_op(s, RunOp("torch.neg", [Ref(rec.id)])).shape
+            [2]
+        """
+        return self._run_op(session, msg)
+
+    def release(self, session: Session, ids: list[int]) -> None:
+        """Drop objects of ``session`` (as when its client drops their pointers)."""
+        self._release(session, ids)
+
+    def requests_of(self, kind: str) -> list[RequestRow]:
+        """Every request of a capability's ``kind``, oldest first (the caller filters by
+        requester; the rows are the node's own: change them only through its methods)."""
+        return [r for r in self._requests.values() if r.kind == kind]
+
+    def dataset_mocks(self, name: str) -> dict[str, torch.Tensor]:
+        """The mock data of each asset of dataset ``name`` (public: what scientists see).
+
+        Example:
+            >>> import torch, veil
+            >>> owner = veil.VirtualWorker("n")
+            >>> _ = owner.datasets.create("d", private=torch.ones(2), mock=torch.zeros(2))
+            >>> owner.node.dataset_mocks("d")
+            {'data': tensor([0., 0.])}
+        """
+        ds = self._datasets.get(name)
+        if ds is None:
+            raise ObjectNotFound(f"node {self.name!r} has no dataset {name[:100]!r}")
+        return {aname: tensor_from_data(mock, copy=True) for aname, _, mock, *_ in ds.assets}
