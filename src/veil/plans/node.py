@@ -32,6 +32,7 @@ from veil.ops import OpFacts, OpSpec
 from veil.plans import program, text
 from veil.serde.messages import (
     DictArg,
+    Done,
     ListArg,
     ObjectInfo,
     Ref,
@@ -380,7 +381,8 @@ def run_plan(ctx: OpContext, plan_hash: str, state: list[Any], args: list[Any],
     except BaseException:
         node.release(session, list(dict.fromkeys(made)))
         raise
-    return _reply(spec.outputs, ids, infos)
+    reply = _reply(spec.outputs, ids, infos)
+    return Done() if reply is None else reply
 
 
 def _infos(reply: Any) -> list[ObjectInfo]:

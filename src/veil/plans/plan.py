@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import traceback
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,11 @@ class _Deployment:
 
     worker: Any
     state: list[Any] = field(default_factory=list)
+
+
+#: Per node, the pointer each local state object was sent as: plans sent to one node share
+#: the models, tensors and optimizers they have in common (split learning's plans do).
+_SHARED: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, Any]]] = weakref.WeakKeyDictionary()
 
 
 class _StateReader:
@@ -338,14 +344,20 @@ class Plan(nn.Module):
                 f"node {worker.name!r} stored plan {stored.hash[:12]}, not {self.hash[:12]}"
             )
         ptrs: dict[int, Any] = {}
+        shared = _SHARED.setdefault(worker, {})
         for s in spec.state:
             obj = self._objects[s.id]
+            known = shared.get(id(obj))
+            if known is not None and known[0] is obj:
+                ptrs[s.id] = known[1]
+                continue
             if s.kind == "module":
                 ptrs[s.id] = PointerModule.send(obj, worker, mode="module")
             elif s.kind == "tensor":
                 ptrs[s.id] = worker.send(obj.detach().requires_grad_(obj.requires_grad))
             else:
                 ptrs[s.id] = self._send_optimizer(s, obj, ptrs)
+            shared[id(obj)] = (obj, ptrs[s.id])
         dep = _Deployment(worker, [ptrs[s.id] for s in spec.state])
         self._deployments[id(worker)] = dep
         self.location = worker
@@ -376,6 +388,7 @@ class Plan(nn.Module):
         if self.location is None:
             raise UnsupportedError(f"plan {self.plan_name!r} is not on a node; send it first")
         dep = self._deployments.pop(id(self.location))
+        shared = _SHARED.get(self.location, {})
         spec = self._built()
         with torch.no_grad():
             for s, ptr in zip(spec.state, dep.state):
@@ -384,6 +397,7 @@ class Plan(nn.Module):
                     obj.load_state_dict(ptr.get().state_dict())
                 elif s.kind == "tensor":
                     obj.copy_(ptr.get())
+                shared.pop(id(obj), None)
         self.location = None
         return self
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from veil.errors import OpNotAllowed, UnsupportedError
+from veil.errors import OpNotAllowed, UnsupportedError, VeilError
 from veil.ops import OPTIMIZER_CLASSES, default_registry
 from veil.pointers.queue import OpQueue
 from veil.pointers.tensor import PointerTensor
@@ -131,6 +131,8 @@ class Tracer:
 
     name = "plan tracer"
     pipeline = False
+    #: True while an op runs on the meta copies (their own calls are not the user's).
+    executing = False
 
     def __init__(self) -> None:
         self.queue = OpQueue(None)  # detached: records, never sends
@@ -279,15 +281,22 @@ class Tracer:
         enc_kwargs = {k: to_arg(v, self._ref) for k, v in sorted(kwargs.items())}
         margs = [self._materialize(a) for a in enc_args]
         mkwargs = {k: self._materialize(v) for k, v in enc_kwargs.items()}
+        if op in ("Tensor.__getitem__", "Tensor.__setitem__") and len(margs) > 1:
+            margs[1] = _scalar_index(margs[1])
         try:
+            self.executing = True  # its module calls and steps are the meta copies': not traced
             with torch.enable_grad():
                 result = spec.fn(*margs, **mkwargs)
+        except VeilError:
+            raise
         except Exception as exc:
             raise UnsupportedError(
                 f"{line}: {op} cannot be traced on shapes-only (meta) tensors: "
                 f"{type(exc).__name__}: {str(exc)[:300]}. A plan holds ops whose result's "
                 "shape follows from its inputs' shapes (not nonzero, unique, masked_select...)"
             ) from None
+        finally:
+            self.executing = False
         inputs = {id(v): a.id for a, v in zip(enc_args, margs) if type(a) is Ref}
         out, value = self._outputs(op, result, inputs, line, 0)
         from veil.serde.messages import RunOp
@@ -323,6 +332,16 @@ class Tracer:
             f"{line}: {op} returns a {type(result).__name__}, which a plan cannot hold (its "
             "value could depend on the data); keep it a tensor"
         )
+
+
+def _scalar_index(index: Any) -> Any:
+    """An index with its 0-d integer tensors as 0: torch reads their value to index (which
+    meta tensors have not), and the result's shape does not depend on it."""
+    if isinstance(index, torch.Tensor) and index.dim() == 0 and not index.is_floating_point():
+        return 0 if index.dtype != torch.bool else index
+    if type(index) is tuple:
+        return tuple(_scalar_index(i) for i in index)
+    return index
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
@@ -366,7 +385,12 @@ _optimizer_zero_grad = torch.optim.Optimizer.zero_grad
 
 def _traced_module_call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     tracer = _ACTIVE
-    if tracer is None or not _traced_in(args, kwargs) or unsupported_modules(self):
+    if (
+        tracer is None
+        or tracer.executing
+        or not _traced_in(args, kwargs)
+        or unsupported_modules(self)
+    ):
         return _module_call(self, *args, **kwargs)
     tracer.add_state("", self)
     return tracer._run("Module.__call__", (self, *args), kwargs)
@@ -374,7 +398,7 @@ def _traced_module_call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
 
 def _traced_module_zero_grad(self: nn.Module, set_to_none: bool = True) -> None:
     tracer = _ACTIVE
-    slot = tracer._by_obj.get(id(self)) if tracer is not None else None
+    slot = tracer._by_obj.get(id(self)) if tracer is not None and not tracer.executing else None
     if tracer is None or slot is None:
         return _module_zero_grad(self, set_to_none)
     if slot == 0:
@@ -387,14 +411,23 @@ def _traced_module_zero_grad(self: nn.Module, set_to_none: bool = True) -> None:
 
 
 def _uses_state(tracer: Tracer, opt: torch.optim.Optimizer) -> bool:
-    return id(opt) in tracer._by_obj or any(
-        id(p) in tracer._params for g in opt.param_groups for p in g["params"]
+    """Is ``opt`` state of the plan being traced? An optimizer of something else, stepped
+    while tracing, is refused: run locally, it would silently do nothing in the plan."""
+    if id(opt) in tracer._by_obj:
+        return True
+    if all(id(p) in tracer._params for g in opt.param_groups for p in g["params"]):
+        tracer.add_state("", opt)
+        return True
+    raise UnsupportedError(
+        f"{user_line()}: the plan steps an optimizer whose model is not state of the plan; use "
+        "the model in the plan's code (e.g. compute the forward pass inside it) so that the "
+        "plan holds the model, and the optimizer steps the node's copy"
     )
 
 
 def _traced_optimizer_zero_grad(self: torch.optim.Optimizer, set_to_none: bool = True) -> None:
     tracer = _ACTIVE
-    if tracer is None or not _uses_state(tracer, self):
+    if tracer is None or tracer.executing or not _uses_state(tracer, self):
         return _optimizer_zero_grad(self, set_to_none)
     tracer._run("Optimizer.zero_grad", (self, bool(set_to_none)), {})
     return None
@@ -403,7 +436,7 @@ def _traced_optimizer_zero_grad(self: torch.optim.Optimizer, set_to_none: bool =
 def _traced_step(original: Callable[..., Any]) -> Callable[..., Any]:
     def step(self: torch.optim.Optimizer, closure: Any = None) -> Any:
         tracer = _ACTIVE
-        if tracer is None or not _uses_state(tracer, self):
+        if tracer is None or tracer.executing or not _uses_state(tracer, self):
             return original(self, closure) if closure is not None else original(self)
         if closure is not None:
             raise UnsupportedError(f"{user_line()}: optimizer.step(closure) inside a plan")
