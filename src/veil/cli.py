@@ -34,6 +34,11 @@ dealers_app = typer.Typer(
     help="Approve the crypto providers (MPC dealers) a node accepts.", no_args_is_help=True
 )
 app.add_typer(dealers_app, name="dealers")
+# veil.plans: plans scientists asked to run on private data
+plans_app = typer.Typer(
+    help="Review the plans scientists ask to run on your private data.", no_args_is_help=True
+)
+app.add_typer(plans_app, name="plans")
 console = Console()
 
 Url = Annotated[str, typer.Option(help="Base URL of a running node.", envvar="VEIL_URL")]
@@ -305,6 +310,74 @@ def requests_deny(
     password: Password = "",
 ) -> None:
     """Deny a request."""
+    _decide(request_id, False, note, url, email, password)
+
+
+# ---------------------------------------------------------------- veil.plans: review
+@plans_app.command("list")
+def plans_list(
+    status: Annotated[
+        str | None, typer.Option(help="pending, approved or denied (default: all).")
+    ] = None,
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """List plan requests: who asks to run which plan, on which dataset, how many times."""
+    from veil.plans import reviews
+
+    items = _ask(url, email, password, lambda client: reviews(client, status))
+    table = Table("id", "status", "requester", "plan", "hash", "dataset", "runs", "reason",
+                  title="plan requests")  # fmt: skip
+    for r in items:
+        table.add_row(str(r.request), r.status, r.requester, r.name, r.hash[:16], r.dataset,
+                      f"{r.used}/{r.runs}", r.reason)  # fmt: skip
+    console.print(table)
+
+
+@plans_app.command("show")
+def plans_show(
+    request_id: Annotated[int, typer.Argument(help="The request's id (see `veil plans list`).")],
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Show a plan request: the plan as code, its result on the mock data, what it releases."""
+    from rich.syntax import Syntax
+
+    from veil.plans import review
+
+    r = _ask(url, email, password, lambda client: review(client, request_id))
+    console.print(f"[bold]plan request {r.request}[/bold] ({r.status}) from {r.requester}: "
+                  f"{r.reason}")  # fmt: skip
+    console.print(f"plan [bold]{r.name}[/bold], hash {r.hash}")
+    console.print(f"on dataset [bold]{r.dataset}[/bold], {r.runs} runs ({r.used} used)")
+    console.print(Syntax(r.code, "python", theme="ansi_dark", word_wrap=True))
+    console.print(f"[bold]result on the mock data:[/bold] {r.mock_result}")
+    console.print(f"[bold]what it releases:[/bold] {r.releases}")
+
+
+@plans_app.command("approve")
+def plans_approve(
+    request_id: Annotated[int, typer.Argument(help="The request's id (see `veil plans list`).")],
+    note: Annotated[str, typer.Option(help="A note for the requester.")] = "",
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Approve a plan request: that plan (its hash) may run that many times on the dataset."""
+    _decide(request_id, True, note, url, email, password)
+
+
+@plans_app.command("deny")
+def plans_deny(
+    request_id: Annotated[int, typer.Argument(help="The request's id (see `veil plans list`).")],
+    note: Annotated[str, typer.Option(help="Why, for the requester.")] = "",
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Deny a plan request."""
     _decide(request_id, False, note, url, email, password)
 
 

@@ -13,6 +13,17 @@ from __future__ import annotations
 from veil.plans import node as _node  # noqa: F401  (installs the capability)
 from veil.plans.plan import Plan, func2plan, plan
 from veil.plans.protocol import Protocol
+from veil.plans.review import approve, deny, review, reviews
 from veil.plans.tracer import TracedTensor
 
-__all__ = ["Plan", "Protocol", "TracedTensor", "func2plan", "plan"]
+__all__ = [
+    "Plan",
+    "Protocol",
+    "TracedTensor",
+    "approve",
+    "deny",
+    "func2plan",
+    "plan",
+    "review",
+    "reviews",
+]

@@ -142,6 +142,20 @@ def _call(op: str, args: list[str], kwargs: list[str]) -> str:
     return f"{op}({', '.join([*args, *kwargs])})"
 
 
+def _defaults(op: str) -> dict[str, Any]:
+    """The op's keyword defaults (to leave out of the code what the user did not write)."""
+    import inspect
+
+    from veil.ops import default_registry
+
+    spec = default_registry().specs.get(op)
+    try:
+        params = inspect.signature(spec.fn).parameters if spec is not None else {}
+    except (TypeError, ValueError):
+        return {}
+    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
 def code(spec: PlanSpec) -> str:
     """The plan as Python-like code, one line per op, each result's shape in a comment
     (see the module docstring)."""
@@ -160,7 +174,11 @@ def code(spec: PlanSpec) -> str:
             lines.append(f"    # {n.names[s.id]}: {_shape(s)} (state)")
     for op in spec.ops:
         args = [n.arg(a) for a in op.args]
-        kwargs = [f"{k}={n.arg(v)}" for k, v in op.kwargs.items()]
+        defaults = _defaults(op.op)
+        kwargs = [
+            f"{k}={n.arg(v)}" for k, v in op.kwargs.items()
+            if not k.startswith("_") and not (k in defaults and defaults[k] == v)
+        ]  # fmt: skip
         call = _call(op.op, args, kwargs)
         if op.out is None:
             lines.append(f"    {call}")

@@ -31,6 +31,8 @@ from veil.node.users import Session
 from veil.serde import codec
 from veil.serde.messages import (
     Call,
+    CapabilityCall,
+    CapabilityReply,
     CreateUser,
     DecideRequest,
     ErrorReply,
@@ -43,6 +45,7 @@ from veil.serde.messages import (
     RunOp,
     Value,
 )
+from veil.serde.plans import ListPlans, ShowPlan
 from veil.serde.tensors import tensor_from_data
 from veil.version import WIRE_VERSION, __version__
 
@@ -244,6 +247,33 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES, bulk_port: i
     @app.delete("/api/v1/dealers/{name}")
     def remove_dealer(name: str, s: Session = Depends(session)) -> Any:
         return run_json_op(s, "mpc.dealers.remove", name)
+
+    # veil.plans: the plans scientists asked to run on private data, for review
+    def run_method(s: Session, cap: str, method: str, body: Any) -> Any:
+        reply = node.handle(s, Call(CapabilityCall(cap, method, msgspec.msgpack.encode(body))))
+        if not isinstance(reply, CapabilityReply):
+            return _json(reply)  # an error: raised as its HTTP status
+        return msgspec.msgpack.decode(reply.body)
+
+    @app.get("/api/v1/plans")
+    def plans(status: str | None = Query(default=None), s: Session = Depends(session)) -> Any:
+        return run_method(s, "plans", "list", ListPlans(status))
+
+    @app.get("/api/v1/plans/{request_id}")
+    def plan(request_id: int, s: Session = Depends(session)) -> Any:
+        return run_method(s, "plans", "show", ShowPlan(request_id))
+
+    @app.post("/api/v1/plans/{request_id}/approve")
+    def approve_plan(
+        request_id: int, body: DecisionBody | None = None, s: Session = Depends(session)
+    ) -> Any:
+        return run(s, DecideRequest(request_id, True, body.note if body else ""))
+
+    @app.post("/api/v1/plans/{request_id}/deny")
+    def deny_plan(
+        request_id: int, body: DecisionBody | None = None, s: Session = Depends(session)
+    ) -> Any:
+        return run(s, DecideRequest(request_id, False, body.note if body else ""))
 
     @app.websocket("/api/v1/ws")
     async def ws(websocket: WebSocket) -> None:
