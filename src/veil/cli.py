@@ -381,6 +381,26 @@ def plans_deny(
     _decide(request_id, False, note, url, email, password)
 
 
+@plans_app.command("require-review")
+def plans_require_review(
+    enabled: Annotated[
+        bool | None,
+        typer.Argument(help="on: code runs on private data only as approved plans; off: not."),
+    ] = None,
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Run scientists' code on private data only as plans you approved (or show the setting)."""
+    from veil.plans import require_review
+
+    now = _ask(url, email, password, lambda client: require_review(client, enabled))
+    console.print(
+        "code runs on private data only as approved plans" if now
+        else "single ops run on private data under the privacy rules; plans need approval"
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------- veil.dp: budgets
 @budgets_app.command("set")
 def budgets_set(

@@ -49,11 +49,13 @@ def test_a_plan_runs_on_a_node_in_one_message_and_matches_eager(name: str, deplo
     sci.call = lambda msg, **kw: calls.append(type(msg).__name__) or real_call(msg, **kw)
     try:
         out = p(x_ptr)
+        got = out.get()
     finally:
         del sci.call
-    assert calls == ["RunOp"], calls  # one message for the whole plan
+    # one message for the whole plan; a pipelining client sends it with the get
+    assert calls == (["GetObject"] if sci.pipeline else ["RunOp", "GetObject"]), calls
     assert isinstance(out, veil.PointerTensor)
-    assert torch.allclose(out.get(), model(x), atol=1e-5)
+    assert torch.allclose(got, model(x), atol=1e-5)
 
 
 def test_fine_grained_ops_are_traced_through_custom_modules() -> None:
@@ -130,3 +132,31 @@ def test_intermediate_results_do_not_stay_on_the_node() -> None:
     w.flush()
     assert w.node.object_count() == before + 1  # the output only
     assert torch.equal(out.get(), torch.zeros(2))  # ((1 * 2 + 1) - 3) summed over 5 rows
+
+
+def test_a_pipelining_client_queues_a_plan_run_with_its_next_call(deployment) -> None:
+    sci = deployment.scientist()
+    sci.pipeline = True  # what network clients do; a VirtualWorker may too
+    net = nn.Linear(4, 2)
+    p = veil.plan(lambda x: torch.tanh(net(x)) * 3).build(torch.zeros(5, 4))
+    p.send(sci)
+    x = torch.randn(5, 4)
+    x_ptr = x.send(sci)
+    sci.flush()
+    out = p(x_ptr)
+    assert sci.queue.pending == 1 and out.shape == (5, 2)  # nothing sent yet
+    assert torch.allclose(out.get(), torch.tanh(net(x)) * 3, atol=1e-6)
+    again = p(x_ptr) + 1  # its result is usable at once, also by queued ops
+    assert torch.allclose(again.get(), torch.tanh(net(x)) * 3 + 1, atol=1e-6)
+    other = p(torch.randn(3, 4).send(sci))  # another batch size: the node answers its shape
+    assert sci.queue.pending == 0 and other.shape == (3, 2)
+
+
+def test_a_queued_plan_that_fails_on_the_node_raises_where_it_is_read(virtual) -> None:
+    sci = virtual.scientist()
+    sci.pipeline = True
+    p = veil.plan(lambda x, i: x[i] * 2).build(torch.zeros(3), torch.tensor(0))
+    p.send(sci)
+    out = p(torch.zeros(3).send(sci), torch.tensor(7).send(sci))  # out of range on the node
+    with pytest.raises(veil.errors.RemoteError, match="plans.run"):
+        out.get()

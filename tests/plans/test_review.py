@@ -171,3 +171,41 @@ def test_a_plan_runs_only_with_the_state_it_was_traced_with(virtual) -> None:
         p(torch.zeros(1, 2).send(sci))
     with pytest.raises(TypeError, match="must be float32"):
         p(torch.zeros(1, 3).send(sci))
+
+
+def test_a_review_only_node_runs_code_on_private_data_only_as_approved_plans(deployment) -> None:
+    owner, sci = _setup(deployment)
+    with pytest.raises(PermissionDenied, match="owner or admins"):
+        veil.plans.require_review(sci, True)
+    assert veil.plans.require_review(owner, True) is True
+    private = sci.datasets["ages"].private
+    with pytest.raises(PermissionDenied, match="only as plans its owner approved"):
+        private.mean(0)
+    with pytest.raises(PermissionDenied, match="only as plans its owner approved"):
+        (private * 2).sum()
+    own = torch.ones(3).send(sci)
+    assert torch.equal((own * 2).get(), torch.full((3,), 2.0))  # the scientist's own data: fine
+    p = _mean_plan()
+    with pytest.raises(PermissionDenied, match="no approved request"):
+        p.send(sci)(private)
+    owner.requests.approve(p.request(sci, dataset="ages", reason="mean", runs=3).id)
+    out = p(private)  # inside the approved plan its ops run
+    assert out.private
+    with pytest.raises(PermissionDenied, match="only as plans"):
+        out.exp()  # its results are private data too: no single ops on them either
+    assert torch.equal(owner.datasets["ages"].private.mean(0).get(), AGES.mean(0))  # the owner
+    assert veil.plans.require_review(owner, False) is False
+    assert private.mean(0).private  # back to single ops under the privacy rules
+
+
+def test_the_review_only_setting_survives_a_restart(tmp_path) -> None:
+    from veil.node import Node
+    from veil.node.store.sql import SQLStore
+
+    db = f"sqlite:///{tmp_path / 'n.db'}"
+    node = Node("n", store=SQLStore(db), owner_email="o@t.org", owner_password="owner-pass-1")
+    veil.plans.require_review(veil.VirtualWorker(node=node), True)
+    node.close()
+    again = Node("n", store=SQLStore(db), owner_email="o@t.org", owner_password="owner-pass-1")
+    assert veil.plans.require_review(veil.VirtualWorker(node=again), None) is True
+    again.close()

@@ -97,3 +97,9 @@ def test_python_review_matches_and_scientists_see_only_their_own(url: str) -> No
     assert [x.request for x in veil.plans.reviews(sci)] == [rid]
     for w in (owner, other, sci):
         w.close()
+
+
+def test_cli_turns_review_only_on_and_off(url: str) -> None:
+    assert "only as approved plans" in _cli("plans", "require-review", "on", "--url", url)
+    assert "only as approved plans" in _cli("plans", "require-review", "--url", url)
+    assert "under the privacy rules" in _cli("plans", "require-review", "off", "--url", url)

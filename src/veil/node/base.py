@@ -110,6 +110,10 @@ class NodeBase:
     def _run_op(self, session: Session, msg: RunOp) -> Reply:
         raise NotImplementedError  # see execution.py
 
+    def _check_size(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any],
+                    inputs: list[ObjectRecord], nested: bool) -> None:  # fmt: skip
+        raise NotImplementedError  # see execution.py
+
     def _release(self, session: Session, ids: list[int]) -> None:
         raise NotImplementedError  # see records.py
 

@@ -15,9 +15,10 @@ import torch
 
 from veil.errors import ObjectNotFound
 from veil.node.base import NodeBase
-from veil.node.objects import ObjectRecord
+from veil.node.objects import ObjectRecord, storage_keys, tensors_of
 from veil.node.store import RequestRow
 from veil.node.users import Session
+from veil.ops import OpSpec
 from veil.serde.messages import ObjectInfo, Reply, RunOp
 from veil.serde.tensors import tensor_from_data
 
@@ -122,3 +123,21 @@ class HostMixin(NodeBase):
         if ds is None:
             raise ObjectNotFound(f"node {self.name!r} has no dataset {name[:100]!r}")
         return {aname: tensor_from_data(mock, copy=True) for aname, _, mock, *_ in ds.assets}
+
+    def check_size(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> None:
+        """Refuse an op on public values whose result would pass the node's size limit
+        (what a ``RunOp`` on public data checks first)."""
+        self._check_size(spec, args, kwargs, [], bool(kwargs))
+
+    def tainted_late(self, user_id: int) -> bool:
+        """Has any object of this user been written with private data after it was made
+        (so that a backward or an optimizer step on public-looking objects may read it)?"""
+        return bool(self._late_taints.get(user_id))
+
+    def wrote(self, recs: list[ObjectRecord]) -> None:
+        """These public objects may have been written (a plan ran on them): store them and
+        what shares their memory (an optimizer's parameters) again at the commit."""
+        if self.store.persistent:
+            for rec in recs:
+                self._persist(rec)
+                self._persist_storages(storage_keys(tensors_of(rec.value)))

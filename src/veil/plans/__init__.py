@@ -13,7 +13,7 @@ from __future__ import annotations
 from veil.plans import node as _node  # noqa: F401  (installs the capability)
 from veil.plans.plan import Plan, func2plan, plan
 from veil.plans.protocol import Protocol
-from veil.plans.review import approve, deny, review, reviews
+from veil.plans.review import approve, deny, require_review, review, reviews
 from veil.plans.tracer import TracedTensor
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "deny",
     "func2plan",
     "plan",
+    "require_review",
     "review",
     "reviews",
 ]

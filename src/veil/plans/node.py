@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from veil.errors import InvalidRequest, ObjectNotFound, PermissionDenied, VeilError
+from veil.errors import InvalidRequest, ObjectNotFound, PermissionDenied, RemoteError, VeilError
 from veil.node import capability
 from veil.node.capability import Capability, CapabilityState, Method, RequestKind
 from veil.node.extension import OpContext
 from veil.node.store import RequestRow
 from veil.node.users import Session
-from veil.ops import OpFacts, OpSpec
+from veil.ops import OpFacts, OpSpec, default_registry
 from veil.plans import program, text
 from veil.serde.messages import (
     DictArg,
@@ -47,6 +47,7 @@ from veil.serde.plans import (
     ListPlans,
     PlanReviewInfo,
     PlanReviews,
+    PlanSettings,
     PlanSpec,
     PlanStored,
     ShowPlan,
@@ -56,6 +57,7 @@ from veil.serde.plans import (
     program_hash,
 )
 from veil.serde.tensors import dtype_name
+from veil.serde.values import from_arg
 
 #: Most runs one approval may grant, and one message may ask for.
 MAX_RUNS = 1_000_000
@@ -69,6 +71,23 @@ class PlansState(CapabilityState):
     def __init__(self, node: Any) -> None:
         super().__init__(node)
         self._programs: dict[str, PlanSpec] = {}
+        self._running = False  # inside an approved plans.run
+
+    @property
+    def review_only(self) -> bool:
+        """Does this node run code on private data only as approved plans?"""
+        row = self.node.rows("plans.setting").get("review_only")
+        return bool(row and row.get("enabled"))
+
+    def before_private_op(self, session: Session, op: str) -> None:
+        if self._running or op == "plans.run" or not self.review_only:
+            return
+        raise PermissionDenied(
+            f"node {self.node.name!r} runs code on private data only as plans its owner "
+            f"approved, so {op} on private data is refused: trace your code into a plan "
+            "(@veil.plan), try it on the mock data, then ask with plan.request(node, "
+            "dataset=..., reason=..., runs=...)"
+        )
 
     def program(self, plan_hash: str) -> PlanSpec:
         spec = self._programs.get(plan_hash)
@@ -219,6 +238,15 @@ def _info(state: PlansState, row: RequestRow) -> PlanReviewInfo:
     )  # fmt: skip
 
 
+def _configure(state: PlansState, session: Session, msg: PlanSettings) -> PlanSettings:
+    if msg.review_only is not None:
+        if not session.is_admin:
+            raise PermissionDenied("only the node's owner or admins change its plan settings")
+        state.node.put_row("review_only", "plans.setting", {"enabled": bool(msg.review_only)})
+        state.node.write_audit(session, "plan.settings", f"review_only={bool(msg.review_only)}")
+    return PlanSettings(state.review_only)
+
+
 def _list(state: PlansState, session: Session, msg: ListPlans) -> PlanReviews:
     rows = [r for r in state.node.requests_of("plan")
             if (session.is_admin or r.requester == session.user_id)
@@ -338,6 +366,8 @@ def run_plan(ctx: OpContext, plan_hash: str, state: list[Any], args: list[Any],
     _check_state(spec, state)
     _approve_run(st, ctx, spec, plan_hash, repeat)
     session = ctx.session
+    if not any(r.private for r in ctx.inputs) and not node.tainted_late(session.user_id):
+        return _run_public(node, session, spec, plan_hash, ctx, state, args, repeat)
     base: dict[int, int] = {}
     for slot, value in zip([*spec.inputs, *spec.state], [*args, *state]):
         rec = ctx.record_of(value)
@@ -352,6 +382,7 @@ def run_plan(ctx: OpContext, plan_hash: str, state: list[Any], args: list[Any],
     made: list[int] = []
     infos: dict[int, ObjectInfo] = {}
     node.write_audit(session, "plan.run", f"{spec.name[:80]} {plan_hash[:16]} x{repeat}")
+    st._running = True
     try:
         for run in range(repeat):
             ids = dict(base)
@@ -361,9 +392,7 @@ def run_plan(ctx: OpContext, plan_hash: str, state: list[Any], args: list[Any],
                 try:
                     reply = node.run_op(session, msg)
                 except VeilError as exc:
-                    raise type(exc)(
-                        f"plan {spec.name!r}, op {i} ({op.op}, traced at {op.line or '?'}): {exc}"
-                    ) from None
+                    raise type(exc)(f"{_where(spec, i)}: {exc}") from None
                 _bind(op.out, reply, ids, op.op)
                 for leaf in _infos(reply):
                     infos[leaf.id] = leaf
@@ -381,8 +410,71 @@ def run_plan(ctx: OpContext, plan_hash: str, state: list[Any], args: list[Any],
     except BaseException:
         node.release(session, list(dict.fromkeys(made)))
         raise
+    finally:
+        st._running = False
     reply = _reply(spec.outputs, ids, infos)
     return Done() if reply is None else reply
+
+
+def _run_public(node: Any, session: Session, spec: PlanSpec, plan_hash: str, ctx: OpContext,
+                state: list[Any], args: list[Any], repeat: int) -> Any:  # fmt: skip
+    """A run on public objects only (none private, none written with private data since it
+    was made): no privacy rule applies, so its ops run directly on the objects' values, with
+    the node's size check before each; the values computed on the way are never stored, only
+    the results, and the inputs and state are stored again (a training step wrote them)."""
+    values: dict[int, Any] = {}
+    recs = []
+    for slot, value in zip([*spec.inputs, *spec.state], [*args, *state]):
+        values[slot.id] = value
+        rec = ctx.record_of(value)
+        if rec is not None:
+            recs.append(rec)
+    node.write_audit(session, "plan.run", f"{spec.name[:80]} {plan_hash[:16]} x{repeat}")
+    reg = default_registry().specs
+    current = values
+    with torch.enable_grad():
+        for _ in range(repeat):
+            current = dict(values)
+            get = current.__getitem__
+            for i, op in enumerate(spec.ops):
+                opspec = reg[op.op]
+                try:
+                    op_args = [from_arg(a, get) for a in op.args]
+                    op_kwargs = {k: from_arg(v, get) for k, v in op.kwargs.items()}
+                    node.check_size(opspec, op_args, op_kwargs)
+                    result = opspec.fn(*op_args, **op_kwargs)
+                    program.bind(op.out, result, current)
+                except VeilError as exc:
+                    raise type(exc)(f"{_where(spec, i)}: {exc}") from None
+                except Exception as exc:
+                    raise RemoteError(
+                        f"{_where(spec, i)} failed on node {node.name!r}: "
+                        f"{type(exc).__name__}: {str(exc)[:2000]}"
+                    ) from None
+    node.wrote(recs)
+    kept = {id(r.value): r for r in recs}
+
+    def reply(arg: Any) -> Any:
+        if arg is None:
+            return None
+        if type(arg) is Ref:
+            value = current[arg.id]
+            rec = kept.get(id(value))
+            if rec is None:
+                if isinstance(value, bool | int | float):
+                    value = torch.tensor(value)
+                rec = node.store_value(session, value)
+                kept[id(value)] = rec
+            return node.info_of(rec)
+        return Results([reply(v) for v in arg.items], "list" if type(arg) is ListArg else "")
+
+    out = reply(spec.outputs)
+    return Done() if out is None else out
+
+
+def _where(spec: PlanSpec, i: int) -> str:
+    op = spec.ops[i]
+    return f"plan {spec.name!r}, op {i} ({op.op}, traced at {op.line or '?'})"
 
 
 def _infos(reply: Any) -> list[ObjectInfo]:
@@ -401,6 +493,7 @@ CAPABILITY = Capability(
         "ask": Method(AskPlan, _ask),
         "list": Method(ListPlans, _list),
         "show": Method(ShowPlan, _show),
+        "settings": Method(PlanSettings, _configure),
     },
     ops=[
         OpSpec(

@@ -29,8 +29,8 @@ from veil.errors import OpNotAllowed, UnsupportedError, VeilError
 from veil.node import capability
 from veil.plans import program, text
 from veil.plans.tracer import TracedTensor, Tracer, tracing
-from veil.pointers import PointerModule, PointerTensor, RemoteOptimizer
-from veil.serde.messages import ParamRef, RequestInfo
+from veil.pointers import PointerModule, PointerTensor, RemoteOptimizer, pipeline
+from veil.serde.messages import ParamRef, Ref, RequestInfo
 from veil.serde.plans import (
     AskPlan,
     PlanOp,
@@ -41,6 +41,7 @@ from veil.serde.plans import (
     encode_plan,
     program_hash,
 )
+from veil.serde.tensors import dtype_from_name, dtype_name
 from veil.serde.values import from_arg, to_arg
 
 __all__ = ["Plan", "func2plan", "plan"]
@@ -321,8 +322,28 @@ class Plan(nn.Module):
         program.check_inputs(spec, list(args))
         worker = pointers[0].location
         dep = self._deployments.get(id(worker)) or self._deploy(worker)
+        meta = self._prediction(args) if worker.pipeline else None
+        if meta is not None and pipeline.owned_and_public((list(args), dep.state)):
+            # queued like a pipelined op: it rides on the next call that needs an answer
+            call = (self.hash, dep.state, list(args))
+            return worker._enqueue("plans.run", call, {"repeat": repeat}, meta)
         reply = worker.call_op("plans.run", self.hash, dep.state, list(args), repeat=repeat)
         return worker._unwrap(reply, tuple(args))
+
+    def _prediction(self, args: tuple[Any, ...]) -> Any:
+        """What a pipelining client predicts for a run: the shape, dtype and requires_grad of
+        the plan's single result, when the inputs are exactly as traced (else None)."""
+        spec = self._built()
+        out = spec.outputs
+        if type(out) is not Ref:
+            return None
+        slot = next((v for v in spec.values if v.id == out.id), None)
+        if slot is None:
+            return None
+        for s, a in zip(spec.inputs, args):
+            if not s.dtype or list(a.shape) != s.shape or dtype_name(a.dtype) != s.dtype:
+                return None
+        return tuple(slot.shape), dtype_from_name(slot.dtype), slot.requires_grad
 
     # -- nodes ----------------------------------------------------------------------------
     def send(self, *workers: Any) -> Plan:

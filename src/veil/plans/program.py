@@ -119,6 +119,8 @@ def check(spec: PlanSpec) -> None:
         if opspec.effect == "node":
             refused.append(f"op {i} {op.op[:60]} is a capability's node op")
             continue
+        if op.kwargs.get("out") is not None:
+            problems.append(f"op {i} ({op.op}) writes with out=, which a node does not run")
         used = [r for a in [*op.args, *op.kwargs.values()] for r in refs(a)]
         for r in used:
             if r not in defined:

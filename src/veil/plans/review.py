@@ -22,9 +22,9 @@ from typing import Any
 
 from veil.node import capability
 from veil.serde.messages import RequestInfo
-from veil.serde.plans import ListPlans, PlanReviewInfo, PlanReviews, ShowPlan
+from veil.serde.plans import ListPlans, PlanReviewInfo, PlanReviews, PlanSettings, ShowPlan
 
-__all__ = ["approve", "deny", "review", "reviews"]
+__all__ = ["approve", "deny", "require_review", "review", "reviews"]
 
 
 def reviews(worker: Any, status: str | None = None) -> list[PlanReviewInfo]:
@@ -47,3 +47,26 @@ def approve(worker: Any, request_id: int, note: str = "") -> RequestInfo:
 def deny(worker: Any, request_id: int, note: str = "") -> RequestInfo:
     """Owners: deny a plan request."""
     return worker.requests.deny(request_id, note)  # type: ignore[no-any-return]
+
+
+def require_review(worker: Any, enabled: bool | None = True) -> bool:
+    """Owners: make the node run scientists' code on private data only as plans you approved
+    (``enabled=False``: single ops on private data are allowed again, under the privacy
+    rules; None: only read the setting). Returns the setting now.
+
+    Example:
+        >>> import torch, veil
+        >>> owner = veil.VirtualWorker("clinic")
+        >>> _ = owner.datasets.create("ages", private=torch.tensor([30.0, 40.0]), mock=torch.ones(2))
+        >>> require_review(owner)
+        True
+        >>> _ = owner.create_user("ds@x.org", "pw-123456")
+        >>> sci = owner.login("ds@x.org", "pw-123456")
+        >>> sci.datasets["ages"].private.mean()
+        Traceback (most recent call last):
+        ...
+        veil.errors.PermissionDenied: node 'clinic' runs code on private data only as plans ...
+    """
+    msg = PlanSettings(None if enabled is None else bool(enabled))
+    got = capability.call(worker, "plans", "settings", msg, PlanSettings)
+    return bool(got.review_only)

@@ -178,6 +178,14 @@ class ShowPlan(msgspec.Struct, frozen=True, gc=False):
     request: int
 
 
+class PlanSettings(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
+    """A node's plan settings (owners change them; None: leave as is). ``review_only``: run
+    scientists' code on private data only as plans the owner approved (single ops and
+    unapproved plans on private data are refused)."""
+
+    review_only: bool | None = None
+
+
 def check_version(spec: PlanSpec) -> None:
     """Refuse a plan of a format this side does not know."""
     if spec.version != PLAN_VERSION:
