@@ -45,12 +45,15 @@ def test_split_learning_across_two_nodes_matches_local_training(deployment) -> N
     alice = deployment.scientist()  # holds the data and the front of the model
     bob = veil.VirtualWorker("bob")  # holds the labels and the back
     x_ptr, y_ptr = x.send(alice), y.send(bob)
+    forward_front.send(alice)
+    train_back.send(bob)
+    backward_front.send(alice)  # shares the front model (and its optimizer) with forward_front
     for _ in range(3):
-        acts = forward_front.send(alice)(x_ptr)
+        acts = forward_front(x_ptr)
         acts_at_bob = acts.copy().move(bob)  # what crosses the cut: activations
         acts_at_bob.requires_grad_(True)
-        loss, grad = train_back.send(bob)(acts_at_bob, y_ptr)
-        backward_front.send(alice)(x_ptr, grad.move(alice))  # and gradients back
+        loss, grad = train_back(acts_at_bob, y_ptr)
+        backward_front(x_ptr, grad.move(alice))  # and gradients back
         opt_whole.zero_grad()
         ref_loss = F.cross_entropy(whole(x), y)
         ref_loss.backward()
@@ -75,3 +78,22 @@ def test_stepping_an_optimizer_whose_model_the_plan_does_not_hold_is_refused() -
 
     with pytest.raises(veil.errors.UnsupportedError, match="model is not state of the plan"):
         step_only.build(torch.zeros(3, 2).requires_grad_(), torch.zeros(3, 2))
+
+
+def test_sending_a_plan_again_puts_a_fresh_copy_of_its_state() -> None:
+    net = nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+
+    @veil.plan
+    def step(x: torch.Tensor) -> torch.Tensor:
+        opt.zero_grad()
+        loss = net(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    w = veil.VirtualWorker("w")
+    x = torch.ones(4, 2).send(w)
+    first = step.build(torch.ones(4, 2)).send(w).run(x, repeat=3).get()
+    assert step.run(x).get() < first  # the state stayed on the node and trained on
+    assert torch.equal(step.send(w).run(x, repeat=3).get(), first)  # sent again: fresh

@@ -420,8 +420,10 @@ def _run_public(node: Any, session: Session, spec: PlanSpec, plan_hash: str, ctx
                 state: list[Any], args: list[Any], repeat: int) -> Any:  # fmt: skip
     """A run on public objects only (none private, none written with private data since it
     was made): no privacy rule applies, so its ops run directly on the objects' values, with
-    the node's size check before each; the values computed on the way are never stored, only
-    the results, and the inputs and state are stored again (a training step wrote them)."""
+    the node's size check before each in the first run (a plan holds only ops whose result's
+    shape follows from its inputs' shapes, so later runs make the same sizes); the values
+    computed on the way are never stored, only the results, and the inputs and state are
+    stored again (a training step wrote them)."""
     values: dict[int, Any] = {}
     recs = []
     for slot, value in zip([*spec.inputs, *spec.state], [*args, *state]):
@@ -433,7 +435,7 @@ def _run_public(node: Any, session: Session, spec: PlanSpec, plan_hash: str, ctx
     reg = default_registry().specs
     current = values
     with torch.enable_grad():
-        for _ in range(repeat):
+        for run in range(repeat):
             current = dict(values)
             get = current.__getitem__
             for i, op in enumerate(spec.ops):
@@ -441,7 +443,8 @@ def _run_public(node: Any, session: Session, spec: PlanSpec, plan_hash: str, ctx
                 try:
                     op_args = [from_arg(a, get) for a in op.args]
                     op_kwargs = {k: from_arg(v, get) for k, v in op.kwargs.items()}
-                    node.check_size(opspec, op_args, op_kwargs)
+                    if run == 0:  # a plan's shapes follow from its inputs': the same each run
+                        node.check_size(opspec, op_args, op_kwargs)
                     result = opspec.fn(*op_args, **op_kwargs)
                     program.bind(op.out, result, current)
                 except VeilError as exc:

@@ -348,7 +348,10 @@ class Plan(nn.Module):
     # -- nodes ----------------------------------------------------------------------------
     def send(self, *workers: Any) -> Plan:
         """Put the plan and its state on each worker (one copy of the state per node);
-        returns the plan, now runnable on pointers to those nodes.
+        returns the plan, now runnable on pointers to those nodes. Plans sent to one node
+        share the state objects they have in common (split learning's plans share a model);
+        sending a plan again puts a fresh copy of its state there, as the local objects are
+        now.
 
         Raises:
             UnsupportedError: the plan is not built.
@@ -366,10 +369,11 @@ class Plan(nn.Module):
             )
         ptrs: dict[int, Any] = {}
         shared = _SHARED.setdefault(worker, {})
+        again = id(worker) in self._deployments  # sent again: a fresh copy of its state
         for s in spec.state:
             obj = self._objects[s.id]
             known = shared.get(id(obj))
-            if known is not None and known[0] is obj:
+            if known is not None and known[0] is obj and not again:
                 ptrs[s.id] = known[1]
                 continue
             if s.kind == "module":
