@@ -401,6 +401,29 @@ def plans_require_review(
     )  # fmt: skip
 
 
+@plans_app.command("release-outputs")
+def plans_release_outputs(
+    enabled: Annotated[
+        bool | None,
+        typer.Argument(
+            help="on: requesters may fetch the results of approved runs they asked for; off: not."
+        ),  # fmt: skip
+    ] = None,
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """The release policy plan-outputs: results of approved plan runs whose request asked for
+    them may be fetched by their requester (or show the setting)."""
+    from veil.plans import settings
+
+    now = _ask(url, email, password, lambda client: settings(client, release_outputs=enabled))
+    console.print(
+        "results of approved plan runs are released to requesters who asked for them"
+        if now.release_outputs else "plan results are not released by a policy"
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------- veil.dp: budgets
 @budgets_app.command("set")
 def budgets_set(

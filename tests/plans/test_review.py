@@ -209,3 +209,54 @@ def test_the_review_only_setting_survives_a_restart(tmp_path) -> None:
     again = Node("n", store=SQLStore(db), owner_email="o@t.org", owner_password="owner-pass-1")
     assert veil.plans.require_review(veil.VirtualWorker(node=again), None) is True
     again.close()
+
+
+def test_results_of_approved_runs_leave_only_under_the_owners_release_policy(deployment) -> None:
+    owner, sci = _setup(deployment)
+    p = _mean_plan()
+    req = p.request(sci, dataset="ages", reason="mean, and I need the number", runs=5,
+                    release=True)  # fmt: skip
+    review = _review(owner, req.id)
+    assert review.release and "fetch the result of each approved run" in review.releases
+    owner.requests.approve(req.id)
+    private = sci.datasets["ages"].private
+    out = p(private)
+    with pytest.raises(PermissionDenied):  # the policy is off until the owner turns it on
+        out.get()
+    assert veil.plans.settings(owner, release_outputs=True).release_outputs
+    assert torch.equal(out.get(), AGES.mean(0))
+    assert torch.equal((out * 2 + 1).get(), AGES.mean(0) * 2 + 1)  # from it and public data
+    with pytest.raises(PermissionDenied):  # mixed with other private data: not released
+        (out + private.sum(0)).get()
+    with pytest.raises(PermissionDenied):  # the same data, asked for without release
+        private.mean(0).get()
+    other = deployment.scientist()  # another user cannot fetch it by its id
+    from veil.serde.messages import GetObject
+
+    with pytest.raises((PermissionDenied, veil.ObjectNotFound)):
+        other.call(GetObject(out.id))
+    quiet = veil.plan(lambda x: x.sum(0)).build(torch.zeros(4, 2))
+    owner.requests.approve(quiet.request(sci, dataset="ages", reason="sum", runs=1).id)
+    with pytest.raises(PermissionDenied):  # approved to run, not to release
+        quiet(private).get()
+    assert not veil.plans.settings(owner, release_outputs=False).release_outputs
+    with pytest.raises(PermissionDenied):
+        out.get()
+    with pytest.raises(PermissionDenied, match="owner or admins"):
+        veil.plans.settings(sci, release_outputs=True)
+
+
+def test_a_released_plan_never_lets_out_an_error_that_could_quote_private_values(virtual) -> None:
+    owner, sci = _setup(virtual)
+
+    @veil.plan
+    def pick(x: torch.Tensor) -> torch.Tensor:
+        return x[(x[0, 0] * 0 + 9).long()]  # out of range: fails on the node, on private data
+
+    pick.build(torch.zeros(4, 2))
+    owner.requests.approve(pick.request(sci, dataset="ages", reason="row", runs=1,
+                                        release=True).id)  # fmt: skip
+    veil.plans.settings(owner, release_outputs=True)
+    out = pick(sci.datasets["ages"].private)
+    with pytest.raises(PermissionDenied):
+        out.get()

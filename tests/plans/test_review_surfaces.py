@@ -103,3 +103,8 @@ def test_cli_turns_review_only_on_and_off(url: str) -> None:
     assert "only as approved plans" in _cli("plans", "require-review", "on", "--url", url)
     assert "only as approved plans" in _cli("plans", "require-review", "--url", url)
     assert "under the privacy rules" in _cli("plans", "require-review", "off", "--url", url)
+
+
+def test_cli_turns_the_plan_outputs_release_policy_on_and_off(url: str) -> None:
+    assert "are released" in _cli("plans", "release-outputs", "on", "--url", url)
+    assert "not released" in _cli("plans", "release-outputs", "off", "--url", url)

@@ -141,3 +141,9 @@ class HostMixin(NodeBase):
             for rec in recs:
                 self._persist(rec)
                 self._persist_storages(storage_keys(tensors_of(rec.value)))
+
+    def set_label(self, rec: ObjectRecord, label: str) -> None:
+        """Mark what a capability made an object as (its release policy or its ops can then
+        recognise it); ops keep a label on results whose private inputs all carry it."""
+        rec.label = label
+        self._persist(rec)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from veil.plans import node as _node  # noqa: F401  (installs the capability)
 from veil.plans.plan import Plan, func2plan, plan
 from veil.plans.protocol import Protocol
-from veil.plans.review import approve, deny, require_review, review, reviews
+from veil.plans.review import approve, deny, require_review, review, reviews, settings
 from veil.plans.tracer import TracedTensor
 
 __all__ = [
@@ -27,4 +27,5 @@ __all__ = [
     "require_review",
     "review",
     "reviews",
+    "settings",
 ]

@@ -24,7 +24,13 @@ import torch
 
 from veil.errors import InvalidRequest, ObjectNotFound, PermissionDenied, RemoteError, VeilError
 from veil.node import capability
-from veil.node.capability import Capability, CapabilityState, Method, RequestKind
+from veil.node.capability import (
+    Capability,
+    CapabilityState,
+    Method,
+    ReleasePolicy,
+    RequestKind,
+)
 from veil.node.extension import OpContext
 from veil.node.store import RequestRow
 from veil.node.users import Session
@@ -178,7 +184,15 @@ def _mock_result(state: PlansState, session: Session, spec: PlanSpec, msg: AskPl
     return f"{_preview(out)}   with {'; '.join(notes)}"[:4000]
 
 
-def _releases(dataset: str) -> str:
+def _releases(dataset: str, release: bool = False) -> str:
+    if release:
+        return (
+            f"its results: the requester asks to fetch the result of each approved run (as "
+            f"on the mock data above, computed from {dataset!r}), once you turn on the release "
+            "policy plan-outputs (veil plans release-outputs on); results that hold an error "
+            "are never released. Anything else leaves only through a get request, a DP "
+            "publish or another release policy you enabled"
+        )
     return (
         f"nothing by itself: the plan's results stay on this node, private, derived from "
         f"{dataset!r}. They leave only through what you approve or enable later: a get "
@@ -195,10 +209,12 @@ def _ask(state: PlansState, session: Session, msg: AskPlan) -> PlanReviewInfo:
     spec = state.program(msg.hash)
     info = PlanReviewInfo(
         msg.hash, spec.name, msg.dataset, msg.runs, text.code(spec),
-        _mock_result(state, session, spec, msg), _releases(msg.dataset),
+        _mock_result(state, session, spec, msg), _releases(msg.dataset, msg.release),
+        release=msg.release,
     )  # fmt: skip
     state.node.put_row(_review_key(session.user_id, msg.hash), "plans.review", {
         "dataset": msg.dataset, "runs": msg.runs, "mock": info.mock_result,
+        "release": bool(msg.release),
     })  # fmt: skip
     return info
 
@@ -210,41 +226,74 @@ def _open(state: PlansState, session: Session, subject: str) -> str:
             "a plan request is made with plan.request(node, dataset=..., reason=..., runs=...)"
         )
     state.program(subject)  # known here
-    return f"{subject}:{review['runs']}:{review['dataset']}"
+    release = int(bool(review.get("release")))
+    return f"{subject}:{review['runs']}:{release}:{review['dataset']}"
 
 
-def _terms(row: RequestRow) -> tuple[str, int, str]:
-    plan_hash, runs, dataset = row.digest.split(":", 2)
-    return plan_hash, int(runs), dataset
+def _terms(row: RequestRow) -> tuple[str, int, bool, str]:
+    """What an approval of ``row`` covers: (plan hash, runs, release results?, dataset)."""
+    plan_hash, runs, release, dataset = row.digest.split(":", 3)
+    return plan_hash, int(runs), release == "1", dataset
 
 
 def _describe(state: PlansState, row: RequestRow) -> str:
     try:
-        plan_hash, runs, dataset = _terms(row)
+        plan_hash, runs, release, dataset = _terms(row)
         name = state.program(plan_hash).name
     except (ValueError, VeilError):
         return row.subject
-    return f"plan {name} ({plan_hash[:12]}) on {dataset}: {runs} runs, {state.used(row.id)} used"
+    out = ", results released" if release else ""
+    return (
+        f"plan {name} ({plan_hash[:12]}) on {dataset}: {runs} runs{out}, {state.used(row.id)} used"
+    )
 
 
 def _info(state: PlansState, row: RequestRow) -> PlanReviewInfo:
-    plan_hash, runs, dataset = _terms(row)
+    plan_hash, runs, release, dataset = _terms(row)
     spec = state.program(plan_hash)
     review = state.node.rows("plans.review").get(_review_key(row.requester, plan_hash)) or {}
     return PlanReviewInfo(
         plan_hash, spec.name, dataset, runs, text.code(spec), str(review.get("mock", "")),
-        _releases(dataset), state.used(row.id), row.id, row.status,
-        state.node.email_of(row.requester), row.reason,
+        _releases(dataset, release), state.used(row.id), row.id, row.status,
+        state.node.email_of(row.requester), row.reason, release,
     )  # fmt: skip
 
 
 def _configure(state: PlansState, session: Session, msg: PlanSettings) -> PlanSettings:
+    if (msg.review_only is not None or msg.release_outputs is not None) and not session.is_admin:
+        raise PermissionDenied("only the node's owner or admins change its plan settings")
     if msg.review_only is not None:
-        if not session.is_admin:
-            raise PermissionDenied("only the node's owner or admins change its plan settings")
         state.node.put_row("review_only", "plans.setting", {"enabled": bool(msg.review_only)})
         state.node.write_audit(session, "plan.settings", f"review_only={bool(msg.review_only)}")
-    return PlanSettings(state.review_only)
+    if msg.release_outputs is not None:
+        state.node.set_release_policy(RELEASE_POLICY, bool(msg.release_outputs))
+        state.node.write_audit(session, "plan.settings", f"{RELEASE_POLICY}={msg.release_outputs}")
+    return PlanSettings(state.review_only, RELEASE_POLICY in state.node.release_policies())
+
+
+#: The release policy of plans, and the label of the results it may release.
+RELEASE_POLICY = "plan-outputs"
+OUTPUT_LABEL = "plans.out:"
+
+
+def _releasable(state: PlansState, session: Session, rec: Any) -> bool:
+    """``plan-outputs``: a result of an approved run of a plan whose request asked for its
+    results (or an object computed from such results and public data only: it keeps the
+    label), fetched by that request's requester, holding no error, derived from the
+    approved dataset only."""
+    if not rec.label.startswith(OUTPUT_LABEL) or rec.error:
+        return False
+    try:
+        rid = int(rec.label.removeprefix(OUTPUT_LABEL))
+    except ValueError:
+        return False
+    for row in state.node.requests_of("plan"):
+        if row.id == rid:
+            if (row.status, row.requester) != ("approved", session.user_id):
+                return False
+            _h, _runs, release, dataset = _terms(row)
+            return release and rec.sources <= {dataset}
+    return False
 
 
 def _list(state: PlansState, session: Session, msg: ListPlans) -> PlanReviews:
@@ -263,23 +312,24 @@ def _show(state: PlansState, session: Session, msg: ShowPlan) -> PlanReviewInfo:
 
 # ----------------------------------------------------------------------------- running
 def _approve_run(state: PlansState, ctx: OpContext, spec: PlanSpec, plan_hash: str,
-                 repeat: int) -> None:  # fmt: skip
-    """Refuse a run on private data that no approved request of the caller's covers."""
+                 repeat: int) -> RequestRow | None:  # fmt: skip
+    """Refuse a run on private data that no approved request of the caller's covers; the
+    request it runs under (None: no private data, or the owner's own run)."""
     private = [r for r in ctx.inputs if r.private]
     if not private or ctx.session.is_admin:
-        return
+        return None
     sources = set().union(*(r.sources for r in private))
     left = []
     for row in state.node.requests_of("plan"):
         if (row.requester, row.status, row.subject) != (ctx.session.user_id, "approved", plan_hash):
             continue
-        h, runs, dataset = _terms(row)
+        h, runs, _release, dataset = _terms(row)
         if h != plan_hash or not sources <= {dataset}:
             continue
         used = state.used(row.id)
         if used + repeat <= runs:
             state.node.put_row(str(row.id), "plans.runs", {"used": used + repeat})
-            return
+            return row
         left.append(f"request {row.id}: {runs - used} of {runs} runs left")
     why = "; ".join(left) if left else "no approved request of yours covers it"
     raise PermissionDenied(
@@ -364,7 +414,7 @@ def run_plan(ctx: OpContext, plan_hash: str, state: list[Any], args: list[Any],
     except TypeError as exc:
         raise InvalidRequest(str(exc)) from None
     _check_state(spec, state)
-    _approve_run(st, ctx, spec, plan_hash, repeat)
+    approval = _approve_run(st, ctx, spec, plan_hash, repeat)
     session = ctx.session
     if not any(r.private for r in ctx.inputs) and not node.tainted_late(session.user_id):
         return _run_public(node, session, spec, plan_hash, ctx, state, args, repeat)
@@ -407,6 +457,12 @@ def run_plan(ctx: OpContext, plan_hash: str, state: list[Any], args: list[Any],
             if oid not in infos:
                 infos[oid] = node.info_of(node.record_by_id(oid))
         node.release(session, [oid for oid in dict.fromkeys(made) if oid not in returned])
+        if approval is not None and _terms(approval)[2]:  # results the owner may release
+            dataset = _terms(approval)[3]
+            for oid in returned:
+                rec = node.record_by_id(oid)
+                if rec is not None and rec.private and rec.sources <= {dataset} and not rec.error:
+                    node.set_label(rec, f"{OUTPUT_LABEL}{approval.id}")
     except BaseException:
         node.release(session, list(dict.fromkeys(made)))
         raise
@@ -507,10 +563,17 @@ CAPABILITY = Capability(
         ),  # fmt: skip
     ],
     request_kinds=[RequestKind("plan", _open, _describe)],
+    release_policies=[
+        ReleasePolicy(
+            RELEASE_POLICY,
+            _releasable,
+            "results of approved plan runs whose request asked to fetch them, to their requester",
+        ),
+    ],  # fmt: skip
     info=lambda node: {"plans": {"max_ops": program.MAX_OPS, "max_runs": MAX_RUNS}},
 )
 
 if not capability.is_installed("plans"):
     capability.install(CAPABILITY)
 
-__all__ = ["CAPABILITY", "MAX_RUNS", "PlansState", "run_plan"]
+__all__ = ["CAPABILITY", "MAX_RUNS", "RELEASE_POLICY", "PlansState", "run_plan"]

@@ -427,7 +427,8 @@ class Plan(nn.Module):
         return self
 
     def request(self, node: Any, *, dataset: str, reason: str, runs: int = 1,
-                inputs: dict[str, str] | Sequence[str] | None = None) -> RequestInfo:  # fmt: skip
+                inputs: dict[str, str] | Sequence[str] | None = None,
+                release: bool = False) -> RequestInfo:  # fmt: skip
         """Ask ``node``'s owner to let this plan run ``runs`` times on ``dataset``'s
         private data. The owner sees the plan as code, its result on the dataset's mock
         data, what it could release and its hash; an approval covers this plan (its hash)
@@ -435,6 +436,9 @@ class Plan(nn.Module):
 
         ``inputs`` names the dataset asset each plan input will be (by input name, or in
         order; ``""``: one you supply); by default an asset whose shape and dtype fit.
+        ``release=True`` asks also to fetch each approved run's results (the owner sees it,
+        and the node lets them out only while the owner's ``plan-outputs`` release policy is
+        on: ``veil plans release-outputs on``).
         """
         spec = self._built()
         dep = self._deployments.get(id(node)) or self._deploy(node)
@@ -448,7 +452,8 @@ class Plan(nn.Module):
             bound = list(inputs or [])
         state_ids = [getattr(p, "id", 0) or 0 for p in dep.state]
         capability.call(node, "plans", "ask",
-                        AskPlan(self.hash, dataset, int(runs), bound, state_ids), PlanReviewInfo)  # fmt: skip
+                        AskPlan(self.hash, dataset, int(runs), bound, state_ids, bool(release)),
+                        PlanReviewInfo)  # fmt: skip
         return capability.request(node, "plan", self.hash, reason)
 
 

@@ -24,7 +24,7 @@ from veil.node import capability
 from veil.serde.messages import RequestInfo
 from veil.serde.plans import ListPlans, PlanReviewInfo, PlanReviews, PlanSettings, ShowPlan
 
-__all__ = ["approve", "deny", "require_review", "review", "reviews"]
+__all__ = ["approve", "deny", "require_review", "review", "reviews", "settings"]
 
 
 def reviews(worker: Any, status: str | None = None) -> list[PlanReviewInfo]:
@@ -67,6 +67,25 @@ def require_review(worker: Any, enabled: bool | None = True) -> bool:
         ...
         veil.errors.PermissionDenied: node 'clinic' runs code on private data only as plans ...
     """
-    msg = PlanSettings(None if enabled is None else bool(enabled))
-    got = capability.call(worker, "plans", "settings", msg, PlanSettings)
-    return bool(got.review_only)
+    return bool(settings(worker, review_only=enabled).review_only)
+
+
+def settings(worker: Any, *, review_only: bool | None = None,
+             release_outputs: bool | None = None) -> PlanSettings:  # fmt: skip
+    """Owners: change the node's plan settings (None: leave as is); anyone: read them.
+
+    ``review_only``: see :func:`require_review`. ``release_outputs``: the release policy
+    ``plan-outputs``: the requester of an approved plan request that asked for its results
+    (``plan.request(..., release=True)``) may fetch each run's results.
+
+    Example:
+        >>> import veil
+        >>> owner = veil.VirtualWorker("clinic")
+        >>> settings(owner, release_outputs=True)
+        PlanSettings(review_only=False, release_outputs=True)
+    """
+    msg = PlanSettings(
+        None if review_only is None else bool(review_only),
+        None if release_outputs is None else bool(release_outputs),
+    )
+    return capability.call(worker, "plans", "settings", msg, PlanSettings)

@@ -146,6 +146,9 @@ class AskPlan(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     runs: int
     inputs: list[str] = []
     state: list[int] = []
+    #: Ask also that the requester may fetch each run's results (the owner's release
+    #: policy ``plan-outputs`` must be on for that).
+    release: bool = False
 
 
 class PlanReviewInfo(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
@@ -164,6 +167,7 @@ class PlanReviewInfo(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     status: str = ""
     requester: str = ""
     reason: str = ""
+    release: bool = False
 
 
 class ListPlans(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
@@ -184,6 +188,9 @@ class PlanSettings(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     unapproved plans on private data are refused)."""
 
     review_only: bool | None = None
+    #: The release policy ``plan-outputs``: results of approved runs of plans whose request
+    #: asked for them may be fetched by their requester.
+    release_outputs: bool | None = None
 
 
 def check_version(spec: PlanSpec) -> None:
