@@ -160,3 +160,26 @@ def test_a_queued_plan_that_fails_on_the_node_raises_where_it_is_read(virtual) -
     out = p(torch.zeros(3).send(sci), torch.tensor(7).send(sci))  # out of range on the node
     with pytest.raises(veil.errors.RemoteError, match="plans.run"):
         out.get()
+
+
+def test_veil_plan_on_a_module_class_makes_a_plan_class() -> None:
+    @veil.plan
+    class Small(nn.Module):
+        """A small model."""
+
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, width)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu(self.fc(x)) * 2
+
+    m = Small(4)
+    assert isinstance(m, veil.Plan) and isinstance(m, nn.Module) and m.plan_name == "Small"
+    x = torch.randn(2, 3)
+    m.build(x)
+    assert "self.fc = Linear(in_features=3, out_features=4" in str(m)
+    w = veil.VirtualWorker("w")
+    m.send(w)
+    assert torch.allclose(m(x.send(w)).get(), F.relu(m.fc(x)) * 2)
+    assert torch.allclose(m(x), F.relu(m.fc(x)) * 2)  # local tensors: run here
