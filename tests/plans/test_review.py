@@ -260,3 +260,21 @@ def test_a_released_plan_never_lets_out_an_error_that_could_quote_private_values
     out = pick(sci.datasets["ages"].private)
     with pytest.raises(PermissionDenied):
         out.get()
+
+
+def test_the_review_run_on_the_mock_keeps_the_nodes_size_limit(virtual) -> None:
+    owner, sci = _setup(virtual)
+    huge = veil.plan(lambda x: x.repeat(100_000, 100_000)).build(torch.zeros(4, 2))
+    req = huge.request(sci, dataset="ages", reason="a big table", runs=1)
+    assert "over this node's limit" in _review(owner, req.id).mock_result
+    with pytest.raises(InvalidRequest, match="over this node's limit"):  # on data too
+        huge(torch.zeros(4, 2).send(sci))
+
+
+def test_one_message_runs_at_most_so_many_ops(virtual) -> None:
+    sci = virtual.scientist()
+    p = veil.plan(lambda x: x + 1).build(torch.zeros(2)).send(sci)
+    with pytest.raises(InvalidRequest, match="between 1 and"):
+        p.run(torch.zeros(2).send(sci), repeat=10**7)
+    with pytest.raises(ValueError, match="positive int"):
+        p.run(torch.zeros(2).send(sci), repeat=0)

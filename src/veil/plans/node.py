@@ -67,6 +67,8 @@ from veil.serde.values import from_arg
 
 #: Most runs one approval may grant, and one message may ask for.
 MAX_RUNS = 1_000_000
+#: Most ops one message may run (runs x ops): a plan holds the node for one message.
+MAX_OPS_PER_MESSAGE = 10_000_000
 #: Mock runs for a review read at most this many elements of mock data.
 MAX_MOCK_ELEMENTS = 50_000_000
 
@@ -178,7 +180,7 @@ def _mock_result(state: PlansState, session: Session, spec: PlanSpec, msg: AskPl
         objects[slot.id] = rec.value
     objects = copy.deepcopy(objects)  # the review must not change the scientist's objects
     try:
-        out = program.run(spec, inputs, objects)
+        out = program.run(spec, inputs, objects, check=state.node.check_size)
     except Exception as exc:  # mock data is public: its error may be shown
         return f"failed on the mock data ({'; '.join(notes)}): {type(exc).__name__}: {exc}"[:2000]
     return f"{_preview(out)}   with {'; '.join(notes)}"[:4000]
@@ -409,6 +411,11 @@ def run_plan(ctx: OpContext, plan_hash: str, state: list[Any], args: list[Any],
     spec = st.program(str(plan_hash))
     if type(repeat) is not int or not 1 <= repeat <= MAX_RUNS:
         raise InvalidRequest(f"repeat must be an int between 1 and {MAX_RUNS}, got {repeat!r}")
+    if repeat * max(len(spec.ops), 1) > MAX_OPS_PER_MESSAGE:
+        raise InvalidRequest(
+            f"{repeat} runs of plan {spec.name!r} ({len(spec.ops)} ops) are more than "
+            f"{MAX_OPS_PER_MESSAGE} ops in one message; run it in several messages"
+        )
     try:
         program.check_inputs(spec, args)
     except TypeError as exc:
@@ -490,8 +497,13 @@ def _run_public(node: Any, session: Session, spec: PlanSpec, plan_hash: str, ctx
     node.write_audit(session, "plan.run", f"{spec.name[:80]} {plan_hash[:16]} x{repeat}")
     reg = default_registry().specs
     current = values
+    reshapes = any(op.op in _RESHAPING for op in spec.ops)
     with torch.enable_grad():
         for run in range(repeat):
+            # a plan's shapes follow from its inputs' and state's, which keep theirs unless an
+            # op reshapes them in place: after the first runs (which may make gradients and
+            # optimizer moments, of their parameters' shapes) the sizes repeat
+            checking = run < 2 or reshapes
             current = dict(values)
             get = current.__getitem__
             for i, op in enumerate(spec.ops):
@@ -499,7 +511,7 @@ def _run_public(node: Any, session: Session, spec: PlanSpec, plan_hash: str, ctx
                 try:
                     op_args = [from_arg(a, get) for a in op.args]
                     op_kwargs = {k: from_arg(v, get) for k, v in op.kwargs.items()}
-                    if run == 0:  # a plan's shapes follow from its inputs': the same each run
+                    if checking:
                         node.check_size(opspec, op_args, op_kwargs)
                     result = opspec.fn(*op_args, **op_kwargs)
                     program.bind(op.out, result, current)
@@ -529,6 +541,13 @@ def _run_public(node: Any, session: Session, spec: PlanSpec, plan_hash: str, ctx
 
     out = reply(spec.outputs)
     return Done() if out is None else out
+
+
+#: Allowlisted ops that change a tensor's shape in place (a plan with one is size-checked
+#: on every run: its later runs may make other sizes).
+_RESHAPING = frozenset(
+    f"Tensor.{n}" for n in ("t_", "squeeze_", "unsqueeze_", "transpose_", "swapaxes_", "swapdims_")
+)
 
 
 def _where(spec: PlanSpec, i: int) -> str:

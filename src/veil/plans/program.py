@@ -12,7 +12,7 @@ module :func:`veil.export` writes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -197,9 +197,11 @@ def outputs(arg: Any, values: dict[int, Any]) -> Any:
     return from_arg(arg, values.__getitem__)
 
 
-def run(spec: PlanSpec, inputs: list[Any], state: dict[int, Any]) -> Any:
+def run(spec: PlanSpec, inputs: list[Any], state: dict[int, Any],
+        check: Callable[[Any, list[Any], dict[str, Any]], None] | None = None) -> Any:  # fmt: skip
     """Run a plan with plain torch: ``inputs`` in order, ``state`` by slot (modules,
-    tensors, optimizers, used and updated in place).
+    tensors, optimizers, used and updated in place). ``check(op_spec, args, kwargs)``, if
+    given, runs before each op (a node's size limit).
 
     Example:
         >>> import torch, veil
@@ -217,10 +219,12 @@ def run(spec: PlanSpec, inputs: list[Any], state: dict[int, Any]) -> Any:
     get = values.__getitem__
     with torch.enable_grad():
         for op in spec.ops:
-            fn = reg[op.op].fn
+            opspec = reg[op.op]
             args = [from_arg(a, get) for a in op.args]
             kwargs = {k: from_arg(v, get) for k, v in op.kwargs.items()}
-            bind(op.out, fn(*args, **kwargs), values)
+            if check is not None:
+                check(opspec, args, kwargs)
+            bind(op.out, opspec.fn(*args, **kwargs), values)
     return outputs(spec.outputs, values)
 
 
