@@ -110,6 +110,9 @@ class NodeBase:
     def _run_op(self, session: Session, msg: RunOp) -> Reply:
         raise NotImplementedError  # see execution.py
 
+    def _digest(self, rec: ObjectRecord) -> str:
+        raise NotImplementedError  # see requests.py
+
     def _check_size(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any],
                     inputs: list[ObjectRecord], nested: bool) -> None:  # fmt: skip
         raise NotImplementedError  # see execution.py

@@ -147,3 +147,20 @@ class HostMixin(NodeBase):
         recognise it); ops keep a label on results whose private inputs all carry it."""
         rec.label = label
         self._persist(rec)
+
+    def content_digest(self, rec: ObjectRecord) -> str:
+        """SHA-256 of an object's content (and of the error it holds): what an approval of it
+        covers (a write changes it)."""
+        return self._digest(rec)
+
+    def next_request_id(self) -> int:
+        """The id the next request made on this node will get (a request kind's ``open``
+        runs just before the request is made, in the same message)."""
+        return max(self._requests, default=0) + 1
+
+    def asset_id(self, dataset: str, asset: str) -> int | None:
+        """The object id of a dataset's asset (None if there is no such asset)."""
+        ds = self._datasets.get(dataset)
+        if ds is None:
+            return None
+        return next((oid for name, oid, *_ in ds.assets if name == asset), None)

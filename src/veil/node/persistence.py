@@ -352,6 +352,17 @@ class PersistenceMixin(NodeBase):
         """
         return dict(self._rows.get(kind, {}))
 
+    def row(self, key: str, kind: str) -> dict[str, Any] | None:
+        """One durable row of a capability's (None if there is none).
+
+        Example:
+            >>> from veil.node import Node
+            >>> node = Node("n", owner_password="pw-long-enough")
+            >>> node.row("k", "doc.kind") is None
+            True
+        """
+        return self._rows.get(kind, {}).get(key)
+
     def put_row(self, key: str, kind: str, value: dict[str, Any]) -> None:
         """Write a capability's durable row (JSON-able ``value``; replaces ``key``). It is
         committed with the message being handled (or at once when called outside one)."""

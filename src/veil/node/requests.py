@@ -165,7 +165,8 @@ class RequestsMixin(NodeBase):
             raise ObjectNotFound(f"no request {msg.id} on node {self.name!r}")
         if row.status == "void":  # written after it was made: the owner sees why
             return self._request_info(row)
-        if row.status != "pending":
+        revoke = row.kind != "object" and row.status == "approved" and not msg.approve
+        if row.status != "pending" and not revoke:  # a capability's approval may be revoked
             raise InvalidRequest(f"request {msg.id} was already {row.status}")
         row.status = "approved" if msg.approve else "denied"
         row.decided_by, row.note = session.user_id, msg.note[:2000]

@@ -12,6 +12,7 @@ module :func:`veil.export` writes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,11 +22,21 @@ from torch import nn
 from veil.errors import InvalidRequest, OpNotAllowed
 from veil.ops import OPTIMIZER_CLASSES, default_registry
 from veil.serde.messages import DictArg, ListArg, ParamRef, Ref, SliceArg, TupleArg
+from veil.serde.modules import meta_module
+from veil.serde.optimizers import spec_to_optimizer
 from veil.serde.plans import PlanSpec
+from veil.serde.tensors import DTYPES, dtype_name
 from veil.serde.values import from_arg
 
 #: Most ops in one plan (a node refuses larger ones).
 MAX_OPS = 100_000
+#: The families of allowlisted ops a plan may hold (torch's; not a capability's ops).
+PLAN_OPS = ("torch.", "Tensor.", "F.", "linalg.", "Module.", "Optimizer.")
+#: Names of inputs and state: Python identifiers (state: dotted), not the printer's own.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z0-9_]{1,64}){0,16}")
+_RESERVED = re.compile(r"(t|in|state)[0-9]+|self|torch|F|def|return")
+#: Most elements a slot may state.
+MAX_ELEMENTS = 2**40
 #: Most slots a plan's ops may fill.
 MAX_SLOTS = 1_000_000
 
@@ -84,6 +95,9 @@ def check(spec: PlanSpec) -> None:
     """
     problems: list[str] = []
     refused: list[str] = []
+    if spec.name != "<lambda>" and not _NAME.fullmatch(spec.name):
+        problems.append(f"plan name {spec.name[:40]!r} is not a Python name")
+    problems += _slot_problems(spec)
     if len(spec.ops) > MAX_OPS:
         raise InvalidRequest(f"plan {spec.name[:60]!r} has {len(spec.ops)} ops; at most {MAX_OPS}")
     defined: dict[int, str] = {}
@@ -118,6 +132,9 @@ def check(spec: PlanSpec) -> None:
             continue
         if opspec.effect == "node":
             refused.append(f"op {i} {op.op[:60]} is a capability's node op")
+            continue
+        if not op.op.startswith(PLAN_OPS):
+            refused.append(f"op {i} {op.op[:60]} is not a torch op (a plan holds torch ops)")
             continue
         if op.kwargs.get("out") is not None:
             problems.append(f"op {i} ({op.op}) writes with out=, which a node does not run")
@@ -179,11 +196,136 @@ def check_inputs(spec: PlanSpec, inputs: list[Any]) -> None:
             )
 
 
+def _slot_problems(spec: PlanSpec) -> list[str]:
+    """Names, shapes and dtypes of the slots a plan states."""
+    problems = []
+    names: set[str] = set()
+    for s in [*spec.inputs, *spec.state, *spec.values]:
+        where = "value" if s in spec.values else "state" if s in spec.state else "input"
+        if s.name or where == "input":
+            if not _NAME.fullmatch(s.name) or _RESERVED.fullmatch(s.name) or s.name in names:
+                problems.append(f"{where} slot {s.id} has a name that is not a free Python name")
+            names.add(s.name)
+        if s.kind != "tensor":
+            continue
+        if len(s.shape) > 32 or any(type(d) is not int or d < (-1 if where == "input" else 0)
+                                    for d in s.shape):  # fmt: skip
+            problems.append(f"{where} slot {s.id} states an invalid shape")
+        elif torch.Size([max(d, 1) for d in s.shape]).numel() > MAX_ELEMENTS:
+            problems.append(f"{where} slot {s.id} states more than {MAX_ELEMENTS} elements")
+        if s.dtype not in DTYPES and not (where == "input" and s.dtype == ""):
+            problems.append(f"{where} slot {s.id} states an unknown dtype {s.dtype[:20]!r}")
+    return problems
+
+
+def verify(spec: PlanSpec) -> None:
+    """Run a checked plan on meta tensors (shapes and dtypes, no data) and refuse it unless
+    every op runs and every result has the shape and dtype the plan states: what a data
+    owner reads in the plan's code is what it computes.
+
+    Raises:
+        InvalidRequest: an op fails on the shapes stated, or a result differs from them.
+
+    Example:
+        >>> import torch, msgspec, veil
+        >>> p = veil.plan(lambda x: x.sum(0)).build(torch.ones(3, 2))
+        >>> verify(p.spec)
+        >>> lie = msgspec.structs.replace(p.spec.values[0], shape=[5])
+        >>> verify(msgspec.structs.replace(p.spec, values=[lie]))
+        Traceback (most recent call last):
+        ...
+        veil.errors.InvalidRequest: plan <lambda>: slot 2 is float32[2] when run, not float32[5] as stated
+    """
+    values: dict[int, Any] = {}
+    for s in spec.inputs:
+        dtype = DTYPES[s.dtype] if s.dtype else torch.float32
+        values[s.id] = torch.empty([max(d, 1) for d in s.shape], dtype=dtype, device="meta")
+        values[s.id].requires_grad_(s.requires_grad and dtype.is_floating_point)
+    params: dict[tuple[int, str], torch.Tensor] = {}
+    try:
+        for s in spec.state:
+            if s.kind == "module" and s.module is not None:
+                values[s.id] = meta_module(s.module)
+                params.update({(s.id, n): p for n, p in values[s.id].named_parameters()})
+            elif s.kind == "tensor":
+                t = torch.empty(s.shape, dtype=DTYPES[s.dtype], device="meta")
+                values[s.id] = t.requires_grad_(s.requires_grad and t.dtype.is_floating_point)
+                params[(s.id, "")] = values[s.id]
+            elif s.kind == "optimizer" and s.optimizer is not None:
+                values[s.id] = spec_to_optimizer(s.optimizer, lambda r: params[(r.record, r.slot)])
+    except Exception as exc:
+        raise InvalidRequest(f"plan {spec.name}: its state cannot be built: {exc}"[:500]) from None
+    stated = {v.id: v for v in spec.values}
+    given = {s.id for s in [*spec.inputs, *spec.state]}
+    reg = default_registry().specs
+    get = values.__getitem__
+    with torch.enable_grad():
+        for i, op in enumerate(spec.ops):
+            try:
+                args = [to_meta(from_arg(a, get)) for a in op.args]
+                kwargs = {k: to_meta(from_arg(v, get)) for k, v in op.kwargs.items()}
+                if op.op in ("Tensor.__getitem__", "Tensor.__setitem__") and len(args) > 1:
+                    args[1] = scalar_index(args[1])
+                bind(op.out, reg[op.op].fn(*args, **kwargs), values)
+            except Exception as exc:
+                raise InvalidRequest(
+                    f"plan {spec.name}: op {i} ({op.op}) does not run on the shapes the plan "
+                    f"states: {type(exc).__name__}: {str(exc)[:300]}"
+                ) from None
+            for r in _out_leaves(op.out):
+                got, want = values[r], stated.get(r)
+                if want is None and r in given:  # in place: the op gave its own input back
+                    continue
+                if not isinstance(got, torch.Tensor) or want is None:
+                    raise InvalidRequest(f"plan {spec.name}: slot {r} states no tensor result")
+                shown = f"{dtype_name(got.dtype)}{list(got.shape)}"
+                if [list(got.shape), dtype_name(got.dtype)] != [want.shape, want.dtype]:
+                    raise InvalidRequest(
+                        f"plan {spec.name}: slot {r} is {shown} when run, not "
+                        f"{want.dtype}{want.shape} as stated"
+                    )
+
+
+def to_meta(value: Any) -> Any:
+    """Tensors (in lists, tuples and dicts) on the meta device; other values as they are.
+
+    Example:
+        >>> import torch
+        >>> to_meta([torch.ones(2), 3])[0].device
+        device(type='meta')
+    """
+    if isinstance(value, torch.Tensor):
+        return value if value.device.type == "meta" else value.to("meta")
+    if type(value) is list or type(value) is tuple:
+        return type(value)(to_meta(v) for v in value)
+    if type(value) is dict:
+        return {k: to_meta(v) for k, v in value.items()}
+    return value
+
+
+def scalar_index(index: Any) -> Any:
+    """An index with its 0-d integer tensors as 0: torch reads their value to index (which
+    meta tensors have not), and the result's shape does not depend on it.
+
+    Example:
+        >>> import torch
+        >>> scalar_index((torch.tensor(3), slice(None)))
+        (0, slice(None, None, None))
+    """
+    if isinstance(index, torch.Tensor) and index.dim() == 0 and not index.is_floating_point():
+        return 0 if index.dtype != torch.bool else index
+    if type(index) is tuple:
+        return tuple(scalar_index(i) for i in index)
+    return index
+
+
 def bind(out: Any, result: Any, values: dict[int, Any], depth: int = 0) -> None:
     """Give the slots of an op's ``out`` the matching parts of its ``result``."""
     if out is None:
         return
     if type(out) is Ref:
+        if isinstance(result, list | tuple) and not isinstance(result, torch.Size):
+            raise InvalidRequest("an op gave several results where the plan states one")
         values[out.id] = result
         return
     if not isinstance(result, list | tuple) or len(result) != len(out.items) or depth > 8:

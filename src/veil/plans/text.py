@@ -55,12 +55,13 @@ def _describe_module(spec: ModuleSpec) -> str:
     return f"{spec.cls}({config})"
 
 
+#: Constants with at most this many elements are shown in full; larger ones summarized.
+SHOWN_ELEMENTS = 64
+
+
 def _const(v: Any) -> str:
     if isinstance(v, TensorData):
-        n = 1
-        for d in v.shape:
-            n *= d
-        return f"tensor<{v.dtype}[{', '.join(map(str, v.shape))}]>" if n > 6 else "tensor(...)"
+        return _tensor_text(v)
     if isinstance(v, DTypeArg):
         return f"torch.{v.name}"
     if isinstance(v, EllipsisArg):
@@ -76,6 +77,26 @@ def _const(v: Any) -> str:
     if isinstance(v, DictArg):
         return "{" + ", ".join(f"{k!r}: {_const(i)}" for k, i in v.items.items()) + "}"
     return repr(v)
+
+
+def _tensor_text(v: TensorData) -> str:
+    """A constant tensor as the owner reads it: its values, or (when large) its dtype,
+    shape, range, mean and a digest of its bytes."""
+    import hashlib
+
+    import torch
+
+    from veil.serde.tensors import tensor_from_data
+
+    t = tensor_from_data(v)
+    if t.numel() <= SHOWN_ELEMENTS:
+        return f"tensor({t.tolist()})" if t.dim() else f"tensor({t.item()})"
+    shape = ", ".join(map(str, v.shape))
+    f = t.double() if not t.is_complex() else t.abs().double()
+    stats = f"min={f.min().item():.4g}, max={f.max().item():.4g}, mean={f.mean().item():.4g}"
+    digest = hashlib.sha256(bytes(v.data)).hexdigest()[:16]
+    _ = torch
+    return f"tensor<{v.dtype}[{shape}] {stats}, sha256 {digest}>"
 
 
 class _Namer:

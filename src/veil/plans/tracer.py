@@ -33,6 +33,7 @@ from torch import nn
 
 from veil.errors import OpNotAllowed, UnsupportedError, VeilError
 from veil.ops import OPTIMIZER_CLASSES, default_registry
+from veil.plans.program import scalar_index, to_meta
 from veil.pointers.queue import OpQueue
 from veil.pointers.tensor import PointerTensor
 from veil.serde.messages import ListArg, ObjectInfo, ParamRef, Ref, TupleArg
@@ -270,7 +271,7 @@ class Tracer:
 
     def _materialize(self, arg: Any) -> Any:
         value = from_arg(arg, self._meta.__getitem__)
-        return _to_meta(value)
+        return to_meta(value)
 
     def _run(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         line = user_line()
@@ -282,7 +283,7 @@ class Tracer:
         margs = [self._materialize(a) for a in enc_args]
         mkwargs = {k: self._materialize(v) for k, v in enc_kwargs.items()}
         if op in ("Tensor.__getitem__", "Tensor.__setitem__") and len(margs) > 1:
-            margs[1] = _scalar_index(margs[1])
+            margs[1] = scalar_index(margs[1])
         try:
             self.executing = True  # its module calls and steps are the meta copies': not traced
             with torch.enable_grad():
@@ -334,34 +335,12 @@ class Tracer:
         )
 
 
-def _scalar_index(index: Any) -> Any:
-    """An index with its 0-d integer tensors as 0: torch reads their value to index (which
-    meta tensors have not), and the result's shape does not depend on it."""
-    if isinstance(index, torch.Tensor) and index.dim() == 0 and not index.is_floating_point():
-        return 0 if index.dtype != torch.bool else index
-    if type(index) is tuple:
-        return tuple(_scalar_index(i) for i in index)
-    return index
-
-
 def _tensors(value: Any) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, nn.Module):
         return list(value.parameters())
     return []
-
-
-def _to_meta(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        if value.device.type == "meta":
-            return value
-        return value.to("meta")
-    if type(value) is list or type(value) is tuple:
-        return type(value)(_to_meta(v) for v in value)
-    if type(value) is dict:
-        return {k: _to_meta(v) for k, v in value.items()}
-    return value
 
 
 # ------------------------------------------------------------- redirections while tracing
