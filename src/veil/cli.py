@@ -424,6 +424,84 @@ def dealers_remove(
     console.print(f"node no longer accepts crypto provider [bold]{name}[/bold]")
 
 
+# ---------------------------------------------------------------- veil.models: hosted models
+models_app = typer.Typer(
+    help="Publish models for on-device prediction; list what a node hosts.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+
+def _when(ts: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@models_app.command("publish")
+def models_publish(
+    path: Annotated[
+        str, typer.Argument(help="The model's ONNX file (write one with veil.export).")
+    ],
+    name: Annotated[str, typer.Option(help="The model's name, as devices fetch it.")],
+    version: Annotated[
+        str, typer.Option(help="This version's label (1, 1.2.0...); a version never changes.")
+    ],
+    description: Annotated[str, typer.Option(help="What the model does (shown by list).")] = "",
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Publish an ONNX model on a node (owners and admins); devices fetch it by name and version."""
+    import veil
+
+    if not path.lower().endswith(".onnx") or not os.path.isfile(path):
+        _fail(ValueError(f"{path!r} is not an .onnx file; write one with veil.export"))
+    info = _ask(url, email, password, lambda client: veil.models.publish(
+        client, name, path, version=version, description=description))  # fmt: skip
+    console.print(f"published [bold]{info.name}[/bold] version {info.version}: {info.size:,} "
+                  f"bytes, sha256 {info.sha256}", highlight=False)  # fmt: skip
+
+
+@models_app.command("list")
+def models_list(
+    url: Url = "http://127.0.0.1:8765", email: Email = "owner@localhost", password: Password = ""
+) -> None:
+    """List the models a node hosts (every version)."""
+    import veil
+
+    items = _ask(url, email, password, lambda client: veil.models.list(client))
+    table = Table("name", "version", "size", "sha256", "published", "by", "description",
+                  title="hosted models")  # fmt: skip
+    for m in items:
+        table.add_row(m.name, m.version, f"{m.size:,} B", m.sha256[:16], _when(m.created),
+                      m.publisher, m.description)  # fmt: skip
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    name: Annotated[str, typer.Argument(help="The model's name (see `veil models list`).")],
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Show every version of one model, with its full SHA-256 and where devices fetch it."""
+    import veil
+
+    items = _ask(url, email, password, lambda client: veil.models.list(client, name))
+    if not items:
+        _fail(VeilError(f"the node hosts no model {name!r} (see `veil models list`)"))
+    for m in items:
+        console.print(f"[bold]{m.name}[/bold] version {m.version}: {m.size:,} bytes, published "
+                      f"{_when(m.created)} by {m.publisher}", highlight=False)  # fmt: skip
+        console.print(f"  sha256 {m.sha256}", highlight=False)
+        if m.description:
+            console.print(f"  {m.description}", highlight=False)
+        console.print(
+            f"  GET {url.rstrip('/')}/api/v1/models/{m.name}/{m.version}", highlight=False
+        )
+
+
 def main() -> None:
     """Entry point of the ``veil`` console script."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
