@@ -459,7 +459,7 @@ def models_publish(
     info = _ask(url, email, password, lambda client: veil.models.publish(
         client, name, path, version=version, description=description))  # fmt: skip
     console.print(f"published [bold]{info.name}[/bold] version {info.version}: {info.size:,} "
-                  f"bytes, sha256 {info.sha256}", highlight=False)  # fmt: skip
+                  f"bytes, sha256 {info.sha256}", highlight=False, soft_wrap=True)  # fmt: skip
 
 
 @models_app.command("list")
@@ -470,11 +470,12 @@ def models_list(
     import veil
 
     items = _ask(url, email, password, lambda client: veil.models.list(client))
-    table = Table("name", "version", "size", "sha256", "published", "by", "description",
-                  title="hosted models")  # fmt: skip
+    table = Table(title="hosted models (veil models show NAME: hashes and publishers)")
+    for column in ("name", "version", "size", "sha256", "published", "description"):
+        table.add_column(column, no_wrap=column != "description")
     for m in items:
-        table.add_row(m.name, m.version, f"{m.size:,} B", m.sha256[:16], _when(m.created),
-                      m.publisher, m.description)  # fmt: skip
+        table.add_row(m.name, m.version, f"{m.size:,} B", m.sha256[:12],
+                      _when(m.created)[:10], m.description)  # fmt: skip
     console.print(table)
 
 
@@ -493,12 +494,14 @@ def models_show(
         _fail(VeilError(f"the node hosts no model {name!r} (see `veil models list`)"))
     for m in items:
         console.print(f"[bold]{m.name}[/bold] version {m.version}: {m.size:,} bytes, published "
-                      f"{_when(m.created)} by {m.publisher}", highlight=False)  # fmt: skip
-        console.print(f"  sha256 {m.sha256}", highlight=False)
+                      f"{_when(m.created)} by {m.publisher}", highlight=False, soft_wrap=True)  # fmt: skip
+        console.print(f"  sha256 {m.sha256}", highlight=False, soft_wrap=True)
         if m.description:
-            console.print(f"  {m.description}", highlight=False)
+            console.print(f"  {m.description}", highlight=False, soft_wrap=True)
         console.print(
-            f"  GET {url.rstrip('/')}/api/v1/models/{m.name}/{m.version}", highlight=False
+            f"  GET {url.rstrip('/')}/api/v1/models/{m.name}/{m.version}",
+            highlight=False,
+            soft_wrap=True,
         )
 
 

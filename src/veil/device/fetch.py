@@ -66,8 +66,8 @@ def list_models(url: str, *, token: str | None = None, email: str | None = None,
 
 def fetch(url: str, name: str, version: str | int | None = None, *, token: str | None = None,
           email: str | None = None, password: str | None = None,
-          cache_dir: str | os.PathLike[str] | None = None, threads: int = 1,
-          timeout: float = 60.0) -> Predictor:  # fmt: skip
+          sha256: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
+          threads: int = 1, timeout: float = 60.0) -> Predictor:  # fmt: skip
     """Download a model a node hosts, check its hash and load it for local prediction.
 
     Args:
@@ -75,6 +75,8 @@ def fetch(url: str, name: str, version: str | int | None = None, *, token: str |
         name: the model's name; ``version``: one of its versions (default: the latest
             published).
         token: a bearer token (:func:`login`); or ``email`` and ``password`` to log in.
+        sha256: the hash this device expects, if it knows it (pinned, e.g. shipped with the
+            app): a model with another is refused even if the node states its hash.
         cache_dir: keep downloaded models here (``<name>/<version>/<sha256>.onnx``); a named
             version found there is loaded without asking the node (versions never change),
             after its bytes are checked against its hash.
@@ -84,7 +86,8 @@ def fetch(url: str, name: str, version: str | int | None = None, *, token: str |
         A :class:`Predictor` of the model.
 
     Raises:
-        IntegrityError: the bytes received do not have the hash the node states.
+        IntegrityError: the bytes received do not have the hash the node states (or the
+            one pinned with ``sha256``).
         ObjectNotFound: the node hosts no such model or version (the message lists them).
         AuthenticationError: bad credentials or token.
         ConnectError, Timeout: the node cannot be reached, or did not answer in time.
@@ -95,7 +98,7 @@ def fetch(url: str, name: str, version: str | int | None = None, *, token: str |
     if cache is not None and ver is not None:
         hit = _cached(cache / name / ver)
         if hit is not None:
-            return Predictor(hit[0], sha256=hit[1], threads=threads)
+            return Predictor(hit[0], sha256=sha256 or hit[1], threads=threads)
     token = _token(url, token, email, password, timeout)
     path = "/api/v1/models/" + urllib.parse.quote(name, safe="")
     if ver is not None:
@@ -109,6 +112,11 @@ def fetch(url: str, name: str, version: str | int | None = None, *, token: str |
         raise IntegrityError(
             f"model {name!r} from {url}: the bytes received have SHA-256 {got}, the node "
             f"states {stated}: altered or corrupted on the way; nothing was loaded"
+        )
+    if sha256 is not None and stated != sha256.strip().lower():
+        raise IntegrityError(
+            f"model {name!r} from {url} has SHA-256 {stated}, not the {sha256.strip().lower()} "
+            "this device expects; nothing was loaded"
         )
     predictor = Predictor(data, sha256=stated, threads=threads)
     if cache is not None:
