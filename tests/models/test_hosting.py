@@ -198,3 +198,14 @@ def test_models_survive_a_restart_and_chunks_are_shared(tmp_path: Path) -> None:
     assert chunks == 2 and data == path.read_bytes() and info.sha256 == sha256_of(data)
     assert [m.version for m in veil.models.list(veil.VirtualWorker(node=again))] == ["1", "2"]
     again.close()
+
+
+def test_the_device_and_the_node_check_names_by_one_rule() -> None:
+    """veil.device cannot import veil.serde (it needs no torch): the two copies must agree."""
+    from typing import get_args
+
+    from veil.device import MODEL_NAME, MODEL_VERSION
+    from veil.serde.models import ModelName, ModelVersion
+
+    assert get_args(ModelName)[1].pattern == MODEL_NAME
+    assert get_args(ModelVersion)[1].pattern == MODEL_VERSION

@@ -16,13 +16,23 @@ Example:
 
 from __future__ import annotations
 
-from veil.device.fetch import MODEL_NAME, MODEL_VERSION, fetch, list_models, login
+from veil.device.fetch import (
+    MODEL_NAME,
+    MODEL_VERSION,
+    check_name,
+    check_version,
+    fetch,
+    list_models,
+    login,
+)
 from veil.device.predictor import Predictor, sha256_of
 
 __all__ = [
     "MODEL_NAME",
     "MODEL_VERSION",
     "Predictor",
+    "check_name",
+    "check_version",
     "fetch",
     "list_models",
     "login",

@@ -28,12 +28,20 @@ from veil.errors import (
     error_from_code,
 )
 
-__all__ = ["MODEL_NAME", "MODEL_VERSION", "fetch", "list_models", "login"]
+__all__ = [
+    "MODEL_NAME",
+    "MODEL_VERSION",
+    "check_name",
+    "check_version",
+    "fetch",
+    "list_models",
+    "login",
+]
 
 #: What a hosted model's name may be (the node refuses others; ``veil.serde.models`` too).
-MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z"
 #: What a hosted model's version may be (``3``, ``1.2.0``, ``2026-12-03``...).
-MODEL_VERSION = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MODEL_VERSION = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -92,8 +100,8 @@ def fetch(url: str, name: str, version: str | int | None = None, *, token: str |
         AuthenticationError: bad credentials or token.
         ConnectError, Timeout: the node cannot be reached, or did not answer in time.
     """
-    _check(name, MODEL_NAME, "name")
-    ver = None if version is None else _check(str(version), MODEL_VERSION, "version")
+    check_name(name)
+    ver = None if version is None else check_version(version)
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None and ver is not None:
         hit = _cached(cache / name / ver)
@@ -120,15 +128,40 @@ def fetch(url: str, name: str, version: str | int | None = None, *, token: str |
         )
     predictor = Predictor(data, sha256=stated, threads=threads)
     if cache is not None:
-        served = _check(headers.get("X-Veil-Model-Version") or "", MODEL_VERSION, "version")
+        served = check_version(headers.get("X-Veil-Model-Version") or "")
         _store(cache / name / served, stated, data)
     return predictor
 
 
+def check_name(name: str) -> str:
+    """``name`` if it is a valid model name (:data:`MODEL_NAME`), else InvalidRequest.
+
+    Example:
+        >>> check_name("lenet-5")
+        'lenet-5'
+        >>> check_name("../etc")
+        Traceback (most recent call last):
+        ...
+        veil.errors.InvalidRequest: model name '../etc' is not valid: letters, digits, '.', '_' and '-', starting with a letter or digit
+    """
+    return _check(name, MODEL_NAME, "name")
+
+
+def check_version(version: str | int) -> str:
+    """A version as text (``3`` -> ``"3"``) if valid (:data:`MODEL_VERSION`), else
+    InvalidRequest.
+
+    Example:
+        >>> check_version(3), check_version("1.2.0")
+        ('3', '1.2.0')
+    """
+    return _check(str(version), MODEL_VERSION, "version")
+
+
 def _check(value: str, pattern: str, what: str) -> str:
-    if not re.match(pattern, value):
+    if not isinstance(value, str) or not re.match(pattern, value):
         raise InvalidRequest(
-            f"model {what} {value[:80]!r} is not valid: letters, digits, '.', '_' and '-', "
+            f"model {what} {str(value)[:80]!r} is not valid: letters, digits, '.', '_' and '-', "
             "starting with a letter or digit"
         )
     return value

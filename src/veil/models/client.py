@@ -10,8 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from veil.device.fetch import MODEL_NAME, MODEL_VERSION
-from veil.device.fetch import _check as _check_name
+from veil.device.fetch import check_name, check_version
 from veil.device.predictor import Predictor, sha256_of
 from veil.errors import IntegrityError
 from veil.export import export
@@ -71,8 +70,8 @@ def publish(worker: Any, name: str, model_or_path: Any, example_inputs: Any = No
         >>> veil.models.fetch(node, "triage").predict([[1.0, 2.0, 3.0, 4.0]]).shape
         (1, 2)
     """
-    _check_name(name, MODEL_NAME, "name")
-    ver = _check_name(str(version), MODEL_VERSION, "version")
+    check_name(name)
+    ver = check_version(version)
     data = _onnx_bytes(model_or_path, example_inputs, export_options)
     msg = PublishModel(name, ver, data, description)
     return capability.call(worker, "models", "publish", msg, ModelInfo)
@@ -92,7 +91,7 @@ def download(worker: Any, name: str, version: str | int | None = None) -> tuple[
         ObjectNotFound: no such model or version (the message lists what there is).
         IntegrityError: the bytes do not have the node's stated SHA-256.
     """
-    ver = None if version is None else _check_name(str(version), MODEL_VERSION, "version")
+    ver = None if version is None else check_version(version)
     got = capability.call(worker, "models", "fetch", FetchModel(name, ver), ModelData)
     if sha256_of(got.data) != got.info.sha256:
         raise IntegrityError(
