@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check install bench bench-mpc bench-dp bench-he bench-device bench-compare fuzz clean
+.PHONY: demo test check install bench bench-mpc bench-dp bench-he bench-plans bench-device bench-compare fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,9 @@ clean:
 
 bench-he: $(STAMP)
 	$(BIN)/python benchmarks/he.py
+
+bench-plans: $(STAMP)
+	$(BIN)/python benchmarks/plans.py
 
 # Batch-1 prediction with veil.device (onnxruntime) vs torch eager, and the device install's size
 bench-device: $(STAMP)

@@ -154,6 +154,38 @@ def test_a_plan_is_exported_through_its_module(tmp_path: Path) -> None:
     assert np.abs(Predictor(path).predict(x.numpy()) - inner(x).detach().numpy()).max() <= ATOL
 
 
+@pytest.mark.parametrize("kind", ["function", "module class"])
+def test_a_veil_plan_exports_and_agrees_with_running_it(tmp_path: Path, kind: str) -> None:
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    if kind == "function":
+
+        @veil.plan
+        def plan(x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(net(x) * 2 + 1, dim=-1)
+
+    else:
+
+        @veil.plan
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.body = net
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return torch.softmax(self.body(x) * 2 + 1, dim=-1)
+
+        plan = Net()
+    plan.build(torch.randn(1, 6))
+
+    path = veil.export(plan, tmp_path / "plan.onnx", torch.randn(1, 6))
+
+    for batch in (1, 7):
+        x = torch.randn(batch, 6)
+        expected = plan.run(x).detach().numpy()
+        assert np.abs(Predictor(path).predict(x.numpy()) - expected).max() <= ATOL
+
+
 def test_export_uses_eval_mode_and_restores_the_models_mode(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.BatchNorm1d(8)).train()
     model(torch.randn(16, 8))  # running statistics

@@ -53,8 +53,11 @@ else:
     _capability.declare("dp", "veil.dp.node")
     _capability.declare("he", "veil.he")
     _capability.declare("mpc", "veil.mpc")
+    _capability.declare("plans", "veil.plans.node")
     _capability.declare("models", "veil.models.node")
-    _LAZY = ("device", "dp", "he", "models", "mpc")
+    _LAZY = ("device", "dp", "he", "models", "mpc", "plans")
+    #: Names at the top of the package that live in a lazily imported part.
+    _LAZY_NAMES = {"Plan": "plans", "Protocol": "plans", "func2plan": "plans", "plan": "plans"}
     # ``veil.export(...)`` is a function of the module of the same name, bound here once and for
     # all: were it lazy, the first ``import veil.export`` would put the module in its place.
     # (The module imports nothing heavy: torch.onnx and executorch load when it is called.)
@@ -63,6 +66,8 @@ else:
     def __getattr__(name: str) -> Any:
         if name in _LAZY:
             return importlib.import_module(f"veil.{name}")
+        if name in _LAZY_NAMES:
+            return getattr(importlib.import_module(f"veil.{_LAZY_NAMES[name]}"), name)
         raise AttributeError(f"module 'veil' has no attribute {name!r}")
 
     def _lazy_entry_point(owner: type, attr: str, module: str) -> None:
@@ -121,8 +126,10 @@ else:
         "ObjectNotFound",
         "OpNotAllowed",
         "PermissionDenied",
+        "Plan",
         "PointerModule",
         "PointerTensor",
+        "Protocol",
         "RemoteOptimizer",
         "TorchHook",
         "VeilError",
@@ -135,8 +142,11 @@ else:
         "dp",
         "errors",
         "export",
+        "func2plan",
         "he",
         "models",
         "mpc",
         "ops",
+        "plan",
+        "plans",
     ]

@@ -34,6 +34,11 @@ dealers_app = typer.Typer(
     help="Approve the crypto providers (MPC dealers) a node accepts.", no_args_is_help=True
 )
 app.add_typer(dealers_app, name="dealers")
+# veil.plans: plans scientists asked to run on private data
+plans_app = typer.Typer(
+    help="Review the plans scientists ask to run on your private data.", no_args_is_help=True
+)
+app.add_typer(plans_app, name="plans")
 console = Console()
 
 Url = Annotated[str, typer.Option(help="Base URL of a running node.", envvar="VEIL_URL")]
@@ -308,6 +313,117 @@ def requests_deny(
     _decide(request_id, False, note, url, email, password)
 
 
+# ---------------------------------------------------------------- veil.plans: review
+@plans_app.command("list")
+def plans_list(
+    status: Annotated[
+        str | None, typer.Option(help="pending, approved or denied (default: all).")
+    ] = None,
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """List plan requests: who asks to run which plan, on which dataset, how many times."""
+    from veil.plans import reviews
+
+    items = _ask(url, email, password, lambda client: reviews(client, status))
+    table = Table("id", "status", "requester", "plan", "hash", "dataset", "runs", "reason",
+                  title="plan requests")  # fmt: skip
+    for r in items:
+        table.add_row(str(r.request), r.status, r.requester, r.name, r.hash[:16], r.dataset,
+                      f"{r.used}/{r.runs}", r.reason)  # fmt: skip
+    console.print(table)
+
+
+@plans_app.command("show")
+def plans_show(
+    request_id: Annotated[int, typer.Argument(help="The request's id (see `veil plans list`).")],
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Show a plan request: the plan as code, its result on the mock data, what it releases."""
+    from rich.syntax import Syntax
+
+    from veil.plans import review
+
+    r = _ask(url, email, password, lambda client: review(client, request_id))
+    console.print(f"[bold]plan request {r.request}[/bold] ({r.status}) from {r.requester}: "
+                  f"{r.reason}")  # fmt: skip
+    console.print(f"plan [bold]{r.name}[/bold], hash {r.hash}")
+    console.print(f"on dataset [bold]{r.dataset}[/bold], {r.runs} runs ({r.used} used)")
+    console.print(Syntax(r.code, "python", theme="ansi_dark", word_wrap=True))
+    console.print(f"[bold]result on the mock data:[/bold] {r.mock_result}")
+    console.print(f"[bold]what it releases:[/bold] {r.releases}")
+
+
+@plans_app.command("approve")
+def plans_approve(
+    request_id: Annotated[int, typer.Argument(help="The request's id (see `veil plans list`).")],
+    note: Annotated[str, typer.Option(help="A note for the requester.")] = "",
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Approve a plan request: that plan (its hash) may run that many times on the dataset."""
+    _decide(request_id, True, note, url, email, password)
+
+
+@plans_app.command("deny")
+def plans_deny(
+    request_id: Annotated[int, typer.Argument(help="The request's id (see `veil plans list`).")],
+    note: Annotated[str, typer.Option(help="Why, for the requester.")] = "",
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Deny a plan request."""
+    _decide(request_id, False, note, url, email, password)
+
+
+@plans_app.command("require-review")
+def plans_require_review(
+    enabled: Annotated[
+        bool | None,
+        typer.Argument(help="on: code runs on private data only as approved plans; off: not."),
+    ] = None,
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """Run scientists' code on private data only as plans you approved (or show the setting)."""
+    from veil.plans import require_review
+
+    now = _ask(url, email, password, lambda client: require_review(client, enabled))
+    console.print(
+        "code runs on private data only as approved plans" if now
+        else "single ops run on private data under the privacy rules; plans need approval"
+    )  # fmt: skip
+
+
+@plans_app.command("release-outputs")
+def plans_release_outputs(
+    enabled: Annotated[
+        bool | None,
+        typer.Argument(
+            help="on: requesters may fetch the results of approved runs they asked for; off: not."
+        ),  # fmt: skip
+    ] = None,
+    url: Url = "http://127.0.0.1:8765",
+    email: Email = "owner@localhost",
+    password: Password = "",
+) -> None:
+    """The release policy plan-outputs: results of approved plan runs whose request asked for
+    them may be fetched by their requester (or show the setting)."""
+    from veil.plans import settings
+
+    now = _ask(url, email, password, lambda client: settings(client, release_outputs=enabled))
+    console.print(
+        "results of approved plan runs are released to requesters who asked for them"
+        if now.release_outputs else "plan results are not released by a policy"
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------- veil.dp: budgets
 @budgets_app.command("set")
 def budgets_set(
@@ -425,84 +541,10 @@ def dealers_remove(
 
 
 # ---------------------------------------------------------------- veil.models: hosted models
-models_app = typer.Typer(
-    help="Publish models for on-device prediction; list what a node hosts.", no_args_is_help=True
-)
+# (the commands live with the capability, in veil/models/cli.py: this module is at its size limit)
+from veil.models.cli import models_app  # noqa: E402
+
 app.add_typer(models_app, name="models")
-
-
-def _when(ts: float) -> str:
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-@models_app.command("publish")
-def models_publish(
-    path: Annotated[
-        str, typer.Argument(help="The model's ONNX file (write one with veil.export).")
-    ],
-    name: Annotated[str, typer.Option(help="The model's name, as devices fetch it.")],
-    version: Annotated[
-        str, typer.Option(help="This version's label (1, 1.2.0...); a version never changes.")
-    ],
-    description: Annotated[str, typer.Option(help="What the model does (shown by list).")] = "",
-    url: Url = "http://127.0.0.1:8765",
-    email: Email = "owner@localhost",
-    password: Password = "",
-) -> None:
-    """Publish an ONNX model on a node (owners and admins); devices fetch it by name and version."""
-    import veil
-
-    if not path.lower().endswith(".onnx") or not os.path.isfile(path):
-        _fail(ValueError(f"{path!r} is not an .onnx file; write one with veil.export"))
-    info = _ask(url, email, password, lambda client: veil.models.publish(
-        client, name, path, version=version, description=description))  # fmt: skip
-    console.print(f"published [bold]{info.name}[/bold] version {info.version}: {info.size:,} "
-                  f"bytes, sha256 {info.sha256}", highlight=False, soft_wrap=True)  # fmt: skip
-
-
-@models_app.command("list")
-def models_list(
-    url: Url = "http://127.0.0.1:8765", email: Email = "owner@localhost", password: Password = ""
-) -> None:
-    """List the models a node hosts (every version)."""
-    import veil
-
-    items = _ask(url, email, password, lambda client: veil.models.list(client))
-    table = Table(title="hosted models (veil models show NAME: hashes and publishers)")
-    for column in ("name", "version", "size", "sha256", "published", "description"):
-        table.add_column(column, no_wrap=column != "description")
-    for m in items:
-        table.add_row(m.name, m.version, f"{m.size:,} B", m.sha256[:12],
-                      _when(m.created)[:10], m.description)  # fmt: skip
-    console.print(table)
-
-
-@models_app.command("show")
-def models_show(
-    name: Annotated[str, typer.Argument(help="The model's name (see `veil models list`).")],
-    url: Url = "http://127.0.0.1:8765",
-    email: Email = "owner@localhost",
-    password: Password = "",
-) -> None:
-    """Show every version of one model, with its full SHA-256 and where devices fetch it."""
-    import veil
-
-    items = _ask(url, email, password, lambda client: veil.models.list(client, name))
-    if not items:
-        _fail(VeilError(f"the node hosts no model {name!r} (see `veil models list`)"))
-    for m in items:
-        console.print(f"[bold]{m.name}[/bold] version {m.version}: {m.size:,} bytes, published "
-                      f"{_when(m.created)} by {m.publisher}", highlight=False, soft_wrap=True)  # fmt: skip
-        console.print(f"  sha256 {m.sha256}", highlight=False, soft_wrap=True)
-        if m.description:
-            console.print(f"  {m.description}", highlight=False, soft_wrap=True)
-        console.print(
-            f"  GET {url.rstrip('/')}/api/v1/models/{m.name}/{m.version}",
-            highlight=False,
-            soft_wrap=True,
-        )
 
 
 def main() -> None:

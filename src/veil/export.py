@@ -19,6 +19,7 @@ Run what was written with :class:`veil.device.Predictor` (numpy and onnxruntime 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import re
@@ -109,9 +110,7 @@ def export(model_or_plan: Any, path: str | os.PathLike[str], example_inputs: Any
 
 
 def _as_module(obj: Any) -> nn.Module:
-    if isinstance(obj, nn.Module):
-        return obj
-    to_module = getattr(obj, "to_module", None)
+    to_module = getattr(obj, "to_module", None)  # a plan first (a plan may be a Module too)
     if callable(to_module):
         module = to_module()
         if not isinstance(module, nn.Module):
@@ -120,6 +119,8 @@ def _as_module(obj: Any) -> nn.Module:
                 "torch.nn.Module"
             )
         return module
+    if isinstance(obj, nn.Module):
+        return obj
     raise TypeError(
         f"export takes a torch.nn.Module or a plan (an object with to_module()), got a "
         f"{type(obj).__name__}; a model on a node must be fetched first (.get())"
@@ -196,9 +197,23 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _dynamic_shapes(args: tuple[torch.Tensor, ...], upper: int | None) -> tuple[Any, ...]:
+def _dynamic_shapes(module: nn.Module, args: tuple[torch.Tensor, ...],
+                    upper: int | None) -> tuple[Any, ...]:  # fmt: skip
+    """Dimension 0 of every input is ``batch``, in the structure of ``forward``'s signature
+    (``torch.export`` groups the inputs a ``*args`` takes into one tuple, as a plan's has)."""
     batch = torch.export.Dim("batch") if upper is None else torch.export.Dim("batch", max=upper)
-    return tuple({0: batch} for _ in args)
+    each = [{0: batch} for _ in args]
+    fixed = 0
+    for p in inspect.signature(module.forward).parameters.values():
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            return (*each[:fixed], tuple(each[fixed:]))
+        if p.kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            break
+        fixed += 1
+    return tuple(each)
 
 
 def _to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, ins: list[str],
@@ -215,7 +230,7 @@ def _to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, ins:
             torch.onnx.export(
                 module, args, str(path), dynamo=True, verbose=False, input_names=ins,
                 output_names=outs, opset_version=opset, external_data=False,
-                dynamic_shapes=_dynamic_shapes(args, None) if dynamic else None,
+                dynamic_shapes=_dynamic_shapes(module, args, None) if dynamic else None,
             )  # fmt: skip
     except (OSError, ImportError):
         raise
@@ -242,7 +257,7 @@ def _to_pte(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, dynam
             program = torch.export.export(
                 module,
                 args,
-                dynamic_shapes=_dynamic_shapes(args, PTE_MAX_BATCH) if dynamic else None,
+                dynamic_shapes=_dynamic_shapes(module, args, PTE_MAX_BATCH) if dynamic else None,
             )
             lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
             buffer = lowered.to_executorch().buffer

@@ -209,3 +209,16 @@ def test_the_device_and_the_node_check_names_by_one_rule() -> None:
 
     assert get_args(ModelName)[1].pattern == MODEL_NAME
     assert get_args(ModelVersion)[1].pattern == MODEL_VERSION
+
+
+def test_a_plan_is_published_through_veil_export(virtual) -> None:
+    @veil.plan
+    def squash(x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x * 3)
+
+    squash.build(torch.randn(1, 4))
+    veil.models.publish(virtual.owner, "squash", squash, torch.randn(1, 4), version=1)
+
+    got = veil.models.fetch(virtual.scientist(), "squash").predict(np.ones((2, 4)))
+
+    assert np.abs(got - np.tanh(3.0)).max() <= 1e-5

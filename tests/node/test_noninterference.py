@@ -47,6 +47,24 @@ class World:
     regs: list[Any] = field(default_factory=list)
     log: list[Any] = field(default_factory=list)
     ids: dict[int, int] = field(default_factory=dict)
+    plans: dict[str, Any] = field(default_factory=dict)
+
+
+def _plan_body(a: Any, b: Any) -> Any:
+    """A plan whose ops fail on some values (an index taken from data) and read it widely."""
+    h = (a @ b.T).relu()
+    picked = a[(b.view(-1)[0].abs() * 3).long()]
+    loss = (h * 0.5).sum()
+    return h.sum(0), picked * 2, a.argmax(), loss
+
+
+def _plans(owner: Any, sci: Any) -> dict[str, Any]:
+    """The same plans in both worlds: one the owner approved on the dataset, one not."""
+    approved = veil.plan(_plan_body).build(torch.zeros(ROWS, COLS), torch.zeros(ROWS, COLS))
+    req = approved.request(sci, dataset="d", reason="property test", runs=10**6)
+    owner.requests.approve(req.id)
+    unapproved = veil.plan(lambda a: (a * 3).exp().mean(0)).build(torch.zeros(ROWS, COLS))
+    return {"approved": approved, "unapproved": unapproved}
 
 
 def _world(data: torch.Tensor, labels: torch.Tensor, url: str | None = None,
@@ -79,7 +97,7 @@ def _world(data: torch.Tensor, labels: torch.Tensor, url: str | None = None,
         model.send(sci),
         nn.Embedding(10, 2).send(sci),
     ]
-    return World(node, sci, regs)
+    return World(node, sci, regs, plans=_plans(owner, sci))
 
 
 def _tensors(world: World) -> list[Any]:
@@ -154,6 +172,10 @@ OPS: dict[str, Callable[[Any, Any, int, World], Any]] = {
     "view_write_backward": lambda a, b, k, w: _view_write_backward(a, b, k, w),
     "bernoulli": lambda a, b, k, w: torch.bernoulli((a.float() / (k + 1)).clamp(-1, 2)),
     "uniform_public": lambda a, b, k, w: torch.zeros(4).send(w.sci).uniform_().get(),
+    # plans (veil.plans): run under an approval, repeated, and without one
+    "plan": lambda a, b, k, w: w.plans["approved"](a, b),
+    "plan_repeat": lambda a, b, k, w: w.plans["approved"].run(a, b, repeat=k + 1),
+    "plan_unapproved": lambda a, b, k, w: w.plans["unapproved"](a),
     "get": lambda a, b, k, w: a.get(),
     "item": lambda a, b, k, w: a.sum().item(),
 }
@@ -335,6 +357,10 @@ REGRESSIONS: dict[str, list[tuple[str, int, int, int]]] = {
     "random_draws": [("bernoulli", 0, 0, 0), ("uniform_public", 0, 0, 0)],
     # found by the property: a private tensor as the attribute name was quoted in the refusal
     "attribute_name": [("abs", 0, 0, 0), ("any:Tensor.__getattr__:ab", 0, 0, 0)],
+    # plans: an index taken from private values inside an approved plan, then its results read
+    "plan_private_index": [("plan", 0, 2, 0), ("plan", 2, 0, 0), ("get", 7, 0, 0)],
+    "plan_repeat_then_read": [("plan_repeat", 2, 0, 3), ("plan_unapproved", 0, 0, 0),
+                              ("plan_unapproved", 2, 0, 0), ("get", 7, 0, 0)],
 }  # fmt: skip
 
 

@@ -107,6 +107,16 @@ class NodeBase:
     def _run_node_op(self, session: Session, spec: OpSpec, msg: RunOp) -> Reply:
         raise NotImplementedError  # see nodeops.py
 
+    def _run_op(self, session: Session, msg: RunOp) -> Reply:
+        raise NotImplementedError  # see execution.py
+
+    def _check_size(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any],
+                    inputs: list[ObjectRecord], nested: bool) -> None:  # fmt: skip
+        raise NotImplementedError  # see execution.py
+
+    def _release(self, session: Session, ids: list[int]) -> None:
+        raise NotImplementedError  # see records.py
+
     def _store(self, session: Session, value: Any, *, private: bool = False,
                sources: frozenset[str] = frozenset(), description: str = "",
                asset_of: str | None = None, oid: int | None = None, error: str = "",

@@ -21,8 +21,9 @@ What a capability may add:
 * **request kinds**: what a scientist may ask the owner to review besides an object
   (:class:`RequestKind`: a plan, an enrolment in a federation);
 * **node state and hooks**: ``state`` makes the capability's per-node state, a
-  :class:`CapabilityState` whose hooks the node calls at start-up, after ops on private
-  data, when data is written or dropped, when a dataset is added and after a rollback;
+  :class:`CapabilityState` whose hooks the node calls at start-up, before and after ops on
+  private data, when data is written or dropped, when a dataset is added and after a
+  rollback;
 * **public facts** for ``GET /api/v1/info`` (``info``).
 
 Example:
@@ -122,6 +123,11 @@ class CapabilityState:
     def after_op(self, op: str, args: list[Any], kwargs: dict[str, Any],
                  inputs: list[ObjectRecord], reply: Any) -> None:  # fmt: skip
         """An op with a private input ran (``reply`` is what the caller gets)."""
+
+    def before_private_op(self, session: Session, op: str) -> None:
+        """A scientist is about to run ``op`` on private data (it has passed every other
+        check); raise to refuse it (``veil.plans``: a node that runs code on private data
+        only as reviewed plans)."""
 
     def on_write(self, keys: set[int]) -> None:
         """The tensors with these storage keys were written in place."""

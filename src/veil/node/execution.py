@@ -139,6 +139,9 @@ class ExecutionMixin(NodeBase):
                 private = True
                 inputs = [*inputs, *hidden]
         guarded = private and not session.is_admin
+        if guarded:  # e.g. veil.plans: a node that runs code on private data only as reviewed plans
+            for cap in self._caps.values():
+                cap.before_private_op(session, msg.op)
         prediction: Any = _UNPREDICTED
         if guarded:  # the privacy kernel: the reply depends on public facts only
             with self._private_rng():

@@ -11,10 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import torch
+
+from veil.errors import ObjectNotFound
 from veil.node.base import NodeBase
-from veil.node.objects import ObjectRecord
+from veil.node.objects import ObjectRecord, storage_keys, tensors_of
+from veil.node.store import RequestRow
 from veil.node.users import Session
-from veil.serde.messages import ObjectInfo
+from veil.ops import OpSpec
+from veil.serde.messages import ObjectInfo, Reply, RunOp
+from veil.serde.tensors import tensor_from_data
 
 
 class HostMixin(NodeBase):
@@ -75,3 +81,69 @@ class HostMixin(NodeBase):
         for ds in self._datasets.values():
             for name, oid, _mock, _cols, bounds, _desc in ds.assets:
                 yield ds.name, name, oid, list(bounds)
+
+    def run_op(self, session: Session, msg: RunOp) -> Reply:
+        """Run one op for ``session`` exactly as a ``RunOp`` message from it would run
+        (allowlist, privacy rules, size limits, audit, capability hooks); raises what the
+        message would answer with. For capabilities that run several ops in one message
+        (``veil.plans``).
+
+        Example:
+            >>> import torch
+            >>> from veil.node import Node
+            >>> from veil.serde.messages import Ref, RunOp
+            >>> node = Node("n", owner_password="pw-long-enough")
+            >>> s = node.login("owner@n.local", "pw-long-enough")
+            >>> rec = node.store_value(s, torch.ones(2))
+            >>> node.run_op(s, RunOp("torch.neg", [Ref(rec.id)])).shape
+            [2]
+        """
+        return self._run_op(session, msg)
+
+    def release(self, session: Session, ids: list[int]) -> None:
+        """Drop objects of ``session`` (as when its client drops their pointers)."""
+        self._release(session, ids)
+
+    def requests_of(self, kind: str) -> list[RequestRow]:
+        """Every request of a capability's ``kind``, oldest first (the caller filters by
+        requester; the rows are the node's own: change them only through its methods)."""
+        return [r for r in self._requests.values() if r.kind == kind]
+
+    def dataset_mocks(self, name: str) -> dict[str, torch.Tensor]:
+        """The mock data of each asset of dataset ``name`` (public: what scientists see).
+
+        Example:
+            >>> import torch, veil
+            >>> owner = veil.VirtualWorker("n")
+            >>> _ = owner.datasets.create("d", private=torch.ones(2), mock=torch.zeros(2))
+            >>> owner.node.dataset_mocks("d")
+            {'data': tensor([0., 0.])}
+        """
+        ds = self._datasets.get(name)
+        if ds is None:
+            raise ObjectNotFound(f"node {self.name!r} has no dataset {name[:100]!r}")
+        return {aname: tensor_from_data(mock, copy=True) for aname, _, mock, *_ in ds.assets}
+
+    def check_size(self, spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> None:
+        """Refuse an op on public values whose result would pass the node's size limit
+        (what a ``RunOp`` on public data checks first)."""
+        self._check_size(spec, args, kwargs, [], bool(kwargs))
+
+    def tainted_late(self, user_id: int) -> bool:
+        """Has any object of this user been written with private data after it was made
+        (so that a backward or an optimizer step on public-looking objects may read it)?"""
+        return bool(self._late_taints.get(user_id))
+
+    def wrote(self, recs: list[ObjectRecord]) -> None:
+        """These public objects may have been written (a plan ran on them): store them and
+        what shares their memory (an optimizer's parameters) again at the commit."""
+        if self.store.persistent:
+            for rec in recs:
+                self._persist(rec)
+                self._persist_storages(storage_keys(tensors_of(rec.value)))
+
+    def set_label(self, rec: ObjectRecord, label: str) -> None:
+        """Mark what a capability made an object as (its release policy or its ops can then
+        recognise it); ops keep a label on results whose private inputs all carry it."""
+        rec.label = label
+        self._persist(rec)

@@ -23,6 +23,7 @@ from veil.ops import OpSpec
 from veil.serde.messages import (
     DictArg,
     ListArg,
+    ObjectInfo,
     Ref,
     Reply,
     RunOp,
@@ -72,6 +73,9 @@ class NodeOpsMixin(NodeBase):
 
         args = [from_arg(a, resolve) for a in msg.args]
         kwargs = {k: from_arg(v, resolve) for k, v in msg.kwargs.items()}
+        if not session.is_admin and any(r.private for r in inputs):
+            for cap in self._caps.values():
+                cap.before_private_op(session, msg.op)
         ctx = OpContext(cast("Node", self), session, inputs)
         sig = signature_of(spec.fn)
         if sig is not None:  # missing or unknown arguments: say which, never a traceback
@@ -94,6 +98,18 @@ class NodeOpsMixin(NodeBase):
             ) from None
         if ctx.sources:
             self._audit_row(session, "op", msg.op, [r.id for r in inputs], ctx.sources)
+        if msg.out:  # a pipelined call named its single new result (veil.plans)
+            rec = self._objects.get(reply.id) if isinstance(reply, ObjectInfo) else None
+            if rec is None or rec.owner != session.user_id or rec.alias or rec in inputs:
+                raise InvalidRequest(
+                    f"{msg.op} did not create the single object its pipelined call expected; "
+                    "run it with the pipeline off (worker.flush() first)"
+                )
+            rec.alias = msg.out
+            self._aliases[(session.user_id, msg.out)] = rec.id
+            if self.store.persistent:
+                self._persist(rec)
+            return rec.info(session.email)
         return reply  # type: ignore[no-any-return]
 
     def _check_private_args(self, session: Session, spec: OpSpec, msg: RunOp) -> None:

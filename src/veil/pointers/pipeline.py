@@ -48,7 +48,15 @@ from veil.pointers.queue import MAX_QUEUED
 from veil.serde.messages import ObjectInfo
 from veil.serde.tensors import dtype_name
 
-__all__ = ["MAX_LOCAL_BYTES", "MAX_QUEUED", "MAX_RESULT_BYTES", "prepare", "result_info", "site"]
+__all__ = [
+    "MAX_LOCAL_BYTES",
+    "MAX_QUEUED",
+    "MAX_RESULT_BYTES",
+    "owned_and_public",
+    "prepare",
+    "result_info",
+    "site",
+]
 
 #: Queue at most this much local tensor data per op (it is copied when queued).
 MAX_LOCAL_BYTES = 1024**2
@@ -202,6 +210,18 @@ def _meta(a: Any) -> Any:
     if hasattr(a, "location"):  # another remote object (an optimizer...)
         raise _Unpredictable
     return a
+
+
+def owned_and_public(args: Any) -> bool:
+    """May a call on these arguments be queued: only this client's own pointers, to objects
+    that are not private (see :func:`prepare`)?
+
+    Example:
+        >>> import torch
+        >>> owned_and_public((torch.ones(2), [1, 2]))
+        True
+    """
+    return _own_and_public(tuple(args), {})
 
 
 def _own_and_public(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:

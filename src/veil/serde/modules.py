@@ -12,7 +12,7 @@ from torch import nn
 from veil.errors import InvalidRequest, OpNotAllowed, SerdeError, UnsupportedError
 from veil.ops.modules import MODULE_CLASSES, MODULE_NAMES
 from veil.serde.messages import ModuleSpec, TensorData
-from veil.serde.tensors import tensor_from_data, tensor_to_data
+from veil.serde.tensors import dtype_name, tensor_from_data, tensor_to_data
 from veil.serde.values import from_arg, to_arg
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -101,6 +101,34 @@ def module_to_spec(module: nn.Module) -> ModuleSpec:
     for name, b in module.named_buffers():
         state[name] = tensor_to_data(b)
     return _describe(module, state)
+
+
+def hollow_spec(module: nn.Module) -> ModuleSpec:
+    """A module's architecture without its data or training mode: classes, configs, and the
+    shape, dtype and requires_grad of each parameter and buffer (what a plan's module slot
+    states, and what a node checks a model against before running a plan on it).
+
+    Example:
+        >>> hollow_spec(nn.Linear(3, 2)) == hollow_spec(nn.Linear(3, 2).eval())
+        True
+        >>> hollow_spec(nn.Linear(3, 2)) == hollow_spec(nn.Linear(3, 4))
+        False
+    """
+    bad = unsupported_modules(module)
+    if bad:
+        raise UnsupportedError("these modules cannot be rebuilt on a node: " + ", ".join(bad))
+    empty = memoryview(b"")
+    state = {
+        name: TensorData(dtype_name(t.dtype), list(t.shape), empty, bool(t.requires_grad))
+        for name, t in [*module.named_parameters(), *module.named_buffers()]
+    }
+    return _trained(_describe(module, state))
+
+
+def _trained(spec: ModuleSpec) -> ModuleSpec:
+    return msgspec.structs.replace(
+        spec, training=True, children=[(n, _trained(c)) for n, c in spec.children]
+    )
 
 
 def _describe(module: nn.Module, state: dict[str, TensorData]) -> ModuleSpec:

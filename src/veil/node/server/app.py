@@ -46,6 +46,7 @@ from veil.serde.messages import (
     Value,
 )
 from veil.serde.models import FetchModel, ListModels, ModelData, ModelList
+from veil.serde.plans import ListPlans, ShowPlan
 from veil.serde.tensors import tensor_from_data
 from veil.version import WIRE_VERSION, __version__
 
@@ -247,6 +248,33 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES, bulk_port: i
     @app.delete("/api/v1/dealers/{name}")
     def remove_dealer(name: str, s: Session = Depends(session)) -> Any:
         return run_json_op(s, "mpc.dealers.remove", name)
+
+    # veil.plans: the plans scientists asked to run on private data, for review
+    def run_method(s: Session, cap: str, method: str, body: Any) -> Any:
+        reply = node.handle(s, Call(CapabilityCall(cap, method, msgspec.msgpack.encode(body))))
+        if not isinstance(reply, CapabilityReply):
+            return _json(reply)  # an error: raised as its HTTP status
+        return msgspec.msgpack.decode(reply.body)
+
+    @app.get("/api/v1/plans")
+    def plans(status: str | None = Query(default=None), s: Session = Depends(session)) -> Any:
+        return run_method(s, "plans", "list", ListPlans(status))
+
+    @app.get("/api/v1/plans/{request_id}")
+    def plan(request_id: int, s: Session = Depends(session)) -> Any:
+        return run_method(s, "plans", "show", ShowPlan(request_id))
+
+    @app.post("/api/v1/plans/{request_id}/approve")
+    def approve_plan(
+        request_id: int, body: DecisionBody | None = None, s: Session = Depends(session)
+    ) -> Any:
+        return run(s, DecideRequest(request_id, True, body.note if body else ""))
+
+    @app.post("/api/v1/plans/{request_id}/deny")
+    def deny_plan(
+        request_id: int, body: DecisionBody | None = None, s: Session = Depends(session)
+    ) -> Any:
+        return run(s, DecideRequest(request_id, False, body.note if body else ""))
 
     # veil.models: models the node hosts; devices fetch them here (veil.device.fetch) with
     # the standard library alone, and predict locally. Every fetch is audited.
