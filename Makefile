@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check install bench bench-mpc bench-dp bench-he bench-plans bench-compare fuzz clean
+.PHONY: demo test check install bench bench-mpc bench-dp bench-he bench-plans bench-device bench-compare fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench-he: $(STAMP)
 
 bench-plans: $(STAMP)
 	$(BIN)/python benchmarks/plans.py
+
+# Batch-1 prediction with veil.device (onnxruntime) vs torch eager, and the device install's size
+bench-device: $(STAMP)
+	$(BIN)/python benchmarks/device.py
 
 # The three benchmarks for this checkout and another commit, side by side: make bench-compare REF=HEAD~1
 REF ?= HEAD~1

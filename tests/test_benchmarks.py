@@ -42,3 +42,16 @@ def test_plans_benchmark_runs_quick_mode(tmp_path: Path) -> None:
     for row in ("per-op", "pipelined", "plan", "VirtualWorker", "local torch", "plan repeat"):
         assert row in names, row
     assert all("DIFFERS" not in r["note"] for r in rows)  # the plan trains as local does
+
+
+@pytest.mark.slow
+def test_device_benchmark_runs_quick_mode(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "device.py"), "--quick", "--no-write", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    names = [r["name"] for r in json.loads(out.read_text())["rows"]]
+    assert [n.split()[0] for n in names] == ["MLP", "LeNet-5", "device"]

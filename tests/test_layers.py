@@ -1,5 +1,6 @@
 """Imports point downward only, in DESIGN.md's order: ops < serde < pointers < node <
-{dp, he, mpc} < plans < fl < cli/demo; capabilities do not import each other."""
+{dp, he, mpc} < plans < fl < cli/demo; capabilities do not import each other. veil.device
+(on-device prediction) imports nothing that needs torch."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ SRC = Path(veil.__file__).parent
 LAYERS = {
     "errors": 0, "types": 0, "version": 0,
     "ops": 1,
+    "device": 1,  # numpy + onnxruntime only: must run where torch is not installed
     "serde": 2,
     "pointers": 3,
     "node": 4,
     "dp": 5, "he": 5, "mpc": 5,  # capabilities, on the node's seam (veil.node.capability)
     "plans": 6,
+    "export": 6, "models": 6,  # on-device prediction: veil.export, model hosting (a capability)
     "fl": 7,
     "cli": 8, "demo": 8, "__main__": 8, "__init__": 8,
 }  # fmt: skip
@@ -76,6 +79,35 @@ def test_the_node_imports_no_capability() -> None:
             assert f"veil.{cap}" not in _imports_text(text), f"{path.relative_to(SRC)}: veil.{cap}"
 
 
+def test_model_hosting_meets_other_capabilities_only_through_the_node() -> None:
+    """veil.models is a capability beside plans: it imports no other capability."""
+    bad = []
+    for path in (SRC / "models").rglob("*.py"):
+        found = _imports(path) & {"dp", "he", "mpc", "plans", "fl"}
+        bad += [f"{path.relative_to(SRC)} imports veil.{i}" for i in sorted(found)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_device_runtime_imports_only_numpy_onnxruntime_and_the_standard_library() -> None:
+    """``veil.device`` runs in a device install without torch (tests/device/test_torchless.py)."""
+    import sys
+
+    allowed = set(sys.stdlib_module_names) | {"numpy", "onnxruntime", "__future__"}
+    bad = []
+    for path in (SRC / "device").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            for name in names:
+                ok = name.split(".")[0] in allowed or name in ("veil.errors", "veil.version")
+                if not (ok or name.startswith("veil.device")):
+                    bad.append(f"{path.relative_to(SRC)} imports {name}")
+    assert not bad, "veil.device must not need torch:\n" + "\n".join(bad)
+
+
 def _imports_text(text: str) -> set[str]:
     out = set()
     for node in ast.walk(ast.parse(text)):
@@ -97,9 +129,8 @@ def test_public_surface_is_deliberate() -> None:
     assert set(veil.__all__) == {
         "WIRE_VERSION", "BudgetExceeded", "Dataset", "Node", "ObjectNotFound", "OpNotAllowed",
         "PermissionDenied", "PointerModule", "PointerTensor", "RemoteOptimizer", "TorchHook",
-        "VeilError", "VirtualWorker", "Worker", "__version__", "connect", "dp", "errors", "he", "mpc",
-        "Plan", "Protocol", "func2plan", "plan", "plans",
-        "ops",
+        "VeilError", "VirtualWorker", "Worker", "__version__", "connect", "device", "dp", "errors",
+        "export", "he", "models", "mpc", "Plan", "Protocol", "func2plan", "plan", "plans", "ops",
     }  # fmt: skip
     for name in veil.__all__:
         assert hasattr(veil, name), name

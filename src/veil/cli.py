@@ -540,6 +540,13 @@ def dealers_remove(
     console.print(f"node no longer accepts crypto provider [bold]{name}[/bold]")
 
 
+# ---------------------------------------------------------------- veil.models: hosted models
+# (the commands live with the capability, in veil/models/cli.py: this module is at its size limit)
+from veil.models.cli import models_app  # noqa: E402
+
+app.add_typer(models_app, name="models")
+
+
 def main() -> None:
     """Entry point of the ``veil`` console script."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -16,6 +16,7 @@
     ├── SerdeError              (also ValueError)        a message that cannot be decoded
     │   ├── MessageTooLarge                               over the configured size limit
     │   └── VersionMismatch                               peers speak different wire versions
+    ├── IntegrityError          (also ValueError)        bytes that do not match their SHA-256
     ├── StorageError                                      the node's store refused a write
     ├── TransportError          (also ConnectionError)   the link to a node failed
     │   ├── ConnectError                                  could not reach the node
@@ -37,6 +38,7 @@ __all__ = [
     "BudgetExceeded",
     "ConnectError",
     "ConnectionLost",
+    "IntegrityError",
     "InvalidRequest",
     "MACCheckFailed",
     "MessageTooLarge",
@@ -156,6 +158,13 @@ class VersionMismatch(SerdeError):
     """The two peers speak different wire-format versions."""
 
     code = "version_mismatch"
+
+
+class IntegrityError(VeilError, ValueError):
+    """Bytes (a hosted model, a cached file) do not match the SHA-256 they should have:
+    tampered with or corrupted on the way. Nothing was loaded."""
+
+    code = "integrity_error"
 
 
 class StorageError(VeilError):

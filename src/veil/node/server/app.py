@@ -18,7 +18,7 @@ from fastapi import (
     WebSocketDisconnect,
 )
 from fastapi import Request as HTTPRequest
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -45,6 +45,7 @@ from veil.serde.messages import (
     RunOp,
     Value,
 )
+from veil.serde.models import FetchModel, ListModels, ModelData, ModelList
 from veil.serde.plans import ListPlans, ShowPlan
 from veil.serde.tensors import tensor_from_data
 from veil.version import WIRE_VERSION, __version__
@@ -274,6 +275,40 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES, bulk_port: i
         request_id: int, body: DecisionBody | None = None, s: Session = Depends(session)
     ) -> Any:
         return run(s, DecideRequest(request_id, False, body.note if body else ""))
+
+    # veil.models: models the node hosts; devices fetch them here (veil.device.fetch) with
+    # the standard library alone, and predict locally. Every fetch is audited.
+    def call_models(s: Session, method: str, request: msgspec.Struct, reply: type[Any]) -> Any:
+        body = msgspec.msgpack.encode(request)
+        got = node.handle(s, Call(CapabilityCall("models", method, body)))
+        if not isinstance(got, CapabilityReply):
+            return _json(got)  # an error: raised as its HTTP status
+        return msgspec.msgpack.decode(got.body, type=reply)
+
+    @app.get("/api/v1/models")
+    def models(name: str | None = Query(default=None, max_length=128),
+               s: Session = Depends(session)) -> Any:  # fmt: skip
+        """Every hosted model version (of ``name`` only, if given): facts, never bytes."""
+        return msgspec.to_builtins(call_models(s, "list", ListModels(name), ModelList))
+
+    def model_bytes(s: Session, name: str, version: str | None) -> Response:
+        got: ModelData = call_models(s, "fetch", FetchModel(name, version), ModelData)
+        info = got.info
+        return Response(got.data, media_type="application/octet-stream", headers={
+            "X-Veil-SHA256": info.sha256, "X-Veil-Model-Name": info.name,
+            "X-Veil-Model-Version": info.version, "ETag": f'"{info.sha256}"',
+            "Content-Disposition": f'attachment; filename="{info.name}-{info.version}.onnx"',
+        })  # fmt: skip
+
+    @app.get("/api/v1/models/{name}")
+    def model_latest(name: str, s: Session = Depends(session)) -> Response:
+        """The ONNX bytes of the latest version; ``X-Veil-SHA256`` states their hash."""
+        return model_bytes(s, name, None)
+
+    @app.get("/api/v1/models/{name}/{version}")
+    def model_version(name: str, version: str, s: Session = Depends(session)) -> Response:
+        """The ONNX bytes of one version; ``X-Veil-SHA256`` states their hash."""
+        return model_bytes(s, name, version)
 
     @app.websocket("/api/v1/ws")
     async def ws(websocket: WebSocket) -> None:
