@@ -26,6 +26,9 @@ def url() -> Iterator[str]:
 
 
 def _cli(*args: str) -> str:
+    import veil.cli
+
+    veil.cli.console.width = 200  # made at import, with the terminal's width then
     result = runner.invoke(
         app, list(args), env={"VEIL_EMAIL": EMAIL, "VEIL_PASSWORD": PASSWORD, "COLUMNS": "200"}
     )
