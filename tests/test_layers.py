@@ -130,7 +130,7 @@ def test_public_surface_is_deliberate() -> None:
         "WIRE_VERSION", "BudgetExceeded", "Dataset", "Node", "ObjectNotFound", "OpNotAllowed",
         "PermissionDenied", "PointerModule", "PointerTensor", "RemoteOptimizer", "TorchHook",
         "VeilError", "VirtualWorker", "Worker", "__version__", "connect", "device", "dp", "errors",
-        "export", "he", "models", "mpc", "Plan", "Protocol", "func2plan", "plan", "plans", "ops",
+        "export", "fl", "he", "models", "mpc", "Plan", "Protocol", "func2plan", "plan", "plans", "ops",
     }  # fmt: skip
     for name in veil.__all__:
         assert hasattr(veil, name), name

@@ -55,7 +55,7 @@ else:
     _capability.declare("mpc", "veil.mpc")
     _capability.declare("plans", "veil.plans.node")
     _capability.declare("models", "veil.models.node")
-    _LAZY = ("device", "dp", "he", "models", "mpc", "plans")
+    _LAZY = ("device", "dp", "fl", "he", "models", "mpc", "plans")
     #: Names at the top of the package that live in a lazily imported part.
     _LAZY_NAMES = {"Plan": "plans", "Protocol": "plans", "func2plan": "plans", "plan": "plans"}
     # ``veil.export(...)`` is a function of the module of the same name, bound here once and for
@@ -142,6 +142,7 @@ else:
         "dp",
         "errors",
         "export",
+        "fl",
         "func2plan",
         "he",
         "models",

@@ -1,0 +1,40 @@
+"""veil.fl: federated learning. So far its strategies (FedAvg, FedProx, FedOpt, robust
+aggregation: what a server does with the clients' updates each round) and the non-IID
+partitioners used in experiments; a ``Federation`` that runs them on nodes is planned.
+"""
+
+from __future__ import annotations
+
+from veil.fl.partition import dirichlet_partition, iid_partition, label_partition
+from veil.fl.strategies import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedOpt,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    FitIns,
+    FitRes,
+    Krum,
+    Strategy,
+)
+
+__all__ = [
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedMedian",
+    "FedOpt",
+    "FedProx",
+    "FedTrimmedAvg",
+    "FedYogi",
+    "FitIns",
+    "FitRes",
+    "Krum",
+    "Strategy",
+    "dirichlet_partition",
+    "iid_partition",
+    "label_partition",
+]
