@@ -65,3 +65,8 @@ bench-compare: $(STAMP)
 ARCH_ARGS ?=
 architecture: $(STAMP)
 	$(BIN)/python scripts/architecture.py $(ARCH_ARGS)
+
+# Federated simulation: a round of 100 and 1,000 in-process clients, per-client loop vs batched cohort
+.PHONY: bench-fl-sim
+bench-fl-sim: $(STAMP)
+	$(BIN)/python benchmarks/fl_simulation.py

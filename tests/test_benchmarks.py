@@ -55,3 +55,14 @@ def test_device_benchmark_runs_quick_mode(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     names = [r["name"] for r in json.loads(out.read_text())["rows"]]
     assert [n.split()[0] for n in names] == ["MLP", "LeNet-5", "device"]
+
+
+@pytest.mark.slow
+def test_fl_simulation_benchmark_runs_quick_mode() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fl_simulation.py"), "--quick", "--no-write"],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "batched cohort" in proc.stdout and "speed-up" in proc.stdout

@@ -1,11 +1,13 @@
 """veil.fl: federated learning. So far its strategies (FedAvg, FedProx, FedOpt, robust
-aggregation: what a server does with the clients' updates each round) and the non-IID
-partitioners used in experiments; a ``Federation`` that runs them on nodes is planned.
+aggregation: what a server does with the clients' updates each round), the non-IID
+partitioners used in experiments, and an in-process simulation of many clients trained as
+one batched cohort (:func:`simulate`); a ``Federation`` that runs them on nodes is planned.
 """
 
 from __future__ import annotations
 
 from veil.fl.partition import dirichlet_partition, iid_partition, label_partition
+from veil.fl.simulation import simulate
 from veil.fl.strategies import (
     FedAdagrad,
     FedAdam,
@@ -37,4 +39,5 @@ __all__ = [
     "dirichlet_partition",
     "iid_partition",
     "label_partition",
+    "simulate",
 ]
