@@ -9,6 +9,7 @@ from __future__ import annotations
 from veil.fl.partition import dirichlet_partition, iid_partition, label_partition
 from veil.fl.simulation import simulate
 from veil.fl.strategies import (
+    DPFedAvg,
     FedAdagrad,
     FedAdam,
     FedAvg,
@@ -24,6 +25,7 @@ from veil.fl.strategies import (
 )
 
 __all__ = [
+    "DPFedAvg",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from veil.fl.strategies.base import EvaluateRes, FitIns, FitRes, Parameters, Strategy, weighted_mean
+from veil.fl.strategies.dp import DPFedAvg
 from veil.fl.strategies.fedavg import FedAvg, FedProx, proximal_term
 from veil.fl.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from veil.fl.strategies.robust import FedMedian, FedTrimmedAvg, Krum
 
 __all__ = [
+    "DPFedAvg",
     "EvaluateRes",
     "FedAdagrad",
     "FedAdam",
