@@ -66,3 +66,12 @@ def test_a_hundred_non_iid_clients_learn_digits() -> None:
     hist = simulate(_model(), _clients(100, seed=2), strategy=FedAvg(fraction_fit=0.3, seed=0),
                     rounds=40, local_epochs=2, batch_size=8, lr=0.1, evaluate=accuracy)  # fmt: skip
     assert hist[-1]["accuracy"] >= 0.85, hist[-1]
+
+
+def test_clients_that_drop_out_mid_round_are_left_out_of_the_aggregate() -> None:
+    data = _clients(20)
+    hist = simulate(_model(), data, strategy=FedAvg(seed=0), rounds=5, batch_size=16,
+                    dropout=0.3, seed=4)  # fmt: skip
+    dropped = [h["dropped"] for h in hist]
+    assert sum(dropped) > 0 and all(h["clients"] + h["dropped"] == 20 for h in hist)
+    assert hist[-1]["loss"] < hist[0]["loss"]

@@ -116,7 +116,7 @@ def simulate(model: nn.Module, client_data: Sequence[tuple[torch.Tensor, torch.T
              strategy: Strategy, rounds: int, local_epochs: int = 1, batch_size: int = 32,
              lr: float = 0.1, loss_fn: Loss = F.cross_entropy, batched: bool = True,
              seed: int = 0, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-             progress: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+             dropout: float = 0.0, progress: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """Train ``model`` federated over ``client_data`` (one ``(x, y)`` per client) for
     ``rounds`` rounds of ``strategy``; local training is plain minibatch SGD.
 
@@ -125,13 +125,18 @@ def simulate(model: nn.Module, client_data: Sequence[tuple[torch.Tensor, torch.T
     round's global parameters). ``model`` ends with the last global parameters.
 
     ``loss_fn`` is a torch functional loss (it takes ``reduction=``; the batched cohort
-    needs each example's loss). ``progress=True`` shows a progress bar.
+    needs each example's loss). ``dropout``: the chance that a sampled client drops out
+    mid-round (its update never arrives; the strategy aggregates the others and is told of
+    the failures; seeded). ``progress=True`` shows a progress bar.
 
     Raises:
         ValueError: bad sizes or settings.
     """
     if rounds < 1 or local_epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("rounds, local_epochs and batch_size must be >= 1 and lr > 0")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    drops = torch.Generator().manual_seed(seed + 1)
     data = [(x, y) for x, y in client_data]
     if not data or any(len(x) != len(y) or len(y) == 0 for x, y in data):
         raise ValueError("every client needs as many labels as examples, and at least one")
@@ -160,12 +165,20 @@ def simulate(model: nn.Module, client_data: Sequence[tuple[torch.Tensor, torch.T
                 got, loss = _fit_one(model, start, *data[c], client=c, **kw)  # type: ignore[arg-type]
                 new.append(got)
                 losses.append(loss)
-        results = [FitRes(got, len(data[c][1])) for got, c in zip(new, ids)]
-        params = strategy.aggregate_fit(r, results, [])
+        gone = (torch.rand(len(ids), generator=drops) < dropout).tolist() if dropout else []
+        results = [FitRes(got, len(data[c][1]))
+                   for i, (got, c) in enumerate(zip(new, ids)) if not (gone and gone[i])]  # fmt: skip
+        failures: list[BaseException] = [
+            ConnectionError(f"client {c} dropped out in round {r}")
+            for i, c in enumerate(ids) if gone and gone[i]
+        ]  # fmt: skip
+        if not results:
+            raise RuntimeError(f"every sampled client dropped out in round {r}")
+        params = strategy.aggregate_fit(r, results, failures)
         with torch.no_grad():
             for p, v in zip(model.parameters(), params):
                 p.copy_(v)
-        row: dict[str, Any] = {"round": r, "clients": len(ids),
+        row: dict[str, Any] = {"round": r, "clients": len(results), "dropped": len(failures),
                                "loss": sum(losses) / max(len(losses), 1),
                                "seconds": time.perf_counter() - t0}  # fmt: skip
         if evaluate is not None:
