@@ -49,7 +49,7 @@ def test_mse_losses_and_evaluation_and_the_model_ends_trained() -> None:
     hist = simulate(model, data, strategy=FedAvg(), rounds=30, batch_size=8, lr=0.1,
                     loss_fn=F.mse_loss,
                     evaluate=lambda m: {"err": float((m.weight.T - w).abs().max().detach())})  # fmt: skip
-    assert hist[-1]["err"] < 1e-2 < float((start.weight.T - w).abs().max())
+    assert hist[-1]["err"] < 1e-2 < float((start.weight.T - w).abs().max().detach())
     assert hist[-1]["loss"] < hist[0]["loss"]
 
 
