@@ -131,6 +131,7 @@ def test_public_surface_is_deliberate() -> None:
         "PermissionDenied", "PointerModule", "PointerTensor", "RemoteOptimizer", "TorchHook",
         "VeilError", "VirtualWorker", "Worker", "__version__", "connect", "device", "dp", "errors",
         "export", "fl", "he", "models", "mpc", "Plan", "Protocol", "func2plan", "plan", "plans", "ops",
+        "BaseDataset", "FederatedDataset", "FederatedDataLoader",
     }  # fmt: skip
     for name in veil.__all__:
         assert hasattr(veil, name), name

@@ -57,7 +57,10 @@ else:
     _capability.declare("models", "veil.models.node")
     _LAZY = ("device", "dp", "fl", "he", "models", "mpc", "plans")
     #: Names at the top of the package that live in a lazily imported part.
-    _LAZY_NAMES = {"Plan": "plans", "Protocol": "plans", "func2plan": "plans", "plan": "plans"}
+    _LAZY_NAMES = {
+        "Plan": "plans", "Protocol": "plans", "func2plan": "plans", "plan": "plans",
+        "BaseDataset": "fl", "FederatedDataset": "fl", "FederatedDataLoader": "fl",
+    }  # fmt: skip
     # ``veil.export(...)`` is a function of the module of the same name, bound here once and for
     # all: were it lazy, the first ``import veil.export`` would put the module in its place.
     # (The module imports nothing heavy: torch.onnx and executorch load when it is called.)
@@ -120,8 +123,11 @@ else:
         return NodeClient(url, email=email, password=password, timeout=timeout, pipeline=pipeline)
 
     __all__ = [
+        "BaseDataset",
         "BudgetExceeded",
         "Dataset",
+        "FederatedDataLoader",
+        "FederatedDataset",
         "Node",
         "ObjectNotFound",
         "OpNotAllowed",

@@ -6,6 +6,7 @@ one batched cohort (:func:`simulate`); a ``Federation`` that runs them on nodes 
 
 from __future__ import annotations
 
+from veil.fl.datasets import BaseDataset, FederatedDataLoader, FederatedDataset, federated_avg
 from veil.fl.partition import dirichlet_partition, iid_partition, label_partition
 from veil.fl.simulation import simulate
 from veil.fl.strategies import (
@@ -25,6 +26,7 @@ from veil.fl.strategies import (
 )
 
 __all__ = [
+    "BaseDataset",
     "DPFedAvg",
     "FedAdagrad",
     "FedAdam",
@@ -34,11 +36,14 @@ __all__ = [
     "FedProx",
     "FedTrimmedAvg",
     "FedYogi",
+    "FederatedDataLoader",
+    "FederatedDataset",
     "FitIns",
     "FitRes",
     "Krum",
     "Strategy",
     "dirichlet_partition",
+    "federated_avg",
     "iid_partition",
     "label_partition",
     "simulate",
