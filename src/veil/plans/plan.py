@@ -30,7 +30,7 @@ from veil.node import capability
 from veil.plans import program, text
 from veil.plans.tracer import TracedTensor, Tracer, tracing
 from veil.pointers import PointerModule, PointerTensor, RemoteOptimizer, pipeline
-from veil.serde.messages import ParamRef, Ref, RequestInfo
+from veil.serde.messages import ListArg, ParamRef, Ref, RequestInfo, TensorData, TupleArg
 from veil.serde.plans import (
     AskPlan,
     PlanOp,
@@ -458,12 +458,12 @@ class Plan(nn.Module):
 
 
 def _constants(arg: Any) -> Any:
-    from veil.serde.messages import TensorData
-
+    """The constant tensors in a plan's return value (lists and tuples of slots)."""
     if isinstance(arg, TensorData):
         yield arg
-    for v in getattr(arg, "items", ()) if not isinstance(getattr(arg, "items", None), dict) else ():
-        yield from _constants(v)
+    elif isinstance(arg, ListArg | TupleArg):
+        for v in arg.items:
+            yield from _constants(v)
 
 
 def _example(a: Any) -> Any:

@@ -84,8 +84,6 @@ def _tensor_text(v: TensorData) -> str:
     shape, range, mean and a digest of its bytes."""
     import hashlib
 
-    import torch
-
     from veil.serde.tensors import tensor_from_data
 
     t = tensor_from_data(v)
@@ -95,7 +93,6 @@ def _tensor_text(v: TensorData) -> str:
     f = t.double() if not t.is_complex() else t.abs().double()
     stats = f"min={f.min().item():.4g}, max={f.max().item():.4g}, mean={f.mean().item():.4g}"
     digest = hashlib.sha256(bytes(v.data)).hexdigest()[:16]
-    _ = torch
     return f"tensor<{v.dtype}[{shape}] {stats}, sha256 {digest}>"
 
 
