@@ -55,6 +55,7 @@ else:
     _capability.declare("mpc", "veil.mpc")
     _capability.declare("plans", "veil.plans.node")
     _capability.declare("models", "veil.models.node")
+    _capability.declare("fl", "veil.fl.node")
     _LAZY = ("device", "dp", "fl", "he", "models", "mpc", "plans")
     #: Names at the top of the package that live in a lazily imported part.
     _LAZY_NAMES = {

@@ -289,27 +289,11 @@ class NodeDP(CapabilityState):
         shape, dtype = tuple(rec.value.shape), rec.value.dtype
         agg = self._releasable(rec, shape)
         dataset = self._dataset_of(agg.source)
-        key = (session.user_id, dataset)
-        budget = self.budgets.get(key)
-        if budget is None:
-            raise BudgetExceeded(
-                f"you have no privacy budget on dataset {dataset!r}; ask the node's owner "
-                f"(veil budgets set --user {session.email} --dataset {dataset} --epsilon ...)"
-            )
         if delta > 0:
             release = Release(epsilon, delta, gaussian_rho(epsilon, delta), "gaussian")
         else:
             release = Release(epsilon, 0.0, laplace_rho(epsilon), "laplace")
-        past = self.ledger.get(key, [])
-        before = spent_epsilon(past, delta=budget.delta)
-        after = spent_epsilon([*past, release], delta=budget.delta)
-        if after > budget.epsilon * (1 + 1e-12):
-            raise BudgetExceeded(
-                f"this release (epsilon={epsilon:g}, delta={delta:g}) would bring your "
-                f"spend on dataset {dataset!r} to epsilon={after:.4g} (delta={budget.delta:g}), "
-                f"over your budget of {budget.epsilon:g}; you have spent {before:.4g}. Ask the "
-                "owner for more, or publish with a smaller epsilon"
-            )
+        self.check_budget(session.user_id, dataset, release)
         value = agg.value.broadcast(shape)
         lo, hi = (np.asarray(value.lo), np.asarray(value.hi))
         n = math.prod(shape)
@@ -317,19 +301,70 @@ class NodeDP(CapabilityState):
         mech = None if constant else _mechanism(release, agg, lo, hi, n)
         centre = _centre(rec, shape, dtype, value.exact, lo, hi)
         noisy = lo.astype(np.float64) if constant else mech(centre)  # type: ignore[misc]
-        self.ledger.setdefault(key, []).append(release)
-        self._seq += 1
-        self.node.put_row(f"release:{self._seq}", RELEASE, {
-            "seq": self._seq, "user": session.user_id, "dataset": dataset, "epsilon": release.epsilon,
-            "delta": release.delta, "rho": release.rho, "mechanism": release.mechanism,
-            "object_id": rec.id, "ts": time.time(), "l1": agg.l1, "l2": agg.l2,
-        })  # fmt: skip
+        self._record(
+            session.user_id, dataset, release, {"object_id": rec.id, "l1": agg.l1, "l2": agg.l2}
+        )
         self.node.write_audit(session, "publish", f"epsilon={epsilon:g} delta={delta:g}",
                              [rec.id], rec.sources)  # fmt: skip
         out = torch.from_numpy(np.array(noisy, dtype=np.float64).reshape(shape))
         if dtype.is_floating_point:
             out = out.to(dtype)
         return Value(tensor_to_data(out.contiguous()))
+
+    def check_budget(self, user: int, dataset: str, release: Release) -> float:
+        """Refuse (BudgetExceeded) a release that would take ``user``'s spend on ``dataset``
+        past its budget; returns the spend it would bring (ε at the budget's δ)."""
+        key = (user, dataset)
+        budget = self.budgets.get(key)
+        email = self.node.email_of(user)
+        if budget is None:
+            raise BudgetExceeded(
+                f"{email} has no privacy budget on dataset {dataset!r} of node "
+                f"{self.node.name!r}; ask the node's owner "
+                f"(veil budgets set --user {email} --dataset {dataset} --epsilon ...)"
+            )
+        past = self.ledger.get(key, [])
+        before = spent_epsilon(past, delta=budget.delta)
+        after = spent_epsilon([*past, release], delta=budget.delta)
+        if after > budget.epsilon * (1 + 1e-12):
+            raise BudgetExceeded(
+                f"this release (epsilon={release.epsilon:g}, delta={release.delta:g}) would bring "
+                f"{email}'s spend on dataset {dataset!r} of node {self.node.name!r} to "
+                f"epsilon={after:.4g} (delta={budget.delta:g}), over the budget of "
+                f"{budget.epsilon:g} (over your budget); {before:.4g} is spent. Ask the owner for more, or "
+                "release with a smaller epsilon"
+            )
+        return after
+
+    def charge(self, user: int, dataset: str, release: Release, detail: dict[str, Any]) -> float:
+        """Charge ``release`` to ``user``'s budget on ``dataset`` (after
+        :meth:`check_budget`, which it calls): the ledger entry is persisted with the message.
+        For capabilities that release through their own mechanism (``veil.fl``'s noised
+        updates). Returns the spend after it.
+
+        Example:
+            >>> import torch, veil
+            >>> from veil.dp.ledger import Release, gaussian_rho
+            >>> w = veil.VirtualWorker("n")
+            >>> _ = w.datasets.create("d", private=torch.ones(2), mock=torch.zeros(2))
+            >>> _ = w.budgets.set("owner@n.local", "d", epsilon=1.0, delta=1e-5)
+            >>> dp, uid = w.node.capability_state("dp"), w.node.user_id_of("owner@n.local")
+            >>> r = Release(0.5, 1e-6, gaussian_rho(0.5, 1e-6))
+            >>> dp.charge(uid, "d", r, {}) <= 0.5
+            True
+        """
+        after = self.check_budget(user, dataset, release)
+        self._record(user, dataset, release, detail)
+        return after
+
+    def _record(self, user: int, dataset: str, release: Release, detail: dict[str, Any]) -> None:
+        self.ledger.setdefault((user, dataset), []).append(release)
+        self._seq += 1
+        self.node.put_row(f"release:{self._seq}", RELEASE, {
+            "seq": self._seq, "user": user, "dataset": dataset, "epsilon": release.epsilon,
+            "delta": release.delta, "rho": release.rho, "mechanism": release.mechanism,
+            "ts": time.time(), **detail,
+        })  # fmt: skip
 
     def _releasable(self, rec: ObjectRecord, shape: tuple[int, ...]) -> Aggregate:
         b = self.bound_of_record(rec)

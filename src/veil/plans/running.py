@@ -13,6 +13,7 @@ runs left it), and labels each result with a digest of its content for the relea
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from veil.node.users import Session
 from veil.ops import default_registry
 from veil.plans import program
 from veil.plans.state import (
+    AUTHORIZERS,
     MAX_OPS_PER_MESSAGE,
     MAX_PUBLIC_SECONDS,
     MAX_RUNS,
@@ -32,6 +34,7 @@ from veil.plans.state import (
     REQUESTS,
     RUNS,
     PlansState,
+    Terms,
     terms,
 )
 from veil.serde.messages import (
@@ -94,10 +97,22 @@ def _approval(state: PlansState, ctx: OpContext, spec: PlanSpec, plan_hash: str,
         return None
     sources = set().union(*(r.sources for r in private))
     why = []
-    for row in state.node.requests_of("plan"):
-        if (row.requester, row.status, row.subject) != (ctx.session.user_id, "approved", plan_hash):
+    rows: list[tuple[RequestRow, Callable[[RequestRow], Terms]]] = [
+        (row, terms) for row in state.node.requests_of("plan")
+    ]
+    for kind, read in AUTHORIZERS.items():
+        rows += [(row, read) for row in state.node.requests_of(kind)]
+    for row, read in rows:
+        if (row.requester, row.status) != (ctx.session.user_id, "approved"):
             continue
-        t = terms(row)
+        if row.kind == "plan" and row.subject != plan_hash:
+            continue
+        try:
+            t = read(row)
+        except (ValueError, KeyError):
+            continue
+        if row.kind != "plan" and t.release:
+            continue  # other kinds release through their own policies
         if t.hash != plan_hash or not sources <= {t.dataset}:
             continue
         used = state.used(row.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from veil.errors import ObjectNotFound, PermissionDenied
@@ -49,8 +50,39 @@ def terms(row: RequestRow) -> Terms:
         >>> terms(RequestRow(1, 0, 2, "r", "approved", 0.0, digest="ab:5:1:scans:v2"))
         Terms(hash='ab', runs=5, release=True, dataset='scans:v2')
     """
-    plan_hash, runs, release, dataset = row.digest.split(":", 3)
+    return parse_terms(row.digest)
+
+
+def parse_terms(digest: str) -> Terms:
+    """:func:`terms` of a digest string (``hash:runs:release:dataset``).
+
+    Example:
+        >>> parse_terms("ab:3:0:digits").runs
+        3
+    """
+    plan_hash, runs, release, dataset = digest.split(":", 3)
     return Terms(plan_hash, int(runs), release == "1", dataset)
+
+
+#: Request kinds of capabilities above plans whose approvals also let a plan run, each with
+#: how to read the plan terms from such a request (``veil.fl``: an enrolment in a federation
+#: approves its training plan for its rounds). Their runs are counted like a plan request's.
+AUTHORIZERS: dict[str, Callable[[RequestRow], Terms]] = {}
+
+
+def register_authorizer(kind: str, read: Callable[[RequestRow], Terms]) -> None:
+    """Let approved requests of ``kind`` authorize plan runs on the terms ``read`` gives
+    (never results to release: their release is the capability's own policy).
+
+    Example:
+        >>> register_authorizer("doc.kind", lambda row: parse_terms(row.digest))
+        >>> "doc.kind" in AUTHORIZERS
+        True
+        >>> del AUTHORIZERS["doc.kind"]
+    """
+    if kind == "plan":
+        raise ValueError("'plan' requests authorize plans already")
+    AUTHORIZERS[kind] = read
 
 
 class PlansState(CapabilityState):
