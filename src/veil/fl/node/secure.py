@@ -69,8 +69,9 @@ def step(state: FLState, session: Session, msg: SecAggStep) -> SecAggReply:
     if msg.step == "mask":
         if not isinstance(message, wire.SharesDelivery) or r.vector is None:
             raise InvalidRequest("the mask step carries this node's share delivery, once")
-        vector, r.vector = r.vector, None
-        return SecAggReply(payload=wire.encode(r.client.masked_input(message, vector)))
+        masked = r.client.masked_input(message, r.vector)  # answers once, or raises
+        r.vector = None
+        return SecAggReply(payload=wire.encode(masked))
     if not isinstance(message, wire.UnmaskRequest):
         raise InvalidRequest(f"unknown secure-aggregation step {msg.step[:20]!r}")
     canonical = wire.encode(message)
