@@ -347,3 +347,16 @@ def test_enrolment_terms_are_checked_by_the_node(hospitals, mlp) -> None:
     text = capability.call(h.owners[0], "fl", "show", ShowEnrolment(reqs[0].id), EnrolInfo).text
     assert "secure aggregate of at least 2 members" in text and "(this node)" in text
     assert "F.cross_entropy" in text and "self.optimizer.step()" in text
+
+
+def test_the_trained_model_left_on_a_node_is_private(hospitals, mlp) -> None:
+    h = hospitals([60, 60])
+    fed, reqs = _federation(h, mlp, rounds=1)
+    h.approve(reqs)
+    fed.fit()
+    m = fed.members[0]
+    model_ptr = m.plan._deployments[id(m.node)].state[0]
+    with pytest.raises(PermissionDenied):
+        model_ptr.get()  # it holds hospital0's locally trained weights
+    with pytest.raises(PermissionDenied):
+        m.plan.get()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from veil.fl.datasets import BaseDataset, FederatedDataLoader, FederatedDataset, federated_avg
 from veil.fl.federation import CentralDP, Federation
 from veil.fl.history import History
+from veil.fl.members import review
 from veil.fl.partition import dirichlet_partition, iid_partition, label_partition
 from veil.fl.simulation import simulate
 from veil.fl.strategies import (
@@ -53,5 +54,6 @@ __all__ = [
     "federated_avg",
     "iid_partition",
     "label_partition",
+    "review",
     "simulate",
 ]

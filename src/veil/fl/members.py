@@ -33,11 +33,12 @@ from veil.serde.fl import (
     IdentityInfo,
     SecAggReply,
     SecAggStep,
+    ShowEnrolment,
 )
 from veil.serde.messages import GetObject, RequestAccess, RequestInfo, Value
 from veil.serde.tensors import tensor_from_data
 
-__all__ = ["Member", "identity", "secure_round", "training_plan"]
+__all__ = ["Member", "identity", "review", "secure_round", "training_plan"]
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -51,6 +52,21 @@ def identity(node: Any) -> IdentityInfo:
         'h'
     """
     return capability.call(node, "fl", "identity", Identity(), IdentityInfo)
+
+
+def review(owner: Any, request_id: int) -> str:
+    """What a node's owner reviews for enrolment request ``request_id``: the federation's
+    terms (rounds, how updates leave, the members and their key fingerprints) and the
+    training plan as code. Approve with ``owner.requests.approve(request_id)``.
+
+    Example:
+        >>> import veil
+        >>> review(veil.VirtualWorker("h"), 1)
+        Traceback (most recent call last):
+        ...
+        veil.errors.PermissionDenied: no enrolment 1 you may read
+    """
+    return capability.call(owner, "fl", "show", ShowEnrolment(request_id), EnrolInfo).text
 
 
 def training_plan(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Loss,
