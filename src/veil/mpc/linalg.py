@@ -135,5 +135,7 @@ def sweep(s: Any, k: int, *, pivot: float | None = None) -> tuple[Any, Any]:
         flags = _relabel(s[k, k].reshape(1).expand(2) * 0, s.encoding.frac_bits)
         corner = kk.to(torch.float64) * (1.0 / pivot)  # public
     out = (s - col.reshape(m, 1) @ r.reshape(1, m)) * keep
-    out = out + r.reshape(1, m).expand(m, m) * only_row - c_inv.reshape(m, 1).expand(m, m) * only_col
+    out = (
+        out + r.reshape(1, m).expand(m, m) * only_row - c_inv.reshape(m, 1).expand(m, m) * only_col
+    )
     return out + corner, flags

@@ -112,6 +112,12 @@ class EncryptedLinearRegression:
         self.security = security
         self.coef: torch.Tensor | None = None
         self.intercept: torch.Tensor | None = None
+        self.se_coef: torch.Tensor | None = None
+        self.se_intercept: torch.Tensor | None = None
+        self.tvalue_coef: np.ndarray[Any, Any] | None = None
+        self.pvalue_coef: np.ndarray[Any, Any] | None = None
+        self.tvalue_intercept: float | None = None
+        self.pvalue_intercept: float | None = None
         self._pending: Any = None
 
     # ------------------------------------------------------------------ fitting
@@ -146,7 +152,7 @@ class EncryptedLinearRegression:
             if self.fit_intercept:
                 cols.insert(0, torch.ones_like(cols[1]))
             w = torch.cat(cols, 1)
-            gram = (w.t() @ w) * (1.0 / n)  # on the owner's node, in float64
+            gram: Any = (w.t() @ w) * (1.0 / n)  # on the owner's node, in float64
             shared = gram.fix_precision(self.frac_bits).share(session=sess)
             total = shared if total is None else total + shared
         flags = []
@@ -156,9 +162,7 @@ class EncryptedLinearRegression:
         diag = torch.arange(p) * (p + 1)  # flat positions of the diagonal of the p x p block
         rss = total[p, p]
         inv_diag = total[:p, :p].reshape(-1)[diag]
-        self._pending = type(total).cat(
-            [total[:p, p], rss.reshape(1), inv_diag, *flags], 0
-        )
+        self._pending = type(total).cat([total[:p, p], rss.reshape(1), inv_diag, *flags], 0)
         return self.reveal()
 
     def request(self, reason: str) -> list[Any]:
@@ -289,7 +293,7 @@ class EncryptedLinearRegression:
 
     def summary(self) -> str:
         """The table :meth:`summarize` prints."""
-        if self.coef is None:
+        if self.coef is None or self.se_coef is None or self.pvalue_coef is None:
             raise RuntimeError("the model is not fitted: call fit(X_ptrs, y_ptrs) first")
         lines = ["=" * 52, " " * 11 + "SMPC Linear Regression Results", "=" * 52,
                  " " * 17 + "value" + " " * 9 + "stderr" + " " * 8 + "p-value", "-" * 52]  # fmt: skip
@@ -298,9 +302,9 @@ class EncryptedLinearRegression:
                 f"coef{i + 1:<3d} {cf:>14.4f} {float(self.se_coef[i]):>14.4f} "
                 f"{float(self.pvalue_coef[i]):>14.4f}"
             )
-        if self.intercept is not None:
+        if self.intercept is not None and self.se_intercept is not None:
             lines.append(
-                f"intercept {float(self.intercept):>12.4f} {float(self.se_intercept):>14.4f} "  # type: ignore[arg-type]
+                f"intercept {float(self.intercept):>12.4f} {float(self.se_intercept):>14.4f} "
                 f"{self.pvalue_intercept:>14.4f}"
             )
         lines.append("-" * 52)
