@@ -132,15 +132,29 @@ def test_bad_blocks_are_refused_with_what_to_do() -> None:
         lr.predict(x)
 
 
-def test_collinear_or_badly_scaled_features_are_refused_not_answered() -> None:
+def test_collinear_or_badly_scaled_features_are_refused_and_open_only_zeros(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     alice, bob, hbc, carol = _workers("alice", "bob", "hbc", "carol")
     x, y = _data(30, [1.0, 1.0], intercept=0.0, seed=13)
     lr = EncryptedLinearRegression(crypto_provider=carol, hbc_worker=hbc)
+    opened: list[torch.Tensor] = []
+    real_set = EncryptedLinearRegression._set
+    monkeypatch.setattr(
+        EncryptedLinearRegression,
+        "_set",
+        lambda self, out: (opened.append(out), real_set(self, out)),
+    )
     twin = torch.cat([x[:, :1], x[:, :1] * 2.0], 1)  # the second column is twice the first
-    with pytest.raises(ValueError, match="collinear"):
+    with pytest.raises(ValueError, match="pivot of feature 1 fell below 2\\^-10: it is collinear"):
         lr.fit(*_blocks(twin, y, [alice, bob], [15]))
-    with pytest.raises(ValueError, match="scale the features down"):
-        lr.fit(*_blocks(x * 1000.0, y, [alice, bob], [15]))  # variances ~1e6 > 2^11
+    with pytest.raises(ValueError, match="mean of squares of feature 0, feature 1 is above 2\\^11"):
+        lr.fit(*_blocks(x * 1000.0, y, [alice, bob], [15]))  # means of squares ~1e6
+    with pytest.raises(ValueError, match="mean of squares of y is above"):
+        lr.fit(*_blocks(x, y * 100.0, [alice, bob], [15]))
+    for out in opened:  # the statistics opened as zeros: only the range bits are learned
+        assert out[:7].abs().max() == 0.0 and set(out[7:].tolist()) <= {0.0, 1.0}
+    assert lr.coef is None
 
 
 def test_private_rows_need_the_owners_approval_to_open_the_statistics() -> None:

@@ -34,7 +34,7 @@ import torch
 
 from veil.mpc.ring import FixedPoint
 
-__all__ = ["NEWTON_STEPS", "pivot_range", "reciprocal_in_range", "sweep"]
+__all__ = ["NEWTON_STEPS", "at_least", "pivot_range", "reciprocal_in_range", "sweep"]
 
 #: Newton steps after the power-of-two start (|error| 1/2 -> 2^-32 in five).
 NEWTON_STEPS = 5
@@ -57,6 +57,19 @@ def pivot_range(frac_bits: int) -> tuple[int, int]:
 def _relabel(x: Any, frac_bits: int) -> Any:
     """The same shares read with ``frac_bits`` fractional bits (no arithmetic)."""
     return type(x)(x.shares, x.session, FixedPoint(frac_bits))
+
+
+def at_least(x: Any, exponent: int) -> Any:
+    """Shared bits ``[x >= 2^exponent]`` elementwise, in ``x``'s fixed point (1.0 or 0.0).
+
+    Example:
+        >>> import torch, veil
+        >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+        >>> x = torch.tensor([0.5, 3000.0]).fix_precision(20).share(a, b, crypto_provider=c)
+        >>> at_least(x, 11).reconstruct().tolist()
+        [0.0, 1.0]
+    """
+    return _relabel((1 - (x < 2.0**exponent)) * (1 << x.encoding.frac_bits), x.encoding.frac_bits)
 
 
 def reciprocal_in_range(x: Any, *, steps: int = NEWTON_STEPS) -> tuple[Any, Any]:

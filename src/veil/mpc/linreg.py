@@ -11,9 +11,11 @@ What each party learns:
 
 - **the data scientist**: N, the number of features, each block's row count (shapes of
   the pointers), and the opened statistics: coefficients, their standard errors (the
-  diagonal of (X^T X)^-1 times σ²) and the residual variance σ², plus two bits per pivot
-  saying whether it fell outside the solver's range (the fit is then refused). Every other
-  opening is masked with fresh dealer randomness (Beaver products, comparisons).
+  diagonal of (X^T X)^-1 times σ²) and the residual variance σ²; and the range checks: one
+  bit per column (is its mean of squares above 2^11?) and two per pivot (is it outside
+  [2^-10, 2^11)?). When a check fails the statistics open as zeros (they are multiplied by
+  a shared "all in range" bit before opening) and the fit is refused. Every other opening
+  is masked with fresh dealer randomness (Beaver products, comparisons).
 - **each data owner**: nothing about the other owners' rows; its node holds one share of
   the summed Gram matrix and of every intermediate.
 - **``hbc_worker``** (an extra share holder with no data): one share of each of those, so
@@ -46,7 +48,7 @@ import numpy as np
 import torch
 
 from veil.errors import PermissionDenied, WorkerMismatch
-from veil.mpc.linalg import pivot_range, sweep
+from veil.mpc.linalg import at_least, pivot_range, sweep
 from veil.mpc.protocols.session import MPCSession
 from veil.node.worker import Worker
 from veil.pointers import PointerTensor
@@ -155,14 +157,19 @@ class EncryptedLinearRegression:
             gram: Any = (w.t() @ w) * (1.0 / n)  # on the owner's node, in float64
             shared = gram.fix_precision(self.frac_bits).share(session=sess)
             total = shared if total is None else total + shared
-        flags = []
+        _, hi = pivot_range(self.frac_bits)
+        # Means of squares below 2^(hi+1) keep every product of the sweep inside the ring
+        # (Cauchy-Schwarz bounds the other entries by them); checked before any product.
+        flags = [at_least(total.reshape(-1)[torch.arange(p + 1) * (p + 2)], hi + 1)]
         for k in range(p):
             total, bits = sweep(total, k, pivot=1.0 if (self.fit_intercept and k == 0) else None)
             flags.append(bits)
-        diag = torch.arange(p) * (p + 1)  # flat positions of the diagonal of the p x p block
-        rss = total[p, p]
-        inv_diag = total[:p, :p].reshape(-1)[diag]
-        self._pending = type(total).cat([total[:p, p], rss.reshape(1), inv_diag, *flags], 0)
+        inv_diag = total[:p, :p].reshape(-1)[torch.arange(p) * (p + 1)]
+        stats = type(total).cat([total[:p, p], total[p, p].reshape(1), inv_diag], 0)
+        checks = type(total).cat(flags, 0)
+        # a refused fit opens zeros, never statistics computed out of range
+        ok = (checks.sum() < 0.5).reshape(1).expand(2 * p + 1)
+        self._pending = type(total).cat([stats * ok, checks], 0)
         return self.reveal()
 
     def request(self, reason: str) -> list[Any]:
@@ -192,18 +199,27 @@ class EncryptedLinearRegression:
     def _set(self, out: torch.Tensor) -> None:
         p, n = self.n_params, self.total_size
         lo, hi = pivot_range(self.frac_bits)
-        flags = out[2 * p + 1 :].reshape(-1, 2).round()
-        if bool(flags[:, 0].any()):
+        names = ["intercept"] * self.fit_intercept + [f"feature {j}" for j in range(self.n_features)]
+        big = out[2 * p + 1 : 3 * p + 2].round().bool().tolist()
+        if any(big):
+            cols = [*names, "y"]
             raise ValueError(
-                f"a pivot of the Gram matrix fell below 2^{lo}: the features are collinear "
-                "(or nearly so), or much smaller than 1; drop or combine features, or scale "
-                "them up by a known order of magnitude"
+                f"the mean of squares of {', '.join(c for c, b in zip(cols, big, strict=True) if b)} is "
+                f"above 2^{hi + 1}: scale the features down by a known order of magnitude "
+                "(e.g. metres to kilometres; rescale the coefficients after) and fit again"
             )
-        if bool(flags[:, 1].any()):
-            raise ValueError(
-                f"a pivot of the Gram matrix is above 2^{hi + 1}: scale the features down by a "
-                "known order of magnitude (e.g. metres to kilometres) and fit again"
-            )
+        for k, (below, above) in enumerate(out[3 * p + 2 :].reshape(-1, 2).round().tolist()):
+            if below:
+                raise ValueError(
+                    f"the pivot of {names[k]} fell below 2^{lo}: it is collinear (or nearly "
+                    "so) with the columns before it, or much smaller than 1; drop or combine "
+                    "features, or scale them up by a known order of magnitude"
+                )
+            if above:
+                raise ValueError(
+                    f"the pivot of {names[k]} is above 2^{hi + 1}: scale the features down "
+                    "by a known order of magnitude and fit again"
+                )
         beta, rss_n, inv_diag = out[:p], float(out[p]), out[p + 1 : 2 * p + 1]
         self.sigma2 = max(rss_n, 0.0) * n / self.dof
         self.sigma = math.sqrt(self.sigma2)
