@@ -199,7 +199,9 @@ class EncryptedLinearRegression:
     def _set(self, out: torch.Tensor) -> None:
         p, n = self.n_params, self.total_size
         lo, hi = pivot_range(self.frac_bits)
-        names = ["intercept"] * self.fit_intercept + [f"feature {j}" for j in range(self.n_features)]
+        names = ["intercept"] * self.fit_intercept + [
+            f"feature {j}" for j in range(self.n_features)
+        ]
         big = out[2 * p + 1 : 3 * p + 2].round().bool().tolist()
         if any(big):
             cols = [*names, "y"]
