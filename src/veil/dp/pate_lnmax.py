@@ -297,6 +297,11 @@ def perform_analysis(teacher_preds: Any, indices: Any, noise_eps: float, delta: 
         >>> round(dep, 6), round(ind, 6)  # no consensus: the votes do not help
         (11.756463, 11.756463)
     """
+    return _perform(teacher_preds, indices, noise_eps, delta, moments, beta, num_classes, 3)
+
+
+def _perform(teacher_preds: Any, indices: Any, noise_eps: float, delta: float, moments: int,
+             beta: float, num_classes: int | None, stacklevel: int) -> tuple[float, float]:  # fmt: skip
     counts = _counts(teacher_preds, num_classes)
     idx = _array(indices)
     if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer) and idx.size:
@@ -313,7 +318,7 @@ def perform_analysis(teacher_preds: Any, indices: Any, noise_eps: float, delta: 
         warnings.warn(
             f"the smallest epsilon is at the last moment ({moments}): increase 'moments' "
             "and run again for a tighter bound",
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
     return r.data_dependent_epsilon, r.data_independent_epsilon
 
@@ -334,6 +339,5 @@ def perform_analysis_torch(preds: Any = None, indices: Any = None, noise_eps: fl
         raise TypeError("pass the teacher predictions once: preds=... (or teacher_preds=...)")
     if indices is None:
         raise TypeError("perform_analysis_torch needs indices (the answered query positions)")
-    return perform_analysis(
-        preds if preds is not None else teacher_preds, indices, noise_eps, delta, moments, beta
-    )
+    chosen = preds if preds is not None else teacher_preds
+    return _perform(chosen, indices, noise_eps, delta, moments, beta, None, 3)
