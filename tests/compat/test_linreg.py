@@ -73,12 +73,15 @@ def test_two_blocks_on_one_owner_and_no_intercept_match_statsmodels() -> None:
     assert lr.intercept is None and lr.pvalue_intercept is None and lr.dof == 38
 
 
-@pytest.mark.parametrize("security", ["semi-honest", "malicious"])
-def test_the_hbc_worker_may_be_an_owner_and_y_may_be_a_column(security: str) -> None:
+@pytest.mark.parametrize(("security", "hbc"), [("semi-honest", "bob"), ("malicious", None)])
+def test_the_hbc_worker_may_be_an_owner_or_none_and_y_may_be_a_column(
+    security: str, hbc: str | None
+) -> None:
     alice, bob, carol = _workers("alice", "bob", "carol")
     x, y = _data(30, [1.0], intercept=-2.0, seed=7)
     xs, ys = _blocks(x, y.reshape(-1, 1), [alice, bob], [12])
-    lr = EncryptedLinearRegression(crypto_provider=carol, hbc_worker=bob, security=security)
+    helper = bob if hbc else None
+    lr = EncryptedLinearRegression(crypto_provider=carol, hbc_worker=helper, security=security)
     lr.fit(xs, ys)
     ref = sm.OLS(y.numpy(), sm.add_constant(x.numpy())).fit()
     np.testing.assert_allclose([float(lr.intercept), *lr.coef.tolist()], ref.params, atol=1e-3)
@@ -124,6 +127,10 @@ def test_bad_blocks_are_refused_with_what_to_do() -> None:
         lr.fit([x], [y])
     with pytest.raises(WorkerMismatch, match="crypto provider"):
         EncryptedLinearRegression(crypto_provider=alice, hbc_worker=hbc).fit(
+            [x.send(alice)], [y.send(alice)]
+        )
+    with pytest.raises(ValueError, match="give an hbc_worker"):
+        EncryptedLinearRegression(crypto_provider=carol, hbc_worker=None).fit(
             [x.send(alice)], [y.send(alice)]
         )
     with pytest.raises(ValueError, match="precision_fractional must be in 4..8"):

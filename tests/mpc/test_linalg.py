@@ -1,4 +1,4 @@
-"""Range-checked reciprocals and the sweep operator on shared matrices (veil.mpc.linalg),
+"""Range-checked reciprocals and the sweep operator on shared matrices (veil.mpc.protocols.linalg),
 against float64 numpy."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from veil.mpc.linalg import pivot_range, reciprocal_in_range, sweep
+from veil.mpc.protocols.linalg import pivot_range, reciprocal_in_range, sweep
 
 
 def _np_sweep(m: np.ndarray, k: int) -> np.ndarray:

@@ -24,7 +24,7 @@ What each party learns:
 
 Unlike PySyft, nothing beyond the statistics is opened (PySyft's DASH revealed a masked
 norm ``r * |x|`` to invert R); the inverse is computed by the sweep operator with
-range-checked reciprocals (:mod:`veil.mpc.linalg`).
+range-checked reciprocals (:mod:`veil.mpc.protocols.linalg`).
 
 Example:
     >>> import torch, veil
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from veil.errors import PermissionDenied, WorkerMismatch
-from veil.mpc.linalg import at_least, pivot_range, sweep
+from veil.mpc.protocols.linalg import at_least, pivot_range, sweep
 from veil.mpc.protocols.session import MPCSession
 from veil.node.worker import Worker
 from veil.pointers import PointerTensor
@@ -78,7 +78,8 @@ class EncryptedLinearRegression:
 
     Args:
         crypto_provider: the worker that deals the MPC randomness (none of the parties).
-        hbc_worker: an "honest but curious" worker that holds shares beside the data owners.
+        hbc_worker: an "honest but curious" worker that holds shares beside the data owners
+            (it may be one of them; ``None`` when the rows are on two nodes or more).
         precision_fractional: decimal digits of the fixed-point encoding (PySyft's name);
             6 gives 20 fractional bits.
         fit_intercept: add a column of ones (the intercept) to X.
@@ -104,7 +105,7 @@ class EncryptedLinearRegression:
         tensor([ 2.0000, -1.0000], dtype=torch.float64)
     """
 
-    def __init__(self, crypto_provider: Any, hbc_worker: Worker, precision_fractional: int = 6,
+    def __init__(self, crypto_provider: Any, hbc_worker: Worker | None, precision_fractional: int = 6,
                  fit_intercept: bool = True, *, security: str = "semi-honest") -> None:  # fmt: skip
         self.crypto_provider = crypto_provider
         self.hbc_worker = hbc_worker
@@ -139,8 +140,13 @@ class EncryptedLinearRegression:
         n, p = self.total_size, self.n_params
         parties: list[Any] = []
         for w in [*owners, self.hbc_worker]:
-            if not any(w is q for q in parties):
+            if w is not None and not any(w is q for q in parties):
                 parties.append(w)
+        if len(parties) < 2:
+            raise ValueError(
+                "every row is on one node, which would hold every share: give an hbc_worker "
+                "(a second node that holds shares and no data)"
+            )
         if any(self.crypto_provider is q for q in parties):
             raise WorkerMismatch(
                 "the crypto provider must not be a data owner or the hbc worker: "
