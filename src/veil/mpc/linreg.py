@@ -16,15 +16,20 @@ What each party learns:
   [2^-10, 2^11)?). When a check fails the statistics open as zeros (they are multiplied by
   a shared "all in range" bit before opening) and the fit is refused. Every other opening
   is masked with fresh dealer randomness (Beaver products, comparisons).
-- **each data owner**: nothing about the other owners' rows; its node holds one share of
-  the summed Gram matrix and of every intermediate.
-- **``hbc_worker``** (an extra share holder with no data): one share of each of those, so
-  the secret survives as long as one party does not collude, even with a single owner.
+- **each data owner**: its own Gram matrix (its node computes it), nothing about the
+  other owners' rows; its node holds one share of the summed Gram matrix and of every
+  intermediate, and sees the same masked openings as the scientist.
+- **``hbc_worker``** (an extra share holder with no data): one share of each of those; the
+  sums stay secret unless *every* party (each owner and the hbc worker) colludes.
 - **``crypto_provider``**: shapes only (it deals the correlated randomness).
 
-Unlike PySyft, nothing beyond the statistics is opened (PySyft's DASH revealed a masked
-norm ``r * |x|`` to invert R); the inverse is computed by the sweep operator with
-range-checked reciprocals (:mod:`veil.mpc.protocols.linalg`).
+Differences from PySyft's: PySyft shared the Gram matrices between one randomly chosen
+owner and the hbc worker only (those two together could open everything), and inverted
+with an LDL^T decomposition whose reciprocals had no range check (its tutorial asked for
+data scaled so that averages lie in [0.1, 10], and out-of-range data gave overflowed
+numbers). Here every owner holds a share, and the sweep operator's reciprocals are
+range-checked (:mod:`veil.mpc.protocols.linalg`): out-of-range data is refused, never
+answered.
 
 Example:
     >>> import torch, veil
