@@ -168,7 +168,7 @@ def _smooth_sensitivity(
     for k in range(1, int(counts.max()) + 1):
         ls = _local_sensitivity(counts, gamma, moments, k)
         out = np.maximum(out, math.exp(-beta * k) * ls)
-        if not np.any(ls):
+        if not np.any(ls[np.isfinite(ls)]):  # zero from here on (inf: no bound at that l)
             break
     return out
 
