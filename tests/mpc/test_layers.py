@@ -11,8 +11,8 @@ import veil.mpc
 
 MPC = Path(veil.mpc.__file__).parent
 #: Rank of each part of veil.mpc; a module may import mpc modules of its own rank or lower.
-LAYERS = {"ring": 0, "stats": 0, "messages": 0, "providers": 1, "protocols": 2, "tensors": 3, "node": 4,
-          "__init__": 5}  # fmt: skip
+LAYERS = {"ring": 0, "stats": 0, "messages": 0, "providers": 1, "protocols": 2, "tensors": 3,
+          "linreg": 3, "node": 4, "__init__": 5}  # fmt: skip
 
 
 def _module(path: Path) -> str:

@@ -29,7 +29,7 @@ from veil.dp.mechanisms import (
     register_mechanism,
 )
 from veil.dp.pate import analyze as pate_analysis
-from veil.dp.pate import confident_gnmax, gnmax, lnmax, votes_from_predictions
+from veil.dp.pate import confident_gnmax, gnmax, lnmax, lnmax_analysis, votes_from_predictions
 from veil.dp.samplers import RandomSource, SeededSource, discrete_gaussian, discrete_laplace
 from veil.dp.sgd import (
     DPOptimizer,
@@ -69,6 +69,7 @@ __all__ = [
     "gaussian_sigma",
     "gnmax",
     "lnmax",
+    "lnmax_analysis",
     "make_private",
     "noise_multiplier_for",
     "pate_analysis",

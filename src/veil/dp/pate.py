@@ -12,6 +12,11 @@ section 4), summed over queries in RDP and converted to (ε, δ). The data-depen
 on the votes and is itself not private to publish without smooth-sensitivity noise (see the
 paper, section 4); it is what one reports internally to choose parameters.
 
+LNMax's own analysis (PATE 2017: the moments accountant with the data-dependent bound of
+its Theorem 3, and the smooth sensitivity of that bound) is :func:`lnmax_analysis`, with
+PySyft 0.2's :func:`perform_analysis` / :func:`perform_analysis_torch` and its
+:func:`noisy_max` (module :mod:`veil.dp.pate_lnmax`, re-exported here).
+
 Example:
     >>> import numpy as np
     >>> votes = np.array([[240, 5, 5], [100, 90, 60]])
@@ -33,15 +38,28 @@ import torch
 from scipy import special
 
 from veil.dp.accountants.rdp import rdp_to_epsilon
-from veil.dp.samplers import RandomSource, discrete_laplace
+from veil.dp.pate_lnmax import (
+    LNMaxAnalysis,
+    laplace_noisy_max,
+    lnmax_analysis,
+    noisy_max,
+    perform_analysis,
+    perform_analysis_torch,
+)
+from veil.dp.samplers import RandomSource
 
 __all__ = [
     "PATE_ORDERS",
+    "LNMaxAnalysis",
     "PATEAnalysis",
     "analyze",
     "confident_gnmax",
     "gnmax",
     "lnmax",
+    "lnmax_analysis",
+    "noisy_max",
+    "perform_analysis",
+    "perform_analysis_torch",
     "votes_from_predictions",
 ]
 
@@ -91,10 +109,10 @@ def _argmax_random_ties(
 
 
 def lnmax(votes: Any, *, gamma: float, source: RandomSource | None = None) -> npt.NDArray[np.int64]:
-    """Laplace noisy max (PATE 2017): argmax of counts + discrete Laplace(1/γ); 2γ-DP per query."""
-    v = _votes(votes)
-    noise = discrete_laplace(1.0 / gamma, v.shape, source)
-    return _argmax_random_ties(v + noise, _rng())
+    """Laplace noisy max (PATE 2017): argmax of counts + discrete Laplace(1/γ); 2γ-DP per query.
+    Noise and tie-breaking both come from ``source`` (a ``SeededSource`` reproduces the labels);
+    the privacy analysis is :func:`lnmax_analysis` (or PySyft's :func:`perform_analysis`)."""
+    return laplace_noisy_max(_votes(votes), gamma=gamma, source=source)
 
 
 def gnmax(votes: Any, *, sigma: float) -> npt.NDArray[np.int64]:

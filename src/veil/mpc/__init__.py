@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from veil.mpc.linreg import EncryptedLinearRegression
 from veil.mpc.node.ops import register
 from veil.mpc.protocols.session import MPCSession
 from veil.mpc.providers.approvals import Dealer, dealers
@@ -38,6 +39,7 @@ __all__ = [
     "CryptoProvider",
     "Dealer",
     "DealerFree",
+    "EncryptedLinearRegression",
     "FixedPoint",
     "FixedPrecisionPointer",
     "FixedPrecisionTensor",
