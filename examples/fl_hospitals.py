@@ -63,7 +63,8 @@ def start_hospital(name: str, workdir: Path) -> tuple[subprocess.Popen[bytes], s
                 return proc, url
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} did not start: {proc.stderr.read().decode()[-500:]}")  # type: ignore[union-attr]
+                err = proc.stderr.read().decode()[-500:] if proc.stderr else ""
+                raise RuntimeError(f"{name} did not start: {err}") from None
             time.sleep(0.1)
     proc.terminate()
     raise RuntimeError(f"{name} did not answer on port {port} within 60 s")

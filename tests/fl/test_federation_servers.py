@@ -46,3 +46,19 @@ def test_three_hospital_servers_train_with_secure_aggregation_and_central_dp(hos
         assert hist.last["accuracy"] > 0.6 and hist.last["epsilon"] > 0
         audit = [e.action for e in owners[0].audit(limit=100_000)]
         assert audit.count("fl.fit") == 4
+
+
+def test_the_hospitals_example_runs_as_a_user_would(tmp_path) -> None:
+    """examples/fl_hospitals.py: three `veil node serve` processes, approvals, SecAgg+ + DP."""
+    import runpy
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    path = Path(__file__).resolve().parents[2] / "examples" / "fl_hospitals.py"
+    run = runpy.run_path(str(path))["run"]
+    out = run(2, progress=False, plot=str(tmp_path / "curves.png"), workdir=str(tmp_path))
+    assert out["rounds"] == 2
+    assert out["epsilon"] == CentralDP(noise_multiplier=0.3, clip=2.0).epsilon(2)
+    assert (tmp_path / "curves.png").stat().st_size > 1000
