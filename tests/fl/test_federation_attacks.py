@@ -360,3 +360,24 @@ def test_the_trained_model_left_on_a_node_is_private(hospitals, mlp) -> None:
         model_ptr.get()  # it holds hospital0's locally trained weights
     with pytest.raises(PermissionDenied):
         m.plan.get()
+
+
+def test_a_straggler_past_the_deadline_is_dropped_from_the_round(hospitals, mlp) -> None:
+    import threading
+
+    h = hospitals([60, 60, 60, 60])
+    fed, reqs = _federation(h, mlp, rounds=1, min_clients=3, threshold=2, deadline=20.0)
+    h.approve(reqs)
+    slow, release = fed.members[3], threading.Event()
+    real = slow.fit
+
+    def late(*a, **k):
+        release.wait(120)  # answers only after the round is over
+        return real(*a, **k)
+
+    slow.fit = late  # type: ignore[method-assign]
+    try:
+        hist = fed.fit()
+    finally:
+        release.set()
+    assert (hist[0]["clients"], hist[0]["dropped"]) == (3, 1)

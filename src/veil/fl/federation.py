@@ -111,6 +111,9 @@ class Federation:
         evaluate: ``model -> metrics`` run on the global model after each round (e.g.
             accuracy on your own test set); or ``test_data=(x, y)`` for loss and accuracy.
         backend: ``"inprocess"`` or ``"ray"`` (simulated clients only).
+        deadline: on nodes, seconds each step of a round waits for the members; those that
+            have not answered by then are stragglers, dropped from the round (secure
+            aggregation recovers the others' sum while enough remain).
         progress: show a progress bar.
     """
 
@@ -124,6 +127,7 @@ class Federation:
                  evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
                  test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
                  backend: str = "inprocess", seed: int | None = None, progress: bool = True,
+                 deadline: float | None = None,
                  reason: str = "federated training") -> None:  # fmt: skip
         if rounds < 1 or local_epochs < 1 or batch_size < 1:
             raise ValueError("rounds, local_epochs and batch_size must be >= 1")
@@ -140,7 +144,7 @@ class Federation:
         self.secure_aggregation, self.dp = bool(secure_aggregation), dp
         self.approval_timeout, self.reason = approval_timeout, reason
         self.evaluate_fn, self.test_data = evaluate, test_data
-        self.backend, self.progress = backend, progress
+        self.backend, self.progress, self.deadline = backend, progress, deadline
         self.seed = secrets.randbits(62) if seed is None else int(seed)
         self.simulated = all(isinstance(n, tuple | list) and len(n) == 2 for n in self.nodes)
         if backend not in ("inprocess", "ray"):
@@ -309,7 +313,8 @@ class Federation:
         chosen = [m for m, _ in self.strategy.configure_fit(r, params, self.members)]
         blob = flat.numpy().astype("<f4").tobytes()
         seed = (self.seed * 1_000_003 + r) & (2**62 - 1)
-        got = _parallel(chosen, lambda m: m.fit(r, blob, seed + m.client_id, self._clip))
+        got = _parallel(chosen, lambda m: m.fit(r, blob, seed + m.client_id, self._clip),
+                        self.deadline)  # fmt: skip
         replies = _ok(got)
         failures = [v for v in got.values() if isinstance(v, BaseException)]
         for exc in failures:
@@ -323,7 +328,8 @@ class Federation:
         if "secagg" in self.mode:
             adaptive = bool(self.dp is not None and self.dp.adaptive)
             length = size + (2 if self.mode == "secagg" else int(adaptive))
-            total, survivors, more = secure_round(self.members, self._terms, r, replies, length)
+            total, survivors, more = secure_round(self.members, self._terms, r, replies, length,
+                                                  self.deadline)  # fmt: skip
             moved += more
             row["clients"], row["dropped"] = len(survivors), len(chosen) - len(survivors)
             if self.mode == "secagg":

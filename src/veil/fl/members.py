@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,9 +159,11 @@ class Member:
             return tensor_from_data(reply.value)  # type: ignore[arg-type]
 
 
-def _parallel(members: Sequence[Member], fn: Callable[[Member], Any]) -> dict[int, Any]:
-    """``fn`` on every member at once (one thread each); a member whose call fails maps to
-    its exception (a dropout)."""
+def _parallel(members: Sequence[Member], fn: Callable[[Member], Any],
+              deadline: float | None = None) -> dict[int, Any]:  # fmt: skip
+    """``fn`` on every member at once (one thread each); a member whose call fails, or has
+    not answered ``deadline`` seconds after the start (a straggler), maps to its exception
+    (a dropout: its late answer is ignored)."""
 
     def guarded(m: Member) -> Any:
         try:
@@ -169,10 +171,20 @@ def _parallel(members: Sequence[Member], fn: Callable[[Member], Any]) -> dict[in
         except (VeilError, OSError, TimeoutError) as exc:
             return exc
 
-    if len(members) == 1:
+    if len(members) == 1 and deadline is None:
         return {members[0].client_id: guarded(members[0])}
-    with ThreadPoolExecutor(max_workers=min(len(members), 16)) as pool:
-        return dict(zip([m.client_id for m in members], pool.map(guarded, members)))
+    pool = ThreadPoolExecutor(max_workers=min(len(members), 16))
+    try:
+        futures = {m.client_id: pool.submit(guarded, m) for m in members}
+        wait(futures.values(), timeout=deadline)
+        return {
+            c: f.result() if f.done() else TimeoutError(
+                f"member {c} did not answer within the round's deadline of {deadline:g} s"
+            )
+            for c, f in futures.items()
+        }  # fmt: skip
+    finally:
+        pool.shutdown(wait=deadline is None, cancel_futures=True)
 
 
 def _ok(got: dict[int, Any]) -> dict[int, Any]:
@@ -180,7 +192,8 @@ def _ok(got: dict[int, Any]) -> dict[int, Any]:
 
 
 def secure_round(members: Sequence[Member], terms: Enrol, server_round: int,
-                 replies: dict[int, FitReply], length: int) -> tuple[np.ndarray, list[int], int]:  # type: ignore[type-arg]  # fmt: skip
+                 replies: dict[int, FitReply], length: int,
+                 deadline: float | None = None) -> tuple[np.ndarray, list[int], int]:  # type: ignore[type-arg]  # fmt: skip
     """Run SecAgg+ over the members whose fit answered ``replies`` (as the server), on
     vectors of ``length``: returns the sum of the survivors' vectors, the survivors, and
     the bytes moved.
@@ -198,23 +211,25 @@ def secure_round(members: Sequence[Member], terms: Enrol, server_round: int,
         moved += len(rep.advertise)
     keys = wire.encode(server.keys())
     live = [by_id[c] for c in replies]
-    shared = _ok(_parallel(live, lambda m: m.step(server_round, "share", keys, sigs)))
+    shared = _ok(_parallel(live, lambda m: m.step(server_round, "share", keys, sigs), deadline))
     for rep in shared.values():
         server.receive(wire.decode(rep.payload))
         moved += len(keys) + len(rep.payload)
     deliveries = server.deliveries()
     live = [by_id[c] for c in shared]
     masked = _ok(_parallel(live, lambda m: m.step(
-        server_round, "mask", wire.encode(deliveries[m.client_id]))))  # fmt: skip
+        server_round, "mask", wire.encode(deliveries[m.client_id])), deadline))  # fmt: skip
     for rep in masked.values():
         server.receive(wire.decode(rep.payload))
         moved += len(rep.payload)
     request = wire.encode(server.unmask_request())
     live = [by_id[c] for c in masked]
-    confirmed = _ok(_parallel(live, lambda m: m.step(server_round, "confirm", request)))
+    confirmed = _ok(_parallel(live, lambda m: m.step(server_round, "confirm", request), deadline))
     signatures = {c: r.signature for c, r in confirmed.items()}
     live = [by_id[c] for c in confirmed]
-    unmasked = _ok(_parallel(live, lambda m: m.step(server_round, "unmask", request, signatures)))
+    unmasked = _ok(
+        _parallel(live, lambda m: m.step(server_round, "unmask", request, signatures), deadline)
+    )
     for rep in unmasked.values():
         server.receive(wire.decode(rep.payload))
         moved += len(rep.payload)
