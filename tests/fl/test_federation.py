@@ -135,3 +135,29 @@ def test_robust_strategies_and_server_side_dp_are_refused_on_nodes(hospitals, ml
     with pytest.raises(UnsupportedError, match="nodes clip and noise"):
         Federation(h.scientist, mlp(), strategy=DPFedAvg(FedAvg(), noise_multiplier=1.0,
                    clip_norm=1.0, num_clients=2), dataset="digits")  # fmt: skip
+
+
+def test_local_dp_trains_with_dp_sgd_on_each_node_and_charges_the_accountants_epsilon(
+    hospitals, mlp
+) -> None:
+    from veil.dp.accountants.rdp import RDPAccountant
+    from veil.fl import LocalDP
+
+    h = hospitals([300, 300])
+    h.budgets(epsilon=50.0)
+    dp = LocalDP(noise_multiplier=1.0, max_grad_norm=1.0)
+    fed = Federation(h.scientist, mlp(0), rounds=3, dataset="digits", dp=dp, batch_size=50,
+                     local_epochs=3, lr=1.0, secure_aggregation=False, test_data=h.test,
+                     progress=False)  # fmt: skip
+    reqs = fed.request()
+    assert "DP-SGD" in __import__("veil").fl.review(h.owners[0], reqs[0].id)
+    h.approve(reqs)
+    hist = fed.fit()
+    acc = RDPAccountant()
+    acc.step(noise_multiplier=1.0, sample_rate=50 / 300, steps=3 * 3 * 6)
+    assert hist.last["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    assert hist.last["accuracy"] > 0.5  # DP-SGD still learns
+    for owner in h.owners:
+        (b,) = owner.budgets.list()
+        assert b.spent_epsilon == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+        assert b.spent_delta == pytest.approx(1e-5)

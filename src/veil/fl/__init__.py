@@ -9,7 +9,7 @@ each node's owner approving once how updates may leave (:mod:`veil.fl.node`).
 from __future__ import annotations
 
 from veil.fl.datasets import BaseDataset, FederatedDataLoader, FederatedDataset, federated_avg
-from veil.fl.federation import CentralDP, Federation
+from veil.fl.federation import CentralDP, Federation, LocalDP
 from veil.fl.history import History
 from veil.fl.members import review
 from veil.fl.partition import dirichlet_partition, iid_partition, label_partition
@@ -49,6 +49,7 @@ __all__ = [
     "FitIns",
     "FitRes",
     "Krum",
+    "LocalDP",
     "Strategy",
     "dirichlet_partition",
     "federated_avg",

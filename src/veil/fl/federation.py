@@ -37,14 +37,13 @@ from veil.dp.calibration import zcdp_to_epsilon
 from veil.errors import BudgetExceeded, UnsupportedError, VeilError
 from veil.fl.history import History
 from veil.fl.members import Member, _ok, _parallel, identity, secure_round, training_plan
-from veil.fl.node.rounds import round_release
 from veil.fl.simulation import simulate
 from veil.fl.strategies import DPFedAvg, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
 from veil.fl.strategies.base import FitRes
 from veil.serde.fl import Enrol
 from veil.serde.fl import Member as MemberKey
 
-__all__ = ["CentralDP", "Federation"]
+__all__ = ["CentralDP", "Federation", "LocalDP"]
 
 Loss = Callable[..., torch.Tensor]
 
@@ -79,6 +78,24 @@ class CentralDP:
         return zcdp_to_epsilon(rounds * rho, self.delta)
 
 
+@dataclass(frozen=True, slots=True)
+class LocalDP:
+    """DP-SGD on each node (Abadi et al. 2016): the node trains the model itself with
+    ``veil.dp.make_private`` (per-example gradients clipped to ``max_grad_norm``, Gaussian
+    noise of ``noise_multiplier`` times that, Poisson batches of ``batch_size`` on average)
+    instead of running the scientist's plan, so each update is DP for each record of the
+    node's data; its ε (RDP accountant, at ``delta``) is charged to the node's ledger.
+
+    Example:
+        >>> LocalDP(noise_multiplier=1.0, max_grad_norm=1.0).delta
+        1e-05
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float = 1e-5
+
+
 def _loss_fn(loss: str | Loss) -> Loss:
     if callable(loss):
         return loss
@@ -103,7 +120,8 @@ class Federation:
         loss: ``"cross_entropy"``, ``"mse"`` or a torch functional loss.
         dataset / inputs: on nodes, the dataset and its two assets (features, labels).
         secure_aggregation: updates leave nodes only inside a SecAgg+ sum.
-        dp: a :class:`CentralDP`, enforced by the nodes.
+        dp: a :class:`CentralDP` or :class:`LocalDP`, enforced by the nodes (local DP
+            releases each node's update on its own: it is used without secure aggregation).
         min_clients: the fewest members a secure aggregate may sum (default: all but a
             third, at least 2). ``threshold``: SecAgg's share threshold (default: a majority).
         approval_timeout: without secure aggregation or DP, each round's update leaves a
@@ -122,7 +140,7 @@ class Federation:
                  optimizer: Callable[[Any], torch.optim.Optimizer] | None = None, lr: float = 0.1,
                  loss: str | Loss = "cross_entropy", dataset: str = "",
                  inputs: Sequence[str] = ("x", "y"), secure_aggregation: bool = True,
-                 dp: CentralDP | None = None, min_clients: int | None = None,
+                 dp: CentralDP | LocalDP | None = None, min_clients: int | None = None,
                  threshold: int | None = None, approval_timeout: float = 300.0,
                  evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
                  test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -139,7 +157,7 @@ class Federation:
                                                                      min_available_clients=1)  # fmt: skip
         self.rounds, self.local_epochs, self.batch_size = int(rounds), local_epochs, batch_size
         self.optimizer = optimizer or (lambda ps: torch.optim.SGD(ps, lr=lr))
-        self.lr, self.loss_fn = lr, _loss_fn(loss)
+        self.lr, self.loss_fn, self.loss_name = lr, _loss_fn(loss), loss
         self.dataset, self.inputs = dataset, list(inputs)
         self.secure_aggregation, self.dp = bool(secure_aggregation), dp
         self.approval_timeout, self.reason = approval_timeout, reason
@@ -154,7 +172,7 @@ class Federation:
         self.history = History()
         self.members: list[Member] = []
         self._round = 0
-        self._clip = dp.clip if dp is not None else 0.0
+        self._clip = dp.clip if isinstance(dp, CentralDP) else 0.0
         self._terms: Enrol | None = None
 
     # ----------------------------------------------------------------------------- set-up
@@ -184,12 +202,22 @@ class Federation:
             raise ValueError("secure aggregation needs at least 2 nodes")
         self.min_clients = min_clients or max(2, m - m // 3)
         self.threshold = threshold or (m - 1) // 2 + 1
-        if self.dp is not None and self.dp.adaptive and self.dp.count_noise <= 0:
+        if isinstance(self.dp, LocalDP):
+            if self.secure_aggregation:
+                raise ValueError(
+                    "LocalDP makes each node's update DP on its own: pass "
+                    "secure_aggregation=False with it (or CentralDP with secure aggregation)"
+                )
+            if not isinstance(self.loss_name, str):
+                raise ValueError("LocalDP trains with a named loss: 'cross_entropy' or 'mse'")
+        elif self.dp is not None and self.dp.adaptive and self.dp.count_noise <= 0:
             raise ValueError("adaptive clipping needs count_noise > 0 (e.g. len(nodes) / 20)")
 
     @property
     def mode(self) -> str:
         """How updates leave the nodes: ``secagg``, ``dp``, ``secagg+dp`` or ``approval``."""
+        if isinstance(self.dp, LocalDP):
+            return "local-dp"
         if self.secure_aggregation:
             return "secagg+dp" if self.dp is not None else "secagg"
         return "dp" if self.dp is not None else "approval"
@@ -223,14 +251,18 @@ class Federation:
 
     def _enrol_terms(self, federation: str, m: Member, keys: list[MemberKey]) -> Enrol:
         assert m.plan is not None
-        dp = self.dp
+        dp, secure = self.dp, self.secure_aggregation
+        local = isinstance(dp, LocalDP)
+        central = dp if isinstance(dp, CentralDP) else None
         return Enrol(
             federation, m.plan.hash, self.dataset, self.inputs, m.state_ids, self.rounds,
-            self.mode, keys if self.secure_aggregation else [], m.client_id,
-            self.min_clients if self.secure_aggregation else 2,
-            self.threshold if self.secure_aggregation else 0,
-            dp.clip if dp else 0.0, dp.noise_multiplier if dp else 0.0, dp.delta if dp else 0.0,
-            bool(dp and dp.adaptive), dp.count_noise if dp else 0.0, m.examples,
+            self.mode, keys if secure else [], m.client_id,
+            self.min_clients if secure else 2, self.threshold if secure else 0,
+            dp.max_grad_norm if isinstance(dp, LocalDP) else (central.clip if central else 0.0),
+            dp.noise_multiplier if dp else 0.0, dp.delta if dp else 0.0,
+            bool(central and central.adaptive), central.count_noise if central else 0.0,
+            m.examples, self.batch_size if local else 0,
+            self.loss_name if local and isinstance(self.loss_name, str) else "",
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------ rounds
@@ -326,7 +358,7 @@ class Federation:
         row: dict[str, Any] = {"round": r, "clients": len(replies), "dropped": len(failures)}
         size = flat.numel()
         if "secagg" in self.mode:
-            adaptive = bool(self.dp is not None and self.dp.adaptive)
+            adaptive = bool(isinstance(self.dp, CentralDP) and self.dp.adaptive)
             length = size + (2 if self.mode == "secagg" else int(adaptive))
             total, survivors, more = secure_round(self.members, self._terms, r, replies, length,
                                                   self.deadline)  # fmt: skip
@@ -341,14 +373,14 @@ class Federation:
                 mean = torch.from_numpy(total[:size] / len(survivors))
                 results = [FitRes(self._add(params, mean), len(survivors))]
                 self._adapt(total[size:], len(survivors))
-        elif self.mode == "dp":
+        elif self.mode in ("dp", "local-dp"):
             updates = [np.frombuffer(rep.update, dtype="<f4") for rep in replies.values()]
             moved += sum(len(rep.update) for rep in replies.values())
             results = []
             for u in updates:
                 delta = torch.from_numpy(u[:size].astype(np.float64))
                 results.append(FitRes(self._add(params, delta), 1))
-            if self.dp is not None and self.dp.adaptive:
+            if isinstance(self.dp, CentralDP) and self.dp.adaptive:
                 self._adapt(np.array([sum(float(u[size]) for u in updates)]), len(updates))
         else:
             results, losses = [], []
@@ -367,8 +399,8 @@ class Federation:
                 p.copy_(v)
         if self.dp is not None:
             row["epsilon"] = max((rep.epsilon for rep in replies.values()), default=0.0)
-            row["epsilon_accountant"] = zcdp_to_epsilon(r * round_release(self._terms).rho,
-                                                        self.dp.delta)  # fmt: skip
+        if isinstance(self.dp, CentralDP):
+            row["epsilon_accountant"] = self.dp.epsilon(r)
         row.update(self._evaluate_model(self.model))
         row["bytes"] = float(moved)
         row["seconds"] = time.perf_counter() - t0
@@ -385,7 +417,7 @@ class Federation:
 
     def _adapt(self, count: Any, members: int) -> None:
         """Adaptive clipping: move the clip towards the target quantile of update norms."""
-        if self.dp is None or not self.dp.adaptive or not len(count):
+        if not isinstance(self.dp, CentralDP) or not self.dp.adaptive or not len(count):
             return
         frac = float(count[0]) / max(members, 1)
         self._clip *= math.exp(-self.dp.clip_lr * (frac - self.dp.target_quantile))

@@ -61,8 +61,10 @@ class Enrol(msgspec.Struct, **_OPTS):  # type: ignore[call-arg]
     scientist's objects that are the plan's state (model, optimizer); ``rounds``: how many
     rounds the owner is asked to approve; ``mode``: how an update leaves the node:
     ``"secagg"`` (only in a secure aggregate of at least ``min_clients`` members),
-    ``"dp"`` (clipped and noised on the node), ``"secagg+dp"`` (both), ``"approval"``
-    (each round's update is a private object the owner approves a request for).
+    ``"dp"`` (clipped and noised on the node), ``"secagg+dp"`` (both), ``"local-dp"``
+    (the node trains the plan's model with DP-SGD itself: ``clip`` is the per-example
+    gradient norm, ``batch_size / examples`` the sampling rate, ``loss`` the loss), or
+    ``"approval"`` (each round's update is a private object the owner approves a request for).
     """
 
     federation: str
@@ -82,6 +84,8 @@ class Enrol(msgspec.Struct, **_OPTS):  # type: ignore[call-arg]
     adaptive: bool = False
     count_noise: float = 0.0
     examples: int = 0
+    batch_size: int = 0
+    loss: str = ""
 
 
 class EnrolInfo(msgspec.Struct, **_OPTS):  # type: ignore[call-arg]

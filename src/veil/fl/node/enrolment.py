@@ -28,7 +28,9 @@ from veil.serde.fl import Enrol, EnrolInfo
 __all__ = ["MODES", "describe", "enrol", "open_request", "plan_terms", "show_text"]
 
 #: How an update may leave a node.
-MODES = ("secagg", "dp", "secagg+dp", "approval")
+MODES = ("secagg", "dp", "secagg+dp", "local-dp", "approval")
+#: The losses a node's own DP-SGD loop may use (``"local-dp"``).
+LOSSES = ("cross_entropy", "mse")
 
 
 def _encode(msg: Enrol) -> dict[str, Any]:
@@ -101,6 +103,13 @@ def _check(state: FLState, session: Session, msg: Enrol) -> None:
             raise InvalidRequest("DP needs clip > 0, noise_multiplier > 0 and 0 < delta < 1")
         if msg.adaptive and msg.count_noise <= 0:
             raise InvalidRequest("adaptive clipping needs count_noise > 0")
+    if msg.mode == "local-dp":
+        if not 1 <= msg.batch_size <= msg.examples or msg.loss not in LOSSES:
+            raise InvalidRequest(
+                f"local DP needs 1 <= batch_size <= {msg.examples} and a loss in {list(LOSSES)}"
+            )
+        if sum(s.kind == "optimizer" for s in spec.state) != 1:
+            raise InvalidRequest("local DP trains with the plan's optimizer: the plan needs one")
 
 
 def enrol(state: FLState, session: Session, msg: Enrol) -> EnrolInfo:
@@ -148,6 +157,10 @@ def _text(state: FLState, t: Enrol) -> str:
         f"{t.min_clients} members carries noise multiplier {t.noise_multiplier:g} (delta "
         f"{t.delta:g}, charged to the scientist's budget), and only inside a secure "
         f"aggregate of at least {t.min_clients} members",
+        "local-dp": f"after this node trains the plan's model itself with DP-SGD (per-example "
+        f"gradients clipped to {t.clip:g}, noise multiplier {t.noise_multiplier:g}, batches "
+        f"sampled at rate {t.batch_size}/{t.examples}, loss {t.loss}); the epsilon of each "
+        f"round (delta {t.delta:g}) is charged to the scientist's budget",
         "approval": "as a private object each round, which leaves only if you approve a "
         "request for it",
     }[t.mode]

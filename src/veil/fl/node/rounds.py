@@ -22,12 +22,15 @@ aggregation ring rather than refused).
 from __future__ import annotations
 
 import math
+import secrets
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch.nn.utils import parameters_to_vector
 
+from veil.dp.accountants.rdp import RDPAccountant
 from veil.dp.calibration import zcdp_to_epsilon
 from veil.dp.ledger import Release
 from veil.errors import InvalidRequest
@@ -73,6 +76,12 @@ def round_release(t: Enrol) -> Release:
     return Release(zcdp_to_epsilon(rho, t.delta), t.delta, rho, "gaussian")
 
 
+def _noise() -> torch.Generator:
+    """A generator for DP noise seeded from the OS's CSPRNG (never torch's default seed,
+    which a scientist could know, and never a seed from the wire)."""
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
 def _clip(update: torch.Tensor, clip: float) -> tuple[torch.Tensor, float]:
     norm = float(update.norm())
     if not math.isfinite(norm):
@@ -93,8 +102,12 @@ def fit(state: FLState, session: Session, msg: FitRound) -> FitReply:
             f"rounds; the next is {done + 1}, not {msg.round}"
         )
     dp = "dp" in t.mode
+    epochs = node.capability_state("plans").program(t.plan).inputs[-1].shape[0]
     if dp:
-        node.capability_state("dp").check_budget(session.user_id, t.dataset, round_release(t))
+        node.capability_state("dp").check_budget(
+            session.user_id, t.dataset, _sgd_release(t, msg.round, epochs) if t.mode == "local-dp"
+            else round_release(t),
+        )  # fmt: skip
     recs = [node.record(session, oid) for oid in t.state]
     model = next(r.value for r in recs if isinstance(r.value, torch.nn.Module))
     params = [p for p in model.parameters()]
@@ -114,12 +127,18 @@ def fit(state: FLState, session: Session, msg: FitRound) -> FitReply:
             r.value.state.clear()  # each round starts its local optimizer afresh
     inputs = [node.record_by_id(node.asset_id(t.dataset, name)) for name in t.inputs]
     n = int(inputs[0].value.shape[0])
-    epochs = node.capability_state("plans").program(t.plan).inputs[-1].shape[0]
     gen = torch.Generator().manual_seed(int(msg.seed) & (2**63 - 1))
     order = torch.stack([torch.randperm(n, generator=gen) for _ in range(epochs)])
-    ctx = OpContext(node, session, [*inputs, *recs])
-    reply = run_plan(ctx, t.plan, [r.value for r in recs], [*(r.value for r in inputs), order])
-    loss = _take_loss(node, session, reply)
+    if t.mode == "local-dp":
+        release = _dp_sgd(node, t, msg.round, model, recs, inputs, epochs)
+        epsilon = node.capability_state("dp").charge(
+            session.user_id, t.dataset, release,
+            {"object_id": 0, "what": f"fl {t.federation} round {msg.round} (DP-SGD)"},
+        )  # fmt: skip
+    else:
+        ctx = OpContext(node, session, [*inputs, *recs])
+        reply = run_plan(ctx, t.plan, [r.value for r in recs], [*(r.value for r in inputs), order])
+        loss = _take_loss(node, session, reply)
     with torch.no_grad():
         update = (parameters_to_vector(params).detach().double() - start.double()).cpu()
     node.put_row(str(row.id), ROUNDS, {"done": msg.round})
@@ -129,16 +148,20 @@ def fit(state: FLState, session: Session, msg: FitRound) -> FitReply:
         rec = node.store_value(session, vec, private=True, sources=frozenset({t.dataset}),
                                label=f"fl.update:{row.id}:{msg.round}")  # fmt: skip
         return FitReply(examples=n, update_id=rec.id)
+    if t.mode == "local-dp":
+        data = update.float().numpy().astype("<f4").tobytes()
+        return FitReply(examples=n, update=data, epsilon=epsilon)
     epsilon = 0.0
     if dp:
         clip = msg.clip if (t.adaptive and msg.clip > 0) else t.clip
         clipped, under = _clip(update, clip)
         share = 1.0 if t.mode == "dp" else float(t.min_clients)
         sigma = t.noise_multiplier * clip / math.sqrt(share)
-        noisy = clipped + torch.randn(clipped.shape, dtype=torch.float64) * sigma
+        gen = _noise()
+        noisy = clipped + torch.randn(clipped.shape, dtype=torch.float64, generator=gen) * sigma
         parts = [noisy]
         if t.adaptive:
-            b = under + float(torch.randn(()) * t.count_noise / math.sqrt(share))
+            b = under + float(torch.randn((), generator=gen) * t.count_noise / math.sqrt(share))
             parts.append(torch.tensor([b], dtype=torch.float64))
         vec = torch.cat(parts)
         epsilon = node.capability_state("dp").charge(
@@ -172,3 +195,57 @@ def _take_loss(node: Any, session: Session, reply: Any) -> float:
     if not isinstance(value, torch.Tensor) or value.numel() != 1 or rec.error:  # type: ignore[union-attr]
         return float("nan")
     return float(value.detach().reshape(()))
+
+
+#: A zCDP parameter so large that the ledger's zCDP bound never wins: DP-SGD's rounds are
+#: composed by their (epsilon, delta) from the RDP accountant (basic composition).
+_NO_ZCDP = 1e12
+
+
+def _sgd_epsilon(t: Enrol, rounds: int, epochs: int) -> float:
+    if rounds <= 0:
+        return 0.0
+    acc = RDPAccountant()
+    acc.step(noise_multiplier=t.noise_multiplier, sample_rate=t.batch_size / t.examples,
+             steps=rounds * epochs * _steps_per_epoch(t))  # fmt: skip
+    return acc.get_epsilon(t.delta)
+
+
+def _steps_per_epoch(t: Enrol) -> int:
+    """Steps of a Poisson epoch (as :class:`veil.dp.sgd.engine.PoissonLoader` counts them)."""
+    return max(1, round(t.examples / t.batch_size))
+
+
+def _sgd_release(t: Enrol, server_round: int, epochs: int) -> Release:
+    """Round ``server_round``'s charge under local DP: the growth of the RDP accountant's ε
+    over the enrolment's DP-SGD steps so far; δ is charged once, with the first round, so
+    the ledger's sum after ``r`` rounds is the accountant's (ε_r, δ)."""
+    eps = _sgd_epsilon(t, server_round, epochs) - _sgd_epsilon(t, server_round - 1, epochs)
+    return Release(eps, t.delta if server_round == 1 else 0.0, _NO_ZCDP, "dp-sgd")
+
+
+def _dp_sgd(node: Any, t: Enrol, server_round: int, model: torch.nn.Module, recs: list[Any],
+            inputs: list[Any], epochs: int) -> Release:  # fmt: skip
+    """Train ``model`` on the dataset with veil.dp's DP-SGD (the node's own loop, not the
+    scientist's code); the per-example clip, noise and sampling rate are the enrolment's."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from veil.dp.sgd.engine import make_private
+
+    opt = next(r.value for r in recs if isinstance(r.value, torch.optim.Optimizer))
+    x, y = (r.value for r in inputs[:2])
+    loader = DataLoader(TensorDataset(x, y), batch_size=t.batch_size)
+    loss_fn = F.cross_entropy if t.loss == "cross_entropy" else F.mse_loss
+    private, popt, batches = make_private(module=model, optimizer=opt, data_loader=loader,
+                                          noise_multiplier=t.noise_multiplier,
+                                          max_grad_norm=t.clip)  # fmt: skip
+    try:
+        with torch.enable_grad():
+            for _ in range(epochs):  # a Poisson epoch: examples / batch_size steps
+                for xb, yb in batches:
+                    popt.zero_grad()
+                    loss_fn(private(xb), yb).backward()
+                    popt.step()
+    finally:
+        private.remove_hooks()
+    return _sgd_release(t, server_round, epochs)
