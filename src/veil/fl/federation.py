@@ -59,7 +59,7 @@ class CentralDP:
 
     Example:
         >>> CentralDP(noise_multiplier=1.0, clip=1.0).epsilon(rounds=10)  # doctest: +ELLIPSIS
-        17.5...
+        19.04...
     """
 
     noise_multiplier: float

@@ -248,4 +248,8 @@ def _dp_sgd(node: Any, t: Enrol, server_round: int, model: torch.nn.Module, recs
                     popt.step()
     finally:
         private.remove_hooks()
+        for p in model.parameters():  # per-example gradients never stay on the node's model
+            p.grad = None
+            if hasattr(p, "grad_sample"):
+                del p.grad_sample
     return _sgd_release(t, server_round, epochs)
