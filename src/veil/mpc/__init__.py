@@ -84,17 +84,24 @@ sys.modules[f"{__name__}.nn"] = nn
 def install() -> None:
     """Register the MPC node ops in the default allowlist and add the torch entry points
     ``Tensor.fix_precision``, ``Tensor.share``, ``PointerTensor.fix_precision``,
-    ``PointerTensor.share`` and ``Module.share`` (idempotent; run when ``veil.mpc`` is imported)."""
+    ``PointerTensor.share``, ``Module.share``, ``Module.fix_precision``,
+    ``Optimizer.fix_precision`` and ``PointerModule.share`` (idempotent; run when
+    ``veil.mpc`` is imported)."""
     import torch
 
+    from veil.mpc.tensors import modules
     from veil.mpc.tensors.fixed import install as install_entry_points
     from veil.mpc.tensors.nn import _module_share
+    from veil.pointers.module import PointerModule
 
     register()
     install_entry_points()
     current = getattr(torch.nn.Module, "share", None)
     if current is None or getattr(current, "_veil_lazy", False):  # veil's placeholder
         torch.nn.Module.share = _module_share  # type: ignore[attr-defined]
+    torch.nn.Module.fix_precision = modules.module_fix_precision  # type: ignore[attr-defined]
+    torch.optim.Optimizer.fix_precision = modules.optimizer_fix_precision  # type: ignore[attr-defined]
+    PointerModule.share = modules.pointer_module_share  # type: ignore[attr-defined]
 
 
 install()  # on import: the capability and the torch entry points
