@@ -252,8 +252,10 @@ def dropout(x: Any, p: float = 0.5, training: bool = True, inplace: bool = False
 
 @register(f"{F}mse_loss")
 def mse_loss(x: Any, target: Any, size_average: Any = None, reduce: Any = None,
-             reduction: str = "mean") -> AutogradTensor:  # fmt: skip
+             reduction: str = "mean", weight: Any = None) -> AutogradTensor:  # fmt: skip
     sq = square(sub(x, target))
+    if weight is not None:
+        sq = mul(sq, weight)
     if reduction == "none":
         return sq
     return mean(sq) if reduction == "mean" else dispatch_sum(sq)
