@@ -80,7 +80,9 @@ def test_part12_bis_train_then_count_correct_predictions() -> None:
     images = centers[labels] + 0.3 * torch.randn(12, 8)
 
     def secret_share(t: torch.Tensor) -> object:
-        return t.fix_precision().share(*workers, crypto_provider=crypto_provider, requires_grad=True)
+        return t.fix_precision().share(
+            *workers, crypto_provider=crypto_provider, requires_grad=True
+        )
 
     train = [(secret_share(images), secret_share(F.one_hot(labels, 3).float()))]
     test = [(secret_share(images), secret_share(labels.float()))]
@@ -95,7 +97,9 @@ def test_part12_bis_train_then_count_correct_predictions() -> None:
             x = x.view(-1, 8)
             return self.fc2(F.relu(self.fc1(x)))  # type: ignore[no-any-return]
 
-    model = Mlp().fix_precision().share(*workers, crypto_provider=crypto_provider, requires_grad=True)
+    model = (
+        Mlp().fix_precision().share(*workers, crypto_provider=crypto_provider, requires_grad=True)
+    )
     optimizer = optim.SGD(model.parameters(), lr=0.05)
     optimizer = optimizer.fix_precision()
     first = last = None

@@ -12,4 +12,8 @@ from veil.mpc.tensors.shared import SharedTensor
 
 __all__ = [
     "AuthenticatedTensor",
-    "AutogradTensor", "FixedPrecisionPointer", "FixedPrecisionTensor", "SharedTensor"]
+    "AutogradTensor",
+    "FixedPrecisionPointer",
+    "FixedPrecisionTensor",
+    "SharedTensor",
+]

@@ -122,7 +122,7 @@ class AutogradTensor(torch.Tensor):
         return dispatch(func, args, kwargs or {})
 
     @classmethod
-    def __torch_dispatch__(cls, func: Any, types: Any, args: Sequence[Any] = (),
+    def __torch_dispatch__(cls, func: Any, types: Any, args: Sequence[Any] = (),  # type: ignore[override]
                            kwargs: dict[str, Any] | None = None) -> Any:  # fmt: skip
         raise UnsupportedError(f"{func} is not supported on shared tensors")
 
@@ -149,8 +149,8 @@ class AutogradTensor(torch.Tensor):
     def grad(self, value: Any) -> None:
         self._vgrad = None if value is None else unwrap(value)
 
-    @property  # type: ignore[override]
-    def grad_fn(self) -> Node | None:
+    @property
+    def grad_fn(self) -> Node | None:  # type: ignore[override]
         return self._node
 
     def backward(self, gradient: Any = None, retain_graph: bool | None = None,  # type: ignore[override]
@@ -158,7 +158,9 @@ class AutogradTensor(torch.Tensor):
         """Back-propagate from this tensor (a scalar, or pass ``gradient``): every leaf
         that requires a gradient gets it added to its ``.grad``."""
         if not self._wants:
-            raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
+            raise RuntimeError(
+                "element 0 of tensors does not require grad and does not have a grad_fn"
+            )
         if gradient is None:
             if self.secret.numel() != 1:
                 raise RuntimeError("grad can be implicitly created only for scalar outputs")
@@ -263,7 +265,9 @@ def dispatch_name(name: str, *args: Any, **kwargs: Any) -> Any:
     return HANDLERS[name](*args, **kwargs)
 
 
-def record(out: Any, name: str, inputs: Sequence[Any], rule: Callable[..., Sequence[Any]]) -> AutogradTensor:
+def record(
+    out: Any, name: str, inputs: Sequence[Any], rule: Callable[..., Sequence[Any]]
+) -> AutogradTensor:
     """Wrap the secret ``out`` computed from ``inputs``; when grad mode is on and an input
     requires a gradient, record ``rule(grad, needs)`` (``needs[i]``: whether input ``i``
     wants its gradient) on the tape."""

@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -19,9 +19,6 @@ from veil.mpc.providers.base import CryptoProvider
 from veil.mpc.ring import FixedPoint
 from veil.node.worker import Worker
 from veil.pointers import PointerTensor
-
-if TYPE_CHECKING:
-    from veil.mpc.tensors.shared import SharedTensor
 
 #: The shared tensor class of each security mode (filled by the modules that define them).
 _TYPES: dict[str, Any] = {}
@@ -144,7 +141,10 @@ def _tensor_share(self: torch.Tensor, *parties: Worker, crypto_provider: Worker 
     """Secret-share among ``parties``: ``x.share(alice, bob, crypto_provider=carol)``."""
     bits = session.encoding.frac_bits if session is not None else 16
     return _tensor_fix_precision(self, bits).share(
-        *parties, crypto_provider=crypto_provider, security=security, session=session,
+        *parties,
+        crypto_provider=crypto_provider,
+        security=security,
+        session=session,
         requires_grad=requires_grad,
     )
 
@@ -162,7 +162,10 @@ def _pointer_share(self: PointerTensor, *parties: Worker, crypto_provider: Worke
     """Share data on a node without fetching it: ``ptr.share(alice, bob, crypto_provider=carol)``."""
     bits = session.encoding.frac_bits if session is not None else 16
     return _pointer_fix_precision(self, bits).share(
-        *parties, crypto_provider=crypto_provider, security=security, session=session,
+        *parties,
+        crypto_provider=crypto_provider,
+        security=security,
+        session=session,
         requires_grad=requires_grad,
     )
 

@@ -266,7 +266,9 @@ def sqrt(a: Any) -> AutogradTensor:
 
 
 @register(f"{TORCH}softmax", f"{T}softmax", "torch.nn.functional.softmax")
-def softmax(a: Any, dim: int | None = None, _stacklevel: int = 3, dtype: Any = None) -> AutogradTensor:
+def softmax(
+    a: Any, dim: int | None = None, _stacklevel: int = 3, dtype: Any = None
+) -> AutogradTensor:
     x = unwrap(a)
     d = -1 if dim is None else dim
     s = x.softmax(d)
@@ -296,7 +298,9 @@ for _name, _fn in {
     "ge": lambda x, y: x >= y, "le": lambda x, y: x <= y,
 }.items():  # fmt: skip
     register(f"{TORCH}{_name}", f"{T}{_name}", f"{T}__{_name}__")(_constant(_fn))
-register(f"{TORCH}argmax", f"{T}argmax")(_constant(lambda x, dim=None, keepdim=False: x.argmax(dim, keepdim)))
+register(f"{TORCH}argmax", f"{T}argmax")(
+    _constant(lambda x, dim=None, keepdim=False: x.argmax(dim, keepdim))
+)
 
 
 @register(f"{TORCH}max", f"{T}max")

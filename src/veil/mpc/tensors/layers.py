@@ -59,9 +59,7 @@ register(f"{T}flatten", "torch.flatten")(
 unsqueeze = register(f"{T}unsqueeze", "torch.unsqueeze")(
     _same_shape("Unsqueeze", lambda x, d: x.unsqueeze(d))
 )
-register(f"{T}squeeze", "torch.squeeze")(
-    _same_shape("Squeeze", lambda x, dim=None: x.squeeze(dim))
-)
+register(f"{T}squeeze", "torch.squeeze")(_same_shape("Squeeze", lambda x, dim=None: x.squeeze(dim)))
 
 
 @register(f"{T}transpose", "torch.transpose")
@@ -184,7 +182,11 @@ def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any 
     res = record(out, "Conv2d", [x, weight], rule)
     if bias is None:
         return res
-    b = bias.reshape(1, -1, 1, 1) if isinstance(bias, AutogradTensor) else unwrap(bias).reshape(1, -1, 1, 1)
+    b = (
+        bias.reshape(1, -1, 1, 1)
+        if isinstance(bias, AutogradTensor)
+        else unwrap(bias).reshape(1, -1, 1, 1)
+    )
     return add(res, b)
 
 
@@ -322,4 +324,3 @@ def refresh(a: Any) -> AutogradTensor:
     x = unwrap(a)
     zero = type(x).from_encoded(x.session, torch.zeros(x.shape, dtype=torch.int64), x.encoding)
     return record(x + zero, "Refresh", [a], lambda g, n: (g,))
-

@@ -69,7 +69,7 @@ class SharedModule(nn.Module):
         for p in self._shared_tensors():
             memo[id(p)] = nn.Parameter(p.reconstruct(), requires_grad=p.requires_grad)
         out = copy.deepcopy(self, memo)
-        out.__class__ = plain
+        out.__class__ = plain  # type: ignore[assignment]
         return FixedPrecisionModule(out, self.encoding_())
 
     def encoding_(self) -> FixedPoint:
@@ -77,7 +77,8 @@ class SharedModule(nn.Module):
         return first.encoding if first is not None else FixedPoint(16)
 
     def _plain_class(self) -> type[nn.Module]:
-        return next(c for c in type(self).__mro__[1:] if not issubclass(c, SharedModule))
+        cls = next(c for c in type(self).__mro__[1:] if not issubclass(c, SharedModule))
+        return cls  # type: ignore[return-value]
 
     def _shared_tensors(self) -> list[AutogradTensor]:
         seen: dict[int, AutogradTensor] = {}
@@ -93,7 +94,9 @@ _CLASSES: dict[type, type] = {}
 
 def _shared_class(cls: type[nn.Module]) -> type[nn.Module]:
     if cls not in _CLASSES:
-        _CLASSES[cls] = type(f"Shared{cls.__name__}", (SharedModule, cls), {"__module__": cls.__module__})
+        _CLASSES[cls] = type(
+            f"Shared{cls.__name__}", (SharedModule, cls), {"__module__": cls.__module__}
+        )
     return _CLASSES[cls]
 
 
@@ -178,7 +181,11 @@ def share_module(model: nn.Module, parties: Sequence[Worker],
             if buf is None or id(buf) in memo:
                 continue
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and name.startswith("running_"):
-                public = torch.zeros_like(buf) if name == "running_mean" else torch.ones_like(buf) - m.eps
+                public = (
+                    torch.zeros_like(buf)
+                    if name == "running_mean"
+                    else torch.ones_like(buf) - m.eps
+                )
                 memo[id(buf)] = public
             elif buf.is_floating_point():
                 memo[id(buf)] = share(buf, False)

@@ -137,7 +137,9 @@ class DerivedOps:
             return hot
         at = [1] * x.dim()
         at[d] = x.shape[d]
-        return (hot * torch.arange(x.shape[d]).reshape(at)).sum(d, keepdim=keepdim and dim is not None)
+        return (hot * torch.arange(x.shape[d]).reshape(at)).sum(
+            d, keepdim=keepdim and dim is not None
+        )
 
     def max_pool2d(self: Any, kernel_size: int, stride: int | None = None) -> Any:
         from veil.mpc.protocols.reduce import max_pool2d
