@@ -25,14 +25,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.overrides import resolve_name
 
 from veil.errors import UnsupportedError
-from veil.mpc.tensors.fixed import FixedPrecisionTensor
 from veil.mpc.tensors.surface import DerivedOps
+
+if TYPE_CHECKING:
+    from veil.mpc.tensors.fixed import FixedPrecisionTensor
 
 #: A gradient rule: the output's gradient -> one gradient (or None) per recorded input.
 Backward = Callable[[Any], Sequence[Any]]
