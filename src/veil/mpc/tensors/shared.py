@@ -329,6 +329,10 @@ class SharedTensor(DerivedOps):
     def expand(self, *shape: Any) -> SharedTensor:
         return self._map(lambda s: s.expand(*shape).contiguous())
 
+    def flip(self, *dims: Any) -> SharedTensor:
+        """Reverse the order along ``dims`` (free: each party flips its share)."""
+        return self._map(lambda s: s.flip(*dims))
+
     def unfold(self, dim: int, size: int, step: int) -> SharedTensor:
         """Sliding windows along ``dim`` (``torch.Tensor.unfold``), e.g. for pooling."""
         return self._map(lambda s: s.unfold(dim, size, step))
