@@ -45,6 +45,8 @@ CASES = {
     "div-public": (lambda x, y: (x / 4 + y).sum(), [(2, 2), (2, 2)], 1e-3),
     "matmul": (lambda x, y: (x @ y).sum(), [(3, 4), (4, 2)], 1e-3),
     "matmul-vector": (lambda x, y: (x @ y).sum(), [(4,), (4, 2)], 1e-3),
+    "matmul-dot": (lambda x, y: (x @ y) * 2, [(4,), (4,)], 1e-3),
+    "matmul-batched": (lambda x, y: (x @ y).sum(), [(2, 3, 4), (4, 2)], 1e-3),
     "linear": (lambda x, w: F.linear(x, w).relu().sum(), [(3, 4), (2, 4)], 1e-3),
     "pow-mean": (lambda x, y: ((x - y) ** 3).mean(), [(2, 3), (2, 3)], 2e-3),
     "sum-dim": (lambda x, y: ((x * y).sum(1) ** 2).sum(), [(2, 3), (2, 3)], 2e-3),
@@ -248,3 +250,15 @@ def test_three_steps_of_a_small_cnn_match_plaintext(two: Parties) -> None:
         popt.step()
     for p, q in zip(model.parameters(), plain.parameters(), strict=True):
         assert (p.reconstruct() - q.detach()).abs().max() < 2e-3
+
+
+def test_a_bare_shared_tensor_on_the_left_leaves_the_op_to_the_tape(two: Parties) -> None:
+    w = shared(two, torch.tensor([2.0, -1.0]))
+    y = two.share(torch.tensor([1.0, 3.0]))
+    out = ((y - w) * (y * w) + y @ w + y / w.relu().sum()).sum()
+    assert isinstance(out, AutogradTensor) and out.requires_grad
+    out.backward()
+    wp = torch.tensor([2.0, -1.0], requires_grad=True)
+    yp = torch.tensor([1.0, 3.0])
+    ((yp - wp) * (yp * wp) + yp @ wp + yp / wp.relu().sum()).sum().backward()
+    assert torch.allclose(w.grad.reconstruct(), wp.grad, atol=2e-2)  # type: ignore[arg-type]

@@ -319,3 +319,4 @@ def _torch_function_of_secrets(func: Any, types: Any, args: Sequence[Any] = (),
 
 
 DerivedOps._torch_function = staticmethod(_torch_function_of_secrets)
+DerivedOps._defer_to = (AutogradTensor,)

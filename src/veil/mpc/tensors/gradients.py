@@ -134,8 +134,8 @@ def matmul(a: Any, b: Any) -> AutogradTensor:
     def rule(g: Any, n: Sequence[bool]) -> tuple[Any, Any]:
         xa = x.unsqueeze(0) if x1 else x
         yb = y.unsqueeze(-1) if y1 else y
-        gg = g.unsqueeze(-2) if x1 else g
-        gg = gg.unsqueeze(-1) if y1 else gg
+        xs_, ys_ = tuple(xa.shape), tuple(yb.shape)
+        gg = g.reshape(*torch.broadcast_shapes(xs_[:-2], ys_[:-2]), xs_[-2], ys_[-1])
         ga = gb = None
         if n[0]:
             ga = _mm(gg, yb.transpose(-1, -2))

@@ -13,8 +13,26 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar, cast
+
+Op = TypeVar("Op", bound=Callable[..., Any])
+
+
+def defers(op: Op) -> Op:
+    """Make a binary operator answer ``NotImplemented`` when the other operand is an
+    autograd wrapper of a shared tensor, so that Python runs the wrapper's reflected
+    operator (which records the op on the tape) instead of treating it as a public value."""
+
+    @functools.wraps(op)
+    def run(self: Any, other: Any) -> Any:
+        if DerivedOps._defer_to and isinstance(other, DerivedOps._defer_to):
+            return NotImplemented
+        return op(self, other)
+
+    return cast(Op, run)
 
 
 class DerivedOps:
@@ -27,6 +45,8 @@ class DerivedOps:
     #: How torch functions (``F.relu(x)``, ``torch.cat``...) run on shared tensors: set by
     #: :mod:`veil.mpc.tensors.autograd`, which implements them.
     _torch_function: ClassVar[Any] = None
+    #: Types a binary operator leaves to (see :func:`defers`): set by the same module.
+    _defer_to: ClassVar[tuple[type, ...]] = ()
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
