@@ -93,6 +93,9 @@ def test_a_model_on_a_node_is_shared_by_that_node(two: Parties) -> None:
     assert (shared(two.share(x)).reconstruct() - net(x)).abs().max() < 1e-3
     # the weights were split on the owner's node: nothing but shares reached the driver
     assert all(isinstance(p, AutogradTensor) for p in shared.parameters())
+    rebuilt = nn.Sequential(nn.Linear(2, 1)).send(owner)  # type: ignore[operator]
+    with pytest.raises(UnsupportedError, match="mode='params'"):
+        rebuilt.share(*two.parties, crypto_provider=two.provider)
 
 
 def test_copy_refresh_get_and_the_optimizer_spelling(two: Parties) -> None:
