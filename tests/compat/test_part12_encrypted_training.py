@@ -2,8 +2,9 @@
 (encrypted training and evaluation, MNIST-style) with only the import changed.
 
 Measured against the same training in plaintext torch (16 fractional bits): Part 12's
-losses match to about 1e-4 per step and the weights after 20 steps to about 4e-3 (the
-largest gap, a bias behind a ReLU whose input passes near zero); bounds asserted: 1e-2.
+losses match to about 1e-4 per step and the weights after 20 steps to about 4e-5; bounds
+asserted: 2e-3 (losses) and 1e-3 (weights). The tutorial's data puts a ReLU input at
+exactly 0 (input [0, 0], bias 0): the shared ReLU's derivative there is 0, as torch's.
 """
 
 from __future__ import annotations
@@ -64,9 +65,9 @@ def test_part12_training_matches_plaintext_training() -> None:
         plain_losses.append(plain_loss.item())
 
     assert losses[-1] < losses[0] / 10  # the loss indeed decreased
-    assert max(abs(a - b) for a, b in zip(losses, plain_losses, strict=True)) < 1e-2
+    assert max(abs(a - b) for a, b in zip(losses, plain_losses, strict=True)) < 2e-3
     for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
-        assert (p.get().float_precision() - q.detach()).abs().max() < 1e-2, name
+        assert (p.get().float_precision() - q.detach()).abs().max() < 1e-3, name
     assert model.fc2.bias.shape == (1,)
 
 

@@ -225,7 +225,7 @@ def mean(a: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -
 @register(f"{TORCH}relu", f"{T}relu", "torch.nn.functional.relu")
 def relu(a: Any, inplace: bool = False) -> AutogradTensor:
     x = unwrap(a)
-    keep = 1 - x._sign()
+    keep = (-x)._sign()  # 1 where x > 0: the derivative at 0 is 0, as in torch
     return record(x * keep, "Relu", [a], lambda g, n: (g * keep,))
 
 
