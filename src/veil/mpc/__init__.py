@@ -30,15 +30,19 @@ from veil.mpc.ring import FixedPoint
 from veil.mpc.stats import reset_stats, stats
 from veil.mpc.tensors import nn
 from veil.mpc.tensors.aggregate import secure_sum
+from veil.mpc.tensors.autograd import AutogradTensor
 from veil.mpc.tensors.fixed import FixedPrecisionPointer, FixedPrecisionTensor
+from veil.mpc.tensors.modules import FixedPrecisionModule, share_module
 from veil.mpc.tensors.nn import encrypt_model
 from veil.mpc.tensors.shared import SharedTensor
 
 __all__ = [
+    "AutogradTensor",
     "CryptoProvider",
     "Dealer",
     "DealerFree",
     "FixedPoint",
+    "FixedPrecisionModule",
     "FixedPrecisionPointer",
     "FixedPrecisionTensor",
     "MPCSession",
@@ -51,6 +55,7 @@ __all__ = [
     "nn",
     "reset_stats",
     "secure_sum",
+    "share_module",
     "stats",
 ]
 

@@ -56,11 +56,15 @@ PASSTHROUGH = frozenset(
 
 def register(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Make the decorated function the implementation of the torch functions ``names``
-    (refusing a name registered twice).
+    (as ``torch.overrides.resolve_name`` spells them), refusing a name registered twice.
 
     Example:
-        >>> "torch.Tensor.__add__" in HANDLERS or True
-        True
+        >>> sorted(n for n in HANDLERS if n.endswith(".relu"))
+        ['torch.Tensor.relu', 'torch.nn.functional.relu', 'torch.relu']
+        >>> register("torch.relu")(lambda x: x)
+        Traceback (most recent call last):
+        ...
+        ValueError: torch.relu has an implementation on shared tensors already
     """
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -73,27 +77,47 @@ def register(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return deco
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, repr=False, slots=True)
 class Node:
-    """One recorded op: its name, the inputs whose gradient is wanted (None for the others)
-    and the rule mapping the output's gradient to theirs."""
+    """One recorded op (a tensor's ``grad_fn``): its name, the inputs whose gradient is
+    wanted (None for the others) and the rule mapping the output's gradient to theirs.
+
+    Example:
+        >>> Node("Mul", (None, None), lambda g: (None, None))
+        <MulBackward>
+    """
 
     name: str
     inputs: tuple[AutogradTensor | None, ...]
     rule: Backward
 
-    def name_(self) -> str:
+    def __repr__(self) -> str:
         return f"<{self.name}Backward>"
 
 
 def is_secret(x: Any) -> bool:
-    """Whether ``x`` is a bare secret (a shared tensor without the autograd wrapper)."""
+    """Whether ``x`` is a bare secret (a shared tensor without the autograd wrapper).
+
+    Example:
+        >>> is_secret(torch.ones(1))
+        False
+    """
     return isinstance(x, DerivedOps)
 
 
 class AutogradTensor(torch.Tensor):
     """A secret with a tape: torch calls on it run on the shares and, when
     ``requires_grad``, record how to send gradients back (see the module docstring).
+
+    Example:
+        >>> import veil
+        >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+        >>> x = AutogradTensor(torch.tensor([2.0]).share(a, b, crypto_provider=c), requires_grad=True)
+        >>> y = x * x
+        >>> y
+        AutogradTensor(SharedTensor(shape=1, parties=['a', 'b'], provider='c', frac_bits=16, security='semi-honest'), requires_grad=True, grad_fn=<MulBackward>)
+        >>> y.sum().backward(); x.grad.reconstruct()
+        tensor([4.])
 
     Attributes:
         secret: the shared value (its shares, session and fixed-point encoding).
@@ -192,7 +216,7 @@ class AutogradTensor(torch.Tensor):
     def refresh(self) -> AutogradTensor:
         """The same value under fresh shares: a new random sharing of zero is added (one
         message per party; the driver learns nothing new, the shares change)."""
-        return dispatch_name("refresh", self)
+        return HANDLERS["refresh"](self)  # type: ignore[no-any-return]
 
     @property
     def session(self) -> Any:
@@ -205,7 +229,7 @@ class AutogradTensor(torch.Tensor):
     def __repr__(self, *, tensor_contents: Any = None) -> str:  # type: ignore[override]
         inner = repr(self.secret)
         grad = ", requires_grad=True" if self._wants else ""
-        fn = f", grad_fn={self._node.name_()}" if self._node is not None else ""
+        fn = f", grad_fn={self._node!r}" if self._node is not None else ""
         return f"AutogradTensor({inner}{grad}{fn})"
 
     __str__ = __repr__
@@ -218,13 +242,13 @@ class AutogradTensor(torch.Tensor):
 
 
 def unwrap(x: Any) -> Any:
-    """The secret inside an AutogradTensor, or ``x`` itself."""
+    """The secret inside an AutogradTensor, or ``x`` itself.
+
+    Example:
+        >>> unwrap(3.0)
+        3.0
+    """
     return x.secret if isinstance(x, AutogradTensor) else x
-
-
-def lift(x: Any) -> Any:
-    """An AutogradTensor for a secret or AutogradTensor; public values as they are."""
-    return AutogradTensor(x) if is_secret(x) else x
 
 
 def _flat(args: Any) -> list[Any]:
@@ -244,6 +268,17 @@ def dispatch(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
 
     Raises:
         UnsupportedError: naming the op, when it has no implementation on shares.
+
+    Example:
+        >>> import veil
+        >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+        >>> x = torch.tensor([-1.0, 2.0]).share(a, b, crypto_provider=c)
+        >>> dispatch(torch.relu, (x,), {}).reconstruct()
+        tensor([0., 2.])
+        >>> dispatch(torch.erf, (x,), {})
+        Traceback (most recent call last):
+        ...
+        veil.errors.UnsupportedError: torch.erf is not supported on shared tensors ...
     """
     name = resolve_name(func) or getattr(func, "__name__", repr(func))
     if name in PASSTHROUGH:
@@ -262,17 +297,21 @@ def dispatch(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     return tuple(unwrap(o) for o in out) if isinstance(out, tuple) else unwrap(out)
 
 
-def dispatch_name(name: str, *args: Any, **kwargs: Any) -> Any:
-    """Run the registered implementation ``name`` (no torch function needed)."""
-    return HANDLERS[name](*args, **kwargs)
-
-
 def record(
     out: Any, name: str, inputs: Sequence[Any], rule: Callable[..., Sequence[Any]]
 ) -> AutogradTensor:
     """Wrap the secret ``out`` computed from ``inputs``; when grad mode is on and an input
     requires a gradient, record ``rule(grad, needs)`` (``needs[i]``: whether input ``i``
-    wants its gradient) on the tape."""
+    wants its gradient) on the tape.
+
+    Example:
+        >>> import veil
+        >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+        >>> x = torch.tensor([1.0]).share(a, b, crypto_provider=c, requires_grad=True)
+        >>> y = record(x.secret * 3, "Triple", [x], lambda g, needs: (g * 3,))
+        >>> y.grad_fn, y.requires_grad
+        (<TripleBackward>, True)
+    """
     needs = tuple(isinstance(i, AutogradTensor) and i._wants for i in inputs)
     if not (any(needs) and torch.is_grad_enabled()):
         return AutogradTensor(out)
@@ -283,7 +322,17 @@ def record(
 
 def run_backward(root: AutogradTensor, seed: Any) -> None:
     """Visit the tape from ``root`` in reverse topological order, summing each tensor's
-    gradient from its uses before passing it on; leaves add theirs to ``.grad``."""
+    gradient from its uses before passing it on; leaves add theirs to ``.grad``.
+
+    Example:
+        >>> import veil
+        >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+        >>> x = torch.tensor([1.0, 2.0]).share(a, b, crypto_provider=c, requires_grad=True)
+        >>> y = x + x
+        >>> run_backward(y, x.secret * 0 + 1)
+        >>> x.grad.reconstruct()
+        tensor([2., 2.])
+    """
     order: list[AutogradTensor] = []
     seen: set[int] = set()
     stack: list[tuple[AutogradTensor, bool]] = [(root, False)]

@@ -47,7 +47,17 @@ from veil.node.worker import Worker
 
 class SharedModule(nn.Module):
     """Mixed into the class of a shared copy of a model (``SharedNet`` for ``Net``): the
-    model's own methods and layers, with shared parameters, plus the veil surface."""
+    model's own methods and layers, with shared parameters, plus the veil surface.
+
+    Example:
+        >>> import torch, veil
+        >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+        >>> shared = torch.nn.Linear(2, 1).fix_precision().share(a, b, crypto_provider=c)
+        >>> isinstance(shared, SharedModule), isinstance(shared, torch.nn.Linear)
+        (True, True)
+        >>> type(shared.copy().get().float_precision()).__name__
+        'Linear'
+    """
 
     def copy(self) -> SharedModule:
         """Another shared model over the same shares (shares are never changed in place:
@@ -70,9 +80,9 @@ class SharedModule(nn.Module):
             memo[id(p)] = nn.Parameter(p.reconstruct(), requires_grad=p.requires_grad)
         out = copy.deepcopy(self, memo)
         out.__class__ = plain  # type: ignore[assignment]
-        return FixedPrecisionModule(out, self.encoding_())
+        return FixedPrecisionModule(out, self._encoding())
 
-    def encoding_(self) -> FixedPoint:
+    def _encoding(self) -> FixedPoint:
         first = next(iter(self._shared_tensors()), None)
         return first.encoding if first is not None else FixedPoint(16)
 
@@ -195,14 +205,27 @@ def share_module(model: nn.Module, parties: Sequence[Worker],
 
 
 def module_fix_precision(self: nn.Module, frac_bits: int = 16) -> FixedPrecisionModule:
-    """``model.fix_precision()``: the model ready to be shared (``.share(...)``)."""
+    """``model.fix_precision()``: the model ready to be shared (``.share(...)``).
+
+    Example:
+        >>> module_fix_precision(nn.Linear(1, 1), 12).encoding
+        FixedPoint(frac_bits=12)
+    """
     return FixedPrecisionModule(self, FixedPoint(frac_bits))
 
 
 def optimizer_fix_precision(self: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """``optimizer.fix_precision()``: PySyft's spelling, kept. Veil encodes public
     hyperparameters (the learning rate) when they meet shares, so the optimizer itself
-    is returned once every parameter is checked to be shared."""
+    is returned once every parameter is checked to be shared.
+
+    Example:
+        >>> opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+        >>> optimizer_fix_precision(opt)
+        Traceback (most recent call last):
+        ...
+        veil.errors.UnsupportedError: 2 parameters of this optimizer are plain tensors: ...
+    """
     plain = [p for g in self.param_groups for p in g["params"] if not isinstance(p, AutogradTensor)]
     if plain:
         raise UnsupportedError(
@@ -218,7 +241,17 @@ def pointer_module_share(self: Any, *parties: Worker, crypto_provider: Worker | 
     """Share a model that lives on a node: the node holding it splits each weight among the
     parties (it must be one of them) and the driver gets the shared model without ever
     seeing a weight. Works for models sent in ``"params"`` form (a model with its own
-    ``forward``)."""
+    ``forward``, or ``mode="params"``).
+
+    Example:
+        >>> import veil
+        >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Linear(2, 1)
+        >>> shared = model.send(b, mode="params").share(a, b, crypto_provider=c)
+        >>> bool(torch.allclose(shared.weight.reconstruct(), model.weight, atol=1e-4))
+        True
+    """
     shell = getattr(self, "_shell", None)
     if shell is None:
         raise UnsupportedError(
