@@ -100,6 +100,8 @@ else:
             (PointerTensor, "share", "veil.mpc"),
             (PointerTensor, "fix_precision", "veil.mpc"),
             (torch.nn.Module, "share", "veil.mpc"),
+            (torch.nn.Module, "fix_precision", "veil.mpc"),
+            (torch.optim.Optimizer, "fix_precision", "veil.mpc"),
             (torch.Tensor, "encrypt", "veil.he"),
         ):
             _lazy_entry_point(owner, attr, module)

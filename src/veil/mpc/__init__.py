@@ -31,16 +31,20 @@ from veil.mpc.ring import FixedPoint
 from veil.mpc.stats import reset_stats, stats
 from veil.mpc.tensors import nn
 from veil.mpc.tensors.aggregate import secure_sum
+from veil.mpc.tensors.autograd import AutogradTensor
 from veil.mpc.tensors.fixed import FixedPrecisionPointer, FixedPrecisionTensor
+from veil.mpc.tensors.modules import FixedPrecisionModule, share_module
 from veil.mpc.tensors.nn import encrypt_model
 from veil.mpc.tensors.shared import SharedTensor
 
 __all__ = [
+    "AutogradTensor",
     "CryptoProvider",
     "Dealer",
     "DealerFree",
     "EncryptedLinearRegression",
     "FixedPoint",
+    "FixedPrecisionModule",
     "FixedPrecisionPointer",
     "FixedPrecisionTensor",
     "MPCSession",
@@ -53,6 +57,7 @@ __all__ = [
     "nn",
     "reset_stats",
     "secure_sum",
+    "share_module",
     "stats",
 ]
 
@@ -86,17 +91,24 @@ sys.modules[f"{__name__}.nn"] = nn
 def install() -> None:
     """Register the MPC node ops in the default allowlist and add the torch entry points
     ``Tensor.fix_precision``, ``Tensor.share``, ``PointerTensor.fix_precision``,
-    ``PointerTensor.share`` and ``Module.share`` (idempotent; run when ``veil.mpc`` is imported)."""
+    ``PointerTensor.share``, ``Module.share``, ``Module.fix_precision``,
+    ``Optimizer.fix_precision`` and ``PointerModule.share`` (idempotent; run when
+    ``veil.mpc`` is imported)."""
     import torch
 
+    from veil.mpc.tensors import modules
     from veil.mpc.tensors.fixed import install as install_entry_points
     from veil.mpc.tensors.nn import _module_share
+    from veil.pointers.module import PointerModule
 
     register()
     install_entry_points()
     current = getattr(torch.nn.Module, "share", None)
     if current is None or getattr(current, "_veil_lazy", False):  # veil's placeholder
         torch.nn.Module.share = _module_share  # type: ignore[attr-defined]
+    torch.nn.Module.fix_precision = modules.module_fix_precision  # type: ignore[attr-defined]
+    torch.optim.Optimizer.fix_precision = modules.optimizer_fix_precision  # type: ignore[attr-defined]
+    PointerModule.share = modules.pointer_module_share  # type: ignore[attr-defined]
 
 
 install()  # on import: the capability and the torch entry points

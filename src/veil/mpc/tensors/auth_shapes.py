@@ -46,6 +46,10 @@ class AuthenticatedShapes(DerivedOps):
         idx = idx if isinstance(idx, tuple) else (idx,)
         return self._map(lambda s: s[(slice(None), *idx)].contiguous())
 
+    def flip(self: Any, *dims: Any) -> Any:
+        """Reverse the order along ``dims`` (each party flips its value and MAC words)."""
+        return self._map(lambda s: s.flip(*[self._sd(d) for d in dims]))
+
     def _sd(self: Any, dim: int) -> int:
         return dim % max(self.dim(), 1) + 1
 

@@ -38,6 +38,7 @@ from veil.mpc.providers.remote import pointer
 from veil.mpc.ring import FixedPoint, prg, r128
 from veil.mpc.tensors.auth_shapes import AuthenticatedShapes
 from veil.mpc.tensors.fixed import FixedPrecisionTensor, register_tensor_type
+from veil.mpc.tensors.surface import defers
 
 Shares = list[Any]
 
@@ -112,6 +113,7 @@ class AuthenticatedTensor(AuthenticatedShapes):
         enc = self.encoding.encode(t)
         return r128.from64(enc.expand(self.shape).contiguous() if enc.dim() <= self.dim() else enc)
 
+    @defers
     def __add__(self, other: Any) -> AuthenticatedTensor:
         shape = self._broadcast_shape(other)
         if shape != self.shape:  # expand explicitly: shares carry a leading (4,) dimension
@@ -139,9 +141,11 @@ class AuthenticatedTensor(AuthenticatedShapes):
     def __neg__(self) -> AuthenticatedTensor:
         return self._new(_run(self.session, "mpc.a128.neg", self.shares))
 
+    @defers
     def __sub__(self, other: Any) -> AuthenticatedTensor:
         return self + (-other)
 
+    @defers
     def __rsub__(self, other: Any) -> AuthenticatedTensor:
         return (-self) + other
 
@@ -170,6 +174,7 @@ class AuthenticatedTensor(AuthenticatedShapes):
         out = self._new(res[0], enc)
         return out._new(out._trunc(res[0], f), enc)
 
+    @defers
     def __mul__(self, other: Any) -> AuthenticatedTensor:
         if isinstance(other, AuthenticatedTensor):
             return self._product(other, "mul")
@@ -187,6 +192,7 @@ class AuthenticatedTensor(AuthenticatedShapes):
 
     __rmul__ = __mul__
 
+    @defers
     def __matmul__(self, other: Any) -> AuthenticatedTensor:
         if not isinstance(other, AuthenticatedTensor):
             return self._product_public(other, "matmul", left=False)
@@ -304,6 +310,7 @@ class AuthenticatedTensor(AuthenticatedShapes):
         res = self._new(out)
         return res._new(res._trunc(out, self.encoding.frac_bits))
 
+    @defers
     def __rmatmul__(self, other: Any) -> AuthenticatedTensor:
         return self._product_public(other, "matmul", left=True)
 
@@ -362,6 +369,7 @@ class AuthenticatedTensor(AuthenticatedShapes):
         """``x * x`` (an authenticated Beaver product of x with itself)."""
         return self._product(self, "mul")
 
+    @defers
     def __truediv__(self, other: Any) -> AuthenticatedTensor:
         """Division by a public value (a product with its fixed-point reciprocal) or,
         through :func:`veil.mpc.approx.reciprocal`, by a shared one."""

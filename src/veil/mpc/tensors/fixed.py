@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -19,9 +19,6 @@ from veil.mpc.providers.base import CryptoProvider
 from veil.mpc.ring import FixedPoint
 from veil.node.worker import Worker
 from veil.pointers import PointerTensor
-
-if TYPE_CHECKING:
-    from veil.mpc.tensors.shared import SharedTensor
 
 #: The shared tensor class of each security mode (filled by the modules that define them).
 _TYPES: dict[str, Any] = {}
@@ -58,16 +55,28 @@ class FixedPrecisionTensor:
         return self.encoding.decode(self.encoded, dtype)
 
     def share(self, *parties: Worker, crypto_provider: Worker | CryptoProvider | None = None,
-              security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
+              security: str = "semi-honest", session: MPCSession | None = None,
+              requires_grad: bool = False) -> Any:  # fmt: skip
         """Split among ``parties`` (random shares summing to the value mod 2^64); each
         share is stored as a private object on its party. ``session`` (an
-        :class:`MPCSession`) replaces parties, provider and options."""
+        :class:`MPCSession`) replaces parties, provider and options. ``requires_grad=True``
+        answers an :class:`~veil.mpc.tensors.autograd.AutogradTensor` leaf (its ops are
+        recorded for ``backward()``) instead of the bare shared tensor."""
         sess = session or session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
                                       security=security)  # type: ignore[arg-type]  # fmt: skip
-        return _TYPES[sess.security].from_encoded(sess, self.encoded, self.encoding)  # type: ignore[no-any-return]
+        out = _TYPES[sess.security].from_encoded(sess, self.encoded, self.encoding)
+        return _with_grad(out, requires_grad)
 
     def __repr__(self) -> str:
         return f"FixedPrecisionTensor({self.encoded!r}, frac_bits={self.encoding.frac_bits})"
+
+
+def _with_grad(secret: Any, requires_grad: bool) -> Any:
+    if not requires_grad:
+        return secret
+    from veil.mpc.tensors.autograd import AutogradTensor
+
+    return AutogradTensor(secret, requires_grad=True)
 
 
 def _session_bits(enc: FixedPoint) -> int:
@@ -93,7 +102,8 @@ class FixedPrecisionPointer:
         return self.pointer.shape
 
     def share(self, *parties: Worker, crypto_provider: Worker | CryptoProvider | None = None,
-              security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
+              security: str = "semi-honest", session: MPCSession | None = None,
+              requires_grad: bool = False) -> Any:  # fmt: skip
         holder = self.pointer.location
         if session is not None:
             parties = tuple(session.parties)
@@ -105,7 +115,8 @@ class FixedPrecisionPointer:
             )
         sess = session or session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
                                       security=security)  # type: ignore[arg-type]  # fmt: skip
-        return _TYPES[sess.security].from_pointer(sess, self.pointer, idx, self.encoding)  # type: ignore[no-any-return]
+        out = _TYPES[sess.security].from_pointer(sess, self.pointer, idx, self.encoding)
+        return _with_grad(out, requires_grad)
 
     def float_precision(self) -> PointerTensor:
         """Decode on the node (a float pointer)."""
@@ -125,11 +136,16 @@ def _tensor_fix_precision(self: torch.Tensor, frac_bits: int = 16) -> FixedPreci
 
 
 def _tensor_share(self: torch.Tensor, *parties: Worker, crypto_provider: Worker | CryptoProvider | None = None,
-                  security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
+                  security: str = "semi-honest", session: MPCSession | None = None,
+                  requires_grad: bool = False) -> Any:  # fmt: skip
     """Secret-share among ``parties``: ``x.share(alice, bob, crypto_provider=carol)``."""
     bits = session.encoding.frac_bits if session is not None else 16
     return _tensor_fix_precision(self, bits).share(
-        *parties, crypto_provider=crypto_provider, security=security, session=session
+        *parties,
+        crypto_provider=crypto_provider,
+        security=security,
+        session=session,
+        requires_grad=requires_grad,
     )
 
 
@@ -141,11 +157,16 @@ def _pointer_fix_precision(self: PointerTensor, frac_bits: int = 16) -> FixedPre
 
 
 def _pointer_share(self: PointerTensor, *parties: Worker, crypto_provider: Worker | CryptoProvider | None = None,
-                   security: str = "semi-honest", session: MPCSession | None = None) -> SharedTensor:  # fmt: skip
+                   security: str = "semi-honest", session: MPCSession | None = None,
+                   requires_grad: bool = False) -> Any:  # fmt: skip
     """Share data on a node without fetching it: ``ptr.share(alice, bob, crypto_provider=carol)``."""
     bits = session.encoding.frac_bits if session is not None else 16
     return _pointer_fix_precision(self, bits).share(
-        *parties, crypto_provider=crypto_provider, security=security, session=session
+        *parties,
+        crypto_provider=crypto_provider,
+        security=security,
+        session=session,
+        requires_grad=requires_grad,
     )
 
 

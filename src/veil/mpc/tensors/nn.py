@@ -364,7 +364,15 @@ def encrypt_model(model: nn.Module, parties: Sequence[Worker], provider: Worker 
 
 
 def _module_share(self: nn.Module, *parties: Worker, crypto_provider: Worker | CryptoProvider | None = None,
-                  security: Security = "semi-honest") -> SharedSequential:  # fmt: skip
-    """``model.share(alice, bob, crypto_provider=carol[, security="malicious"])``: see
-    :func:`encrypt_model`."""
+                  security: Security = "semi-honest", requires_grad: bool = False) -> Any:  # fmt: skip
+    """``model.share(alice, bob, crypto_provider=carol[, security="malicious"])``: an
+    ``nn.Sequential`` of supported layers becomes a :class:`SharedSequential` (see
+    :func:`encrypt_model`); a model with its own ``forward``, or any model shared with
+    ``requires_grad=True``, a shared copy running its own ``forward`` on shares
+    (:func:`veil.mpc.tensors.modules.share_module`)."""
+    if requires_grad or (list(self.children()) and not isinstance(self, nn.Sequential)):
+        from veil.mpc.tensors.modules import share_module
+
+        return share_module(self, parties, crypto_provider, requires_grad=requires_grad,
+                            security=security)  # fmt: skip
     return encrypt_model(self, parties, crypto_provider, security=security)

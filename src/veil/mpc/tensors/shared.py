@@ -24,7 +24,7 @@ from veil.mpc.protocols.session import MPCSession, node_call
 from veil.mpc.providers.remote import pointer
 from veil.mpc.ring import FixedPoint, prg
 from veil.mpc.tensors.fixed import FixedPrecisionTensor, register_tensor_type
-from veil.mpc.tensors.surface import DerivedOps
+from veil.mpc.tensors.surface import DerivedOps, defers
 from veil.pointers import PointerTensor
 from veil.serde.messages import Results
 
@@ -161,6 +161,7 @@ class SharedTensor(DerivedOps):
         return self._new(P.local(self.session, lambda i, s: fn(s), self.shares))
 
     # ------------------------------------------------------------- linear ops (free)
+    @defers
     def __add__(self, other: Any) -> SharedTensor:
         if isinstance(other, SharedTensor):
             a, b, enc = self._aligned(other)
@@ -177,15 +178,18 @@ class SharedTensor(DerivedOps):
     def __neg__(self) -> SharedTensor:
         return self._new([-s for s in self.shares])
 
+    @defers
     def __sub__(self, other: Any) -> SharedTensor:
         if isinstance(other, SharedTensor):
             return self + (-other)
         return self + (-_as_tensor(other) if isinstance(other, torch.Tensor) else -other)
 
+    @defers
     def __rsub__(self, other: Any) -> SharedTensor:
         return (-self) + other
 
     # ------------------------------------------------------------- products
+    @defers
     def __mul__(self, other: Any) -> SharedTensor:
         sess = self.session
         if isinstance(other, SharedTensor):
@@ -233,6 +237,7 @@ class SharedTensor(DerivedOps):
     def _product_encoding(self, other: FixedPoint) -> FixedPoint:
         return FixedPoint(max(self.encoding.frac_bits, other.frac_bits))
 
+    @defers
     def __truediv__(self, other: Any) -> SharedTensor:
         """Division by a public value (multiplication by its fixed-point reciprocal:
         error at most |x| * 2^-(f+1) / |d| + 2^-f)."""
@@ -248,6 +253,7 @@ class SharedTensor(DerivedOps):
     def div(self, other: Any) -> SharedTensor:
         return self / other
 
+    @defers
     def __matmul__(self, other: Any) -> SharedTensor:
         sess = self.session
         if isinstance(other, SharedTensor):
@@ -260,6 +266,7 @@ class SharedTensor(DerivedOps):
         loc = [s.location.run_op("mpc.matmul", s, pub) for s in self.shares]
         return self._new(P.trunc(sess, loc, self.encoding.frac_bits))
 
+    @defers
     def __rmatmul__(self, other: Any) -> SharedTensor:
         pub = self._encode_public(other)
         loc = [s.location.run_op("mpc.matmul", pub, s) for s in self.shares]
@@ -328,6 +335,10 @@ class SharedTensor(DerivedOps):
 
     def expand(self, *shape: Any) -> SharedTensor:
         return self._map(lambda s: s.expand(*shape).contiguous())
+
+    def flip(self, *dims: Any) -> SharedTensor:
+        """Reverse the order along ``dims`` (free: each party flips its share)."""
+        return self._map(lambda s: s.flip(*dims))
 
     def unfold(self, dim: int, size: int, step: int) -> SharedTensor:
         """Sliding windows along ``dim`` (``torch.Tensor.unfold``), e.g. for pooling."""

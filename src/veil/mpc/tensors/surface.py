@@ -13,8 +13,26 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar, cast
+
+Op = TypeVar("Op", bound=Callable[..., Any])
+
+
+def defers(op: Op) -> Op:
+    """Make a binary operator answer ``NotImplemented`` when the other operand is an
+    autograd wrapper of a shared tensor, so that Python runs the wrapper's reflected
+    operator (which records the op on the tape) instead of treating it as a public value."""
+
+    @functools.wraps(op)
+    def run(self: Any, other: Any) -> Any:
+        if DerivedOps._defer_to and isinstance(other, DerivedOps._defer_to):
+            return NotImplemented
+        return op(self, other)
+
+    return cast(Op, run)
 
 
 class DerivedOps:
@@ -24,6 +42,17 @@ class DerivedOps:
     ``reshape``, ``cat`` and ``_broadcast_shape`` from the class."""
 
     __slots__ = ("shares", "session", "encoding")
+    #: How torch functions (``F.relu(x)``, ``torch.cat``...) run on shared tensors: set by
+    #: :mod:`veil.mpc.tensors.autograd`, which implements them.
+    _torch_function: ClassVar[Any] = None
+    #: Types a binary operator leaves to (see :func:`defers`): set by the same module.
+    _defer_to: ClassVar[tuple[type, ...]] = ()
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if DerivedOps._torch_function is None:
+            return NotImplemented
+        return DerivedOps._torch_function(func, types, args, kwargs)
 
     def __init__(self, shares: list[Any], session: Any, encoding: Any) -> None:
         self.shares = shares
@@ -104,13 +133,33 @@ class DerivedOps:
             return v
         return max_along(self, dim, keepdim=keepdim, onehot=True)
 
-    def argmax(self: Any, dim: int | None = None, keepdim: bool = False) -> Any:
-        """One-hot (shared) position of the maximum along ``dim`` (first one on ties)."""
+    def argmax(self: Any, dim: int | None = None, keepdim: bool = False, *,
+               one_hot: bool = False) -> Any:  # fmt: skip
+        """Shared position of the maximum along ``dim`` (of the flattened tensor when
+        ``dim`` is None), an integer as in torch (the first maximum on ties);
+        ``one_hot=True`` answers the one-hot mask of that position instead.
+
+        Example:
+            >>> import torch, veil
+            >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+            >>> x = torch.tensor([[1.0, 5.0, -2.0], [7.0, 0.0, 9.0]]).share(a, b, crypto_provider=c)
+            >>> x.argmax(dim=1).reconstruct()
+            tensor([1., 2.])
+        """
+        import torch
+
         from veil.mpc.protocols.reduce import max_along
 
         x = self.reshape(-1) if dim is None else self
-        _, onehot = max_along(x, 0 if dim is None else dim, keepdim=True, onehot=True)
-        return onehot
+        d = 0 if dim is None else dim % x.dim()
+        _, hot = max_along(x, d, keepdim=True, onehot=True)
+        if one_hot:
+            return hot
+        at = [1] * x.dim()
+        at[d] = x.shape[d]
+        return (hot * torch.arange(x.shape[d]).reshape(at)).sum(
+            d, keepdim=keepdim and dim is not None
+        )
 
     def max_pool2d(self: Any, kernel_size: int, stride: int | None = None) -> Any:
         from veil.mpc.protocols.reduce import max_pool2d
