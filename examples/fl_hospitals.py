@@ -22,12 +22,7 @@ hospital's ledger was charged; federations of many members reach far smaller ε.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,39 +30,11 @@ import torch
 from sklearn.datasets import load_digits
 
 import veil
+from veil.demo import spawn_node, start_node
 from veil.fl import CentralDP, FedAvg, Federation
 
 OWNER_PW, SCI, SCI_PW = "hospital-owner-pw", "scientist@lab.org", "scientist-pw-1"
 ROUNDS = 15
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_hospital(name: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``veil node serve`` in its own process; returns it and its URL once it answers."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "veil", "node", "serve", "--name", name, "--port", str(port),
-           "--db", f"sqlite:///{workdir / name}.db", "--owner-email", f"owner@{name}.org",
-           "--bulk-port", "-1"]  # fmt: skip
-    env = {**os.environ, "VEIL_OWNER_PASSWORD": OWNER_PW}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc, url
-        except OSError:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode()[-500:] if proc.stderr else ""
-                raise RuntimeError(f"{name} did not start: {err}") from None
-            time.sleep(0.1)
-    proc.terminate()
-    raise RuntimeError(f"{name} did not answer on port {port} within 60 s")
 
 
 def run(rounds: int = ROUNDS, *, progress: bool = True, plot: str | None = "fl_hospitals.png",
@@ -78,13 +45,17 @@ def run(rounds: int = ROUNDS, *, progress: bool = True, plot: str | None = "fl_h
     order = torch.randperm(len(y), generator=gen)
     x, y = torch.tensor(x / 16.0, dtype=torch.float32)[order], torch.tensor(y)[order]
     test = (x[1500:], y[1500:])
-    procs, owners, scientists = [], [], []
+    procs: list[Any] = []
+    owners: list[Any] = []
+    scientists: list[Any] = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         try:
-            for i, name in enumerate(["st-mary", "general", "childrens"]):
-                proc, url = start_hospital(name, Path(tmp))
-                procs.append(proc)
-                owner = veil.connect(url, email=f"owner@{name}.org", password=OWNER_PW)
+            names = ["st-mary", "general", "childrens"]
+            creds = [(f"owner@{name}.org", OWNER_PW) for name in names]
+            procs = [spawn_node(Path(tmp), n, c) for n, c in zip(names, creds)]  # in parallel
+            for i, (name, (email, pw), proc) in enumerate(zip(names, creds, procs)):
+                _, url = start_node(Path(tmp), name, (email, pw), proc)
+                owner = veil.connect(url, email=email, password=pw)
                 xi, yi = x[i * 500 : (i + 1) * 500], y[i * 500 : (i + 1) * 500]
                 owner.datasets.create(
                     "digits", private={"x": xi, "y": yi},
@@ -130,6 +101,8 @@ def run(rounds: int = ROUNDS, *, progress: bool = True, plot: str | None = "fl_h
             for p in procs:
                 p.terminate()
                 p.wait(timeout=30)
+                if p.stdout is not None:
+                    p.stdout.close()
 
 
 if __name__ == "__main__":
