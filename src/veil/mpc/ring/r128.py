@@ -110,18 +110,19 @@ _M32 = (1 << 32) - 1
 
 
 def _mulhi(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """High 64 bits of the unsigned 128-bit product of 64-bit words (via 32-bit halves)."""
-    a0, a1 = a & _M32, (a >> 32) & _M32
-    b0, b1 = b & _M32, (b >> 32) & _M32
+    """High 64 bits of the unsigned 128-bit product of 64-bit words (via 32-bit halves),
+    with the temporaries updated in place (half the allocations of the plain expression)."""
+    a0, a1 = a & _M32, (a >> 32).bitwise_and_(_M32)
+    b0, b1 = b & _M32, (b >> 32).bitwise_and_(_M32)
     mid = a1 * b0  # < 2^64 unsigned: split it before adding
     cross = a0 * b1
-    t = ((a0 * b0) >> 32) & _M32
+    t = (a0 * b0).bitwise_right_shift_(32).bitwise_and_(_M32)
     t += mid & _M32
     t += cross & _M32  # < 3 * 2^32: no overflow
     out = a1 * b1
-    out += (mid >> 32) & _M32
-    out += (cross >> 32) & _M32
-    out += t >> 32
+    out += mid.bitwise_right_shift_(32).bitwise_and_(_M32)
+    out += cross.bitwise_right_shift_(32).bitwise_and_(_M32)
+    out += t.bitwise_right_shift_(32)
     return out
 
 
