@@ -1,7 +1,8 @@
 """The workloads of benchmarks/mpc.py in CrypTen 0.4.1 (2 processes, gloo), run by its venv.
 
-Called by ``benchmarks/mpc.py`` with the config as JSON; prints one JSON line of medians
-(ms) by row name. CrypTen 0.4.1 imports ``torch.onnx._internal.registration``, which torch
+Called by ``benchmarks/mpc.py`` with the config as JSON (``world_size``: 2 or 3 parties);
+prints one JSON line: ``{"torch": version, "crypten": version, "rows": {name: [ms, ...]}}``,
+every timed sample by row name, so the caller can merge runs and take medians. CrypTen 0.4.1 imports ``torch.onnx._internal.registration``, which torch
 2.13 no longer has; only its ONNX model converter uses it, and these workloads build
 ``crypten.nn`` models directly, so a stub module stands in for it.
 """
@@ -9,10 +10,10 @@ Called by ``benchmarks/mpc.py`` with the config as JSON; prints one JSON line of
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 import types
+from importlib.metadata import version as _version
 from typing import Any
 
 _stub = types.ModuleType("torch.onnx._internal.registration")
@@ -40,12 +41,12 @@ def _lenet() -> Any:
     )  # fmt: skip
 
 
-@mpc.run_multiprocess(world_size=2)
+@mpc.run_multiprocess(world_size=int(CFG.get("world_size", 2)))
 def run() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     rounds = int(CFG.get("rounds", 3))
-    out: dict[str, float] = {}
+    out: dict[str, list[float]] = {}
 
     def timeit(name: str, fn: Any) -> None:
         fn()
@@ -53,8 +54,8 @@ def run() -> None:
         for _ in range(rounds):
             t0 = time.perf_counter()
             fn()
-            ts.append(time.perf_counter() - t0)
-        out[name] = statistics.median(ts) * 1e3
+            ts.append((time.perf_counter() - t0) * 1e3)
+        out[name] = ts
 
     n = int(CFG.get("mul_n", 1000))
     x, y = crypten.cryptensor(torch.randn(n)), crypten.cryptensor(torch.randn(n))
@@ -89,7 +90,8 @@ def run() -> None:
 
     timeit(f"MLP training step, batch {bs}", step)
     if crypten.comm.get().get_rank() == 0:
-        print(json.dumps(out), flush=True)
+        info = {"torch": torch.__version__, "crypten": _version("crypten"), "rows": out}
+        print(json.dumps(info), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,15 +6,17 @@ this process or as node servers in their own processes over loopback) and the sa
 workload in plain torch float32, interleaved in one run, and reports medians, their ratio,
 and the bytes and rounds each party sent next to the theoretical minimum of the protocol
 (a Beaver product of n elements: 16n bytes and one round; a matmul (m x k) @ (k x n):
-8(mk + kn) bytes and one round). Where CrypTen 0.4.1 runs (a side venv, see --crypten),
-the same workloads run with it (2 parties, its default "trusted first party" mode) and
-the table shows veil / CrypTen.
+8(mk + kn) bytes and one round). Product rows also show their compute + communication lower
+bound, derived from the fastest exact Z_2^64 product measured in the same run (see
+:func:`add_bounds`). CrypTen 0.4.1 runs the same workloads (2 and 3 processes, its default
+"trusted first party" mode) in a side venv that must run veil's torch version: the script
+refuses (exits non-zero) otherwise; benchmarks/README.md has the recipe.
 
 Usage::
 
     python benchmarks/mpc.py                      # full run (a few minutes), appends to RESULTS.md
     python benchmarks/mpc.py --quick --no-write   # smoke test, seconds
-    python benchmarks/mpc.py --crypten /tmp/crypten-venv/bin/python
+    python benchmarks/mpc.py --crypten ''          # without CrypTen
 """
 
 from __future__ import annotations
@@ -211,36 +213,94 @@ def rows_for(cfg: Config, kind: str, n: int, security: str) -> list[Row]:
     return out
 
 
-def matmul_bound(rows: list[Row], cfg: Config) -> None:
-    """Lower bound of a matmul under this protocol on this machine: each party's local
-    compute (two exact Z_2^64 products, the parties running in parallel) plus moving its
-    bytes (memcpy speed; in-process) -- next to torch's own int64 matmul."""
+def fastest_product(op: str, size: int, rounds: int) -> tuple[float, dict[str, float]]:
+    """Seconds of the fastest exact Z_2^64 product of this machine for a row's operands,
+    and every candidate's median (ms): for ``matmul``, an m x m product by torch's native
+    int64 kernel or by float64 BLAS on 22-bit limbs (:func:`veil.mpc.ring.matmul_limbs`);
+    for ``mul``, torch's int64 elementwise product (no faster exact one exists)."""
+    if op == "mul":
+        x = torch.randint(-(2**62), 2**62, (size,))
+        cands = {"int64 mul": lambda: x * x}
+    else:
+        a = torch.randint(-(2**62), 2**62, (size, size))
+        cands = {"int64 matmul": lambda: ring.matmul(a, a),
+                 "float64 limbs": lambda: ring.matmul_limbs(a, a)}  # fmt: skip
+    t = interleaved(cands, batch=1, rounds=rounds, warmup=1)
+    meds = {k: med(v) * 1e3 for k, v in t.items()}
+    return min(meds.values()) / 1e3, meds
+
+
+def copy_seconds(nbytes: int, rounds: int) -> float:
+    """Median seconds to copy ``nbytes`` once in memory (what moving a message costs at least)."""
+    buf = torch.empty(max(nbytes, 1), dtype=torch.uint8)
+    return med(interleaved({"copy": buf.clone}, batch=1, rounds=rounds, warmup=1)["copy"])
+
+
+def add_bounds(rows: list[Row], cfg: Config) -> None:
+    """The compute + communication lower bound of every product row (mul and matmul), from
+    the fastest exact product measured here, now. A Beaver product costs each party two
+    exact products of the row's size (``e * b_i + a_i * f``; party 0 folds ``e * f`` into its
+    first one) and the dealer one (``c = a * b``): with the parties running in parallel, at
+    least ``2 t``; in one process, all ``2 n + 1`` share this machine's cores, so at least
+    ``(2 n + 1) t / cores``. Moving the bytes each party sends costs at least one memory copy
+    of them. bound = max(2 t, (2 n + 1) t / cores) + copy."""
+    cores = os.cpu_count() or 1
+    cache: dict[tuple[str, int], tuple[float, dict[str, float]]] = {}
     for r in rows:
-        if not r.name.startswith("matmul") or r.security != "semi-honest":
+        op, _, size = r.name.partition(" ")
+        if op not in ("mul", "matmul"):
             continue
-        m = int(r.name.split()[1])
-        a = torch.randint(-(2**62), 2**62, (m, m))
-        t = interleaved({"ring": lambda a=a: ring.matmul(a, a), "i64": lambda a=a: a @ a}, batch=1,
-                        rounds=3, warmup=1)  # fmt: skip
-        r.extra["bound_ms"] = 2 * med(t["ring"]) * 1e3
-        r.extra["torch_int64_mm_ms"] = med(t["i64"]) * 1e3
-        # In-process, the parties and the dealer share this machine's cores: 2 products per
-        # party and the dealer's one (prepared in the background) need at least this long.
-        cores = os.cpu_count() or 1
-        if r.deploy == "in-process":
-            r.extra["cores_bound_ms"] = max(2.0, (2 * r.parties + 1) / cores) * med(t["ring"]) * 1e3
+        key = (op, int(float(size)))
+        if key not in cache:
+            cache[key] = fastest_product(op, key[1], max(3, cfg.rounds))
+        t, cands = cache[key]
+        par = 2 * t if r.deploy == "loopback" else max(2 * t, (2 * r.parties + 1) * t / cores)
+        copy = copy_seconds(r.bytes_per_party, max(3, cfg.rounds))
+        r.extra["bound_ms"] = (par + copy) * 1e3
+        r.extra["copy_ms"] = copy * 1e3
+        r.extra.update({f"{k} ms": v for k, v in cands.items()})
 
 
-def crypten_rows(python: str, cfg: Config) -> dict[str, float] | str:
-    """Run benchmarks/_crypten_bench.py with CrypTen's interpreter; its medians by row name."""
-    cmd = [python, str(HERE / "_crypten_bench.py"), json.dumps(asdict(cfg))]
+def crypten_version_check(python: str) -> str:
+    """The torch version of CrypTen's interpreter; exits (status 2) unless it is veil's."""
+    if not Path(python).exists():
+        raise SystemExit(
+            f"--crypten {python}: no such interpreter. Build the side venv as benchmarks/README.md "
+            "says, or pass --crypten '' to leave CrypTen out"
+        )
+    code = "import torch, importlib.metadata as m; print(torch.__version__, m.version('crypten'))"
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300,
+                          check=False)  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"--crypten {python} cannot import torch and crypten: {proc.stderr[-500:]}"
+        )
+    their_torch, their_crypten = proc.stdout.split()
+    if their_torch != torch.__version__:
+        raise SystemExit(
+            f"--crypten {python} runs torch {their_torch}, veil runs torch {torch.__version__}: "
+            "a side by side needs one torch (int64 kernels differ between versions). Rebuild the "
+            "side venv on veil's torch pin as benchmarks/README.md says"
+        )
+    return f"crypten {their_crypten} on torch {their_torch}"
+
+
+def crypten_samples(python: str, cfg: Config, world: int) -> dict[str, list[float]]:
+    """Run benchmarks/_crypten_bench.py with CrypTen's interpreter: every sample (ms) by row
+    name. A failure ends the benchmark (status 2): no figure is left silently empty."""
+    cmd = [
+        python,
+        str(HERE / "_crypten_bench.py"),
+        json.dumps({**asdict(cfg), "world_size": world}),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{type(exc).__name__}: {exc}"
+        raise SystemExit(f"CrypTen ({world} parties) did not finish: {exc}") from exc
     if proc.returncode != 0:
-        return (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
-    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+        raise SystemExit(f"CrypTen ({world} parties) failed: {proc.stderr.strip()[-1500:]}")
+    out: dict[str, list[float]] = json.loads(proc.stdout.strip().splitlines()[-1])["rows"]
+    return out
 
 
 def table(rows: list[Row], title: str) -> None:
@@ -259,6 +319,33 @@ def table(rows: list[Row], title: str) -> None:
     console.print(t)
 
 
+def targets(rows: list[Row]) -> list[str]:
+    """The issue's targets, each with its figures and met / missed."""
+    out = []
+    ct = [r for r in rows if r.security == "semi-honest" and r.crypten_ms]
+    if ct:
+        worst = max(ct, key=lambda r: r.veil_ms / (r.crypten_ms or 1))
+        over = [r for r in ct if r.veil_ms / (r.crypten_ms or 1) > 0.5]
+        out.append(f"semi-honest ≤ 0.5× CrypTen on every row: {len(ct) - len(over)}/{len(ct)} rows "
+                   f"(worst: {worst.name}, {worst.parties} parties {worst.deploy}, "
+                   f"{worst.veil_ms / (worst.crypten_ms or 1):.2f}×) — "
+                   f"{'met' if not over else 'missed'}")  # fmt: skip
+    for r in rows:
+        if r.name.startswith("matmul") and r.parties == 2 and r.deploy == "in-process" \
+                and r.security == "semi-honest" and "bound_ms" in r.extra:  # fmt: skip
+            q = r.veil_ms / r.extra["bound_ms"]
+            out.append(f"{r.name} (2 parties, in-process) ≤ 1.5× its bound "
+                       f"{r.extra['bound_ms']:.1f} ms: {q:.2f}× — {'met' if q <= 1.5 else 'missed'}")  # fmt: skip
+    semi = {r.name: r for r in rows if r.parties == 2 and r.deploy == "in-process"
+            and r.security == "semi-honest"}  # fmt: skip
+    for r in rows:
+        if r.security == "malicious" and r.name in semi:
+            q = r.veil_ms / semi[r.name].veil_ms
+            out.append(f"malicious {r.name} ≤ 5× semi-honest: {r.veil_ms:,.1f} / "
+                       f"{semi[r.name].veil_ms:,.1f} ms = {q:.1f}× — {'met' if q <= 5 else 'missed'}")  # fmt: skip
+    return out
+
+
 def markdown(rows: list[Row], info: dict[str, str], mode: str, elapsed: float, ct_note: str) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"## mpc — {now} ({mode})", ""]
@@ -266,25 +353,27 @@ def markdown(rows: list[Row], info: dict[str, str], mode: str, elapsed: float, c
     lines += [f"- **run time**: {elapsed:.0f} s", f"- **CrypTen**: {ct_note}", ""]  # fmt: skip
     head = ["workload", "parties", "deployment", "security", "veil (median)", "torch f32 (median)",
             "ratio", "bytes/party", "min bytes", "rounds", "min rounds", "CrypTen (median)",
-            "veil / CrypTen", "notes"]  # fmt: skip
+            "veil / CrypTen", "bound", "veil / bound", "notes"]  # fmt: skip
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:
-        note = ""
+        note = (
+            f"first call {r.extra['first_call_ms']:,.1f} ms" if "first_call_ms" in r.extra else ""
+        )
         if "bound_ms" in r.extra:
-            note = (f"lower bound (2 exact products per party + 0 copy) {r.extra['bound_ms']:.1f} ms: "
-                    f"{r.veil_ms / r.extra['bound_ms']:.1f}×; torch int64 matmul {r.extra['torch_int64_mm_ms']:.1f} ms")  # fmt: skip
-            if "cores_bound_ms" in r.extra:
-                note += (f"; all {2 * r.parties + 1} products on {os.cpu_count()} cores "
-                         f"≥ {r.extra['cores_bound_ms']:.1f} ms")  # fmt: skip
-            note += (f"; first call {r.extra['first_call_ms']:.1f} ms (later calls find the "
-                     "dealer's triple prepared in the background)")  # fmt: skip
+            cands = ", ".join(f"{k.removesuffix(' ms')} {v:.2f} ms" for k, v in r.extra.items()
+                              if k.endswith(" ms") and k not in ("bound_ms", "copy_ms"))  # fmt: skip
+            note += f"; one product: {cands}; copy of the bytes sent {r.extra['copy_ms']:.2f} ms"
+        bound = r.extra.get("bound_ms")
         cells = [r.name, str(r.parties), r.deploy, r.security, f"{r.veil_ms:,.1f} ms", f"{r.torch_ms:.3f} ms",
                  f"{r.ratio:,.0f}×", f"{r.bytes_per_party:,}", f"{r.min_bytes:,}" if r.min_bytes else "—",
                  str(r.rounds), str(r.min_rounds or "—"),
                  f"{r.crypten_ms:,.1f} ms" if r.crypten_ms else "—",
-                 f"{r.veil_ms / r.crypten_ms:.2f}×" if r.crypten_ms else "—", note]  # fmt: skip
+                 f"{r.veil_ms / r.crypten_ms:.2f}×" if r.crypten_ms else "—",
+                 f"{bound:,.1f} ms" if bound else "—", f"{r.veil_ms / bound:.2f}×" if bound else "—",
+                 note]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Targets:", ""] + [f"- {t}" for t in targets(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -295,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     parser.add_argument("--crypten", default="/tmp/crypten-venv/bin/python",
-                        help="python of a venv with crypten==0.4.1 ('' to skip)")  # fmt: skip
+                        help="python of the CrypTen side venv on veil's torch ('' to leave it out)")  # fmt: skip
     parser.add_argument("--no-loopback", action="store_true", help="in-process rows only")
     args = parser.parse_args(argv)
     cfg = Config.make(args.quick)
@@ -306,6 +395,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["OMP_NUM_THREADS"] = "1"
     mode = "quick" if args.quick else "full"
     info = machine()
+    ct_note = "not run (--crypten '')"
+    ct: dict[int, dict[str, list[float]]] = {2: {}, 3: {}}
+
+    def run_crypten() -> None:  # half of CrypTen's samples before veil's rows, half after
+        for world, got in ct.items():
+            for name, samples in crypten_samples(args.crypten, cfg, world).items():
+                got.setdefault(name, []).extend(samples)
+
+    if args.crypten:
+        ct_note = crypten_version_check(args.crypten)  # exits unless it is veil's torch
+        run_crypten()
     t0 = time.perf_counter()
     rows: list[Row] = []
     for n in (2, 3):
@@ -315,23 +415,19 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.loopback and not args.no_loopback:
         for n in (2, 3) if cfg.all_models else (2,):  # quick: one loopback deployment
             rows += rows_for(cfg, "loopback", n, "semi-honest")
-    matmul_bound(rows, cfg)
-    ct_note = "not run (--crypten '')"
+    add_bounds(rows, cfg)
     if args.crypten:
-        if not Path(args.crypten).exists():
-            ct_note = f"not run: {args.crypten} does not exist"
-        else:
-            res = crypten_rows(args.crypten, cfg)
-            if isinstance(res, str):
-                ct_note = f"could not run: {res}"
-            else:
-                ct_note = "crypten 0.4.1, 2 processes (gloo), default trusted-first-party provider"
-                for r in rows:
-                    if r.parties == 2 and r.deploy == "in-process" and r.security == "semi-honest":
-                        r.crypten_ms = res.get(r.name)
+        run_crypten()
+        ct_note += (", 2 and 3 processes (gloo), default trusted-first-party provider; half of "
+                    "its samples taken before veil's rows, half after")  # fmt: skip
+        for r in rows:
+            if r.security == "semi-honest" and ct[r.parties].get(r.name):
+                r.crypten_ms = med(ct[r.parties][r.name])
     elapsed = time.perf_counter() - t0
     table(rows, f"veil.mpc ({mode}, {info['cpu']}, {info['cores']} cores)")
     console.print(f"CrypTen: {ct_note}")
+    for line in targets(rows):
+        console.print(line)
     if args.json:
         args.json.write_text(json.dumps({"mode": mode, "machine": info, "crypten": ct_note,
                                          "rows": [asdict(r) for r in rows]}, indent=2))  # fmt: skip

@@ -63,28 +63,127 @@ def test_prg_streams_are_independent_and_uniform() -> None:
     assert bool(((bits - 0.5).abs() < 0.02).all())  # every bit position is fair
 
 
+_W = 2**64
+
+
+def _wrap(v: int) -> int:
+    return (v + 2**63) % _W - 2**63
+
+
+def _obj(t: torch.Tensor) -> np.ndarray:
+    """Python integers (numpy object array): products and sums without any overflow."""
+    return np.array(t.tolist(), dtype=object).reshape(tuple(t.shape))
+
+
+def _ref_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b over the integers, reduced mod 2^64 at the end."""
+    out = np.matmul(_obj(a), _obj(b))
+    flat = [_wrap(int(v)) for v in np.asarray(out).reshape(-1)]
+    return torch.tensor(flat, dtype=torch.int64).reshape(np.shape(out))
+
+
+def _ref_conv2d(
+    x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, groups: int
+) -> torch.Tensor:
+    """conv2d over the integers: every window summed in Python ints, reduced at the end."""
+    xp = _obj(torch.nn.functional.pad(x, (padding,) * 4))  # zero padding is exact in int64
+    n, c, h, wd = xp.shape
+    o, cg, kh, kw = w.shape
+    wo = _obj(w)
+    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    out = torch.empty((n, o, oh, ow), dtype=torch.int64)
+    per = o // groups
+    for b in range(n):
+        for f in range(o):
+            g = f // per
+            for i in range(oh):
+                for j in range(ow):
+                    win = xp[b, g * cg : (g + 1) * cg, i * stride : i * stride + kh,
+                             j * stride : j * stride + kw]  # fmt: skip
+                    out[b, f, i, j] = _wrap(int((win * wo[f]).sum()))
+    return out
+
+
+def _full(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    """Uniform int64 words with the extremes (-2^63, 2^63 - 1, -1) planted: every product
+    and every partial sum wraps many times."""
+    t = torch.randint(-(2**63), 2**63 - 1, shape, generator=g)
+    flat = t.view(-1)
+    flat[: min(3, flat.numel())] = torch.tensor([-(2**63), 2**63 - 1, -1])[: min(3, flat.numel())]
+    return t
+
+
 @SETTINGS
 @given(st.integers(1, 9), st.integers(1, 70), st.integers(1, 9), st.integers(0, 2**32 - 1))
-def test_limb_matmul_equals_int64_matmul(m: int, k: int, n: int, seed: int) -> None:
+def test_native_and_limb_matmul_equal_python_integers(m: int, k: int, n: int, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
-    a = torch.randint(-(2**63), 2**63 - 1, (m, k), generator=g)
-    b = torch.randint(-(2**63), 2**63 - 1, (k, n), generator=g)
-    assert torch.equal(ring.matmul(a, b), a @ b)
+    a, b = _full((m, k), g), _full((k, n), g)
+    want = _ref_matmul(a, b)
+    assert torch.equal(ring.matmul(a, b), want)
+    assert torch.equal(ring.matmul_limbs(a, b), want)
 
 
-def test_limb_matmul_long_inner_dimension_and_batches() -> None:
-    a = torch.randint(-(2**63), 2**63 - 1, (3, 5000))
-    b = torch.randint(-(2**63), 2**63 - 1, (5000, 4))
-    assert torch.equal(ring.matmul(a, b), a @ b)
-    a3 = torch.randint(-(2**63), 2**63 - 1, (2, 40, 30))
-    b3 = torch.randint(-(2**63), 2**63 - 1, (2, 30, 20))
-    assert torch.equal(ring.matmul(a3, b3), a3 @ b3)
+@pytest.mark.parametrize(
+    "sa,sb",
+    [
+        ((3, 70_000), (70_000, 2)),  # a long inner dimension: no float64 / BLAS path in between
+        ((2, 4097), (4097,)),  # matrix-vector (mv)
+        ((4097,), (4097,)),  # dot
+        ((3, 17, 40), (3, 40, 9)),  # bmm
+        ((2, 1, 5, 33), (4, 33, 6)),  # broadcast batches
+        ((64, 300), (300, 64)),  # a GEMM large enough for blocked kernels
+    ],
+)
+def test_native_matmul_wraps_exactly_on_every_kernel(
+    sa: tuple[int, ...], sb: tuple[int, ...]
+) -> None:
+    g = torch.Generator().manual_seed(sum(sa) + sum(sb))
+    a, b = _full(sa, g), _full(sb, g)
+    want = _ref_matmul(a, b)
+    assert torch.equal(ring.matmul(a, b), want)
+    if a.dim() <= 2 or a.shape[:-2] == b.shape[:-2]:
+        assert torch.equal(ring.matmul_limbs(a, b), want)
 
 
-@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1), (1, 2)])
-def test_conv2d_equals_torch_int64_conv(stride: int, padding: int) -> None:
-    x = torch.randint(-(2**63), 2**63 - 1, (2, 3, 9, 8))
-    w = torch.randint(-(2**63), 2**63 - 1, (4, 3, 3, 3))
-    want = torch.nn.functional.conv2d(x, w, stride=stride, padding=padding)
-    assert torch.equal(ring.conv2d(x, w, stride, padding), want)
-    assert ring.conv2d_shapes(tuple(x.shape), tuple(w.shape), stride, padding) == tuple(want.shape)
+def test_native_matmul_wrap_around_by_hand() -> None:
+    a = torch.tensor([[2**62, 2**62, 2**62, 2**62, 1]])
+    b = torch.tensor([[1], [1], [1], [1], [5]])
+    assert ring.matmul(a, b).item() == 5  # 4 * 2^62 = 2^64 vanishes
+    big = torch.full((1, 3), -(2**63))
+    assert ring.matmul(big, big.t()).item() == 0  # (2^63)^2 * 3 = 0 mod 2^64
+
+
+def test_products_refuse_non_int64() -> None:
+    with pytest.raises(TypeError, match="int64"):
+        ring.matmul(torch.ones(2, 2), torch.ones(2, 2))
+    with pytest.raises(TypeError, match="int64"):
+        ring.conv2d(torch.ones(1, 1, 3, 3), torch.ones(1, 1, 2, 2))
+
+
+@pytest.mark.parametrize(
+    "stride,padding,groups", [(1, 0, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 0, 3), (3, 2, 6)]
+)
+def test_conv2d_equals_python_integer_convolution(stride: int, padding: int, groups: int) -> None:
+    g = torch.Generator().manual_seed(stride * 100 + padding * 10 + groups)
+    x = _full((2, 6, 9, 8), g)
+    w = _full((6, 6 // groups, 3, 3), g)
+    got = ring.conv2d(x, w, stride, padding, groups)
+    assert torch.equal(got, _ref_conv2d(x, w, stride, padding, groups))
+    if groups == 1:
+        assert ring.conv2d_shapes(tuple(x.shape), tuple(w.shape), stride, padding) == tuple(
+            got.shape
+        )
+
+
+def test_conv2d_with_a_long_window_stays_exact() -> None:
+    """64 channels x 5 x 5 = 1600 products per output, every word full-width."""
+    g = torch.Generator().manual_seed(7)
+    x, w = _full((1, 64, 5, 5), g), _full((2, 64, 5, 5), g)
+    assert torch.equal(ring.conv2d(x, w), _ref_conv2d(x, w, 1, 0, 1))
+
+
+def test_conv2d_refuses_mismatched_channels() -> None:
+    with pytest.raises(ValueError, match="channels"):
+        ring.conv2d(
+            torch.zeros(1, 4, 5, 5, dtype=torch.int64), torch.zeros(2, 3, 3, 3, dtype=torch.int64)
+        )

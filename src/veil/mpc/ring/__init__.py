@@ -10,6 +10,14 @@ Example:
 
 from __future__ import annotations
 
-from veil.mpc.ring.z64 import FixedPoint, conv2d, conv2d_shapes, matmul, prg, prg_many
+from veil.mpc.ring.z64 import (
+    FixedPoint,
+    conv2d,
+    conv2d_shapes,
+    matmul,
+    matmul_limbs,
+    prg,
+    prg_many,
+)
 
-__all__ = ["FixedPoint", "conv2d", "conv2d_shapes", "matmul", "prg", "prg_many"]
+__all__ = ["FixedPoint", "conv2d", "conv2d_shapes", "matmul", "matmul_limbs", "prg", "prg_many"]

@@ -1,12 +1,16 @@
 """Arithmetic in Z_2^128 on int64 tensors, for SPDZ2k MACs (malicious security).
 
 An element is a pair of int64 words stacked on a leading dimension of size 2:
-``t[0]`` the low 64 bits, ``t[1]`` the high 64 bits (two's complement). Products (elementwise,
-matrix, convolution) split each operand into six unsigned 22-bit limbs and sum the 21
-limb products whose weight is below 2^128; each limb product is exact in float64 BLAS
-while the inner dimension is at most 512 (512 * (2^22 - 1)^2 < 2^53). The limb products of
-one weight are summed in int64 and the six sums recombined with one carry pass.
-Elementwise products work on the int64 words directly (:func:`mul`, :func:`mul64`).
+``t[0]`` the low 64 bits, ``t[1]`` the high 64 bits (two's complement). Matrix and
+convolution products run on torch's native int64 kernels (exact mod 2^64, see
+:mod:`~veil.mpc.ring.z64`): ``a b = lo(a) lo(b) + 2^64 (lo(a) hi(b) + hi(a) lo(b))``, where
+the two cross products only matter mod 2^64 (they wrap freely) and only ``lo(a) lo(b)`` is
+needed to all 128 bits. For it ``lo(a)`` is cut into unsigned limbs of 22, 22 and 20 bits and
+``lo(b)`` into two 32-bit halves; a limb product is below 2^54, so a sum of up to 1024 of
+them is exact as an unsigned 64-bit word (longer inner dimensions are split). Five of the six
+limb products have weight below 2^64 and are summed with carries; the sixth (weight 2^76)
+wraps with the cross products. Eight int64 products in all, where 22-bit float64 limbs
+needed 21. Elementwise products work on the int64 words directly (:func:`mul`, :func:`mul64`).
 
 Example:
     >>> import torch
@@ -22,10 +26,9 @@ from typing import Any
 import torch
 
 _MIN = -(2**63)
-_LIMB = 22
-_MASK = (1 << _LIMB) - 1
-_N_LIMBS = 6
-_MAX_K = 512
+_M22 = (1 << 22) - 1
+#: (2^22 - 1) (2^32 - 1) 1024 < 2^64: the longest inner dimension one limb product sums exactly.
+_MAX_K = 1024
 
 
 def from64(x: torch.Tensor) -> torch.Tensor:
@@ -107,18 +110,19 @@ _M32 = (1 << 32) - 1
 
 
 def _mulhi(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """High 64 bits of the unsigned 128-bit product of 64-bit words (via 32-bit halves)."""
-    a0, a1 = a & _M32, (a >> 32) & _M32
-    b0, b1 = b & _M32, (b >> 32) & _M32
+    """High 64 bits of the unsigned 128-bit product of 64-bit words (via 32-bit halves),
+    with the temporaries updated in place (half the allocations of the plain expression)."""
+    a0, a1 = a & _M32, (a >> 32).bitwise_and_(_M32)
+    b0, b1 = b & _M32, (b >> 32).bitwise_and_(_M32)
     mid = a1 * b0  # < 2^64 unsigned: split it before adding
     cross = a0 * b1
-    t = ((a0 * b0) >> 32) & _M32
+    t = (a0 * b0).bitwise_right_shift_(32).bitwise_and_(_M32)
     t += mid & _M32
     t += cross & _M32  # < 3 * 2^32: no overflow
     out = a1 * b1
-    out += (mid >> 32) & _M32
-    out += (cross >> 32) & _M32
-    out += t >> 32
+    out += mid.bitwise_right_shift_(32).bitwise_and_(_M32)
+    out += cross.bitwise_right_shift_(32).bitwise_and_(_M32)
+    out += t.bitwise_right_shift_(32)
     return out
 
 
@@ -147,39 +151,49 @@ def mul64(r: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def limbs(a: torch.Tensor) -> list[torch.Tensor]:
-    """Six unsigned base-2^22 digits of ``a`` (float64, each in [0, 2^22)): bits 22j..22j+21."""
-    lo, hi = a[0], a[1]
-    m = _MASK
-    return [
-        (lo & m).to(torch.float64),
-        ((lo >> 22) & m).to(torch.float64),
-        (((lo >> 44) & 0xFFFFF) | ((hi & 3) << 20)).to(torch.float64),
-        ((hi >> 2) & m).to(torch.float64),
-        ((hi >> 24) & m).to(torch.float64),
-        ((hi >> 46) & 0x3FFFF).to(torch.float64),
-    ]
+def _lo_terms(op: str, a_lo: torch.Tensor, b_lo: torch.Tensor, kw: dict[str, Any]
+              ) -> tuple[list[tuple[torch.Tensor, int]], torch.Tensor]:  # fmt: skip
+    """``op(lo(a), lo(b))`` as unsigned limb products: the five (sum, weight) terms of weight
+    below 64 (each sum an exact unsigned word) and the weight-76 one, reduced mod 2^64."""
+    u = [a_lo & _M22, (a_lo >> 22) & _M22, (a_lo >> 44) & 0xFFFFF]
+    v = [b_lo & _M32, (b_lo >> 32) & _M32]
+    terms = [(_op(op, u[i], v[j], kw), 22 * i + 32 * j)
+             for i, j in ((0, 0), (1, 0), (0, 1), (2, 0), (1, 1))]  # fmt: skip
+    return terms, _op(op, u[2], v[1], kw)
 
 
-def _recombine(s: list[torch.Tensor]) -> torch.Tensor:
-    """sum_w s[w] * 2^(22 w) mod 2^128 for six non-negative int64 words s[w] < 2^56."""
-    x = (s[1] & ((1 << 42) - 1)) << 22
-    y = (s[2] & ((1 << 20) - 1)) << 44
-    lo = s[0] + x
-    c1 = _ult(lo, x)
-    lo += y
-    c2 = _ult(lo, y)
-    hi = (s[1] >> 42) + (s[2] >> 20)
-    hi += s[3] << 2
-    hi += s[4] << 24
-    hi += s[5] << 46
-    hi += c1
-    hi += c2
+def _native(op: str, a: torch.Tensor, b: torch.Tensor, kw: dict[str, Any]) -> torch.Tensor:
+    """``op(a, b)`` mod 2^128 for an inner dimension of at most ``_MAX_K``: 8 int64 products."""
+    terms, top = _lo_terms(op, a[0], b[0], kw)
+    lo = terms[0][0]  # weight 0: the low word as it is, high word 0
+    hi = _op(op, a[0], b[1], kw)
+    hi += _op(op, a[1], b[0], kw)
+    hi += top << 12  # weight 76 = 2^64 * 2^12
+    for t, s in terms[1:]:  # t * 2^s with 0 < s < 64: low part t << s, high part t >>> (64 - s)
+        tl = t << s
+        lo = lo + tl
+        hi += _ult(lo, tl)  # the carry out of the low word
+        hi += (t >> (64 - s)) & ((1 << s) - 1)
     return torch.stack([lo, hi])
 
 
 def product(a: torch.Tensor, b: torch.Tensor, op: str, **kw: Any) -> torch.Tensor:
-    """``op(a, b)`` in Z_2^128 (op: mul, matmul, conv2d), exact."""
+    """``op(a, b)`` in Z_2^128 (op: mul, matmul, conv2d), exact.
+
+    Args:
+        a: (2, *shape) 128-bit operand.
+        b: (2, *shape) 128-bit operand.
+        op: ``mul`` (elementwise, broadcasting), ``matmul`` or ``conv2d``.
+        **kw: ``stride`` and ``padding`` of ``conv2d``.
+
+    Returns:
+        The (2, *out) 128-bit product.
+
+    Example:
+        >>> a = from64(torch.tensor([[2**63 - 1, -1]])); b = from64(torch.tensor([[3], [5]]))
+        >>> to_int(product(a, b, "matmul")[:, 0])
+        [27670116110564327416]
+    """
     if op == "mul":
         return mul(a, b)
     inner = 1
@@ -204,14 +218,7 @@ def product(a: torch.Tensor, b: torch.Tensor, op: str, **kw: Any) -> torch.Tenso
             out = part if out is None else add(out, part)
         assert out is not None
         return out
-    la, lb = limbs(a), limbs(b)
-    sums = []
-    for w in range(_N_LIMBS):
-        acc = _op(op, la[0], lb[w], kw).to(torch.int64)
-        for i in range(1, w + 1):
-            acc += _op(op, la[i], lb[w - i], kw).to(torch.int64)
-        sums.append(acc)
-    return _recombine(sums)
+    return _native(op, a, b, kw)
 
 
 def sum_(a: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:

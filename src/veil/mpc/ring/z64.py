@@ -1,8 +1,8 @@
 """Ring arithmetic on raw shares: fixed point in Z_2^64, a cryptographic PRG, exact int64 products.
 
 Values are elements of the ring Z_2^64, stored in ``torch.int64`` tensors whose two's
-complement wrap-around *is* reduction mod 2^64 (torch's int64 add, sub, mul, sum and
-matmul wrap). A real number ``v`` is encoded as ``round(v * 2**f)`` (``f`` fractional bits,
+complement wrap-around *is* reduction mod 2^64 (torch's int64 add, sub, mul, sum, matmul
+and conv2d wrap). A real number ``v`` is encoded as ``round(v * 2**f)`` (``f`` fractional bits,
 16 by default) and read back as the signed integer divided by ``2**f``: decoding is exact
 for negative values too.
 
@@ -70,6 +70,9 @@ class FixedPoint:
 
 # --------------------------------------------------------------------------- PRG
 
+_CHUNK = 1 << 20
+_ZEROS = memoryview(bytes(_CHUNK))
+
 
 def prg(seed: bytes, stream: int, slot: int, numel: int) -> torch.Tensor:
     """``numel`` uniform int64 words from AES-256-CTR keyed by ``seed``.
@@ -99,7 +102,13 @@ def prg_many(seed: bytes, stream: int, sizes: list[int], slot: int = 0) -> list[
     nonce = ((stream & (2**64 - 1)) << 64 | (slot & 0xFFFFFFFF) << 32).to_bytes(16, "big")
     enc = Cipher(algorithms.AES(seed), modes.CTR(nonce)).encryptor()
     buf = bytearray(8 * total + 15)
-    enc.update_into(bytes(8 * total), buf)  # keystream straight into a buffer torch can own
+    view = memoryview(buf)
+    # The keystream goes straight into a buffer torch can own, in chunks encrypting one
+    # shared block of zeros: a fresh zero input of the full size costs more in page faults
+    # than the AES itself (8x, measured on 1.6 MB).
+    for off in range(0, 8 * total, _CHUNK):
+        n = min(_CHUNK, 8 * total - off)
+        enc.update_into(_ZEROS[:n], view[off : off + n + 15])
     words = (
         torch.frombuffer(buf, dtype=torch.int64, count=total)
         if total
@@ -109,9 +118,46 @@ def prg_many(seed: bytes, stream: int, sizes: list[int], slot: int = 0) -> list[
 
 
 # ------------------------------------------------------------------- exact products
+#
+# torch's int64 kernels (elementwise mul, matmul / bmm / mv, conv2d) accumulate in int64 and
+# wrap, so they are exact in Z_2^64; on torch 2.13 (CPU, one thread) they also beat the limb
+# path below at every shape measured: 2 to 15 times faster, from (1, 784) @ (784, 128) to
+# 1024 x 1024, batched, and LeNet's convolutions (benchmarks/mpc.py reports both per run).
+# ``tests/mpc/test_ring.py`` checks them against Python integers, wrap-around included.
 
 _LIMB = 22  # three balanced limbs of ~22 bits: limb products < 2^42, exact in float64
 _MAX_K = 2048  # 2^42 * 2048 = 2^53: an inner dimension per exact float64 product
+
+
+def _check_int64(name: str, *ts: torch.Tensor) -> None:
+    for t in ts:
+        if t.dtype != torch.int64:
+            raise TypeError(f"{name}: ring elements are int64 tensors, got {t.dtype}")
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` in Z_2^64 (torch's matmul rules: vectors, batches, broadcasting), exact.
+
+    torch's native int64 matmul: it accumulates in int64, so it wraps mod 2^64, and it is
+    the fastest exact product on CPU (see :func:`matmul_limbs` for the float64 alternative).
+
+    Args:
+        a: int64 tensor.
+        b: int64 tensor.
+
+    Returns:
+        The int64 product, reduced mod 2^64.
+
+    Raises:
+        TypeError: an operand is not int64.
+
+    Example:
+        >>> a = torch.tensor([[2**62, 3]]); b = torch.tensor([[4], [-1]])
+        >>> matmul(a, b)  # 2^64 - 3 wraps to -3
+        tensor([[-3]])
+    """
+    _check_int64("matmul", a, b)
+    return torch.matmul(a, b)
 
 
 def _limbs(x: torch.Tensor) -> list[torch.Tensor]:
@@ -132,25 +178,27 @@ def _f2i(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.int64)
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def matmul_limbs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` in Z_2^64, exact, through float64 BLAS on 22-bit limbs.
 
-    torch's int64 matmul is exact but has no BLAS (about 20x slower than float64 on CPU).
-    Each operand is split into three balanced 22-bit limbs; only the six limb products
-    with weight below 2^64 are needed, each exact in float64 while the inner dimension is
-    at most 2048 (longer ones are split).
+    Each operand is split into three balanced 22-bit limbs; only the six limb products with
+    weight below 2^64 are needed, each exact in float64 while the inner dimension is at most
+    2048 (longer ones are split). The product :func:`matmul` used before torch's int64
+    kernels became the faster path; ``benchmarks/mpc.py`` times both to find the fastest
+    exact product of the machine it runs on.
 
     Example:
         >>> a = torch.randint(-2**62, 2**62, (3, 5)); b = torch.randint(-2**62, 2**62, (5, 2))
-        >>> bool((matmul(a, b) == a @ b).all())
+        >>> bool((matmul_limbs(a, b) == a @ b).all())
         True
     """
+    _check_int64("matmul_limbs", a, b)
     k = a.shape[-1]
     if a.dim() == 0 or b.dim() == 0:
         return a * b
     if k > _MAX_K:
         parts = [
-            matmul(
+            matmul_limbs(
                 a[..., i : i + _MAX_K],
                 b[..., i : i + _MAX_K, :] if b.dim() > 1 else b[i : i + _MAX_K],
             )
@@ -160,8 +208,6 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         for p in parts[1:]:
             out = out + p
         return out
-    if a.numel() * b.numel() < 4096:  # tiny: int64 directly
-        return torch.matmul(a, b)
     la, lb = _limbs(a), _limbs(b)
     p00 = _f2i(torch.matmul(la[0], lb[0]))
     p01 = _f2i(torch.matmul(la[0], lb[1])) + _f2i(torch.matmul(la[1], lb[0]))
@@ -174,27 +220,35 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def conv2d(x: torch.Tensor, w: torch.Tensor, stride: int | tuple[int, int] = 1,
-           padding: int | tuple[int, int] = 0) -> torch.Tensor:  # fmt: skip
-    """``F.conv2d(x, w)`` in Z_2^64 (no bias), exact: im2col and :func:`matmul`.
+           padding: int | tuple[int, int] = 0, groups: int = 1) -> torch.Tensor:  # fmt: skip
+    """``F.conv2d(x, w)`` in Z_2^64 (no bias), exact: torch's native int64 convolution.
+
+    Args:
+        x: int64 input, (N, C, H, W).
+        w: int64 weight, (O, C / groups, kh, kw).
+        stride: as in ``torch.nn.functional.conv2d``.
+        padding: as in ``torch.nn.functional.conv2d``.
+        groups: as in ``torch.nn.functional.conv2d``.
+
+    Returns:
+        The int64 convolution, reduced mod 2^64.
+
+    Raises:
+        TypeError: an operand is not int64.
+        ValueError: the channels of ``x`` and ``w`` do not match.
 
     Example:
         >>> x = torch.randint(-2**40, 2**40, (2, 3, 6, 6)); w = torch.randint(-9, 9, (4, 3, 3, 3))
         >>> bool((conv2d(x, w, padding=1) == torch.nn.functional.conv2d(x, w, padding=1)).all())
         True
     """
-    sh, sw = (stride, stride) if isinstance(stride, int) else stride
-    ph, pw = (padding, padding) if isinstance(padding, int) else padding
-    if ph or pw:
-        x = torch.nn.functional.pad(x, (pw, pw, ph, ph))
-    n, c, h, wd = x.shape
-    o, c2, kh, kw = w.shape
-    if c != c2:
-        raise ValueError(f"conv2d: input has {c} channels, the weight expects {c2}")
-    cols = x.unfold(2, kh, sh).unfold(3, kw, sw)  # n, c, oh, ow, kh, kw
-    oh, ow = cols.shape[2], cols.shape[3]
-    cols = cols.permute(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
-    out = matmul(cols, w.reshape(o, -1).t())  # (n*oh*ow, o)
-    return out.reshape(n, oh, ow, o).permute(0, 3, 1, 2).contiguous()
+    _check_int64("conv2d", x, w)
+    if x.dim() != 4 or w.dim() != 4 or x.shape[1] != w.shape[1] * groups:
+        raise ValueError(
+            f"conv2d: input {tuple(x.shape)} and weight {tuple(w.shape)} with groups={groups} "
+            "do not match; the input needs groups * weight.shape[1] channels"
+        )
+    return torch.nn.functional.conv2d(x, w, stride=stride, padding=padding, groups=groups)
 
 
 def conv2d_shapes(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: int | tuple[int, int],
