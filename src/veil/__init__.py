@@ -40,7 +40,14 @@ else:
         VeilError,
     )
     from veil.node import Dataset, Node, VirtualWorker, Worker
-    from veil.pointers import PointerModule, PointerTensor, RemoteOptimizer, TorchHook, install
+    from veil.pointers import (
+        PointerModule,
+        PointerTensor,
+        RemoteOptimizer,
+        TorchHook,
+        install,
+        local_worker,
+    )
     from veil.version import WIRE_VERSION, __version__
 
     install()
@@ -150,6 +157,7 @@ else:
         "export",
         "fl",
         "func2plan",
+        "local_worker",
         "he",
         "models",
         "mpc",
