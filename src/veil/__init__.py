@@ -105,6 +105,7 @@ else:
             (torch.Tensor, "fix_precision", "veil.mpc"),
             (PointerTensor, "share", "veil.mpc"),
             (PointerTensor, "fix_precision", "veil.mpc"),
+            (PointerTensor, "encrypt", "veil.mpc"),
             (torch.nn.Module, "share", "veil.mpc"),
             (torch.Tensor, "encrypt", "veil.he"),
         ):

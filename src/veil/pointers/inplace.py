@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from veil.errors import InvalidRequest, UnsupportedError, WorkerMismatch
+from veil.errors import InvalidRequest, PermissionDenied, UnsupportedError, WorkerMismatch
 from veil.ops.modules import OPTIMIZER_NAMES
 from veil.pointers.module import RemoteOptimizer
 from veil.pointers.tensor import PointerTensor
@@ -205,14 +205,15 @@ def _readable_grad(ptr: PointerTensor) -> torch.Tensor | None:
     grad = ptr.grad
     if grad is None:
         return None
-    if grad.private:
+    try:
+        return grad.get()
+    except PermissionDenied:  # decided by where the gradient came from, not by values
         warnings.warn(
             f"the gradient on {ptr.location.name!r} is derived from private data and stays "
             "there; ask for it with ptr.grad.request('reason')",
             stacklevel=3,
         )
         return None
-    return grad.get()
 
 
 def move_module(module: nn.Module, destination: Remote) -> nn.Module:
@@ -278,7 +279,9 @@ def copy_module(module: nn.Module) -> nn.Module:
 
 #: Remote optimizers stepped since the last backward on their node: their gradients are
 #: cleared before the next backward there (see :func:`before_backward`).
-_STEPPED: weakref.WeakKeyDictionary[Any, list[RemoteOptimizer]] = weakref.WeakKeyDictionary()
+_STEPPED: weakref.WeakKeyDictionary[Any, list[weakref.ref[RemoteOptimizer]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def route_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -299,9 +302,10 @@ def route_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None
         >>> round(m.weight.get().item() - w0, 4)
         -1.0
     """
-    cache: dict[tuple[int, ...], RemoteOptimizer] = optimizer.__dict__.setdefault(
-        "_veil_remote", {}
-    )
+    cache: dict[tuple[int, ...], tuple[list[PointerTensor], RemoteOptimizer]]
+    cache = optimizer.__dict__.setdefault("_veil_remote", {})
+    for stale in [k for k, (ptrs, _) in cache.items() if not all(p._owned for p in ptrs)]:
+        del cache[stale]  # the model came back: its remote optimizer goes (released on drop)
     for group in optimizer.param_groups:
         by_location: dict[int, list[PointerTensor]] = {}
         for p in group["params"]:
@@ -310,18 +314,11 @@ def route_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None
                 by_location.setdefault(id(ptr.location), []).append(ptr)
         for ptrs in by_location.values():
             key = tuple(p.id for p in ptrs)
-            remote = cache.get(key)
-            if remote is None:
-                remote = _remote_optimizer(optimizer, group, ptrs)
-                for stale in [k for k in cache if not _alive(cache[k])]:
-                    del cache[stale]
-                cache[key] = remote
+            if key not in cache:
+                cache[key] = (ptrs, _remote_optimizer(optimizer, group, ptrs))
+            remote = cache[key][1]
             remote.step()
-            _STEPPED.setdefault(remote.location, []).append(remote)
-
-
-def _alive(remote: RemoteOptimizer) -> bool:
-    return bool(remote._owned)
+            _STEPPED.setdefault(remote.location, []).append(weakref.ref(remote))
 
 
 def _remote_optimizer(optimizer: torch.optim.Optimizer, group: dict[str, Any],
@@ -350,6 +347,7 @@ def before_backward(location: Remote) -> None:
         >>> before_backward(veil.VirtualWorker("bob"))  # nothing stepped there: no call
     """
     stepped = _STEPPED.pop(location, None)
-    for remote in stepped or ():
-        if remote._owned:
+    for ref in stepped or ():
+        remote = ref()
+        if remote is not None and remote._owned:
             remote.zero_grad()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from veil.errors import OpNotAllowed, UnsupportedError
+from veil.errors import OpNotAllowed, PermissionDenied, UnsupportedError
 from veil.ops import default_registry
 from veil.pointers import classes
 from veil.pointers import remote as _remote
@@ -247,15 +247,16 @@ class PointerTensor(ReleasedOnDrop):
         value = tensor_from_data(reply.value)  # type: ignore[arg-type]
         if self._leaf and self.requires_grad:
             grad = self.grad
-            if grad is not None and grad.private:
-                warnings.warn(
-                    f"the gradient on {self.location.name!r} is derived from private data and "
-                    "stays there; ask for it with ptr.grad.request('reason')",
-                    stacklevel=2,
-                )
-            elif grad is not None:
-                value = value.detach().requires_grad_(True)
-                value.grad = grad.get()
+            if grad is not None:
+                try:
+                    value = value.detach().requires_grad_(True)
+                    value.grad = grad.get()
+                except PermissionDenied:  # decided by where the gradient came from, not values
+                    warnings.warn(
+                        f"the gradient on {self.location.name!r} is derived from private data "
+                        "and stays there; ask for it with ptr.grad.request('reason')",
+                        stacklevel=2,
+                    )
         return value
 
     def item(self) -> Any:
