@@ -257,8 +257,8 @@ def copy_module(module: nn.Module) -> nn.Module:
     shell = copy.deepcopy(module, memo)
     entries: list[_Entry] = []
     for new, old in zip(shell.modules(), module.modules(), strict=True):
-        for key, hook in list(new._forward_pre_hooks.items()):
-            if hook is _check_inputs:  # the original's hook, copied: the copy gets its own
+        for key, fn in list(new._forward_pre_hooks.items()):
+            if fn is _check_inputs:  # the original's hook, copied: the copy gets its own
                 del new._forward_pre_hooks[key]
                 new._forward_pre_hooks_with_kwargs.pop(key, None)
         for table, is_param in ((new._parameters, True), (new._buffers, False)):
@@ -270,8 +270,8 @@ def copy_module(module: nn.Module) -> nn.Module:
                 new.__dict__[name] = clone
                 setattr(t, POINTER_ATTR, clone)
                 entries.append(_Entry(new, name, t, clone, is_param))
-    hook = shell.register_forward_pre_hook(_check_inputs, with_kwargs=True)
-    shell.__dict__[_STATE_ATTR] = _SentState(state.location, entries, hook, state.had_location)
+    handle = shell.register_forward_pre_hook(_check_inputs, with_kwargs=True)
+    shell.__dict__[_STATE_ATTR] = _SentState(state.location, entries, handle, state.had_location)
     return shell
 
 
