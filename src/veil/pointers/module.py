@@ -212,7 +212,8 @@ def _pointer_of(p: Any) -> Any:
     """A parameter of a model sent in place stands for its pointer (veil.pointers.inplace)."""
     if isinstance(p, dict):
         return {**p, "params": [_pointer_of(q) for q in p["params"]]}
-    return getattr(p, "_veil_pointer", None) or p
+    sent = getattr(p, "_veil_pointer", None)
+    return p if sent is None else sent
 
 
 class RemoteOptimizer(ReleasedOnDrop):
