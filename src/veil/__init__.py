@@ -67,6 +67,7 @@ else:
     _LAZY_NAMES = {
         "Plan": "plans", "Protocol": "plans", "func2plan": "plans", "plan": "plans",
         "BaseDataset": "fl", "FederatedDataset": "fl", "FederatedDataLoader": "fl",
+        "create_sandbox": "sandbox", "PrivateGridNetwork": "sandbox",
     }  # fmt: skip
     # ``veil.export(...)`` is a function of the module of the same name, bound here once and for
     # all: were it lazy, the first ``import veil.export`` would put the module in its place.
@@ -143,6 +144,7 @@ else:
         "Plan",
         "PointerModule",
         "PointerTensor",
+        "PrivateGridNetwork",
         "Protocol",
         "RemoteOptimizer",
         "TorchHook",
@@ -152,14 +154,15 @@ else:
         "Worker",
         "__version__",
         "connect",
+        "create_sandbox",
         "device",
         "dp",
         "errors",
         "export",
         "fl",
         "func2plan",
-        "local_worker",
         "he",
+        "local_worker",
         "models",
         "mpc",
         "ops",

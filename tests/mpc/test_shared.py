@@ -162,7 +162,11 @@ def test_max_argmax_and_pooling(parties: Any) -> None:
     vals, onehot = sx.max(1)
     _close(vals.reconstruct(), x.max(1).values, LSB)
     assert torch.equal(onehot.reconstruct(), F.one_hot(x.argmax(1), 7).float())
-    assert torch.equal(sx.argmax(0).reconstruct(), F.one_hot(x.argmax(0), 4).float().t())
+    assert torch.equal(
+        sx.argmax(0, one_hot=True).reconstruct(), F.one_hot(x.argmax(0), 4).float().t()
+    )
+    assert torch.equal(sx.argmax(1).reconstruct(), x.argmax(1).float())  # PySyft's: indices
+    assert torch.equal(sx.argmax().reconstruct(), x.argmax().float())
     _close(sx.max().reconstruct(), x.max(), LSB)
     img = torch.randn(2, 3, 8, 8)
     simg = group.share(img)

@@ -104,13 +104,69 @@ class DerivedOps:
             return v
         return max_along(self, dim, keepdim=keepdim, onehot=True)
 
-    def argmax(self: Any, dim: int | None = None, keepdim: bool = False) -> Any:
-        """One-hot (shared) position of the maximum along ``dim`` (first one on ties)."""
+    def argmax(self: Any, dim: int | None = None, keepdim: bool = False,
+               one_hot: bool = False) -> Any:  # fmt: skip
+        """(Shared) index of the maximum along ``dim`` (of the flattened tensor if None; first
+        one on ties), as PySyft 0.2's; ``one_hot=True``: the one-hot position instead.
+
+        Example:
+            >>> import torch, veil
+            >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+            >>> x = torch.tensor([[1.0, 5.0, 2.0], [3.0, 0.0, 1.0]]).share(a, b, crypto_provider=c)
+            >>> x.argmax(dim=1).reconstruct(), x.argmax().reconstruct()
+            (tensor([1., 0.]), tensor(1.))
+        """
+        import torch
+
         from veil.mpc.protocols.reduce import max_along
 
         x = self.reshape(-1) if dim is None else self
-        _, onehot = max_along(x, 0 if dim is None else dim, keepdim=True, onehot=True)
-        return onehot
+        d = 0 if dim is None else dim % x.dim()
+        _, onehot = max_along(x, d, keepdim=True, onehot=True)
+        if one_hot:
+            return onehot
+        shape = [1] * x.dim()
+        shape[d] = x.shape[d]
+        index = (onehot * torch.arange(x.shape[d]).reshape(shape)).sum(d, keepdim=keepdim)
+        return index.reshape(()) if dim is None and not keepdim else index
+
+    # ------------------------------------------------------------- PySyft 0.2's small pieces
+    def __pow__(self: Any, exponent: int) -> Any:
+        """``x ** k`` for an integer ``k >= 1`` (square and multiply: about log2 k products).
+
+        Example:
+            >>> import torch, veil
+            >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+            >>> (torch.tensor([1.5, -2.0]).share(a, b, crypto_provider=c) ** 3).reconstruct()
+            tensor([ 3.3750, -8.0000])
+        """
+        if isinstance(exponent, bool) or not isinstance(exponent, int) or exponent < 1:
+            raise ValueError(f"a shared tensor's power takes an int >= 1, got {exponent!r}")
+        result, base, k = None, self, exponent
+        while k:
+            if k & 1:
+                result = base if result is None else result * base
+            k >>= 1
+            if k:
+                base = base.square()
+        return result
+
+    def view_as(self: Any, other: Any) -> Any:
+        """``reshape`` to ``other``'s shape (a tensor, a pointer or a shared tensor)."""
+        return self.reshape(*other.shape)
+
+    def copy(self: Any) -> Any:
+        """A new shared tensor with the same value (each party clones its share).
+
+        Example:
+            >>> import torch, veil
+            >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+            >>> x = torch.tensor([1.0, 2.0]).share(a, b, crypto_provider=c)
+            >>> y = x.copy()
+            >>> y.shares[0].id != x.shares[0].id, y.reconstruct()
+            (True, tensor([1., 2.]))
+        """
+        return self._map(lambda s: s.clone())
 
     def max_pool2d(self: Any, kernel_size: int, stride: int | None = None) -> Any:
         from veil.mpc.protocols.reduce import max_pool2d
