@@ -45,3 +45,14 @@ def test_share_accepts_pysyft_keywords_and_deals_in_process() -> None:
     torch.testing.assert_close((a * b).get().float_precision(), x * x, atol=1e-2, rtol=0)
     p = x.send(bob).encrypt(workers=[bob, alice], precision_fractional=4)
     torch.testing.assert_close(p.get().float_precision(), x, atol=1e-4, rtol=0)
+
+
+def test_integers_come_back_as_integers() -> None:
+    bob, alice, carol = (sy.VirtualWorker(n) for n in ("bob", "alice", "carol"))
+    x = torch.tensor([1, -2, 300])
+    shared = x.fix_precision().share(bob, alice, crypto_provider=carol)
+    assert torch.equal(shared.get().float_precision(), x)  # dtype int64, as PySyft gave
+    assert torch.equal(x.share(bob, alice, crypto_provider=carol).get().float_precision(), x)
+    on_bob = x.send(bob).fix_precision().share(bob, alice, crypto_provider=carol)
+    assert torch.equal(on_bob.get().float_precision(), x)
+    assert shared.get().float_precision(torch.float32).dtype == torch.float32

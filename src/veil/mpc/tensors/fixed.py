@@ -48,17 +48,29 @@ class FixedPrecisionTensor:
         tensor([ 0.5000, -1.2500])
     """
 
-    def __init__(self, encoded: torch.Tensor, encoding: FixedPoint) -> None:
+    def __init__(self, encoded: torch.Tensor, encoding: FixedPoint,
+                 source_dtype: torch.dtype | None = None) -> None:  # fmt: skip
         self.encoded = encoded
         self.encoding = encoding
+        #: The integer dtype of the encoded tensor, if it was one (see :meth:`float_precision`).
+        self.source_dtype = source_dtype
 
     @property
     def shape(self) -> torch.Size:
         return self.encoded.shape
 
-    def float_precision(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Decode (exactly in float64, then cast to ``dtype``)."""
-        return self.encoding.decode(self.encoded, dtype)
+    def float_precision(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Decode (exactly in float64, then cast to ``dtype``). By default an encoded integer
+        tensor comes back as integers of its dtype (rounded), anything else as float32.
+
+        Example:
+            >>> torch.tensor([3, -7]).fix_precision().float_precision()
+            tensor([ 3, -7])
+        """
+        if dtype is None and self.source_dtype is not None:
+            exact = self.encoding.decode(self.encoded, torch.float64)
+            return exact.round().to(self.source_dtype)
+        return self.encoding.decode(self.encoded, dtype or torch.float32)
 
     def share(self, *parties: Worker, crypto_provider: Worker | CryptoProvider | None = None,
               security: str = "semi-honest", session: MPCSession | None = None,
@@ -70,7 +82,9 @@ class FixedPrecisionTensor:
         crypto_provider = pysyft_options(parties, crypto_provider, session, **pysyft)
         sess = session or session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
                                       security=security)  # type: ignore[arg-type]  # fmt: skip
-        return _TYPES[sess.security].from_encoded(sess, self.encoded, self.encoding)  # type: ignore[no-any-return]
+        shared = _TYPES[sess.security].from_encoded(sess, self.encoded, self.encoding)
+        shared.source_dtype = self.source_dtype
+        return shared  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return f"FixedPrecisionTensor({self.encoded!r}, frac_bits={self.encoding.frac_bits})"
@@ -90,9 +104,11 @@ class FixedPrecisionPointer:
     <veil.mpc.authenticated.AuthenticatedTensor.from_pointer>`).
     """
 
-    def __init__(self, pointer: PointerTensor, encoding: FixedPoint) -> None:
+    def __init__(self, pointer: PointerTensor, encoding: FixedPoint,
+                 source_dtype: torch.dtype | None = None) -> None:  # fmt: skip
         self.pointer = pointer
         self.encoding = encoding
+        self.source_dtype = source_dtype
 
     @property
     def shape(self) -> torch.Size:
@@ -114,7 +130,9 @@ class FixedPrecisionPointer:
             )
         sess = session or session_for(parties, crypto_provider, frac_bits=_session_bits(self.encoding),
                                       security=security)  # type: ignore[arg-type]  # fmt: skip
-        return _TYPES[sess.security].from_pointer(sess, self.pointer, idx, self.encoding)  # type: ignore[no-any-return]
+        shared = _TYPES[sess.security].from_pointer(sess, self.pointer, idx, self.encoding)
+        shared.source_dtype = self.source_dtype
+        return shared  # type: ignore[no-any-return]
 
     def float_precision(self) -> PointerTensor:
         """Decode on the node (a float pointer)."""
@@ -147,7 +165,8 @@ def _tensor_fix_precision(self: torch.Tensor, frac_bits: int = 16, *,
     if precision_fractional is not None:
         frac_bits = frac_bits_for(precision_fractional)
     enc = FixedPoint(frac_bits)
-    return FixedPrecisionTensor(enc.encode(self), enc)
+    integer = not self.is_floating_point() and self.dtype != torch.bool
+    return FixedPrecisionTensor(enc.encode(self), enc, self.dtype if integer else None)
 
 
 def _tensor_share(self: torch.Tensor, *parties: Worker, crypto_provider: Worker | CryptoProvider | None = None,
@@ -167,7 +186,8 @@ def _pointer_fix_precision(self: PointerTensor, frac_bits: int = 16, *,
         frac_bits = frac_bits_for(precision_fractional)
     enc = FixedPoint(frac_bits)
     encoded = (self.double() * float(enc.scale)).round().long()  # type: ignore[attr-defined,operator]
-    return FixedPrecisionPointer(encoded, enc)
+    integer = not self.dtype.is_floating_point and self.dtype != torch.bool
+    return FixedPrecisionPointer(encoded, enc, self.dtype if integer else None)
 
 
 def _pointer_share(self: PointerTensor, *parties: Worker, crypto_provider: Worker | CryptoProvider | None = None,

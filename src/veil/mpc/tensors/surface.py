@@ -23,12 +23,15 @@ class DerivedOps:
     ``get()``, ``_sign()`` (1 where negative), + - * with shared and public operands,
     ``reshape``, ``cat`` and ``_broadcast_shape`` from the class."""
 
-    __slots__ = ("shares", "session", "encoding")
+    __slots__ = ("shares", "session", "encoding", "source_dtype")
 
     def __init__(self, shares: list[Any], session: Any, encoding: Any) -> None:
         self.shares = shares
         self.session = session
         self.encoding = encoding
+        #: The integer dtype of the tensor that was shared (None for floats and for results
+        #: of ops): ``get().float_precision()`` gives that dtype back, as PySyft did.
+        self.source_dtype: Any = None
 
     def _new(self: Any, shares: list[Any], encoding: Any = None) -> Any:
         return type(self)(shares, self.session, encoding or self.encoding)
