@@ -184,8 +184,8 @@ def test_shares_are_private_objects_on_each_party(two: Any) -> None:
 
 def test_configuration_errors_say_what_to_do() -> None:
     a, b = veil.VirtualWorker("a"), veil.VirtualWorker("b")
-    with pytest.raises(veil.errors.InvalidRequest, match="crypto provider"):
-        torch.ones(2).share(a, b)
+    # PySyft's crypto_provider=None: between in-process workers, an in-process dealer
+    assert torch.ones(2).share(a, b).session.provider.name == "dealer-a-b"
     with pytest.raises(ValueError, match="must not be one of the parties"):
         torch.ones(2).share(a, b, crypto_provider=b)
     with pytest.raises(ValueError, match="at least 2 parties"):
