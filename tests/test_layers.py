@@ -22,7 +22,7 @@ LAYERS = {
     "plans": 6,
     "export": 6, "models": 6,  # on-device prediction: veil.export, model hosting (a capability)
     "fl": 7,
-    "cli": 8, "demo": 8, "__main__": 8, "__init__": 8,
+    "cli": 8, "demo": 8, "sandbox": 8, "__main__": 8, "__init__": 8,
 }  # fmt: skip
 #: Parts of one layer that must not import each other.
 SIBLINGS = {"dp", "he", "mpc"}
@@ -131,7 +131,8 @@ def test_public_surface_is_deliberate() -> None:
         "PermissionDenied", "PointerModule", "PointerTensor", "RemoteOptimizer", "TorchHook",
         "VeilError", "VirtualWorker", "Worker", "__version__", "connect", "device", "dp", "errors",
         "export", "fl", "he", "models", "mpc", "Plan", "Protocol", "func2plan", "plan", "plans", "ops",
-        "BaseDataset", "FederatedDataset", "FederatedDataLoader",
+        "BaseDataset", "FederatedDataset", "FederatedDataLoader", "local_worker", "create_sandbox",
+        "PrivateGridNetwork",
     }  # fmt: skip
     for name in veil.__all__:
         assert hasattr(veil, name), name

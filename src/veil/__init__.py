@@ -40,7 +40,14 @@ else:
         VeilError,
     )
     from veil.node import Dataset, Node, VirtualWorker, Worker
-    from veil.pointers import PointerModule, PointerTensor, RemoteOptimizer, TorchHook, install
+    from veil.pointers import (
+        PointerModule,
+        PointerTensor,
+        RemoteOptimizer,
+        TorchHook,
+        install,
+        local_worker,
+    )
     from veil.version import WIRE_VERSION, __version__
 
     install()
@@ -61,6 +68,7 @@ else:
     _LAZY_NAMES = {
         "Plan": "plans", "Protocol": "plans", "func2plan": "plans", "plan": "plans",
         "BaseDataset": "fl", "FederatedDataset": "fl", "FederatedDataLoader": "fl",
+        "create_sandbox": "sandbox", "PrivateGridNetwork": "sandbox",
     }  # fmt: skip
     # ``veil.export(...)`` is a function of the module of the same name, bound here once and for
     # all: were it lazy, the first ``import veil.export`` would put the module in its place.
@@ -99,6 +107,7 @@ else:
             (torch.Tensor, "fix_precision", "veil.mpc"),
             (PointerTensor, "share", "veil.mpc"),
             (PointerTensor, "fix_precision", "veil.mpc"),
+            (PointerTensor, "encrypt", "veil.mpc"),
             (torch.nn.Module, "share", "veil.mpc"),
             (torch.nn.Module, "fix_precision", "veil.mpc"),
             (torch.optim.Optimizer, "fix_precision", "veil.mpc"),
@@ -138,6 +147,7 @@ else:
         "Plan",
         "PointerModule",
         "PointerTensor",
+        "PrivateGridNetwork",
         "Protocol",
         "RemoteOptimizer",
         "TorchHook",
@@ -147,6 +157,7 @@ else:
         "Worker",
         "__version__",
         "connect",
+        "create_sandbox",
         "device",
         "dp",
         "errors",
@@ -154,6 +165,7 @@ else:
         "fl",
         "func2plan",
         "he",
+        "local_worker",
         "models",
         "mpc",
         "ops",

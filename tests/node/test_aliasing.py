@@ -80,7 +80,7 @@ def test_training_continues_after_a_restart_as_if_uninterrupted(
         _step(local, local_opt, x, y)
 
     node, sci = _first(tmp_path)
-    model = _model().send(sci)
+    model = sci.send(_model())
     opt = veil.RemoteOptimizer(opt_cls, model.parameters(), **options)
     xs, ys = sci.send(x), sci.send(y)
     for _ in range(3):
@@ -102,7 +102,7 @@ def test_training_continues_after_a_restart_as_if_uninterrupted(
 
 def test_a_parameter_record_and_its_module_alias_after_a_restart(tmp_path: Path) -> None:
     node, sci = _first(tmp_path)
-    model = nn.Linear(3, 2).send(sci)
+    model = sci.send(nn.Linear(3, 2))
     weight, bias = model.parameters()
     sci.flush()
     ids = model.id, weight.id, bias.id
@@ -163,7 +163,7 @@ def test_an_optimizer_keeps_its_parameters_when_the_model_is_deleted(
 ) -> None:
     node, sci = _first(tmp_path)
     local = nn.Linear(2, 1)
-    model = copy.deepcopy(local).send(sci)
+    model = sci.send(copy.deepcopy(local))
     params = model.parameters()
     opt = veil.RemoteOptimizer(torch.optim.SGD, params, lr=0.5, momentum=0.5)
     x = sci.send(torch.ones(3, 2))

@@ -240,7 +240,7 @@ def test_a_failed_write_undoes_that_message_only(
     b = owner.login("b@dur.test", "b-password-1")
     owner.budgets.set("b@dur.test", "d", epsilon=100.0)
     # user a trains a model with a momentum optimizer; user b derives a bounded total
-    model = nn.Linear(3, 1).send(a)
+    model = a.send(nn.Linear(3, 1))
     params = model.parameters()
     opt = veil.RemoteOptimizer(torch.optim.SGD, params, lr=0.1, momentum=0.9)
     xa = a.send(torch.ones(4, 3))
@@ -341,7 +341,7 @@ def test_running_statistics_moved_by_a_public_forward_are_stored(
     db = (f"sqlite:///{tmp_path / 'n.db'}", str(tmp_path / "b"))
     node = _open(db, owner_email=EMAIL, owner_password=PASSWORD)
     owner = veil.VirtualWorker(node=node)
-    model = nn.BatchNorm1d(3).send(owner)
+    model = owner.send(nn.BatchNorm1d(3))
     model(owner.send(torch.randn(8, 3) * 5 + 2))  # training mode: running mean and var move
     owner.flush()
     after = snapshot(node)

@@ -90,7 +90,7 @@ def test_chains_tuples_and_views_are_released(virtual: Any) -> None:
 def test_training_loop_leaves_the_node_flat(virtual: Any) -> None:
     w, node = virtual.owner, virtual.node
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).send(w)
+    model = w.send(nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)))
     opt = veil.RemoteOptimizer(torch.optim.Adam, model.parameters(), lr=1e-3)
     x = torch.randn(256, 64).send(w)
     y = torch.randint(0, 10, (256,)).send(w)
@@ -122,7 +122,7 @@ class Net(nn.Module):
 
 def test_custom_model_loop_releases_every_intermediate(virtual: Any) -> None:
     w, node = virtual.owner, virtual.node
-    model = Net().send(w)
+    model = w.send(Net())
     opt = veil.RemoteOptimizer(torch.optim.SGD, model.parameters(), lr=1e-2)
     x = torch.randn(128, 32).send(w)
     target = torch.randn(128, 4).send(w)

@@ -176,9 +176,9 @@ def test_an_approval_covers_exactly_the_content_approved(setup: Any, deployment:
         lambda x: torch.nn.functional.conv2d(
             torch.ones(1, 1, 1, 1).send(x), torch.ones(1, 1, 1, 1).send(x), padding=1500
         ),
-        lambda x: nn.ZeroPad2d(1500).send(x)(torch.ones(1, 1, 1, 1).send(x)),
-        lambda x: nn.ConstantPad1d(3_000_000, 1.0).send(x)(torch.ones(1, 1).send(x)),
-        lambda x: nn.Upsample(scale_factor=2000).send(x)(torch.ones(1, 1, 2, 2).send(x)),
+        lambda x: x.send(nn.ZeroPad2d(1500))(torch.ones(1, 1, 1, 1).send(x)),
+        lambda x: x.send(nn.ConstantPad1d(3_000_000, 1.0))(torch.ones(1, 1).send(x)),
+        lambda x: x.send(nn.Upsample(scale_factor=2000))(torch.ones(1, 1, 2, 2).send(x)),
     ],
     ids=["empty_dims_matmul", "conv_padding", "zeropad_module", "constpad_module", "upsample"],
 )

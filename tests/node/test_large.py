@@ -49,7 +49,7 @@ def test_large_model_state_round_trips(virtual: Any) -> None:
     nbytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     assert nbytes > 256 * 1024**2
 
-    remote = model.send(w)
+    remote = w.send(model)
     assert len(remote.parameters()) == 8
     x = torch.randn(2, 4096)
     torch.testing.assert_close(remote(x.send(w)).get(), model(x), rtol=1e-5, atol=1e-5)

@@ -94,8 +94,8 @@ def _world(data: torch.Tensor, labels: torch.Tensor, url: str | None = None,
         torch.randn(ROWS, COLS, generator=gen).send(sci),
         torch.arange(ROWS).send(sci),
         w,
-        model.send(sci),
-        nn.Embedding(10, 2).send(sci),
+        sci.send(model),
+        sci.send(nn.Embedding(10, 2)),
     ]
     return World(node, sci, regs, plans=_plans(owner, sci))
 

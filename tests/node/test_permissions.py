@@ -171,7 +171,7 @@ def test_anything_derived_from_private_data_is_refused(setup: Any, deployment: A
 
 def test_derived_from_derived_and_module_outputs_are_refused(setup: Any) -> None:
     raw, sci, priv = setup
-    model = nn.Sequential(nn.Linear(4, 2)).send(sci)
+    model = sci.send(nn.Sequential(nn.Linear(4, 2)))
 
     out = model(priv)
     loss = out.pow(2).mean()
@@ -471,11 +471,11 @@ MUTATIONS: dict[str, Callable[[Any, Any], Any]] = {
         torch.randn(8, 4).send(w), x[0], x[1], training=True
     ),
     "embedding_max_norm": lambda x, w: F.embedding(torch.tensor([0, 1]).send(w), x, max_norm=0.1),
-    "module_inplace_relu": lambda x, w: nn.Sequential(nn.ReLU(inplace=True)).send(w)(x),
+    "module_inplace_relu": lambda x, w: w.send(nn.Sequential(nn.ReLU(inplace=True)))(x),
     "module_view_then_inplace": lambda x, w: nn.Sequential(
         nn.Identity(), nn.Sequential(nn.Flatten(0)), nn.Dropout(0.5, inplace=True)
     ).send(w)(x),
-    "module_inplace_on_view": lambda x, w: nn.ELU(inplace=True).send(w)(x[2]),
+    "module_inplace_on_view": lambda x, w: w.send(nn.ELU(inplace=True))(x[2]),
     "optimizer_over_data": lambda x, w: veil.RemoteOptimizer(torch.optim.SGD, [x], lr=1.0),
     "optimizer_over_view": lambda x, w: veil.RemoteOptimizer(torch.optim.SGD, [x[0]], lr=1.0),
 }
@@ -493,7 +493,7 @@ def test_dataset_data_is_read_only(setup: Any, deployment: Any) -> None:
 def test_models_with_inplace_layers_after_the_first_still_run_on_private_data(setup: Any) -> None:
     raw, sci, priv = setup
     local = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(inplace=True), nn.Linear(3, 1))
-    model = copy.deepcopy(local).send(sci)
+    model = sci.send(copy.deepcopy(local))
 
     out = model(priv)
 
@@ -582,7 +582,7 @@ def test_gradients_of_a_public_leaf_from_a_private_loss_are_private(setup: Any) 
 def test_model_trained_on_private_data_is_private(setup: Any, deployment: Any) -> None:
     raw, sci, priv = setup
     local = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1))
-    model = copy.deepcopy(local).send(sci)
+    model = sci.send(copy.deepcopy(local))
     params_before = model.parameters()
     opt = veil.RemoteOptimizer(torch.optim.SGD, model.parameters(), lr=0.1)
     assert model.get() is not None  # fetchable before it saw private data
@@ -622,7 +622,7 @@ class Net(nn.Module):
 
 def test_custom_model_trained_on_private_data_is_private(setup: Any) -> None:
     raw, sci, priv = setup
-    model = Net().send(sci)
+    model = sci.send(Net())
     assert "params of Net" in repr(model)
     buffers = [model._shell.bn.running_mean, model._shell.bn.running_var]
     opt = veil.RemoteOptimizer(torch.optim.Adam, model.parameters(), lr=0.1)
@@ -640,7 +640,7 @@ def test_custom_model_trained_on_private_data_is_private(setup: Any) -> None:
 
 def test_batchnorm_statistics_of_private_data_are_private(setup: Any) -> None:
     raw, sci, priv = setup
-    model = nn.Sequential(nn.BatchNorm1d(4)).send(sci)
+    model = sci.send(nn.Sequential(nn.BatchNorm1d(4)))
     model(torch.randn(8, 4).send(sci))
     assert model.get() is not None
 
@@ -653,7 +653,7 @@ def test_batchnorm_statistics_of_private_data_are_private(setup: Any) -> None:
 
 def test_training_on_own_data_stays_public(setup: Any) -> None:
     raw, sci, priv = setup
-    model = nn.Sequential(nn.Linear(4, 1)).send(sci)
+    model = sci.send(nn.Sequential(nn.Linear(4, 1)))
     opt = veil.RemoteOptimizer(torch.optim.SGD, model.parameters(), lr=0.1)
     _ = priv.mean()  # unrelated private computation must not taint the model
 

@@ -105,7 +105,7 @@ def test_how_many_private_writes_succeeded_is_not_in_a_backward_error() -> None:
 
 def test_a_failed_module_call_leaves_the_gradients_a_successful_one_would() -> None:
     def program(sci: Any, priv: Any, see: Any) -> None:
-        emb = nn.Embedding(10, 2).send(sci)
+        emb = sci.send(nn.Embedding(10, 2))
         out = see("emb(idx)", lambda: emb(priv[0, 3].long()))  # 42 fails, 5 works
         see("out.mul_(2)", lambda: out.mul_(2))
         see("backward", lambda: out.sum().backward())
@@ -127,7 +127,7 @@ def test_a_view_picked_by_a_private_index_does_not_alias_public_data() -> None:
 
 def test_embedding_with_max_norm_is_tainted_whether_or_not_the_lookup_failed() -> None:
     def program(sci: Any, priv: Any, see: Any) -> None:
-        emb = nn.Embedding(50, 2, max_norm=1.0).send(sci)
+        emb = sci.send(nn.Embedding(50, 2, max_norm=1.0))
         idx = torch.stack([priv[0, 3].long(), torch.tensor(9999).send(sci)])
         see("lookup", lambda: emb(idx))
         see("module private", lambda: [o.private for o in sci.objects() if o.kind == "module"])

@@ -112,7 +112,7 @@ def test_training_resumes_after_kill_and_restart_as_if_uninterrupted(tmp_path: P
         sci = veil.connect(url, email=SCI, password=SCI_PW)
         start = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
         start.load_state_dict(init)
-        model = start.send(sci)
+        model = sci.send(start)
         params = model.parameters()
         opt = veil.RemoteOptimizer(torch.optim.SGD, params, lr=0.2, momentum=0.9)
         xs, ys = sci.send(x), sci.send(y)

@@ -166,7 +166,7 @@ def test_a_plan_runs_only_with_the_state_it_was_traced_with(virtual) -> None:
     sci = virtual.scientist()
     p.send(sci)
     dep = p._deployments[id(sci)]
-    dep.state[0] = torch.nn.Linear(2, 3).send(sci)  # a different model behind the slot
+    dep.state[0] = sci.send(torch.nn.Linear(2, 3))  # a different model behind the slot
     with pytest.raises(InvalidRequest, match="not the module the plan was traced with"):
         p(torch.zeros(1, 2).send(sci))
     with pytest.raises(TypeError, match="must be float32"):

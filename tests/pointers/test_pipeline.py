@@ -55,7 +55,7 @@ def _setup(where: Any) -> tuple[Any, Any, list[tuple[Any, Any]]]:
             for _ in range(4)]  # fmt: skip
     if where is None:
         return model, torch.optim.SGD(model.parameters(), lr=0.1), data
-    remote = model.send(where)
+    remote = where.send(model)
     opt = veil.RemoteOptimizer(torch.optim.SGD, remote.parameters(), lr=0.1)
     return remote, opt, [(x.send(where), y.send(where)) for x, y in data]
 
@@ -175,7 +175,7 @@ def test_predictions_follow_train_and_eval_mode(served: tuple[Node, str]) -> Non
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5))
     with _client(url) as c:
-        remote = model.send(c)
+        remote = c.send(model)
         x = torch.randn(8, 4)
         px = x.send(c)
         remote.eval()
@@ -193,7 +193,7 @@ def test_a_prediction_made_under_no_grad_agrees_with_the_node(served: tuple[Node
     so even when the client's loop runs under torch.no_grad()."""
     node, url = served
     with _client(url) as c:
-        first, second = (nn.Linear(3, 2).send(c) for _ in range(2))  # one architecture
+        first, second = (c.send(nn.Linear(3, 2)) for _ in range(2))  # one architecture
         px = torch.randn(4, 3).send(c)
         with torch.no_grad():
             y = first(px)

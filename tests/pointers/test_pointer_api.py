@@ -100,13 +100,17 @@ def test_move_sends_the_value_and_deletes_the_source(deployment: Any) -> None:
         p.get()
 
 
-def test_send_of_a_pointer_moves_it(deployment: Any) -> None:
+def test_send_of_a_pointer_leaves_the_data_and_move_moves_it(deployment: Any) -> None:
     w = deployment.scientist()
     bob = veil.VirtualWorker("bob")
     p = torch.ones(2).send(w)
     source_id = p.id
 
-    q = p.send(bob)
+    relay = p.send(bob)  # PySyft's pointer to a pointer: the data stays on w
+    assert relay.location is bob and relay.get() is p and source_id in _ids(w)
+    assert bob.node.object_count() == 0
+
+    q = p.move(bob)
     w.flush()
 
     assert q.location is bob and torch.equal(q.get(), torch.ones(2))

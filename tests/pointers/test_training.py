@@ -93,7 +93,7 @@ def test_remote_sequential_training_matches_local(deployment: Any, opt_cls: Any,
     w = deployment.scientist()
     torch.manual_seed(0)
     local = _mlp()
-    remote = copy.deepcopy(local).send(w)
+    remote = w.send(copy.deepcopy(local))
     x, y = _data()
 
     want_losses = _train_local(local, opt_cls, x, y, **opt_kw)
@@ -117,7 +117,7 @@ def test_remote_custom_module_training_matches_local(deployment: Any, opt_cls: A
     w = deployment.scientist()
     torch.manual_seed(0)
     local = Net()
-    remote = copy.deepcopy(local).send(w)  # mode="auto" picks "params" for a custom forward
+    remote = w.send(copy.deepcopy(local))  # mode="auto" picks "params" for a custom forward
     x, y = _data()
 
     want_losses = _train_local(local, opt_cls, x, y, **opt_kw)
@@ -136,7 +136,7 @@ def test_grads_are_pointers_that_match_local_grads(deployment: Any) -> None:
     w = deployment.scientist()
     torch.manual_seed(0)
     local = _mlp()
-    remote = copy.deepcopy(local).send(w)
+    remote = w.send(copy.deepcopy(local))
     x, y = _data()
 
     F.cross_entropy(local(x), y).backward()
@@ -159,7 +159,7 @@ def test_eval_mode_and_dropout_follow_the_local_model(deployment: Any) -> None:
     w = deployment.scientist()
     torch.manual_seed(0)
     local = nn.Sequential(nn.Linear(6, 6), nn.Dropout(0.5), nn.BatchNorm1d(6))
-    remote = copy.deepcopy(local).send(w)
+    remote = w.send(copy.deepcopy(local))
     x, _ = _data()
 
     remote.eval()
@@ -178,7 +178,7 @@ def test_model_pointer_forward_matches_and_state_roundtrips(deployment: Any) -> 
         nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(4 * 4 * 4, 5),
     )  # fmt: skip
-    remote = copy.deepcopy(local).send(w)
+    remote = w.send(copy.deepcopy(local))
     x = torch.randn(3, 2, 8, 8)
 
     out = remote(x.send(w))

@@ -40,7 +40,7 @@ def test_module_round_trips_and_runs_remotely(make: object, shape: tuple[int, ..
     with torch.no_grad():
         expected = _first(model(*args))
     worker = veil.VirtualWorker("m")
-    remote = model.send(worker)
+    remote = worker.send(model)
     assert remote.id is not None  # rebuilt on the node, not run through pointers locally
     got = _first(remote(*[a.send(worker) for a in args])).get()
     torch.testing.assert_close(got, expected)

@@ -11,10 +11,11 @@ from torch import nn
 
 from veil.errors import InvalidRequest, ObjectNotFound, TransportError
 from veil.node.node import Node
+from veil.node.spellings import PySyftSpellings
 from veil.node.transports import InProcessTransport
 from veil.node.users import Session
 from veil.pointers import PointerModule, PointerTensor, Remote
-from veil.pointers.hook import TorchHook
+from veil.pointers.hook import TorchHook, tags_to_text
 from veil.serde.messages import (
     AssetInfo,
     AssetSpec,
@@ -49,7 +50,7 @@ from veil.serde.messages import (
 from veil.serde.tensors import tensor_from_data, tensor_to_data
 
 
-class Worker(Remote):
+class Worker(PySyftSpellings, Remote):
     """What every node handle offers, in-process (:class:`VirtualWorker`) or remote
     (:class:`~veil.node.client.NodeClient`)."""
 
@@ -78,9 +79,14 @@ class Worker(Remote):
             return obj.move(self)
         if not isinstance(obj, torch.Tensor):
             raise TypeError(f"send() takes a tensor or an nn.Module, got {type(obj).__name__}")
+        if not description:  # tags and description set with x.tag(...) / x.describe(...)
+            description = tags_to_text(getattr(obj, "_veil_tags", ()),
+                                       getattr(obj, "_veil_description", ""))  # fmt: skip
         info = self.call(SendObject(tensor_to_data(obj), description, private))
         assert isinstance(info, ObjectInfo)
-        return PointerTensor(self, info)
+        ptr = PointerTensor(self, info)
+        ptr._leaf = True
+        return ptr
 
     # -- node state ---------------------------------------------------------------
     def info(self) -> NodeInfo:
@@ -371,7 +377,9 @@ class VirtualWorker(Worker):
     :class:`~veil.node.transports.InProcessTransport` that hands frames to the node.
 
     Args:
-        name: the node's name; ``VirtualWorker(hook, id="alice")`` (PySyft 0.2) also works.
+        name: the node's name; ``VirtualWorker(hook, id="alice")`` and
+            ``VirtualWorker(id="alice", hook=hook)`` (PySyft 0.2) also work (veil needs no
+            hook: it is accepted and unused).
         node: an existing :class:`Node` to attach to (for tests and multi-user setups).
 
     Example:
@@ -383,7 +391,8 @@ class VirtualWorker(Worker):
     """
 
     def __init__(self, name: Any = None, id: str | None = None, *, node: Node | None = None,  # noqa: A002
-                 session: Session | None = None, **node_options: Any) -> None:  # fmt: skip
+                 session: Session | None = None, hook: TorchHook | None = None,
+                 **node_options: Any) -> None:  # fmt: skip
         if isinstance(name, TorchHook) or name is None:
             name = id
         if node is None:

@@ -15,3 +15,10 @@ tensor: Any = None
 #: PointerModule and RemoteOptimizer (veil.pointers.module).
 module: Any = None
 optimizer: Any = None
+#: Called with the node before a backward runs there (veil.pointers.inplace: the
+#: ``zero_grad`` of torch optimizers over models sent in place).
+before_backward: Any = None
+#: RelayPointer (veil.pointers.relay): what ``ptr.send(other_worker)`` returns.
+relay: Any = None
+#: The client itself, PySyft's local worker (veil.pointers.relay.local_worker).
+local_worker: Any = None

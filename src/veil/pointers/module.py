@@ -51,7 +51,7 @@ class PointerModule(ReleasedOnDrop):
         >>> import torch, veil
         >>> alice = veil.VirtualWorker("alice")
         >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU())
-        >>> remote = model.send(alice)
+        >>> remote = alice.send(model)  # model.send(alice) would move the model itself
         >>> out = remote(torch.ones(1, 3).send(alice))
         >>> torch.allclose(out.get(), model(torch.ones(1, 3)))
         True
@@ -208,13 +208,21 @@ class PointerModule(ReleasedOnDrop):
         return self.id
 
 
+def _pointer_of(p: Any) -> Any:
+    """A parameter of a model sent in place stands for its pointer (veil.pointers.inplace)."""
+    if isinstance(p, dict):
+        return {**p, "params": [_pointer_of(q) for q in p["params"]]}
+    sent = getattr(p, "_veil_pointer", None)
+    return p if sent is None else sent
+
+
 class RemoteOptimizer(ReleasedOnDrop):
     """A torch optimizer built on the node over remote parameters.
 
     Example:
         >>> import torch, veil
         >>> alice = veil.VirtualWorker("alice")
-        >>> model = torch.nn.Linear(2, 1).send(alice)
+        >>> model = alice.send(torch.nn.Linear(2, 1))
         >>> opt = veil.RemoteOptimizer(torch.optim.SGD, model.parameters(), lr=0.1)
         >>> loss = model(torch.ones(4, 2).send(alice)).pow(2).mean()
         >>> loss.backward(); opt.step(); opt.zero_grad()
@@ -234,7 +242,7 @@ class RemoteOptimizer(ReleasedOnDrop):
                 f"{optimizer_cls} is not an allowlisted optimizer; use one of "
                 f"{sorted(OPTIMIZER_NAMES.values())}"
             )
-        params = list(params)
+        params = [_pointer_of(p) for p in params]
         if not params:
             raise ValueError("RemoteOptimizer got an empty parameter list")
         first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]

@@ -209,6 +209,23 @@ class Remote:
             if error is not None:  # its pipelined op failed
                 raise error
             return Ref(ptr.id)
+        if isinstance(obj, torch.Tensor):
+            return self._local_tensor_ref(obj)
+        return None
+
+    def _local_tensor_ref(self, t: torch.Tensor) -> Ref | None:
+        """A local tensor as an op argument: the parameter of a model sent in place stands
+        for its pointer; a tensor that requires grad is refused (its gradient could never
+        come back: the model it belongs to has to be sent first)."""
+        sent = getattr(t, "_veil_pointer", None)
+        if sent is not None and sent.location is self and sent._owned:
+            return self._ref(sent)
+        if t.requires_grad:
+            raise InvalidRequest(
+                f"an op on {self.name!r} got a local tensor that requires grad (a parameter of "
+                "a local model?): its gradient would be lost. Send the model first: "
+                f"model.send({self.name}), then call it on pointers"
+            )
         return None
 
     def _encode_args(self, args: Any, kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:

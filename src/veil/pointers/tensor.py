@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from veil.errors import OpNotAllowed, UnsupportedError
+from veil.errors import OpNotAllowed, PermissionDenied, UnsupportedError
 from veil.ops import default_registry
 from veil.pointers import classes
 from veil.pointers import remote as _remote
@@ -62,6 +63,7 @@ class PointerTensor(ReleasedOnDrop):
         "sources",
         "_owned",
         "_error",
+        "_leaf",
         "__weakref__",
     )
 
@@ -74,12 +76,14 @@ class PointerTensor(ReleasedOnDrop):
     sources: tuple[str, ...]
     _owned: bool
     _error: Exception | None  # set when the pipelined op that makes it failed
+    _leaf: bool  # made by a send: a leaf whose .grad get() brings back
 
     def __init__(self, location: Remote, info: ObjectInfo, *, owned: bool = True) -> None:
         self.location = location
         self.id = info.id
         self._owned = owned
         self._error = None
+        self._leaf = False
         self.shape = torch.Size(info.shape)  # as _update, inline: this runs once per op
         self.dtype = DTYPES.get(info.dtype) or dtype_from_name(info.dtype)
         self.requires_grad = info.requires_grad
@@ -210,22 +214,50 @@ class PointerTensor(ReleasedOnDrop):
 
     def backward(self, gradient: Any = None, retain_graph: bool | None = None) -> None:
         """Run backward on the node; gradients stay there (``param.grad`` is a pointer)."""
+        if classes.before_backward is not None:
+            classes.before_backward(self.location)
         self.location.run_op("Tensor.backward", self, gradient, retain_graph)
 
     # -- moving data -------------------------------------------------------------
     def get(self) -> torch.Tensor:
-        """Fetch a copy of the remote tensor.
+        """Fetch a copy of the remote tensor; for a tensor you sent (a leaf), with its gradient
+        when it has one you may read.
+
+        The remote object stays (veil's ``get`` copies; dropping the pointer, or
+        ``delete()``, removes it). A gradient derived from private data stays on the node
+        (a warning says so) even when the value itself may be read.
 
         Raises:
             PermissionDenied: the tensor is (derived from) private data and no request for
                 it was approved. Ask with ``ptr.request("reason")``.
+
+        Example:
+            >>> import torch, veil
+            >>> bob = veil.VirtualWorker("bob")
+            >>> w = torch.tensor([1.0, 2.0], requires_grad=True).send(bob)
+            >>> (w * w).sum().backward()
+            >>> w.get().grad
+            tensor([2., 4.])
         """
         if self._error is not None:
             raise self._error
         nbytes = self.shape.numel() * self.dtype.itemsize
         reply = self.location.call(GetObject(self.id), expect_bytes=nbytes)
         assert isinstance(reply, Value)
-        return tensor_from_data(reply.value)  # type: ignore[arg-type]
+        value = tensor_from_data(reply.value)  # type: ignore[arg-type]
+        if self._leaf and self.requires_grad:
+            grad = self.grad
+            if grad is not None:
+                try:
+                    value = value.detach().requires_grad_(True)
+                    value.grad = grad.get()
+                except PermissionDenied:  # decided by where the gradient came from, not values
+                    warnings.warn(
+                        f"the gradient on {self.location.name!r} is derived from private data "
+                        "and stays there; ask for it with ptr.grad.request('reason')",
+                        stacklevel=2,
+                    )
+        return value
 
     def item(self) -> Any:
         """``get().item()``: fetches the value (subject to the same permission check)."""
@@ -238,20 +270,52 @@ class PointerTensor(ReleasedOnDrop):
         """A new remote object holding a copy of this one (``clone`` on the node)."""
         return self._op("Tensor.clone")  # type: ignore[no-any-return]
 
-    def move(self, destination: Any) -> PointerTensor:
-        """Move the tensor to another node and drop it here.
+    @property
+    def id_at_location(self) -> int:
+        """The object's id on its node (PySyft 0.2's name for :attr:`id`)."""
+        return self.id
 
-        The data passes through this client, so moving needs the same permission as
-        ``get()``; private data cannot be moved out of its owner's node without approval.
+    @property
+    def owner(self) -> Any:
+        """The client that holds this pointer (PySyft's local worker: see
+        :data:`veil.pointers.relay.local_worker`)."""
+        return classes.local_worker
+
+    def move(self, destination: Any, requires_grad: bool = False) -> PointerTensor:
+        """Move the tensor to another node and drop it here; returns the new pointer.
+
+        The data passes through this client (veil has no node-to-node channel), so moving
+        needs the same permission as ``get()``: private data cannot leave its owner's node
+        without approval. ``requires_grad=True`` makes the moved tensor a leaf that requires
+        grad there.
+
+        Example:
+            >>> import torch, veil
+            >>> bob, alice = veil.VirtualWorker("bob"), veil.VirtualWorker("alice")
+            >>> x = torch.tensor([1.0, 2.0]).send(bob).move(alice, requires_grad=True)
+            >>> x.location.name, x.requires_grad, bob.node.object_count()
+            ('alice', True, 0)
         """
-        value = self.get()
+        if destination is self.location:
+            return self
+        value = self.get().detach()
+        if requires_grad or self.requires_grad:
+            value.requires_grad_(True)
         ptr = destination.send(value)
         self.delete()
+        self.location.flush()  # the deletion is sent now: the data leaves this node at once
         return ptr  # type: ignore[no-any-return]
 
-    def send(self, destination: Any) -> PointerTensor:
-        """Alias of :meth:`move` (PySyft 0.2 spelling)."""
-        return self.move(destination)
+    def send(self, destination: Any) -> Any:
+        """A pointer to this pointer, held for ``destination`` (PySyft 0.2's
+        ``x.send(bob).send(alice)``): the data stays here; ``.get()`` unwinds one level and
+        ``.remote_get()`` moves the data to ``destination``. See :mod:`veil.pointers.relay`.
+        """
+        return classes.relay(self, destination)
+
+    def remote_get(self) -> PointerTensor:
+        """Nothing to unwind: a pointer to data on its node is already there (returns itself)."""
+        return self
 
     def delete(self) -> None:
         """Delete the remote object now (otherwise it goes when the last pointer does)."""

@@ -93,7 +93,7 @@ def module_to_spec(module: nn.Module) -> ModuleSpec:
     if bad:
         raise UnsupportedError(
             "these modules cannot be rebuilt on a node: " + ", ".join(bad) + "; send the "
-            "model with model.send(worker, mode='params') to run its forward on pointers"
+            "model with worker.send(model, mode='params') (or model.send(worker)) to run its forward on pointers"
         )
     state: dict[str, TensorData] = {}
     for name, p in module.named_parameters():

@@ -291,7 +291,7 @@ class AuthenticatedTensor(AuthenticatedShapes):
             raise MACCheckFailed(
                 "the MAC check of the reconstructed value failed: a share was altered"
             )
-        return FixedPrecisionTensor(y[0], self.encoding)
+        return FixedPrecisionTensor(y[0], self.encoding, self.source_dtype)
 
     # shape ops: a share is (4, *shape), so data dimension d is share dimension d + 1
     def _broadcast_shape(self, other: Any) -> torch.Size:

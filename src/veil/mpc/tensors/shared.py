@@ -133,7 +133,7 @@ class SharedTensor(DerivedOps):
         total = parts[0]
         for p in parts[1:]:
             total = total + p
-        return FixedPrecisionTensor(total, self.encoding)
+        return FixedPrecisionTensor(total, self.encoding, self.source_dtype)
 
     # ------------------------------------------------------------- helpers
     def _check(self, other: SharedTensor) -> None:

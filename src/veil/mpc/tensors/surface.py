@@ -41,7 +41,7 @@ class DerivedOps:
     ``get()``, ``_sign()`` (1 where negative), + - * with shared and public operands,
     ``reshape``, ``cat`` and ``_broadcast_shape`` from the class."""
 
-    __slots__ = ("shares", "session", "encoding")
+    __slots__ = ("shares", "session", "encoding", "source_dtype")
     #: How torch functions (``F.relu(x)``, ``torch.cat``...) run on shared tensors: set by
     #: :mod:`veil.mpc.tensors.autograd`, which implements them.
     _torch_function: ClassVar[Any] = None
@@ -58,6 +58,9 @@ class DerivedOps:
         self.shares = shares
         self.session = session
         self.encoding = encoding
+        #: The integer dtype of the tensor that was shared (None for floats and for results
+        #: of ops): ``get().float_precision()`` gives that dtype back, as PySyft did.
+        self.source_dtype: Any = None
 
     def _new(self: Any, shares: list[Any], encoding: Any = None) -> Any:
         return type(self)(shares, self.session, encoding or self.encoding)
@@ -142,9 +145,9 @@ class DerivedOps:
         Example:
             >>> import torch, veil
             >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
-            >>> x = torch.tensor([[1.0, 5.0, -2.0], [7.0, 0.0, 9.0]]).share(a, b, crypto_provider=c)
-            >>> x.argmax(dim=1).reconstruct()
-            tensor([1., 2.])
+            >>> x = torch.tensor([[1.0, 5.0, 2.0], [3.0, 0.0, 1.0]]).share(a, b, crypto_provider=c)
+            >>> x.argmax(dim=1).reconstruct(), x.argmax().reconstruct()
+            (tensor([1., 0.]), tensor(1.))
         """
         import torch
 
@@ -152,14 +155,51 @@ class DerivedOps:
 
         x = self.reshape(-1) if dim is None else self
         d = 0 if dim is None else dim % x.dim()
-        _, hot = max_along(x, d, keepdim=True, onehot=True)
+        _, onehot = max_along(x, d, keepdim=True, onehot=True)
         if one_hot:
-            return hot
-        at = [1] * x.dim()
-        at[d] = x.shape[d]
-        return (hot * torch.arange(x.shape[d]).reshape(at)).sum(
-            d, keepdim=keepdim and dim is not None
-        )
+            return onehot
+        shape = [1] * x.dim()
+        shape[d] = x.shape[d]
+        index = (onehot * torch.arange(x.shape[d]).reshape(shape)).sum(d, keepdim=keepdim)
+        return index.reshape(()) if dim is None and not keepdim else index
+
+    # ------------------------------------------------------------- PySyft 0.2's small pieces
+    def __pow__(self: Any, exponent: int) -> Any:
+        """``x ** k`` for an integer ``k >= 1`` (square and multiply: about log2 k products).
+
+        Example:
+            >>> import torch, veil
+            >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+            >>> (torch.tensor([1.5, -2.0]).share(a, b, crypto_provider=c) ** 3).reconstruct()
+            tensor([ 3.3750, -8.0000])
+        """
+        if isinstance(exponent, bool) or not isinstance(exponent, int) or exponent < 1:
+            raise ValueError(f"a shared tensor's power takes an int >= 1, got {exponent!r}")
+        result, base, k = None, self, exponent
+        while k:
+            if k & 1:
+                result = base if result is None else result * base
+            k >>= 1
+            if k:
+                base = base.square()
+        return result
+
+    def view_as(self: Any, other: Any) -> Any:
+        """``reshape`` to ``other``'s shape (a tensor, a pointer or a shared tensor)."""
+        return self.reshape(*other.shape)
+
+    def copy(self: Any) -> Any:
+        """A new shared tensor with the same value (each party clones its share).
+
+        Example:
+            >>> import torch, veil
+            >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+            >>> x = torch.tensor([1.0, 2.0]).share(a, b, crypto_provider=c)
+            >>> y = x.copy()
+            >>> y.shares[0].id != x.shares[0].id, y.reconstruct()
+            (True, tensor([1., 2.]))
+        """
+        return self._map(lambda s: s.clone())
 
     def max_pool2d(self: Any, kernel_size: int, stride: int | None = None) -> Any:
         from veil.mpc.protocols.reduce import max_pool2d
