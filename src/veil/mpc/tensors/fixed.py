@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from veil.errors import UnsupportedError, WorkerMismatch
+from veil.errors import WorkerMismatch
 from veil.mpc.protocols.session import MPCSession, session_for
 from veil.mpc.providers.base import CryptoProvider
 from veil.mpc.ring import FixedPoint
@@ -219,7 +219,7 @@ def _pointer_share(self: PointerTensor, *parties: Worker, crypto_provider: Worke
 
 def _pointer_encrypt(self: PointerTensor, workers: Any = (), crypto_provider: Any = None,
                      protocol: str | None = None, precision_fractional: int = 3,
-                     **kwargs: Any) -> SharedTensor:  # fmt: skip
+                     **kwargs: Any) -> Any:  # fmt: skip
     """PySyft 0.2's ``ptr.encrypt(workers=[...], crypto_provider=..., protocol=...,
     precision_fractional=k)``: fixed point with ``k`` decimal digits, then shared (the node
     that holds the data splits it; it must be one of ``workers``)."""
