@@ -40,8 +40,9 @@ from _fl_common import (  # noqa: E402
     pure_training_seconds,
 )
 
-CFG: dict[str, Any] = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {"mode": "sim"}
-BACKEND = {"init_args": {"num_cpus": int(CFG.get("cpus", 2)), "include_dashboard": False},
+#: The run's configuration, from the command line (main) or set by the deployed app module.
+CFG: dict[str, Any] = {}
+BACKEND: dict[str, Any] = {"init_args": {"num_cpus": 2, "include_dashboard": False},
            "client_resources": {"num_cpus": 1, "num_gpus": 0.0}}  # fmt: skip
 
 
@@ -143,7 +144,7 @@ def run_sim() -> dict[str, Any]:
 def run_secagg() -> dict[str, Any]:
     from flwr.client import NumPyClient
     from flwr.clientapp import ClientApp
-    from flwr.clientapp.mod import secaggplus_mod  # type: ignore[attr-defined]
+    from flwr.client.mod import secaggplus_mod
     from flwr.common import Context, ndarrays_to_parameters
     from flwr.server import LegacyContext, ServerConfig
     from flwr.server.strategy import FedAvg
@@ -200,6 +201,8 @@ def run_secagg() -> dict[str, Any]:
 
 
 def main() -> int:
+    CFG.update(json.loads(sys.argv[1]) if len(sys.argv) > 1 else {"mode": "sim"})
+    BACKEND["init_args"]["num_cpus"] = int(CFG.get("cpus", 2))
     torch.set_num_threads(1)
     _quiet()
     mode = CFG.get("mode", "sim")

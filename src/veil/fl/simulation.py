@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 from torch.nn.utils.rnn import pad_sequence
 
 from veil.fl.strategies.base import FitRes, Parameters, Strategy
@@ -68,9 +68,9 @@ def fit_cohort(model: nn.Module, start: Parameters, data: Sequence[tuple[torch.T
                ids: Sequence[int], *, epochs: int, batch_size: int, lr: float, loss_fn: Loss,
                seed: int, server_round: int) -> tuple[Parameters, list[float]]:  # fmt: skip
     """Train the clients ``ids`` (whose data are ``data``, in the same order) from ``start`` as
-    one batched computation: each SGD step of the whole cohort is one ``vmap`` over
-    ``grad_and_value`` of ``functional_call``, each client's minibatch gathered from the
-    cohort's concatenated data, padded and masked.
+    one batched computation: each SGD step of the whole cohort is one ``vmap`` of
+    ``functional_call`` over the stacked parameters and one backward pass, each client's
+    minibatch gathered from the cohort's concatenated data, padded and masked.
 
     It computes what training each client alone computes (``simulate(batched=False)``), on
     the same minibatches, to float tolerance; the Ray backend runs it on chunks of a cohort.
@@ -94,15 +94,23 @@ def fit_cohort(model: nn.Module, start: Parameters, data: Sequence[tuple[torch.T
     params = {n: v.detach().unsqueeze(0).repeat(k, *[1] * v.dim()) for n, v in zip(names, start)}
     buffers = dict(model.named_buffers())
 
-    def example_loss(p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor,
-                     mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        out = functional_call(model, (p, buffers), (xb,))
-        per = loss_fn(out, yb, reduction="none")  # type: ignore[call-arg]
-        if per.dim() > 1:
-            per = per.flatten(1).mean(1)
-        return (per * mask).sum() / mask.sum().clamp(min=1)
+    def forward(p: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, (p, buffers), (xb,))
 
-    step = vmap(grad_and_value(example_loss))
+    # Only the forward pass is vmapped; the loss is taken on the flattened cohort (a plain
+    # call: under vmap torch decomposes cross_entropy in Python, importing sympy on first
+    # use). Client i's loss depends on its own parameters only, so the gradient of the
+    # cohort's summed loss with respect to the stacked parameters is every client's own
+    # gradient: one backward pass (``torch.func.grad`` would pull in torch._dynamo).
+    cohort_forward = vmap(forward)
+
+    def cohort_loss(p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        out = cohort_forward(p, xb)
+        per = loss_fn(out.flatten(0, 1), yb.flatten(0, 1), reduction="none")  # type: ignore[call-arg]
+        per = per.reshape(mask.shape[0], mask.shape[1], -1).mean(2)
+        return (per * mask).sum(1) / mask.sum(1).clamp(min=1)
+
     sizes = torch.tensor([len(y) for _, y in data])
     xs = torch.cat([x for x, _ in data])
     ys = torch.cat([y for _, y in data])
@@ -120,13 +128,16 @@ def fit_cohort(model: nn.Module, start: Parameters, data: Sequence[tuple[torch.T
             cols = slice(s * batch_size, (s + 1) * batch_size)
             idx, mask = rows[:, cols], valid[:, cols].to(torch.float32)
             active = (mask.sum(1) > 0).to(torch.float32)
-            g, lv = step(params, xs[idx], ys[idx], mask)
+            leaves = [params[n].detach().requires_grad_() for n in names]
+            lv = cohort_loss(dict(zip(names, leaves)), xs[idx], ys[idx], mask)
+            g = dict(zip(names, torch.autograd.grad(lv.sum(), leaves, allow_unused=True)))
             with torch.no_grad():
                 losses += lv.detach().double() * active.double()
                 counts += active.double()
                 for n in names:
                     shape = (k,) + (1,) * (params[n].dim() - 1)
-                    params[n] = params[n] - lr * g[n] * active.view(shape)
+                    if g[n] is not None:  # None: a parameter the loss does not use
+                        params[n] = params[n] - lr * g[n] * active.view(shape)
     return [params[n].detach() for n in names], (losses / counts.clamp(min=1)).tolist()
 
 
