@@ -143,8 +143,8 @@ def run_sim() -> dict[str, Any]:
 
 def run_secagg() -> dict[str, Any]:
     from flwr.client import NumPyClient
-    from flwr.clientapp import ClientApp
     from flwr.client.mod import secaggplus_mod
+    from flwr.clientapp import ClientApp
     from flwr.common import Context, ndarrays_to_parameters
     from flwr.server import LegacyContext, ServerConfig
     from flwr.server.strategy import FedAvg
