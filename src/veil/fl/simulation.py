@@ -4,9 +4,11 @@
 datasets in this process. A client's model exists only while it trains. With
 ``batched=True`` the clients of a round that share the model's architecture train as one
 computation: their parameters are stacked and every local SGD step of the whole cohort is one
-``torch.func.vmap`` over ``torch.func.grad`` of ``functional_call``, with each client's
-minibatch padded and masked. It computes what the Python loop (``batched=False``) computes,
-on the same minibatches, to float tolerance.
+``torch.func.vmap`` of ``functional_call`` and one backward pass, with each client's
+minibatch gathered from the cohort's data, padded and masked. It computes what the Python
+loop (``batched=False``) computes, on the same minibatches, to float tolerance.
+``chunk_size`` caps how many clients train as one computation, and ``backend="ray"`` runs
+the chunks as Ray tasks (:mod:`veil.fl.ray_backend`; the same chunks give the same numbers).
 
 Example:
     >>> import torch
