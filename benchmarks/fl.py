@@ -192,7 +192,7 @@ def secagg_rows(sizes: list[int], length: int, rounds: dict[int, int],
                          "length": length, "rounds": rounds[n], "num_shares": k + 1,
                          "threshold": t}, "FLOWER_RESULT")  # fmt: skip
         big = n == max(sizes)
-        rows.append(Row(f"secure aggregation, {n} clients × {length:g} floats", v["round_s"],
+        rows.append(Row(f"secure aggregation, {n} clients × {length:,} floats", v["round_s"],
                         f["round_s"] if f else None, target="≤ 1 s" if big else "",
                         ok=v["round_s"] <= 1.0 if big else None,
                         note=f"{rounds[n]} rounds, median after the first; {k} neighbours, "
