@@ -93,6 +93,25 @@ def test_ray_cuts_cohorts_into_bounded_chunks(cluster: None) -> None:
         RayCohort(_model(), data, fit=fit_cohort, chunk_size=0)
 
 
+@needs_ray
+def test_ray_reuses_a_chunks_data_while_it_recurs_and_drops_it_after(cluster: None) -> None:
+    import torch.nn.functional as F  # noqa: N812
+
+    from veil.fl.ray_backend import RayCohort
+    from veil.fl.simulation import fit_cohort
+
+    model = _model()
+    cohort = RayCohort(model, _clients(8), fit=fit_cohort, chunk_size=4)
+    start = [p.detach() for p in model.parameters()]
+    kw = dict(epochs=1, batch_size=8, lr=0.1, loss_fn=F.cross_entropy, seed=0, server_round=1)
+    cohort.fit(start, range(8), **kw)
+    first = dict(cohort._chunk_refs)
+    cohort.fit(start, range(8), **kw)
+    assert cohort._chunk_refs == first  # the same objects, not put again
+    new, losses = cohort.fit(start, [1, 3, 5], **kw)
+    assert list(cohort._chunk_refs) == [(1, 3, 5)] and len(new) == len(losses) == 3
+
+
 def test_without_ray_the_error_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(ImportError, match=r"pip install 'veil\[ray\]'"):

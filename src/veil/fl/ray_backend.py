@@ -1,10 +1,11 @@
 """Federated simulation on Ray: a round's cohort split into chunks that train as Ray tasks.
 
 ``veil.fl.simulate(..., backend="ray")`` hands each round to a :class:`RayCohort`. The model
-and every client's data are put into Ray's object store once (one object per client, so a
-task fetches only its chunk's data); each round the global parameters are put once more, and
-the cohort is cut into chunks of ``chunk_size`` clients, each trained by one task with the same
+is put into Ray's object store once; each round the global parameters are put once, and the
+cohort is cut into chunks of ``chunk_size`` clients, each trained by one task with the same
 batched ``vmap`` code as the in-process backend (so the same chunking gives the same numbers).
+A chunk's data travel as one object, put when the chunk first appears and reused while it
+recurs (every round when all clients train); the store keeps only the last round's chunks.
 At most ``2 x`` the cluster's CPUs tasks are in flight, and a task holds only its chunk: memory
 stays bounded however many clients there are. We use Ray's scheduler; we do not write one.
 
@@ -49,13 +50,11 @@ def import_ray() -> Any:
     return ray
 
 
-def _train_chunk(fit: ChunkFit, model: nn.Module, start: Parameters, data_refs: list[Any],
-                 ids: list[int], kw: dict[str, Any]) -> tuple[Parameters, list[float]]:  # fmt: skip
-    """The body of one Ray task: fetch the chunk's data and train it as one cohort."""
-    import ray
-
+def _train_chunk(fit: ChunkFit, model: nn.Module, start: Parameters,
+                 data: list[tuple[torch.Tensor, torch.Tensor]], ids: list[int],
+                 kw: dict[str, Any]) -> tuple[Parameters, list[float]]:  # fmt: skip
+    """The body of one Ray task (Ray resolves the object refs): train the chunk as one cohort."""
     torch.set_num_threads(1)  # one CPU per task, as Ray schedules it
-    data = ray.get(data_refs)
     return fit(model, start, data, ids, **kw)
 
 
@@ -111,7 +110,8 @@ class RayCohort:
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._fit = fit
         self._model = ray.put(model)
-        self._data = [ray.put((x, y)) for x, y in client_data]
+        self._data = list(client_data)
+        self._chunk_refs: dict[tuple[int, ...], Any] = {}  # the last round's chunks, put
 
     def chunks(self, ids: Sequence[int]) -> list[list[int]]:
         """How a cohort is cut into tasks.
@@ -140,12 +140,18 @@ class RayCohort:
         limit = 2 * self.cpus
         pending: dict[Any, int] = {}
         done: dict[int, tuple[Parameters, list[float]]] = {}
+        used: dict[tuple[int, ...], Any] = {}
         for i, chunk in enumerate(chunks):
             if len(pending) >= limit:
                 self._collect(pending, done, wait_for=1)
-            refs = [self._data[c] for c in chunk]
-            ref = self._task.remote(self._fit, self._model, start_ref, refs, chunk, kw)
+            key = tuple(chunk)
+            data = self._chunk_refs.get(key)
+            if data is None:
+                data = ray.put([self._data[c] for c in chunk])
+            used[key] = data
+            ref = self._task.remote(self._fit, self._model, start_ref, data, chunk, kw)
             pending[ref] = i
+        self._chunk_refs = used  # chunks of earlier rounds leave the object store
         self._collect(pending, done, wait_for=len(pending))
         new: list[Parameters] = []
         losses: list[float] = []
