@@ -56,7 +56,7 @@ class Row:
     @property
     def ratio(self) -> float | None:
         """Flower / veil: how many times faster (or smaller) veil is."""
-        return self.flower / self.veil if self.veil and self.flower else None
+        return self.flower / self.veil if self.veil and self.flower and self.veil > 0 else None
 
 
 # ----------------------------------------------------------------------------- running
@@ -146,7 +146,8 @@ def simulation_rows(sizes: list[int], rounds: dict[int, int], flower: str | None
     v, f = got["veil", mid], got.get(("flower", mid))
     rows.append(Row(f"start-up, {mid} clients", v["startup_s"], f["startup_s"] if f else None,
                     note="call to the end of round 1, less one steady round (Flower: Ray, "
-                         "actors, the apps; veil: the first vmap trace)"))  # fmt: skip
+                         "actors, the apps; veil: the first cohort step; 0 when round 1 was no "
+                         "slower than the others)"))  # fmt: skip
     fo = f["round_s"] - f["train_s"] if f else None
     over = v["round_s"] - v["train_s"]
     rows.append(Row(f"framework overhead per round, {mid} clients", over, fo, target="≤ 0.1 s",
