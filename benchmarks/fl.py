@@ -14,7 +14,7 @@ their IID split, 1 local epoch of batch 32 are in ``_fl_common.py``, shared by b
 
 Usage::
 
-    python benchmarks/fl.py --flower /work/flower-venv/bin/python   # ~10 min, appends to RESULTS.md
+    python benchmarks/fl.py --flower /work/flower-venv/bin/python   # 5-12 min, appends to RESULTS.md
     python benchmarks/fl.py                        # veil's figures only (~1 min; Flower not measured)
     python benchmarks/fl.py --quick --no-write     # smoke test, veil only, ~30 s
 """
