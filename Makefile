@@ -73,3 +73,18 @@ architecture: $(STAMP)
 .PHONY: bench-fl-sim
 bench-fl-sim: $(STAMP)
 	$(BIN)/python benchmarks/fl_simulation.py
+
+# Federated learning vs Flower 1.42 (simulation at 10/100/1,000 clients, SecAgg+, loopback
+# deployment). Flower lives in a side venv (benchmarks/README.md has the recipe); without it
+# only veil's figures are printed: make bench-fl FLOWER_PY=/work/flower-venv/bin/python
+FLOWER_PY ?= /work/flower-venv/bin/python
+.PHONY: bench-fl
+bench-fl: $(STAMP)
+	$(BIN)/python benchmarks/fl.py $(if $(wildcard $(FLOWER_PY)),--flower $(FLOWER_PY))
+
+# The Ray backend of veil.fl.simulate: installs the `ray` extra into .venv and runs its tests
+# on a local 2-CPU Ray cluster (they skip, with the reason, where Ray is missing).
+.PHONY: test-ray
+test-ray: $(STAMP)
+	$(BIN)/pip install -q -e '.[ray]'
+	$(BIN)/pytest -q tests/fl/test_ray.py src/veil/fl/ray_backend.py

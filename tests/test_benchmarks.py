@@ -66,3 +66,22 @@ def test_fl_simulation_benchmark_runs_quick_mode() -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "batched cohort" in proc.stdout and "speed-up" in proc.stdout
+
+
+@pytest.mark.slow
+def test_fl_benchmark_runs_quick_mode_without_flower(tmp_path: Path) -> None:
+    out = tmp_path / "fl.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fl.py"), "--quick", "--no-write", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert "not measured" in data["flower"]
+    names = " ".join(r["name"] for r in data["rows"])
+    for row in ("simulation round", "start-up", "framework overhead", "peak RSS",
+                "secure aggregation", "deployed"):  # fmt: skip
+        assert row in names, row
+    assert all(r["flower"] is None for r in data["rows"])  # nothing invented for Flower
+    assert "deployed veil: skipped" in proc.stdout

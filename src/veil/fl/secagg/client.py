@@ -80,6 +80,7 @@ class SecAggClient:
         self._b_seed = b""
         self._shared: frozenset[int] = frozenset()
         self._held: dict[int, ShareBundle] = {}
+        self._enc: dict[int, bytes] = {}  # the share-channel key with each neighbour
 
     def _expect(self, stage: _Stage, what: str) -> None:
         if self._stage != stage:
@@ -141,6 +142,7 @@ class SecAggClient:
                 sk_share=sk_shares[j + 1],
             )
             key = agree(self._c_key, keys[j].c_pk, "enc", self.config.session, self.client_id, j)
+            self._enc[j] = key  # the same key opens j's shares to us in round 2
             nonce, ct = seal_share(
                 key, self.config.session, self.client_id, j, msgspec.msgpack.encode(bundle)
             )
@@ -196,12 +198,13 @@ class SecAggClient:
             raise ValueError(f"x must have {self.config.vector_length} values, got {encoded.size}")
         held = {}
         for s in delivery.shares:
-            key = agree(
-                self._c_key, self._keys[s.sender].c_pk, "enc", self.config.session,
-                self.client_id, s.sender,
-            )  # fmt: skip
             plain = open_share(
-                key, self.config.session, s.sender, self.client_id, s.nonce, s.ciphertext
+                self._enc[s.sender],
+                self.config.session,
+                s.sender,
+                self.client_id,
+                s.nonce,
+                s.ciphertext,
             )
             try:
                 bundle = _BUNDLE.decode(plain)
@@ -221,6 +224,7 @@ class SecAggClient:
             y = y + m if self.client_id < j else y - m
         self._held = held
         self._shared = shared
+        self._enc = {}  # no further use: round 3 sends shares to the server, not to peers
         self._stage = _Stage.UNMASK
         return MaskedInput(
             session=self.config.session,
