@@ -3,7 +3,8 @@
 ``python _fl_veil.py '<json config>'`` prints one line ``VEIL_RESULT {json}``. Modes mirror
 ``_flower_bench.py``: ``sim`` (``veil.fl.simulate``, batched cohort, in process), ``ray`` (the
 same on a local Ray cluster, ``backend="ray"``), ``secagg`` (one SecAgg+ session per round,
-every message encoded and decoded as it would cross the wire). A fresh process per run gives
+every message encoded and decoded as it would cross the wire), ``deployed`` (a
+``veil.fl.Federation`` over three node servers, see ``_fl_deployed_veil.py``). A fresh process per run gives
 each its own RSS high-water mark.
 """
 
@@ -132,6 +133,10 @@ def main() -> int:
         out = run_sim(cfg, backend="ray")
     elif mode == "secagg":
         out = run_secagg(cfg)
+    elif mode == "deployed":
+        from _fl_deployed_veil import deployed_round
+
+        out = deployed_round(int(cfg["rounds"]), int(cfg.get("nodes", 3)))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     out["torch"] = torch.__version__
