@@ -87,13 +87,19 @@ def test_a_model_on_a_node_is_shared_by_that_node(two: Parties) -> None:
     torch.manual_seed(1)
     net = Net()
     owner = two.parties[1]
-    ptr = net.send(owner)  # type: ignore[operator]
-    shared = ptr.share(*two.parties, crypto_provider=two.provider)
     x = torch.randn(4, 2)
-    assert (shared(two.share(x)).reconstruct() - net(x)).abs().max() < 1e-3
+    expected = net(x)
+    net.send(owner)  # type: ignore[operator]  # PySyft's model.send: the model itself moves
+    shared = net.share(*two.parties, crypto_provider=two.provider)  # type: ignore[operator]
+    assert (shared(two.share(x)).reconstruct() - expected).abs().max() < 1e-3
     # the weights were split on the owner's node: nothing but shares reached the driver
     assert all(isinstance(p, AutogradTensor) for p in shared.parameters())
-    rebuilt = nn.Sequential(nn.Linear(2, 1)).send(owner)  # type: ignore[operator]
+    torch.manual_seed(3)
+    other = Net()
+    held = owner.send(other, mode="params")  # a pointer to a model kept in "params" form
+    twin = held.share(*two.parties, crypto_provider=two.provider)
+    assert (twin(two.share(x)).reconstruct() - other(x)).abs().max() < 1e-3
+    rebuilt = owner.send(nn.Sequential(nn.Linear(2, 1)))
     with pytest.raises(UnsupportedError, match="mode='params'"):
         rebuilt.share(*two.parties, crypto_provider=two.provider)
 

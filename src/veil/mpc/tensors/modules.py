@@ -248,7 +248,7 @@ def pointer_module_share(self: Any, *parties: Worker, crypto_provider: Worker | 
         >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
         >>> _ = torch.manual_seed(0)
         >>> model = nn.Linear(2, 1)
-        >>> shared = model.send(b, mode="params").share(a, b, crypto_provider=c)
+        >>> shared = b.send(model, mode="params").share(a, b, crypto_provider=c)
         >>> bool(torch.allclose(shared.weight.reconstruct(), model.weight, atol=1e-4))
         True
     """
@@ -267,4 +267,49 @@ def pointer_module_share(self: Any, *parties: Worker, crypto_provider: Worker | 
             memo[id(ptr)] = AutogradTensor(secret, requires_grad=requires_grad)
     shared = copy.deepcopy(shell, memo)
     shared.__class__ = _shared_class(type(shell))
+    return shared
+
+
+def sent_module_share(model: nn.Module, parties: Sequence[Worker],
+                      crypto_provider: Worker | CryptoProvider | None = None, *,
+                      requires_grad: bool = False, security: Security = "semi-honest",
+                      session: MPCSession | None = None) -> nn.Module:  # fmt: skip
+    """Share a model sent in place (PySyft's ``model.send(bob)``) from the node that holds
+    it: that node splits each weight among the parties (it must be one of them), so the
+    driver never sees a weight. Answers a shared copy running the model's own ``forward``.
+
+    Example:
+        >>> import veil
+        >>> a, b, c = (veil.VirtualWorker(n) for n in ("a", "b", "c"))
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Linear(2, 1)
+        >>> w = model.weight.detach().clone()
+        >>> shared = model.send(b).share(a, b, crypto_provider=c)
+        >>> bool(torch.allclose(shared.weight.reconstruct(), w, atol=1e-4))
+        True
+    """
+    from veil.pointers import inplace
+
+    sess = session or session_for(parties, crypto_provider, security=security)
+    memo: dict[int, Any] = {}
+    for sub in model.modules():
+        memo[id(sub.__dict__.get(inplace._STATE_ATTR))] = None
+        memo[id(sub.__dict__.get("location"))] = None  # the worker, not copied
+        for table in (sub._parameters, sub._buffers):
+            for t in table.values():
+                if t is None or id(t) in memo:
+                    continue
+                ptr = getattr(t, inplace.POINTER_ATTR)
+                leaf = AutogradTensor(ptr.fix_precision().share(session=sess),
+                                      requires_grad=requires_grad)  # fmt: skip
+                memo[id(t)] = memo[id(ptr)] = leaf
+    shared = copy.deepcopy(model, memo)
+    for sub in shared.modules():
+        for name in [*sub._parameters, *sub._buffers, inplace._STATE_ATTR]:
+            sub.__dict__.pop(name, None)  # the pointers that stood for the weights
+        for key, hook in list(sub._forward_pre_hooks.items()):
+            if hook is inplace._check_inputs:
+                del sub._forward_pre_hooks[key]
+    shared.__dict__.pop("location", None)
+    shared.__class__ = _shared_class(type(model))
     return shared

@@ -369,7 +369,15 @@ def _module_share(self: nn.Module, *parties: Worker, crypto_provider: Worker | C
     ``nn.Sequential`` of supported layers becomes a :class:`SharedSequential` (see
     :func:`encrypt_model`); a model with its own ``forward``, or any model shared with
     ``requires_grad=True``, a shared copy running its own ``forward`` on shares
-    (:func:`veil.mpc.tensors.modules.share_module`)."""
+    (:func:`veil.mpc.tensors.modules.share_module`); a model sent in place
+    (``model.send(bob)``) is shared by the node that holds it."""
+    from veil.pointers.inplace import is_sent
+
+    if is_sent(self):
+        from veil.mpc.tensors.modules import sent_module_share
+
+        return sent_module_share(self, parties, crypto_provider, requires_grad=requires_grad,
+                                 security=security)  # fmt: skip
     if requires_grad or (list(self.children()) and not isinstance(self, nn.Sequential)):
         from veil.mpc.tensors.modules import share_module
 
