@@ -11,6 +11,7 @@ backend set to torch (:func:`load_keras`).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -166,7 +167,8 @@ def keras_from_wire(data: KerasModelData) -> Any:
 def _build(keras: ModuleType, config: dict[str, Any], device: str) -> Any:
     try:
         with keras.device(device):
-            return keras.saving.deserialize_keras_object(config, safe_mode=True)
+            # a copy: Keras consumes the config it builds from
+            return keras.saving.deserialize_keras_object(copy.deepcopy(config), safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types on a bad config
         raise InvalidRequest(f"cannot build the Keras model: {str(exc)[:300]}") from None
 

@@ -1,0 +1,135 @@
+"""Keras models on nodes: forward and training parity with Keras run locally, privacy of
+a model trained on private data, and what never travels (subclassed models)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import pytest
+import torch
+
+import veil
+from veil.errors import PermissionDenied, UnsupportedError
+
+
+def _mlp() -> Any:
+    keras.utils.set_random_seed(1)
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(8, activation="tanh"),
+            keras.layers.Dense(3),
+        ]
+    )
+
+
+def _cnn() -> Any:
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    skip = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(6, activation="relu")(skip)
+    x = keras.layers.Concatenate()([x, keras.layers.Dense(2)(skip)])
+    return keras.Model(inputs, keras.layers.Dense(3)(x))
+
+
+MODELS = {"mlp": (_mlp, (6,)), "cnn": (_cnn, (8, 8, 1))}
+
+
+def _batches(shape: tuple[int, ...], n: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(7)
+    return [(torch.randn(5, *shape, generator=g), torch.randn(5, 3, generator=g)) for _ in range(n)]
+
+
+def _train_local(model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for x, y in batches:
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_remote_forward_equals_local_forward(name: str, deployment: Any) -> None:
+    build, shape = MODELS[name]
+    model, sci = build(), deployment.scientist()
+    x = torch.randn(4, *shape)
+
+    remote = model.send(sci)
+    out = remote(x.send(sci)).get()
+
+    assert isinstance(remote, veil.PointerModule)
+    assert torch.allclose(out, model(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_remote_training_gives_the_weights_of_local_training(name: str, deployment: Any) -> None:
+    build, shape = MODELS[name]
+    local, sent, sci = build(), build(), deployment.scientist()
+    batches = _batches(shape)
+
+    _train_local(local, batches)
+    remote = sent.send(sci)
+    opt = veil.RemoteOptimizer(torch.optim.SGD, remote.parameters(), lr=0.05, momentum=0.9)
+    for x, y in batches:
+        loss = torch.nn.functional.mse_loss(remote(x.send(sci)), y.send(sci))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    trained = remote.get()
+
+    assert type(trained) is type(local)
+    assert [layer.name for layer in trained.layers] == [layer.name for layer in sent.layers]
+    for got, want in zip(trained.weights, local.weights, strict=True):
+        assert torch.allclose(got.value, want.value, atol=1e-5), got.path
+    assert not torch.allclose(local.weights[0].value, build().weights[0].value)  # it trained
+
+
+def test_a_keras_model_trained_on_private_data_is_private(deployment: Any) -> None:
+    deployment.owner.datasets.create(
+        "d", private=torch.randn(10, 6), mock=torch.zeros(10, 6), description="features"
+    )
+    sci = deployment.scientist()
+    priv = sci.datasets["d"].private
+    remote = _mlp().send(sci)
+    opt = veil.RemoteOptimizer(torch.optim.SGD, remote.parameters(), lr=0.1)
+    assert remote.get() is not None  # its own model, before it saw private data
+
+    remote(priv).pow(2).mean().backward()
+    opt.step()
+
+    with pytest.raises(PermissionDenied):
+        remote.get()
+    with pytest.raises(PermissionDenied):
+        remote.parameters()[0].get()
+
+
+def test_the_model_comes_back_as_the_same_keras_model(virtual: Any) -> None:
+    model = _cnn()
+    back = model.send(virtual.owner).get()
+    x = torch.randn(2, 8, 8, 1)
+
+    assert back.to_json() == model.to_json()
+    assert torch.equal(back(x), model(x))
+
+
+def test_a_subclassed_model_is_refused_with_what_to_do(virtual: Any) -> None:
+    class Tiny(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x: Any) -> Any:
+            return self.dense(x) * 2
+
+    model = Tiny()
+    model(torch.ones(1, 3))
+
+    with pytest.raises(UnsupportedError, match="functional model.*veil plan"):
+        model.send(virtual.owner)
+    with pytest.raises(UnsupportedError, match="default mode"):
+        _mlp().send(virtual.owner, mode="params")
