@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
 import pytest
 import torch
 
 import veil
 from veil.errors import PermissionDenied, UnsupportedError
+
+#: Sets KERAS_BACKEND=torch before Keras loads; skips this module where Keras is missing.
+keras = pytest.importorskip(
+    "veil.keras", reason="Keras is not installed: pip install 'veil[keras]'"
+).keras
 
 
 def _mlp() -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import keras
 import msgspec
 import pytest
 import torch
@@ -14,6 +13,11 @@ import torch
 from veil.errors import InvalidRequest, OpNotAllowed
 from veil.serde.keras_models import MAX_CONFIG_CHARS, keras_from_wire, keras_to_wire
 from veil.serde.messages import KerasModelData, SendObject
+
+#: Sets KERAS_BACKEND=torch before Keras loads; skips this module where Keras is missing.
+keras = pytest.importorskip(
+    "veil.keras", reason="Keras is not installed: pip install 'veil[keras]'"
+).keras
 
 
 def _wire() -> KerasModelData:

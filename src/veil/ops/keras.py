@@ -106,7 +106,7 @@ def check_config(config: Any) -> list[str]:
         >>> check_config(dense)
         []
         >>> check_config({"module": "keras.layers", "class_name": "Lambda", "config": {}})
-        ["<root>: Lambda layers carry Python code and are never built from the wire"]
+        ['<root>: Lambda layers carry Python code and are never built from the wire']
         >>> check_config({"module": "os", "class_name": "Dense", "config": {}})
         ["<root>: module 'os' is not part of Keras"]
     """
@@ -143,7 +143,9 @@ def _check_object(node: dict[str, Any], where: str, problems: list[str]) -> None
         problems.append(f"{where}: class_name is not a string")
         return
     if name in ("Lambda", "__lambda__") or module == "builtins":
-        problems.append(f"{where}: Lambda layers carry Python code and are never built from the wire")
+        problems.append(
+            f"{where}: Lambda layers carry Python code and are never built from the wire"
+        )
         return
     if module is not None and not (
         isinstance(module, str) and (module == "keras" or module.startswith("keras."))

@@ -13,6 +13,7 @@ from veil.ops.modules import OPTIMIZER_NAMES
 from veil.pointers import classes
 from veil.pointers.handle import ReleasedOnDrop
 from veil.pointers.tensor import PointerTensor
+from veil.serde.keras_models import is_keras_model, keras_from_wire, keras_to_wire
 from veil.serde.messages import (
     GetObject,
     KerasModelData,
@@ -23,7 +24,6 @@ from veil.serde.messages import (
     SendObject,
     Value,
 )
-from veil.serde.keras_models import is_keras_model, keras_from_wire, keras_to_wire
 from veil.serde.modules import (
     meta_module,
     module_to_spec,
@@ -97,8 +97,7 @@ class PointerModule(ReleasedOnDrop):
         if is_keras_model(module):  # Keras's own config, checked by the node's allowlist
             if mode == "params":
                 raise UnsupportedError(
-                    "a Keras model travels as its config and weights; send it with the "
-                    "default mode"
+                    "a Keras model travels as its config and weights; send it with the default mode"
                 )
             reply = location.call(SendObject(keras_to_wire(module)))
             assert isinstance(reply, ObjectInfo)

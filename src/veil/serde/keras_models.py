@@ -34,12 +34,13 @@ def load_keras() -> ModuleType:
     """Import Keras on its torch backend (setting ``KERAS_BACKEND=torch`` before it loads).
 
     Raises:
-        ImportError: Keras is not installed, or was imported already with another backend,
-            or ``KERAS_BACKEND`` names another one.
+        ModuleNotFoundError: Keras is not installed.
+        ImportError: Keras was imported already with another backend, or
+            ``KERAS_BACKEND`` names another one.
 
     Example:
-        >>> keras = load_keras()  # doctest: +SKIP
-        >>> keras.backend.backend()  # doctest: +SKIP
+        >>> import pytest; _ = pytest.importorskip("veil.keras")
+        >>> load_keras().backend.backend()
         'torch'
     """
     loaded = sys.modules.get("keras")
@@ -53,8 +54,10 @@ def load_keras() -> ModuleType:
         os.environ["KERAS_BACKEND"] = "torch"
         try:
             import keras
-        except ImportError as exc:
-            raise ImportError(f"veil.keras needs Keras 3; {INSTALL_HINT}") from exc
+        except ImportError as exc:  # a ModuleNotFoundError, as for any missing package
+            raise ModuleNotFoundError(
+                f"veil.keras needs Keras 3; {INSTALL_HINT}", name="keras"
+            ) from exc
         loaded = keras
     backend = loaded.backend.backend()
     if backend != "torch":
@@ -85,10 +88,11 @@ def keras_to_wire(model: Any) -> KerasModelData:
             ``Lambda``).
 
     Example:
-        >>> import veil.keras, keras  # doctest: +SKIP
-        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])  # doctest: +SKIP
-        >>> keras_to_wire(m).paths  # doctest: +SKIP
-        ['sequential/dense/kernel', 'sequential/dense/bias']
+        >>> import pytest; keras = pytest.importorskip("veil.keras").keras
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="out")])
+        >>> [(p.split("/")[-2:], t.shape) for p, t in zip(keras_to_wire(m).paths,
+        ...                                                keras_to_wire(m).weights)]
+        [(['out', 'kernel'], [3, 2]), (['out', 'bias'], [2])]
     """
     keras = load_keras()
     cls = type(model)
@@ -130,10 +134,12 @@ def keras_from_wire(data: KerasModelData) -> Any:
         UnsupportedError: Keras is not installed here.
 
     Example:
-        >>> import veil.keras, keras  # doctest: +SKIP
-        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])  # doctest: +SKIP
-        >>> type(keras_from_wire(keras_to_wire(m))).__name__  # doctest: +SKIP
-        'Sequential'
+        >>> import pytest; keras = pytest.importorskip("veil.keras").keras
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> m2 = keras_from_wire(keras_to_wire(m))
+        >>> x = torch.ones(1, 3)
+        >>> type(m2).__name__, torch.equal(m2(x), m(x))
+        ('Sequential', True)
     """
     if len(data.config) > MAX_CONFIG_CHARS:
         raise InvalidRequest(f"Keras config longer than {MAX_CONFIG_CHARS} characters")
