@@ -137,3 +137,25 @@ def test_a_subclassed_model_is_refused_with_what_to_do(virtual: Any) -> None:
         model.send(virtual.owner)
     with pytest.raises(UnsupportedError, match="default mode"):
         _mlp().send(virtual.owner, mode="params")
+
+
+def test_a_trained_keras_model_survives_a_node_restart(tmp_path: Any) -> None:
+    from veil.node import Node
+    from veil.node.store.sql import SQLStore
+
+    url, password = f"sqlite:///{tmp_path / 'node.db'}", "owner-password-1"
+    node = Node("n", store=SQLStore(url), owner_email="o@x.org", owner_password=password)
+    owner = veil.VirtualWorker(node=node)
+    model, x = _cnn(), torch.randn(2, 8, 8, 1)
+    remote = model.send(owner)
+    opt = veil.RemoteOptimizer(torch.optim.SGD, remote.parameters(), lr=0.1)
+    remote(x.send(owner)).pow(2).mean().backward()
+    opt.step()
+    trained = remote.get()
+    node.close()
+
+    again = veil.VirtualWorker(node=Node("n", store=SQLStore(url)))
+    back = again.pointer(remote.id).get()
+
+    assert back.to_json() == model.to_json()
+    assert torch.equal(back(x), trained(x))
