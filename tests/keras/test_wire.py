@@ -136,3 +136,31 @@ def test_the_node_keeps_serving_after_a_refused_model(deployment: Any) -> None:
     x = torch.ones(2, 3)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     assert torch.allclose(model.send(sci)(x.send(sci)).get(), model(x))
+
+
+def test_every_allowlisted_name_is_one_of_keras_s_own() -> None:
+    from veil.ops.keras import KERAS_ALLOWLIST
+
+    where = {
+        "layer": [keras.layers], "model": [keras, keras.src.models.functional],
+        "activation": [keras.activations], "initializer": [keras.initializers],
+        "regularizer": [keras.regularizers], "constraint": [keras.constraints],
+        "loss": [keras.losses], "optimizer": [keras.optimizers],
+    }  # fmt: skip
+    for kind, places in where.items():
+        names = KERAS_ALLOWLIST[kind]
+        if kind == "loss":  # classes, functions and the short names keras.losses.get knows
+            assert all(keras.losses.get(n) is not None for n in names)
+            continue
+        missing = sorted(n for n in names if not any(hasattr(p, n) for p in places))
+        assert not missing, f"{kind}: {missing}"
+
+
+def test_a_compiled_model_travels_with_its_optimizer_and_loss() -> None:
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", metrics=["mae"])
+
+    back = keras_from_wire(keras_to_wire(model))
+
+    assert back.compiled and type(back.optimizer).__name__ == "Adam"
+    assert torch.equal(back(torch.ones(1, 3)), model(torch.ones(1, 3)))

@@ -30,7 +30,7 @@ Attention AdditiveAttention Add Subtract Multiply Average Maximum Minimum Concat
 ReLU LeakyReLU PReLU ELU Softmax Rescaling
 """
 
-_MODELS = "Sequential Functional Model"
+_MODELS = "Sequential Functional"
 
 _ACTIVATIONS = """
 relu relu6 leaky_relu elu selu gelu silu swish sigmoid hard_sigmoid hard_silu hard_swish
@@ -54,7 +54,9 @@ BinaryCrossentropy BinaryFocalCrossentropy CategoricalCrossentropy
 CategoricalFocalCrossentropy SparseCategoricalCrossentropy Hinge SquaredHinge
 CategoricalHinge Huber LogCosh KLDivergence Poisson CosineSimilarity
 mean_squared_error mean_absolute_error binary_crossentropy categorical_crossentropy
-sparse_categorical_crossentropy huber kl_divergence poisson
+sparse_categorical_crossentropy huber kl_divergence poisson hinge squared_hinge
+categorical_hinge log_cosh cosine_similarity binary_focal_crossentropy
+categorical_focal_crossentropy mse mae mape msle kld
 """
 
 _OPTIMIZERS = "SGD Adam AdamW RMSprop Adagrad Adadelta Adamax Nadam Ftrl Lion"
