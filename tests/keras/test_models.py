@@ -121,7 +121,7 @@ def test_the_model_comes_back_as_the_same_keras_model(virtual: Any) -> None:
     assert torch.equal(back(x), model(x))
 
 
-def test_a_subclassed_model_is_refused_with_what_to_do(virtual: Any) -> None:
+def test_subclassed_models_and_custom_layers_are_refused_with_what_to_do(virtual: Any) -> None:
     class Tiny(keras.Model):
         def __init__(self) -> None:
             super().__init__()
@@ -135,6 +135,13 @@ def test_a_subclassed_model_is_refused_with_what_to_do(virtual: Any) -> None:
 
     with pytest.raises(UnsupportedError, match="functional model.*veil plan"):
         model.send(virtual.owner)
+
+    class Doubling(keras.layers.Layer):
+        def call(self, x: Any) -> Any:
+            return x * 2
+
+    with pytest.raises(UnsupportedError, match=r"layers\[1\]: module .* is not part of Keras"):
+        keras.Sequential([keras.Input((3,)), Doubling()]).send(virtual.owner)
     with pytest.raises(UnsupportedError, match="default mode"):
         _mlp().send(virtual.owner, mode="params")
 
