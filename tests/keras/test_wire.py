@@ -64,6 +64,8 @@ def test_a_config_naming_a_module_outside_keras_is_refused(deployment: Any) -> N
         _send(deployment, _edit(_wire(), _rename("Dense", module="os")))
     with pytest.raises(OpNotAllowed, match="not part of Keras"):
         _send(deployment, _edit(_wire(), _rename("Dense", module="kerasx.layers")))
+    with pytest.raises(OpNotAllowed, match="not one of the Keras modules"):  # Keras imports it
+        _send(deployment, _edit(_wire(), _rename("Dense", module="keras.src.utils.io_utils")))
 
 
 def test_custom_registered_names_and_functions_are_refused() -> None:
@@ -164,3 +166,21 @@ def test_a_compiled_model_travels_with_its_optimizer_and_loss() -> None:
 
     assert back.compiled and type(back.optimizer).__name__ == "Adam"
     assert torch.equal(back(torch.ones(1, 3)), model(torch.ones(1, 3)))
+
+
+def test_every_allowlisted_optimizer_and_layer_family_passes_the_check() -> None:
+    from veil.ops.keras import KERAS_ALLOWLIST, check_config
+
+    layers = keras.layers
+    inputs = keras.Input((10, 8))
+    x = layers.LSTM(4, return_sequences=True)(inputs)
+    x = layers.GRU(4, return_sequences=True)(x)
+    x = layers.Bidirectional(layers.SimpleRNN(3))(x)
+    x = layers.BatchNormalization()(layers.Dropout(0.1)(x))
+    regularizer, constraint = keras.regularizers.L1L2(0.1, 0.1), keras.constraints.MaxNorm(2)
+    x = layers.Dense(3, kernel_regularizer=regularizer, kernel_constraint=constraint)(x)
+    model = keras.Model(inputs, x)
+    for name in sorted(KERAS_ALLOWLIST["optimizer"]):
+        model.compile(optimizer=getattr(keras.optimizers, name)(), loss=keras.losses.Huber())
+
+        assert check_config(keras.saving.serialize_keras_object(model)) == [], name

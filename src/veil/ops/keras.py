@@ -82,6 +82,15 @@ KERAS_ALLOWLIST: dict[str, frozenset[str]] = {
 }
 _CLASSES = frozenset().union(*(v for k, v in KERAS_ALLOWLIST.items() if k != "activation"))
 _FUNCTIONS = KERAS_ALLOWLIST["activation"] | KERAS_ALLOWLIST["loss"]
+#: The modules a config may name: Keras's public API, and the few internal modules Keras
+#: itself writes (the functional model class, the torch backend's optimizers). Keras imports
+#: a ``keras.src`` module a config names, so no other one is accepted.
+KERAS_MODULES = frozenset(
+    ["keras", "keras.src.models.functional", "keras.src.models.sequential"]
+    + [f"keras.{m}" for m in "layers models activations initializers regularizers constraints "
+       "losses metrics optimizers dtype_policies".split()]
+    + [f"keras.src.backend.torch.optimizers.torch_{n.lower()}" for n in _OPTIMIZERS.split()]
+)  # fmt: skip
 #: Nesting past this is refused (Keras's own configs of deep models stay far below it).
 MAX_CONFIG_DEPTH = 64
 #: Keys whose string values Keras resolves to a callable by name (``"relu"``).
@@ -92,7 +101,7 @@ def check_config(config: Any) -> list[str]:
     """Every problem with a Keras config a peer sent (empty: it may be built).
 
     Each object in the tree (a dict with a ``class_name``) must name an allowlisted Keras
-    class under a ``keras`` or ``keras.*`` module with no foreign ``registered_name``; a
+    class under one of :data:`KERAS_MODULES` with no foreign ``registered_name``; a
     ``"function"`` must name a built-in activation or loss; strings where Keras expects an
     activation must name a built-in one.
 
@@ -153,6 +162,12 @@ def _check_object(node: dict[str, Any], where: str, problems: list[str]) -> None
         isinstance(module, str) and (module == "keras" or module.startswith("keras."))
     ):
         problems.append(f"{where}: module {str(module)[:60]!r} is not part of Keras")
+        return
+    if module is not None and module not in KERAS_MODULES:
+        problems.append(
+            f"{where}: module {module[:60]!r} is not one of the Keras modules a config may "
+            "name; see veil.ops.keras.KERAS_MODULES"
+        )
         return
     if name == "function":
         fn = node.get("config")
