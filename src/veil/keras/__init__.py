@@ -15,7 +15,7 @@ optimizers (:data:`KERAS_ALLOWLIST`), checked by the receiver before Keras build
 built-in layers, or send the computation as a veil plan.
 
 Keras layers take their mode from the ``training`` argument, not from torch's
-``train()``/``eval()``: call ``remote(x, training=True)`` for Dropout and BatchNormalization
+training mode (``model.train()``): call ``remote(x, training=True)`` for Dropout and BatchNormalization
 to train (the node then updates BatchNormalization's statistics, and a model that saw
 private data that way is private too).
 
