@@ -14,10 +14,10 @@ optimizers (:data:`KERAS_ALLOWLIST`), checked by the receiver before Keras build
 ``call`` is code) never travel: build the model as a Sequential or functional model of
 built-in layers, or send the computation as a veil plan.
 
-Keras layers take their mode from the ``training`` argument, not from torch's
-training mode (``model.train()``): call ``remote(x, training=True)`` for Dropout and BatchNormalization
-to train (the node then updates BatchNormalization's statistics, and a model that saw
-private data that way is private too).
+Keras layers take their mode from the ``training`` argument, not from torch's training
+mode (``model.train()``): call ``remote(x, training=True)`` for Dropout and
+BatchNormalization to train (the node then updates BatchNormalization's statistics, and a
+model that saw private data that way is private too).
 
 Importing this module sets ``KERAS_BACKEND=torch`` before Keras loads; it raises
 ``ImportError`` if Keras is missing (``pip install 'veil[keras]'``) or was already
