@@ -3,6 +3,7 @@ a model trained on private data, and what never travels (subclassed models)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -166,3 +167,35 @@ def test_a_trained_keras_model_survives_a_node_restart(tmp_path: Any) -> None:
 
     assert back.to_json() == model.to_json()
     assert torch.equal(back(x), trained(x))
+
+
+def test_a_keras_program_looks_the_same_on_data_that_differs_only_in_values() -> None:
+    """Noninterference (DESIGN.md rule 5): what the scientist sees does not depend on the
+    private values (replies, shapes, which calls fail) until an approved get."""
+
+    def run(private: torch.Tensor) -> list[Any]:
+        keras.backend.clear_session()  # the same layer names in both runs
+        owner = veil.VirtualWorker("n")
+        owner.datasets.create("d", private=private, mock=torch.zeros_like(private))
+        owner.create_user("s@x.org", "password-12345")
+        sci = owner.login("s@x.org", "password-12345")
+        priv = sci.datasets["d"].private
+        remote = _mlp().send(sci)
+        opt = veil.RemoteOptimizer(torch.optim.SGD, remote.parameters(), lr=0.1)
+        seen: list[Any] = []
+        out = remote(priv)
+        seen.append((tuple(out.shape), out.dtype, out.private))
+        out.pow(2).mean().backward()
+        opt.step()
+        for attempt in (remote.get, out.get, lambda: remote(priv[:, :5])):
+            try:
+                seen.append(attempt())
+            except Exception as exc:  # noqa: BLE001 - the failure itself is what is compared
+                seen.append((type(exc).__name__, re.sub(r"\d{6,}", "<id>", str(exc))))
+        return seen
+
+    a = run(torch.randn(10, 6, generator=torch.Generator().manual_seed(0)))
+    b = run(torch.randn(10, 6, generator=torch.Generator().manual_seed(1)) * 100)
+
+    assert a == b
+    assert a[1][0] == a[2][0] == "PermissionDenied"
