@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check install bench bench-mpc bench-dp bench-he bench-plans bench-device bench-compare fuzz clean
+.PHONY: demo test test-keras check install bench bench-mpc bench-dp bench-he bench-plans bench-device bench-compare fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ check: $(STAMP)
 
 test: check
 	$(BIN)/pytest -n 2 -q
+
+# Keras 3 models on veil (veil.keras): installs the keras extra into .venv, then its tests and doctests
+test-keras: $(STAMP)
+	$(BIN)/pip install -q -e '.[keras]'
+	$(BIN)/pytest -q tests/keras src/veil/keras src/veil/serde/keras_models.py src/veil/ops/keras.py
 
 # Property tests of the privacy rules for as long as asked: make fuzz FUZZ_SECONDS=3600
 FUZZ_SECONDS ?= 600

@@ -38,7 +38,9 @@ from veil.node.store import (
 )
 from veil.node.text import check_row, storable
 from veil.serde import codec
+from veil.serde.keras_models import is_keras_model, keras_from_wire, keras_to_wire
 from veil.serde.messages import (
+    KerasModelData,
     ModuleSpec,
     TensorData,
     TensorView,
@@ -53,6 +55,8 @@ log = logging.getLogger("veil.node")
 def value_to_wire(value: Any, *, storage: bool = True) -> Any:
     if isinstance(value, torch.Tensor):
         return tensor_to_data(value)
+    if is_keras_model(value):  # before nn.Module: a Keras model on torch is one
+        return keras_to_wire(value)
     if isinstance(value, nn.Module):
         return module_to_spec(value)
     ext = extension_for(value)  # encrypted tensors and contexts (veil.he)
@@ -66,6 +70,8 @@ def value_from_wire(value: Any, *, copy: bool, resolve: Callable[[int], Any] | N
         return tensor_from_data(value, copy=copy)
     if isinstance(value, ModuleSpec):
         return spec_to_module(value)
+    if isinstance(value, KerasModelData):  # Keras is imported here, when the first one arrives
+        return keras_from_wire(value)
     ext = extension_for(value)
     if ext is None:
         raise InvalidRequest(

@@ -13,8 +13,10 @@ from veil.ops.modules import OPTIMIZER_NAMES
 from veil.pointers import classes
 from veil.pointers.handle import ReleasedOnDrop
 from veil.pointers.tensor import PointerTensor
+from veil.serde.keras_models import is_keras_model, keras_from_wire, keras_to_wire
 from veil.serde.messages import (
     GetObject,
+    KerasModelData,
     ModuleSpec,
     ObjectInfo,
     RequestAccess,
@@ -92,6 +94,14 @@ class PointerModule(ReleasedOnDrop):
         """Send ``module`` to ``location`` (see the class docstring for the modes)."""
         if mode not in ("auto", "module", "params"):
             raise ValueError(f"mode must be 'auto', 'module' or 'params', got {mode!r}")
+        if is_keras_model(module):  # Keras's own config, checked by the node's allowlist
+            if mode == "params":
+                raise UnsupportedError(
+                    "a Keras model travels as its config and weights; send it with the default mode"
+                )
+            reply = location.call(SendObject(keras_to_wire(module)))
+            assert isinstance(reply, ObjectInfo)
+            return cls(location, info=reply)
         if mode == "auto":
             mode = "params" if unsupported_modules(module) else "module"
         if mode == "module":
@@ -169,7 +179,10 @@ class PointerModule(ReleasedOnDrop):
         """Fetch the model (subject to the node's permission rules, like any object)."""
         if self._shell is None:
             reply = self.location.call(GetObject(self._require_id()))
-            assert isinstance(reply, Value) and isinstance(reply.value, ModuleSpec)
+            assert isinstance(reply, Value)
+            if isinstance(reply.value, KerasModelData):  # checked here too: nodes may lie
+                return keras_from_wire(reply.value)  # type: ignore[no-any-return]
+            assert isinstance(reply.value, ModuleSpec)
             return spec_to_module(reply.value)
         memo: dict[int, Any] = {}
         for _name, p in self._shell.named_parameters():

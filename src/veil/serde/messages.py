@@ -61,6 +61,16 @@ class ModuleSpec(msgspec.Struct, tag="module", frozen=True, gc=False):
     training: bool = True
 
 
+class KerasModelData(msgspec.Struct, tag="keras", frozen=True, gc=False):
+    """A Keras 3 model (``veil.keras``): its config as Keras's own JSON, checked against the
+    allowlist of Keras's built-in classes (``veil.ops.keras``) before a peer builds it, and
+    its variables as tensors, in ``model.weights`` order, with their paths."""
+
+    config: str
+    paths: list[str] = []
+    weights: list[TensorData] = []
+
+
 # ---------------------------------------------------- homomorphic encryption (veil.he)
 
 
@@ -160,7 +170,7 @@ class OptimizerSpec(msgspec.Struct, tag="optimizer", frozen=True, gc=False):
 
 
 class SendObject(msgspec.Struct, tag="send", frozen=True, gc=False):
-    value: TensorData | ModuleSpec | EncryptedData | EncryptionContextData
+    value: TensorData | ModuleSpec | KerasModelData | EncryptedData | EncryptionContextData
     description: str = ""
     private: bool = False
 
@@ -370,7 +380,7 @@ class Done(msgspec.Struct, tag="done", frozen=True, gc=False):
 
 
 class Value(msgspec.Struct, tag="value", frozen=True, gc=False):
-    value: TensorData | ModuleSpec | EncryptedData | EncryptionContextData
+    value: TensorData | ModuleSpec | KerasModelData | EncryptedData | EncryptionContextData
 
 
 class ObjectList(msgspec.Struct, tag="objects", frozen=True, gc=False):
