@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,6 +70,10 @@ _UNPREDICTED: Any = object()
 
 
 _NO_FACTS = OpFacts()
+
+
+#: Held while a node runs with torch's generator switched to its private stream.
+_RNG_LOCK = threading.RLock()
 
 
 class ExecutionMixin(NodeBase):
@@ -292,14 +297,20 @@ class ExecutionMixin(NodeBase):
     def _private_rng(self) -> Iterator[None]:
         """Run with torch's generator switched to a stream of its own: how many random
         numbers an op on private data draws may depend on the data, and the public stream
-        (which a scientist can clone from her own random tensors) must not show it."""
-        public = torch.get_rng_state()
-        torch.set_rng_state(self._rng)
-        try:
-            yield
-        finally:
-            self._rng = torch.get_rng_state()
-            torch.set_rng_state(public)
+        (which a scientist can clone from her own random tensors) must not show it.
+
+        torch's generator is one per process: nodes that run in one process (VirtualWorkers
+        driven from several threads, as a federation does) take turns here, so that no op
+        draws from another node's private stream and no two threads swap the state at once
+        (which deadlocked torch's generator lock against the GIL)."""
+        with _RNG_LOCK:
+            public = torch.get_rng_state()
+            torch.set_rng_state(self._rng)
+            try:
+                yield
+            finally:
+                self._rng = torch.get_rng_state()
+                torch.set_rng_state(public)
 
     def _fill_grads(self, root: torch.Tensor) -> None:
         """After a backward that failed on private values: give every tensor it would have
