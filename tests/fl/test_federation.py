@@ -96,7 +96,7 @@ def test_a_budget_stops_training_and_says_whose(hospitals, mlp) -> None:
 def test_adaptive_clipping_moves_the_clip_towards_the_quantile(hospitals, mlp) -> None:
     h = hospitals([100, 100, 100])
     h.budgets(epsilon=1e9, delta=0.5)
-    dp = CentralDP(noise_multiplier=1e-3, clip=100.0, adaptive=True, count_noise=0.01)
+    dp = CentralDP(noise_multiplier=1e-3, clip=100.0, adaptive=True, count_noise=1e-3)
     fed = Federation(h.scientist, mlp(0), rounds=3, dataset="digits", dp=dp, progress=False)
     h.approve(fed.request())
     assert len(fed.fit()) == 3

@@ -381,3 +381,54 @@ def test_a_straggler_past_the_deadline_is_dropped_from_the_round(hospitals, mlp)
     finally:
         release.set()
     assert (hist[0]["clients"], hist[0]["dropped"]) == (3, 1)
+
+
+def test_what_the_scientist_sees_of_a_round_does_not_depend_on_the_values(mlp) -> None:
+    """Noninterference for fl.fit and the SecAgg+ steps: two federations over data that differ
+    only in values give replies of the same form and size, with the same failures, until the
+    aggregate is unmasked."""
+    import veil
+
+    def observe(scale: float) -> list[tuple[str, int]]:
+        gen = torch.Generator().manual_seed(7)
+        sci = []
+        for i in range(3):
+            owner = veil.VirtualWorker(f"n{i}")
+            x = torch.rand(40, 64, generator=gen) * scale
+            y = torch.randint(0, 10, (40,), generator=gen) if scale == 1 else torch.zeros(40).long()
+            owner.datasets.create("digits", private={"x": x, "y": y},
+                                  mock={"x": torch.zeros(40, 64), "y": torch.zeros(40).long()})  # fmt: skip
+            owner.create_user("s@x.org", "scientist-pw-1", role="data_scientist")
+            sci.append((owner, owner.login("s@x.org", "scientist-pw-1")))
+        fed = Federation([s for _, s in sci], mlp(0), rounds=1, dataset="digits", progress=False)
+        for (owner, _), req in zip(sci, fed.request()):
+            owner.requests.approve(req.id)
+        seen: list[tuple[str, int]] = []
+        length = len(_params(fed)) // 4 + 2
+        server = SecAggServer(config=secagg_config(fed._terms, 1, length))
+        reps = {m.client_id: m.fit(1, _params(fed), 1, 0.0) for m in fed.members}
+        for rep in reps.values():
+            seen += [
+                ("fit", rep.examples),
+                ("adv", len(rep.advertise)),
+                ("sig", len(rep.signature)),
+            ]
+            server.receive(wire.decode(rep.advertise))
+        keys = wire.encode(server.keys())
+        sigs = {c: r.signature for c, r in reps.items()}
+        for m in fed.members:
+            payload = m.step(1, "share", keys, sigs).payload
+            seen.append(("share", len(payload)))
+            server.receive(wire.decode(payload))
+        deliveries = server.deliveries()
+        for m in fed.members:
+            payload = m.step(1, "mask", wire.encode(deliveries[m.client_id])).payload
+            seen.append(("mask", len(payload)))
+        for m in fed.members:  # the failures a hostile scientist can provoke are the same too
+            try:
+                m.step(1, "mask", wire.encode(deliveries[m.client_id]))
+            except VeilError as exc:
+                seen.append((type(exc).__name__, 0))
+        return seen
+
+    assert observe(1.0) == observe(1e6)  # wildly different values, same observations
