@@ -63,7 +63,8 @@ else:
     _capability.declare("plans", "veil.plans.node")
     _capability.declare("models", "veil.models.node")
     _capability.declare("fl", "veil.fl.node")
-    _LAZY = ("device", "dp", "fl", "he", "models", "mpc", "plans")
+    _capability.declare("transfer", "veil.transfer.node")
+    _LAZY = ("device", "dp", "fl", "he", "models", "mpc", "plans", "transfer")
     #: Names at the top of the package that live in a lazily imported part.
     _LAZY_NAMES = {
         "Plan": "plans", "Protocol": "plans", "func2plan": "plans", "plan": "plans",

@@ -164,6 +164,14 @@ def node_serve(
             "digits). Repeatable; kept in DB (see `veil dealers`).",
         ),
     ] = None,
+    peer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--peer",
+            help="A node objects may be moved to (ptr.move): NAME=URL. Repeatable; kept in "
+            "DB (see `veil peers`).",
+        ),
+    ] = None,
 ) -> None:
     """Serve a node: REST + WebSocket API on HOST:PORT, state persisted in DB."""
     from veil.node.node import Node
@@ -190,6 +198,17 @@ def node_serve(
             f"created owner [bold]{owner_email}[/bold] with password [bold]{node.owner_password}[/bold] (shown once)"
         )
     _approve_dealers(node, dealer or [])
+    for spec in peer or []:
+        p_name, _, p_url = spec.partition("=")
+        try:
+            import veil.transfer
+
+            p = veil.transfer.peers(veil.VirtualWorker(node=node)).add(
+                p_name.strip(), p_url.strip()
+            )
+        except VeilError as exc:
+            _fail(exc)
+        console.print(f"may move objects to [bold]{p.name}[/bold] ({p.url})")
     url = f"http://{host}:{sock.getsockname()[1]}"
     print(f"veil node {name!r} serving on {url} (db: {db})", flush=True)
     serve(node, sock=sock, log_level=log_level, bulk_port=None if bulk_port < 0 else bulk_port,
@@ -545,6 +564,9 @@ def dealers_remove(
 from veil.models.cli import models_app  # noqa: E402
 
 app.add_typer(models_app, name="models")
+from veil.transfer.cli import peers_app  # noqa: E402
+
+app.add_typer(peers_app, name="peers")
 
 
 def main() -> None:

@@ -4,6 +4,7 @@
 
     VeilError
     ├── PermissionDenied        (also PermissionError)   reading or using what you may not
+    │   ├── DestinationNotApproved                        a move to a node the owner did not approve
     │   └── AuthenticationError                           bad or missing credentials / token
     │       ├── SessionExpired                            a token expired or was revoked
     │       └── RateLimited                               too many failed logins: wait
@@ -38,6 +39,7 @@ __all__ = [
     "BudgetExceeded",
     "ConnectError",
     "ConnectionLost",
+    "DestinationNotApproved",
     "IntegrityError",
     "InvalidRequest",
     "MACCheckFailed",
@@ -75,6 +77,12 @@ class PermissionDenied(VeilError, PermissionError):
     """The caller may not read or use this object."""
 
     code = "permission_denied"
+
+
+class DestinationNotApproved(PermissionDenied):
+    """A node was asked to move an object to a node its owner did not approve."""
+
+    code = "destination_not_approved"
 
 
 class AuthenticationError(PermissionDenied):

@@ -284,9 +284,13 @@ class PointerTensor(ReleasedOnDrop):
     def move(self, destination: Any, requires_grad: bool = False) -> PointerTensor:
         """Move the tensor to another node and drop it here; returns the new pointer.
 
-        The data passes through this client (veil has no node-to-node channel), so moving
-        needs the same permission as ``get()``: private data cannot leave its owner's node
-        without approval. ``requires_grad=True`` makes the moved tensor a leaf that requires
+        The node holding the data delivers it to ``destination`` itself (see
+        :mod:`veil.transfer`): the data does not pass through this client. A move needs the
+        same permission as ``get()`` (private data cannot leave its owner's node without
+        approval), and between node servers the source's owner must have approved the
+        destination (``veil peers add``); without that approval, or between an in-process
+        and a remote node, the data passes through this client instead (with a warning in
+        the first case). ``requires_grad=True`` makes the moved tensor a leaf that requires
         grad there.
 
         Example:
@@ -298,8 +302,14 @@ class PointerTensor(ReleasedOnDrop):
         """
         if destination is self.location:
             return self
+        from veil.transfer import move_direct
+
+        grad = bool(requires_grad or self.requires_grad)
+        moved = move_direct(self, destination, grad)
+        if moved is not None:
+            return moved
         value = self.get().detach()
-        if requires_grad or self.requires_grad:
+        if grad:
             value.requires_grad_(True)
         ptr = destination.send(value)
         self.delete()

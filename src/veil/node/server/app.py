@@ -60,6 +60,10 @@ _STATUS = {
     "session_expired": 401,
     "rate_limited": 429,
     "permission_denied": 403,
+    "destination_not_approved": 403,
+    "transport_error": 502,
+    "connect_error": 502,
+    "timeout": 504,
     "op_not_allowed": 403,
     "budget_exceeded": 403,
     "object_not_found": 404,
@@ -92,6 +96,18 @@ class DealerBody(BaseModel):
     url: str = Field(default="", max_length=2000, description="where the key was read from")
 
 
+class PushBody(BaseModel):
+    id: int
+    destination: str = Field(max_length=2000)
+    ticket: str = Field(max_length=200)
+    requires_grad: bool = False
+
+
+class PeerBody(BaseModel):
+    name: str = Field(max_length=64)
+    url: str = Field(max_length=2000)
+
+
 def _json(reply: Reply) -> Any:
     if isinstance(reply, ErrorReply):
         raise HTTPException(
@@ -122,7 +138,8 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES, bulk_port: i
     # async info endpoint never waits for the node.
     capabilities = public_info(node)
     app.state.login_limiter = limiter = LoginLimiter(limits)
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes,
+                       paths={"/api/v1/transfer/receive": node.max_message_bytes})  # fmt: skip
 
     @app.exception_handler(HTTPException)
     async def _http_error(_request: Any, exc: HTTPException) -> JSONResponse:
@@ -248,6 +265,45 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES, bulk_port: i
     @app.delete("/api/v1/dealers/{name}")
     def remove_dealer(name: str, s: Session = Depends(session)) -> Any:
         return run_json_op(s, "mpc.dealers.remove", name)
+
+    # veil.transfer: objects moved node to node (ptr.move), and the destinations approved
+    @app.post("/api/v1/transfer/push")
+    def transfer_push(body: PushBody, s: Session = Depends(session)) -> Any:
+        from veil.transfer.node import push
+
+        try:  # the delivery runs here, in a worker thread, outside the node's lock
+            info = push(node, s, body.id, body.destination, body.ticket,
+                        requires_grad=body.requires_grad)  # fmt: skip
+        except VeilError as exc:
+            return _json(ErrorReply(exc.code, str(exc)))
+        return msgspec.to_builtins(info)
+
+    @app.post("/api/v1/transfer/receive")
+    async def transfer_receive(request: HTTPRequest,
+                               x_veil_ticket: str = Header(default="", max_length=200)) -> Any:  # fmt: skip
+        from veil.transfer.node import receive, state_of
+
+        if not state_of(node).knows(x_veil_ticket):  # refused before the body is read
+            return _json(ErrorReply("permission_denied", f"node {node.name!r} has no valid "
+                                    "move ticket like this one; ask for a new one"))  # fmt: skip
+        frame = await request.body()  # at most the node's frame limit (BodyLimit)
+        try:
+            info = await run_in_threadpool(receive, node, x_veil_ticket, frame)
+        except VeilError as exc:
+            return _json(ErrorReply(exc.code, str(exc)))
+        return msgspec.to_builtins(info)
+
+    @app.get("/api/v1/peers")
+    def peers(s: Session = Depends(session)) -> Any:
+        return run_method(s, "transfer", "peers.list", {})
+
+    @app.post("/api/v1/peers")
+    def add_peer(body: PeerBody, s: Session = Depends(session)) -> Any:
+        return run_method(s, "transfer", "peers.add", {"name": body.name, "url": body.url})
+
+    @app.delete("/api/v1/peers/{name}")
+    def remove_peer(name: str, s: Session = Depends(session)) -> Any:
+        return run_method(s, "transfer", "peers.remove", {"name": name})
 
     # veil.plans: the plans scientists asked to run on private data, for review
     def run_method(s: Session, cap: str, method: str, body: Any) -> Any:

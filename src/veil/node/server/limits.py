@@ -206,22 +206,25 @@ class BodyLimit:
         >>> app.add_middleware(BodyLimit, max_bytes=65536)
     """
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, paths: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        #: paths with a limit of their own (a delivery of a moved object: a frame's limit)
+        self.paths = dict(paths or {})
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.paths.get(scope.get("path", ""), self.max_bytes)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
-                    too_large = int(value) > self.max_bytes
+                    too_large = int(value) > limit
                 except ValueError:
                     too_large = False  # the server itself rejects a malformed length
                 if too_large:
-                    await self._refuse(send)
+                    await self._refuse(send, limit)
                     return
         received = 0
         refused = started = False
@@ -233,10 +236,10 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     refused = True
                     if not started:
-                        await self._refuse(send)
+                        await self._refuse(send, limit)
                     return {"type": "http.disconnect"}  # the app stops reading here
             return message
 
@@ -249,10 +252,10 @@ class BodyLimit:
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _refuse(self, send: Any) -> None:
+    async def _refuse(self, send: Any, limit: int) -> None:
         body = (
             b'{"error":{"code":"message_too_large","message":"request body over the limit of '
-            + str(self.max_bytes).encode()
+            + str(limit).encode()
             + b" bytes; REST requests are small JSON: send tensors with veil.connect (its "
             b'WebSocket and bulk lane), or ask the owner to raise --max-body-bytes"}}'
         )
