@@ -300,3 +300,49 @@ def test_the_owner_approves_destinations_from_the_command_line(two_servers: dict
     assert run("peers", "remove", "alice").exit_code == 0
     bad = run("peers", "add", "x", "file:///etc/passwd")
     assert bad.exit_code == 1 and "base URL" in bad.output
+
+
+# -- models sent in place -------------------------------------------------------------------
+def test_a_model_moves_node_to_node_and_keeps_training_with_its_optimizer() -> None:
+    bob, alice = sy.VirtualWorker("bob"), sy.VirtualWorker("alice")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    ref = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    ref.load_state_dict(model.state_dict())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    x, y = torch.randn(4, 3), torch.randn(4, 1)
+    model.send(bob)
+    sent = _count_messages(bob)
+    assert model.move(alice) is model and model.location is alice
+    assert "GetObject" not in sent and bob.node.object_count() == 0
+    for m, o, data in ((model, opt, (x.send(alice), y.send(alice))), (ref, ref_opt, (x, y))):
+        o.zero_grad()
+        ((m(data[0]) - data[1]) ** 2).mean().backward()
+        o.step()
+    model.get()
+    for got, want in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_model_that_cannot_move_entirely_stays_where_it_was(monkeypatch: Any) -> None:
+    bob, alice = sy.VirtualWorker("bob"), sy.VirtualWorker("alice")
+    model = torch.nn.Linear(3, 2)
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    model.send(bob)
+    real, calls = sy.PointerTensor.move, []
+
+    def flaky(self: Any, destination: Any, requires_grad: bool = False) -> Any:
+        calls.append(destination.name)
+        if len(calls) == 2:
+            raise PermissionDenied("refused for the test")
+        return real(self, destination, requires_grad)
+
+    monkeypatch.setattr(sy.PointerTensor, "move", flaky)
+    with pytest.raises(PermissionDenied):
+        model.move(alice)
+    monkeypatch.undo()
+    assert model.location is bob and alice.node.object_count() == 0
+    assert {k: v for k, v in model.get().state_dict().items()}.keys() == want.keys()
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, want[k])

@@ -219,17 +219,44 @@ def _readable_grad(ptr: PointerTensor) -> torch.Tensor | None:
 def move_module(module: nn.Module, destination: Remote) -> nn.Module:
     """Move a sent model to another worker in place (``model.move(secure_worker)``).
 
-    Its values pass through this client, so moving needs the same permission as ``get``
-    (a model trained on private data stays where it is until its owner approves).
+    Each parameter and buffer moves node to node (:meth:`PointerTensor.move`), so moving
+    needs the same permission as ``get`` (a model trained on private data stays where it is
+    until its owner approves). If one of them cannot move, those already moved go back and
+    the model stays where it was.
 
     Example:
         >>> import torch, veil
         >>> bob, carol = veil.VirtualWorker("bob"), veil.VirtualWorker("carol")
         >>> m = torch.nn.Linear(2, 1).send(bob)
-        >>> m.move(carol).location.name
-        'carol'
+        >>> m.move(carol).location.name, bob.node.object_count()
+        ('carol', 0)
     """
-    return send_module(get_module(module), destination)
+    state = _state(module)
+    source = state.location
+    moved: dict[int, PointerTensor] = {}
+    try:
+        for e in state.entries:
+            if id(e.pointer) not in moved:
+                moved[id(e.pointer)] = e.pointer.move(destination)
+    except BaseException:
+        _rewire(state, {k: p.move(source) for k, p in moved.items()})  # back: unchanged
+        raise
+    _rewire(state, moved)
+    state.location = destination
+    if not state.had_location:
+        module.__dict__["location"] = destination
+    return module
+
+
+def _rewire(state: _SentState, new: dict[int, PointerTensor]) -> None:
+    """Point the entries whose pointer was replaced (keyed by the old pointer's id) at
+    their new pointers."""
+    plan = [(e, new[id(e.pointer)]) for e in state.entries if id(e.pointer) in new]
+    for e, ptr in plan:
+        if getattr(e.local, POINTER_ATTR, None) is e.pointer:
+            setattr(e.local, POINTER_ATTR, ptr)
+        e.module.__dict__[e.name] = ptr
+        e.pointer = ptr
 
 
 def copy_module(module: nn.Module) -> nn.Module:
