@@ -216,7 +216,7 @@ class Transfers(CapabilityState):
             return peers[name_or_url].url
         raise DestinationNotApproved(
             f"node {self.node.name!r} moves objects only to destinations its owner approved, "
-            f"and {name_or_url[:200]!r} is not one ({len(peers)} approved); {HOW}"
+            f"and {name_or_url[:200]!r} is not one; {HOW}"
         )
 
     def _admin(self, session: Session, what: str) -> None:
