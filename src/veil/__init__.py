@@ -51,6 +51,7 @@ else:
     from veil.version import WIRE_VERSION, __version__
 
     install()
+    from veil import transfer as transfer  # ptr.move node to node (registers itself)
 
     # The capabilities every node has (veil.node.capability), imported when the first node
     # starts; ``veil.dp``, ``veil.he`` and ``veil.mpc`` (and scipy) load on first use, so that
@@ -64,7 +65,7 @@ else:
     _capability.declare("models", "veil.models.node")
     _capability.declare("fl", "veil.fl.node")
     _capability.declare("transfer", "veil.transfer.node")
-    _LAZY = ("device", "dp", "fl", "he", "models", "mpc", "plans", "transfer")
+    _LAZY = ("device", "dp", "fl", "he", "models", "mpc", "plans")
     #: Names at the top of the package that live in a lazily imported part.
     _LAZY_NAMES = {
         "Plan": "plans", "Protocol": "plans", "func2plan": "plans", "plan": "plans",

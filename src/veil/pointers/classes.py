@@ -22,3 +22,7 @@ before_backward: Any = None
 relay: Any = None
 #: The client itself, PySyft's local worker (veil.pointers.relay.local_worker).
 local_worker: Any = None
+#: Moves data node to node (veil.transfer.move_direct, set when veil is imported): called as
+#: ``move_direct(ptr, destination, requires_grad)``, it returns the new pointer, or None
+#: where there is no direct way (the move then passes through the client).
+move_direct: Any = None

@@ -302,10 +302,9 @@ class PointerTensor(ReleasedOnDrop):
         """
         if destination is self.location:
             return self
-        from veil.transfer import move_direct
-
         grad = bool(requires_grad or self.requires_grad)
-        moved = move_direct(self, destination, grad)
+        direct = classes.move_direct
+        moved = None if direct is None else direct(self, destination, grad)
         if moved is not None:
             return moved
         value = self.get().detach()

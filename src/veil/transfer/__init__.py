@@ -37,6 +37,7 @@ import msgspec
 
 from veil.errors import DestinationNotApproved
 from veil.node.capability import call
+from veil.pointers import classes
 from veil.serde.messages import ObjectInfo
 from veil.serde.transfer import AddPeer, IssueTicket, ListPeers, Peer, PeerList, RemovePeer, Ticket
 
@@ -133,3 +134,6 @@ def move_direct(ptr: PointerTensor, destination: Any, requires_grad: bool) -> Po
     moved = PointerTensor(destination, info)
     moved._leaf = True
     return moved
+
+
+classes.move_direct = move_direct
