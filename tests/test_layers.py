@@ -22,6 +22,7 @@ LAYERS = {
     "keras": 5,  # the Keras front end: its wire format is serde's (veil.serde.keras_models)
     "plans": 6,
     "export": 6, "models": 6,  # on-device prediction: veil.export, model hosting (a capability)
+    "transfer": 6,  # node-to-node moves (a capability; its CLI shares veil.models.cli's login)
     "fl": 7,
     "cli": 8, "demo": 8, "sandbox": 8, "__main__": 8, "__init__": 8,
 }  # fmt: skip
