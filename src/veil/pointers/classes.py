@@ -22,3 +22,6 @@ before_backward: Any = None
 relay: Any = None
 #: The client itself, PySyft's local worker (veil.pointers.relay.local_worker).
 local_worker: Any = None
+#: ``fit``, ``evaluate`` and ``predict`` of Keras models on nodes, by name (veil.keras.remote sets
+#: them when veil.keras is imported; PointerModule's methods of those names call them).
+keras: Any = None
