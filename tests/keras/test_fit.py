@@ -359,3 +359,15 @@ def test_what_a_node_cannot_run_is_refused_on_the_client(virtual: Any) -> None:
         remote.fit(x, torch.zeros(12, 3))
     with pytest.raises(InvalidRequest, match="takes a Keras model"):
         sci.send(torch.nn.Linear(6, 3)).fit(x, y, verbose=0)
+
+
+def test_a_node_without_the_keras_capability_says_how_to_get_it(virtual: Any) -> None:
+    sci = virtual.scientist()
+    x, y = (t.send(sci) for t in _data((6,)))
+    remote = sci.send(_mlp())
+    capability.uninstall("keras")  # as in a node process that never imported veil.keras
+    try:
+        with pytest.raises(UnsupportedError, match="its process must import veil.keras"):
+            remote.fit(x, y, verbose=0)
+    finally:
+        training.install()

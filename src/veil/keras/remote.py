@@ -234,7 +234,16 @@ def _ids(model: Any, x: Any, y: Any) -> tuple[int, int, int]:
 
 def _call(model: PointerModule, run: KerasRun) -> dict[str, Any]:
     """One message; the metrics by name, as floats or as pointers to private scalars."""
-    reply = capability.call(model.location, "keras", "run", run, KerasMetrics)
+    try:
+        reply = capability.call(model.location, "keras", "run", run, KerasMetrics)
+    except InvalidRequest as exc:
+        if "of capability 'keras'" not in str(exc):
+            raise
+        raise UnsupportedError(
+            f"node {model.location.name!r} does not train Keras models: its process must import "
+            "veil.keras (e.g. python -c 'import veil.keras, veil.cli; veil.cli.main()' node "
+            "serve ...); see docs/keras.md"
+        ) from None
     if reply.pointers:
         if run.kind == "fit":
             model.private = True  # trained with private data (or it was private already)
