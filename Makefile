@@ -87,6 +87,12 @@ FLOWER_PY ?= /work/flower-venv/bin/python
 bench-fl: $(STAMP)
 	$(BIN)/python benchmarks/fl.py $(if $(wildcard $(FLOWER_PY)),--flower $(FLOWER_PY))
 
+# Keras training on a loopback node (remote.fit, one message per epoch) vs Keras's fit locally
+.PHONY: bench-keras
+bench-keras: $(STAMP)
+	$(BIN)/pip install -q -e '.[keras]'
+	$(BIN)/python benchmarks/keras.py
+
 # The Ray backend of veil.fl.simulate: installs the `ray` extra into .venv and runs its tests
 # on a local 2-CPU Ray cluster (they skip, with the reason, where Ray is missing).
 .PHONY: test-ray

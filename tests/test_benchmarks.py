@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -86,3 +87,21 @@ def test_fl_benchmark_runs_quick_mode_without_flower(tmp_path: Path) -> None:
     assert all(r["flower"] is None for r in data["rows"])  # nothing invented for Flower
     (deployed,) = [r for r in data["rows"] if "deployed" in r["name"]]
     assert deployed["veil"] is not None and deployed["veil"] > 0  # three node servers ran
+
+
+@pytest.mark.slow
+def test_keras_benchmark_runs_quick_mode(tmp_path: Path) -> None:
+    if importlib.util.find_spec("keras") is None:  # found, not imported: it runs in the child
+        pytest.skip("Keras is not installed: pip install 'veil[keras]'")
+    out = tmp_path / "keras.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "keras.py"), "--quick", "--no-write", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    names = " ".join(r["name"] for r in rows)
+    for row in ("local", "loopback node", "private data", "VirtualWorker", "upload"):
+        assert row in names, row
+    assert all("DIFFER" not in r["note"] for r in rows)  # remote fit trains as local does

@@ -14,6 +14,13 @@ optimizers (:data:`KERAS_ALLOWLIST`), checked by the receiver before Keras build
 ``call`` is code) never travel: build the model as a Sequential or functional model of
 built-in layers, or send the computation as a veil plan.
 
+``remote.fit(x_ptr, y_ptr, epochs=..., batch_size=...)`` trains it on its node with the
+loss, optimizer and metrics it was compiled with (its compile config travels with it,
+checked like the rest), one message per epoch, showing Keras's progress bar and returning
+a ``keras.callbacks.History``; ``remote.evaluate`` and ``remote.predict`` run there too
+(:mod:`veil.keras.remote`, :mod:`veil.keras.training`). Metrics computed from private data
+come back as pointers to private scalars, never in the clear.
+
 Keras layers take their mode from the ``training`` argument, not from torch's training
 mode (``model.train()``): call ``remote(x, training=True)`` for Dropout and
 BatchNormalization to train (the node then updates BatchNormalization's statistics, and a
@@ -40,7 +47,21 @@ from __future__ import annotations
 from veil.ops.keras import KERAS_ALLOWLIST, check_config
 from veil.serde.keras_models import keras_from_wire, keras_to_wire, load_keras
 
-__all__ = ["KERAS_ALLOWLIST", "check_config", "keras", "keras_from_wire", "keras_to_wire"]
+__all__ = [
+    "KERAS_ALLOWLIST",
+    "check_config",
+    "evaluate",
+    "fit",
+    "keras",
+    "keras_from_wire",
+    "keras_to_wire",
+    "predict",
+]
 
 #: The Keras package, loaded on its torch backend.
 keras = load_keras()
+
+from veil.keras import training  # noqa: E402 - after Keras is loaded on torch
+from veil.keras.remote import evaluate, fit, predict  # noqa: E402
+
+training.install()  # the nodes of this process run Keras's fit (keras.fit_epoch...)

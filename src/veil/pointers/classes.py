@@ -26,3 +26,6 @@ local_worker: Any = None
 #: ``move_direct(ptr, destination, requires_grad)``, it returns the new pointer, or None
 #: where there is no direct way (the move then passes through the client).
 move_direct: Any = None
+#: ``fit``, ``evaluate`` and ``predict`` of Keras models on nodes, by name (veil.keras.remote sets
+#: them when veil.keras is imported; PointerModule's methods of those names call them).
+keras: Any = None

@@ -174,6 +174,19 @@ class PointerModule(ReleasedOnDrop):
             )
         self.location.run_op("Module.zero_grad", self, bool(set_to_none))
 
+    # -- Keras models (veil.keras.remote) -------------------------------------------------
+    def fit(self, *args: Any, **kwargs: Any) -> Any:
+        """Train a Keras model on its node, one message per epoch (:func:`veil.keras.remote.fit`)."""
+        return _keras("fit")(self, *args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        """Evaluate a Keras model on its node (:func:`veil.keras.remote.evaluate`)."""
+        return _keras("evaluate")(self, *args, **kwargs)
+
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        """A Keras model's predictions on its node, as a pointer (:func:`veil.keras.remote.predict`)."""
+        return _keras("predict")(self, *args, **kwargs)
+
     # -- moving ------------------------------------------------------------------------
     def get(self) -> nn.Module:
         """Fetch the model (subject to the node's permission rules, like any object)."""
@@ -219,6 +232,15 @@ class PointerModule(ReleasedOnDrop):
                 "this model was sent with mode='params'; request its parameters one by one"
             )
         return self.id
+
+
+def _keras(name: str) -> Any:
+    if classes.keras is None:
+        raise UnsupportedError(
+            f"{name}() runs Keras models on their node: import veil.keras first "
+            "(pip install 'veil[keras]'); train a torch model with RemoteOptimizer"
+        )
+    return classes.keras[name]
 
 
 def _pointer_of(p: Any) -> Any:
