@@ -42,6 +42,7 @@ from veil.fl.strategies import DPFedAvg, FedAvg, FedMedian, FedProx, FedTrimmedA
 from veil.fl.strategies.base import FitRes
 from veil.serde.fl import Enrol
 from veil.serde.fl import Member as MemberKey
+from veil.serde.keras_torch import is_keras
 
 __all__ = ["CentralDP", "Federation", "LocalDP"]
 
@@ -230,6 +231,13 @@ class Federation:
             return []
         if self.members:
             return [m.request for m in self.members]
+        if is_keras(self.model):
+            raise UnsupportedError(
+                "a Keras model cannot train on nodes yet: the node training plan is traced "
+                "from torch ops, and Keras layers are not plan state. Simulate the federation "
+                "with (x, y) clients, or train the torch layers it computes "
+                "(veil.serde.keras_torch.keras_to_torch)"
+            )
         ids = [identity(node) for node in self.nodes]
         federation = secrets.token_hex(8)
         keys = [MemberKey(i.node, i.key) for i in ids]

@@ -33,7 +33,9 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn.utils.rnn import pad_sequence
 
+from veil.errors import UnsupportedError
 from veil.fl.strategies.base import FitRes, Parameters, Strategy
+from veil.serde.keras_torch import is_keras
 
 __all__ = ["fit_cohort", "simulate", "unstack"]
 
@@ -201,6 +203,13 @@ def simulate(model: nn.Module, client_data: Sequence[tuple[torch.Tensor, torch.T
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if backend == "ray" and not batched:
         raise ValueError("backend='ray' trains batched cohorts; drop batched=False")
+    if is_keras(model):  # Keras reads its own variables: functional_call cannot batch them
+        if backend == "ray":
+            raise UnsupportedError(
+                "backend='ray' trains batched cohorts with torch.func, which cannot swap a "
+                "Keras model's variables; simulate a Keras model in process (backend='inprocess')"
+            )
+        batched = False
     drops = torch.Generator().manual_seed(seed + 1)
     data = [(x, y) for x, y in client_data]
     if not data or any(len(x) != len(y) or len(y) == 0 for x, y in data):

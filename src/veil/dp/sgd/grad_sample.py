@@ -43,6 +43,7 @@ from torch.func import functional_call, grad, vmap
 from torch.linalg import vector_norm
 from torch.utils import _pytree as pytree
 
+from veil.dp.sgd import keras_layers
 from veil.errors import UnsupportedError
 
 __all__ = ["GradSampleModule", "unsupported_layers"]
@@ -57,6 +58,8 @@ _NORMS_WITH_STATS = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
 
 def unsupported_layers(model: nn.Module) -> list[str]:
     """Every layer DP-SGD cannot handle, each with what to do instead (empty if none)."""
+    if keras_layers.is_keras(model):
+        return keras_layers.keras_problems(model)
     problems = []
     for name, m in model.named_modules():
         label = name or type(m).__name__
@@ -126,6 +129,8 @@ class GradSampleModule(nn.Module):
 
     @staticmethod
     def _find_units(module: nn.Module) -> list[nn.Module]:
+        if keras_layers.is_keras(module):
+            return keras_layers.keras_units(module)
         units: list[nn.Module] = []
         inside: set[int] = set()
         for m in module.modules():
@@ -147,6 +152,9 @@ class GradSampleModule(nn.Module):
             # Every parameter's gradient comes from the recorded activations and backprops, so
             # the forward runs on detached parameters: backward then computes activation
             # gradients only (no per-batch weight gradients that DP-SGD would throw away).
+            if keras_layers.is_keras(self._module):  # Keras reads its variables, not these
+                with keras_layers.no_param_grads(self._module):
+                    return self._module(*args, **kwargs)
             params = {n: p.detach() for n, p in self._module.named_parameters()}
             return functional_call(self._module, params, args, kwargs)
         return self._module(*args, **kwargs)
@@ -378,6 +386,8 @@ def _grad_of(call: _Call, i: int = 0) -> torch.Tensor:
 def _plan(m: nn.Module, calls: list[_Call], scale: float, batch: int, batch_first: bool,
           ghost: str) -> _Plan:  # fmt: skip
     pref = 0 if batch_first else 1
+    if keras_layers.is_keras(m):
+        return _functorch(m, calls, scale, batch, pref, keras_layers.keras_replay(m))
     if isinstance(m, nn.MultiheadAttention | nn.RNNBase):
         pref = 0 if m.batch_first else 1
     if isinstance(m, nn.Linear):
@@ -453,10 +463,20 @@ def _pad(padding: Any) -> tuple[int, ...]:
     return tuple(padding)
 
 
-def _functorch(m: nn.Module, calls: list[_Call], scale: float, batch: int, pref: int) -> _Plan:
-    """Per-sample gradients of any layer torch.func can batch: vmap of grad of ⟨m(x_i), g_i⟩."""
-    params = {k: p.detach() for k, p in m.named_parameters() if p.requires_grad}
-    named = dict(m.named_parameters())
+def _functorch(m: nn.Module, calls: list[_Call], scale: float, batch: int, pref: int,
+               replay: tuple[Any, ...] | None = None) -> _Plan:  # fmt: skip
+    """Per-sample gradients of any layer torch.func can batch: vmap of grad of ⟨m(x_i), g_i⟩.
+
+    ``replay`` (Keras layers, :func:`keras_layers.keras_replay`): the parameter values and
+    Parameters by name, how to call the layer with given values, and whether to loop over
+    the examples instead of ``vmap``."""
+    if replay is None:
+        params = {k: p.detach() for k, p in m.named_parameters() if p.requires_grad}
+        named = dict(m.named_parameters())
+        apply: Callable[..., Any] = lambda p, a, kw: functional_call(m, p, a, kw)  # noqa: E731
+        loop = False
+    else:
+        params, named, apply, loop = replay
     total: dict[str, torch.Tensor] = {}
     for c in calls:
         bd = _bd(next(a for a in c.args if isinstance(a, torch.Tensor)), batch, pref)
@@ -488,7 +508,7 @@ def _functorch(m: nn.Module, calls: list[_Call], scale: float, batch: int, pref:
             kw = {
                 k: (v.unsqueeze(kw_dims[k]) if kw_dims[k] is not None else v) for k, v in kw.items()
             }
-            out = functional_call(m, p, args, {**kw, **kw_other})
+            out = apply(p, args, {**kw, **kw_other})
             leaves = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
             return sum(  # type: ignore[return-value]
                 (o * g.unsqueeze(d)).sum() for o, g, d in zip(leaves, gs, out_bd) if d is not None
@@ -496,11 +516,36 @@ def _functorch(m: nn.Module, calls: list[_Call], scale: float, batch: int, pref:
 
         token = _RECORDING.set(False)
         try:
-            psg = vmap(grad(inner), in_dims=(None, in_dims, kw_dims, out_bd))(
-                params, c.args, kw_t, gin
-            )
+            if loop:
+                psg = _loop(inner, params, c.args, kw_t, gin, in_dims, kw_dims, out_bd, batch)
+            else:
+                psg = vmap(grad(inner), in_dims=(None, in_dims, kw_dims, out_bd))(
+                    params, c.args, kw_t, gin
+                )
         finally:
             _RECORDING.reset(token)
         for k, v in psg.items():
             total[k] = total[k] + v if k in total else v
     return _Materialized({named[k]: v for k, v in total.items()})
+
+
+def _loop(inner: Callable[..., torch.Tensor], params: dict[str, torch.Tensor], args: tuple[Any, ...],
+          kw: dict[str, Any], gs: list[torch.Tensor], in_dims: tuple[int | None, ...],
+          kw_dims: dict[str, int | None], out_bd: list[int | None],
+          batch: int) -> dict[str, torch.Tensor]:  # fmt: skip
+    """What ``vmap(grad(inner))`` computes, one example at a time (layers vmap cannot batch)."""
+
+    def pick(t: Any, d: int | None, i: int) -> Any:
+        return t.select(d, i) if d is not None else t
+
+    rows: dict[str, list[torch.Tensor]] = {k: [] for k in params}
+    for i in range(batch):
+        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+        with torch.enable_grad():
+            total = inner(leaves, tuple(pick(a, d, i) for a, d in zip(args, in_dims)),
+                          {k: pick(v, kw_dims[k], i) for k, v in kw.items()},
+                          [pick(g, d, i) for g, d in zip(gs, out_bd)])  # fmt: skip
+            got = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
+        for (k, v), g in zip(leaves.items(), got):
+            rows[k].append(torch.zeros_like(v) if g is None else g)
+    return {k: torch.stack(v) for k, v in rows.items()}

@@ -8,7 +8,8 @@ With ``security="malicious"`` the weights and inputs are
 backward) runs on MAC-checked protocols.
 Supported layers: Linear, Conv2d, ReLU, MaxPool2d, AvgPool2d, Flatten, BatchNorm1d/2d in
 eval mode (folded into a shared scale and shift), Dropout (identity), Identity, and
-Sequential containers of them.
+Sequential containers of them. A Keras model (a chain of built-in layers) is shared as the
+torch layers it computes (:func:`veil.serde.keras_torch.keras_to_torch`).
 
 Training: :meth:`SharedSequential.backward` back-propagates a shared gradient through
 Linear, ReLU, Flatten and Dropout layers (explicit layer-wise gradients, not autograd) and
@@ -43,6 +44,7 @@ from veil.mpc.providers.base import CryptoProvider
 from veil.mpc.tensors.authenticated import AuthenticatedTensor
 from veil.mpc.tensors.shared import SharedTensor
 from veil.node.worker import Worker
+from veil.serde.keras_torch import is_keras, keras_to_torch
 
 #: What shared layers compute on: semi-honest shares, or authenticated ones (``security="malicious"``).
 Secret: TypeAlias = SharedTensor | AuthenticatedTensor
@@ -342,6 +344,8 @@ def encrypt_model(model: nn.Module, parties: Sequence[Worker], provider: Worker 
         >>> type(out).__name__, bool(torch.allclose(out.reconstruct(), model(x), atol=1e-2))
         ('AuthenticatedTensor', True)
     """
+    if is_keras(model):
+        model = keras_to_torch(model)
     sess = session or session_for(parties, provider, security=security)
     problems = []
     if list(model.children()) and not isinstance(model, nn.Sequential):
@@ -378,6 +382,10 @@ def _module_share(self: nn.Module, *parties: Worker, crypto_provider: Worker | C
 
         return sent_module_share(self, parties, crypto_provider, requires_grad=requires_grad,
                                  security=security)  # fmt: skip
+    if is_keras(self):  # a Keras chain of built-in layers, as the torch layers it computes
+        twin = keras_to_torch(self).requires_grad_(requires_grad)
+        return _module_share(twin, *parties, crypto_provider=crypto_provider, security=security,
+                             requires_grad=requires_grad)  # fmt: skip
     if requires_grad or (list(self.children()) and not isinstance(self, nn.Sequential)):
         from veil.mpc.tensors.modules import share_module
 
