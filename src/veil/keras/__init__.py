@@ -10,9 +10,10 @@ On the wire a Keras model is Keras's own JSON config plus its weights as tensors
 (:mod:`veil.serde.keras_models`); every class the config names must be one of Keras's
 built-in layers, activations, initializers, regularizers, constraints, losses or
 optimizers (:data:`KERAS_ALLOWLIST`), checked by the receiver before Keras builds it with
-``safe_mode=True``. ``Lambda`` layers, custom classes and subclassed models (whose
-``call`` is code) never travel: build the model as a Sequential or functional model of
-built-in layers, or send the computation as a veil plan.
+``safe_mode=True``. ``Lambda`` layers and custom classes never travel. A subclassed model's
+``call`` is code and never travels either: it is traced on the client into the equivalent
+functional model of the same layers and ``keras.ops`` (:func:`to_functional`,
+:mod:`veil.serde.keras_subclassed`), which travels instead, or refused with what to do.
 
 ``remote.fit(x_ptr, y_ptr, epochs=..., batch_size=...)`` trains it on its node with the
 loss, optimizer and metrics it was compiled with (its compile config travels with it,
@@ -46,9 +47,11 @@ from __future__ import annotations
 
 from veil.ops.keras import KERAS_ALLOWLIST, check_config
 from veil.serde.keras_models import keras_from_wire, keras_to_wire, load_keras
+from veil.serde.keras_subclassed import assign_weights, to_functional
 
 __all__ = [
     "KERAS_ALLOWLIST",
+    "assign_weights",
     "check_config",
     "evaluate",
     "fit",
@@ -56,6 +59,7 @@ __all__ = [
     "keras_from_wire",
     "keras_to_wire",
     "predict",
+    "to_functional",
 ]
 
 #: The Keras package, loaded on its torch backend.

@@ -5,9 +5,10 @@ rebuilds a config by the ``class_name`` and ``module`` of each object in it, and
 import a module it names; so before a config reaches Keras, :func:`check_config` walks the
 whole tree and accepts only Keras's built-in layers, activations, initializers,
 regularizers, constraints, losses, metrics and optimizers named here, under a ``keras.*``
-module, with no custom registered name. ``Lambda`` layers (which carry Python bytecode) and
-anything a user defined are refused. The names are plain data: this module never imports
-Keras.
+module, with no custom registered name, and the few ``keras.ops`` operations of
+:data:`KERAS_OPS`, each only under its own module. ``Lambda`` layers (which carry Python
+bytecode) and anything a user defined are refused. The names are plain data: this module
+never imports Keras.
 """
 
 from __future__ import annotations
@@ -63,7 +64,35 @@ _OPTIMIZERS = "SGD Adam AdamW RMSprop Adagrad Adadelta Adamax Nadam Ftrl Lion"
 
 #: Keras's own value types inside configs: dtype policies, the symbolic tensors that wire a
 #: functional model's layers, and plain containers (``__tuple__``).
-_INTERNAL = "DTypePolicy FloatDTypePolicy __keras_tensor__ __tuple__"
+_INTERNAL = "DTypePolicy FloatDTypePolicy __keras_tensor__ __tuple__ __slice__"
+
+#: The ``keras.ops`` operations a functional config may wire between layers (what a traced
+#: subclassed model's ``call`` records, ``veil.serde.keras_subclassed``), by the module Keras
+#: writes for them. Elementwise maps, reductions, shape changes that keep the element count,
+#: and joins. No op here runs a callable (``cond``, ``scan``, ``map``) or allocates a size
+#: its config chooses (``full``, ``arange``, ``tile``, ``pad``, ``einsum``); an op is
+#: accepted only under the module that defines it (Keras imports that module to build it).
+KERAS_OPS: dict[str, frozenset[str]] = {
+    f"keras.src.{module}": frozenset(names.split())
+    for module, names in (
+        ("ops.numpy", """
+            Abs Absolute Add Amax Amin Argmax Argmin Average Ceil Clip Concatenate Cos Cosh
+            Cumprod Cumsum Divide Equal Exp ExpandDims Expm1 Flip Floor FloorDivide GetItem
+            Greater GreaterEqual Less LessEqual Log Log10 Log1p Log2 Logaddexp LogicalAnd
+            LogicalNot LogicalOr Matmul Max Maximum Mean Min Minimum Mod Moveaxis Multiply
+            Negative NotEqual Power Prod Reciprocal Reshape Round Sign Sin Sinh Sqrt Square
+            Squeeze Stack Std Subtract Sum Swapaxes Tan Tanh Transpose Tril Triu TrueDivide Var
+        """),
+        ("ops.nn", """
+            Celu Elu Gelu Glu HardShrink HardSigmoid HardSilu HardTanh LeakyRelu LogSigmoid
+            LogSoftmax Normalize Relu Relu6 Selu Sigmoid Silu SoftShrink Softmax Softplus
+            Softsign SparsePlus Sparsemax Squareplus TanhShrink Threshold
+        """),
+        ("ops.math", "Erf Logsumexp Rsqrt"),
+        ("ops.core", "Cast StopGradient"),
+        ("activations.activations", "ReLU Mish"),
+    )
+}  # fmt: skip
 
 #: Every class (or function) name a config may use, by what it is.
 KERAS_ALLOWLIST: dict[str, frozenset[str]] = {
@@ -90,6 +119,7 @@ KERAS_MODULES = frozenset(
     + [f"keras.{m}" for m in "layers models activations initializers regularizers constraints "
        "losses metrics optimizers dtype_policies".split()]
     + [f"keras.src.backend.torch.optimizers.torch_{n.lower()}" for n in _OPTIMIZERS.split()]
+    + list(KERAS_OPS)
 )  # fmt: skip
 #: Nesting past this is refused (Keras's own configs of deep models stay far below it).
 MAX_CONFIG_DEPTH = 64
@@ -174,6 +204,15 @@ def _check_object(node: dict[str, Any], where: str, problems: list[str]) -> None
         if not (isinstance(fn, str) and fn in _FUNCTIONS):
             problems.append(f"{where}: function {str(fn)[:60]!r} is not a built-in Keras function")
         elif registered not in (None, fn):
+            problems.append(f"{where}: registered name {str(registered)[:60]!r} is not Keras's")
+        return
+    if module in KERAS_OPS:  # an op names only an op of its own module
+        if name not in KERAS_OPS[module]:
+            problems.append(
+                f"{where}: {name[:60]!r} is not an allowlisted Keras op; see "
+                "veil.ops.keras.KERAS_OPS"
+            )
+        elif registered not in (None, name):
             problems.append(f"{where}: registered name {str(registered)[:60]!r} is not Keras's")
         return
     if name not in _CLASSES:

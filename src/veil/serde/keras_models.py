@@ -22,6 +22,7 @@ import torch
 
 from veil.errors import InvalidRequest, OpNotAllowed, UnsupportedError
 from veil.ops.keras import check_config
+from veil.serde.keras_subclassed import to_functional
 from veil.serde.messages import KerasModelData
 from veil.serde.tensors import tensor_from_data, tensor_to_data
 
@@ -80,12 +81,13 @@ def is_keras_model(obj: Any) -> bool:
 
 
 def keras_to_wire(model: Any) -> KerasModelData:
-    """Describe a Keras model (Sequential or functional) as config plus tensors.
+    """Describe a Keras model (Sequential or functional) as config plus tensors; a subclassed
+    one as the functional model its ``call`` traces to (:func:`to_functional`).
 
     Raises:
-        UnsupportedError: a subclassed model (its own ``call`` is code, which never
-            travels), or a config naming classes a node would refuse (custom layers,
-            ``Lambda``).
+        UnsupportedError: a subclassed model whose ``call`` does not trace to built-in
+            layers and allowlisted ops (its code never travels), or a config naming classes
+            a node would refuse (custom layers, ``Lambda``).
 
     Example:
         >>> import pytest; keras = pytest.importorskip("veil.keras").keras
@@ -95,14 +97,7 @@ def keras_to_wire(model: Any) -> KerasModelData:
         [(['out', 'kernel'], [3, 2]), (['out', 'bias'], [2])]
     """
     keras = load_keras()
-    cls = type(model)
-    if cls.__module__.split(".")[0] != "keras":
-        raise UnsupportedError(
-            f"{cls.__name__} is a subclassed Keras model: its call() is Python code and "
-            "cannot travel as a config; build it as a functional model "
-            "(keras.Model(inputs, outputs)) or a Sequential of built-in layers, or send it "
-            "as a veil plan"
-        )
+    model = to_functional(model)  # a subclassed model: its trace (veil.serde.keras_subclassed)
     try:
         config = keras.saving.serialize_keras_object(model)
         text = json.dumps(config)
