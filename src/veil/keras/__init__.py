@@ -37,10 +37,13 @@ Example:
 
 from __future__ import annotations
 
+from veil.keras.files import load_model
+from veil.keras.serving import model_pointer, upload_model
 from veil.ops.keras import KERAS_ALLOWLIST, check_config
 from veil.serde.keras_models import keras_from_wire, keras_to_wire, load_keras
 
-__all__ = ["KERAS_ALLOWLIST", "check_config", "keras", "keras_from_wire", "keras_to_wire"]
+__all__ = ["KERAS_ALLOWLIST", "check_config", "keras", "keras_from_wire", "keras_to_wire",
+           "load_model", "model_pointer", "upload_model"]  # fmt: skip
 
 #: The Keras package, loaded on its torch backend.
 keras = load_keras()
