@@ -31,6 +31,22 @@ test-keras: $(STAMP)
 	$(BIN)/pip install -q -e '.[keras]'
 	$(BIN)/pytest -q tests/keras src/veil/keras src/veil/serde/keras_models.py src/veil/ops/keras.py
 
+# A model trained with Keras on TensorFlow: a side venv with TensorFlow (CPU; created if
+# missing, kept out of .venv) reruns tests/keras/fixtures/make_tf_fixture.py into a temporary
+# directory and checks the checked-in fixture still predicts what TF predicted; then
+# tests/keras/test_tf_trained.py compares the fresh run with the checked-in files on torch.
+TF_VENV ?= $(HOME)/.cache/veil/tf-venv
+TF_PINS ?= tensorflow-cpu==2.21.0 keras==3.15.1 scikit-learn h5py
+.PHONY: test-tf
+test-tf: $(STAMP)
+	$(BIN)/python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('keras') and u.find_spec('h5py')))" \
+		|| $(BIN)/pip install -q -e '.[keras]'
+	test -x $(TF_VENV)/bin/python || { $(PY) -m venv $(TF_VENV) && $(TF_VENV)/bin/pip install -q $(TF_PINS); }
+	set -e; out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
+		$(TF_VENV)/bin/python tests/keras/fixtures/make_tf_fixture.py "$$out"; \
+		$(TF_VENV)/bin/python tests/keras/fixtures/make_tf_fixture.py --verify tests/keras/fixtures; \
+		VEIL_TF_FIXTURE="$$out" $(BIN)/pytest -q tests/keras/test_tf_trained.py
+
 # Property tests of the privacy rules for as long as asked: make fuzz FUZZ_SECONDS=3600
 FUZZ_SECONDS ?= 600
 fuzz: $(STAMP)

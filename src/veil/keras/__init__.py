@@ -45,6 +45,8 @@ Example:
 
 from __future__ import annotations
 
+from veil.keras.files import load_model
+from veil.keras.serving import model_pointer, upload_model
 from veil.ops.keras import KERAS_ALLOWLIST, check_config
 from veil.serde.keras_models import keras_from_wire, keras_to_wire, load_keras
 from veil.serde.keras_subclassed import assign_weights, to_functional
@@ -58,8 +60,11 @@ __all__ = [
     "keras",
     "keras_from_wire",
     "keras_to_wire",
+    "load_model",
+    "model_pointer",
     "predict",
     "to_functional",
+    "upload_model",
 ]
 
 #: The Keras package, loaded on its torch backend.
