@@ -25,6 +25,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from veil.pointers import classes, inplace
+from veil.serde.keras_models import is_keras_model
 
 _INSTALLED = False
 
@@ -75,9 +76,15 @@ def _tensor_describe(self: torch.Tensor, description: str) -> torch.Tensor:
     return self
 
 
-def _module_send(self: torch.nn.Module, worker: Any) -> torch.nn.Module:
+def _module_send(self: torch.nn.Module, worker: Any, **kwargs: Any) -> Any:
     """Send this model to ``worker`` in place and return it (see :mod:`veil.pointers.inplace`);
-    ``worker.send(model)`` gives a separate :class:`~veil.PointerModule` instead."""
+    ``worker.send(model)`` gives a separate :class:`~veil.PointerModule` instead. A Keras
+    model's layers call Keras, which cannot run on pointers op by op: it travels whole, as
+    its config and weights, and ``send`` returns the :class:`~veil.PointerModule`
+    (:mod:`veil.keras`). Keywords of :meth:`Worker.send` (``mode=``...) also ask for a
+    :class:`~veil.PointerModule`."""
+    if kwargs or is_keras_model(self):
+        return worker.send(self, **kwargs)
     return inplace.send_module(self, worker)
 
 
