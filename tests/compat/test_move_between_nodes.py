@@ -346,3 +346,103 @@ def test_a_model_that_cannot_move_entirely_stays_where_it_was(monkeypatch: Any) 
     assert {k: v for k, v in model.get().state_dict().items()}.keys() == want.keys()
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, want[k])
+
+
+# -- what a review of the first version found ----------------------------------------------
+def test_a_write_after_the_check_does_not_reach_the_delivered_copy(monkeypatch: Any) -> None:
+    import veil.transfer.node as tn
+
+    owner, alice = sy.VirtualWorker("clinic"), sy.VirtualWorker("alice")
+    owner.datasets.create("d", private=torch.full((4,), 42.0), mock=torch.zeros(4))
+    owner.create_user("ds@x.org", "pw-123456")
+    sci = owner.login("ds@x.org", "pw-123456")
+    y = sci.send(torch.zeros(4))
+    secret = sci.datasets["d"].private
+    real = tn.receive
+
+    def slow_receive(node: Any, ticket: str, frame: Any) -> Any:
+        y.add_(secret)  # between the snapshot and the delivery: y is now private on clinic
+        sci.flush()
+        return real(node, ticket, frame)
+
+    monkeypatch.setattr(tn, "receive", slow_receive)
+    moved = y.move(alice)
+    assert torch.equal(moved.get(), torch.zeros(4))  # the copy taken under the lock
+
+
+def test_refused_or_indirect_moves_leave_no_tickets_behind(two_servers: dict[str, Any]) -> None:
+    s = two_servers
+    tickets = state_of(s["alice_node"])._tickets
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(40):  # more than a user's tickets: no approved peer, so via the client
+            assert s["bob"].send(torch.tensor([float(i)])).move(s["alice"]).get().item() == i
+    assert tickets == {}
+    sy.transfer.peers(s["bob_owner"]).add("alice", s["alice_url"])
+    s["bob_owner"].datasets.create("d", private=torch.ones(2), mock=torch.zeros(2))
+    for _ in range(3):
+        with pytest.raises(PermissionDenied):
+            (s["bob"].datasets["d"].private + 1).move(s["alice"])
+    assert tickets == {}
+
+
+def test_a_forged_ticket_costs_the_source_no_copy_and_no_audit_row(
+    two_servers: dict[str, Any],
+) -> None:
+    s = two_servers
+    sy.transfer.peers(s["bob_owner"]).add("alice", s["alice_url"])
+    x = s["bob"].send(torch.ones(3))
+    s["bob"].flush()
+    with pytest.raises(PermissionDenied, match="peer 'alice'"):
+        s["bob"]._authorized("POST", "/api/v1/transfer/push",
+                             json={"id": x.id, "destination": "alice", "ticket": "forged"})  # fmt: skip
+    assert not any(e.action.startswith("move") for e in s["bob_owner"].audit())
+    assert torch.equal(x.get(), torch.ones(3))
+
+
+def test_moves_at_once_are_bounded_and_one_object_moves_once() -> None:
+    import veil.transfer.node as tn
+
+    bob, alice = sy.VirtualWorker("bob"), sy.VirtualWorker("alice")
+    st = state_of(bob.node)
+    x = bob.send(torch.ones(2))
+    st._pushes[bob.session.user_id] = tn.MAX_USER_PUSHES
+    with pytest.raises(InvalidRequest, match="retry"):
+        x.move(alice)
+    st._pushes.clear()
+    st._moving.add(bob.node.lookup(x.id, bob.session.user_id).id)
+    with pytest.raises(InvalidRequest, match="being moved already"):
+        x.move(alice)
+    st._moving.clear()
+    assert alice.node.object_count() == 0 and state_of(alice.node)._tickets == {}
+    assert torch.equal(x.move(alice).get(), torch.ones(2))
+
+
+def test_peers_reveal_neither_their_urls_nor_their_names_to_a_scientist(
+    two_servers: dict[str, Any],
+) -> None:
+    s = two_servers
+    with pytest.raises(InvalidRequest, match="user:password"):
+        sy.transfer.peers(s["bob_owner"]).add("a", "http://admin:pw@10.0.0.1:8765")
+    sy.transfer.peers(s["bob_owner"]).add("carol", "http://127.0.0.1:9")
+    x = s["bob"].send(torch.ones(1))
+    s["bob"].flush()
+    said = []
+    for dest in ("nobody", "http://10.1.2.3:1"):
+        with pytest.raises(DestinationNotApproved) as err:
+            s["bob"]._authorized("POST", "/api/v1/transfer/push",
+                                 json={"id": x.id, "destination": dest, "ticket": "t"})  # fmt: skip
+        said.append(str(err.value))
+    assert said[0] == said[1] and "127.0.0.1:9" not in said[0]
+    with pytest.raises(sy.errors.TransportError) as err:
+        s["bob"]._authorized("POST", "/api/v1/transfer/push",
+                             json={"id": x.id, "destination": "carol", "ticket": "t"})  # fmt: skip
+    assert "127.0.0.1:9" not in str(err.value)
+
+
+def test_two_logins_on_one_node_still_move_to_each_other() -> None:
+    owner = sy.VirtualWorker("n")
+    owner.create_user("ds@x.org", "pw-123456")
+    sci = owner.login("ds@x.org", "pw-123456")
+    moved = sci.send(torch.ones(2)).move(owner)
+    assert moved.location is owner and torch.equal(moved.get(), torch.ones(2))

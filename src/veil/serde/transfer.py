@@ -20,8 +20,11 @@ import msgspec
 
 __all__ = [
     "AddPeer",
+    "CancelTicket",
+    "CheckMove",
     "IssueTicket",
     "ListPeers",
+    "MoveCheck",
     "Peer",
     "PeerList",
     "PushObject",
@@ -84,3 +87,22 @@ class Peer(msgspec.Struct, **_OPTS):  # type: ignore[call-arg]
 
 class PeerList(msgspec.Struct, **_OPTS):  # type: ignore[call-arg]
     items: list[Peer] = []
+
+
+class CancelTicket(msgspec.Struct, **_OPTS):  # type: ignore[call-arg]
+    """Drop an unused ticket of yours (a move that did not happen)."""
+
+    ticket: str
+
+
+class CheckMove(msgspec.Struct, **_OPTS):  # type: ignore[call-arg]
+    """Ask the node holding object ``id`` whether it would move it to ``destination`` now
+    (you may read it, it is not a dataset's data, the destination is approved); no data
+    moves. Answered with :class:`MoveCheck`, or the error a push would give."""
+
+    id: int
+    destination: str
+
+
+class MoveCheck(msgspec.Struct, **_OPTS):  # type: ignore[call-arg]
+    ok: bool = True

@@ -39,7 +39,18 @@ from veil.errors import DestinationNotApproved
 from veil.node.capability import call
 from veil.pointers import classes
 from veil.serde.messages import ObjectInfo
-from veil.serde.transfer import AddPeer, IssueTicket, ListPeers, Peer, PeerList, RemovePeer, Ticket
+from veil.serde.transfer import (
+    AddPeer,
+    CancelTicket,
+    CheckMove,
+    IssueTicket,
+    ListPeers,
+    MoveCheck,
+    Peer,
+    PeerList,
+    RemovePeer,
+    Ticket,
+)
 
 if TYPE_CHECKING:
     from veil.pointers.remote import Remote
@@ -106,20 +117,27 @@ def move_direct(ptr: PointerTensor, destination: Any, requires_grad: bool) -> Po
     from veil.node.client import NodeClient
     from veil.node.worker import VirtualWorker
     from veil.pointers.tensor import PointerTensor
-    from veil.transfer.node import local_address, push
+    from veil.transfer.node import DELIVERY_TIMEOUT, local_address, state_of
 
     src = ptr.location
     src.flush()  # the object may still be a pipelined op's result
     if isinstance(src, VirtualWorker) and isinstance(destination, VirtualWorker):
+        if src.node is destination.node:
+            return None  # two logins on one node
         t = ticket(destination)
-        info = push(src.node, src.session, ptr.id, local_address(destination.node), t.ticket,
-                    requires_grad=requires_grad, in_process=True)  # fmt: skip
-    elif isinstance(src, NodeClient) and isinstance(destination, NodeClient):
-        t = ticket(destination)
-        body = {"id": ptr.id, "destination": destination.url, "ticket": t.ticket,
-                "requires_grad": requires_grad}  # fmt: skip
         try:
-            out = src._authorized("POST", "/api/v1/transfer/push", json=body)
+            info = state_of(src.node).push(
+                src.session, ptr.id, local_address(destination.node), t.ticket,
+                requires_grad=requires_grad, in_process=True,
+            )  # fmt: skip
+        except BaseException:
+            _cancel(destination, t)
+            raise
+    elif isinstance(src, NodeClient) and isinstance(destination, NodeClient):
+        if src.url.rstrip("/") == destination.url.rstrip("/"):
+            return None
+        try:  # before any ticket: may bob move it there? (no data moves)
+            call(src, "transfer", "check", CheckMove(ptr.id, destination.url), MoveCheck)
         except DestinationNotApproved as exc:
             warnings.warn(
                 f"{exc}. The data passed through this client instead (with the same "
@@ -127,6 +145,15 @@ def move_direct(ptr: PointerTensor, destination: Any, requires_grad: bool) -> Po
                 stacklevel=3,
             )
             return None
+        t = ticket(destination)
+        body = {"id": ptr.id, "destination": destination.url, "ticket": t.ticket,
+                "requires_grad": requires_grad}  # fmt: skip
+        try:
+            out = src._authorized("POST", "/api/v1/transfer/push", json=body,
+                                  timeout=DELIVERY_TIMEOUT + 30)  # fmt: skip
+        except BaseException:
+            _cancel(destination, t)
+            raise
         info = msgspec.convert(out, ObjectInfo)
     else:
         return None
@@ -134,6 +161,14 @@ def move_direct(ptr: PointerTensor, destination: Any, requires_grad: bool) -> Po
     moved = PointerTensor(destination, info)
     moved._leaf = True
     return moved
+
+
+def _cancel(worker: Remote, t: Ticket) -> None:
+    """Drop a ticket a failed move left unused (best effort: it expires anyway)."""
+    try:
+        call(worker, "transfer", "cancel", CancelTicket(t.ticket), MoveCheck)
+    except Exception:  # noqa: S110 - the move's own error is the one to report
+        pass
 
 
 classes.move_direct = move_direct

@@ -266,32 +266,48 @@ def create_app(node: Node, *, chunk_bytes: int = codec.CHUNK_BYTES, bulk_port: i
     def remove_dealer(name: str, s: Session = Depends(session)) -> Any:
         return run_json_op(s, "mpc.dealers.remove", name)
 
-    # veil.transfer: objects moved node to node (ptr.move), and the destinations approved
+    # veil.transfer: objects moved node to node (ptr.move), and the destinations approved.
+    # The capability's state does the work (the server imports no capability).
+    def transfers() -> Any:
+        return node.capability_state("transfer")
+
     @app.post("/api/v1/transfer/push")
     def transfer_push(body: PushBody, s: Session = Depends(session)) -> Any:
-        from veil.transfer.node import push
-
         try:  # the delivery runs here, in a worker thread, outside the node's lock
-            info = push(node, s, body.id, body.destination, body.ticket,
-                        requires_grad=body.requires_grad)  # fmt: skip
+            info = transfers().push(s, body.id, body.destination, body.ticket,
+                                    requires_grad=body.requires_grad)  # fmt: skip
         except VeilError as exc:
             return _json(ErrorReply(exc.code, str(exc)))
         return msgspec.to_builtins(info)
+
+    @app.post("/api/v1/transfer/check")
+    async def transfer_check(x_veil_ticket: str = Header(default="", max_length=200)) -> Any:
+        if not transfers().knows(x_veil_ticket):
+            return _json(ErrorReply("permission_denied", f"node {node.name!r} has no valid "
+                                    "move ticket like this one; ask for a new one"))  # fmt: skip
+        return {"ok": True}
 
     @app.post("/api/v1/transfer/receive")
     async def transfer_receive(request: HTTPRequest,
                                x_veil_ticket: str = Header(default="", max_length=200)) -> Any:  # fmt: skip
-        from veil.transfer.node import receive, state_of
-
-        if not state_of(node).knows(x_veil_ticket):  # refused before the body is read
-            return _json(ErrorReply("permission_denied", f"node {node.name!r} has no valid "
-                                    "move ticket like this one; ask for a new one"))  # fmt: skip
-        frame = await request.body()  # at most the node's frame limit (BodyLimit)
+        st = transfers()
+        slots = st.receiving()
+        if not slots.acquire(blocking=False):
+            return _json(ErrorReply("invalid_request", f"node {node.name!r} is storing as "
+                                    "many deliveries as it takes at once; retry"))  # fmt: skip
         try:
-            info = await run_in_threadpool(receive, node, x_veil_ticket, frame)
-        except VeilError as exc:
-            return _json(ErrorReply(exc.code, str(exc)))
-        return msgspec.to_builtins(info)
+            try:  # the ticket is used up before the body is read: one ticket, one body
+                s = st.claim(x_veil_ticket)
+            except VeilError as exc:
+                return _json(ErrorReply(exc.code, str(exc)))
+            frame = await request.body()  # at most the node's frame limit (BodyLimit)
+            try:
+                info = await run_in_threadpool(st.accept, s, frame)
+            except VeilError as exc:
+                return _json(ErrorReply(exc.code, str(exc)))
+            return msgspec.to_builtins(info)
+        finally:
+            slots.release()
 
     @app.get("/api/v1/peers")
     def peers(s: Session = Depends(session)) -> Any:
