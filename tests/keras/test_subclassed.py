@@ -140,7 +140,7 @@ def test_the_wire_names_no_code_only_built_in_layers_and_ops() -> None:
 
 
 class SequenceNet(keras.Model):  # type: ignore[misc]
-    """An LSTM over float features with a residual: no Embedding (see the xfail below)."""
+    """An LSTM over float features with a residual: no Embedding (the Embedding model has its own test below)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -177,16 +177,6 @@ def test_a_subclassed_model_trained_on_private_data_is_private(virtual: Any) -> 
         remote.parameters()[0].get()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the node predicts a Keras model's output on private data by running a copy of it "
-    "on meta inputs, which Keras's torch backend turns into uninitialized CPU tensors "
-    "(convert_to_tensor: empty_like): an Embedding then reads garbage indices and the "
-    "prediction fails. Any Keras model with an Embedding (Sequential and functional too), "
-    "in veil.node.kernel, not in the subclassed path",
-    raises=veil.errors.RemoteError,
-)
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy, on Keras's garbage path
 def test_an_embedding_model_trains_on_private_token_ids(virtual: Any) -> None:
     remote = _train_on_private(virtual, _subclassed(), _tokens(10, 2))
 

@@ -45,6 +45,7 @@ from torch import nn
 
 from veil.errors import InvalidRequest, RemoteError, VeilError
 from veil.ops import OpSpec, Predicted
+from veil.serde.keras_models import is_keras_model
 
 __all__ = [
     "Meta",
@@ -131,6 +132,11 @@ def predict(spec: OpSpec, args: list[Any], kwargs: dict[str, Any], *,
         hit = _CACHE.get(key)
         if hit is not None:
             return _answer(hit)
+    if any(is_keras_model(a) for a in args):  # Keras turns meta inputs into garbage CPU ones
+        result = _on_zeros(spec, args, kwargs)
+        if key is not None:
+            _CACHE[key] = result
+        return _answer(result)
     memo: dict[int, Any] = {}
     meta_args = [_meta(a, memo) for a in args]
     meta_kwargs = {k: _meta(v, memo) for k, v in kwargs.items()}
@@ -191,6 +197,8 @@ def _on_zeros(spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> tuple[bo
             return type(a)(zero(v) for v in a)
         if isinstance(a, dict):
             return {k: zero(v) for k, v in a.items()}
+        if isinstance(a, nn.Module) and is_keras_model(a):
+            return _zero_module(a)
         if isinstance(a, nn.Module):
             raise Unpredictable("a module argument with no meta form")
         return a
@@ -203,6 +211,21 @@ def _on_zeros(spec: OpSpec, args: list[Any], kwargs: dict[str, Any]) -> tuple[bo
     except Exception as exc:  # noqa: BLE001 - zeros are not every input: no public answer
         raise Unpredictable(f"{spec.name} failed on zeros: {exc}") from None
     return (True, describe(out))
+
+
+def _zero_module(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters and buffers are zeros (public: a prediction run
+    on it cannot depend on the weights, which may be private)."""
+    memo: dict[int, Any] = {}
+    for p in module.parameters():
+        memo[id(p)] = nn.Parameter(torch.zeros(p.shape, dtype=p.dtype),
+                                   requires_grad=p.requires_grad)  # fmt: skip
+    for b in module.buffers():
+        memo[id(b)] = torch.zeros(b.shape, dtype=b.dtype)
+    try:
+        return copy.deepcopy(module, memo)
+    except Exception as exc:  # noqa: BLE001 - a module that cannot be copied: no prediction
+        raise Unpredictable(f"cannot copy {type(module).__name__}: {exc}") from None
 
 
 #: Inputs up to this many elements may be predicted on zeros (see :func:`_on_zeros`).
