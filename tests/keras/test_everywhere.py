@@ -178,13 +178,36 @@ def test_a_simulated_federation_of_a_keras_model_is_fedavg_computed_by_hand() ->
     assert [row["clients"] for row in hist] == [3, 3]
 
 
-def test_a_node_federation_of_a_keras_model_says_what_to_do_instead() -> None:
-    owner = veil.VirtualWorker("clinic")
-    owner.datasets.create("d", private={"x": torch.randn(8, 6), "y": torch.zeros(8).long()},
-                          mock={"x": torch.randn(8, 6), "y": torch.zeros(8).long()})  # fmt: skip
-    fed = Federation([owner, owner], _mlp(), dataset="d", progress=False)
-    with pytest.raises(UnsupportedError, match="Simulate the federation"):
-        fed.request()
+def test_a_keras_model_federated_over_nodes_is_centralized_gradient_descent() -> None:
+    """Secure FedAvg over three nodes with one full-batch step each is gradient descent on
+    the union; the Keras model ends with the weights the same model gets trained locally."""
+    from tests.fl.conftest import make_hospitals
+
+    h = make_hospitals([60, 40, 100])
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((64,)), L.Dense(16, activation="relu"), L.Dense(10)])
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    fed = Federation(h.scientist, model, strategy=FedAvg(), rounds=2, batch_size=100, lr=0.5,
+                     dataset="digits", progress=False)  # fmt: skip
+    h.approve(fed.request())
+    hist = fed.fit()
+
+    x = torch.cat([p[0] for p in h.parts])
+    y = torch.cat([p[1] for p in h.parts])
+    params = list(reference.parameters())
+    for _ in range(2):
+        grads = torch.autograd.grad(F.cross_entropy(reference(x), y), params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p -= 0.5 * g
+    for got, want in zip(model.get_weights(), reference.get_weights()):
+        torch.testing.assert_close(torch.as_tensor(got), torch.as_tensor(want), atol=2e-5,
+                                   rtol=1e-4)  # fmt: skip
+    assert [r["clients"] for r in hist] == [3, 3]
+    with pytest.raises(UnsupportedError, match="LSTM|lstm"):  # what does not translate
+        Federation(h.scientist, keras.Sequential([keras.Input((3, 2)), L.LSTM(2)]),
+                   dataset="digits", progress=False)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------- MPC

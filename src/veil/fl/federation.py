@@ -42,7 +42,7 @@ from veil.fl.strategies import DPFedAvg, FedAvg, FedMedian, FedProx, FedTrimmedA
 from veil.fl.strategies.base import FitRes
 from veil.serde.fl import Enrol
 from veil.serde.fl import Member as MemberKey
-from veil.serde.keras_torch import is_keras
+from veil.serde.keras_torch import is_keras, keras_to_torch, torch_to_keras
 
 __all__ = ["CentralDP", "Federation", "LocalDP"]
 
@@ -153,6 +153,14 @@ class Federation:
         if not nodes:
             raise ValueError("a federation needs clients: nodes, or (x, y) pairs to simulate")
         self.nodes = list(nodes)
+        self.simulated = all(isinstance(n, tuple | list) and len(n) == 2 for n in self.nodes)
+        #: A Keras model federated over nodes: its layers train as the torch layers they
+        #: compute (keras_to_torch), whose weights go back into it after every fit.
+        self.keras_model = model if is_keras(model) and not self.simulated else None
+        if self.keras_model is not None:
+            model = keras_to_torch(model).train()
+            for p in model.parameters():
+                p.requires_grad_(True)
         self.model = model
         self.strategy = strategy if strategy is not None else FedAvg(min_fit_clients=1,
                                                                      min_available_clients=1)  # fmt: skip
@@ -165,7 +173,6 @@ class Federation:
         self.evaluate_fn, self.test_data = evaluate, test_data
         self.backend, self.progress, self.deadline = backend, progress, deadline
         self.seed = secrets.randbits(62) if seed is None else int(seed)
-        self.simulated = all(isinstance(n, tuple | list) and len(n) == 2 for n in self.nodes)
         if backend not in ("inprocess", "ray"):
             raise ValueError(f"backend must be 'inprocess' or 'ray', got {backend!r}")
         if not self.simulated:
@@ -231,13 +238,6 @@ class Federation:
             return []
         if self.members:
             return [m.request for m in self.members]
-        if is_keras(self.model):
-            raise UnsupportedError(
-                "a Keras model cannot train on nodes yet: the node training plan is traced "
-                "from torch ops, and Keras layers are not plan state. Simulate the federation "
-                "with (x, y) clients, or train the torch layers it computes "
-                "(veil.serde.keras_torch.keras_to_torch)"
-            )
         ids = [identity(node) for node in self.nodes]
         federation = secrets.token_hex(8)
         keys = [MemberKey(i.node, i.key) for i in ids]
@@ -297,6 +297,8 @@ class Federation:
         finally:
             if bar is not None:
                 bar.stop()
+            if self.keras_model is not None:
+                torch_to_keras(self.model, self.keras_model)
         return self.history
 
     def _bar(self, total: int) -> tuple[Any, Any]:

@@ -133,10 +133,10 @@ def predict(spec: OpSpec, args: list[Any], kwargs: dict[str, Any], *,
         if hit is not None:
             return _answer(hit)
     if any(is_keras_model(a) for a in args):  # Keras turns meta inputs into garbage CPU ones
-        result = _on_zeros(spec, args, kwargs)
+        zeros = _on_zeros(spec, args, kwargs)
         if key is not None:
-            _CACHE[key] = result
-        return _answer(result)
+            _CACHE[key] = zeros
+        return _answer(zeros)
     memo: dict[int, Any] = {}
     meta_args = [_meta(a, memo) for a in args]
     meta_kwargs = {k: _meta(v, memo) for k, v in kwargs.items()}

@@ -37,7 +37,7 @@ from torch import nn
 
 from veil.errors import UnsupportedError
 
-__all__ = ["SUPPORTED_KERAS", "is_keras", "keras_to_torch"]
+__all__ = ["SUPPORTED_KERAS", "is_keras", "keras_to_torch", "torch_to_keras"]
 
 #: What :func:`keras_to_torch` translates (Keras layer and activation names).
 SUPPORTED_KERAS = (
@@ -104,7 +104,7 @@ def _activation(fn: Any, where: str) -> list[nn.Module]:
 
 
 def _param(t: Any) -> nn.Parameter:
-    return nn.Parameter(torch.as_tensor(t).detach().clone(), requires_grad=False)
+    return nn.Parameter(torch.as_tensor(t).detach().contiguous().clone(), requires_grad=False)
 
 
 def _one(layer: Any) -> list[nn.Module]:
@@ -196,3 +196,31 @@ def keras_to_torch(model: Any) -> nn.Sequential:
             "cannot translate this Keras model to torch layers: " + "; ".join(problems)
         )
     return nn.Sequential(*out).eval()
+
+
+def torch_to_keras(twin: nn.Module, model: Any) -> Any:
+    """Write the weights of ``twin`` (made by :func:`keras_to_torch` from ``model``, then
+    trained) back into the Keras ``model``, in Keras's layouts; returns ``model``.
+
+    Example:
+        >>> import pytest; keras = pytest.importorskip("veil.keras").keras
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> twin = keras_to_torch(model)
+        >>> with torch.no_grad():
+        ...     twin[0].weight.fill_(0.5)
+        >>> x = torch.ones(1, 3)
+        >>> torch.allclose(torch_to_keras(twin, model)(x), twin(x))
+        True
+    """
+    keras = sys.modules["keras"]
+    L = keras.layers  # noqa: N806
+    layers = [lay for lay in _chain(model) if type(lay) in (L.Dense, L.Conv2D)]
+    mods = [m for m in twin.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    if len(layers) != len(mods):
+        raise ValueError("these torch layers were not made from this Keras model")
+    for layer, mod in zip(layers, mods, strict=True):
+        w = mod.weight.detach()
+        layer.kernel.assign(w.t() if isinstance(mod, nn.Linear) else w.permute(2, 3, 1, 0))
+        if layer.use_bias and mod.bias is not None:
+            layer.bias.assign(mod.bias.detach())
+    return model
