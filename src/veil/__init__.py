@@ -65,6 +65,8 @@ else:
     _capability.declare("models", "veil.models.node")
     _capability.declare("fl", "veil.fl.node")
     _capability.declare("transfer", "veil.transfer.node")
+    # Keras (a heavy optional package) loads when a node is first asked to train a model
+    _capability.declare("keras", "veil.keras.training", on_demand=True)
     _LAZY = ("device", "dp", "fl", "he", "models", "mpc", "plans")
     #: Names at the top of the package that live in a lazily imported part.
     _LAZY_NAMES = {

@@ -361,13 +361,19 @@ def test_what_a_node_cannot_run_is_refused_on_the_client(virtual: Any) -> None:
         sci.send(torch.nn.Linear(6, 3)).fit(x, y, verbose=0)
 
 
-def test_a_node_without_the_keras_capability_says_how_to_get_it(virtual: Any) -> None:
+def test_a_node_loads_the_keras_capability_when_asked_or_says_how_to_get_it(
+    virtual: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sci = virtual.scientist()
     x, y = (t.send(sci) for t in _data((6,)))
     remote = sci.send(_mlp())
     capability.uninstall("keras")  # as in a node process that never imported veil.keras
     try:
-        with pytest.raises(UnsupportedError, match="its process must import veil.keras"):
+        remote.fit(x, y, verbose=0)  # loaded on demand (veil declares it so)
+        assert capability.is_installed("keras")
+        capability.uninstall("keras")
+        monkeypatch.setitem(capability._on_demand, "keras", "veil.no_such_module")
+        with pytest.raises(UnsupportedError, match=r"pip install 'veil\[keras\]'"):
             remote.fit(x, y, verbose=0)
     finally:
         training.install()

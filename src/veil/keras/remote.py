@@ -237,12 +237,11 @@ def _call(model: PointerModule, run: KerasRun) -> dict[str, Any]:
     try:
         reply = capability.call(model.location, "keras", "run", run, KerasMetrics)
     except InvalidRequest as exc:
-        if "of capability 'keras'" not in str(exc):
+        if "capability 'keras'" not in str(exc):
             raise
         raise UnsupportedError(
-            f"node {model.location.name!r} does not train Keras models: its process must import "
-            "veil.keras (e.g. python -c 'import veil.keras, veil.cli; veil.cli.main()' node "
-            "serve ...); see docs/keras.md"
+            f"node {model.location.name!r} does not train Keras models: install the keras "
+            "extra where it runs (pip install 'veil[keras]'); see docs/keras.md"
         ) from None
     if reply.pointers:
         if run.kind == "fit":

@@ -208,6 +208,8 @@ class Capability:
 _lock = threading.RLock()
 _installed: dict[str, Capability] = {}
 _declared: dict[str, str] = {}
+#: Capabilities imported when a node is first called one of their methods (``declare``).
+_on_demand: dict[str, str] = {}
 #: Bumped by every install/uninstall: a node re-reads the table when it changed.
 generation = 0
 
@@ -278,12 +280,31 @@ def _taken() -> set[tuple[str, str]]:
     return out | {("request kind", "object")}
 
 
-def declare(name: str, module: str) -> None:
+def declare(name: str, module: str, *, on_demand: bool = False) -> None:
     """Say that capability ``name`` is installed by importing ``module`` (a module of
     veil's own, named by the package, never by a peer); it is imported when a node
-    starts or :func:`installed` is first asked. Keeps ``import veil`` light."""
+    starts or :func:`installed` is first asked. Keeps ``import veil`` light.
+
+    ``on_demand``: imported only when a node is first called a method of ``name`` (for a
+    capability whose module loads a heavy optional package: ``keras``)."""
     with _lock:
-        _declared[name] = module
+        if on_demand:
+            _on_demand[name] = module
+        else:
+            _declared[name] = module
+
+
+def _load_on_demand(name: str) -> Capability | None:
+    module = _on_demand.get(name)
+    if module is None or name in _installed:
+        return _installed.get(name)
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise InvalidRequest(f"this node cannot run capability {name!r}: {exc}"[:1000]) from None
+    if name not in _installed and callable(getattr(mod, "install", None)):
+        mod.install()  # imported before, and uninstalled since
+    return _installed.get(name)
 
 
 def load_declared() -> None:
@@ -342,7 +363,7 @@ def request(worker: Remote, kind: str, subject: str, reason: str) -> RequestInfo
 
 def run_method(node: Node, session: Session, msg: CapabilityCall) -> CapabilityReply | ErrorReply:
     """The node side of :func:`call`: decode the body as the method's type and run it."""
-    cap = _installed.get(msg.capability)
+    cap = _installed.get(msg.capability) or _load_on_demand(msg.capability)
     m = cap.methods.get(msg.method) if cap is not None else None
     if cap is None or m is None:
         raise InvalidRequest(
