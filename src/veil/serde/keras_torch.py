@@ -207,7 +207,7 @@ def torch_to_keras(twin: nn.Module, model: Any) -> Any:
         >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
         >>> twin = keras_to_torch(model)
         >>> with torch.no_grad():
-        ...     twin[0].weight.fill_(0.5)
+        ...     _ = twin[0].weight.fill_(0.5)
         >>> x = torch.ones(1, 3)
         >>> torch.allclose(torch_to_keras(twin, model)(x), twin(x))
         True
