@@ -11,6 +11,7 @@ from torch import nn, optim
 
 import veil as sy
 from veil.errors import VeilError
+from veil.transfer.node import state_of
 
 
 def test_a_model_sent_in_place_trains_on_a_node_server_like_in_torch(deployment: Any) -> None:
@@ -79,7 +80,9 @@ def _program(sci: Any) -> list[Any]:
     (data * w).sum().backward()
     attempt(lambda: w.get())
     attempt(lambda: model.copy().location.name)
+    attempt(lambda: model.move(alice).location.name)  # trained on private data: refused
     seen.append(alice.node.object_count())
+    seen.append(len(state_of(alice.node)._tickets))  # no ticket a refused move left behind
     return seen
 
 
@@ -88,6 +91,7 @@ def test_the_new_paths_cannot_tell_two_datasets_apart() -> None:
     second = _program(_world(torch.rand(5, 3) * 100 - 50))
     assert first == second
     assert ("error", "PermissionDenied") == first[0][:2]  # the model learned from private data
+    assert first[-3][:2] == ("error", "PermissionDenied") and first[-1] == 0  # model.move
 
 
 def test_a_local_tensor_that_requires_grad_is_refused_before_anything_runs() -> None:

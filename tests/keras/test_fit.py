@@ -25,6 +25,8 @@ from veil.errors import (
 vk = pytest.importorskip("veil.keras", reason="Keras is not installed: pip install 'veil[keras]'")
 keras = vk.keras
 
+from tests.keras import test_models as models  # noqa: E402  (its model builders)
+
 from veil.keras import training  # noqa: E402
 from veil.node import capability  # noqa: E402
 from veil.serde.keras_models import keras_to_wire  # noqa: E402
@@ -40,28 +42,11 @@ def _compile(model: Any, metrics: tuple[str, ...] = ("mae",)) -> Any:
 
 
 def _mlp() -> Any:
-    keras.utils.set_random_seed(1)
-    return _compile(
-        keras.Sequential(
-            [
-                keras.Input((6,)),
-                keras.layers.Dense(8, activation="relu"),
-                keras.layers.Dense(8, activation="tanh"),
-                keras.layers.Dense(3),
-            ]
-        )
-    )
+    return _compile(models._mlp())
 
 
 def _cnn() -> Any:
-    keras.utils.set_random_seed(2)
-    inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-    x = keras.layers.MaxPooling2D(2)(x)
-    skip = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(6, activation="relu")(skip)
-    x = keras.layers.Concatenate()([x, keras.layers.Dense(2)(skip)])
-    return _compile(keras.Model(inputs, keras.layers.Dense(3)(x)))
+    return _compile(models._cnn())
 
 
 MODELS = {"mlp": (_mlp, (6,)), "cnn": (_cnn, (8, 8, 1))}

@@ -331,7 +331,7 @@ class Transfers(CapabilityState):
                 info = receive(snap.where, ticket, snap.frame)
         except msgspec.ValidationError:
             raise TransportError(
-                f"peer {_label(snap.where)!r} answered the delivery with something else"
+                f"peer {snap.where.name!r} answered the delivery with something else"
             ) from None
         finally:
             with self._lock:
@@ -382,7 +382,7 @@ class Transfers(CapabilityState):
             self._moving.add(rec.id)
         try:  # codec.encode copies the tensor's bytes into the frame, here, under the lock
             frame = codec.encode(Call(SendObject(value, f"moved from node {node.name!r}")))
-            node.write_audit(session, "move.out", f"object {rec.id} to {_label(where)[:200]}",
+            node.write_audit(session, "move.out", f"object {rec.id} to {where.name[:200]}",
                              [rec.id], rec.sources)  # fmt: skip
         except BaseException:
             with self._lock:
@@ -395,14 +395,10 @@ class Transfers(CapabilityState):
         self.node.write_audit(
             session, "move.done",
             f"object {snap.oid} ({snap.kind}, {len(snap.frame)} bytes) is object {info.id} on "
-            f"{_label(snap.where)[:200]}{note}",
+            f"{snap.where.name[:200]}{note}",
             [snap.oid],
         )  # fmt: skip
         return info
-
-
-def _label(where: Peer | Node) -> str:
-    return where.name
 
 
 def state_of(node: Node) -> Transfers:
