@@ -12,6 +12,9 @@ import veil
 
 
 def _session(workers: Any, **kw: Any) -> veil.mpc.MPCSession:
+    """A session that prepares groups of any size ahead (these tests use small tensors;
+    in-process sessions by default prepare only large groups, see the last tests)."""
+    kw.setdefault("prefetch_min_bytes", 0)
     return veil.mpc.MPCSession(workers.parties, workers.provider, **kw)
 
 
@@ -157,3 +160,26 @@ def test_malicious_mode_takes_prepared_authenticated_groups_too(two: Any) -> Non
     for _ in range(3):
         torch.testing.assert_close((sx @ sw).reconstruct(), x @ w, atol=1e-3, rtol=1e-3)
     assert sess._pre.hits >= 2 and len(gids) == len(set(gids))
+
+
+def test_in_process_sessions_prepare_only_large_groups_ahead(two: Any) -> None:
+    """Where parties and dealer share this process, a small group is dealt when used (a
+    second thread preparing it would compete for the interpreter); a large one is still
+    dealt ahead, and a dealer elsewhere gets no such floor."""
+    from veil.mpc.protocols.session import PREFETCH_MIN
+
+    sess = veil.mpc.MPCSession(two.parties, two.provider)
+    assert sess.in_process and sess._pre.min_bytes == PREFETCH_MIN
+    small = torch.randn(8).share(session=sess)
+    for _ in range(3):
+        torch.testing.assert_close((small * small).reconstruct(), small.reconstruct() ** 2,
+                                   atol=1e-3, rtol=1e-3)  # fmt: skip
+    assert sess._pre.hits == 0 and sess._pre.pooled() == 0
+    n = PREFETCH_MIN // 8  # the Beaver delta (c) holds one word per element
+    big = torch.randn(n).share(session=sess)
+    for _ in range(2):
+        big * big
+    assert sess._pre.hits == 1
+    assert veil.mpc.MPCSession(two.parties, two.provider, prefetch_min_bytes=0)._pre.min_bytes == 0
+    with pytest.raises(ValueError, match="prefetch_min_bytes"):
+        veil.mpc.MPCSession(two.parties, two.provider, prefetch_min_bytes=-1)

@@ -35,6 +35,13 @@ def deviation(authenticated: bool, message: str) -> Exception:
     return ProtocolError(f"{message}; check that every party runs the same veil version")
 
 
+def _work(requests: list[Request]) -> int:
+    """Elements of the largest slot of ``requests``: how large the tensors a party computes
+    on in their round are (it decides whether in-process parties run in threads,
+    :meth:`MPCSession.fanout`)."""
+    return max((kinds.words(s) for r in requests for s in r.slots), default=0)
+
+
 def checked(t: Any, shape: tuple[int, ...], what: str, authenticated: bool) -> torch.Tensor:
     """``t`` if it is an int64 tensor of exactly ``shape``, else :func:`deviation`."""
     if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or tuple(t.shape) != shape:
@@ -100,9 +107,10 @@ class Rounds:
         authed = [any(s.domain in kinds.AUTH for s in r.slots) for r in requests]
         any_auth = any(authed)
         size = sum(numel(_opened_shape(s)) for r in requests for s in r.slots if s.opened)
+        work = _work(requests)
         flats = [
             checked(f, (size,), f"the openings of party {i}", any_auth)
-            for i, f in enumerate(self.fanout(open_on, range(self.n)))
+            for i, f in enumerate(self.fanout(open_on, range(self.n), work=work))
         ]
         opened_per_req: list[list[torch.Tensor]] = []
         off = 0
@@ -139,7 +147,7 @@ class Rounds:
                 raise RemoteError(f"unexpected reply to finish: {type(reply).__name__}")
             return [PointerTensor(self.parties[i], info) for info in reply.items]  # type: ignore[arg-type]
 
-        per_party = self.fanout(finish_on, range(self.n))
+        per_party = self.fanout(finish_on, range(self.n), work=work)
         sizes = [kinds.get_kind(r.kind).n_outputs(r.params) for r in requests]
         want = sum(sizes) + sum(authed)
         for i, results in enumerate(per_party):
@@ -210,7 +218,9 @@ class Rounds:
             record_stats(self.labels[i], out.numel() * 8)
             return out
 
-        opened = combine_open(requests[0], self.fanout(first, range(self.n)))
+        opened = combine_open(
+            requests[0], self.fanout(first, range(self.n), work=_work(requests[:1]))
+        )
         for k in range(1, len(requests)):
             prev, cur = requests[k - 1], requests[k]
             fin = {"gid": prev.dealt[0] if prev.dealt else 0, "opened": opened}
@@ -224,7 +234,7 @@ class Rounds:
                 record_stats(self.labels[i], (reply.numel() - 1) * 8)
                 return reply[1:]  # after the count of stored results (0)
 
-            opened = combine_open(cur, self.fanout(step, range(self.n)))
+            opened = combine_open(cur, self.fanout(step, range(self.n), work=_work([prev, cur])))
         fin = {"gid": requests[-1].dealt[0] if requests[-1].dealt else 0, "opened": opened}
 
         def final(i: int) -> list[PointerTensor]:
@@ -233,7 +243,7 @@ class Rounds:
                 raise RemoteError(f"unexpected reply to finish: {type(reply).__name__}")
             return [PointerTensor(self.parties[i], info) for info in reply.items]  # type: ignore[arg-type]
 
-        per_party = self.fanout(final, range(self.n))
+        per_party = self.fanout(final, range(self.n), work=_work(requests[-1:]))
         size = kinds.get_kind(requests[-1].kind).n_outputs(requests[-1].params)
         for i, results in enumerate(per_party):
             if len(results) != size:

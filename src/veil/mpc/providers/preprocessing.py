@@ -130,13 +130,17 @@ class Preprocessor:
         deal: deals a list of groups in one provider message (``MPCSession._deal_now``).
         ahead: groups of each used signature to prepare in the background (0: none).
         max_bytes: the most bytes of deltas the pool holds.
+        min_bytes: signatures whose delta is smaller are dealt when used, never ahead (where
+            the dealer runs in this process, preparing small groups in a second thread costs
+            more in GIL contention than it saves).
         name: the lane thread's name.
     """
 
     def __init__(self, deal: Callable[[list[Group]], list[Dealt]], *, ahead: int,
-                 max_bytes: int, name: str = "veil-dealer") -> None:  # fmt: skip
+                 max_bytes: int, min_bytes: int = 0, name: str = "veil-dealer") -> None:  # fmt: skip
         self._deal = deal
         self.ahead = ahead
+        self.min_bytes = min_bytes
         self.max_bytes = max_bytes
         self._lane = _Lane(name)
         self._lock = threading.Lock()
@@ -249,6 +253,8 @@ class Preprocessor:
         planned = 0
         for sig, group in first.items():
             nb = self._size(sig, group)
+            if nb < self.min_bytes:
+                continue
             for _ in range(self.ahead * uses[sig] - len(self._ready.get(sig, ()))):
                 if not self._make_room(planned + nb, keep=uses.keys()):
                     break
