@@ -60,6 +60,26 @@ def test_large_tensors_take_the_bulk_lane_and_arrive_exactly(server: tuple[Node,
         assert torch.equal(small.get(), torch.ones(3))
 
 
+def test_a_large_reply_the_caller_expects_takes_the_bulk_lane(server: tuple[Node, str]) -> None:
+    """Frames from BULK_MIN_BYTES take the lane; so does a small request whose large reply
+    the caller announces (call_op(expect_bytes=...), as MPC openings do), and expect_bytes
+    is a hint for the transport, never an argument of the op."""
+    from veil.node.framing import BULK_MIN_BYTES
+
+    node, url = server
+    n = BULK_MIN_BYTES // 4  # float32: exactly the threshold
+    with veil.connect(url, email=EMAIL, password=PASSWORD) as c:
+        x = torch.ones(8).send(c)
+        assert c.transport.bulk is None
+        reply = c.call_op("torch.add", x, 1, expect_bytes=BULK_MIN_BYTES)
+        assert c.transport.bulk is not None  # the lane opened for the announced reply
+        assert torch.equal(node.lookup(reply.id).value, torch.full((8,), 2.0))  # type: ignore[union-attr]
+    with veil.connect(url, email=EMAIL, password=PASSWORD) as c:
+        ptr = torch.arange(float(n)).send(c)
+        assert c.transport.bulk is not None and c.transport.websocket is None
+        assert torch.equal(ptr.get(), torch.arange(float(n)))
+
+
 def test_without_a_bulk_lane_everything_goes_over_the_websocket() -> None:
     node = Node("ws-only", owner_email=EMAIL, owner_password=PASSWORD)
     with serve_in_thread(node, bulk_port=None) as url:

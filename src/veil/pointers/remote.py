@@ -276,10 +276,12 @@ class Remote:
         default_registry().get(op)  # refuse unknown ops before a round trip
         return self._run(op, args, kwargs)
 
-    def call_op(self, op: str, *args: Any, **kwargs: Any) -> Reply:
+    def call_op(self, op: str, *args: Any, expect_bytes: int = 0, **kwargs: Any) -> Reply:
         """Run op ``op`` on the node and return its raw reply (a :class:`Value`, the
         :class:`ObjectInfo` of a new object, :class:`Results`...): the public entry point for
         capabilities whose node ops answer with values (``veil.mpc`` protocol steps).
+        ``expect_bytes`` (not passed to the op) tells the transport how large the reply
+        will be, when the caller knows (a large one takes a node server's bulk lane).
 
         Example:
             >>> import torch, veil
@@ -290,7 +292,7 @@ class Remote:
         """
         default_registry().get(op)  # refuse unknown ops before a round trip
         enc_args, enc_kwargs = self._encode_args(args, kwargs)
-        return self.call(RunOp(op, enc_args, enc_kwargs))
+        return self.call(RunOp(op, enc_args, enc_kwargs), expect_bytes=expect_bytes)
 
     def _run(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """:meth:`run_op` for callers that took ``op`` from the registry already."""

@@ -42,6 +42,11 @@ def _work(requests: list[Request]) -> int:
     return max((kinds.words(s) for r in requests for s in r.slots), default=0)
 
 
+def _opened_words(r: Request) -> int:
+    """Words a party sends back to open ``r`` (its reply's size, less a small header)."""
+    return sum(numel(s.shape) for s in r.slots if s.opened)
+
+
 def checked(t: Any, shape: tuple[int, ...], what: str, authenticated: bool) -> torch.Tensor:
     """``t`` if it is an int64 tensor of exactly ``shape``, else :func:`deviation`."""
     if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or tuple(t.shape) != shape:
@@ -100,7 +105,8 @@ class Rounds:
                 if i == last and any(kinds.has_delta(s) for s in r.slots):
                     item["delta"] = r.dealt[1]
                 items.append(item)
-            out = reply_tensor(self.call(self.parties[i], "mpc.open", self.sid, items))
+            out = reply_tensor(self.call(self.parties[i], "mpc.open", self.sid, items,
+                                         expect_bytes=8 * size))  # fmt: skip
             record_stats(self.labels[i], out.numel() * 8)
             return out
 
@@ -213,7 +219,13 @@ class Rounds:
 
         def first(i: int) -> torch.Tensor:
             out = reply_tensor(
-                self.call(self.parties[i], "mpc.open", self.sid, [item(requests[0], i)])
+                self.call(
+                    self.parties[i],
+                    "mpc.open",
+                    self.sid,
+                    [item(requests[0], i)],
+                    expect_bytes=8 * _opened_words(requests[0]),
+                )  # fmt: skip
             )
             record_stats(self.labels[i], out.numel() * 8)
             return out
@@ -227,7 +239,14 @@ class Rounds:
 
             def step(i: int, fin: dict[str, Any] = fin, cur: Request = cur) -> torch.Tensor:
                 reply = reply_tensor(
-                    self.call(self.parties[i], "mpc.step", self.sid, [fin], [item(cur, i)])
+                    self.call(
+                        self.parties[i],
+                        "mpc.step",
+                        self.sid,
+                        [fin],
+                        [item(cur, i)],
+                        expect_bytes=8 * _opened_words(cur),
+                    )  # fmt: skip
                 )
                 if reply.dim() != 1 or reply.numel() < 1 or int(reply[0]) != 0:
                     raise deviation(False, f"party {i} answered a step in another form")

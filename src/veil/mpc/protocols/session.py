@@ -172,10 +172,11 @@ class MPCSession(Rounds):
         )
 
     # ---------------------------------------------------------------- plumbing
-    def call(self, worker: Any, op: str, *args: Any) -> Any:
+    def call(self, worker: Any, op: str, *args: Any, expect_bytes: int = 0) -> Any:
         """Run MPC op ``op`` on ``worker``'s node and return its raw reply (the rounds send
-        every protocol message through here)."""
-        return node_call(worker, op, *args)
+        every protocol message through here; ``expect_bytes``: the size of a large reply,
+        such as a party's openings, so that it takes a node server's bulk lane)."""
+        return node_call(worker, op, *args, expect_bytes=expect_bytes)
 
     def fanout(self, fn: Callable[[Any], T], items: Any, *, work: int = 0) -> list[T]:
         """``[fn(i) for i in items]``, in parallel threads when parties are remote, or when

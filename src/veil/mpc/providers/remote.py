@@ -21,9 +21,12 @@ from veil.serde.messages import ObjectInfo, Reply, Value
 from veil.serde.tensors import tensor_from_data
 
 
-def node_call(worker: Any, op: str, *args: Any) -> Reply:
+def node_call(worker: Any, op: str, *args: Any, expect_bytes: int = 0) -> Reply:
     """Run extension op ``op`` on ``worker`` and return its raw reply
-    (:meth:`~veil.pointers.remote.Remote.call_op`)."""
+    (:meth:`~veil.pointers.remote.Remote.call_op`; ``expect_bytes``: the reply's size where
+    the caller knows it)."""
+    if expect_bytes:
+        return worker.call_op(op, *args, expect_bytes=expect_bytes)  # type: ignore[no-any-return]
     return worker.call_op(op, *args)  # type: ignore[no-any-return]
 
 
