@@ -187,15 +187,7 @@ class MPCSession(Rounds):
         items = list(items)
         if self._pool is None or len(items) < 2 or (self.in_process and work < PARALLEL_MIN):
             return [fn(i) for i in items]
-        rest = [self._pool.submit(fn, i) for i in items[1:]]
-        try:  # the first item in this thread: one handoff fewer, one thread fewer awake
-            first = fn(items[0])
-        finally:
-            done = [f.exception() for f in rest]  # wait for every party, even on an error
-        for exc in done:
-            if exc is not None:
-                raise exc
-        return [first, *(f.result() for f in rest)]
+        return list(self._pool.map(fn, items))
 
     @property
     def truncation(self) -> str:
