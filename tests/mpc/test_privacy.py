@@ -398,8 +398,8 @@ def test_views_are_statistically_independent_of_the_secret() -> None:
     opened: list[torch.Tensor] = []
     orig = msession.node_call
 
-    def spy(worker: Any, op: str, *args: Any) -> Any:
-        reply = orig(worker, op, *args)
+    def spy(worker: Any, op: str, *args: Any, **kw: Any) -> Any:
+        reply = orig(worker, op, *args, **kw)
         if op == "mpc.open":
             opened.append(msession.reply_tensor(reply))
         return reply

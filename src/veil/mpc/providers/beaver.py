@@ -22,10 +22,13 @@ def _product(p: Params, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _trunc_local(z: torch.Tensor, f: int, party: int) -> torch.Tensor:
     """SecureML local truncation (2 parties): exact up to 1 LSB unless the shares wrap
-    around, which happens with probability about |z| / 2^63 per element."""
+    around, which happens with probability about |z| / 2^63 per element. Works in place on
+    ``z`` (a fresh result of :meth:`Beaver.finish`)."""
     if f == 0:
         return z
-    return z >> f if party == 0 else -((-z) >> f)
+    if party == 0:
+        return z.bitwise_right_shift_(f)
+    return z.neg_().bitwise_right_shift_(f).neg_()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -87,14 +90,12 @@ class Beaver(Kind):
     def finish(self, p: Params, opened: list[torch.Tensor], m: dict[str, torch.Tensor],
                x: list[torch.Tensor], party: int, n: int) -> list[torch.Tensor]:  # fmt: skip
         e, d = opened
-        if p["op"] == "mul":
-            z = m["c"] + e * m["b"] + m["a"] * d
-            if party == 0:
-                z = z + e * d
-        elif party == 0:  # e@b + a@d + e@d = e@(b + d) + a@d
-            z = m["c"] + _product(p, e, m["b"] + d) + _product(p, m["a"], d)
-        else:
-            z = m["c"] + _product(p, e, m["b"]) + _product(p, m["a"], d)
+        # e (b + [party 0] d) + a d + c (e d is public: party 0 folds it into b's side),
+        # accumulated in place in the first product, a fresh tensor
+        b = m["b"] + d if party == 0 else m["b"]
+        z = _product(p, e, b)  # the result's shape (op(x, y) broadcasts as c's does)
+        z += _product(p, m["a"], d)
+        z += m["c"]
         return [_trunc_local(z, p["trunc"], party)]
 
 

@@ -275,4 +275,6 @@ def dealer_delta(
             parts.append((target - have).reshape(-1))
         else:
             parts.append((target ^ have).reshape(-1))
+    if len(parts) == 1:
+        return parts[0]
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
