@@ -26,12 +26,15 @@ def test_chained_rounds_leave_no_objects_behind_on_the_parties(three: Any) -> No
     assert [_objects(w) for w in three.parties] == before
 
 
-def test_in_process_parties_use_threads_only_for_large_rounds(two: Any) -> None:
-    """Small rounds of in-process parties run in the calling thread (threads cost more than
-    they save there), large ones in the session's threads; results are the same."""
+def test_in_process_parties_use_threads_only_for_large_products(two: Any) -> None:
+    """In-process parties compute in the calling thread (threads cost more than they save
+    there) except for matrix products and convolutions of at least PARALLEL_MIN
+    multiply-accumulates; the results are the same either way."""
     import threading
 
+    from veil.mpc.protocols.rounds import Request, _work
     from veil.mpc.protocols.session import PARALLEL_MIN
+    from veil.mpc.providers import kinds
 
     sess = veil.mpc.MPCSession(two.parties, two.provider)
     assert sess.in_process
@@ -42,7 +45,26 @@ def test_in_process_parties_use_threads_only_for_large_rounds(two: Any) -> None:
     assert here not in big
     serial = veil.mpc.MPCSession(two.parties, two.provider, parallel=False)
     assert serial.fanout(lambda i: threading.get_ident(), range(2), work=PARALLEL_MIN) == [here] * 2
-    x, y = torch.randn(PARALLEL_MIN), torch.randn(PARALLEL_MIN)
-    for s in (sess, serial):
-        torch.testing.assert_close((x.share(session=s) * y.share(session=s)).reconstruct(), x * y,
-                                   atol=1e-3, rtol=1e-3)  # fmt: skip
+
+    def work(kind: str, **params: Any) -> int:
+        r = Request(kind, {"trunc": 0, **params}, [])
+        r.slots = kinds.get_kind(kind).slots(r.params)
+        return _work([r])
+
+    assert work("beaver", op="mul", x=[10**6], y=[10**6]) == 0  # elementwise: memory-bound
+    assert work("beaver", op="matmul", x=[64, 512], y=[512, 1024]) == 64 * 512 * 1024
+    assert work("m_beaver", op="matmul", x=[64, 512], y=[512, 1024]) == 64 * 512 * 1024
+    conv = work("beaver", op="conv2d", x=[2, 3, 8, 8], y=[4, 3, 3, 3], stride=1, padding=0)
+    assert conv == 2 * 4 * 6 * 6 * (3 * 3 * 3)
+    seen: list[int] = []
+    fanout = sess.fanout
+
+    def spy(fn: Any, items: Any, *, work: int = 0) -> Any:
+        seen.append(work)
+        return fanout(fn, items, work=work)
+
+    sess.fanout = spy  # type: ignore[method-assign]
+    x, w = torch.randn(64, 512), torch.randn(512, 1024) / 20
+    out = (x.share(session=sess) @ w.share(session=sess)).reconstruct()
+    torch.testing.assert_close(out, x @ w, atol=1e-2, rtol=1e-3)
+    assert max(seen) == 64 * 512 * 1024 >= PARALLEL_MIN
