@@ -300,3 +300,18 @@ def test_mistyped_fields_inside_items_are_named(caplog: Any) -> None:
         with pytest.raises(InvalidRequest, match=r"groups\.0"):
             call(carol, "mpc.deal", sess.sid, groups)
     assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+
+
+def test_local_truncation_leaves_the_stored_share_as_it_was(two: Any) -> None:
+    """Truncation after a public product runs on the parties' stored shares: it makes new
+    tensors and never rewrites a share a pointer still names."""
+    from veil.mpc.node.local_ops import op_trunc_local
+
+    x = torch.tensor([4 << 16, -(4 << 16)])
+    assert op_trunc_local(x, 16, 1).tolist() == [4, -4]
+    assert x.tolist() == [4 << 16, -(4 << 16)]
+    v = torch.tensor([1.5, -2.25, 3.0])
+    sx = v.share(*two.parties, crypto_provider=two.provider)
+    for _ in range(3):
+        torch.testing.assert_close((sx * 0.5).reconstruct(), v * 0.5, atol=1e-3, rtol=0)
+        torch.testing.assert_close(sx.reconstruct(), v, atol=1e-4, rtol=0)

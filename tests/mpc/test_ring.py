@@ -187,3 +187,30 @@ def test_conv2d_refuses_mismatched_channels() -> None:
         ring.conv2d(
             torch.zeros(1, 4, 5, 5, dtype=torch.int64), torch.zeros(2, 3, 3, 3, dtype=torch.int64)
         )
+
+
+def test_broadcast_shapes_follows_torch_and_refuses_what_torch_refuses() -> None:
+    from veil.mpc.ring import broadcast_shapes
+
+    for shapes in [((3, 1), (4,)), ((), (2, 3)), ((5, 1, 4), (1, 3, 1)), ((0,), (1,)), ((2,),)]:
+        assert broadcast_shapes(*shapes) == torch.broadcast_shapes(*shapes)
+    with pytest.raises(RuntimeError, match="broadcast"):
+        broadcast_shapes((3,), (4,))
+
+
+def test_the_first_product_of_a_session_does_not_import_sympy() -> None:
+    """torch.broadcast_shapes imports sympy on its first call (0.3 s, more on a busy
+    machine): the first product of a user's session does not pay for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, veil\n"
+        "a, b, c = (veil.VirtualWorker(n) for n in 'abc')\n"
+        "x = torch.randn(3, 1).share(a, b, crypto_provider=c)\n"
+        "y = torch.randn(4).share(a, b, crypto_provider=c)\n"
+        "z = ((x * y).relu() @ torch.ones(4, 2)).reconstruct()\n"
+        "assert z.shape == (3, 2), z.shape\n"
+        "assert 'sympy' not in sys.modules, 'sympy was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

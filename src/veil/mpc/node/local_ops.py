@@ -72,7 +72,7 @@ def op_a128_scale(x: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
     if kt.is_floating_point() or kt.is_complex() or kt.dtype == torch.bool:
         raise InvalidRequest("mpc.a128.scale: argument 'k' must hold integers")
     try:
-        fits = torch.broadcast_shapes(kt.shape, x.shape[1:]) == x.shape[1:]
+        fits = ring.broadcast_shapes(kt.shape, x.shape[1:]) == x.shape[1:]
     except RuntimeError:
         fits = False
     if not fits:

@@ -20,12 +20,20 @@ def _product(p: Params, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ring.conv2d(a, b, stride=p.get("stride", 1), padding=p.get("padding", 0))
 
 
-def _trunc_local(z: torch.Tensor, f: int, party: int) -> torch.Tensor:
+def _trunc_local(z: torch.Tensor, f: int, party: int, *, inplace: bool = False) -> torch.Tensor:
     """SecureML local truncation (2 parties): exact up to 1 LSB unless the shares wrap
-    around, which happens with probability about |z| / 2^63 per element. Works in place on
-    ``z`` (a fresh result of :meth:`Beaver.finish`)."""
+    around, which happens with probability about |z| / 2^63 per element. ``inplace``
+    overwrites ``z`` (only for a fresh result no one else holds, as in :meth:`Beaver.finish`).
+
+    Example:
+        >>> z = torch.tensor([4 << 16, -(4 << 16)])
+        >>> _trunc_local(z, 16, 0), _trunc_local(z, 16, 1), z
+        (tensor([ 4, -4]), tensor([ 4, -4]), tensor([ 262144, -262144]))
+    """
     if f == 0:
         return z
+    if not inplace:
+        return z >> f if party == 0 else -((-z) >> f)
     if party == 0:
         return z.bitwise_right_shift_(f)
     return z.neg_().bitwise_right_shift_(f).neg_()
@@ -53,7 +61,7 @@ class Beaver(Kind):
         xs, ys = _shape(p, "x"), _shape(p, "y")
         op = p.get("op")
         if op == "mul":
-            return tuple(torch.broadcast_shapes(xs, ys))
+            return tuple(ring.broadcast_shapes(xs, ys))
         if op == "matmul":
             return _matmul_shape(xs, ys)
         if op == "conv2d":
@@ -96,7 +104,7 @@ class Beaver(Kind):
         z = _product(p, e, b)  # the result's shape (op(x, y) broadcasts as c's does)
         z += _product(p, m["a"], d)
         z += m["c"]
-        return [_trunc_local(z, p["trunc"], party)]
+        return [_trunc_local(z, p["trunc"], party, inplace=True)]
 
 
 class Square(Kind):

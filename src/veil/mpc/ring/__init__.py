@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from veil.mpc.ring.z64 import (
     FixedPoint,
+    broadcast_shapes,
     conv2d,
     conv2d_shapes,
     matmul,
@@ -20,4 +21,13 @@ from veil.mpc.ring.z64 import (
     prg_many,
 )
 
-__all__ = ["FixedPoint", "conv2d", "conv2d_shapes", "matmul", "matmul_limbs", "prg", "prg_many"]
+__all__ = [
+    "FixedPoint",
+    "broadcast_shapes",
+    "conv2d",
+    "conv2d_shapes",
+    "matmul",
+    "matmul_limbs",
+    "prg",
+    "prg_many",
+]

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from veil.mpc.ring.z64 import broadcast_shapes
+
 _MIN = -(2**63)
 _M22 = (1 << 22) - 1
 #: (2^22 - 1) (2^32 - 1) 1024 < 2^64: the longest inner dimension one limb product sums exactly.
@@ -129,7 +131,7 @@ def _mulhi(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Elementwise product in Z_2^128 (with broadcasting), on int64 words directly."""
     a_lo, a_hi, b_lo, b_hi = a[0], a[1], b[0], b[1]
-    shape = torch.broadcast_shapes(a_lo.shape, b_lo.shape)
+    shape = broadcast_shapes(a_lo.shape, b_lo.shape)
     out = torch.empty((2, *shape), dtype=torch.int64)
     torch.mul(a_lo, b_lo, out=out[0])
     hi = _mulhi(a_lo, b_lo)
@@ -142,7 +144,7 @@ def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def mul64(r: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``r * b`` in Z_2^128 for an *unsigned* 64-bit word ``r`` (an int64 tensor read as
     [0, 2^64)) and a 128-bit ``b``: one word product fewer than :func:`mul`."""
-    shape = torch.broadcast_shapes(r.shape, b[0].shape)
+    shape = broadcast_shapes(r.shape, b[0].shape)
     out = torch.empty((2, *shape), dtype=torch.int64)
     torch.mul(r, b[0], out=out[0])
     hi = _mulhi(r, b[0])

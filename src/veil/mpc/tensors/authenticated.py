@@ -35,7 +35,7 @@ from veil.errors import InvalidRequest, MACCheckFailed, WorkerMismatch
 from veil.mpc.protocols.session import MPCSession, Request, checked, node_call
 from veil.mpc.providers import kinds
 from veil.mpc.providers.remote import pointer
-from veil.mpc.ring import FixedPoint, prg, r128
+from veil.mpc.ring import FixedPoint, broadcast_shapes, prg, r128
 from veil.mpc.tensors.auth_shapes import AuthenticatedShapes
 from veil.mpc.tensors.fixed import FixedPrecisionTensor, register_tensor_type
 from veil.mpc.tensors.surface import defers
@@ -296,7 +296,7 @@ class AuthenticatedTensor(AuthenticatedShapes):
     # shape ops: a share is (4, *shape), so data dimension d is share dimension d + 1
     def _broadcast_shape(self, other: Any) -> torch.Size:
         if isinstance(other, AuthenticatedTensor | torch.Tensor):
-            return torch.broadcast_shapes(self.shape, other.shape)
+            return broadcast_shapes(self.shape, other.shape)
         return self.shape
 
     # public operands and batched products

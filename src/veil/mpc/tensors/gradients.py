@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from veil.errors import UnsupportedError
+from veil.mpc.ring import broadcast_shapes
 from veil.mpc.tensors.autograd import AutogradTensor, is_secret, record, register, unwrap
 
 T = "torch.Tensor."
@@ -89,7 +90,7 @@ def mul(a: Any, b: Any) -> AutogradTensor:
     x, y = unwrap(a), _pub(unwrap(b))
     sa, sb = shape_of(a), shape_of(b)
     if is_secret(x) and is_secret(y):
-        shape = torch.broadcast_shapes(sa, sb)
+        shape = broadcast_shapes(sa, sb)
         x = x if x.shape == shape else x.expand(*shape)
         y = y if y.shape == shape else y.expand(*shape)
         out = x * y
@@ -135,7 +136,7 @@ def matmul(a: Any, b: Any) -> AutogradTensor:
         xa = x.unsqueeze(0) if x1 else x
         yb = y.unsqueeze(-1) if y1 else y
         xs_, ys_ = tuple(xa.shape), tuple(yb.shape)
-        gg = g.reshape(*torch.broadcast_shapes(xs_[:-2], ys_[:-2]), xs_[-2], ys_[-1])
+        gg = g.reshape(*broadcast_shapes(xs_[:-2], ys_[:-2]), xs_[-2], ys_[-1])
         ga = gb = None
         if n[0]:
             ga = _mm(gg, yb.transpose(-1, -2))

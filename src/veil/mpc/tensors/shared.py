@@ -22,7 +22,7 @@ from veil.errors import InvalidRequest, WorkerMismatch
 from veil.mpc.protocols import arith as P
 from veil.mpc.protocols.session import MPCSession, node_call
 from veil.mpc.providers.remote import pointer
-from veil.mpc.ring import FixedPoint, prg
+from veil.mpc.ring import FixedPoint, broadcast_shapes, prg
 from veil.mpc.tensors.fixed import FixedPrecisionTensor, register_tensor_type
 from veil.mpc.tensors.surface import DerivedOps, defers
 from veil.pointers import PointerTensor
@@ -167,7 +167,7 @@ class SharedTensor(DerivedOps):
             a, b, enc = self._aligned(other)
             return self._new([x + y for x, y in zip(a, b, strict=True)], enc)
         pub = self._encode_public(other)
-        out_shape = torch.broadcast_shapes(self.shape, pub.shape)
+        out_shape = broadcast_shapes(self.shape, pub.shape)
         return self._new([
             s + pub if i == 0 else s if s.shape == out_shape else s.expand(out_shape).contiguous()
             for i, s in enumerate(self.shares)
@@ -381,7 +381,7 @@ class SharedTensor(DerivedOps):
 
     def _broadcast_shape(self, other: Any) -> torch.Size:
         oshape = other.shape if isinstance(other, SharedTensor | torch.Tensor) else torch.Size([])
-        return torch.broadcast_shapes(self.shape, oshape)
+        return broadcast_shapes(self.shape, oshape)
 
     # comparisons, relu, where, max/argmax, pooling, approximations: DerivedOps (surface.py)
 
