@@ -165,7 +165,7 @@ def test_malicious_mode_takes_prepared_authenticated_groups_too(two: Any) -> Non
 def test_in_process_sessions_prepare_only_large_groups_ahead(two: Any) -> None:
     """Where parties and dealer share this process, a small group is dealt when used (a
     second thread preparing it would compete for the interpreter); a large one is still
-    dealt ahead, and a dealer elsewhere gets no such floor."""
+    dealt ahead; prefetch_min_bytes sets the floor (0: every size) and is checked."""
     from veil.mpc.protocols.session import PREFETCH_MIN
 
     sess = veil.mpc.MPCSession(two.parties, two.provider)

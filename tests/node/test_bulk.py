@@ -80,6 +80,42 @@ def test_a_large_reply_the_caller_expects_takes_the_bulk_lane(server: tuple[Node
         assert torch.equal(ptr.get(), torch.arange(float(n)))
 
 
+def test_an_unreachable_bulk_lane_falls_back_to_the_websocket(
+    server: tuple[Node, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node behind a proxy or firewall advertises a port this client cannot reach: large
+    frames then go over the WebSocket (with one warning), and the lane is not retried on
+    every call."""
+    from veil.node import transports
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    _, url = server
+    with veil.connect(url, email=EMAIL, password=PASSWORD) as c:
+        c.transport.bulk_port = port
+        t = torch.randn(BIG // 8)
+        with caplog.at_level("WARNING", logger="veil.node.transports"):
+            ptr = t.send(c)
+            assert torch.equal(ptr.get(), t)
+        assert c.transport.bulk is None and c.transport.websocket is not None
+        assert c.transport.bulk_down_until > time.monotonic() + transports.BULK_RETRY_S / 2
+        assert sum("cannot open its bulk lane" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_an_https_node_gets_no_frame_outside_tls() -> None:
+    """The bulk lane is plain TCP: a client of an https node never uses it."""
+    from veil.node.transports import WebSocketTransport
+
+    def make(url: str) -> WebSocketTransport:
+        return WebSocketTransport(url, name="n", token=lambda: "t", login=lambda: None,
+                                  bulk_port=9999)  # fmt: skip
+
+    assert make("https://node.example:8443").bulk_port is None
+    assert make("http://127.0.0.1:8765").bulk_port == 9999
+
+
 def test_without_a_bulk_lane_everything_goes_over_the_websocket() -> None:
     node = Node("ws-only", owner_email=EMAIL, owner_password=PASSWORD)
     with serve_in_thread(node, bulk_port=None) as url:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -38,6 +40,13 @@ from veil.node.users import Session
 from veil.pointers.transport import Buffer, Transport
 from veil.serde import codec
 from veil.serde.messages import Done, ErrorReply
+
+log = logging.getLogger("veil.node.transports")
+
+#: Seconds a client goes over its WebSocket alone after the bulk lane could not be opened.
+BULK_RETRY_S = 60.0
+#: Seconds to wait for the bulk lane's TCP connection (a firewall that drops packets).
+BULK_CONNECT_TIMEOUT_S = 5.0
 
 # websockets >= 17 wants connect() used as a context manager unless legacy=True is passed.
 _CONNECT_EXTRA: dict[str, Any] = (
@@ -87,7 +96,10 @@ class WebSocketTransport(Transport):
         chunk_bytes: the largest WebSocket message; larger frames go in chunks.
         max_message_bytes: the largest reply frame accepted.
         node_max_message_bytes: the largest frame the node accepts (checked before sending).
-        bulk_port: the node's bulk lane for frames of ``BULK_MIN_BYTES`` or more (None: none).
+        bulk_port: the node's bulk lane for frames of ``BULK_MIN_BYTES`` or more (None: none;
+            not used for an ``https`` node: the lane is plain TCP, and no frame leaves TLS).
+            When the lane cannot be reached, frames go over the WebSocket and the lane is
+            tried again after ``BULK_RETRY_S``.
 
     Example:
         >>> t = WebSocketTransport("http://127.0.0.1:8765", name="hospital",
@@ -112,7 +124,10 @@ class WebSocketTransport(Transport):
         self.chunk_bytes = chunk_bytes
         self.max_message_bytes = max_message_bytes
         self.node_max_message_bytes = node_max_message_bytes
-        self.bulk_port = bulk_port
+        # The lane is plain TCP: a client of an https node keeps every frame inside TLS.
+        self.bulk_port = None if urlsplit(self.url).scheme == "https" else bulk_port
+        #: time.monotonic() before which the lane is not tried again (it could not be opened).
+        self.bulk_down_until = 0.0
         #: The open op stream, or None.
         self.websocket: ClientConnection | None = None
         #: The open bulk lane connection, or None.
@@ -142,13 +157,17 @@ class WebSocketTransport(Transport):
         try:
             # Large frames take the bulk lane; so does anything while it is the only lane
             # open (a client that only moved large tensors opens no WebSocket to close).
-            if self.bulk_port is not None and (
-                max(size, expect_bytes) >= BULK_MIN_BYTES
-                or (self.websocket is None and self.bulk is not None)
+            if (
+                self.bulk_port is not None
+                and (
+                    max(size, expect_bytes) >= BULK_MIN_BYTES
+                    or (self.websocket is None and self.bulk is not None)
+                )
+                and (self.bulk is not None or time.monotonic() >= self.bulk_down_until)
             ):
                 reply = self._bulk_roundtrip(parts)
                 if reply is not None:
-                    return reply  # else the lane is full: take the WebSocket
+                    return reply  # else the lane is full or unreachable: take the WebSocket
             return self._ws_roundtrip(parts[0] if len(parts) == 1 else b"".join(parts))
         except TimeoutError as exc:
             self.close()
@@ -214,7 +233,7 @@ class WebSocketTransport(Transport):
     def _bulk_roundtrip(self, parts: list[Buffer]) -> memoryview | None:
         """One call over the bulk lane: the parts go out as they are (a tensor's own memory),
         and the reply is read into one buffer that decoded tensors share. None: the lane is
-        at its connection limit, nothing was sent."""
+        at its connection limit or cannot be reached, nothing was sent."""
         if self.bulk is not None and readable(self.bulk):
             self._drop_bulk()  # unasked bytes or EOF: the node closed it (idle); reconnect
         if self.bulk is None:
@@ -229,13 +248,19 @@ class WebSocketTransport(Transport):
         host = urlsplit(self.url).hostname or "127.0.0.1"
         for attempt in range(2):
             try:
-                sock = socket.create_connection((host, self.bulk_port), timeout=self.timeout)
-            except OSError as exc:
-                raise ConnectError(
-                    f"cannot open the bulk lane to {host}:{self.bulk_port} ({exc}); connect "
-                    "with the node's firewall open to that port, or ask the owner to serve "
-                    "with --bulk-port -1 so everything goes over the WebSocket"
-                ) from exc
+                sock = socket.create_connection(
+                    (host, self.bulk_port), timeout=min(self.timeout, BULK_CONNECT_TIMEOUT_S)
+                )
+            except OSError as exc:  # a firewall or a proxy in front: the WebSocket still works
+                self.bulk_down_until = time.monotonic() + BULK_RETRY_S
+                log.warning(
+                    "node %r: cannot open its bulk lane (port %s: %s); large frames go over "
+                    "the WebSocket (slower) for the next %.0f s. Open that port to this "
+                    "client, or ask the owner to serve with --bulk-port -1",
+                    self.name, self.bulk_port, exc, BULK_RETRY_S,
+                )  # fmt: skip
+                return None
+            sock.settimeout(self.timeout)
             tune(sock)
             with contextlib.suppress(OSError):  # a node that refuses may close first
                 sock.sendall(bulk_hello(self._token()))

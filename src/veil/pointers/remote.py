@@ -292,7 +292,9 @@ class Remote:
         """
         default_registry().get(op)  # refuse unknown ops before a round trip
         enc_args, enc_kwargs = self._encode_args(args, kwargs)
-        return self.call(RunOp(op, enc_args, enc_kwargs), expect_bytes=expect_bytes)
+        if expect_bytes:
+            return self.call(RunOp(op, enc_args, enc_kwargs), expect_bytes=expect_bytes)
+        return self.call(RunOp(op, enc_args, enc_kwargs))
 
     def _run(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """:meth:`run_op` for callers that took ``op`` from the registry already."""

@@ -10,7 +10,8 @@ A connection opens with ``b"VLBK"``, the client's wire version (2 bytes) and its
 token (2-byte length + UTF-8), and the node answers with a frame: ``Done`` when the token
 is valid, else an ``ErrorReply``, after which it closes. The lane speaks only to clients
 that logged in over REST, and is advertised as ``bulk_port`` in ``GET /api/v1/info``.
-Like the WebSocket it is plain TCP: across machines, put both behind TLS.
+It is plain TCP. Behind a TLS proxy (an ``https`` URL) veil's client does not use it and
+keeps every frame inside TLS; a client that cannot reach the port sends over its WebSocket.
 
 At most ``bulk_max_connections`` connections are open at once (:class:`ServerLimits`):
 another one is answered with a ``connect_error`` frame and closed, and the Python client
