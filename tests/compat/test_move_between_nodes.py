@@ -111,6 +111,25 @@ def test_a_ticket_is_used_once_and_stores_into_its_user_s_account_only() -> None
     assert len(a.objects()) == 1
 
 
+def test_a_ticket_dies_with_its_user_s_sessions() -> None:
+    """Ending a user's sessions (revoke_sessions: a stolen token, a user logging out
+    everywhere) voids the move tickets they hold: no delivery lands in their account after."""
+    alice = sy.VirtualWorker("alice")
+    alice.create_user("a@x.org", "pw-123456")
+    a = alice.login("a@x.org", "pw-123456")
+    before = sy.transfer.ticket(a)
+    alice.node.revoke_sessions(a.transport.session, "a@x.org")  # a user may end their own
+    after = sy.transfer.ticket(a)  # issued after the revocation: valid
+    frame = codec.encode(Call(SendObject(tensor_to_data(torch.ones(2)))))
+    from veil.transfer.node import receive
+
+    with pytest.raises(PermissionDenied, match="were ended after it was issued"):
+        receive(alice.node, before.ticket, frame)
+    assert a.objects() == []
+    info = receive(alice.node, after.ticket, frame)
+    assert [o.id for o in a.objects()] == [info.id]
+
+
 def test_tickets_per_user_are_bounded() -> None:
     alice = sy.VirtualWorker("alice")
     for _ in range(32):

@@ -68,6 +68,12 @@ class HostMixin(NodeBase):
         """A user's email ('' if there is no such user)."""
         return self._email(user_id)
 
+    def sessions_ended_since(self, user_id: int, t: float) -> bool:
+        """Were the user's sessions ended (``revoke_sessions``) at or after ``time.time()``
+        value ``t``? A grant made to one of their sessions before then, such as a move
+        ticket, is void."""
+        return self._tokens.revoked_since(user_id, t)
+
     def user_id_of(self, email: str) -> int | None:
         """The id of the user with this email, if any."""
         return next((u.id for u in self._users.values() if u.email == email), None)

@@ -41,6 +41,7 @@ class TokenTable:
         self.ttl_s = ttl_s
         self.clock = clock
         self._entries: dict[str, tuple[int, float]] = {}  # digest -> (user id, expiry)
+        self._revoked: dict[int, float] = {}  # user id -> when their sessions were last ended
         self._lock = threading.Lock()
 
     def issue(self, user_id: int) -> str:
@@ -67,7 +68,22 @@ class TokenTable:
             live = sum(1 for k in mine if self._entries[k][1] > now)
             for k in mine:
                 del self._entries[k]
+            self._revoked[user_id] = now
         return live
+
+    def revoked_since(self, user_id: int, t: float) -> bool:
+        """Were ``user_id``'s sessions ended at or after time ``t`` (what a grant issued to
+        one of them at ``t``, such as a move ticket, must not outlive)?
+
+        Example:
+            >>> tokens = TokenTable(ttl_s=60)
+            >>> tokens.revoked_since(7, 0.0)
+            False
+            >>> _ = tokens.revoke_user(7)
+            >>> tokens.revoked_since(7, 0.0)
+            True
+        """
+        return self._revoked.get(user_id, float("-inf")) >= t
 
     def __len__(self) -> int:
         return len(self._entries)

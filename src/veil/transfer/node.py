@@ -188,6 +188,11 @@ class Transfers(CapabilityState):
             )
         if self.node.email_of(issued.session.user_id) != issued.session.email:
             raise PermissionDenied(f"the user of this ticket left node {self.node.name!r}")
+        if self.node.sessions_ended_since(issued.session.user_id, issued.expires - TICKET_SECONDS):
+            raise PermissionDenied(
+                f"the sessions of this ticket's user on node {self.node.name!r} were ended "
+                "after it was issued; log in again and ask for a new one"
+            )
         return issued.session
 
     def receiving(self) -> threading.BoundedSemaphore:
