@@ -157,13 +157,9 @@ class WebSocketTransport(Transport):
         try:
             # Large frames take the bulk lane; so does anything while it is the only lane
             # open (a client that only moved large tensors opens no WebSocket to close).
-            if (
-                self.bulk_port is not None
-                and (
-                    max(size, expect_bytes) >= BULK_MIN_BYTES
-                    or (self.websocket is None and self.bulk is not None)
-                )
-                and (self.bulk is not None or time.monotonic() >= self.bulk_down_until)
+            if self.bulk_port is not None and (
+                max(size, expect_bytes) >= BULK_MIN_BYTES
+                or (self.websocket is None and self.bulk is not None)
             ):
                 reply = self._bulk_roundtrip(parts)
                 if reply is not None:
@@ -237,6 +233,8 @@ class WebSocketTransport(Transport):
         if self.bulk is not None and readable(self.bulk):
             self._drop_bulk()  # unasked bytes or EOF: the node closed it (idle); reconnect
         if self.bulk is None:
+            if time.monotonic() < self.bulk_down_until:
+                return None  # it could not be reached a moment ago
             self.bulk = self._open_bulk()
             if self.bulk is None:
                 return None

@@ -43,6 +43,11 @@ PREFETCH_MIN = 1 << 18
 Security = Literal["semi-honest", "malicious"]
 
 
+def _in_this_process(worker: Any) -> bool:
+    """Is ``worker`` a node in this process (a VirtualWorker's transport)?"""
+    return isinstance(getattr(worker, "transport", None), InProcessTransport)
+
+
 class MPCSession(Rounds):
     """Parties (>= 2 workers), a crypto provider (a worker that is none of them), the
     fixed-point encoding and the security mode; set up once per party set.
@@ -127,9 +132,7 @@ class MPCSession(Rounds):
         # would; ``parallel=False`` runs them one after the other.
         self._pool: ThreadPoolExecutor | None = None
         #: Every party is a node in this process: threads pay off only for large rounds.
-        self.in_process = all(
-            isinstance(getattr(w, "transport", None), InProcessTransport) for w in parties
-        )
+        self.in_process = all(_in_this_process(w) for w in parties)
         if parallel:
             self._pool = ThreadPoolExecutor(max_workers=self.n + 1, thread_name_prefix="veil-mpc")
         ref = weakref.ref(self)
@@ -141,9 +144,7 @@ class MPCSession(Rounds):
             return sess._deal_now(groups)
 
         if prefetch_min_bytes is None:
-            dealer_here = crypto.worker is None or isinstance(
-                getattr(crypto.worker, "transport", None), InProcessTransport
-            )
+            dealer_here = crypto.worker is None or _in_this_process(crypto.worker)
             prefetch_min_bytes = PREFETCH_MIN if self.in_process and dealer_here else 0
         self._pre = Preprocessor(deal_now, ahead=prefetch, max_bytes=preprocess_bytes,
                                  min_bytes=prefetch_min_bytes)  # fmt: skip
@@ -179,9 +180,7 @@ class MPCSession(Rounds):
         """Run MPC op ``op`` on ``worker``'s node and return its raw reply (the rounds send
         every protocol message through here; ``expect_bytes``: the size of a large reply,
         such as a party's openings, so that it takes a node server's bulk lane)."""
-        if expect_bytes:
-            return node_call(worker, op, *args, expect_bytes=expect_bytes)
-        return node_call(worker, op, *args)
+        return node_call(worker, op, *args, expect_bytes=expect_bytes)
 
     def fanout(self, fn: Callable[[Any], T], items: Any, *, work: int = 0) -> list[T]:
         """``[fn(i) for i in items]``, in parallel threads when parties are remote, or when

@@ -25,9 +25,7 @@ def node_call(worker: Any, op: str, *args: Any, expect_bytes: int = 0) -> Reply:
     """Run extension op ``op`` on ``worker`` and return its raw reply
     (:meth:`~veil.pointers.remote.Remote.call_op`; ``expect_bytes``: the reply's size where
     the caller knows it)."""
-    if expect_bytes:
-        return worker.call_op(op, *args, expect_bytes=expect_bytes)  # type: ignore[no-any-return]
-    return worker.call_op(op, *args)  # type: ignore[no-any-return]
+    return worker.call_op(op, *args, expect_bytes=expect_bytes)  # type: ignore[no-any-return]
 
 
 def reply_tensor(reply: Reply) -> torch.Tensor:
