@@ -260,9 +260,9 @@ class CKKSTensorLayout:
     def _broadcast_to_me(self, shape: Sequence[int]) -> None:
         if tuple(shape) == tuple(self._ct.shape):
             return
-        try:
-            ok = torch.broadcast_shapes(tuple(shape), tuple(self.shape)) == self.shape
-        except RuntimeError:
+        try:  # numpy's rules are torch's; torch.broadcast_shapes imports sympy on first use
+            ok = np.broadcast_shapes(tuple(shape), tuple(self.shape)) == tuple(self.shape)
+        except ValueError:
             ok = False
         if not ok:
             raise ValueError(

@@ -32,9 +32,9 @@ def pow_cost(bits: int) -> float:
 
 
 def broadcast(a: Sequence[int], b: Sequence[int], what: str) -> tuple[int, ...]:
-    try:
-        return tuple(torch.broadcast_shapes(tuple(a), tuple(b)))
-    except RuntimeError:
+    try:  # numpy's rules are torch's; torch.broadcast_shapes imports sympy on first use
+        return tuple(np.broadcast_shapes(tuple(a), tuple(b)))
+    except ValueError:
         raise ValueError(f"{what}: shapes {tuple(a)} and {tuple(b)} do not broadcast") from None
 
 
