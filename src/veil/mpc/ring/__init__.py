@@ -17,6 +17,7 @@ from veil.mpc.ring.z64 import (
     conv2d_shapes,
     matmul,
     matmul_limbs,
+    matmul_shape,
     prg,
     prg_many,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "conv2d_shapes",
     "matmul",
     "matmul_limbs",
+    "matmul_shape",
     "prg",
     "prg_many",
 ]

@@ -263,6 +263,36 @@ def conv2d_shapes(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: in
     return (n, o, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
 
 
+def matmul_shape(xs: Sequence[int], ys: Sequence[int]) -> tuple[int, ...]:
+    """The shape of ``torch.matmul(x, y)`` for operands shaped ``xs`` and ``ys``, by torch's
+    rules (a 1-d operand gains a dimension that the result then drops; batch dimensions
+    broadcast), without running torch's meta kernel, whose first call imports sympy (0.4 s:
+    most of an MPC session's first matrix product).
+
+    Raises:
+        RuntimeError: the shapes do not multiply (as torch raises).
+
+    Example:
+        >>> matmul_shape((5, 1, 3, 4), (2, 4, 6)), matmul_shape((4,), (4,)), matmul_shape((4,), (2, 4, 6))
+        ((5, 2, 3, 6), (), (2, 6))
+    """
+    x, y = tuple(xs), tuple(ys)
+    if not x or not y:
+        raise RuntimeError("both arguments to matmul need to be at least 1-d")
+    x2 = (1, *x) if len(x) == 1 else x
+    y2 = (*y, 1) if len(y) == 1 else y
+    if x2[-1] != y2[-2]:
+        raise RuntimeError(
+            f"matmul: shapes {x} and {y} cannot be multiplied ({x2[-1]} != {y2[-2]})"
+        )
+    out = (*broadcast_shapes(x2[:-2], y2[:-2]), x2[-2], y2[-1])
+    if len(x) == 1:
+        out = (*out[:-2], out[-1])
+    if len(y) == 1:
+        out = out[:-1]
+    return out
+
+
 def broadcast_shapes(*shapes: Sequence[int]) -> torch.Size:
     """The shape ``shapes`` broadcast to, as :func:`torch.broadcast_shapes` gives it, without
     its first call's import of sympy (0.3 s on a quiet machine, the larger part of an MPC
