@@ -49,10 +49,10 @@ def run() -> None:
     out: dict[str, list[float]] = {}
 
     def timeit(name: str, fn: Any) -> None:
-        # As veil's rows (benchmarks/mpc.py, measure): the fast rows take fast_rounds samples
-        # after warmup more calls. Chosen by the row's name, not by a time: every process
-        # must make the same number of calls (each one is a collective)
-        fast = not name.startswith(("LeNet", "MLP training"))
+        # As veil's rows (benchmarks/mpc.py, FAST_ROWS and measure): the fast rows take
+        # fast_rounds samples after warmup more calls. Chosen by the row's name, not by a
+        # time: every process must make the same number of calls (each one is a collective)
+        fast = name.startswith(tuple(CFG.get("fast_rows", ())))
         for _ in range(1 + (int(CFG.get("warmup", 0)) if fast else 0)):
             fn()
         ts = []

@@ -299,6 +299,13 @@ def test_mistyped_fields_inside_items_are_named(caplog: Any) -> None:
     for groups in ([("beaver",)], [("beaver", "params")], [(3, params)]):
         with pytest.raises(InvalidRequest, match=r"groups\.0"):
             call(carol, "mpc.deal", sess.sid, groups)
+    # Empty shapes no tensor can stride (0 elements, so no size limit stops them): refused as
+    # requests, not left to fail inside torch as an internal error
+    huge = 2**31 - 1
+    for op, x, y in [("matmul", [0, huge, huge, huge, 2, 3], [0, huge, huge, huge, 3, 4]),
+                     ("mul", [0, huge, huge, huge], [0, huge, huge, huge])]:  # fmt: skip
+        with pytest.raises(InvalidRequest, match=r"groups\.0.*over 2\^62 elements"):
+            call(carol, "mpc.deal", sess.sid, [("beaver", {**params, "op": op, "x": x, "y": y})])
     assert not [r for r in caplog.records if "internal error" in r.getMessage()]
 
 

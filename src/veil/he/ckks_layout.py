@@ -262,7 +262,7 @@ class CKKSTensorLayout:
             return
         try:  # numpy's rules are torch's; torch.broadcast_shapes imports sympy on first use
             ok = np.broadcast_shapes(tuple(shape), tuple(self.shape)) == tuple(self.shape)
-        except ValueError:
+        except (ValueError, RuntimeError):  # numpy: RuntimeError past 32 dimensions
             ok = False
         if not ok:
             raise ValueError(

@@ -34,7 +34,7 @@ def pow_cost(bits: int) -> float:
 def broadcast(a: Sequence[int], b: Sequence[int], what: str) -> tuple[int, ...]:
     try:  # numpy's rules are torch's; torch.broadcast_shapes imports sympy on first use
         return tuple(np.broadcast_shapes(tuple(a), tuple(b)))
-    except ValueError:
+    except (ValueError, RuntimeError):  # numpy: RuntimeError past 32 dimensions
         raise ValueError(f"{what}: shapes {tuple(a)} and {tuple(b)} do not broadcast") from None
 
 

@@ -19,6 +19,7 @@ Everything here is plain torch on int64 words (Z_2^64, or bit vectors for XOR sh
 from __future__ import annotations
 
 import hashlib
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -69,6 +70,8 @@ def _shape(p: Params, key: str) -> tuple[int, ...]:
         or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in v)
     ):
         raise InvalidRequest(f"parameter {key!r} must be a shape (a list of at most 8 sizes)")
+    if math.prod(max(d, 1) for d in v) >= 2**62:  # empty, but torch cannot stride it
+        raise InvalidRequest(f"parameter {key!r}: a shape of over 2^62 elements, empty or not")
     return tuple(v)
 
 
