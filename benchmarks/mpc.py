@@ -308,7 +308,8 @@ def add_bounds(rows: list[Row], cfg: Config) -> None:
         if key not in cache:
             cache[key] = fastest_product(op, key[1], max(3, cfg.rounds))
         t, cands = cache[key]
-        par = 2 * t if r.deploy == "loopback" else max(2 * t, (2 * r.parties + 1) * t / cores)
+        formula = 2 * t if r.deploy == "loopback" else max(2 * t, (2 * r.parties + 1) * t / cores)
+        par = formula
         if op == "matmul":  # products are not split across cores: as veil runs them
             if (key, r.parties) not in together:
                 limbs = min(cands, key=cands.__getitem__) == "float64 limbs"
@@ -317,7 +318,6 @@ def add_bounds(rows: list[Row], cfg: Config) -> None:
             par = max(par, together[key, r.parties])
             r.extra["together_ms"] = together[key, r.parties] * 1e3
         copy = copy_seconds(r.bytes_per_party, max(3, cfg.rounds))
-        formula = 2 * t if r.deploy == "loopback" else max(2 * t, (2 * r.parties + 1) * t / cores)
         r.extra["formula_bound_ms"] = (formula + copy) * 1e3
         r.extra["bound_ms"] = (par + copy) * 1e3
         r.extra["copy_ms"] = copy * 1e3
